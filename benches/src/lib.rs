@@ -1,0 +1,6 @@
+//! weir's benchmark support: the fixtures the criterion micro-benchmarks (benches/*.rs) run
+//! on, and the constant-rate HTTP load generator (`weir-loadgen`) that `cargo xtask bench`
+//! drives against weir and its peers. Must not: be used by product code.
+
+pub mod fixtures;
+pub mod loadgen;

@@ -1,0 +1,359 @@
+//! A scriptable test endpoint: a real HTTP/1.1 keep-alive server on loopback (one thread per
+//! connection) whose behaviour a test sets and changes at any time: answer, answer with a
+//! status, answer slowly, hang, reset, cut a response short, close idle connections, refuse
+//! connections. It counts what it received, so tests can prove what reached an endpoint.
+//!
+//! Paths: `/bytes/N` answers N bytes (Content-Length), `/chunked/N` answers N bytes chunked;
+//! anything else answers a short text. Every response carries `x-endpoint: NAME` and echoes
+//! the request's `via` as `x-seen-via` and body length as `x-body-bytes`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// What the endpoint does with the next requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// 200.
+    Ok,
+    /// Answer with this status.
+    Status(u16),
+    /// Wait this long, then 200.
+    Delay(Duration),
+    /// Never answer (keep the connection open).
+    Hang,
+    /// Read the request, then reset the connection without answering.
+    ResetAfterRequest,
+    /// Send the head and half the body, then reset.
+    ResetMidResponse,
+    /// Answer 200, then close keep-alive connections idle for this long.
+    CloseIdleAfter(Duration),
+    /// Answer with a malformed response head.
+    Malformed,
+}
+
+struct State {
+    behavior: Mutex<Behavior>,
+    requests: AtomicU64,
+    connections: AtomicU64,
+    stop: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+    name: String,
+}
+
+/// A running test endpoint.
+pub struct Endpoint {
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    listener: Mutex<Option<TcpListener>>,
+}
+
+impl Endpoint {
+    /// Starts an endpoint named `name` on a free loopback port.
+    pub fn start(name: &str) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind endpoint");
+        Endpoint::serve(name, listener)
+    }
+
+    /// Starts an endpoint on `addr`.
+    pub fn start_at(name: &str, addr: SocketAddr) -> Endpoint {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind endpoint {addr}: {e}"));
+        Endpoint::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Endpoint {
+        let addr = listener.local_addr().expect("endpoint addr");
+        let state = Arc::new(State {
+            behavior: Mutex::new(Behavior::Ok),
+            requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+            name: name.to_string(),
+        });
+        let accept = listener.try_clone().expect("clone listener");
+        {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                for conn in accept.incoming() {
+                    if state.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    state.connections.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(c) = conn.try_clone() {
+                        state.open.lock().push(c);
+                    }
+                    let state = state.clone();
+                    std::thread::spawn(move || handle(conn, &state));
+                }
+            });
+        }
+        Endpoint { addr, state, listener: Mutex::new(Some(listener)) }
+    }
+
+    /// Changes the behaviour for the next requests.
+    pub fn set(&self, b: Behavior) {
+        *self.state.behavior.lock() = b;
+    }
+
+    /// Requests received (complete heads).
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Kills the endpoint: stops listening (new connects are refused) and resets every open
+    /// connection.
+    pub fn kill(&self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        if let Some(l) = self.listener.lock().take() {
+            // Wake the accept loop so it sees `stop` and drops its listener clone.
+            let addr = l.local_addr().ok();
+            drop(l);
+            if let Some(a) = addr {
+                let _ = TcpStream::connect_timeout(&a, Duration::from_millis(100));
+            }
+        }
+        for c in self.state.open.lock().drain(..) {
+            reset(&c);
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn reset(c: &TcpStream) {
+    // SO_LINGER 0 then close: the peer sees RST.
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a correctly sized linger struct on a valid fd.
+    unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+    let _ = c.shutdown(Shutdown::Both);
+}
+
+fn handle(conn: TcpStream, state: &State) {
+    let _ = conn.set_nodelay(true);
+    let Ok(read_half) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = conn;
+    loop {
+        if let Behavior::CloseIdleAfter(d) = *state.behavior.lock() {
+            let _ = writer.set_read_timeout(Some(d));
+        } else {
+            let _ = writer.set_read_timeout(None);
+        }
+        let Some(req) = read_request(&mut reader) else {
+            let _ = writer.shutdown(Shutdown::Both);
+            return;
+        };
+        if state.stop.load(Ordering::SeqCst) {
+            reset(&writer);
+            return;
+        }
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        let behavior = *state.behavior.lock();
+        // Generated bodies are streamed from one static block, never held whole.
+        let (body_len, text) = match req.path.as_str() {
+            p if p.starts_with("/bytes/") || p.starts_with("/chunked/") => {
+                (p.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0usize), None)
+            }
+            _ => {
+                let t = format!("hello from {}\n", state.name).into_bytes();
+                (t.len(), Some(t))
+            }
+        };
+        let status = match behavior {
+            Behavior::Status(s) => s,
+            _ => 200,
+        };
+        match behavior {
+            Behavior::Hang => {
+                std::thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+            Behavior::ResetAfterRequest => {
+                reset(&writer);
+                return;
+            }
+            Behavior::Delay(d) => std::thread::sleep(d),
+            Behavior::Malformed => {
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!");
+                continue;
+            }
+            _ => {}
+        }
+        let chunked = req.path.starts_with("/chunked/");
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\nx-endpoint: {}\r\nx-seen-via: {}\r\nx-body-bytes: {}\r\n",
+            state.name,
+            req.via.as_deref().unwrap_or(""),
+            req.body_len
+        );
+        if chunked {
+            head.push_str("transfer-encoding: chunked\r\n\r\n");
+        } else {
+            head.push_str(&format!("content-length: {body_len}\r\n\r\n"));
+        }
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        if behavior == Behavior::ResetMidResponse {
+            let _ = write_body(&mut writer, text.as_deref(), body_len / 2, false);
+            let _ = writer.flush();
+            std::thread::sleep(Duration::from_millis(20));
+            reset(&writer);
+            return;
+        }
+        let ok = write_body(&mut writer, text.as_deref(), body_len, chunked);
+        if ok.is_err() || req.close {
+            return;
+        }
+    }
+}
+
+static BLOCK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// Writes `len` body bytes (`text`, or generated), chunked or raw.
+fn write_body(w: &mut TcpStream, text: Option<&[u8]>, len: usize, chunked: bool) -> std::io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let part = match text {
+            Some(t) => &t[len - left..],
+            None => &BLOCK[..left.min(BLOCK.len())],
+        };
+        let part = &part[..part.len().min(left)];
+        if chunked {
+            w.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+        }
+        w.write_all(part)?;
+        if chunked {
+            w.write_all(b"\r\n")?;
+        }
+        left -= part.len();
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
+}
+
+/// A TCP echo endpoint: answers each line with `echo:NAME:LINE`; passes on half-close (after
+/// the client's FIN it writes `bye:NAME` and closes).
+pub struct TcpEcho {
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl TcpEcho {
+    /// Starts on a free port.
+    pub fn start(name: &str) -> TcpEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let addr = listener.local_addr().expect("addr");
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let Ok(r) = conn.try_clone() else { return };
+                    let mut reader = BufReader::new(r);
+                    let mut w = conn;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => {
+                                let _ = w.write_all(format!("bye:{name}\n").as_bytes());
+                                let _ = w.shutdown(Shutdown::Write);
+                                return;
+                            }
+                            Ok(_) => {
+                                if w.write_all(format!("echo:{name}:{}", line).as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        TcpEcho { addr }
+    }
+}
+
+struct Request {
+    path: String,
+    via: Option<String>,
+    body_len: u64,
+    close: bool,
+}
+
+/// Reads one request (head and body, Content-Length or chunked); `None` on EOF/error/timeout.
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let path = line.split(' ').nth(1)?.to_string();
+    let (mut cl, mut chunked, mut via, mut close) = (0u64, false, None, false);
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        let (n, v) = (n.trim().to_ascii_lowercase(), v.trim());
+        match n.as_str() {
+            "content-length" => cl = v.parse().ok()?,
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            "via" => via = Some(v.to_string()),
+            "connection" => close = v.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let mut body_len = 0u64;
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let size = u64::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+            if size == 0 {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+                break;
+            }
+            body_len += std::io::copy(&mut reader.by_ref().take(size), &mut std::io::sink()).ok()?;
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+        }
+    } else if cl > 0 {
+        body_len = std::io::copy(&mut reader.by_ref().take(cl), &mut std::io::sink()).ok()?;
+        if body_len != cl {
+            return None;
+        }
+    }
+    Some(Request { path, via, body_len, close })
+}

@@ -1,0 +1,14 @@
+//! weir's integration tests, one binary with a module per area. The loopback tier runs
+//! unprivileged; the `steering` module is the root tier (eBPF, cgroups) and fails loudly
+//! without root.
+
+mod cli;
+mod data_path;
+mod deploy;
+mod errors;
+mod logging;
+mod observability;
+mod operations;
+mod resilience;
+mod soak;
+mod steering;

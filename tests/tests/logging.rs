@@ -1,0 +1,201 @@
+//! Access-log shipping: lines are complete NDJSON records; a sink that stalls never slows or
+//! fails a request (records are dropped and counted, memory stays bounded); a sink that goes
+//! away and comes back receives lines again, the first of them carrying the gap.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use weir_tests::{Client, Endpoint, Weir, WeirProcess, eventually};
+
+use crate::data_path::service;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
+
+fn logged_config(sink: &str, ring: usize, services: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n[access_log]\nsink = \"{sink}\"\nring_records = {ring}\n{services}"
+    )
+}
+
+/// A line-collecting sink: accepts connections and sends every line received down a channel.
+struct LineSink {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<parking_lot::Mutex<Vec<TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LineSink {
+    fn start(listener: TcpListener) -> (LineSink, mpsc::Receiver<String>) {
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: std::sync::Arc<parking_lot::Mutex<Vec<TcpStream>>> = Default::default();
+        let accept = {
+            let (stop, conns) = (stop.clone(), conns.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return; // drops the listener: the address refuses connections
+                    }
+                    if let Ok(c) = conn.try_clone() {
+                        conns.lock().push(c);
+                    }
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                            if tx.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            })
+        };
+        (LineSink { addr, stop, conns, accept: Some(accept) }, rx)
+    }
+
+    /// Goes away: stops listening and closes every connection.
+    fn kill(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for c in self.conns.lock().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Accepts connections on `listener` and sends every line received down the channel.
+fn collect_lines(listener: TcpListener) -> mpsc::Receiver<String> {
+    let (sink, rx) = LineSink::start(listener);
+    std::mem::forget(sink);
+    rx
+}
+
+fn recv_json(rx: &mpsc::Receiver<String>) -> serde_json::Value {
+    let line = rx.recv_timeout(Duration::from_secs(5)).expect("an access-log line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn lines_carry_the_request_and_its_outcome() {
+    let sink = TcpListener::bind("127.0.0.1:0").expect("sink");
+    let addr = sink.local_addr().expect("addr");
+    let rx = collect_lines(sink);
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&logged_config(&format!("tcp:{addr}"), 1024, &service("logged", "127.10.8.1:80", &[&ep], "")));
+    let mut c = Client::connect(weir.proxy);
+    assert_eq!(c.get("/cart?id=7", "logged").status, 200);
+    let v = recv_json(&rx);
+    assert_eq!(v["service"], "logged");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/cart?id=7");
+    assert_eq!(v["authority"], "logged");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["error"], serde_json::Value::Null);
+    assert_eq!(v["endpoint"], ep.addr.to_string());
+    assert_eq!(v["attempts"], 1);
+    assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // A request weir answered itself carries the reason.
+    assert_eq!(c.get("/", "unknown").status, 404);
+    let v = recv_json(&rx);
+    assert_eq!((v["status"].as_u64(), v["error"].as_str()), (Some(404), Some("no_route")));
+    weir.wait_metric("weir_access_log_records_total{result=\"shipped\"}", 2.0);
+}
+
+
+#[test]
+fn a_stalled_sink_drops_records_and_never_fails_a_request() {
+    // A sink that accepts and never reads.
+    let stalled = TcpListener::bind("127.0.0.1:0").expect("sink");
+    let addr = stalled.local_addr().expect("addr");
+    let held = std::thread::spawn(move || stalled.incoming().take(64).flatten().collect::<Vec<TcpStream>>());
+    let ep = Endpoint::start("e");
+    const RING: usize = 4096;
+    let weir = WeirProcess::start(WEIR, &logged_config(&format!("tcp:{addr}"), RING, &service("stall", "127.10.8.2:80", &[&ep], "")), None);
+    let rss_start = weir_tests::rss_kib(weir.pid() as u32);
+    let proxy = weir.proxy;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(proxy);
+                (0..12_500).filter(|_| c.request("GET", "/", "stall", b"").map(|r| r.status).ok() != Some(200)).count()
+            })
+        })
+        .collect();
+    let failed: usize = threads.into_iter().map(|t| t.join().expect("load")).sum();
+    assert_eq!(failed, 0, "requests failed while the log sink was stalled");
+    let mut admin = Client::connect(weir.admin);
+    let metrics = admin.get("/metrics", "admin").body_string();
+    let dropped = weir_tests::metric_value(&metrics, "weir_access_log_records_total{result=\"dropped\"}");
+    assert!(dropped > 0.0, "50 000 records cannot all fit a stalled sink; none was counted as dropped");
+    // Lines count as shipped only once the sink's side of the socket has taken them, so the
+    // two counters never add up to more than the records made (the rest is still in flight).
+    let shipped = weir_tests::metric_value(&metrics, "weir_access_log_records_total{result=\"shipped\"}");
+    assert!(shipped + dropped <= 50_000.0, "shipped {shipped} + dropped {dropped} > 50 000 records");
+    // Bound: the rings (2 workers × RING records of ~440 bytes) plus a few MiB of buffers;
+    // the records that did not fit are dropped, not queued.
+    let grown = weir_tests::rss_kib(weir.pid() as u32).saturating_sub(rss_start);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB with a stalled sink");
+    drop(weir);
+    drop(held);
+}
+
+#[test]
+fn a_sink_that_comes_back_receives_lines_with_the_gap_count() {
+    let (sink, rx) = LineSink::start(TcpListener::bind("127.0.0.1:0").expect("sink"));
+    let addr = sink.addr;
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&logged_config(&format!("tcp:{addr}"), 1024, &service("gap", "127.10.8.3:80", &[&ep], "")));
+    let mut c = Client::connect(weir.proxy);
+    assert_eq!(c.get("/before", "gap").status, 200);
+    assert_eq!(recv_json(&rx)["path"], "/before");
+
+    // The sink goes away: it stops listening and closes its connections.
+    sink.kill();
+    drop(rx);
+    std::thread::sleep(Duration::from_millis(50));
+    // Requests keep working; their records cannot be shipped.
+    let lost: u32 = 20;
+    for _ in 0..lost {
+        assert_eq!(c.get("/during", "gap").status, 200);
+    }
+    weir.wait_metric("weir_access_log_records_total{result=\"dropped\"}", f64::from(lost));
+
+    // The sink comes back on the same address.
+    let again = TcpListener::bind(addr).expect("rebind the sink address");
+    let rx = collect_lines(again);
+    let v = eventually(Duration::from_secs(10), "a line after the sink returned", || {
+        assert_eq!(c.get("/after", "gap").status, 200);
+        rx.recv_timeout(Duration::from_millis(300)).ok()
+    });
+    let v: serde_json::Value = serde_json::from_str(&v).expect("JSON");
+    assert_eq!(v["path"], "/after");
+    assert!(v["dropped_before"].as_u64().is_some_and(|n| n >= u64::from(lost)), "no gap count on the first line back: {v}");
+}
+
+#[test]
+fn sigusr1_reopens_the_log_file_after_rotation() {
+    let ep = Endpoint::start("e");
+    let dir = weir_tests::scratch_dir("logrotate");
+    let log = dir.join("access.log");
+    let weir = WeirProcess::start(WEIR, &logged_config(&format!("file:{}", log.display()), 1024, &service("rot", "127.10.8.4:80", &[&ep], "")), None);
+    let mut c = Client::connect(weir.proxy);
+    assert_eq!(c.get("/one", "rot").status, 200);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    eventually(Duration::from_secs(5), "the first line in the file", || read(&log).contains("\"/one\"").then_some(()));
+    // logrotate moves the file away, then tells weir.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    weir.signal(libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.get("/two", "rot").status, 200);
+    eventually(Duration::from_secs(5), "the next line in a new file", || read(&log).contains("\"/two\"").then_some(()));
+    assert!(!read(&rotated).contains("\"/two\""), "a line went to the rotated file");
+}

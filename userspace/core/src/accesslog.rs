@@ -1,0 +1,258 @@
+//! Access-log records: a fixed-size, heap-free value a worker fills per request and pushes into
+//! its bounded ring, and the JSON line the shipper makes of it. Owns the record's fields and
+//! their bounds (long paths are truncated, never allocated) and the line format. Must not:
+//! allocate when a record is built, or block: the ring and the shipper live elsewhere.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use crate::outcome::ErrorReason;
+
+/// Longest path kept in a record; longer ones are truncated and marked.
+pub const PATH_BYTES: usize = 160;
+/// Longest authority (Host) kept.
+pub const AUTHORITY_BYTES: usize = 64;
+/// Longest service name (config validation caps names at 63 bytes).
+pub const SERVICE_BYTES: usize = 64;
+/// Longest method kept.
+pub const METHOD_BYTES: usize = 16;
+
+/// A bounded inline string.
+#[derive(Clone, Copy)]
+pub struct InlineStr<const N: usize> {
+    len: u16,
+    truncated: bool,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineStr<N> {
+    /// Copies at most `N` bytes of `s`.
+    pub fn new(s: &[u8]) -> Self {
+        let mut out = InlineStr { len: 0, truncated: s.len() > N, bytes: [0; N] };
+        let n = s.len().min(N);
+        out.bytes[..n].copy_from_slice(&s[..n]);
+        out.len = n as u16;
+        out
+    }
+
+    /// The kept bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Whether the original was longer than `N`.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+impl<const N: usize> Default for InlineStr<N> {
+    fn default() -> Self {
+        InlineStr { len: 0, truncated: false, bytes: [0; N] }
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for InlineStr<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// One request (or TCP connection), as the access log reports it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogRecord {
+    /// Start time, microseconds since the Unix epoch.
+    pub start_unix_us: u64,
+    /// Service name (empty when unrouted).
+    pub service: InlineStr<SERVICE_BYTES>,
+    /// Endpoint of the last attempt.
+    pub endpoint: Option<SocketAddr>,
+    /// Client address.
+    pub client: Option<SocketAddr>,
+    /// Request method (empty for TCP).
+    pub method: InlineStr<METHOD_BYTES>,
+    /// Host / authority.
+    pub authority: InlineStr<AUTHORITY_BYTES>,
+    /// Request target, truncated at [`PATH_BYTES`].
+    pub path: InlineStr<PATH_BYTES>,
+    /// Status sent to the client (0 = none).
+    pub status: u16,
+    /// Why weir answered itself (the `x-weir-error` value).
+    pub error: Option<ErrorReason>,
+    /// Attempts made (0 when none was).
+    pub attempts: u8,
+    /// Bytes received from the client (body).
+    pub bytes_in: u64,
+    /// Bytes sent to the client (body).
+    pub bytes_out: u64,
+    /// Total duration, microseconds.
+    pub duration_us: u64,
+    /// Time from the last attempt's start to its response head, microseconds (0 = none).
+    pub upstream_us: u64,
+    /// Worker that served it.
+    pub worker: u16,
+    /// TCP relay rather than HTTP.
+    pub tcp: bool,
+}
+
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f | 0x7f..=0xff => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+impl LogRecord {
+    /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
+    /// of the same worker dropped since the previous line was shipped; it appears only when
+    /// non-zero, so a consumer sees exactly where the gap was.
+    pub fn write_json(&self, dropped_before: u64, out: &mut Vec<u8>) {
+        let secs = self.start_unix_us / 1_000_000;
+        let micros = self.start_unix_us % 1_000_000;
+        let (date, time) = civil_from_unix(secs);
+        let _ = write!(out, "{{\"timestamp\":\"{date}T{time}.{micros:06}Z\",\"service\":");
+        json_str(out, self.service.as_bytes());
+        out.extend_from_slice(b",\"endpoint\":");
+        match self.endpoint {
+            Some(e) => json_str(out, e.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"client\":");
+        match self.client {
+            Some(e) => json_str(out, e.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"protocol\":");
+        out.extend_from_slice(if self.tcp { b"\"tcp\"" } else { b"\"http\"" });
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method.as_bytes());
+        out.extend_from_slice(b",\"authority\":");
+        json_str(out, self.authority.as_bytes());
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path.as_bytes());
+        if self.path.truncated() {
+            out.extend_from_slice(b",\"path_truncated\":true");
+        }
+        let _ = write!(out, ",\"status\":{}", self.status);
+        out.extend_from_slice(b",\"error\":");
+        match self.error {
+            Some(e) => json_str(out, e.as_str().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        let _ = write!(
+            out,
+            ",\"attempts\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream_ms\":{:.3},\"worker\":{}",
+            self.attempts,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration_us as f64 / 1000.0,
+            self.upstream_us as f64 / 1000.0,
+            self.worker
+        );
+        if dropped_before > 0 {
+            let _ = write!(out, ",\"dropped_before\":{dropped_before}");
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// `YYYY-MM-DD` and `HH:MM:SS` (UTC) of a Unix time, by Howard Hinnant's civil-from-days.
+fn civil_from_unix(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> LogRecord {
+        LogRecord {
+            start_unix_us: 1_764_000_000_123_456,
+            service: InlineStr::new(b"checkout"),
+            endpoint: Some("127.0.0.1:18081".parse().expect("addr")),
+            client: Some("127.0.0.1:40000".parse().expect("addr")),
+            method: InlineStr::new(b"GET"),
+            authority: InlineStr::new(b"checkout"),
+            path: InlineStr::new(b"/cart?id=\"7\""),
+            status: 503,
+            error: Some(ErrorReason::ConnectFailure),
+            attempts: 3,
+            bytes_in: 0,
+            bytes_out: 52,
+            duration_us: 1500,
+            upstream_us: 0,
+            worker: 1,
+            tcp: false,
+        }
+    }
+
+    #[test]
+    fn json_line_is_valid_and_complete() {
+        let mut out = Vec::new();
+        record().write_json(0, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
+        assert_eq!(v["service"], "checkout");
+        assert_eq!(v["path"], "/cart?id=\"7\"");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["error"], "connect_failure");
+        assert_eq!(v["attempts"], 3);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert!(v.get("dropped_before").is_none());
+    }
+
+    #[test]
+    fn gap_count_appears_only_when_records_were_dropped() {
+        let mut out = Vec::new();
+        record().write_json(42, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["dropped_before"], 42);
+    }
+
+    #[test]
+    fn long_paths_are_truncated_and_marked_and_control_bytes_escaped() {
+        let long = vec![b'a'; PATH_BYTES + 10];
+        let mut r = record();
+        r.path = InlineStr::new(&long);
+        r.authority = InlineStr::new(b"ev\x01il\xff");
+        let mut out = Vec::new();
+        r.write_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
+        assert_eq!(v["path_truncated"], true);
+        assert_eq!(v["authority"], "ev\u{1}il\u{ff}");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_unix(0), ("1970-01-01".into(), "00:00:00".into()));
+        assert_eq!(civil_from_unix(951_782_400), ("2000-02-29".into(), "00:00:00".into()));
+    }
+}

@@ -1,0 +1,453 @@
+//! The config model: TOML in, a validated [`Config`] out, or errors that name file, line,
+//! column, field and value. Owns the defaults (BEHAVIOUR.md) and every rule a config must pass.
+//! Must not: touch the network, the filesystem beyond reading the one file it is given, or
+//! anything a running snapshot owns (a config that fails here never replaces a good one).
+//!
+//! Parsing is two steps: serde fills the raw structs (unknown fields, wrong types and missing
+//! fields are reported by `toml` with their position), then [`validate`] checks meaning
+//! (addresses, ranges, duplicates). Meaning errors are located afterwards by walking the
+//! spanned document (`toml::de::DeTable`) along the field's path, so the structs stay plain.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod raw;
+pub use raw::RawConfig;
+
+/// One thing wrong with a config, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted path of the field, e.g. `service[1].vip` (empty for syntax errors).
+    pub field: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Everything wrong with one config file. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read (or `<inline>`).
+    pub file: PathBuf,
+    /// The problems, in file order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if issue.line > 0 {
+                write!(f, ":{}:{}", issue.line, issue.column)?;
+            }
+            if issue.field.is_empty() {
+                write!(f, ": {}", issue.message)?;
+            } else {
+                write!(f, ": field `{}`: {}", issue.field, issue.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reading a config file failed before it could be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Application protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1, parsed, balanced per request, retried.
+    #[default]
+    Http,
+    /// Plain TCP, balanced per connection, relayed byte for byte.
+    Tcp,
+}
+
+pub use crate::balance::LbPolicy;
+
+/// Where access-log records go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "target")]
+pub enum LogSink {
+    /// Access logging disabled.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// A file, reopened on SIGUSR1.
+    File(PathBuf),
+    /// NDJSON over TCP (e.g. a Vector `socket` source).
+    Tcp(String),
+    /// NDJSON over a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl LogSink {
+    fn parse(s: &str) -> Result<LogSink, String> {
+        let hint = "expected \"off\", \"stdout\", \"file:/path\", \"tcp:HOST:PORT\" or \"unix:/path\"";
+        match s {
+            "off" => Ok(LogSink::Off),
+            "stdout" => Ok(LogSink::Stdout),
+            _ => match s.split_once(':') {
+                Some(("file", p)) if p.starts_with('/') => Ok(LogSink::File(p.into())),
+                Some(("unix", p)) if p.starts_with('/') => Ok(LogSink::Unix(p.into())),
+                Some(("tcp", a)) if a.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)
+                }) =>
+                {
+                    Ok(LogSink::Tcp(a.to_string()))
+                }
+                _ => Err(format!("{s:?} is not a log sink: {hint}")),
+            },
+        }
+    }
+}
+
+/// The validated config: what a snapshot is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Data-path listener and limits.
+    pub proxy: ProxyConfig,
+    /// Admin server.
+    pub admin: AdminConfig,
+    /// eBPF steering.
+    pub steering: SteeringConfig,
+    /// Access-log shipping.
+    pub access_log: AccessLogConfig,
+    /// Services, in file order; a service's index is its id in the steering map.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxyConfig {
+    /// Address every worker listens on (SO_REUSEPORT). Default `127.0.0.1:15001`.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 = one per CPU. Default 0.
+    pub workers: usize,
+    /// Downstream connections across all workers before new ones are refused. Default 10 000.
+    pub max_connections: u32,
+    /// Longest a SIGTERM drain waits for in-flight requests. Default 20 s.
+    pub drain_timeout: Duration,
+    /// A client must send a whole request head within this, else 408. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive HTTP client connections are closed after this. Default 300 s.
+    pub downstream_idle_timeout: Duration,
+    /// Idle TCP-service connections are closed after this. Default 3600 s.
+    pub tcp_idle_timeout: Duration,
+    /// Largest request head, else 431. Default 60 KiB.
+    pub max_request_head_bytes: usize,
+    /// Most request headers, else 431. Default 100.
+    pub max_headers: usize,
+    /// Longest request target, else 414. Default 8 KiB.
+    pub max_uri_bytes: usize,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminConfig {
+    /// Admin HTTP listener (/metrics, /ready, /config, /endpoints). Default `127.0.0.1:15000`.
+    pub listen: SocketAddr,
+    /// Must be true to bind a non-loopback admin address. Default false.
+    pub allow_non_loopback: bool,
+}
+
+/// What connects to a VIP do while weir is down (crashed, restarting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Untouched: they go to the VIP itself (kube-proxy's path for a ClusterIP; ECONNREFUSED
+    /// for a VIP nothing else serves).
+    #[default]
+    Open,
+    /// Refused at once (ECONNREFUSED).
+    Closed,
+    /// Straight to the service's first endpoint, bypassing weir.
+    Endpoint,
+}
+
+/// `[steering]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SteeringConfig {
+    /// Load and attach the eBPF programs. Default true; false runs the proxy alone.
+    pub enabled: bool,
+    /// cgroup v2 directories whose workloads are steered.
+    pub cgroups: Vec<PathBuf>,
+    /// SO_MARK on weir's own upstream sockets, which steering never touches. Default 0x5745.
+    pub own_mark: u32,
+    /// What connects to a VIP do while weir is down. Default open.
+    pub fail_mode: FailMode,
+    /// weir counts as down when its workers' heartbeat is older than this. Default 2 s.
+    pub fail_after: Duration,
+    /// bpffs directory where links and maps are pinned (so steering survives a crash and a
+    /// restart takes the links over atomically). Default `/sys/fs/bpf/weir`.
+    pub pin_dir: PathBuf,
+    /// Send each new connection to the worker pinned to the CPU that received it
+    /// (sk_reuseport). Default true.
+    pub cpu_affinity: bool,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    /// Where records go. Default stdout.
+    pub sink: LogSink,
+    /// Capacity of each worker's record ring. Default 65 536.
+    pub ring_records: usize,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceConfig {
+    /// Unique name; also the `service` metric label.
+    pub name: String,
+    /// The virtual address workloads dial.
+    pub vip: SocketAddr,
+    /// Optional dedicated local listener for this service (host-daemon style: an application
+    /// dials `127.0.0.1:PORT` instead of being steered). Connections to it need no Host header
+    /// and work for TCP services without eBPF. Fixed for the life of the process.
+    pub listen: Option<SocketAddr>,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+    /// Where requests go.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Balancing policy.
+    pub lb: LbPolicy,
+    /// Timeouts.
+    pub timeouts: TimeoutConfig,
+    /// Retries and their budget.
+    pub retry: RetryConfig,
+    /// Outlier detection.
+    pub outlier: OutlierConfig,
+    /// Overload protection.
+    pub limits: LimitsConfig,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EndpointConfig {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Relative weight, 1..=1000. Default 1.
+    pub weight: u32,
+}
+
+/// `[service.timeouts]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeoutConfig {
+    /// TCP connect to an endpoint. Default 1 s.
+    pub connect: Duration,
+    /// Whole request, all attempts, until response headers. Default 15 s.
+    pub request: Duration,
+    /// One attempt; unset = only the request timeout. Default unset.
+    pub attempt: Option<Duration>,
+    /// Pooled idle upstream connections are closed after this. Default 3 s.
+    pub upstream_idle: Duration,
+}
+
+/// `[service.retry]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryConfig {
+    /// Total attempts including the first. Default 3.
+    pub attempts: u32,
+    /// Full-jitter back-off base. Default 25 ms.
+    pub backoff_base: Duration,
+    /// Back-off cap. Default 250 ms.
+    pub backoff_max: Duration,
+    /// Request bodies up to this size are kept for replay. Default 64 KiB.
+    pub replay_buffer_bytes: usize,
+    /// Retry budget on. Default true.
+    pub budget: bool,
+    /// Retries may add this fraction to the request rate. Default 0.2.
+    pub budget_ratio: f64,
+    /// Retries per second always allowed per service. Default 10.
+    pub budget_min_per_sec: u32,
+    /// Retry a 5xx other than 503 (idempotent methods with a replayable body only). Default
+    /// true (App Mesh's `server-error`); false passes a 500 straight through.
+    pub on_server_error: bool,
+    /// Retry a 429 (replayable body; honours `Retry-After`). Default false.
+    pub on_rate_limited: bool,
+}
+
+/// `[service.outlier]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierConfig {
+    /// Outlier detection on. Default true.
+    pub enabled: bool,
+    /// Consecutive gateway failures that eject. Default 5.
+    pub consecutive_gateway_failures: u32,
+    /// Ejection time × times ejected. Default 30 s.
+    pub base_ejection: Duration,
+    /// Longest ejection. Default 300 s.
+    pub max_ejection: Duration,
+    /// Never more than this share of endpoints ejected. Default 50.
+    pub max_ejection_percent: u32,
+    /// Below this share healthy, balance over all endpoints. Default 50.
+    pub panic_threshold_percent: u32,
+}
+
+/// `[service.limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitsConfig {
+    /// Requests in flight for this service (all workers) before 503 + Retry-After. Default 10 000.
+    pub max_pending_requests: u32,
+    /// Idle pooled connections kept per endpoint per worker. Default 64.
+    pub max_idle_per_endpoint: u32,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
+        Ok(Config::parse(&src, path)?)
+    }
+
+    /// Validates `src`; `file` names it in errors.
+    pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![syntax_issue(src, &e)],
+        })?;
+        validate(raw).map_err(|problems| ConfigError {
+            file: file.to_path_buf(),
+            issues: locate(src, problems),
+        })
+    }
+
+    /// The service with this name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// A problem found by [`validate`], before it is located in the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Path from the document root: table keys and array indexes.
+    pub path: Vec<PathPart>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One step of a [`Problem`] path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    /// A table key.
+    Key(&'static str),
+    /// An array index.
+    Index(usize),
+}
+
+fn path_string(path: &[PathPart]) -> String {
+    let mut s = String::new();
+    for part in path {
+        match part {
+            PathPart::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            PathPart::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+fn syntax_issue(src: &str, e: &toml::de::Error) -> ConfigIssue {
+    let (line, column) = e.span().map_or((0, 0), |s| line_col(src, s.start));
+    ConfigIssue { field: String::new(), line, column, message: e.message().trim().to_string() }
+}
+
+/// Finds each problem's field in the spanned document.
+fn locate(src: &str, problems: Vec<Problem>) -> Vec<ConfigIssue> {
+    let doc = toml::de::DeTable::parse(src).ok();
+    let mut issues: Vec<ConfigIssue> = problems
+        .into_iter()
+        .map(|p| {
+            let span = doc.as_ref().and_then(|d| span_of(d.get_ref(), &p.path));
+            let (line, column) = span.map_or((0, 0), |s| line_col(src, s));
+            ConfigIssue { field: path_string(&p.path), line, column, message: p.message }
+        })
+        .collect();
+    issues.sort_by_key(|i| (i.line, i.column));
+    issues
+}
+
+fn span_of(root: &toml::de::DeTable<'_>, path: &[PathPart]) -> Option<usize> {
+    use toml::de::DeValue;
+    let (first, rest) = path.split_first()?;
+    let PathPart::Key(k) = first else { return None };
+    let (key, mut value) = root.get_key_value(*k)?;
+    let mut best = key.span().start;
+    for part in rest {
+        let next = match (part, value.get_ref()) {
+            (PathPart::Key(k), DeValue::Table(t)) => t.get_key_value(*k).map(|(key, v)| {
+                best = key.span().start;
+                v
+            }),
+            (PathPart::Index(i), DeValue::Array(a)) => a.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => {
+                value = v;
+                if !matches!(v.get_ref(), DeValue::Table(_)) {
+                    best = v.span().start;
+                }
+            }
+            None => break,
+        }
+    }
+    Some(best)
+}
+
+/// Checks meaning; every problem is reported, not just the first.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    raw::validate(raw)
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

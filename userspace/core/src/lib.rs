@@ -1,0 +1,13 @@
+//! weir's pure logic. Owns the config model and its validation, the classification of an
+//! attempt's result (`Outcome`), balancers, outlier detection, the retry policy and budget,
+//! per-core RED stats shards and access-log records. Must not: do I/O, start threads, read the
+//! clock (time is an argument), or depend on a runtime. Everything here is unit-tested
+//! unprivileged.
+
+pub mod accesslog;
+pub mod balance;
+pub mod config;
+pub mod outcome;
+pub mod outlier;
+pub mod retry;
+pub mod stats;

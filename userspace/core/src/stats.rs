@@ -1,0 +1,350 @@
+//! RED stats (rate, errors, duration) per service, as one worker's single-writer shard.
+//! Owns: what is counted per request, the duration histogram (exact Prometheus buckets for
+//! `/metrics` plus an HDR histogram for percentiles, and an exact sum and count), and merging
+//! shards for a scrape. Must not: be written by more than one thread, lock, or allocate on the
+//! record path (a service's slot is created when a snapshot introduces it, off the request
+//! path).
+//!
+//! The exact buckets exist beside the HDR histogram because HDR's 2-significant-digit
+//! buckets straddle Prometheus bucket bounds: a 50.2 ms request must count in `le="0.1"`, not
+//! in `le="0.05"`, and only an exact comparison guarantees it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::outcome::ErrorReason;
+
+/// Upper bounds (seconds) of the `weir_request_duration_seconds` buckets: 100 µs to 30 s.
+pub const DURATION_BUCKETS_SECONDS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+const DURATION_BUCKETS_NS: [u64; 17] = {
+    let mut out = [0u64; 17];
+    let mut i = 0;
+    while i < 17 {
+        out[i] = (DURATION_BUCKETS_SECONDS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// Highest duration the HDR histogram tracks (larger values are clamped to it): 120 s.
+const HDR_MAX_US: u64 = 120_000_000;
+
+/// Why a retry was made (the `reason` label of `weir_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// Nothing could be sent: refused, connect timeout.
+    ConnectFailure,
+    /// A reused idle connection was closed by the endpoint before anything was written.
+    KeepaliveRace,
+    /// The endpoint reset the connection after the request was sent (idempotent only).
+    Reset,
+    /// No response head in time (idempotent only).
+    Timeout,
+    /// The endpoint answered 503.
+    Status503,
+    /// The endpoint answered another 5xx (idempotent only).
+    Status5xx,
+}
+
+impl RetryReason {
+    /// Every reason, in label order.
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::ConnectFailure,
+        RetryReason::KeepaliveRace,
+        RetryReason::Reset,
+        RetryReason::Timeout,
+        RetryReason::Status503,
+        RetryReason::Status5xx,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::ConnectFailure => "connect_failure",
+            RetryReason::KeepaliveRace => "keepalive_race",
+            RetryReason::Reset => "reset",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Status503 => "status_503",
+            RetryReason::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// What one finished request reports, whatever its protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord {
+    /// Status sent to the client; `None` when none was (TCP relay, client gone, response cut).
+    pub status: Option<u16>,
+    /// Why weir answered itself, if it did.
+    pub error: Option<ErrorReason>,
+    /// Time from the request head to the end of the response.
+    pub duration: Duration,
+    /// The request was balanced in panic mode (too few healthy endpoints).
+    pub panic: bool,
+}
+
+/// One service's counters on one worker.
+#[derive(Debug, Clone)]
+pub struct ServiceStats {
+    /// Requests by status code; index 0..600 (0 = no status: TCP or no response).
+    pub codes: Box<[u64; 600]>,
+    /// Errors weir generated itself, by [`ErrorReason`] (index as in `ErrorReason::ALL`).
+    pub errors: [u64; ErrorReason::ALL.len()],
+    /// Retries by [`RetryReason`].
+    pub retries: [u64; RetryReason::ALL.len()],
+    /// Retries refused because the budget was empty.
+    pub budget_exhausted: u64,
+    /// Endpoints ejected by a decision made on this worker.
+    pub ejections: u64,
+    /// Requests balanced in panic mode.
+    pub panic_requests: u64,
+    /// Upstream connections opened minus closed by this worker (a gauge when summed).
+    pub upstream_connections: i64,
+    /// Exact `weir_request_duration_seconds` bucket counts (non-cumulative) + the +Inf slot.
+    pub buckets: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
+    /// Exact sum of durations, nanoseconds.
+    pub duration_sum_ns: u128,
+    /// Exact count of durations.
+    pub duration_count: u64,
+    /// Durations in microseconds, 2 significant digits, for percentiles.
+    pub hdr: Histogram<u64>,
+}
+
+impl Default for ServiceStats {
+    fn default() -> Self {
+        ServiceStats {
+            codes: Box::new([0; 600]),
+            errors: [0; ErrorReason::ALL.len()],
+            retries: [0; RetryReason::ALL.len()],
+            budget_exhausted: 0,
+            ejections: 0,
+            panic_requests: 0,
+            upstream_connections: 0,
+            buckets: [0; DURATION_BUCKETS_SECONDS.len() + 1],
+            duration_sum_ns: 0,
+            duration_count: 0,
+            hdr: Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds are valid"),
+        }
+    }
+}
+
+fn reason_index(reason: ErrorReason) -> usize {
+    ErrorReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+impl ServiceStats {
+    /// Counts one finished request. Allocation-free.
+    pub fn record(&mut self, r: &RequestRecord) {
+        let code = r.status.map_or(0, usize::from);
+        self.codes[if code < 600 { code } else { 0 }] += 1;
+        if let Some(e) = r.error {
+            self.errors[reason_index(e)] += 1;
+        }
+        if r.panic {
+            self.panic_requests += 1;
+        }
+        let ns = r.duration.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let slot = DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len());
+        self.buckets[slot] += 1;
+        self.duration_sum_ns += u128::from(ns);
+        self.duration_count += 1;
+        self.hdr.saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    /// Counts a retry.
+    pub fn retry(&mut self, reason: RetryReason) {
+        if let Some(i) = RetryReason::ALL.iter().position(|r| *r == reason) {
+            self.retries[i] += 1;
+        }
+    }
+
+    /// Adds `other` into `self` (for a scrape).
+    pub fn merge(&mut self, other: &ServiceStats) {
+        for (a, b) in self.codes.iter_mut().zip(other.codes.iter()) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+        for (a, b) in self.retries.iter_mut().zip(other.retries) {
+            *a += b;
+        }
+        self.budget_exhausted += other.budget_exhausted;
+        self.ejections += other.ejections;
+        self.panic_requests += other.panic_requests;
+        self.upstream_connections += other.upstream_connections;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.duration_sum_ns += other.duration_sum_ns;
+        self.duration_count += other.duration_count;
+        let _ = self.hdr.add(&other.hdr);
+    }
+
+    /// Errors weir generated itself, by reason.
+    pub fn errors_by_reason(&self) -> impl Iterator<Item = (ErrorReason, u64)> + '_ {
+        ErrorReason::ALL.iter().copied().zip(self.errors.iter().copied())
+    }
+
+    /// Retries, by reason.
+    pub fn retries_by_reason(&self) -> impl Iterator<Item = (RetryReason, u64)> + '_ {
+        RetryReason::ALL.iter().copied().zip(self.retries.iter().copied())
+    }
+
+    /// Cumulative bucket counts paired with their upper bound (seconds), ending with +Inf.
+    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
+        let mut acc = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, n) in self.buckets.iter().enumerate() {
+            acc += n;
+            out.push((DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc));
+        }
+        out
+    }
+
+    /// Duration at quantile `q` (0..=1) from the HDR histogram; zero when empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.hdr.is_empty() {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.hdr.value_at_quantile(q))
+    }
+
+    /// Total requests counted.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().sum()
+    }
+}
+
+/// All services' stats of one worker, keyed by service name (names survive reloads; indexes
+/// do not).
+#[derive(Debug, Clone, Default)]
+pub struct StatsShard {
+    /// Per-service stats. Slots are never removed, so counters stay monotonic for Prometheus.
+    pub services: Vec<(Arc<str>, ServiceStats)>,
+    index: HashMap<Arc<str>, usize>,
+    /// Downstream connections refused at the connection limit.
+    pub connections_refused: u64,
+    /// Requests that matched no service.
+    pub unrouted: u64,
+}
+
+impl StatsShard {
+    /// The slot of `service`, created on first use. Call when a snapshot arrives, not per
+    /// request: creation allocates.
+    pub fn slot(&mut self, service: &str) -> usize {
+        if let Some(&i) = self.index.get(service) {
+            return i;
+        }
+        let name: Arc<str> = Arc::from(service);
+        self.services.push((name.clone(), ServiceStats::default()));
+        self.index.insert(name, self.services.len() - 1);
+        self.services.len() - 1
+    }
+
+    /// The stats in slot `i`.
+    pub fn service_mut(&mut self, i: usize) -> &mut ServiceStats {
+        &mut self.services[i].1
+    }
+
+    /// Merges shards into per-service totals (for a scrape).
+    pub fn merge_all<'a>(shards: impl IntoIterator<Item = &'a StatsShard>) -> StatsShard {
+        let mut out = StatsShard::default();
+        for shard in shards {
+            for (name, stats) in &shard.services {
+                let i = out.slot(name);
+                out.services[i].1.merge(stats);
+            }
+            out.connections_refused += shard.connections_refused;
+            out.unrouted += shard.unrouted;
+        }
+        out
+    }
+
+    /// Stats of a service by name.
+    pub fn get(&self, service: &str) -> Option<&ServiceStats> {
+        self.index.get(service).map(|&i| &self.services[i].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: u16, ms: u64) -> RequestRecord {
+        RequestRecord { status: Some(status), error: None, duration: Duration::from_millis(ms), panic: false }
+    }
+
+    #[test]
+    fn counts_codes_errors_and_exact_sums() {
+        let mut s = ServiceStats::default();
+        s.record(&rec(200, 1));
+        s.record(&rec(200, 3));
+        s.record(&RequestRecord { status: Some(503), error: Some(ErrorReason::ConnectFailure), duration: Duration::from_millis(2), panic: true });
+        assert_eq!(s.codes[200], 2);
+        assert_eq!(s.codes[503], 1);
+        assert_eq!(s.requests(), 3);
+        assert_eq!(s.errors_by_reason().find(|(r, _)| *r == ErrorReason::ConnectFailure).map(|x| x.1), Some(1));
+        assert_eq!(s.duration_count, 3);
+        assert_eq!(s.duration_sum_ns, 6_000_000);
+        assert_eq!(s.panic_requests, 1);
+    }
+
+    #[test]
+    fn a_50ms_request_lands_in_the_0_1_bucket_not_0_05() {
+        let mut s = ServiceStats::default();
+        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_micros(50_200), panic: false });
+        let b = s.cumulative_buckets();
+        let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
+        assert_eq!(le(0.05), 0);
+        assert_eq!(le(0.1), 1);
+        assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
+        // Exactly on a bound counts in that bucket (le = less or equal).
+        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(50), panic: false });
+        let b = s.cumulative_buckets();
+        assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
+    }
+
+    #[test]
+    fn beyond_the_last_bucket_counts_only_in_inf() {
+        let mut s = ServiceStats::default();
+        s.record(&rec(200, 31_000));
+        let b = s.cumulative_buckets();
+        assert_eq!(b[b.len() - 2].1, 0);
+        assert_eq!(b[b.len() - 1].1, 1);
+    }
+
+    #[test]
+    fn shards_merge_by_name_across_reordered_slots() {
+        let mut a = StatsShard::default();
+        let mut b = StatsShard::default();
+        let (ax, ay) = (a.slot("x"), a.slot("y"));
+        let (by, bx) = (b.slot("y"), b.slot("x"));
+        a.service_mut(ax).record(&rec(200, 1));
+        a.service_mut(ay).record(&rec(500, 1));
+        b.service_mut(bx).record(&rec(200, 1));
+        b.service_mut(by).retry(RetryReason::Status503);
+        let m = StatsShard::merge_all([&a, &b]);
+        assert_eq!(m.get("x").map(|s| s.codes[200]), Some(2));
+        assert_eq!(m.get("y").map(|s| s.codes[500]), Some(1));
+        assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn quantiles_come_from_the_hdr_histogram() {
+        let mut s = ServiceStats::default();
+        for ms in 1..=100 {
+            s.record(&rec(200, ms));
+        }
+        let p50 = s.quantile(0.5).as_secs_f64();
+        let p99 = s.quantile(0.99).as_secs_f64();
+        assert!((0.049..=0.051).contains(&p50), "{p50}");
+        assert!((0.098..=0.1).contains(&p99), "{p99}");
+    }
+}

@@ -1,0 +1,247 @@
+//! The seam between weir's data path and its io_uring runtime (compio). Everything the data
+//! path does to a socket or the clock goes through here: listen, accept, connect, read, write,
+//! shutdown, sleep, deadlines. Must not: grow policy (timeouts are chosen by callers) or leak
+//! compio types into the rest of the crate, so that a hand-written `io-uring` loop could
+//! replace compio by rewriting this file alone.
+//!
+//! Buffers are owned `Vec<u8>`s that move into the kernel for the duration of an operation and
+//! come back with the result (completion-based I/O); a dropped operation is cancelled and its
+//! buffer released by the runtime.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use compio::buf::{BufResult, IntoInner, IoBuf};
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::{TcpListener, TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Options for sockets weir opens towards endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// SO_MARK for the socket (0 = none). eBPF steering never redirects marked sockets.
+    pub mark: u32,
+}
+
+/// A listening socket of one worker.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` with SO_REUSEPORT, so that every worker has its own accept queue on the
+    /// same address. Must be called on a worker's runtime thread.
+    pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        Ok(Listener { inner: TcpListener::from_std(socket.into())? })
+    }
+
+    /// Accepts one connection.
+    pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
+        let (stream, peer) = self.inner.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((Conn { inner: stream }, peer))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The raw fd (for SO_REUSEPORT socket-array registration by the steering layer).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.inner.as_raw_fd()
+    }
+}
+
+/// A connected TCP stream (downstream client or upstream endpoint).
+#[derive(Debug)]
+pub struct Conn {
+    inner: TcpStream,
+}
+
+impl Conn {
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(addr: SocketAddr, opts: ConnectOptions, timeout: Duration) -> io::Result<Conn> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if opts.mark != 0 {
+            socket.set_mark(opts.mark)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        let socket = TcpSocket::from_std_stream(socket.into())?;
+        match compio::time::timeout(timeout, socket.connect(addr)).await {
+            Ok(Ok(stream)) => Ok(Conn { inner: stream }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    /// Reads into the spare capacity of `buf` (from `len()` to `capacity()`), appending; the
+    /// bytes already in `buf` are kept. `Ok(0)` means the peer closed its side (or `buf` has
+    /// no spare capacity). (compio reads into the whole buffer from offset 0, so the spare
+    /// capacity is passed as a slice.)
+    pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        let BufResult(res, slice) = self.inner.read(buf.slice(len..)).await;
+        (res, slice.into_inner())
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let BufResult(res, buf) = self.inner.write_all(buf).await;
+        (res, buf)
+    }
+
+    /// Writes `buf[range]` completely and gives the whole buffer back.
+    pub async fn write_range(
+        &mut self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let BufResult(res, slice) = self.inner.write_all(buf.slice(range)).await;
+        (res, slice.into_inner())
+    }
+
+    /// Shuts the write side down (sends FIN); reads still work.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
+    }
+
+    /// Closes the connection with a reset (SO_LINGER 0): used when a response is cut short so
+    /// that the client cannot mistake a truncated body for a complete one.
+    pub fn abort(self) {
+        let _ = self.inner.set_zero_linger();
+        drop(self);
+    }
+
+    /// Another handle to the same socket (for relaying both directions at once).
+    pub fn try_clone(&self) -> Conn {
+        Conn { inner: self.inner.clone() }
+    }
+
+    /// Resets the connection for every handle (SO_LINGER 0 + shutdown of both directions):
+    /// wakes a read pending on another handle of this socket.
+    pub fn abort_ref(&self) {
+        use std::os::fd::AsRawFd;
+        let _ = self.inner.set_zero_linger();
+        // SAFETY: shutdown(2) on a valid fd owned by this socket.
+        unsafe { libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Whether the peer has closed or reset the connection, or sent unexpected bytes, without
+    /// waiting: used before reusing a pooled idle connection. A healthy idle keep-alive
+    /// connection has nothing to read.
+    pub fn is_stale(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        // SAFETY: recv into a 1-byte stack buffer on a valid fd, non-blocking, peek only.
+        let n = unsafe {
+            libc::recv(
+                self.inner.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            err.kind() != io::ErrorKind::WouldBlock
+        } else {
+            true // EOF (0) or unsolicited bytes: either way not reusable
+        }
+    }
+}
+
+/// How [`read_until`] ended.
+#[derive(Debug)]
+pub enum ReadUntil {
+    /// The read completed (`Ok(0)` = EOF); the buffer is back.
+    Done(io::Result<usize>, Vec<u8>),
+    /// The deadline passed first; the read was cancelled and its buffer dropped.
+    TimedOut,
+    /// `cancel` fired first (drain); the read was cancelled and its buffer dropped.
+    Cancelled,
+}
+
+/// Reads into `buf` (appending) until `deadline`, or until `cancel` fires. One small future
+/// (read, timer and cancel raced once), so that an idle connection parked here stays small.
+pub async fn read_until(conn: &mut Conn, buf: Vec<u8>, deadline: Instant, cancel: Option<&CancelToken>) -> ReadUntil {
+    use futures_util::future::{Either, select};
+    let read = std::pin::pin!(conn.read(buf));
+    let timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    let cancelled = std::pin::pin!(async {
+        match cancel {
+            Some(t) => t.clone().wait().await,
+            None => std::future::pending::<()>().await,
+        }
+    });
+    match select(read, select(timer, cancelled)).await {
+        Either::Left(((res, buf), _)) => ReadUntil::Done(res, buf),
+        Either::Right((Either::Left(_), _)) => ReadUntil::TimedOut,
+        Either::Right((Either::Right(_), _)) => ReadUntil::Cancelled,
+    }
+}
+
+/// The drain signal of a worker: cancelled once, when drain starts.
+pub use compio::runtime::CancelToken;
+
+/// Sleeps for `d`.
+pub async fn sleep(d: Duration) {
+    compio::time::sleep(d).await
+}
+
+/// Runs `fut` until `deadline`; `None` when the deadline passed first (and `fut` was dropped,
+/// cancelling its I/O).
+pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    compio::time::timeout_at(deadline, fut).await.ok()
+}
+
+/// Spawns a task on the current worker's runtime and lets it run on its own.
+pub fn spawn<F: Future + 'static>(fut: F) {
+    compio::runtime::spawn(fut).detach();
+}
+
+/// A single-threaded runtime for one worker core.
+#[derive(Debug)]
+pub struct Runtime {
+    inner: compio::runtime::Runtime,
+}
+
+impl Runtime {
+    /// Builds the runtime of the calling thread (io_uring, or epoll where io_uring is blocked).
+    pub fn new() -> io::Result<Runtime> {
+        Ok(Runtime { inner: compio::runtime::Runtime::new()? })
+    }
+
+    /// Runs `fut` to completion on this thread, driving every spawned task meanwhile.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.inner.block_on(fut)
+    }
+
+    /// Which driver is in use (`io-uring` or `polling`), for logs.
+    pub fn driver_name(&self) -> &'static str {
+        if self.inner.driver_type().is_polling() { "epoll" } else { "io_uring" }
+    }
+}

@@ -1,0 +1,88 @@
+//! A worker's outputs: its RED stats shard (single writer; a copy is published once a second
+//! for the admin thread to merge) and the producer end of its access-log ring (a full ring
+//! drops the record and counts it; the worker never waits). Must not: lock, block, or be
+//! shared between workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use weir_core::accesslog::LogRecord;
+use weir_core::stats::StatsShard;
+
+/// One worker's telemetry handles.
+#[derive(Debug, Default)]
+pub struct WorkerTelemetry {
+    /// The live shard; only this worker writes it.
+    pub shard: StatsShard,
+    published: Option<Arc<ArcSwap<StatsShard>>>,
+    log: Option<rtrb::Producer<LogRecord>>,
+    log_dropped: Arc<AtomicU64>,
+}
+
+/// The reading side of every worker's telemetry, for the admin thread and the log shipper.
+#[derive(Debug)]
+pub struct TelemetryHub {
+    /// Each worker's last published shard.
+    pub shards: Vec<Arc<ArcSwap<StatsShard>>>,
+    /// Each worker's access-log ring (consumer) and its drop counter. Empty when logging is off.
+    pub logs: Vec<LogSource>,
+}
+
+/// One worker's access-log ring, as the shipper sees it.
+#[derive(Debug)]
+pub struct LogSource {
+    /// Records in push order.
+    pub consumer: rtrb::Consumer<LogRecord>,
+    /// Records dropped because the ring was full (monotonic, written by the worker).
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Creates telemetry for `workers` workers; `ring_records` is the per-worker access-log ring
+/// capacity (`None` = access logging off).
+pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTelemetry>, TelemetryHub) {
+    let mut out = Vec::with_capacity(workers);
+    let mut hub = TelemetryHub { shards: Vec::with_capacity(workers), logs: Vec::new() };
+    for _ in 0..workers {
+        let published = Arc::new(ArcSwap::from_pointee(StatsShard::default()));
+        hub.shards.push(published.clone());
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = ring_records.map(|cap| {
+            let (producer, consumer) = rtrb::RingBuffer::new(cap);
+            hub.logs.push(LogSource { consumer, dropped: dropped.clone() });
+            producer
+        });
+        out.push(WorkerTelemetry { shard: StatsShard::default(), published: Some(published), log, log_dropped: dropped });
+    }
+    (out, hub)
+}
+
+impl WorkerTelemetry {
+    /// Publishes a copy of the shard for the admin thread (once a second, and at exit).
+    pub fn flush(&mut self) {
+        if let Some(p) = &self.published {
+            p.store(Arc::new(self.shard.clone()));
+        }
+    }
+
+    /// Counts a connection refused at the limit.
+    pub fn connection_refused(&mut self) {
+        self.shard.connections_refused += 1;
+    }
+
+    /// Whether access logging is on (so callers can skip building records).
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Queues an access-log record, or drops and counts it when the ring is full.
+    pub fn log(&mut self, record: LogRecord) {
+        if let Some(p) = &mut self.log
+            && p.push(record).is_err()
+        {
+            // Single writer: a relaxed increment is enough, the shipper only needs to see it
+            // eventually.
+            self.log_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The admin HTTP server, on its own thread with a tokio current-thread runtime, never on a
+//! worker core: `/ready`, `/metrics`, `/config`, `/endpoints`, `/steering`. A scrape merges
+//! the workers' published stats shards here, so it never adds latency to the data path. Must
+//! not: take a lock a worker takes, or block the config watcher for long.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::app::Control;
+
+/// The running admin server.
+#[derive(Debug)]
+pub struct AdminServer {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Serves on `listener` (already bound) from a new thread; also runs the config watcher.
+    pub fn start(listener: std::net::TcpListener, control: Arc<Control>) -> anyhow::Result<AdminServer> {
+        listener.set_nonblocking(true)?;
+        let watch = crate::watch::register(control.clone());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("weir-admin".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("admin runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(serve(listener, control, stop_rx, watch));
+            })
+            .context("starting the admin thread")?;
+        Ok(AdminServer { stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// Stops serving and waits up to `timeout` for the thread.
+    pub fn stop(mut self, timeout: Duration) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let deadline = std::time::Instant::now() + timeout;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, control: Arc<Control>, mut stop: oneshot::Receiver<()>, watch: Option<crate::watch::Watch>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin listener: {e}");
+            return;
+        }
+    };
+    if let Some(w) = watch {
+        tokio::spawn(w.run());
+    }
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let control = control.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let control = control.clone();
+                        async move { Ok::<_, std::convert::Infallible>(route(&control, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+    }
+}
+
+fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if control.draining.load(Ordering::SeqCst) {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if control.ready.load(Ordering::SeqCst) {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
+            }
+        }
+        "/config" => {
+            let snapshot = control.shared.snapshot.load_full();
+            json(&serde_json::json!({
+                "file": control.config_path,
+                "generation": snapshot.generation,
+                "loaded_seconds_ago": control.snapshot_loaded.lock().elapsed().as_secs_f64(),
+                "last_reload_error": *control.last_error.lock(),
+                "config": &*snapshot.config,
+            }))
+        }
+        "/endpoints" => json(&crate::metrics::endpoints_view(control)),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(control),
+        ),
+        "/steering" => match control.steering.lock().as_ref() {
+            Some(s) => json(&s.status()),
+            None => json(&serde_json::json!({ "enabled": false })),
+        },
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /ready /metrics /config /endpoints /steering\n",
+        ),
+    }
+}
+
+/// A blocking GET against a running weir's admin API (for `weir steer status`).
+pub fn get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("malformed admin response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("admin answered {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}

@@ -1,0 +1,297 @@
+//! Wiring and lifecycle: start (config → eBPF maps → workers → eBPF links → control thread),
+//! reload (SIGHUP or a change of the config file), drain on SIGTERM/SIGINT. Owns the order in
+//! which things start and stop. Must not: run on a worker core's path; reloads build the new
+//! snapshot here and publish it in one atomic swap.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use weir_core::config::{Config, LogSink};
+use weir_core::stats::StatsShard;
+use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
+
+use crate::shipper::Shipper;
+
+use crate::steering::Steering;
+
+/// State the control thread, the admin server and the signal loop share. Never touched by a
+/// worker's request path.
+#[derive(Debug)]
+pub struct Control {
+    /// The config file reloads read.
+    pub config_path: PathBuf,
+    /// What the workers read.
+    pub shared: Arc<Shared>,
+    /// eBPF steering, when enabled.
+    pub steering: Mutex<Option<Steering>>,
+    /// Serialises reloads (SIGHUP and file watch may race).
+    reload_lock: Mutex<()>,
+    /// Successful reloads.
+    pub reloads_ok: AtomicU64,
+    /// Rejected reloads (the old config kept serving).
+    pub reloads_failed: AtomicU64,
+    /// Unix time (s) of the last successful load.
+    pub last_reload_unix: AtomicU64,
+    /// When the active snapshot was loaded.
+    pub snapshot_loaded: Mutex<Instant>,
+    /// The last reload error, for /config.
+    pub last_error: Mutex<Option<String>>,
+    /// Workers and steering are up.
+    pub ready: AtomicBool,
+    /// Drain has started.
+    pub draining: AtomicBool,
+    /// Worker count.
+    pub workers: AtomicUsize,
+    /// Each worker's last published stats shard.
+    pub stats: Vec<Arc<ArcSwap<StatsShard>>>,
+    /// The access-log shipper, when access logging is on.
+    pub shipper: Mutex<Option<Shipper>>,
+}
+
+impl Control {
+    /// Access-log records (shipped, dropped) so far.
+    pub fn access_log_counts(&self) -> (u64, u64) {
+        match self.shipper.lock().as_ref() {
+            Some(s) => (s.stats.shipped.load(Ordering::Relaxed), s.dropped()),
+            None => (0, 0),
+        }
+    }
+
+    /// Reads, validates and applies the config file. On any error the running snapshot and
+    /// the kernel's service map stay as they were.
+    pub fn reload(&self) -> Result<(), String> {
+        let _serial = self.reload_lock.lock();
+        let result = Config::load(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
+            let old = self.shared.snapshot.load_full();
+            let fixed = restart_only_changes(&old.config, &config);
+            if !fixed.is_empty() {
+                return Err(format!(
+                    "{}: {} cannot change while weir runs; restart weir to apply (nothing was applied)",
+                    self.config_path.display(),
+                    fixed.join(", ")
+                ));
+            }
+            if let Some(steering) = self.steering.lock().as_mut() {
+                steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
+            }
+            let snapshot = Snapshot::build(config, old.workers, Some(&old), self.shared.now_ms());
+            self.shared.snapshot.store(Arc::new(snapshot));
+            Ok(())
+        });
+        match &result {
+            Ok(()) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
+                *self.snapshot_loaded.lock() = Instant::now();
+                *self.last_error.lock() = None;
+                tracing::info!("config reloaded from {}", self.config_path.display());
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock() = Some(e.clone());
+                tracing::error!("config reload rejected, the previous config keeps serving: {e}");
+            }
+        }
+        result
+    }
+}
+
+/// Fields a running weir cannot apply (they are bound, attached or sized at start), that differ
+/// between `old` and `new`. A reload that changes any of them is rejected as a whole, so what
+/// runs is always exactly one file's config.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let service_listens = |c: &Config| c.services.iter().map(|s| (s.name.clone(), s.listen)).filter(|(_, l)| l.is_some()).collect::<Vec<_>>();
+    [
+        ("[proxy] listen", old.proxy.listen != new.proxy.listen),
+        ("[proxy] workers", old.proxy.workers != new.proxy.workers),
+        ("[proxy] max_connections", old.proxy.max_connections != new.proxy.max_connections),
+        ("[admin] listen", old.admin.listen != new.admin.listen),
+        ("[admin] allow_non_loopback", old.admin.allow_non_loopback != new.admin.allow_non_loopback),
+        ("[steering]", old.steering != new.steering),
+        ("[access_log]", old.access_log != new.access_log),
+        ("a service's `listen`", service_listens(old) != service_listens(new)),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// How to start weir.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppOptions {
+    /// After attaching steering, every thread drops the capabilities it no longer needs
+    /// (`weir run` does; in-process embedders such as tests may not want it).
+    pub least_privilege: bool,
+}
+
+/// A running weir.
+#[derive(Debug)]
+pub struct App {
+    /// Shared control state.
+    pub control: Arc<Control>,
+    workers: Workers,
+    admin: crate::admin::AdminServer,
+}
+
+impl App {
+    /// Loads `config_path` and starts everything. Attaches nothing if the config is invalid.
+    pub fn start(config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
+        let config = Config::load(config_path)?;
+        App::start_with(config, config_path, options)
+    }
+
+    /// Starts from an already validated config; `config_path` is what reloads read.
+    pub fn start_with(config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
+        // The admin listener is bound first: a second weir with the same config stops here,
+        // before it touches the kernel.
+        let admin_listener = std::net::TcpListener::bind(config.admin.listen).with_context(|| {
+            format!("binding the admin address {} (is another weir running?)", config.admin.listen)
+        })?;
+        let workers = match config.proxy.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
+            Some(Steering::load(&config).context("loading eBPF steering")?)
+        } else {
+            None
+        };
+        let epoch = Instant::now();
+        let snapshot = Snapshot::build(config.clone(), workers, None, 0);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            orig_dst: steering.as_ref().map(|s| s.hooks()),
+            draining: AtomicBool::new(false),
+            ready_workers: AtomicUsize::new(0),
+            downstream_connections: AtomicUsize::new(0),
+            epoch,
+        });
+        let ring = (config.access_log.sink != LogSink::Off).then_some(config.access_log.ring_records);
+        let (telemetry, hub) = weir_proxy::telemetry(workers, ring);
+        let shipper = match ring {
+            Some(_) => Some(
+                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege)
+                    .context("starting the access-log shipper")?,
+            ),
+            None => None,
+        };
+        let runtime_caps = crate::privileges::runtime_caps(steering.is_some());
+        let on_thread_start = options.least_privilege.then(|| {
+            let keep = runtime_caps.clone();
+            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
+                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
+                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
+                }
+            }))
+        });
+        let started = Workers::start(shared.clone(), StartOptions { workers, pin: true, telemetry, on_thread_start })
+            .context("starting proxy workers")?;
+        let mut steering = steering;
+        if let Some(s) = steering.as_mut() {
+            s.attach_links(&config).context("attaching eBPF steering")?;
+            if s.taken_over > 0 {
+                tracing::info!(links = s.taken_over, "took over the pinned steering links of a previous run");
+            }
+        }
+        let control = Arc::new(Control {
+            config_path: config_path.to_path_buf(),
+            shared,
+            steering: Mutex::new(steering),
+            reload_lock: Mutex::new(()),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_unix: AtomicU64::new(unix_now()),
+            snapshot_loaded: Mutex::new(Instant::now()),
+            last_error: Mutex::new(None),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            workers: AtomicUsize::new(workers),
+            stats: hub.shards,
+            shipper: Mutex::new(shipper),
+        });
+        if options.least_privilege {
+            // The admin thread and everything it spawns inherit the reduced sets.
+            crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
+        }
+        let admin = crate::admin::AdminServer::start(admin_listener, control.clone())?;
+        // Loading the eBPF object parses the kernel's BTF (megabytes); give that memory back.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        control.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            workers,
+            listen = %started.addr(),
+            admin = %config.admin.listen,
+            services = config.services.len(),
+            steering = control.steering.lock().is_some(),
+            "weir is ready"
+        );
+        Ok(App { control, workers: started, admin })
+    }
+
+    /// The proxy address.
+    pub fn proxy_addr(&self) -> std::net::SocketAddr {
+        self.workers.addr()
+    }
+
+    /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.
+    pub fn run_until_signal(self) -> ExitCode {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("weir: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for signal in signals.forever() {
+            match signal {
+                SIGHUP => {
+                    let _ = self.control.reload();
+                }
+                SIGUSR1 => {
+                    if let Some(s) = self.control.shipper.lock().as_ref() {
+                        s.stats.reopen.store(true, Ordering::Relaxed);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if self.shutdown() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    }
+
+    /// Drains and stops: not ready, stop accepting, finish in-flight requests (bounded by the
+    /// drain timeout), detach eBPF, stop the admin server. Returns whether the drain finished
+    /// in time.
+    pub fn shutdown(self) -> bool {
+        let drain_timeout = self.control.shared.snapshot.load().config.proxy.drain_timeout;
+        self.control.draining.store(true, Ordering::SeqCst);
+        // Detach steering first: new connects go where they were dialed (kube-proxy's path for
+        // a ClusterIP) instead of to listeners that are about to close.
+        if let Some(s) = self.control.steering.lock().take() {
+            s.detach();
+        }
+        tracing::info!("draining (at most {} s)", drain_timeout.as_secs());
+        let clean = self.workers.drain(drain_timeout);
+        if let Some(s) = self.control.shipper.lock().take() {
+            s.stop(Duration::from_secs(2));
+        }
+        self.admin.stop(Duration::from_secs(2));
+        if clean {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!("drain timeout reached with requests still in flight; exiting");
+        }
+        clean
+    }
+}

@@ -1,0 +1,103 @@
+//! Command line: parses arguments and turns every failure into one clear message and a
+//! non-zero exit. Must not: hold logic of its own beyond choosing what to run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir_core::config::Config;
+
+use crate::app::App;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "weir: node-level service-mesh data plane (eBPF steering + io_uring proxy)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the data plane until SIGTERM/SIGINT (SIGHUP reloads the config).
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit: 0 when valid, 1 with every problem listed otherwise.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Inspect eBPF steering of a running weir.
+    Steer {
+        #[command(subcommand)]
+        command: SteerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SteerCommand {
+    /// What is attached where, and the kernel-side counters: asks the admin API, or reads the
+    /// pins directly when weir is not running.
+    Status {
+        /// Admin address of the running weir.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+        /// Where weir pins its links and maps (`[steering] pin_dir`).
+        #[arg(long, default_value = "/sys/fs/bpf/weir")]
+        pin_dir: PathBuf,
+    },
+}
+
+/// Entry point of the `weir` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} service{})",
+                    config.display(),
+                    c.services.len(),
+                    if c.services.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            crate::logging::init_without_privileges();
+            match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
+                Ok(app) => app.run_until_signal(),
+                Err(e) => {
+                    eprintln!("weir: cannot start: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Steer { command: SteerCommand::Status { admin, pin_dir } } => {
+            match crate::admin::get(admin, "/steering") {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(admin_err) => match crate::steering::status_from_pins(&pin_dir) {
+                    Ok(v) => {
+                        eprintln!("weir: the admin API at {admin} does not answer ({admin_err}); reading pins under {}", pin_dir.display());
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("weir: cannot read steering status: admin {admin}: {admin_err:#}; pins: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
+    }
+}

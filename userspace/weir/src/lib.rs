@@ -1,0 +1,14 @@
+//! The weir binary's library: wiring of config, eBPF steering, proxy workers, the control
+//! thread (reloads), the admin server and the access-log shipper. Exposed as a library so
+//! integration tests can run weir in-process.
+
+pub mod admin;
+pub mod app;
+mod bpf_sys;
+pub mod cli;
+pub mod logging;
+pub mod metrics;
+pub mod privileges;
+pub mod shipper;
+pub mod steering;
+pub mod watch;

@@ -1,0 +1,534 @@
+//! eBPF steering, user side: loads weir's kernel programs (built into this binary), attaches
+//! the connect hooks and sock_ops to the configured cgroups, keeps the service map equal to
+//! the active snapshot, and gives the proxy its kernel hooks (original destination, listener
+//! registration for CPU-affine accept, heartbeat). Must not: make steering decisions (the
+//! kernel programs apply `weir_ebpf_common::connect_verdict`).
+//!
+//! Lifecycle: links and maps are pinned under `[steering] pin_dir/<instance>/`. If weir dies,
+//! the links stay and, once the workers' heartbeat is stale, connects follow the fail mode. The
+//! next `weir run` finds the pins and swaps its own programs into the existing links with
+//! `BPF_LINK_UPDATE` (atomic: steering never stops), and removes pins the new config does not
+//! use. A clean exit removes every pin, which detaches everything.
+
+use std::collections::HashMap as StdHashMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::Ebpf;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkReuseport, SockOps};
+use serde::Serialize;
+use weir_core::config::{Config, FailMode};
+use weir_ebpf_common::{
+    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS,
+    MAP_SERVICES, OrigDst, ServiceKey, ServiceValue, SteerConfig, fail_mode,
+};
+use weir_proxy::OriginalDst;
+
+use crate::bpf_sys;
+
+/// The kernel programs, compiled by build.rs (aya-build) for bpfel-unknown-none.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
+
+/// Programs attached to each steered cgroup.
+const CGROUP_PROGRAMS: [&str; 3] = ["steer_connect4", "steer_connect6", "steer_sockops"];
+const REUSEPORT_PROGRAM: &str = "steer_reuseport";
+/// Maps pinned for inspection (`weir steer status` while weir is down, bpftool).
+const PINNED_MAPS: [&str; 3] = [MAP_COUNTERS, MAP_SERVICES, MAP_HEARTBEAT];
+
+/// Loaded steering. Dropping it without [`Steering::detach`] leaves the pinned links in place
+/// (that is what a crash does); `detach` removes them.
+pub struct Steering {
+    ebpf: Ebpf,
+    pin_root: PathBuf,
+    cgroups: Vec<PathBuf>,
+    links: Vec<(PathBuf, PinnedLink)>,
+    services: StdHashMap<ServiceKey, ServiceValue>,
+    hooks: Arc<KernelHooks>,
+    /// Links taken over from a previous run at start.
+    pub taken_over: usize,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering").field("cgroups", &self.cgroups).field("pin_root", &self.pin_root).finish_non_exhaustive()
+    }
+}
+
+/// What `/steering` and `weir steer status` show.
+#[derive(Debug, Serialize)]
+pub struct SteerStatus {
+    /// cgroup directories the programs are attached to.
+    pub cgroups: Vec<PathBuf>,
+    /// Programs attached to each of them.
+    pub programs: Vec<&'static str>,
+    /// Pinned links (bpffs paths).
+    pub links: Vec<PathBuf>,
+    /// Service VIPs in the kernel map.
+    pub services: Vec<String>,
+    /// Kernel-side counters, summed over CPUs.
+    pub counters: StdHashMap<&'static str, u64>,
+}
+
+/// The proxy address steered connections are rewritten to (an unspecified listen address
+/// means loopback).
+fn proxy_target(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port()),
+        _ => listen,
+    }
+}
+
+fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn service_key(vip: SocketAddr) -> ServiceKey {
+    ServiceKey { addr: addr16(vip.ip()), port: vip.port(), _pad: 0 }
+}
+
+/// The pin directory of the weir instance that owns `listen`.
+pub fn pin_root(config: &Config) -> PathBuf {
+    let l = config.proxy.listen;
+    let ip = l.ip().to_string().replace([':', '.'], "_");
+    config.steering.pin_dir.join(format!("listen-{ip}-{}", l.port()))
+}
+
+/// A stable short name for a cgroup path (pin file names must not contain `/`).
+fn cgroup_tag(cg: &Path) -> String {
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in cg.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))
+}
+
+fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+    use aya::maps::Map;
+    let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))?;
+    let data = match map {
+        Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::ReusePortSockArray(d) | Map::PerCpuArray(d) => d,
+        other => bail!("map {name} has unexpected type {other:?}"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from weir's eBPF object"))
+}
+
+impl Steering {
+    /// Loads the programs into the kernel and fills their maps for `config`, without
+    /// attaching anything yet (see [`Steering::attach_links`]).
+    pub fn load(config: &Config) -> anyhow::Result<Steering> {
+        let steering = &config.steering;
+        for cg in &steering.cgroups {
+            check_cgroup_dir(cg)?;
+        }
+        check_bpffs(&steering.pin_dir)?;
+        remove_dead_instances(&steering.pin_dir, &pin_root(config), steering.fail_after * DEAD_AFTER_FAILS);
+        let mut ebpf = Ebpf::load(PROGRAMS).context("loading weir's eBPF object")?;
+        let target = proxy_target(config.proxy.listen);
+        let (proxy_ip4_be, proxy_ip6) = match target.ip() {
+            IpAddr::V4(v4) => (u32::from_ne_bytes(v4.octets()), v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => (v6.to_ipv4_mapped().map_or(0, |v4| u32::from_ne_bytes(v4.octets())), v6.octets()),
+        };
+        let steer_config = SteerConfig {
+            proxy_ip4_be,
+            proxy_port: target.port(),
+            _pad0: 0,
+            proxy_ip6,
+            own_mark: steering.own_mark,
+            enabled: 1,
+            fail_mode: match steering.fail_mode {
+                FailMode::Open => fail_mode::OPEN,
+                FailMode::Closed => fail_mode::CLOSED,
+                FailMode::Endpoint => fail_mode::ENDPOINT,
+            },
+            _pad1: 0,
+            fail_after_ns: steering.fail_after.as_nanos() as u64,
+        };
+        Array::<&mut MapData, SteerConfig>::try_from(map_data(&mut ebpf, MAP_CONFIG)?)?
+            .set(0, steer_config, 0)
+            .context("writing the steering config map")?;
+        for name in CGROUP_PROGRAMS.into_iter().chain([REUSEPORT_PROGRAM]) {
+            match program(&mut ebpf, name)? {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SockOps(p) => p.load(),
+                aya::programs::Program::SkReuseport(p) => p.load(),
+                _ => bail!("program {name} has an unexpected type"),
+            }
+            .with_context(|| format!("loading {name} into the kernel (verifier)"))?;
+        }
+        let reuseport_prog: OwnedFd = {
+            let p: &mut SkReuseport = program(&mut ebpf, REUSEPORT_PROGRAM)?.try_into()?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        };
+        let hooks = Arc::new(KernelHooks {
+            conn_orig: map_fd(&ebpf, MAP_CONN_ORIG)?,
+            heartbeat: map_fd(&ebpf, MAP_HEARTBEAT)?,
+            listeners: map_fd(&ebpf, MAP_LISTENERS)?,
+            reuseport_prog: steering.cpu_affinity.then_some(reuseport_prog),
+            reuseport_attached: AtomicBool::new(false),
+        });
+        // Alive from the start: steering must not fail over before the first worker tick.
+        hooks.heartbeat();
+        let mut me = Steering {
+            ebpf,
+            pin_root: pin_root(config),
+            cgroups: steering.cgroups.clone(),
+            links: Vec::new(),
+            services: StdHashMap::new(),
+            hooks,
+            taken_over: 0,
+        };
+        me.sync_services(config)?;
+        Ok(me)
+    }
+
+    /// Attaches the programs to every configured cgroup, taking over the pinned links of a
+    /// previous run atomically where they exist, and pins links and maps. From here on,
+    /// connects from those cgroups to a service VIP reach the proxy.
+    ///
+    /// New links use attach mode `Single` ("no flags"): cgroup bpf_links always coexist with
+    /// other programs on the same cgroup.
+    pub fn attach_links(&mut self, _config: &Config) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.pin_root)
+            .with_context(|| format!("creating the pin directory {}", self.pin_root.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        // Root only: the maps hold the service table and the steering switch.
+        std::fs::set_permissions(&self.pin_root, std::fs::Permissions::from_mode(0o700))?;
+        let mut wanted = Vec::new();
+        for cg in self.cgroups.clone() {
+            let tag = cgroup_tag(&cg);
+            for name in CGROUP_PROGRAMS {
+                let path = self.pin_root.join(format!("link-{tag}-{name}"));
+                let link = match PinnedLink::from_pin(&path) {
+                    Ok(old) => {
+                        // A previous weir's link: swap our program in, atomically.
+                        let prog_fd = self.program_fd(name)?;
+                        let link_fd = bpf_sys::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
+                        bpf_sys::link_update(link_fd.as_raw_fd(), prog_fd.as_raw_fd())
+                            .with_context(|| format!("taking over {}", path.display()))?;
+                        self.taken_over += 1;
+                        old
+                    }
+                    Err(_) => {
+                        let dir = File::open(&cg).with_context(|| format!("opening cgroup {}", cg.display()))?;
+                        let fd_link = self.attach_one(name, &dir).with_context(|| format!("attaching {name} to {}", cg.display()))?;
+                        fd_link.pin(&path).with_context(|| format!("pinning {}", path.display()))?
+                    }
+                };
+                wanted.push(path.clone());
+                self.links.push((path, link));
+            }
+        }
+        // Pins of a previous run that this config does not use (a cgroup removed): drop them.
+        for entry in std::fs::read_dir(&self.pin_root)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link-") && !wanted.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        for name in PINNED_MAPS {
+            let path = self.pin_root.join(format!("map-{name}"));
+            let _ = std::fs::remove_file(&path);
+            if let Some(m) = self.ebpf.map(name) {
+                let pinned = match m {
+                    aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => d.pin(&path),
+                    _ => continue,
+                };
+                pinned.with_context(|| format!("pinning map {}", path.display()))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn program_fd(&mut self, name: &str) -> anyhow::Result<OwnedFd> {
+        Ok(match program(&mut self.ebpf, name)? {
+            aya::programs::Program::CgroupSockAddr(p) => p.fd()?.as_fd().try_clone_to_owned()?,
+            aya::programs::Program::SockOps(p) => p.fd()?.as_fd().try_clone_to_owned()?,
+            _ => bail!("program {name} has an unexpected type"),
+        })
+    }
+
+    fn attach_one(&mut self, name: &str, dir: &File) -> anyhow::Result<FdLink> {
+        match program(&mut self.ebpf, name)? {
+            aya::programs::Program::CgroupSockAddr(p) => {
+                let p: &mut CgroupSockAddr = p;
+                let id = p.attach(dir, CgroupAttachMode::Single)?;
+                Ok(FdLink::try_from(p.take_link(id)?)?)
+            }
+            aya::programs::Program::SockOps(p) => {
+                let p: &mut SockOps = p;
+                let id = p.attach(dir, CgroupAttachMode::Single)?;
+                Ok(FdLink::try_from(p.take_link(id)?)?)
+            }
+            _ => bail!("program {name} has an unexpected type"),
+        }
+    }
+
+    /// Removes every pin of this instance, which detaches the links: connects go where they
+    /// were dialed from now on. Called on a clean exit.
+    pub fn detach(mut self) {
+        for (path, link) in self.links.drain(..) {
+            match link.unpin() {
+                Ok(fd_link) => drop(fd_link),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for name in PINNED_MAPS {
+            let _ = std::fs::remove_file(self.pin_root.join(format!("map-{name}")));
+        }
+        let _ = std::fs::remove_dir(&self.pin_root);
+    }
+
+    /// Makes the kernel's service map equal to `config`'s services: adds and updates entries
+    /// first, then removes the ones that are gone. Nothing is detached.
+    pub fn sync_services(&mut self, config: &Config) -> anyhow::Result<()> {
+        let mut want = StdHashMap::new();
+        for (id, s) in config.services.iter().enumerate() {
+            let (fallback_addr, fallback_port) = s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
+            want.insert(
+                service_key(s.vip),
+                ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+            );
+        }
+        let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> = HashMap::try_from(map_data(&mut self.ebpf, MAP_SERVICES)?)?;
+        for (k, v) in &want {
+            if self.services.get(k) != Some(v) {
+                map.insert(k, v, 0).context("updating the service map")?;
+            }
+        }
+        for k in self.services.keys() {
+            if !want.contains_key(k) {
+                map.remove(k).context("removing a service from the service map")?;
+            }
+        }
+        self.services = want;
+        Ok(())
+    }
+
+    /// The kernel hooks for the proxy's workers.
+    pub fn hooks(&self) -> Arc<dyn OriginalDst> {
+        self.hooks.clone()
+    }
+
+    /// What is attached where, and the kernel-side counters.
+    pub fn status(&self) -> SteerStatus {
+        let counters = self
+            .ebpf
+            .map(MAP_COUNTERS)
+            .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
+            .map(|arr| read_counters(&arr))
+            .unwrap_or_default();
+        let mut services: Vec<String> = self
+            .services
+            .keys()
+            .map(|k| {
+                let ip = Ipv6Addr::from(k.addr);
+                let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+                SocketAddr::new(ip, k.port).to_string()
+            })
+            .collect();
+        services.sort();
+        SteerStatus {
+            cgroups: self.cgroups.clone(),
+            programs: CGROUP_PROGRAMS.to_vec(),
+            links: self.links.iter().map(|(p, _)| p.clone()).collect(),
+            services,
+            counters,
+        }
+    }
+}
+
+fn read_counters(arr: &PerCpuArray<&MapData, u64>) -> StdHashMap<&'static str, u64> {
+    Counter::ALL
+        .iter()
+        .map(|c| (c.name(), arr.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+        .collect()
+}
+
+/// Counters and links of a weir whose admin API does not answer, read from its pins.
+pub fn status_from_pins(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut instances = Vec::new();
+    let entries = std::fs::read_dir(pin_dir).with_context(|| format!("no pins under {}", pin_dir.display()))?;
+    for inst in entries.flatten() {
+        let mut links = Vec::new();
+        let mut counters = StdHashMap::new();
+        for f in std::fs::read_dir(inst.path())?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link-") {
+                links.push(name);
+            } else if name == format!("map-{MAP_COUNTERS}") {
+                let data = MapData::from_pin(f.path())?;
+                let map = aya::maps::Map::PerCpuArray(data);
+                let arr = PerCpuArray::<_, u64>::try_from(map)?;
+                counters = Counter::ALL
+                    .iter()
+                    .map(|c| (c.name(), arr.get(&(*c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)))
+                    .collect();
+            }
+        }
+        links.sort();
+        instances.push(serde_json::json!({ "pins": inst.path(), "links": links, "counters": counters }));
+    }
+    Ok(serde_json::json!({ "running": false, "instances": instances }))
+}
+
+/// A weir whose heartbeat is older than this many `fail_after` periods is gone for good, not
+/// restarting (10 s with the defaults).
+const DEAD_AFTER_FAILS: u32 = 5;
+
+/// Removes the pins of other weir instances (other `[proxy] listen` addresses) whose heartbeat
+/// stopped long ago: a crashed weir that was never restarted on the same address, e.g. after
+/// its listen address changed. Left in place, its links would keep applying their fail mode to
+/// the same cgroups. Our own directory is taken over instead, and live instances are left
+/// alone.
+fn remove_dead_instances(pin_dir: &Path, own: &Path, dead_after: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else { return };
+    let now = bpf_sys::monotonic_ns();
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p != own) {
+        let heartbeat = MapData::from_pin(dir.join(format!("map-{MAP_HEARTBEAT}")))
+            .ok()
+            .and_then(|d| Array::<_, u64>::try_from(aya::maps::Map::Array(d)).ok())
+            .and_then(|a| a.get(&0, 0).ok());
+        let dead = match heartbeat {
+            Some(hb) => now.saturating_sub(hb) > dead_after.as_nanos() as u64,
+            // No heartbeat map: a half-written or emptied directory.
+            None => true,
+        };
+        if dead {
+            tracing::warn!("removing the steering pins of a weir that is gone: {}", dir.display());
+            if let Ok(files) = std::fs::read_dir(&dir) {
+                for f in files.flatten() {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn check_cgroup_dir(cg: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(cg).with_context(|| {
+        format!("steering cgroup {} does not exist (create it, or fix [steering] cgroups)", cg.display())
+    })?;
+    if !meta.is_dir() || !cg.join("cgroup.procs").exists() {
+        bail!("steering cgroup {} is not a cgroup v2 directory (no cgroup.procs)", cg.display());
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let mut probe = path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            return false;
+        }
+    }
+    let Ok(c) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::BPF_FS_MAGIC as libc::c_long }
+}
+
+/// Makes sure `pin_dir` is on bpffs, mounting bpffs at /sys/fs/bpf when nothing is mounted
+/// there yet (as systemd does at boot on most distributions).
+fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
+    if is_bpffs(pin_dir) {
+        return Ok(());
+    }
+    if pin_dir.starts_with(DEFAULT_MOUNT) && Path::new(DEFAULT_MOUNT).is_dir() {
+        let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+        // SAFETY: mount(2) with NUL-terminated constant strings and no data.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            tracing::info!("mounted bpffs at {DEFAULT_MOUNT}");
+        }
+        if is_bpffs(pin_dir) {
+            return Ok(());
+        }
+    }
+    bail!("[steering] pin_dir {} is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)", pin_dir.display())
+}
+
+/// The proxy's view of the kernel: original destinations, listener registration and the
+/// heartbeat. Raw map syscalls on dup'ed fds, so workers need no lock and no aya object.
+#[derive(Debug)]
+struct KernelHooks {
+    conn_orig: OwnedFd,
+    heartbeat: OwnedFd,
+    listeners: OwnedFd,
+    reuseport_prog: Option<OwnedFd>,
+    reuseport_attached: AtomicBool,
+}
+
+impl OriginalDst for KernelHooks {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        let key = ConnKey {
+            peer_addr: addr16(peer.ip()),
+            local_addr: addr16(local.ip()),
+            peer_port: peer.port(),
+            local_port: local.port(),
+        };
+        let mut value = OrigDst { addr: [0; 16], port: 0, _pad: 0, service_id: 0 };
+        bpf_sys::lookup_and_delete(self.conn_orig.as_raw_fd(), &key, &mut value).ok()?;
+        let ip = Ipv6Addr::from(value.addr);
+        let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        Some(SocketAddr::new(ip, value.port))
+    }
+
+    fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {
+        let Some(prog) = &self.reuseport_prog else { return };
+        let Some(cpu) = cpu else { return };
+        if let Err(e) = bpf_sys::update(self.listeners.as_raw_fd(), &(cpu as u32), &(fd as u32)) {
+            tracing::warn!(worker, cpu, "CPU-affine accept unavailable: listener not registered: {e}");
+            return;
+        }
+        // The program belongs to the whole SO_REUSEPORT group: attach it once.
+        if !self.reuseport_attached.swap(true, Ordering::SeqCst) {
+            // SAFETY: `fd` is the worker's live listening socket for the duration of this call.
+            let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+            let prog_fd = prog.as_raw_fd();
+            // SAFETY: setsockopt with a correctly sized int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_REUSEPORT_EBPF,
+                    (&prog_fd as *const RawFd).cast(),
+                    std::mem::size_of::<RawFd>() as u32,
+                )
+            };
+            if rc != 0 {
+                tracing::warn!("CPU-affine accept unavailable: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let _ = bpf_sys::update(self.heartbeat.as_raw_fd(), &0u32, &bpf_sys::monotonic_ns());
+    }
+}

@@ -1,0 +1,283 @@
+//! `cargo xtask bench [--quick]`: weir side by side with the proxies users would otherwise
+//! pick, in one run, with identical settings for every path, written into the repo.
+//!
+//! Paths: direct to the upstream; weir (one worker) dialed directly; weir through eBPF
+//! steering (client in a steered cgroup dialing a VIP); nginx; HAProxy; Envoy. Pinning: the
+//! proxy on CPU 1, the load generator and the upstream on CPU 0 (the per-hop test moves the
+//! upstream and the generator onto CPU 1 too). Outputs: target/bench/results.{json,md},
+//! latency plots (SVG + PNG), and docs/BENCHMARKS.md regenerated.
+//!
+//! Then two scenarios of weir alone: the access-log cost, and the gain of CPU-affine accept
+//! (two workers, weir on both CPUs, the steered client and the upstream on CPU 0).
+//!
+//! Files: install.rs (peers, builds, machine), peers.rs (configs, starting paths), procs.rs
+//! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), features.rs
+//! (access-log cost), affinity.rs (CPU-affine accept), report.rs (tables, goals), docs.rs
+//! (docs/BENCHMARKS.md), plot.rs (the percentile plot).
+//! Must not: leave processes, cgroups or files outside target/ and docs/ behind.
+
+mod affinity;
+mod docs;
+mod features;
+mod install;
+mod measure;
+mod peers;
+mod plot;
+mod procs;
+mod report;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use serde::Serialize;
+
+use crate::{capture, is_root, root, setup};
+use measure::{Memory, OpenRun, PerHop, Plan, Saturation};
+use peers::{Env, PathId};
+use procs::{Cgroup, Proc};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A ~2-minute run (shorter and fewer measurements) instead of the full ~12 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Do not install missing peers; report them as unavailable.
+    #[arg(long)]
+    no_install: bool,
+    /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
+    #[arg(long)]
+    no_docs: bool,
+}
+
+/// Everything measured on one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathResult {
+    /// Stable key.
+    pub key: String,
+    /// Report label.
+    pub label: String,
+    /// "ok", "unavailable" (its peer could not be installed or run here) or "failed".
+    pub status: String,
+    /// Why it is unavailable or failed.
+    pub note: Option<String>,
+    /// Added latency test.
+    pub per_hop: Option<PerHop>,
+    /// Open loop, one per rate.
+    pub open: Vec<OpenRun>,
+    /// Closed loop.
+    pub saturation: Option<Saturation>,
+    /// Memory.
+    pub memory: Option<Memory>,
+    /// Measurements of this path that failed.
+    pub problems: Vec<String>,
+}
+
+impl PathResult {
+    fn new(id: PathId) -> PathResult {
+        PathResult {
+            key: id.key().into(),
+            label: id.label().into(),
+            status: "ok".into(),
+            note: None,
+            per_hop: None,
+            open: Vec::new(),
+            saturation: None,
+            memory: None,
+            problems: Vec::new(),
+        }
+    }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    procs::cleanup_on_signal()?;
+    let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
+    let dir = root().join("target/bench");
+    // Configs and logs of this run only (the report embeds every config it finds).
+    for sub in ["configs", "logs"] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
+    std::fs::create_dir_all(dir.join("logs"))?;
+    if !is_root() {
+        eprintln!("bench: not root: the steered path (eBPF, cgroups) will be reported unavailable, and peers cannot be installed");
+    }
+    if is_root() && !args.no_install {
+        // nightly rust-src + bpf-linker: weir's build script compiles the eBPF programs.
+        setup::setup()?;
+    }
+    let (weir, loadgen) = install::build()?;
+    let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
+    let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
+    let cgroup_guard = if is_root() { Cgroup::create().map_err(|e| format!("{e:#}")) } else { Err("needs root (eBPF, cgroups)".into()) };
+    let (proxy_cpu, client_cpu) = if machine.nproc >= 2 { ("1", "0") } else { ("0", "0") };
+    let env = Env {
+        dir: dir.clone(),
+        weir,
+        loadgen,
+        nginx,
+        haproxy,
+        envoy,
+        cgroup: cgroup_guard.as_ref().map(|c| c.path.clone()).map_err(Clone::clone),
+        proxy_cpu: proxy_cpu.into(),
+        client_cpu: client_cpu.into(),
+    };
+    let nofile = procs::raise_nofile();
+    // This process (and the access-log sink threads it runs) stays off the proxy's core.
+    procs::pin_self(client_cpu.parse()?)?;
+    let plan = Plan::new(args.quick);
+    eprintln!(
+        "bench: {} CPUs ({}), proxy on CPU {proxy_cpu}, load generator + upstream on CPU {client_cpu}, open files limit {nofile}",
+        machine.nproc, machine.cpu_model
+    );
+
+    let others_before = procs::cpu_snapshot();
+    let measuring = Instant::now();
+    let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
+    eprintln!("bench: upstream nginx on {upstream_addr}");
+    let mut paths = Vec::new();
+    for id in PathId::ALL {
+        paths.push(run_path(&env, &plan, id, upstream_addr, &mut upstream));
+    }
+    eprintln!("bench: access-log cost (weir variants)");
+    let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
+        eprintln!("bench: access-log comparison failed: {e:#}");
+        Vec::new()
+    });
+    eprintln!("bench: CPU-affine accept (2 workers, steered, client on CPU {client_cpu})");
+    let affinity = affinity::run(&env, &plan, upstream_addr);
+    drop(upstream);
+    drop(cgroup_guard);
+    if procs::stopping() {
+        bail!("interrupted by a signal: nothing written");
+    }
+    let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
+    let background = report::Background {
+        cpu_seconds: other_cpu_s,
+        share_of_machine: other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64),
+        top,
+    };
+    if background.share_of_machine > 0.05 {
+        eprintln!(
+            "bench: warning: other processes used {:.0}% of the machine during the run ({}): numbers are noisier than usual",
+            background.share_of_machine * 100.0,
+            background.top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
+        );
+    }
+
+    let run = report::Run { command, machine, plan, paths, features, affinity, background, elapsed_s: started.elapsed().as_secs_f64() };
+    let results = report::Results::new(run, &env);
+    report::write(&results, &dir, !args.no_docs)?;
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn unavailable(env: &Env, id: PathId) -> Option<String> {
+    let why = |r: &Result<std::path::PathBuf, String>| r.as_ref().err().cloned();
+    match id {
+        PathId::Direct | PathId::Weir => None,
+        PathId::WeirSteered => why(&env.cgroup),
+        PathId::Nginx => why(&env.nginx),
+        PathId::Haproxy => why(&env.haproxy),
+        PathId::Envoy => why(&env.envoy),
+    }
+}
+
+/// Runs every measurement of path `id`; a failure is recorded in the result, never raised.
+fn run_path(env: &Env, plan: &Plan, id: PathId, upstream_addr: SocketAddr, upstream: &mut Proc) -> PathResult {
+    let mut res = PathResult::new(id);
+    if let Some(why) = unavailable(env, id) {
+        eprintln!("bench: {}: unavailable: {why}", id.key());
+        res.status = "unavailable".into();
+        res.note = Some(why);
+        return res;
+    }
+    if let Err(e) = upstream.check_alive() {
+        res.status = "failed".into();
+        res.note = Some(format!("the upstream died: {e:#}"));
+        return res;
+    }
+    eprintln!("bench: {}: starting", id.key());
+    let mut running = match peers::start(env, id, upstream_addr) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: {}: failed to start: {e:#}", id.key());
+            res.status = "failed".into();
+            res.note = Some(format!("did not start: {e:#}"));
+            return res;
+        }
+    };
+
+    // Added latency per hop: everything on the proxy's core.
+    let hop = upstream.pin(&env.proxy_cpu).and_then(|_| measure::per_hop(env, plan, &running, &env.proxy_cpu));
+    if let Err(e) = upstream.pin(&env.client_cpu) {
+        res.problems.push(format!("re-pinning the upstream: {e:#}"));
+    }
+    match hop {
+        Ok(h) => {
+            eprintln!("bench: {}: per hop p50 {:.1} µs, p99 {:.1} µs", id.key(), h.p50_us, h.p99_us);
+            res.per_hop = Some(h);
+        }
+        Err(e) => res.problems.push(format!("per-hop test: {e:#}")),
+    }
+    let rss_idle = running.proc.as_ref().map_or(0, Proc::rss_bytes);
+
+    for &rate in &plan.rates {
+        match measure::open(env, plan, &running, rate, plan.open_s) {
+            Ok(o) => {
+                eprintln!(
+                    "bench: {}: {rate} rps: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, errors {}",
+                    id.key(),
+                    o.latency.p50_us,
+                    o.latency.p99_us,
+                    o.latency.p999_us,
+                    o.latency.max_us,
+                    o.errors
+                );
+                res.open.push(o);
+            }
+            Err(e) => res.problems.push(format!("open loop at {rate} rps: {e:#}")),
+        }
+    }
+
+    match measure::saturate(env, plan, &running, upstream) {
+        Ok(s) => {
+            eprintln!(
+                "bench: {}: saturated {:.0} rps, proxy CPU {} µs/req",
+                id.key(),
+                s.rps,
+                s.proxy_cpu_us_per_req.map_or("-".into(), |c| format!("{c:.2}"))
+            );
+            res.saturation = Some(s);
+        }
+        Err(e) => res.problems.push(format!("closed loop: {e:#}")),
+    }
+
+    if let Some(proc) = &running.proc {
+        match measure::memory(env, plan, &running, proc, rss_idle) {
+            Ok(m) => {
+                eprintln!("bench: {}: {} idle connections: {:.0} bytes each", id.key(), m.connections, m.per_connection_bytes);
+                res.memory = Some(m);
+            }
+            Err(e) => res.problems.push(format!("memory test: {e:#}")),
+        }
+    }
+    if let Some(p) = running.proc.as_mut()
+        && let Err(e) = p.check_alive()
+    {
+        res.problems.push(format!("the proxy died during the run: {e:#}"));
+    }
+    for p in &res.problems {
+        eprintln!("bench: {}: problem: {p}", id.key());
+    }
+    drop(running);
+    res
+}
+
+/// `date -u` as an ISO timestamp (for the report).
+fn now_utc() -> String {
+    capture(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,436 @@
+//! `cargo xtask demo`: weir end to end on this machine. Starts three demo endpoints on
+//! loopback, weir with the bundled config (deploy/examples/demo.toml), and a demo workload in
+//! its own cgroup that dials the service VIP 127.10.0.1:80; eBPF steers it through weir. Prints
+//! one line per second (requests, errors, p50/p99, which endpoint answered) until Ctrl-C or
+//! `--duration`, then stops weir and removes the cgroup.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{is_root, root, run, setup};
+
+const CONFIG: &str = include_str!("../../deploy/examples/demo.toml");
+const ENDPOINTS: [&str; 3] = ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"];
+const VIP: &str = "127.10.0.1:80";
+const ADMIN: &str = "127.0.0.1:15000";
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Requests per second the workload sends.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// After this many seconds endpoint 3 starts answering 503, to show retries and ejection
+    /// (0 = never).
+    #[arg(long, default_value_t = 5)]
+    chaos_at: u64,
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    #[arg(long)]
+    vip: SocketAddr,
+    #[arg(long)]
+    cgroup: PathBuf,
+    #[arg(long)]
+    duration: u64,
+    #[arg(long)]
+    rate: u32,
+}
+
+/// Removes the demo cgroup and stops child processes however the demo ends.
+struct Cleanup {
+    cgroup: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SIGTERM first, so weir drains and detaches; SIGKILL if it does not exit.
+            // SAFETY: kill(2) on a child pid we own.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(25);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.cgroup.exists() && std::fs::remove_dir(&self.cgroup).is_err() {
+            eprintln!("demo: could not remove {}", self.cgroup.display());
+        }
+    }
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the demo loads eBPF programs and creates a cgroup: run it as root (`sudo -E cargo xtask demo`)");
+    }
+    setup::setup()?;
+    eprintln!("demo: building weir");
+    run(Command::new("cargo").current_dir(root()).args(["build", "--quiet", "-p", "weir"]))?;
+    let weir = root().join("target/debug/weir");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc_handler(move || stop.store(true, Ordering::SeqCst))?;
+    }
+    let failing = Arc::new(AtomicBool::new(false));
+    for (i, addr) in ENDPOINTS.iter().enumerate() {
+        let listener = TcpListener::bind(addr).with_context(|| format!("demo endpoint {addr} is in use"))?;
+        let failing = (i == 2).then(|| failing.clone());
+        std::thread::spawn(move || serve_endpoint(listener, i + 1, failing));
+    }
+
+    let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/weir-demo-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+    let mut cleanup = Cleanup { cgroup: cgroup.clone(), children: Vec::new() };
+
+    let dir = root().join("target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("demo.toml");
+    let access_log = dir.join("access.log");
+    let _ = std::fs::remove_file(&access_log);
+    std::fs::write(
+        &config_path,
+        CONFIG
+            .replace("@DEMO_CGROUP@", &cgroup.display().to_string())
+            .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display())),
+    )?;
+
+    eprintln!("demo: starting weir ({})", config_path.display());
+    let weir_child = Command::new(&weir)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .spawn()
+        .context("starting weir")?;
+    cleanup.children.push(weir_child);
+    wait_ready(&mut cleanup.children[0])?;
+
+    let duration = args.duration.unwrap_or(u64::MAX / 4);
+    eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup.display(), args.rate);
+    let mut client = Command::new(std::env::current_exe()?)
+        .args(["demo-client", "--vip", VIP, "--cgroup"])
+        .arg(&cgroup)
+        .args(["--duration", &duration.to_string(), "--rate", &args.rate.to_string()])
+        .stdout(Stdio::inherit())
+        .spawn()
+        .context("starting the demo workload")?;
+    eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
+    {
+        let (stop, failing) = (stop.clone(), failing.clone());
+        let chaos_at = args.chaos_at;
+        std::thread::spawn(move || monitor(stop, failing, chaos_at));
+    }
+    let status = loop {
+        if stop.load(Ordering::SeqCst) {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(client.id() as i32, libc::SIGTERM) };
+            break client.wait()?;
+        }
+        if let Some(s) = client.try_wait()? {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("demo: stopping weir");
+    drop(cleanup);
+    if !status.success() && !stop.load(Ordering::SeqCst) {
+        bail!("the demo workload failed: {status}");
+    }
+    Ok(())
+}
+
+fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            f();
+        }
+    });
+    Ok(())
+}
+
+fn wait_ready(weir: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = weir.try_wait()? {
+            bail!("weir exited during start: {status}");
+        }
+        if let Ok((200, _)) = http_get(ADMIN.parse()?, "/ready") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("weir did not become ready within 20 s")
+}
+
+/// A minimal blocking GET (one request, connection closed) for the admin API.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).context("bad status line")?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Once a second: weir's own RED for the service, from `/metrics` (rate and errors from the
+/// counters, p50/p99 from the histogram buckets' deltas), endpoint states and retries. At
+/// `chaos_at` seconds, endpoint 3 starts failing.
+fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64) {
+    let start = Instant::now();
+    let mut prev: Option<Red> = None;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(1));
+        if chaos_at > 0 && start.elapsed().as_secs() == chaos_at && !failing.swap(true, Ordering::SeqCst) {
+            println!("demo: endpoint 3 now answers 503 to everything: watch weir retry and eject it");
+        }
+        let Ok((200, text)) = http_get(ADMIN.parse().expect("admin addr"), "/metrics") else { continue };
+        let red = Red::parse(&text);
+        if let Some(p) = &prev {
+            let n = red.requests - p.requests;
+            let q = |q: f64| quantile(&p.buckets, &red.buckets, q).map_or("-".into(), |s| format!("{:.2}ms", s * 1000.0));
+            println!(
+                "weir   t={:>3}s  checkout: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
+                start.elapsed().as_secs(),
+                red.server_errors - p.server_errors,
+                red.weir_errors - p.weir_errors,
+                q(0.5),
+                q(0.99),
+                red.retries - p.retries,
+                red.active,
+                red.ejected,
+            );
+        }
+        prev = Some(red);
+    }
+}
+
+/// The checkout service's RED numbers from one scrape.
+struct Red {
+    requests: f64,
+    server_errors: f64,
+    weir_errors: f64,
+    retries: f64,
+    active: f64,
+    ejected: f64,
+    /// (le, cumulative count)
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Red {
+    fn parse(text: &str) -> Red {
+        let mut r = Red { requests: 0.0, server_errors: 0.0, weir_errors: 0.0, retries: 0.0, active: 0.0, ejected: 0.0, buckets: Vec::new() };
+        for line in text.lines().filter(|l| l.contains("service=\"checkout\"")) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let v: f64 = value.parse().unwrap_or(0.0);
+            if name.starts_with("weir_requests_total") {
+                r.requests += v;
+                if name.contains("code=\"5") {
+                    r.server_errors += v;
+                }
+            } else if name.starts_with("weir_request_errors_total") {
+                r.weir_errors += v;
+            } else if name.starts_with("weir_retries_total") {
+                r.retries += v;
+            } else if name.starts_with("weir_endpoints") && name.contains("state=\"active\"") {
+                r.active = v;
+            } else if name.starts_with("weir_endpoints") && !name.contains("state=\"active\"") {
+                r.ejected += v;
+            } else if let Some(le) = name.strip_prefix("weir_request_duration_seconds_bucket").and_then(|n| n.split("le=\"").nth(1)).and_then(|n| n.split('"').next()) {
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+                r.buckets.push((le, v));
+            }
+        }
+        r
+    }
+}
+
+/// Like Prometheus' histogram_quantile over the interval between two scrapes.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let deltas: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let total = deltas.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, cum) in deltas {
+        if cum >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let in_bucket = cum - below;
+            return Some(lower + (le - lower) * if in_bucket > 0.0 { (rank - below) / in_bucket } else { 0.0 });
+        }
+        (lower, below) = (le, cum);
+    }
+    None
+}
+
+/// A demo endpoint: HTTP/1.1 keep-alive, answers every request with its number (or 503 while
+/// `failing` is set).
+fn serve_endpoint(listener: TcpListener, n: usize, failing: Option<Arc<AtomicBool>>) {
+    for conn in listener.incoming().flatten() {
+        let failing = failing.clone();
+        std::thread::spawn(move || {
+            let _ = conn.set_nodelay(true);
+            let mut reader = BufReader::new(match conn.try_clone() {
+                Ok(c) => c,
+                Err(_) => return,
+            });
+            let mut writer = conn;
+            loop {
+                let mut line = String::new();
+                let mut content_length = 0usize;
+                let mut via_weir = false;
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        content_length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("via:") && lower.contains("weir") {
+                        via_weir = true;
+                    }
+                }
+                let mut body = vec![0; content_length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let down = failing.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+                let (status, reply) = if down { ("503 Service Unavailable", format!("endpoint {n} is down\n")) } else { ("200 OK", format!("hello from endpoint {n}\n")) };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-demo-endpoint: {n}\r\nx-demo-via-weir: {via_weir}\r\n\r\n{reply}",
+                    reply.len()
+                );
+                if writer.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The demo workload: moves itself into the cgroup, then sends `rate` requests per second on
+/// a keep-alive connection to the VIP and prints a line per second.
+pub fn client(args: ClientArgs) -> anyhow::Result<()> {
+    join_cgroup(&args.cgroup)?;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let end = Instant::now() + Duration::from_secs(args.duration);
+    let mut conn: Option<(BufReader<TcpStream>, TcpStream)> = None;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
+    let (mut ok, mut errors, mut via_weir, mut by_endpoint) = (0u64, 0u64, 0u64, [0u64; 4]);
+    let start = Instant::now();
+    let mut next_print = start + Duration::from_secs(1);
+    let mut next_send = start;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now < next_send {
+            std::thread::sleep(next_send - now);
+        }
+        next_send += interval;
+        let t0 = Instant::now();
+        match request(&mut conn, args.vip) {
+            Ok((endpoint, weir)) => {
+                ok += 1;
+                via_weir += u64::from(weir);
+                if endpoint < by_endpoint.len() {
+                    by_endpoint[endpoint] += 1;
+                }
+                let _ = hist.record(t0.elapsed().as_micros() as u64);
+            }
+            Err(e) => {
+                errors += 1;
+                conn = None;
+                if errors <= 3 {
+                    eprintln!("demo-client: request failed: {e:#}");
+                }
+            }
+        }
+        if Instant::now() >= next_print {
+            println!(
+                "t={:>3}s  requests={:<5} errors={:<3} p50={:.2}ms p99={:.2}ms  through weir={}  by endpoint: 1={} 2={} 3={}",
+                start.elapsed().as_secs(),
+                ok + errors,
+                errors,
+                hist.value_at_quantile(0.5) as f64 / 1000.0,
+                hist.value_at_quantile(0.99) as f64 / 1000.0,
+                via_weir,
+                by_endpoint[1],
+                by_endpoint[2],
+                by_endpoint[3],
+            );
+            (ok, errors, via_weir, by_endpoint) = (0, 0, 0, [0; 4]);
+            hist.reset();
+            next_print += Duration::from_secs(1);
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling process into `cgroup` (cgroup v2: write 0 to cgroup.procs).
+pub fn join_cgroup(cgroup: &Path) -> anyhow::Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), "0").with_context(|| format!("joining cgroup {}", cgroup.display()))
+}
+
+fn request(conn: &mut Option<(BufReader<TcpStream>, TcpStream)>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).with_context(|| format!("connecting to {vip}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        *conn = Some((BufReader::new(s.try_clone()?), s));
+    }
+    let (reader, writer) = conn.as_mut().context("connection")?;
+    write!(writer, "GET / HTTP/1.1\r\nhost: checkout\r\n\r\n")?;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 200") {
+        bail!("unexpected status line {line:?}");
+    }
+    let (mut len, mut endpoint, mut weir) = (0usize, 0usize, false);
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse()?;
+        } else if let Some(v) = lower.strip_prefix("x-demo-endpoint:") {
+            endpoint = v.trim().parse()?;
+        } else if let Some(v) = lower.strip_prefix("x-demo-via-weir:") {
+            weir = v.trim() == "true";
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok((endpoint, weir))
+}
