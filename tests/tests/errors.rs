@@ -32,7 +32,7 @@ fn smuggling_and_malformed_requests_get_400_and_never_reach_the_endpoint() {
         c.send_raw(raw);
         let r = c.read_response(false).expect("an answer");
         assert_eq!(r.status, 400, "for {:?}", String::from_utf8_lossy(raw));
-        assert_eq!(r.header("x-weir-error"), Some("bad_request"));
+        assert_eq!(r.header("x-weir-error"), Some("bad-request"));
         assert_eq!(r.header("connection"), Some("close"));
         assert!(c.is_closed(Duration::from_secs(2)), "connection kept open after 400");
     }
@@ -48,7 +48,7 @@ fn oversized_heads_get_431_and_long_uris_414() {
     let (weir, mut c) = one_service(&ep, "");
     c.send_raw(format!("GET / HTTP/1.1\r\nhost: s\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024)).as_bytes());
     let r = c.read_response(false).expect("answer");
-    assert_eq!((r.status, r.header("x-weir-error")), (431, Some("head_too_large")));
+    assert_eq!((r.status, r.header("x-weir-error")), (431, Some("head-too-large")));
     let mut c = Client::connect(weir.proxy);
     let mut many = String::from("GET / HTTP/1.1\r\nhost: s\r\n");
     for i in 0..101 {
@@ -60,7 +60,7 @@ fn oversized_heads_get_431_and_long_uris_414() {
     let mut c = Client::connect(weir.proxy);
     c.send_raw(format!("GET /{} HTTP/1.1\r\nhost: s\r\n\r\n", "p".repeat(9000)).as_bytes());
     let r = c.read_response(false).expect("answer");
-    assert_eq!((r.status, r.header("x-weir-error")), (414, Some("uri_too_long")));
+    assert_eq!((r.status, r.header("x-weir-error")), (414, Some("uri-too-long")));
     assert_eq!(ep.requests(), 0);
 }
 
@@ -73,7 +73,7 @@ fn a_client_too_slow_with_its_head_gets_408() {
     c.send_raw(b"GET / HTTP/1.1\r\nhost: s\r\n");
     let t = Instant::now();
     let r = c.read_response(false).expect("answer");
-    assert_eq!((r.status, r.header("x-weir-error")), (408, Some("header_read_timeout")));
+    assert_eq!((r.status, r.header("x-weir-error")), (408, Some("header-read-timeout")));
     assert!(t.elapsed() < Duration::from_secs(3));
     assert!(c.is_closed(Duration::from_secs(2)));
 }
@@ -83,7 +83,7 @@ fn unknown_service_gets_404() {
     let ep = Endpoint::start("a");
     let (_weir, mut c) = one_service(&ep, "");
     let r = c.get("/", "nope");
-    assert_eq!((r.status, r.header("x-weir-error")), (404, Some("no_route")));
+    assert_eq!((r.status, r.header("x-weir-error")), (404, Some("no-route")));
     // The connection stays usable for known services.
     assert_eq!(c.get("/", "s").status, 200);
 }
@@ -103,7 +103,7 @@ fn refused_connects_are_retried_elsewhere_then_503() {
     let weir2 = Weir::start(&config(&service("d", "127.10.2.5:80", &[&dead], "")));
     let mut c = Client::connect(weir2.proxy);
     let r = c.get("/", "d");
-    assert_eq!((r.status, r.header("x-weir-error")), (503, Some("connect_failure")));
+    assert_eq!((r.status, r.header("x-weir-error")), (503, Some("connect-failure")));
     drop(weir);
 }
 
@@ -123,7 +123,7 @@ fn no_endpoints_gets_503_saying_why() {
     let weir = Weir::start(&config("[[service]]\nname = \"empty\"\nvip = \"127.10.2.6:80\"\n"));
     let mut c = Client::connect(weir.proxy);
     let r = c.get("/", "empty");
-    assert_eq!((r.status, r.header("x-weir-error")), (503, Some("no_healthy_endpoint")));
+    assert_eq!((r.status, r.header("x-weir-error")), (503, Some("no-healthy-endpoint")));
     assert!(r.body_string().contains("no healthy endpoint"), "{}", r.body_string());
 }
 
@@ -158,7 +158,7 @@ fn malformed_upstream_responses_get_502() {
     ep.set(Behavior::Malformed);
     let (_weir, mut c) = one_service(&ep, "[service.retry]\nattempts = 1\n");
     let r = c.get("/", "s");
-    assert_eq!((r.status, r.header("x-weir-error")), (502, Some("upstream_protocol_error")));
+    assert_eq!((r.status, r.header("x-weir-error")), (502, Some("upstream-protocol-error")));
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn lines_carry_the_request_and_its_outcome() {
     // A request weir answered itself carries the reason.
     assert_eq!(c.get("/", "unknown").status, 404);
     let v = recv_json(&rx);
-    assert_eq!((v["status"].as_u64(), v["error"].as_str()), (Some(404), Some("no_route")));
+    assert_eq!((v["status"].as_u64(), v["error"].as_str()), (Some(404), Some("no-route")));
     weir.wait_metric("weir_access_log_records_total{result=\"shipped\"}", 2.0);
 }
 

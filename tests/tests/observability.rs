@@ -24,7 +24,7 @@ fn known_traffic_moves_counters_and_histogram_by_exactly_that_much() {
     weir.wait_metric("weir_request_duration_seconds_count{service=\"red\"}", 37.0);
     assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"red\",le=\"+Inf\"}"), 37.0);
     // 500s from the endpoint are passed through, not weir's own errors.
-    assert_eq!(weir.metric("weir_request_errors_total{service=\"red\",reason=\"connect_failure\"}"), 0.0);
+    assert_eq!(weir.metric("weir_request_errors_total{service=\"red\",reason=\"connect-failure\"}"), 0.0);
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn errors_are_counted_by_reason() {
         assert_eq!(c.get("/", "err").status, 503);
     }
     assert_eq!(c.get("/", "nope").status, 404);
-    weir.wait_metric("weir_request_errors_total{service=\"err\",reason=\"connect_failure\"}", 3.0);
+    weir.wait_metric("weir_request_errors_total{service=\"err\",reason=\"connect-failure\"}", 3.0);
     weir.wait_metric("weir_requests_total{service=\"err\",code=\"503\"}", 3.0);
     weir.wait_metric("weir_unrouted_requests_total", 1.0);
 }

@@ -60,7 +60,7 @@ fn two_bad_endpoints_of_four_are_ejected_and_every_request_succeeds() {
     // The 503 endpoint received the five requests that ejected it, plus at most the ones the
     // other three clients had already sent to it when the fifth failure came back.
     assert!((5..=8).contains(&unavailable.requests()), "the 503 endpoint kept receiving requests: {}", unavailable.requests());
-    let retries: f64 = ["connect_failure", "status_503"].iter().map(|r| weir.metric(&format!("weir_retries_total{{service=\"four\",reason=\"{r}\"}}"))).sum();
+    let retries: f64 = ["connect-failure", "status-503"].iter().map(|r| weir.metric(&format!("weir_retries_total{{service=\"four\",reason=\"{r}\"}}"))).sum();
     assert!(retries <= 1000.0 * 0.2 + 10.0 * seconds, "retries {retries} over the budget");
     assert!(retries >= 10.0, "each failure should have been retried: {retries}");
 }

@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(v["service"], "checkout");
         assert_eq!(v["path"], "/cart?id=\"7\"");
         assert_eq!(v["status"], 503);
-        assert_eq!(v["error"], "connect_failure");
+        assert_eq!(v["error"], "connect-failure");
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["duration_ms"], 1.5);
         assert!(v.get("dropped_before").is_none());

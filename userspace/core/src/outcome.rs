@@ -86,18 +86,18 @@ impl Outcome {
         }
     }
 
-    /// Stable snake_case name of the outcome kind, for the access log (`outcome` field).
+    /// Stable kebab-case name of the outcome kind, for the access log (`outcome` field).
     pub const fn as_str(&self) -> &'static str {
         match self {
             Outcome::Response { .. } => "response",
-            Outcome::ConnectFailure => "connect_failure",
-            Outcome::ConnectTimeout => "connect_timeout",
-            Outcome::ResetBeforeWrite => "reset_before_write",
-            Outcome::ResetAfterWrite => "reset_after_write",
-            Outcome::ResetAfterResponseStarted => "reset_after_response_started",
+            Outcome::ConnectFailure => "connect-failure",
+            Outcome::ConnectTimeout => "connect-timeout",
+            Outcome::ResetBeforeWrite => "reset-before-write",
+            Outcome::ResetAfterWrite => "reset-after-write",
+            Outcome::ResetAfterResponseStarted => "reset-after-response-started",
             Outcome::Timeout => "timeout",
-            Outcome::ProtocolError => "protocol_error",
-            Outcome::LocalError => "local_error",
+            Outcome::ProtocolError => "protocol-error",
+            Outcome::LocalError => "local-error",
         }
     }
 }
@@ -148,10 +148,10 @@ impl StatusClass {
 }
 
 /// Every reason for which weir answers a request itself. The string ([`ErrorReason::as_str`],
-/// snake_case) is used unchanged as the `x-weir-error` header value, the `reason` metric label
-/// and the access-log `error` field.
+/// kebab-case, as in `x-weir-error: connect-failure`) is used unchanged as the `x-weir-error`
+/// header value, the `reason` metric label and the access-log `error` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorReason {
     /// No connection could be made (refused, connect timeout, or the connection was closed
     /// before anything was sent) on the last attempt. 503.
@@ -205,23 +205,23 @@ impl ErrorReason {
         ErrorReason::InternalError,
     ];
 
-    /// snake_case name: the `x-weir-error` header value and the `reason` metric label.
+    /// kebab-case name: the `x-weir-error` header value and the `reason` metric label.
     pub const fn as_str(self) -> &'static str {
         match self {
-            ErrorReason::ConnectFailure => "connect_failure",
-            ErrorReason::UpstreamReset => "upstream_reset",
-            ErrorReason::UpstreamProtocolError => "upstream_protocol_error",
+            ErrorReason::ConnectFailure => "connect-failure",
+            ErrorReason::UpstreamReset => "upstream-reset",
+            ErrorReason::UpstreamProtocolError => "upstream-protocol-error",
             ErrorReason::Timeout => "timeout",
-            ErrorReason::NoHealthyEndpoint => "no_healthy_endpoint",
-            ErrorReason::NoRoute => "no_route",
-            ErrorReason::BadRequest => "bad_request",
-            ErrorReason::HeadTooLarge => "head_too_large",
-            ErrorReason::UriTooLong => "uri_too_long",
-            ErrorReason::HeaderReadTimeout => "header_read_timeout",
+            ErrorReason::NoHealthyEndpoint => "no-healthy-endpoint",
+            ErrorReason::NoRoute => "no-route",
+            ErrorReason::BadRequest => "bad-request",
+            ErrorReason::HeadTooLarge => "head-too-large",
+            ErrorReason::UriTooLong => "uri-too-long",
+            ErrorReason::HeaderReadTimeout => "header-read-timeout",
             ErrorReason::Overloaded => "overloaded",
-            ErrorReason::NotImplemented => "not_implemented",
+            ErrorReason::NotImplemented => "not-implemented",
             ErrorReason::Draining => "draining",
-            ErrorReason::InternalError => "internal_error",
+            ErrorReason::InternalError => "internal-error",
         }
     }
 
@@ -404,13 +404,13 @@ mod tests {
     }
 
     #[test]
-    fn reason_strings_are_unique_snake_case_and_match_serde() {
+    fn reason_strings_are_unique_kebab_case_and_match_serde() {
         let mut seen = std::collections::HashSet::new();
         for reason in ErrorReason::ALL {
             let s = reason.as_str();
             assert!(seen.insert(s), "duplicate reason string {s}");
             assert!(
-                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
                 "{s}"
             );
             let json = serde_json::to_string(&reason).expect("reason serialises");

@@ -559,7 +559,7 @@ impl ServiceHealth {
 
     /// Healthy count and panic mode, in O(1) from the service-wide ejected count (endpoints on
     /// probation count as unhealthy until restored). With no endpoint: not panic, the caller
-    /// answers `no_healthy_endpoint`.
+    /// answers `no-healthy-endpoint`.
     pub fn eligibility(&self) -> Eligibility {
         let total = self.cells.len() as u32;
         let healthy_count = if self.policy.enabled {

@@ -66,12 +66,12 @@ impl RetryReason {
     /// The metric label value.
     pub const fn as_str(self) -> &'static str {
         match self {
-            RetryReason::ConnectFailure => "connect_failure",
-            RetryReason::KeepaliveRace => "keepalive_race",
+            RetryReason::ConnectFailure => "connect-failure",
+            RetryReason::KeepaliveRace => "keepalive-race",
             RetryReason::Reset => "reset",
             RetryReason::Timeout => "timeout",
-            RetryReason::Status503 => "status_503",
-            RetryReason::Status5xx => "status_5xx",
+            RetryReason::Status503 => "status-503",
+            RetryReason::Status5xx => "status-5xx",
         }
     }
 }
