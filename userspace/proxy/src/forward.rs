@@ -162,7 +162,7 @@ pub(crate) async fn exchange(
 
     let mut wbuf = worker.take_buf();
     let mut ubuf = worker.take_buf();
-    let mut resp = ResponseHead::default();
+    let mut resp = worker.take_head();
     let mut ex = Exchange::default();
     let mut tried = upstream::Tried::default();
     let mut attempt: u32 = 0;
@@ -349,6 +349,7 @@ pub(crate) async fn exchange(
     }
     worker.put_buf(wbuf);
     worker.put_buf(ubuf);
+    worker.put_head(resp);
     // The request body (buffered or streamed) is consumed: drop the head and body bytes.
     let consumed = if plan.buffered_body { head_len + body_len as usize } else { head_len };
     down.buf.drain(..consumed.min(down.buf.len()));

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use weir_core::config::Protocol;
 
+use crate::http::ResponseHead;
 use crate::io::{CancelToken, Conn, Listener, Runtime};
 use crate::local::Local;
 use crate::snapshot::Snapshot;
@@ -181,12 +182,17 @@ pub(crate) struct Worker {
     /// Reusable I/O buffers, so that exchanges do not allocate once the worker is warm and
     /// idle connections hold none.
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// Reusable response heads (their field lists are heap vectors), for the same reason.
+    heads: RefCell<Vec<ResponseHead>>,
 }
 
 /// Buffers kept for reuse per worker, and the largest one kept.
 const MAX_POOLED_BUFS: usize = 256;
 const MAX_POOLED_BUF_BYTES: usize = 256 * 1024;
 const NEW_BUF_BYTES: usize = 16 * 1024;
+/// Response heads kept for reuse per worker, and the most field slots one may keep.
+const MAX_POOLED_HEADS: usize = 256;
+const MAX_POOLED_HEAD_FIELDS: usize = 256;
 
 impl Worker {
     pub fn draining(&self) -> bool {
@@ -204,6 +210,20 @@ impl Worker {
         if bufs.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES {
             buf.clear();
             bufs.push(buf);
+        }
+    }
+
+    /// A response head from the worker's pool (or a new one); its contents are stale until
+    /// the next parse, which resets it.
+    pub fn take_head(&self) -> ResponseHead {
+        self.heads.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a response head to the pool.
+    pub fn put_head(&self, head: ResponseHead) {
+        let mut heads = self.heads.borrow_mut();
+        if heads.len() < MAX_POOLED_HEADS && head.headers.capacity() <= MAX_POOLED_HEAD_FIELDS {
+            heads.push(head);
         }
     }
 }
@@ -258,6 +278,7 @@ fn run_worker(
             max_connections,
             tasks: Cell::new(0),
             bufs: RefCell::new(Vec::new()),
+            heads: RefCell::new(Vec::new()),
         });
         worker.local.borrow_mut().bind_stats(&worker);
         shared.ready_workers.fetch_add(1, Ordering::SeqCst);

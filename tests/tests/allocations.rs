@@ -1,0 +1,91 @@
+//! Heap allocations on weir's worker threads per proxied request, counted by a global
+//! allocator: a warm worker must not allocate per request beyond what its io_uring runtime
+//! does for each operation. Its own binary, so no other test's workers are counted.
+//!
+//! What a warm request costs today, and why each allocation is there:
+//! - one per I/O operation inside compio (its operation record: client read, upstream write,
+//!   upstream read, client write);
+//! - one per runtime loop turn while a timer is pending (compio splits its timer map);
+//! - one for the request's boxed state machine (weir's choice: it keeps an idle keep-alive
+//!   connection down to its read buffer and a small future).
+//!
+//! Read buffers, response heads and field lists come from per-worker pools.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use weir_tests::{Client, Endpoint, Weir};
+
+struct Counting;
+
+static MEASURING: AtomicBool = AtomicBool::new(false);
+static WORKER_ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the calling thread is a weir worker (`weir-worker-N`), read with prctl into a
+/// stack buffer so that the check itself does not allocate.
+fn on_worker_thread() -> bool {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL-terminated) into `name`.
+    let rc = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    rc == 0 && name.starts_with(b"weir-worker-")
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if MEASURING.load(Ordering::Relaxed) && on_worker_thread() {
+            WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if MEASURING.load(Ordering::Relaxed) && on_worker_thread() {
+            WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// compio's operation records (4) + timer-map splits (at most one per operation) + the boxed
+/// request (1).
+const MAX_ALLOCS_PER_REQUEST: f64 = 9.5;
+
+#[test]
+fn a_warm_worker_allocates_only_what_its_runtime_needs_per_request() {
+    let ep = Endpoint::start("a");
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 1\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n\
+         [access_log]\nsink = \"off\"\n[[service]]\nname = \"alloc\"\nvip = \"127.10.9.1:80\"\nendpoints = [\"{}\"]\n",
+        ep.addr
+    ));
+    let mut c = Client::connect(weir.proxy);
+    // Warm up: pools, buffers, the balancer, the stats shard.
+    for _ in 0..500 {
+        assert_eq!(c.get("/", "alloc").status, 200);
+    }
+    const REQUESTS: u64 = 3000;
+    MEASURING.store(true, Ordering::SeqCst);
+    for _ in 0..REQUESTS {
+        assert_eq!(c.get("/", "alloc").status, 200);
+    }
+    MEASURING.store(false, Ordering::SeqCst);
+    let per_request = WORKER_ALLOCS.load(Ordering::SeqCst) as f64 / REQUESTS as f64;
+    eprintln!("worker allocations per request: {per_request:.2}");
+    assert!(per_request > 0.0, "nothing was counted: the worker thread name check is broken");
+    assert!(
+        per_request <= MAX_ALLOCS_PER_REQUEST,
+        "a warm worker made {per_request:.2} heap allocations per request (at most {MAX_ALLOCS_PER_REQUEST} expected)"
+    );
+    drop(weir);
+}
