@@ -367,3 +367,20 @@ fn the_pins_of_a_weir_that_never_came_back_are_removed() {
     assert_eq!((r.num("ok"), r.num("via")), (3, 3), "{:?}", r.json);
     drop(new);
 }
+
+#[test]
+fn native_ipv6_vips_are_steered() {
+    require_root();
+    let cg = Cgroup::create("v6native");
+    let a = Endpoint::start("a");
+    // An IPv6 VIP on the loopback address (nothing listens on its port), so that even an
+    // unsteered connect stays on this machine.
+    let port = weir_tests::free_port();
+    let vip = format!("[::1]:{port}");
+    let svc = format!("[[service]]\nname = \"alpha6\"\nvip = \"{vip}\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _weir = Weir::start(&steered_config(&cg, &svc));
+    let r = probe(PROBE, Some(&cg), &["--addr", &vip, "--requests", "5"]);
+    assert_eq!((r.num("ok"), r.num("via")), (5, 5), "connect6 to an IPv6 VIP: {:?}", r.json);
+    let outside = probe(PROBE, None, &["--addr", &vip, "--requests", "1"]);
+    assert_eq!(outside.num("ok"), 0, "a workload outside the cgroup was steered: {:?}", outside.json);
+}
