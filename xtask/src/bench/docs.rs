@@ -26,20 +26,24 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
         format!("taskset -c {p} target/bench/venv/bin/envoy -c target/bench/configs/envoy.yaml --concurrency 1 --disable-hot-restart --log-level warn"),
         format!("taskset -a -p -c {p} UPSTREAM_PIDS    # per-hop test only: the upstream joins the proxy's core"),
         format!(
-            "taskset -c {p} {lg} seq --addr ADDR --host {SERVICE} --requests {} --warmup-requests {} --max-duration 60",
-            plan.seq_requests, plan.seq_warmup
+            "taskset -c {p} {lg} seq --addr ADDR --host {SERVICE} --requests {} --warmup-requests {} --max-duration 60    # each of {} rounds",
+            plan.seq_requests / plan.rounds.max(1) as u64,
+            plan.seq_warmup,
+            plan.rounds
         ),
         format!("taskset -a -p -c {c} UPSTREAM_PIDS"),
         format!(
-            "taskset -c {c} {lg} open --addr ADDR --host {SERVICE} --rate RATE --duration {} --warmup {} --connections {}    # RATE: {}",
-            plan.open_s,
+            "taskset -c {c} {lg} open --addr ADDR --host {SERVICE} --rate RATE --duration {} --warmup {} --connections {}    # each round; RATE: {}",
+            plan.open_s / plan.rounds.max(1) as f64,
             plan.open_warmup_s,
             plan.open_connections,
             plan.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
         ),
         format!(
-            "taskset -c {c} {lg} closed --addr ADDR --host {SERVICE} --duration {} --warmup 0 --connections {}    # after a {} s warm-up run; CPU from /proc/PID/stat",
-            plan.sat_s, plan.sat_connections, plan.sat_warmup_s
+            "taskset -c {c} {lg} closed --addr ADDR --host {SERVICE} --duration {} --warmup 0 --connections {}    # each round, after a {} s warm-up run; CPU from /proc/PID/stat",
+            plan.sat_s / plan.rounds.max(1) as f64,
+            plan.sat_connections,
+            (plan.sat_warmup_s / plan.rounds.max(1) as f64).max(0.5)
         ),
         format!("taskset -c {c} {lg} idle --addr ADDR --host {SERVICE} --count {} --hold 90    # RSS from /proc/PID/status", plan.idle_connections),
         format!("# steered path: ADDR = {VIP} and every weir-loadgen command gets --cgroup /sys/fs/cgroup/unified/weir-bench-PID"),
@@ -105,6 +109,10 @@ to weir. 4. *nginx* reverse proxy, 1 worker, upstream keep-alive pool. 5. *HAPro
 thread, `http-reuse always`. 6. *Envoy*, `--concurrency 1`, stats rejected, no access log, no \
 request-id generation, no dynamic stats, circuit breakers out of the way (its benchmarking FAQ). \
 Every proxy keeps HTTP/1.1 keep-alive to the upstream and logs nothing.\n\
+- **Rounds.** Every proxy is started first and waits idle on its core. Each measurement then runs \
+in rounds, and in every round each path takes its turn (the first path rotates), so drift of the \
+machine during the run hits all paths alike. A path's number is the median of its rounds (max: \
+the largest; counts: the sum). Memory is measured last, one path at a time.\n\
 - **Upstream.** nginx, 1 worker, `return 200 \"ok\\n\"` (3-byte body), on its own port.\n\
 - **Load generator.** `weir-loadgen` (benches/src/loadgen): one thread, epoll with nanosecond \
 timeouts, keep-alive connections with one request in flight each. *Open loop*: request *i* is due \

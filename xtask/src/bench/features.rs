@@ -81,7 +81,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     // already stuck (its shipper blocks, the ring fills and drops).
     eprintln!("bench: features: stalling the never-reading sink");
     let stall_plan = Plan { sat_warmup_s: 0.2, sat_s: if plan.quick { 1.5 } else { 4.0 }, ..plan.clone() };
-    measure::saturate(env, &stall_plan, &running[2].1, upstream)?;
+    measure::saturate(env, &stall_plan, &running[2].1, upstream, 1)?;
     std::thread::sleep(Duration::from_millis(600));
     for round in 0..plan.feature_rounds {
         for (v, r) in &mut running {
@@ -98,7 +98,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     }
     for (v, r) in &mut running {
         eprintln!("bench: features: {} saturated", v.key);
-        match measure::saturate(env, plan, r, upstream) {
+        match measure::saturate(env, plan, r, upstream, 1) {
             Ok(s) => v.saturation = Some(s),
             Err(e) => v.problems.push(format!("closed loop: {e:#}")),
         }

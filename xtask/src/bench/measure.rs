@@ -1,4 +1,4 @@
-//! The measurements of one path, with identical settings for every path: added latency per
+//! The measurements of one path (one round of them), with identical settings for every path: added latency per
 //! hop (one connection, sequential requests, everything on the proxy's core), open loop at
 //! fixed rates, saturated closed loop with proxy CPU per request (/proc utime+stime deltas),
 //! and RSS idle and with many idle keep-alive client connections. Runs `weir-loadgen`
@@ -56,6 +56,9 @@ pub struct Plan {
     pub affinity_rounds: usize,
     /// Keep-alive connections per round.
     pub affinity_connections: usize,
+    /// Rounds of the path measurements: the per-hop requests and the open- and closed-loop
+    /// seconds above are split over them, and every path takes its turn in each round.
+    pub rounds: usize,
 }
 
 impl Plan {
@@ -81,12 +84,13 @@ impl Plan {
                 affinity_s: 2.0,
                 affinity_rounds: 6,
                 affinity_connections: 32,
+                rounds: 2,
             }
         } else {
             Plan {
                 quick,
                 rates: vec![1000.0, 5000.0, 15000.0],
-                open_warmup_s: 2.0,
+                open_warmup_s: 1.0,
                 open_s: 20.0,
                 open_connections: 64,
                 seq_warmup: 2000,
@@ -102,6 +106,7 @@ impl Plan {
                 affinity_s: 5.0,
                 affinity_rounds: 8,
                 affinity_connections: 32,
+                rounds: 5,
             }
         }
     }
@@ -292,11 +297,12 @@ pub fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow
     })
 }
 
-/// One connection, sequential requests, load generator on `cpus`.
-pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str) -> anyhow::Result<PerHop> {
+/// One connection, sequential requests (one round's share of them), load generator on `cpus`.
+pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, rounds: usize) -> anyhow::Result<PerHop> {
     let mut args = vec!["seq".to_string()];
     args.extend(common(r));
-    args.extend(["--requests".into(), plan.seq_requests.to_string(), "--warmup-requests".into(), plan.seq_warmup.to_string()]);
+    let requests = plan.seq_requests / rounds.max(1) as u64;
+    args.extend(["--requests".into(), requests.to_string(), "--warmup-requests".into(), plan.seq_warmup.to_string()]);
     args.extend(["--max-duration".into(), "60".into()]);
     let out: SeqOut = loadgen(env, cpus, r.cgroup.as_deref(), &args, Duration::from_secs(60))?;
     if out.ok == 0 {
@@ -305,9 +311,9 @@ pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str) -> anyhow::Resul
     Ok(PerHop { p50_us: out.latency.p50_us, p99_us: out.latency.p99_us, mean_us: out.latency.mean_us, requests: out.ok, errors: out.errors })
 }
 
-/// Closed loop from the client core: a warm-up run, then a measured run with CPU deltas of
-/// the proxy (if any) and the upstream.
-pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc) -> anyhow::Result<Saturation> {
+/// Closed loop from the client core (one round's share of the seconds): a warm-up run, then a
+/// measured run with CPU deltas of the proxy (if any) and the upstream.
+pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, rounds: usize) -> anyhow::Result<Saturation> {
     let run = |secs: f64| -> anyhow::Result<LoopOut> {
         let mut args = vec!["closed".to_string()];
         args.extend(common(r));
@@ -315,11 +321,12 @@ pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc) -> anyhow:
         args.extend(["--connections".into(), plan.sat_connections.to_string()]);
         loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs))
     };
-    run(plan.sat_warmup_s)?;
+    let rounds = rounds.max(1) as f64;
+    run((plan.sat_warmup_s / rounds).max(0.5))?;
     let proxy0 = r.proc.as_ref().map(Proc::cpu_seconds);
     let up0 = upstream.cpu_seconds();
     let t0 = Instant::now();
-    let out = run(plan.sat_s)?;
+    let out = run(plan.sat_s / rounds)?;
     let wall = t0.elapsed().as_secs_f64();
     let proxy_cpu = r.proc.as_ref().map(Proc::cpu_seconds).zip(proxy0).map(|(b, a)| b - a);
     let up_cpu = upstream.cpu_seconds() - up0;

@@ -11,7 +11,8 @@
 //! (two workers, weir on both CPUs, the steered client and the upstream on CPU 0).
 //!
 //! Files: install.rs (peers, builds, machine), peers.rs (configs, starting paths), procs.rs
-//! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), features.rs
+//! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), rounds.rs (the
+//! paths measured in interleaved rounds, results as medians of rounds), features.rs
 //! (access-log cost), affinity.rs (CPU-affine accept), report.rs (tables, goals), docs.rs
 //! (docs/BENCHMARKS.md), plot.rs (the percentile plot).
 //! Must not: leave processes, cgroups or files outside target/ and docs/ behind.
@@ -25,8 +26,8 @@ mod peers;
 mod plot;
 mod procs;
 mod report;
+mod rounds;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -36,7 +37,7 @@ use serde::Serialize;
 use crate::{capture, is_root, root, setup};
 use measure::{Memory, OpenRun, PerHop, Plan, Saturation};
 use peers::{Env, PathId};
-use procs::{Cgroup, Proc};
+use procs::Cgroup;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -136,10 +137,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let measuring = Instant::now();
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
-    let mut paths = Vec::new();
-    for id in PathId::ALL {
-        paths.push(run_path(&env, &plan, id, upstream_addr, &mut upstream));
-    }
+    let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream);
     eprintln!("bench: access-log cost (weir variants)");
     let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
         eprintln!("bench: access-log comparison failed: {e:#}");
@@ -182,97 +180,6 @@ fn unavailable(env: &Env, id: PathId) -> Option<String> {
         PathId::Haproxy => why(&env.haproxy),
         PathId::Envoy => why(&env.envoy),
     }
-}
-
-/// Runs every measurement of path `id`; a failure is recorded in the result, never raised.
-fn run_path(env: &Env, plan: &Plan, id: PathId, upstream_addr: SocketAddr, upstream: &mut Proc) -> PathResult {
-    let mut res = PathResult::new(id);
-    if let Some(why) = unavailable(env, id) {
-        eprintln!("bench: {}: unavailable: {why}", id.key());
-        res.status = "unavailable".into();
-        res.note = Some(why);
-        return res;
-    }
-    if let Err(e) = upstream.check_alive() {
-        res.status = "failed".into();
-        res.note = Some(format!("the upstream died: {e:#}"));
-        return res;
-    }
-    eprintln!("bench: {}: starting", id.key());
-    let mut running = match peers::start(env, id, upstream_addr) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bench: {}: failed to start: {e:#}", id.key());
-            res.status = "failed".into();
-            res.note = Some(format!("did not start: {e:#}"));
-            return res;
-        }
-    };
-
-    // Added latency per hop: everything on the proxy's core.
-    let hop = upstream.pin(&env.proxy_cpu).and_then(|_| measure::per_hop(env, plan, &running, &env.proxy_cpu));
-    if let Err(e) = upstream.pin(&env.client_cpu) {
-        res.problems.push(format!("re-pinning the upstream: {e:#}"));
-    }
-    match hop {
-        Ok(h) => {
-            eprintln!("bench: {}: per hop p50 {:.1} µs, p99 {:.1} µs", id.key(), h.p50_us, h.p99_us);
-            res.per_hop = Some(h);
-        }
-        Err(e) => res.problems.push(format!("per-hop test: {e:#}")),
-    }
-    let rss_idle = running.proc.as_ref().map_or(0, Proc::rss_bytes);
-
-    for &rate in &plan.rates {
-        match measure::open(env, plan, &running, rate, plan.open_s) {
-            Ok(o) => {
-                eprintln!(
-                    "bench: {}: {rate} rps: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, errors {}",
-                    id.key(),
-                    o.latency.p50_us,
-                    o.latency.p99_us,
-                    o.latency.p999_us,
-                    o.latency.max_us,
-                    o.errors
-                );
-                res.open.push(o);
-            }
-            Err(e) => res.problems.push(format!("open loop at {rate} rps: {e:#}")),
-        }
-    }
-
-    match measure::saturate(env, plan, &running, upstream) {
-        Ok(s) => {
-            eprintln!(
-                "bench: {}: saturated {:.0} rps, proxy CPU {} µs/req",
-                id.key(),
-                s.rps,
-                s.proxy_cpu_us_per_req.map_or("-".into(), |c| format!("{c:.2}"))
-            );
-            res.saturation = Some(s);
-        }
-        Err(e) => res.problems.push(format!("closed loop: {e:#}")),
-    }
-
-    if let Some(proc) = &running.proc {
-        match measure::memory(env, plan, &running, proc, rss_idle) {
-            Ok(m) => {
-                eprintln!("bench: {}: {} idle connections: {:.0} bytes each", id.key(), m.connections, m.per_connection_bytes);
-                res.memory = Some(m);
-            }
-            Err(e) => res.problems.push(format!("memory test: {e:#}")),
-        }
-    }
-    if let Some(p) = running.proc.as_mut()
-        && let Err(e) = p.check_alive()
-    {
-        res.problems.push(format!("the proxy died during the run: {e:#}"));
-    }
-    for p in &res.problems {
-        eprintln!("bench: {}: problem: {p}", id.key());
-    }
-    drop(running);
-    res
 }
 
 /// `date -u` as an ISO timestamp (for the report).

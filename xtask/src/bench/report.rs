@@ -289,7 +289,7 @@ pub fn tables(r: &Results) -> String {
         );
     }
 
-    let _ = writeln!(md, "\n### Added latency per hop (one connection, sequential requests, everything on one core)\n");
+    let _ = writeln!(md, "\n### Added latency per hop (one connection, sequential requests, everything on one core; median of {} rounds)\n", r.plan.rounds);
     let _ = writeln!(md, "| path | p50 (µs) | p99 (µs) | mean (µs) | added vs direct, p50 (µs) | requests | errors |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for p in &r.paths {
@@ -317,7 +317,7 @@ pub fn tables(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n### Open loop (constant rate, latency from the intended send time)\n");
+    let _ = writeln!(md, "\n### Open loop (constant rate, latency from the intended send time; median of {} rounds, max over them)\n", r.plan.rounds);
     let _ = writeln!(md, "| path | rate | achieved | p50 (µs) | p90 | p99 | p99.9 | max | p99 ×direct | p99 ×nginx | errors | client send lag p99 (µs) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rate in &r.plan.rates {
@@ -351,7 +351,7 @@ pub fn tables(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n### Saturated throughput (closed loop, {} connections)\n", r.plan.sat_connections);
+    let _ = writeln!(md, "\n### Saturated throughput (closed loop, {} connections; median of {} rounds)\n", r.plan.sat_connections, r.plan.rounds);
     let _ = writeln!(md, "| path | rps | ×direct | ×nginx | proxy CPU µs/req | proxy core busy | upstream CPU µs/req | p50 (µs) | p99 (µs) | errors |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in &r.paths {
