@@ -149,6 +149,21 @@ struct Settled {
 }
 
 impl Sink {
+    fn new(kind: LogSink) -> Sink {
+        let now = Instant::now();
+        Sink {
+            kind,
+            writer: None,
+            retry_at: now,
+            backoff: Duration::from_millis(100),
+            sent: 0,
+            unconfirmed: Default::default(),
+            taken: 0,
+            progress_at: now,
+            opened_at: now,
+        }
+    }
+
     fn open(&mut self) -> Option<&mut Writer> {
         if self.writer.is_none() && Instant::now() >= self.retry_at {
             let opened = match &self.kind {
@@ -319,17 +334,7 @@ fn peer_closed(fd: std::os::fd::RawFd) -> bool {
 }
 
 fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>) {
-    let mut sink = Sink {
-        kind,
-        writer: None,
-        retry_at: Instant::now(),
-        backoff: Duration::from_millis(100),
-        sent: 0,
-        unconfirmed: Default::default(),
-        taken: 0,
-        progress_at: Instant::now(),
-        opened_at: Instant::now(),
-    };
+    let mut sink = Sink::new(kind);
     let mut seen_dropped = vec![0u64; sources.len()];
     // Lines lost at the sink since the last shipped line (reported by the next one).
     let mut sink_gap = 0u64;
@@ -386,17 +391,7 @@ mod tests {
     use super::*;
 
     fn sink_to(addr: std::net::SocketAddr) -> Sink {
-        Sink {
-            kind: LogSink::Tcp(addr.to_string()),
-            writer: None,
-            retry_at: Instant::now(),
-            backoff: Duration::from_millis(100),
-            sent: 0,
-            unconfirmed: Default::default(),
-            taken: 0,
-            progress_at: Instant::now(),
-            opened_at: Instant::now(),
-        }
+        Sink::new(LogSink::Tcp(addr.to_string()))
     }
 
     /// Writes 64 KiB batches whenever the sink says so until it gives the connection up
