@@ -95,12 +95,7 @@ pub fn run_pick(b: &mut Balancer, now: Instant) -> usize {
 
 /// A successful request record (the common case).
 pub fn request_record(i: u64) -> RequestRecord {
-    RequestRecord {
-        status: Some(200),
-        error: None,
-        duration: Duration::from_micros(80 + (i % 400)),
-        panic: false,
-    }
+    RequestRecord { status: Some(200), error: None, duration: Duration::from_micros(80 + (i % 400)), panic: false }
 }
 
 /// Records one request into `stats`.

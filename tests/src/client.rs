@@ -72,7 +72,8 @@ impl Client {
 
     /// A request with a Content-Length body.
     pub fn request(&mut self, method: &str, path: &str, host: &str, body: &[u8]) -> std::io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(body);
         self.writer.write_all(&req)?;
         self.read_response(method == "HEAD")
@@ -84,7 +85,10 @@ impl Client {
         loop {
             line.clear();
             if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
             }
             let status: u16 = line.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad(&line))?;
             let mut headers = Vec::new();
@@ -109,7 +113,8 @@ impl Client {
                 loop {
                     line.clear();
                     self.reader.read_line(&mut line)?;
-                    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad(&line))?;
+                    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                        .map_err(|_| bad(&line))?;
                     if size == 0 {
                         line.clear();
                         self.reader.read_line(&mut line)?;

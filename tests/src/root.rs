@@ -99,7 +99,8 @@ pub fn probe(bin: &str, cgroup: Option<&Cgroup>, args: &[&str]) -> ProbeReport {
     let out = cmd.args(args).output().unwrap_or_else(|e| panic!("run {bin}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("weir-probe printed no JSON ({e}); status {}; stdout {stdout:?}; stderr {stderr}", out.status));
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("weir-probe printed no JSON ({e}); status {}; stdout {stdout:?}; stderr {stderr}", out.status)
+    });
     ProbeReport { json, stderr }
 }

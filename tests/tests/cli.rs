@@ -34,7 +34,10 @@ fn check_names_file_line_field_and_value() {
 #[test]
 fn run_refuses_an_invalid_config_with_the_same_message_and_binds_nothing() {
     let admin = weir_tests::free_port();
-    let p = write("bad.toml", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[service]]\nname = \"a\"\nvip = \"nope\"\n"));
+    let p = write(
+        "bad.toml",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[service]]\nname = \"a\"\nvip = \"nope\"\n"),
+    );
     let out = Command::new(WEIR).args(["run", "--config"]).arg(&p).output().expect("run weir");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -43,7 +43,9 @@ fn host_header_routes_by_name_name_port_and_vip() {
     let svc = service("alpha", "127.10.1.2:80", &[&a], "") + &service("beta", "127.10.1.3:8080", &[&b], "");
     let weir = Weir::start(&config(&svc));
     let mut c = Client::connect(weir.proxy);
-    for (host, want) in [("alpha", "a"), ("alpha:80", "a"), ("127.10.1.2", "a"), ("beta", "b"), ("127.10.1.3:8080", "b"), ("BETA", "b")] {
+    for (host, want) in
+        [("alpha", "a"), ("alpha:80", "a"), ("127.10.1.2", "a"), ("beta", "b"), ("127.10.1.3:8080", "b"), ("BETA", "b")]
+    {
         let r = c.get("/", host);
         assert_eq!((r.status, r.header("x-endpoint")), (200, Some(want)), "Host: {host}");
     }
@@ -67,7 +69,6 @@ fn chunked_request_and_response_bodies_are_streamed_and_reframed() {
     // And the connection is still usable afterwards.
     assert_eq!(c.get("/", "s").status, 200);
 }
-
 
 #[test]
 fn hundred_mib_bodies_stream_through_without_rss_growth() {
@@ -129,8 +130,12 @@ fn pipelined_requests_are_answered_in_order() {
     let svc = service("a", "127.10.1.6:80", &[&a], "") + &service("b", "127.10.1.7:80", &[&b], "");
     let weir = Weir::start(&config(&svc));
     let mut c = Client::connect(weir.proxy);
-    c.send_raw(b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: b\r\n\r\nGET /3 HTTP/1.1\r\nhost: a\r\n\r\n");
-    let order: Vec<String> = (0..3).map(|_| c.read_response(false).expect("response").header("x-endpoint").unwrap_or("").to_string()).collect();
+    c.send_raw(
+        b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: b\r\n\r\nGET /3 HTTP/1.1\r\nhost: a\r\n\r\n",
+    );
+    let order: Vec<String> = (0..3)
+        .map(|_| c.read_response(false).expect("response").header("x-endpoint").unwrap_or("").to_string())
+        .collect();
     assert_eq!(order, ["a", "b", "a"]);
 }
 

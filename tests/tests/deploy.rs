@@ -125,9 +125,9 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     assert_ne!(pod.get("hostPID").and_then(Yaml::as_bool), Some(true), "hostPID");
     assert_eq!(at(pod, &["dnsPolicy"]).as_str(), Some("ClusterFirstWithHostNet"));
     assert_eq!(at(pod, &["priorityClassName"]).as_str(), Some("system-node-critical"));
-    let tolerates_all = at(pod, &["tolerations"])
-        .as_sequence()
-        .is_some_and(|t| t.iter().any(|t| t.get("operator").and_then(Yaml::as_str) == Some("Exists") && t.get("key").is_none()));
+    let tolerates_all = at(pod, &["tolerations"]).as_sequence().is_some_and(|t| {
+        t.iter().any(|t| t.get("operator").and_then(Yaml::as_str) == Some("Exists") && t.get("key").is_none())
+    });
     assert!(tolerates_all, "weir must tolerate every taint");
     assert_eq!(at(ds, &["spec", "updateStrategy", "type"]).as_str(), Some("RollingUpdate"));
     assert_eq!(at(ds, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]).as_u64(), Some(1));
@@ -143,13 +143,22 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
             let sc = at(c, &["securityContext"]);
             assert_ne!(sc.get("privileged").and_then(Yaml::as_bool), Some(true), "{name} is privileged");
             assert_eq!(sc.get("allowPrivilegeEscalation").and_then(Yaml::as_bool), Some(false), "{name}");
-            assert_eq!(strings(at(sc, &["capabilities", "drop"])), BTreeSet::from(["ALL".to_string()]), "{name} drops ALL");
+            assert_eq!(
+                strings(at(sc, &["capabilities", "drop"])),
+                BTreeSet::from(["ALL".to_string()]),
+                "{name} drops ALL"
+            );
         }
     }
     let weir = at(pod, &["containers", "[weir]"]);
     let sc = at(weir, &["securityContext"]);
-    let added: BTreeSet<String> = strings(at(sc, &["capabilities", "add"])).into_iter().map(|c| format!("CAP_{c}")).collect();
-    assert_eq!(added, documented_capabilities(), "the weir container adds other capabilities than docs/OPERATING.md lists");
+    let added: BTreeSet<String> =
+        strings(at(sc, &["capabilities", "add"])).into_iter().map(|c| format!("CAP_{c}")).collect();
+    assert_eq!(
+        added,
+        documented_capabilities(),
+        "the weir container adds other capabilities than docs/OPERATING.md lists"
+    );
 
     assert_eq!(at(sc, &["seccompProfile", "type"]).as_str(), Some("Localhost"));
     let profile = at(sc, &["seccompProfile", "localhostProfile"]).as_str().expect("localhostProfile");
@@ -164,7 +173,11 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
         let get = at(weir, &[probe, "httpGet"]);
         assert_eq!(at(get, &["path"]).as_str(), Some("/ready"), "{probe} path");
         assert_eq!(at(get, &["port"]).as_u64(), Some(15000), "{probe} port");
-        assert_eq!(at(get, &["port"]).as_u64(), Some(u64::from(config.admin.listen.port())), "{probe} port is not [admin] listen");
+        assert_eq!(
+            at(get, &["port"]).as_u64(),
+            Some(u64::from(config.admin.listen.port())),
+            "{probe} port is not [admin] listen"
+        );
         assert_eq!(
             at(get, &["host"]).as_str().map(String::from),
             Some(config.admin.listen.ip().to_string()),
@@ -183,7 +196,10 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     let mount = |name: &str| at(weir, &["volumeMounts", &format!("[{name}]")]);
     let volume = |name: &str| at(pod, &["volumes", &format!("[{name}]")]);
     assert_eq!(at(mount("config"), &["mountPath"]).as_str(), Some("/etc/weir"));
-    assert_eq!(at(volume("config"), &["configMap", "name"]).as_str(), at(the(&docs, "ConfigMap"), &["metadata", "name"]).as_str());
+    assert_eq!(
+        at(volume("config"), &["configMap", "name"]).as_str(),
+        at(the(&docs, "ConfigMap"), &["metadata", "name"]).as_str()
+    );
 
     // The steered cgroups are under the (read-only) cgroup v2 root mount, and the pins under bpffs.
     let cg = mount("cgroup-root");
@@ -191,7 +207,11 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     assert!(at(volume("cgroup-root"), &["hostPath", "path"]).as_str().is_some());
     let cg_path = at(cg, &["mountPath"]).as_str().expect("cgroup mountPath");
     for steered in &config.steering.cgroups {
-        assert!(steered.starts_with(cg_path), "[steering] cgroups entry {} is not under the cgroup mount {cg_path}", steered.display());
+        assert!(
+            steered.starts_with(cg_path),
+            "[steering] cgroups entry {} is not under the cgroup mount {cg_path}",
+            steered.display()
+        );
     }
     let bpffs = at(mount("bpffs"), &["mountPath"]).as_str().expect("bpffs mountPath");
     assert_eq!(at(volume("bpffs"), &["hostPath", "path"]).as_str(), Some("/sys/fs/bpf"));
@@ -203,15 +223,20 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
 
     // Pods reach the proxy on a node address that the init container puts on the node.
     let init = at(pod, &["initContainers", "[node-address]"]);
-    let script: String = at(init, &["command"]).as_sequence().expect("command").iter().filter_map(Yaml::as_str).collect();
+    let script: String =
+        at(init, &["command"]).as_sequence().expect("command").iter().filter_map(Yaml::as_str).collect();
     let addr = format!("{}/32", config.proxy.listen.ip());
     assert!(script.contains(&addr), "the node-address init container does not add [proxy] listen's address {addr}");
-    assert!(!config.proxy.listen.ip().is_loopback(), "a pod's loopback is not the node's: [proxy] listen must be a node address");
+    assert!(
+        !config.proxy.listen.ip().is_loopback(),
+        "a pod's loopback is not the node's: [proxy] listen must be a node address"
+    );
 }
 
 #[test]
 fn the_seccomp_profile_allows_io_uring_and_bpf_and_denies_the_rest() {
-    let profile: Json = serde_json::from_str(&read("deploy/kubernetes/seccomp/weir-seccomp.json")).expect("seccomp JSON");
+    let profile: Json =
+        serde_json::from_str(&read("deploy/kubernetes/seccomp/weir-seccomp.json")).expect("seccomp JSON");
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
     let mut unconditional = BTreeSet::new();
     let mut any = BTreeSet::new();
@@ -229,16 +254,31 @@ fn the_seccomp_profile_allows_io_uring_and_bpf_and_denies_the_rest() {
     // Each of these was seen missing once, or is the reason for the profile: io_uring and bpf;
     // capset (weir drops capabilities after start); chmod (the pin directory is made 0700).
     for needed in [
-        "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "capset", "chmod", "epoll_wait",
-        "accept4", "connect", "setsockopt", "sched_setaffinity", "inotify_add_watch", "rt_sigaction", "futex",
-        "mmap", "execve",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "bpf",
+        "capset",
+        "chmod",
+        "epoll_wait",
+        "accept4",
+        "connect",
+        "setsockopt",
+        "sched_setaffinity",
+        "inotify_add_watch",
+        "rt_sigaction",
+        "futex",
+        "mmap",
+        "execve",
     ] {
         assert!(unconditional.contains(needed), "the seccomp profile does not allow {needed}");
     }
     for needed in ["socket", "clone"] {
         assert!(any.contains(needed), "the seccomp profile does not allow {needed} at all");
     }
-    for denied in ["mount", "umount2", "unshare", "setns", "ptrace", "kexec_load", "init_module", "perf_event_open", "keyctl"] {
+    for denied in
+        ["mount", "umount2", "unshare", "setns", "ptrace", "kexec_load", "init_module", "perf_event_open", "keyctl"]
+    {
         assert!(!any.contains(denied), "the seccomp profile allows {denied}");
     }
 }
@@ -259,10 +299,15 @@ fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
             section = name.to_string();
             continue;
         }
-        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("weir.service:{}: not key=value: {line}", i + 1));
+        let (key, value) =
+            line.split_once('=').unwrap_or_else(|| panic!("weir.service:{}: not key=value: {line}", i + 1));
         assert!(!section.is_empty(), "weir.service:{}: a key before any section", i + 1);
         assert!(!line.ends_with('\\'), "weir.service:{}: continuation lines are not parsed here", i + 1);
-        out.entry(section.clone()).or_default().entry(key.trim().to_string()).or_default().push(value.trim().to_string());
+        out.entry(section.clone())
+            .or_default()
+            .entry(key.trim().to_string())
+            .or_default()
+            .push(value.trim().to_string());
     }
     out
 }
@@ -272,7 +317,10 @@ fn the_host_config_is_valid() {
     let config = Config::parse(&read("deploy/systemd/weir.toml"), Path::new("deploy/systemd/weir.toml"))
         .unwrap_or_else(|e| panic!("deploy/systemd/weir.toml is invalid:\n{e}"));
     assert!(!config.services.is_empty());
-    assert!(config.services.iter().all(|s| s.listen.is_some()), "every host example service has its own listen address");
+    assert!(
+        config.services.iter().all(|s| s.listen.is_some()),
+        "every host example service has its own listen address"
+    );
 }
 
 #[test]
@@ -342,7 +390,10 @@ fn table_rows(doc: &str, heading: &str) -> Vec<Vec<String>> {
         let inner = l.trim().trim_start_matches('|').trim_end_matches('|');
         inner.split('|').map(|c| c.trim().to_string()).collect()
     };
-    let is_separator = |l: &str| l.trim().starts_with('|') && cells(l).iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':'));
+    let is_separator = |l: &str| {
+        l.trim().starts_with('|')
+            && cells(l).iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':'))
+    };
     let mut rows = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let header = lines.get(i + 1).is_some_and(|next| is_separator(next));
@@ -461,8 +512,10 @@ const ALL_SET: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nliste
 fn documented_fields() -> BTreeMap<Field, String> {
     let mut out = BTreeMap::new();
     for row in table_rows(&read("docs/OPERATING.md"), "Configuration reference") {
-        let name = code(&row[0]).unwrap_or_else(|| panic!("configuration reference: first cell is not `[table] field`: {row:?}"));
-        let field = Field::parse(name).unwrap_or_else(|| panic!("configuration reference: {name:?} is not `[table] field`"));
+        let name = code(&row[0])
+            .unwrap_or_else(|| panic!("configuration reference: first cell is not `[table] field`: {row:?}"));
+        let field =
+            Field::parse(name).unwrap_or_else(|| panic!("configuration reference: {name:?} is not `[table] field`"));
         assert!(row.len() >= 3, "configuration reference: {field}: no default column");
         assert!(out.insert(field.clone(), row[1].clone()).is_none(), "configuration reference: {field} twice");
     }
@@ -482,7 +535,10 @@ fn operating_md_documents_every_config_field_and_no_other() {
     let documented_names: BTreeSet<&Field> = documented.keys().collect();
     let undocumented: Vec<String> = existing_names.difference(&documented_names).map(|f| f.to_string()).collect();
     let unknown: Vec<String> = documented_names.difference(&existing_names).map(|f| f.to_string()).collect();
-    assert!(undocumented.is_empty(), "config fields missing from docs/OPERATING.md's configuration reference: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "config fields missing from docs/OPERATING.md's configuration reference: {undocumented:?}"
+    );
     assert!(unknown.is_empty(), "docs/OPERATING.md documents config fields that do not exist: {unknown:?}");
 
     // The same from the parser's side: every raw table denies unknown fields.
@@ -506,14 +562,22 @@ fn operating_md_gives_every_config_field_its_real_default() {
         match cell.as_str() {
             "—" => {
                 // Required: the minimal service sets it, and the config is invalid without it.
-                let without: String = MINIMAL.lines().filter(|l| !l.starts_with(&format!("{} =", field.key))).map(|l| format!("{l}\n")).collect();
+                let without: String = MINIMAL
+                    .lines()
+                    .filter(|l| !l.starts_with(&format!("{} =", field.key)))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 assert_ne!(without, MINIMAL, "{field} is documented as required but MINIMAL does not set it");
                 let err = Config::parse(&without, Path::new("minimal")).expect_err("a required field is missing");
-                assert!(err.to_string().contains(&format!("missing field `{}`", field.key)), "{field} is not required: {err}");
+                assert!(
+                    err.to_string().contains(&format!("missing field `{}`", field.key)),
+                    "{field} is not required: {err}"
+                );
             }
             "unset" => assert!(actual.is_null(), "{field}: documented unset, default is {actual}"),
             _ => {
-                let literal = code(&cell).unwrap_or_else(|| panic!("{field}: default {cell:?} is not a code span, `—` or `unset`"));
+                let literal = code(&cell)
+                    .unwrap_or_else(|| panic!("{field}: default {cell:?} is not a code span, `—` or `unset`"));
                 let doc: toml::Table = toml::from_str(&format!("v = {literal}"))
                     .unwrap_or_else(|e| panic!("{field}: default {literal} is not a TOML value: {e}"));
                 let doc = serde_json::to_value(&doc["v"]).expect("TOML value to JSON");
@@ -534,7 +598,9 @@ fn operating_md_documents_every_metric_with_its_type() {
         .filter_map(|row| Some((code(&row[0])?.to_string(), row.get(1)?.clone())))
         .filter(|(name, _)| name.starts_with("weir_"))
         .collect();
-    let weir = Weir::start(&format!("[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"));
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
+    ));
     let exported: BTreeMap<String, String> = weir
         .metrics()
         .lines()
@@ -543,7 +609,11 @@ fn operating_md_documents_every_metric_with_its_type() {
         .map(|(name, kind)| (name.to_string(), kind.trim().to_string()))
         .collect();
     for (name, kind) in &exported {
-        assert_eq!(documented.get(name), Some(kind), "docs/OPERATING.md's metrics reference lacks {name} ({kind}) or gives another type");
+        assert_eq!(
+            documented.get(name),
+            Some(kind),
+            "docs/OPERATING.md's metrics reference lacks {name} ({kind}) or gives another type"
+        );
     }
     // Exported only while steering is attached (root tier): documented, not seen here.
     let steering_only = ["weir_steering_kernel_events_total"];

@@ -67,7 +67,8 @@ fn oversized_heads_get_431_and_long_uris_414() {
 #[test]
 fn a_client_too_slow_with_its_head_gets_408() {
     let ep = Endpoint::start("a");
-    let toml = config(&service("s", "127.10.2.3:80", &[&ep], "")).replace("workers = 2", "workers = 1\nheader_read_timeout_ms = 300");
+    let toml = config(&service("s", "127.10.2.3:80", &[&ep], ""))
+        .replace("workers = 2", "workers = 1\nheader_read_timeout_ms = 300");
     let weir = Weir::start(&toml);
     let mut c = Client::connect(weir.proxy);
     c.send_raw(b"GET / HTTP/1.1\r\nhost: s\r\n");
@@ -97,7 +98,11 @@ fn refused_connects_are_retried_elsewhere_then_503() {
     let mut c = Client::connect(weir.proxy);
     for _ in 0..20 {
         let r = c.get("/", "s");
-        assert_eq!((r.status, r.header("x-endpoint")), (200, Some("good")), "a refused endpoint must be retried on another");
+        assert_eq!(
+            (r.status, r.header("x-endpoint")),
+            (200, Some("good")),
+            "a refused endpoint must be retried on another"
+        );
     }
     // With only dead endpoints: 503 connect_failure.
     let weir2 = Weir::start(&config(&service("d", "127.10.2.5:80", &[&dead], "")));
@@ -131,7 +136,8 @@ fn no_endpoints_gets_503_saying_why() {
 fn over_the_pending_limit_requests_are_shed_with_retry_after() {
     let ep = Endpoint::start("slow");
     ep.set(Behavior::Delay(Duration::from_millis(800)));
-    let toml = config(&service("s", "127.10.2.7:80", &[&ep], "[service.limits]\nmax_pending_requests = 1\n")).replace("workers = 2", "workers = 1");
+    let toml = config(&service("s", "127.10.2.7:80", &[&ep], "[service.limits]\nmax_pending_requests = 1\n"))
+        .replace("workers = 2", "workers = 1");
     let weir = Weir::start(&toml);
     let proxy = weir.proxy;
     let first = std::thread::spawn(move || Client::connect(proxy).get("/", "s").status);
@@ -164,7 +170,8 @@ fn malformed_upstream_responses_get_502() {
 #[test]
 fn connections_over_the_limit_get_503_with_retry_after() {
     let ep = Endpoint::start("a");
-    let toml = config(&service("s", "127.10.2.8:80", &[&ep], "")).replace("workers = 2", "workers = 1\nmax_connections = 2");
+    let toml =
+        config(&service("s", "127.10.2.8:80", &[&ep], "")).replace("workers = 2", "workers = 1\nmax_connections = 2");
     let weir = Weir::start(&toml);
     let mut held: Vec<Client> = (0..2).map(|_| Client::connect(weir.proxy)).collect();
     for c in &mut held {

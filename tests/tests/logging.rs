@@ -88,7 +88,8 @@ fn lines_carry_the_request_and_its_outcome() {
     let addr = sink.local_addr().expect("addr");
     let rx = collect_lines(sink);
     let ep = Endpoint::start("e");
-    let weir = Weir::start(&logged_config(&format!("tcp:{addr}"), 1024, &service("logged", "127.10.8.1:80", &[&ep], "")));
+    let weir =
+        Weir::start(&logged_config(&format!("tcp:{addr}"), 1024, &service("logged", "127.10.8.1:80", &[&ep], "")));
     let mut c = Client::connect(weir.proxy);
     assert_eq!(c.get("/cart?id=7", "logged").status, 200);
     let v = recv_json(&rx);
@@ -109,7 +110,6 @@ fn lines_carry_the_request_and_its_outcome() {
     weir.wait_metric("weir_access_log_records_total{result=\"shipped\"}", 2.0);
 }
 
-
 #[test]
 fn a_stalled_sink_drops_records_and_never_fails_a_request() {
     // A sink that accepts and never reads.
@@ -118,7 +118,11 @@ fn a_stalled_sink_drops_records_and_never_fails_a_request() {
     let held = std::thread::spawn(move || stalled.incoming().take(64).flatten().collect::<Vec<TcpStream>>());
     let ep = Endpoint::start("e");
     const RING: usize = 4096;
-    let weir = WeirProcess::start(WEIR, &logged_config(&format!("tcp:{addr}"), RING, &service("stall", "127.10.8.2:80", &[&ep], "")), None);
+    let weir = WeirProcess::start(
+        WEIR,
+        &logged_config(&format!("tcp:{addr}"), RING, &service("stall", "127.10.8.2:80", &[&ep], "")),
+        None,
+    );
     let rss_start = weir_tests::rss_kib(weir.pid() as u32);
     let proxy = weir.proxy;
     let threads: Vec<_> = (0..4)
@@ -177,7 +181,10 @@ fn a_sink_that_comes_back_receives_lines_with_the_gap_count() {
     });
     let v: serde_json::Value = serde_json::from_str(&v).expect("JSON");
     assert_eq!(v["path"], "/after");
-    assert!(v["dropped_before"].as_u64().is_some_and(|n| n >= u64::from(lost)), "no gap count on the first line back: {v}");
+    assert!(
+        v["dropped_before"].as_u64().is_some_and(|n| n >= u64::from(lost)),
+        "no gap count on the first line back: {v}"
+    );
 }
 
 #[test]
@@ -185,7 +192,11 @@ fn sigusr1_reopens_the_log_file_after_rotation() {
     let ep = Endpoint::start("e");
     let dir = weir_tests::scratch_dir("logrotate");
     let log = dir.join("access.log");
-    let weir = WeirProcess::start(WEIR, &logged_config(&format!("file:{}", log.display()), 1024, &service("rot", "127.10.8.4:80", &[&ep], "")), None);
+    let weir = WeirProcess::start(
+        WEIR,
+        &logged_config(&format!("file:{}", log.display()), 1024, &service("rot", "127.10.8.4:80", &[&ep], "")),
+        None,
+    );
     let mut c = Client::connect(weir.proxy);
     assert_eq!(c.get("/one", "rot").status, 200);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();

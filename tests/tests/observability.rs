@@ -67,15 +67,25 @@ fn metrics_pass_promtool() {
     weir.wait_metric("weir_requests_total{service=\"prom\",code=\"200\"}", 1.0);
     let text = weir.metrics();
     for name in [
-        "weir_requests_total", "weir_request_duration_seconds_bucket", "weir_request_errors_total",
-        "weir_retries_total", "weir_retry_budget_exhausted_total", "weir_outlier_ejections_total",
-        "weir_endpoints", "weir_upstream_connections", "weir_downstream_connections",
-        "weir_access_log_records_total", "weir_config_reloads_total",
-        "weir_config_last_reload_timestamp_seconds", "weir_build_info",
+        "weir_requests_total",
+        "weir_request_duration_seconds_bucket",
+        "weir_request_errors_total",
+        "weir_retries_total",
+        "weir_retry_budget_exhausted_total",
+        "weir_outlier_ejections_total",
+        "weir_endpoints",
+        "weir_upstream_connections",
+        "weir_downstream_connections",
+        "weir_access_log_records_total",
+        "weir_config_reloads_total",
+        "weir_config_last_reload_timestamp_seconds",
+        "weir_build_info",
     ] {
         assert!(text.contains(&format!("\n{name}")), "missing {name}");
     }
-    let promtool = ["/usr/bin/promtool", "/bin/promtool"].into_iter().find(|p| std::path::Path::new(p).exists())
+    let promtool = ["/usr/bin/promtool", "/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
         .expect("promtool is missing: `cargo xtask setup` installs the Debian package prometheus");
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
@@ -87,7 +97,12 @@ fn metrics_pass_promtool() {
     use std::io::Write;
     child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
     let out = child.wait_with_output().expect("promtool output");
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -48,7 +48,13 @@ fn reloads_under_load_fail_no_request() {
         .collect();
     for i in 0..20 {
         let eps: &[&Endpoint] = if i % 2 == 0 { &[&a] } else { &[&a, &b] };
-        weir.reload(&config(&service("s", "127.10.6.2:80", eps, &format!("[service.timeouts]\nconnect_ms = {}\n", 500 + i)))).expect("reload");
+        weir.reload(&config(&service(
+            "s",
+            "127.10.6.2:80",
+            eps,
+            &format!("[service.timeouts]\nconnect_ms = {}\n", 500 + i),
+        )))
+        .expect("reload");
         std::thread::sleep(Duration::from_millis(25));
     }
     stop.store(true, Ordering::Relaxed);
@@ -89,7 +95,9 @@ fn a_change_of_the_config_file_is_picked_up_without_a_signal() {
     let mut c = Client::connect(weir.proxy);
     assert_eq!(c.get("/", "w").header("x-endpoint"), Some("a"));
     // Replace the file the way a ConfigMap update does: write elsewhere, rename over it.
-    let text = std::fs::read_to_string(&weir.config_path).expect("read config").replace(&a.addr.to_string(), &b.addr.to_string());
+    let text = std::fs::read_to_string(&weir.config_path)
+        .expect("read config")
+        .replace(&a.addr.to_string(), &b.addr.to_string());
     let tmp = weir.config_path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, &weir.config_path).expect("rename");

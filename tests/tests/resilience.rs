@@ -42,7 +42,8 @@ fn load(weir: &Weir, host: &'static str, n: usize, threads: usize) -> Vec<u16> {
 
 #[test]
 fn two_bad_endpoints_of_four_are_ejected_and_every_request_succeeds() {
-    let (h1, h2, refusing, unavailable) = (Endpoint::start("h1"), Endpoint::start("h2"), Endpoint::start("refusing"), Endpoint::start("unavailable"));
+    let (h1, h2, refusing, unavailable) =
+        (Endpoint::start("h1"), Endpoint::start("h2"), Endpoint::start("refusing"), Endpoint::start("unavailable"));
     refusing.kill();
     unavailable.set(Behavior::Status(503));
     let weir = Weir::start(&config(&service("four", "127.10.7.1:80", &[&h1, &h2, &refusing, &unavailable], "")));
@@ -50,7 +51,11 @@ fn two_bad_endpoints_of_four_are_ejected_and_every_request_succeeds() {
     let statuses = load(&weir, "four", 1000, 4);
     let seconds = started.elapsed().as_secs_f64() + 1.0;
     assert_eq!(statuses.len(), 1000);
-    assert!(statuses.iter().all(|s| *s == 200), "failed requests: {:?}", statuses.iter().filter(|s| **s != 200).count());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "failed requests: {:?}",
+        statuses.iter().filter(|s| **s != 200).count()
+    );
     let mut gone = ejected(&weir);
     gone.sort();
     let mut want = vec![refusing.addr.to_string(), unavailable.addr.to_string()];
@@ -59,8 +64,15 @@ fn two_bad_endpoints_of_four_are_ejected_and_every_request_succeeds() {
     weir.wait_metric("weir_outlier_ejections_total{service=\"four\"}", 2.0);
     // The 503 endpoint received the five requests that ejected it, plus at most the ones the
     // other three clients had already sent to it when the fifth failure came back.
-    assert!((5..=8).contains(&unavailable.requests()), "the 503 endpoint kept receiving requests: {}", unavailable.requests());
-    let retries: f64 = ["connect-failure", "status-503"].iter().map(|r| weir.metric(&format!("weir_retries_total{{service=\"four\",reason=\"{r}\"}}"))).sum();
+    assert!(
+        (5..=8).contains(&unavailable.requests()),
+        "the 503 endpoint kept receiving requests: {}",
+        unavailable.requests()
+    );
+    let retries: f64 = ["connect-failure", "status-503"]
+        .iter()
+        .map(|r| weir.metric(&format!("weir_retries_total{{service=\"four\",reason=\"{r}\"}}")))
+        .sum();
     assert!(retries <= 1000.0 * 0.2 + 10.0 * seconds, "retries {retries} over the budget");
     assert!(retries >= 10.0, "each failure should have been retried: {retries}");
 }
@@ -96,7 +108,8 @@ fn when_every_endpoint_fails_retries_stop_at_the_budget() {
     a.set(Behavior::Status(503));
     b.set(Behavior::Status(503));
     let started = Instant::now();
-    let weir = Weir::start(&config(&service("down", "127.10.7.3:80", &[&a, &b], "[service.outlier]\nenabled = false\n")));
+    let weir =
+        Weir::start(&config(&service("down", "127.10.7.3:80", &[&a, &b], "[service.outlier]\nenabled = false\n")));
     let statuses = load(&weir, "down", 500, 4);
     // Seconds of budget floor: the test so far plus the one second a budget starts with.
     let seconds = started.elapsed().as_secs_f64() + 1.0;
@@ -145,7 +158,13 @@ fn an_endpoint_killed_under_load_fails_no_idempotent_request_and_repeats_no_post
     c2.set(Behavior::Delay(Duration::from_millis(400)));
     let weir2 = Weir::start(&config(&service("post", "127.10.7.5:80", &[&c1, &c2], "")));
     let proxy = weir2.proxy;
-    let posts: Vec<_> = (0..6).map(|i| std::thread::spawn(move || Client::connect(proxy).request("POST", "/", "post", format!("order {i}").as_bytes()).map(|r| r.status))).collect();
+    let posts: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                Client::connect(proxy).request("POST", "/", "post", format!("order {i}").as_bytes()).map(|r| r.status)
+            })
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(150));
     c1.kill();
     let statuses: Vec<u16> = posts.into_iter().map(|p| p.join().expect("post").expect("an answer")).collect();
@@ -161,7 +180,10 @@ fn endpoints_closing_idle_connections_cause_no_client_errors() {
     let ep = Endpoint::start("idle");
     ep.set(Behavior::CloseIdleAfter(Duration::from_millis(1000)));
     // weir's pool idle timeout misconfigured above the endpoint's keep-alive.
-    let weir = Weir::start(&config(&service("race", "127.10.7.6:80", &[&ep], "[service.timeouts]\nupstream_idle_ms = 5000\n")).replace("workers = 2", "workers = 1"));
+    let weir = Weir::start(
+        &config(&service("race", "127.10.7.6:80", &[&ep], "[service.timeouts]\nupstream_idle_ms = 5000\n"))
+            .replace("workers = 2", "workers = 1"),
+    );
     let mut c = Client::connect(weir.proxy);
     for i in 0..12 {
         let r = c.get("/", "race");

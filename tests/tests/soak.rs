@@ -13,7 +13,6 @@ use weir_tests::{Client, Endpoint, WeirProcess};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-
 fn soak_config(endpoints: &[std::net::SocketAddr], connect_ms: u64) -> String {
     let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
@@ -32,17 +31,20 @@ fn soak_with_flapping_endpoints_and_reloads() {
     const PER_CONNECTION: u64 = 20;
     const CLIENTS: u64 = 8;
 
-    let endpoints: Vec<Arc<Mutex<Endpoint>>> = (0..3).map(|i| Arc::new(Mutex::new(Endpoint::start(&format!("e{i}"))))).collect();
+    let endpoints: Vec<Arc<Mutex<Endpoint>>> =
+        (0..3).map(|i| Arc::new(Mutex::new(Endpoint::start(&format!("e{i}"))))).collect();
     let addrs: Vec<_> = endpoints.iter().map(|e| e.lock().addr).collect();
     let weir = WeirProcess::start(WEIR, &soak_config(&addrs, 1000), None);
     let (proxy, pid) = (weir.proxy, weir.pid());
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, connections) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (ok, failed, connections) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (stop, ok, failed, connections, failures) = (stop.clone(), ok.clone(), failed.clone(), connections.clone(), failures.clone());
+            let (stop, ok, failed, connections, failures) =
+                (stop.clone(), ok.clone(), failed.clone(), connections.clone(), failures.clone());
             std::thread::spawn(move || {
                 let interval = Duration::from_secs_f64(CLIENTS as f64 / RATE as f64);
                 let mut next = Instant::now();
@@ -103,7 +105,9 @@ fn soak_with_flapping_endpoints_and_reloads() {
             next_flap += flap_every;
         }
         if now >= next_reload {
-            let text = soak_config(&addrs, 1000 + reloads * 10).replace("@PROXY@", &weir.proxy.to_string()).replace("@ADMIN@", &weir.admin.to_string());
+            let text = soak_config(&addrs, 1000 + reloads * 10)
+                .replace("@PROXY@", &weir.proxy.to_string())
+                .replace("@ADMIN@", &weir.admin.to_string());
             std::fs::write(&weir.config_path, text).expect("write config");
             weir.signal(libc::SIGHUP);
             reloads += 1;

@@ -23,15 +23,21 @@ fn a_steered_workload_reaches_the_service_through_weir_and_others_are_not_steere
     require_root();
     let cg = Cgroup::create("basic");
     let (a, b) = (Endpoint::start("a"), Endpoint::start("b"));
-    let svc = format!("[[service]]\nname = \"checkout\"\nvip = \"127.10.4.1:80\"\nendpoints = [\"{}\", \"{}\"]\n", a.addr, b.addr);
+    let svc = format!(
+        "[[service]]\nname = \"checkout\"\nvip = \"127.10.4.1:80\"\nendpoints = [\"{}\", \"{}\"]\n",
+        a.addr, b.addr
+    );
     let weir = Weir::start(&steered_config(&cg, &svc));
 
     let inside = probe(PROBE, Some(&cg), &["--addr", "127.10.4.1:80", "--requests", "40", "--connections", "4"]);
     assert_eq!(inside.num("ok"), 40, "steered requests failed: {:?}", inside.json);
     assert_eq!(inside.num("via"), 40, "responses did not come through weir");
     assert!(inside.by_endpoint("a") + inside.by_endpoint("b") == 40);
-    assert!(inside.json["peers"].as_object().is_some_and(|p| p.keys().all(|k| *k == weir.proxy.to_string())),
-        "the connect was not rewritten to the proxy: {:?}", inside.json["peers"]);
+    assert!(
+        inside.json["peers"].as_object().is_some_and(|p| p.keys().all(|k| *k == weir.proxy.to_string())),
+        "the connect was not rewritten to the proxy: {:?}",
+        inside.json["peers"]
+    );
 
     let outside = probe(PROBE, None, &["--addr", "127.10.4.1:80", "--requests", "1"]);
     assert_eq!(outside.num("ok"), 0, "a workload outside the cgroup was steered: {:?}", outside.json);
@@ -79,7 +85,9 @@ fn two_hundred_concurrent_connections_to_two_vips_land_on_the_right_service() {
     );
     let _weir = Weir::start(&steered_config(&cg, &svc));
     let (ra, rb) = std::thread::scope(|s| {
-        let pa = s.spawn(|| probe(PROBE, Some(&cg), &["--addr", "127.10.4.2:80", "--requests", "200", "--connections", "100"]));
+        let pa = s.spawn(|| {
+            probe(PROBE, Some(&cg), &["--addr", "127.10.4.2:80", "--requests", "200", "--connections", "100"])
+        });
         let rb = probe(PROBE, Some(&cg), &["--addr", "127.10.4.3:80", "--requests", "200", "--connections", "100"]);
         (pa.join().expect("probe a"), rb)
     });
@@ -92,9 +100,16 @@ fn tcp_services_are_steered_too() {
     require_root();
     let cg = Cgroup::create("tcp");
     let echo = TcpEcho::start("db1");
-    let svc = format!("[[service]]\nname = \"db\"\nvip = \"127.10.4.4:5432\"\nprotocol = \"tcp\"\nendpoints = [\"{}\"]\n", echo.addr);
+    let svc = format!(
+        "[[service]]\nname = \"db\"\nvip = \"127.10.4.4:5432\"\nprotocol = \"tcp\"\nendpoints = [\"{}\"]\n",
+        echo.addr
+    );
     let _weir = Weir::start(&steered_config(&cg, &svc));
-    let r = probe(PROBE, Some(&cg), &["--addr", "127.10.4.4:5432", "--mode", "tcp", "--requests", "10", "--connections", "2"]);
+    let r = probe(
+        PROBE,
+        Some(&cg),
+        &["--addr", "127.10.4.4:5432", "--mode", "tcp", "--requests", "10", "--connections", "2"],
+    );
     assert_eq!((r.num("ok"), r.by_endpoint("db1")), (10, 10), "{:?}", r.json);
 }
 
@@ -119,13 +134,20 @@ fn reload_adds_and_removes_steered_services() {
 
     // A connection open across a reload (that adds and removes other services) keeps working.
     let during = std::thread::scope(|s| {
-        let held = s.spawn(|| probe(PROBE, Some(&cg), &["--addr", "127.10.4.6:80", "--requests", "10", "--hold-ms", "800"]));
+        let held =
+            s.spawn(|| probe(PROBE, Some(&cg), &["--addr", "127.10.4.6:80", "--requests", "10", "--hold-ms", "800"]));
         std::thread::sleep(Duration::from_millis(300));
-        weir.reload(&steered_config(&cg, &two.replace("127.10.4.5:80", "127.10.4.18:80"))).expect("reload during a held connection");
+        weir.reload(&steered_config(&cg, &two.replace("127.10.4.5:80", "127.10.4.18:80")))
+            .expect("reload during a held connection");
         held.join().expect("held probe")
     });
     assert_eq!((during.num("ok"), during.by_endpoint("b")), (10, 10), "{:?}", during.json);
-    assert_eq!(during.json["peers"].as_object().map(|p| p.values().map(|v| v.as_u64().unwrap_or(0)).sum::<u64>()), Some(1), "the connection was dropped and redialed: {:?}", during.json);
+    assert_eq!(
+        during.json["peers"].as_object().map(|p| p.values().map(|v| v.as_u64().unwrap_or(0)).sum::<u64>()),
+        Some(1),
+        "the connection was dropped and redialed: {:?}",
+        during.json
+    );
 }
 
 #[test]
@@ -152,7 +174,11 @@ fn nothing_stays_attached_after_weir_stops() {
 }
 
 fn pin_dir_of(proxy: std::net::SocketAddr) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("/sys/fs/bpf/weir/listen-{}-{}", proxy.ip().to_string().replace('.', "_"), proxy.port()))
+    std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/weir/listen-{}-{}",
+        proxy.ip().to_string().replace('.', "_"),
+        proxy.port()
+    ))
 }
 
 #[test]
@@ -160,11 +186,9 @@ fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
     require_root();
     let cg = Cgroup::create("crash");
     let a = Endpoint::start("a");
-    let svc = format!(
-        "[[service]]\nname = \"alpha\"\nvip = \"127.10.4.11:80\"\nendpoints = [\"{}\"]\n",
-        a.addr
-    );
-    let toml = steered_config(&cg, &svc).replace("[steering]\n", "[steering]\nfail_mode = \"closed\"\nfail_after_ms = 1000\n");
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.11:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let toml =
+        steered_config(&cg, &svc).replace("[steering]\n", "[steering]\nfail_mode = \"closed\"\nfail_after_ms = 1000\n");
     let weir = WeirProcess::start(WEIR, &toml, None);
     let (proxy, admin) = (weir.proxy, weir.admin);
     let pins = pin_dir_of(proxy);
@@ -173,7 +197,10 @@ fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
 
     weir.kill9();
     // The links survive the crash (pinned) ...
-    let links = std::fs::read_dir(&pins).expect("pins after a crash").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-"))).count();
+    let links = std::fs::read_dir(&pins)
+        .expect("pins after a crash")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-")))
+        .count();
     assert_eq!(links, 3, "connect4, connect6 and sockops links must stay pinned");
     // ... and once the heartbeat is stale, connects to the VIP fail closed, at once.
     std::thread::sleep(Duration::from_millis(1500));
@@ -183,7 +210,10 @@ fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
     assert!(down.json["errors"][0].as_str().is_some_and(|e| e.contains("refused")), "{:?}", down.json);
     assert!(t.elapsed() < Duration::from_secs(2), "a connect hung while weir was down");
     // `weir steer status` still answers, from the pins.
-    let out = std::process::Command::new(WEIR).args(["steer", "status", "--admin", &admin.to_string()]).output().expect("steer status");
+    let out = std::process::Command::new(WEIR)
+        .args(["steer", "status", "--admin", &admin.to_string()])
+        .output()
+        .expect("steer status");
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && status.contains("fail_closed"), "{status}");
 
@@ -191,7 +221,10 @@ fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
     let weir = WeirProcess::start_on(WEIR, &toml, None, proxy, admin, |_, _| {});
     let up = probe(PROBE, Some(&cg), &["--addr", "127.10.4.11:80", "--requests", "3"]);
     assert_eq!(up.num("via"), 3, "steering did not resume after the restart: {:?}", up.json);
-    let links = std::fs::read_dir(&pins).expect("pins").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-"))).count();
+    let links = std::fs::read_dir(&pins)
+        .expect("pins")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-")))
+        .count();
     assert_eq!(links, 3, "a restart must reuse the links, not add more");
 
     // A clean stop removes everything.
@@ -209,8 +242,10 @@ fn fail_open_and_fail_to_endpoint_while_weir_is_down() {
     let _on_vip = Endpoint::start_at("vip-itself", "127.10.4.12:8080".parse().expect("addr"));
     let direct = Endpoint::start("direct");
     for (mode, want) in [("open", "vip-itself"), ("endpoint", "direct")] {
-        let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.12:8080\"\nendpoints = [\"{}\"]\n", direct.addr);
-        let toml = steered_config(&cg, &svc).replace("[steering]\n", &format!("[steering]\nfail_mode = \"{mode}\"\nfail_after_ms = 1000\n"));
+        let svc =
+            format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.12:8080\"\nendpoints = [\"{}\"]\n", direct.addr);
+        let toml = steered_config(&cg, &svc)
+            .replace("[steering]\n", &format!("[steering]\nfail_mode = \"{mode}\"\nfail_after_ms = 1000\n"));
         let weir = WeirProcess::start(WEIR, &toml, None);
         let pins = pin_dir_of(weir.proxy);
         let up = probe(PROBE, Some(&cg), &["--addr", "127.10.4.12:8080", "--requests", "2"]);
@@ -218,7 +253,12 @@ fn fail_open_and_fail_to_endpoint_while_weir_is_down() {
         weir.kill9();
         std::thread::sleep(Duration::from_millis(1500));
         let down = probe(PROBE, Some(&cg), &["--addr", "127.10.4.12:8080", "--requests", "2"]);
-        assert_eq!((down.num("ok"), down.num("via"), down.by_endpoint(want)), (2, 0, 2), "fail {mode}: {:?}", down.json);
+        assert_eq!(
+            (down.num("ok"), down.num("via"), down.by_endpoint(want)),
+            (2, 0, 2),
+            "fail {mode}: {:?}",
+            down.json
+        );
         // Clean up the crashed run's pins (a restart would take them over).
         let _ = std::fs::remove_dir_all(&pins);
     }
@@ -249,12 +289,20 @@ fn connections_are_accepted_by_the_worker_on_the_clients_cpu() {
     let toml = steered_config(&cg, &svc).replace("sink = \"off\"", &format!("sink = \"tcp:{sink_addr}\""));
     let weir = Weir::start(&toml);
     for cpu in [0usize, 1] {
-        let r = probe(PROBE, Some(&cg), &["--addr", "127.10.4.13:80", "--requests", "20", "--connections", "20", "--cpu", &cpu.to_string()]);
+        let r = probe(
+            PROBE,
+            Some(&cg),
+            &["--addr", "127.10.4.13:80", "--requests", "20", "--connections", "20", "--cpu", &cpu.to_string()],
+        );
         assert_eq!(r.num("ok"), 20, "{:?}", r.json);
         for _ in 0..20 {
             let line = rx.recv_timeout(Duration::from_secs(5)).expect("access-log line");
             let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-            assert_eq!(v["worker"].as_u64(), Some(cpu as u64), "a client on CPU {cpu} was served by another worker: {line}");
+            assert_eq!(
+                v["worker"].as_u64(),
+                Some(cpu as u64),
+                "a client on CPU {cpu} was served by another worker: {line}"
+            );
         }
     }
     let status = weir.control().steering.lock().as_ref().map(|s| s.status()).expect("steering");
@@ -282,7 +330,11 @@ fn thread_caps(pid: i32) -> Vec<(String, u64, u64)> {
         .map(|t| {
             let status = std::fs::read_to_string(t.path().join("status")).expect("status");
             let field = |name: &str| {
-                status.lines().find_map(|l| l.strip_prefix(name)).map(|v| u64::from_str_radix(v.trim(), 16).expect("hex caps")).expect("cap field")
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex caps"))
+                    .expect("cap field")
             };
             let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
             (name, field("CapEff:"), field("CapBnd:"))
@@ -297,7 +349,8 @@ fn after_start_every_thread_keeps_only_net_admin_and_bpf_and_pins_are_root_only(
     let cg = Cgroup::create("caps");
     let (a, b) = (Endpoint::start("a"), Endpoint::start("b"));
     let one = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.15:80\"\nendpoints = [\"{}\"]\n", a.addr);
-    let weir = WeirProcess::start(WEIR, &steered_config(&cg, &one).replace("sink = \"off\"", "sink = \"stdout\""), None);
+    let weir =
+        WeirProcess::start(WEIR, &steered_config(&cg, &one).replace("sink = \"off\"", "sink = \"stdout\""), None);
     for (name, eff, bnd) in thread_caps(weir.pid()) {
         assert_eq!(eff & !RUNTIME_CAPS, 0, "thread {name} kept capabilities {eff:#x}");
         assert_eq!(bnd & !RUNTIME_CAPS, 0, "thread {name} kept a bounding set {bnd:#x}");
@@ -314,13 +367,24 @@ fn after_start_every_thread_keeps_only_net_admin_and_bpf_and_pins_are_root_only(
     // clean exit that unpins.
     assert_eq!(probe(PROBE, Some(&cg), &["--addr", "127.10.4.15:80", "--requests", "3"]).num("via"), 3);
     let two = format!("{one}[[service]]\nname = \"beta\"\nvip = \"127.10.4.16:80\"\nendpoints = [\"{}\"]\n", b.addr);
-    std::fs::write(&weir.config_path, steered_config(&cg, &two).replace("@PROXY@", &weir.proxy.to_string()).replace("@ADMIN@", &weir.admin.to_string()).replace("sink = \"off\"", "sink = \"stdout\"")).expect("config");
+    std::fs::write(
+        &weir.config_path,
+        steered_config(&cg, &two)
+            .replace("@PROXY@", &weir.proxy.to_string())
+            .replace("@ADMIN@", &weir.admin.to_string())
+            .replace("sink = \"off\"", "sink = \"stdout\""),
+    )
+    .expect("config");
     weir.signal(libc::SIGHUP);
     eventually(Duration::from_secs(5), "beta steered after SIGHUP", || {
         (probe(PROBE, Some(&cg), &["--addr", "127.10.4.16:80"]).by_endpoint("b") == 1).then_some(())
     });
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(probe(PROBE, Some(&cg), &["--addr", "127.10.4.15:80"]).num("via"), 1, "heartbeat stopped without CAP_BPF?");
+    assert_eq!(
+        probe(PROBE, Some(&cg), &["--addr", "127.10.4.15:80"]).num("via"),
+        1,
+        "heartbeat stopped without CAP_BPF?"
+    );
     assert!(weir.terminate(Duration::from_secs(25)).success());
     assert!(!pins.exists(), "pins left behind after a clean exit without privileges");
 }
@@ -344,7 +408,10 @@ fn steering_keeps_working_while_the_config_source_is_unreadable() {
     assert_eq!((r.num("ok"), r.num("via")), (20, 20), "steered traffic stopped with a bad config source: {:?}", r.json);
     let mut admin = weir_tests::Client::connect(weir.admin);
     let metrics = admin.get("/metrics", "admin").body_string();
-    assert!(weir_tests::metric_value(&metrics, "weir_config_reloads_total{result=\"failure\"}") >= 2.0, "reload failures not counted");
+    assert!(
+        weir_tests::metric_value(&metrics, "weir_config_reloads_total{result=\"failure\"}") >= 2.0,
+        "reload failures not counted"
+    );
 }
 
 #[test]
@@ -353,7 +420,8 @@ fn the_pins_of_a_weir_that_never_came_back_are_removed() {
     let cg = Cgroup::create("gone");
     let a = Endpoint::start("a");
     let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.19:80\"\nendpoints = [\"{}\"]\n", a.addr);
-    let toml = steered_config(&cg, &svc).replace("[steering]\n", "[steering]\nfail_mode = \"closed\"\nfail_after_ms = 1000\n");
+    let toml =
+        steered_config(&cg, &svc).replace("[steering]\n", "[steering]\nfail_mode = \"closed\"\nfail_after_ms = 1000\n");
     let old = WeirProcess::start(WEIR, &toml, None);
     let old_pins = pin_dir_of(old.proxy);
     old.kill9();

@@ -208,7 +208,8 @@ fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64) {
         let red = Red::parse(&text);
         if let Some(p) = &prev {
             let n = red.requests - p.requests;
-            let q = |q: f64| quantile(&p.buckets, &red.buckets, q).map_or("-".into(), |s| format!("{:.2}ms", s * 1000.0));
+            let q =
+                |q: f64| quantile(&p.buckets, &red.buckets, q).map_or("-".into(), |s| format!("{:.2}ms", s * 1000.0));
             println!(
                 "weir   t={:>3}s  checkout: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
                 start.elapsed().as_secs(),
@@ -239,7 +240,15 @@ struct Red {
 
 impl Red {
     fn parse(text: &str) -> Red {
-        let mut r = Red { requests: 0.0, server_errors: 0.0, weir_errors: 0.0, retries: 0.0, active: 0.0, ejected: 0.0, buckets: Vec::new() };
+        let mut r = Red {
+            requests: 0.0,
+            server_errors: 0.0,
+            weir_errors: 0.0,
+            retries: 0.0,
+            active: 0.0,
+            ejected: 0.0,
+            buckets: Vec::new(),
+        };
         for line in text.lines().filter(|l| l.contains("service=\"checkout\"")) {
             let Some((name, value)) = line.rsplit_once(' ') else { continue };
             let v: f64 = value.parse().unwrap_or(0.0);
@@ -256,7 +265,11 @@ impl Red {
                 r.active = v;
             } else if name.starts_with("weir_endpoints") && !name.contains("state=\"active\"") {
                 r.ejected += v;
-            } else if let Some(le) = name.strip_prefix("weir_request_duration_seconds_bucket").and_then(|n| n.split("le=\"").nth(1)).and_then(|n| n.split('"').next()) {
+            } else if let Some(le) = name
+                .strip_prefix("weir_request_duration_seconds_bucket")
+                .and_then(|n| n.split("le=\"").nth(1))
+                .and_then(|n| n.split('"').next())
+            {
                 let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
                 r.buckets.push((le, v));
             }
@@ -325,7 +338,11 @@ fn serve_endpoint(listener: TcpListener, n: usize, failing: Option<Arc<AtomicBoo
                     return;
                 }
                 let down = failing.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
-                let (status, reply) = if down { ("503 Service Unavailable", format!("endpoint {n} is down\n")) } else { ("200 OK", format!("hello from endpoint {n}\n")) };
+                let (status, reply) = if down {
+                    ("503 Service Unavailable", format!("endpoint {n} is down\n"))
+                } else {
+                    ("200 OK", format!("hello from endpoint {n}\n"))
+                };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-demo-endpoint: {n}\r\nx-demo-via-weir: {via_weir}\r\n\r\n{reply}",
                     reply.len()
@@ -402,7 +419,8 @@ pub fn join_cgroup(cgroup: &Path) -> anyhow::Result<()> {
 
 fn request(conn: &mut Option<(BufReader<TcpStream>, TcpStream)>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
     if conn.is_none() {
-        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).with_context(|| format!("connecting to {vip}"))?;
+        let s =
+            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).with_context(|| format!("connecting to {vip}"))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         *conn = Some((BufReader::new(s.try_clone()?), s));

@@ -35,16 +35,9 @@ pub fn fuzz(args: FuzzArgs) -> anyhow::Result<()> {
     let root = root();
     ensure_tools()?;
     let available = list_targets(&root)?;
-    let targets = if args.targets.is_empty() {
-        available.clone()
-    } else {
-        args.targets
-    };
+    let targets = if args.targets.is_empty() { available.clone() } else { args.targets };
     if let Some(unknown) = targets.iter().find(|t| !available.contains(t)) {
-        bail!(
-            "no fuzz target {unknown:?}; the targets are: {}",
-            available.join(", ")
-        );
+        bail!("no fuzz target {unknown:?}; the targets are: {}", available.join(", "));
     }
 
     let mut summaries = Vec::new();
@@ -73,13 +66,7 @@ pub fn fuzz(args: FuzzArgs) -> anyhow::Result<()> {
 fn ensure_tools() -> anyhow::Result<()> {
     if capture(Command::new("rustc").args(["+nightly", "--version"])).is_err() {
         eprintln!("fuzz: installing the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
     if capture(Command::new("cargo").args(["fuzz", "--version"])).is_err() {
         eprintln!("fuzz: installing cargo-fuzz (cargo install cargo-fuzz --locked)");
@@ -89,18 +76,9 @@ fn ensure_tools() -> anyhow::Result<()> {
 }
 
 fn list_targets(root: &Path) -> anyhow::Result<Vec<String>> {
-    let out = capture(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["+nightly", "fuzz", "list"]),
-    )
-    .context("listing the fuzz targets")?;
-    let targets: Vec<String> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let out = capture(Command::new("cargo").current_dir(root).args(["+nightly", "fuzz", "list"]))
+        .context("listing the fuzz targets")?;
+    let targets: Vec<String> = out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if targets.is_empty() {
         bail!("fuzz/Cargo.toml declares no fuzz target");
     }
@@ -122,14 +100,9 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<String> {
     if seeds.is_dir() {
         cmd.arg(&seeds);
     }
-    cmd.arg("--")
-        .arg(format!("-max_total_time={seconds}"))
-        .arg("-rss_limit_mb=2048")
-        .stderr(Stdio::piped());
+    cmd.arg("--").arg(format!("-max_total_time={seconds}")).arg("-rss_limit_mb=2048").stderr(Stdio::piped());
     let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {shown}"))?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
 
     let mut done = None;
@@ -147,20 +120,14 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<String> {
             // busy machine can be the scheduler; reported, not a failure. crash-, leak-, oom-
             // and timeout- inputs are findings.
             let path = path.trim().to_string();
-            if path
-                .rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with("slow-unit-"))
-            {
+            if path.rsplit('/').next().is_some_and(|n| n.starts_with("slow-unit-")) {
                 slow.push(path);
             } else {
                 artifacts.push(path);
             }
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for {shown}"))?;
+    let status = child.wait().with_context(|| format!("waiting for {shown}"))?;
 
     if !artifacts.is_empty() {
         let first = artifact_path(root, &artifacts[0]);
@@ -171,9 +138,7 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<String> {
         );
     }
     if !status.success() {
-        bail!(
-            "fuzz target `{target}` failed ({status}) without writing a crash input: see the output above"
-        );
+        bail!("fuzz target `{target}` failed ({status}) without writing a crash input: see the output above");
     }
     let Some(d) = done else {
         bail!("fuzz target `{target}` ended without libFuzzer's final `DONE` line");
@@ -190,11 +155,7 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<String> {
 
 fn artifact_path(root: &Path, written: &str) -> PathBuf {
     let p = Path::new(written);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        root.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
 }
 
 /// libFuzzer's final stats line: `#2097152\tDONE   cov: 812 ft: 2903 corp: 411/38Kb ...`.
@@ -214,10 +175,7 @@ impl Done {
         if words.next()? != "DONE" {
             return None;
         }
-        let mut d = Done {
-            runs,
-            ..Done::default()
-        };
+        let mut d = Done { runs, ..Done::default() };
         while let Some(key) = words.next() {
             let Some(value) = words.next() else { break };
             match key {
@@ -238,10 +196,8 @@ mod tests {
 
     #[test]
     fn parses_libfuzzer_done_line() {
-        let d = Done::parse(
-            "#2097152\tDONE   cov: 812 ft: 2903 corp: 411/38Kb lim: 4096 exec/s: 3495 rss: 456Mb",
-        )
-        .expect("a DONE line");
+        let d = Done::parse("#2097152\tDONE   cov: 812 ft: 2903 corp: 411/38Kb lim: 4096 exec/s: 3495 rss: 456Mb")
+            .expect("a DONE line");
         assert_eq!(
             d,
             Done {

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what building and testing weir needs and the machine may lack:
-//! the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
+//! rustfmt, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
 //! nightly's own libLLVM, and the Debian packages the tests use. Idempotent: every step checks
 //! first, prints what it does, and skips what is present. Must not: install benchmark peers
 //! (that is `bench`'s own setup) or anything the tests do not use.
@@ -18,6 +18,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("prometheus", "promtool")];
 
 pub fn setup() -> anyhow::Result<()> {
+    step("rustfmt (`cargo xtask test` checks formatting)", ensure_rustfmt)?;
     step("nightly toolchain", ensure_nightly)?;
     step("rust-src for nightly", ensure_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), ensure_bpf_linker)?;
@@ -37,6 +38,14 @@ fn ensure_nightly() -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+fn ensure_rustfmt() -> anyhow::Result<()> {
+    if capture(Command::new("cargo").args(["fmt", "--version"])).is_ok() {
+        eprintln!("  present");
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rustfmt"]))
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
@@ -67,17 +76,9 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*-rust-*.so in {}", lib.display()))?;
-    let major = llvm
-        .trim_start_matches("libLLVM-")
-        .split(['-', '.'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let major = llvm.trim_start_matches("libLLVM-").split(['-', '.']).next().unwrap_or_default().to_string();
     let dylib = llvm.trim_start_matches("lib").trim_end_matches(".so");
-    let rustflags = format!(
-        "-L {lib} -C link-arg=-Wl,-rpath,{lib} -l dylib={dylib}",
-        lib = lib.display()
-    );
+    let rustflags = format!("-L {lib} -C link-arg=-Wl,-rpath,{lib} -l dylib={dylib}", lib = lib.display());
     eprintln!("  installing against {llvm} (LLVM {major})");
     run(Command::new("cargo")
         .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
@@ -87,11 +88,7 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 
 /// Installs the Debian packages whose command is missing.
 pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|(_, cmd)| which(cmd).is_none())
-        .map(|(pkg, _)| *pkg)
-        .collect();
+    let missing: Vec<&str> = packages.iter().filter(|(_, cmd)| which(cmd).is_none()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         eprintln!("  present");
         return Ok(());

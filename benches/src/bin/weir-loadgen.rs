@@ -54,11 +54,10 @@ fn run() -> anyhow::Result<()> {
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack: 1 ns, so the
     // open loop wakes when asked to rather than up to 50 µs later.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
-    let addr: SocketAddr = value(&args, "--addr")
-        .context("--addr IP:PORT is required")?
-        .parse()
-        .context("--addr must be IP:PORT")?;
-    let request = loadgen::request_bytes(value(&args, "--host").unwrap_or("bench"), value(&args, "--path").unwrap_or("/"));
+    let addr: SocketAddr =
+        value(&args, "--addr").context("--addr IP:PORT is required")?.parse().context("--addr must be IP:PORT")?;
+    let request =
+        loadgen::request_bytes(value(&args, "--host").unwrap_or("bench"), value(&args, "--path").unwrap_or("/"));
     let report = match mode {
         "open" | "closed" => {
             let connections = num(&args, "--connections", Some(if mode == "open" { 64 } else { 32 }))?;

@@ -112,7 +112,13 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<respons
 
 /// One connection, `warmup` + `requests` sequential requests (or until `max_duration`): the
 /// latency of each recorded request, measured from its write to the end of its response.
-pub fn sequential(addr: SocketAddr, request: &[u8], warmup: u64, requests: u64, max_duration: Duration) -> anyhow::Result<Value> {
+pub fn sequential(
+    addr: SocketAddr,
+    request: &[u8],
+    warmup: u64,
+    requests: u64,
+    max_duration: Duration,
+) -> anyhow::Result<Value> {
     let deadline = Instant::now() + max_duration;
     let mut s = event::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -230,8 +236,7 @@ pub fn raise_nofile(want: u64) -> anyhow::Result<()> {
 /// Moves this process into the cgroup v2 directory `dir` (write 0 to cgroup.procs), so eBPF
 /// steering attached there applies to its connections.
 pub fn join_cgroup(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::write(dir.join("cgroup.procs"), "0")
-        .map_err(|e| anyhow::anyhow!("joining cgroup {}: {e}", dir.display()))
+    std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| anyhow::anyhow!("joining cgroup {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -49,10 +49,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Parsed>, ParseError> {
     if !status_line.starts_with(b"HTTP/1.") || status_line.len() < 12 {
         return Err(ParseError::BadStatusLine);
     }
-    let status = std::str::from_utf8(&status_line[9..12])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ParseError::BadStatusLine)?;
+    let status =
+        std::str::from_utf8(&status_line[9..12]).ok().and_then(|s| s.parse().ok()).ok_or(ParseError::BadStatusLine)?;
     let http10 = status_line.starts_with(b"HTTP/1.0");
     let (mut length, mut close, mut keep_alive) = (None, false, false);
     for line in lines {

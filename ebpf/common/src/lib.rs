@@ -210,10 +210,7 @@ pub fn v6_bytes(words: [u32; 4]) -> [u8; 16] {
     let b = words[1].to_ne_bytes();
     let c = words[2].to_ne_bytes();
     let d = words[3].to_ne_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
 }
 
 /// The inverse of [`v6_bytes`].
@@ -346,7 +343,13 @@ mod tests {
     }
 
     fn svc(id: u32) -> ServiceValue {
-        ServiceValue { service_id: id, flags: 0, fallback_addr: v4_mapped(u32::from_ne_bytes([127, 0, 0, 1])), fallback_port: 18081, _pad: 0 }
+        ServiceValue {
+            service_id: id,
+            flags: 0,
+            fallback_addr: v4_mapped(u32::from_ne_bytes([127, 0, 0, 1])),
+            fallback_port: 18081,
+            _pad: 0,
+        }
     }
 
     fn vip() -> ServiceKey {
@@ -396,10 +399,7 @@ mod tests {
 
     #[test]
     fn unknown_destination_passes() {
-        assert_eq!(
-            connect_verdict(Some(&config()), 0, &vip(), None, true),
-            ConnectVerdict::Pass(Counter::Passed)
-        );
+        assert_eq!(connect_verdict(Some(&config()), 0, &vip(), None, true), ConnectVerdict::Pass(Counter::Passed));
     }
 
     #[test]
@@ -419,16 +419,10 @@ mod tests {
 
     #[test]
     fn nothing_is_steered_before_userspace_configures() {
-        assert_eq!(
-            connect_verdict(None, 0, &vip(), Some(&svc(1)), true),
-            ConnectVerdict::Pass(Counter::Passed)
-        );
+        assert_eq!(connect_verdict(None, 0, &vip(), Some(&svc(1)), true), ConnectVerdict::Pass(Counter::Passed));
         let mut off = config();
         off.enabled = 0;
-        assert_eq!(
-            connect_verdict(Some(&off), 0, &vip(), Some(&svc(1)), true),
-            ConnectVerdict::Pass(Counter::Passed)
-        );
+        assert_eq!(connect_verdict(Some(&off), 0, &vip(), Some(&svc(1)), true), ConnectVerdict::Pass(Counter::Passed));
     }
 
     #[test]
@@ -448,7 +442,10 @@ mod tests {
         assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&svc(1)), false), ConnectVerdict::Refuse);
         c.fail_mode = fail_mode::ENDPOINT;
         let s = svc(1);
-        assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&s), false), ConnectVerdict::Direct(s.fallback_addr, 18081));
+        assert_eq!(
+            connect_verdict(Some(&c), 0, &vip(), Some(&s), false),
+            ConnectVerdict::Direct(s.fallback_addr, 18081)
+        );
         // A service without endpoints has nowhere to go: open.
         let mut empty = svc(1);
         empty.fallback_port = 0;

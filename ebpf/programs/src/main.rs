@@ -19,18 +19,17 @@ mod programs {
     use core::ptr::{read_volatile, write_volatile};
 
     use aya_ebpf::{
+        EbpfContext,
         bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr, sk_action::SK_PASS},
         helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
         macros::{cgroup_sock_addr, map, sk_reuseport, sock_ops},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray},
         programs::{SkReuseportContext, SockAddrContext, SockOpsContext},
-        EbpfContext,
     };
     use weir_ebpf_common::{
-        COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS,
-        MAX_SERVICES, OrigDst, ServiceKey, ServiceValue, SteerConfig, connect_verdict,
-        port_from_sock_ops_remote, port_from_user, port_to_user, v4_mapped, v6_bytes, v6_words,
-        weir_alive,
+        COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
+        ServiceKey, ServiceValue, SteerConfig, connect_verdict, port_from_sock_ops_remote, port_from_user,
+        port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
     };
 
     /// cgroup/connect*: let the connect proceed (rewritten or not). Returning 0 would fail the
@@ -42,16 +41,13 @@ mod programs {
     const AF_INET6: u32 = 10;
 
     #[map(name = "WEIR_SERVICES")]
-    static SERVICES: HashMap<ServiceKey, ServiceValue> =
-        HashMap::with_max_entries(MAX_SERVICES, 0);
+    static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
     #[map(name = "WEIR_SOCK_ORIG")]
-    static SOCK_ORIG: LruHashMap<u64, OrigDst> =
-        LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+    static SOCK_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
     #[map(name = "WEIR_CONN_ORIG")]
-    static CONN_ORIG: LruHashMap<ConnKey, OrigDst> =
-        LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
+    static CONN_ORIG: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
     #[map(name = "WEIR_CONFIG")]
     static CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);

@@ -143,7 +143,11 @@ fn http_session(addr: SocketAddr, host: &str, n: usize, hold: Option<std::time::
     s
 }
 
-fn exchange(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, host: &str) -> std::io::Result<(u16, Option<String>, bool)> {
+fn exchange(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    host: &str,
+) -> std::io::Result<(u16, Option<String>, bool)> {
     write!(writer, "GET /probe HTTP/1.1\r\nhost: {host}\r\n\r\n")?;
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {

@@ -98,8 +98,7 @@ impl AliasTable {
         let mut scaled: Vec<u64> = weights.iter().map(|&w| u64::from(w) * n).collect();
         let mut keep = vec![total; weights.len()];
         let mut alias: Vec<u32> = (0..weights.len() as u32).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-            (0..weights.len()).partition(|&i| scaled[i] < total);
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..weights.len()).partition(|&i| scaled[i] < total);
         while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
             small.pop();
             keep[s] = scaled[s];
@@ -111,12 +110,7 @@ impl AliasTable {
             }
         }
         // Exact arithmetic: whatever remains has scaled == total and keeps itself.
-        AliasTable {
-            weights,
-            keep: keep.into(),
-            alias: alias.into(),
-            total,
-        }
+        AliasTable { weights, keep: keep.into(), alias: alias.into(), total }
     }
 
     fn len(&self) -> usize {
@@ -125,11 +119,7 @@ impl AliasTable {
 
     fn sample(&self, rng: &mut SmallRng) -> usize {
         let i = rng.random_range(0..self.len());
-        if rng.random_range(0..self.total) < self.keep[i] {
-            i
-        } else {
-            self.alias[i] as usize
-        }
+        if rng.random_range(0..self.total) < self.keep[i] { i } else { self.alias[i] as usize }
     }
 
     /// A weight-proportional sample among indices satisfying `ok`: a few O(1) samples, then a
@@ -144,10 +134,7 @@ impl AliasTable {
                 return Some(i);
             }
         }
-        let total: u64 = (0..self.len())
-            .filter(|&i| ok(i))
-            .map(|i| u64::from(self.weights[i]))
-            .sum();
+        let total: u64 = (0..self.len()).filter(|&i| ok(i)).map(|i| u64::from(self.weights[i])).sum();
         if total == 0 {
             return None;
         }
@@ -226,12 +213,7 @@ impl Balancer {
     /// `avoid` is the endpoint of the previous attempt: it is chosen only when it is the only
     /// eligible endpoint. Returns `None` when nothing is eligible. Allocation-free; O(1) expected
     /// for P2C and random (O(n) when few endpoints are eligible), O(n) for round robin.
-    pub fn pick(
-        &mut self,
-        now: Instant,
-        eligible: impl Fn(usize) -> bool,
-        avoid: Option<usize>,
-    ) -> Option<usize> {
+    pub fn pick(&mut self, now: Instant, eligible: impl Fn(usize) -> bool, avoid: Option<usize>) -> Option<usize> {
         let candidate = |i: usize| eligible(i) && Some(i) != avoid;
         let chosen = match self.policy {
             LbPolicy::P2c => self.pick_p2c(now, &candidate),
@@ -243,16 +225,12 @@ impl Balancer {
 
     fn pick_p2c(&mut self, now: Instant, candidate: &impl Fn(usize) -> bool) -> Option<usize> {
         let a = self.table.sample_where(&mut self.rng, candidate)?;
-        let Some(b) = self
-            .table
-            .sample_where(&mut self.rng, |i| i != a && candidate(i))
-        else {
+        let Some(b) = self.table.sample_where(&mut self.rng, |i| i != a && candidate(i)) else {
             return Some(a);
         };
         // Lower (outstanding + 1) / weight wins: cross-multiplied, exact.
-        let cost = |i: usize, other: usize| {
-            u64::from(self.loads[i].outstanding + 1) * u64::from(self.table.weights[other])
-        };
+        let cost =
+            |i: usize, other: usize| u64::from(self.loads[i].outstanding + 1) * u64::from(self.table.weights[other]);
         let (cost_a, cost_b) = (cost(a, b), cost(b, a));
         if cost_a != cost_b {
             return Some(if cost_a < cost_b { a } else { b });
@@ -310,11 +288,7 @@ impl Balancer {
     /// Copy latency estimates from the balancer of the previous endpoint list: `old_index(new)`
     /// gives an endpoint's index in `old`, if it was there. Outstanding counts are not copied
     /// (in-flight attempts finish against `old`). Off the request path; O(n).
-    pub fn carry_latency_from(
-        &mut self,
-        old: &Balancer,
-        old_index: impl Fn(usize) -> Option<usize>,
-    ) {
+    pub fn carry_latency_from(&mut self, old: &Balancer, old_index: impl Fn(usize) -> Option<usize>) {
         for (i, load) in self.loads.iter_mut().enumerate() {
             if let Some(prev) = old_index(i).and_then(|o| old.loads.get(o)) {
                 load.ewma_ns = prev.ewma_ns;
@@ -333,9 +307,7 @@ mod tests {
     fn counts(b: &mut Balancer, picks: usize, now: Instant) -> Vec<usize> {
         let mut counts = vec![0; b.len()];
         for _ in 0..picks {
-            counts[b
-                .pick(now, |_| true, None)
-                .expect("an endpoint is eligible")] += 1;
+            counts[b.pick(now, |_| true, None).expect("an endpoint is eligible")] += 1;
         }
         counts
     }
@@ -372,10 +344,7 @@ mod tests {
         let mut b = Balancer::new(LbPolicy::Random, &weights, 7);
         let c = counts(&mut b, 100_000, Instant::now());
         // 3 degrees of freedom: p = 0.001 critical value is 16.27.
-        assert!(
-            chi_square(&c, &weights) < 16.27,
-            "counts {c:?} do not follow {weights:?}"
-        );
+        assert!(chi_square(&c, &weights) < 16.27, "counts {c:?} do not follow {weights:?}");
     }
 
     #[test]
@@ -391,14 +360,8 @@ mod tests {
     fn round_robin_is_exact_and_smooth() {
         let mut b = Balancer::new(LbPolicy::RoundRobin, &[5, 1, 1], 0);
         let now = Instant::now();
-        let seq: Vec<usize> = (0..7)
-            .map(|_| b.pick(now, |_| true, None).expect("eligible"))
-            .collect();
-        assert_eq!(
-            seq,
-            [0, 0, 1, 0, 2, 0, 0],
-            "nginx smooth weighted round robin order"
-        );
+        let seq: Vec<usize> = (0..7).map(|_| b.pick(now, |_| true, None).expect("eligible")).collect();
+        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "nginx smooth weighted round robin order");
 
         let mut b = Balancer::new(LbPolicy::RoundRobin, &[1, 2, 3], 0);
         assert_eq!(counts(&mut b, 600, now), [100, 200, 300]);
@@ -413,10 +376,7 @@ mod tests {
         let c = counts(&mut b, 10_000, Instant::now());
         // Two distinct candidates are compared, so endpoint 0 always loses to an idle one.
         assert_eq!(c[0], 0, "loaded endpoint picked: {c:?}");
-        assert!(
-            c[1..].iter().all(|&n| n > 2_500),
-            "others share the load: {c:?}"
-        );
+        assert!(c[1..].iter().all(|&n| n > 2_500), "others share the load: {c:?}");
     }
 
     #[test]
@@ -451,26 +411,13 @@ mod tests {
         assert_eq!(b.latency_estimate(0, t0), None, "never measured");
         b.on_finish(0, Duration::from_millis(10), t0);
         b.on_finish(0, Duration::from_millis(100), t0 + Duration::from_millis(1));
-        let peak = b
-            .latency_estimate(0, t0 + Duration::from_millis(1))
-            .expect("measured");
-        assert_eq!(
-            peak,
-            Duration::from_millis(100),
-            "a slow sample is taken at once"
-        );
+        let peak = b.latency_estimate(0, t0 + Duration::from_millis(1)).expect("measured");
+        assert_eq!(peak, Duration::from_millis(100), "a slow sample is taken at once");
         // A fast sample one time constant later moves the estimate most of the way down.
         let later = t0 + Duration::from_millis(1) + EWMA_DECAY;
         b.on_finish(0, Duration::from_millis(10), later);
-        let est = b
-            .latency_estimate(0, later)
-            .expect("measured")
-            .as_secs_f64()
-            * 1e3;
-        assert!(
-            (40.0..50.0).contains(&est),
-            "≈ 10 + 90/e ms after decay, got {est} ms"
-        );
+        let est = b.latency_estimate(0, later).expect("measured").as_secs_f64() * 1e3;
+        assert!((40.0..50.0).contains(&est), "≈ 10 + 90/e ms after decay, got {est} ms");
         // Idle for a long time: the estimate decays towards 0 so the endpoint is tried again.
         let idle = later + EWMA_DECAY * 10;
         assert!(b.latency_estimate(0, idle).expect("measured") < Duration::from_millis(1));
@@ -485,11 +432,7 @@ mod tests {
                 let i = b.pick(now, |_| true, Some(1)).expect("eligible");
                 assert_ne!(i, 1, "{policy:?} picked the avoided endpoint");
             }
-            assert_eq!(
-                b.pick(now, |i| i == 1, Some(1)),
-                Some(1),
-                "{policy:?} falls back"
-            );
+            assert_eq!(b.pick(now, |i| i == 1, Some(1)), Some(1), "{policy:?} falls back");
             assert_eq!(b.pick(now, |i| i == 2, Some(1)), Some(2), "{policy:?}");
         }
     }
@@ -508,16 +451,8 @@ mod tests {
             for _ in 0..100 {
                 assert_eq!(b.pick(now, |i| i == 137, None), Some(137), "{policy:?}");
             }
-            assert_eq!(
-                b.pick(now, |_| false, None),
-                None,
-                "{policy:?}: nothing eligible"
-            );
-            assert_eq!(
-                b.pick(now, |_| false, Some(3)),
-                None,
-                "{policy:?}: avoid ineligible"
-            );
+            assert_eq!(b.pick(now, |_| false, None), None, "{policy:?}: nothing eligible");
+            assert_eq!(b.pick(now, |_| false, Some(3)), None, "{policy:?}: avoid ineligible");
         }
     }
 
@@ -543,11 +478,7 @@ mod tests {
         old.on_start(1);
         assert_eq!(old.outstanding(1), 2);
         old.on_cancel(1);
-        assert_eq!(
-            old.latency_estimate(1, t0),
-            None,
-            "a cancel is not a latency sample"
-        );
+        assert_eq!(old.latency_estimate(1, t0), None, "a cancel is not a latency sample");
         old.on_finish(1, Duration::from_millis(40), t0);
         assert_eq!(old.outstanding(1), 0);
         old.on_finish(1, Duration::from_millis(40), t0);

@@ -114,9 +114,9 @@ impl LogSink {
             _ => match s.split_once(':') {
                 Some(("file", p)) if p.starts_with('/') => Ok(LogSink::File(p.into())),
                 Some(("unix", p)) if p.starts_with('/') => Ok(LogSink::Unix(p.into())),
-                Some(("tcp", a)) if a.rsplit_once(':').is_some_and(|(h, p)| {
-                    !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)
-                }) =>
+                Some(("tcp", a))
+                    if a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)) =>
                 {
                     Ok(LogSink::Tcp(a.to_string()))
                 }
@@ -321,21 +321,16 @@ pub struct LimitsConfig {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
+        let src =
+            std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
         Ok(Config::parse(&src, path)?)
     }
 
     /// Validates `src`; `file` names it in errors.
     pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
-            file: file.to_path_buf(),
-            issues: vec![syntax_issue(src, &e)],
-        })?;
-        validate(raw).map_err(|problems| ConfigError {
-            file: file.to_path_buf(),
-            issues: locate(src, problems),
-        })
+        let raw: RawConfig = toml::from_str(src)
+            .map_err(|e| ConfigError { file: file.to_path_buf(), issues: vec![syntax_issue(src, &e)] })?;
+        validate(raw).map_err(|problems| ConfigError { file: file.to_path_buf(), issues: locate(src, problems) })
     }
 
     /// The service with this name.

@@ -248,9 +248,7 @@ impl ErrorReason {
     pub const fn message(self) -> &'static str {
         match self {
             ErrorReason::ConnectFailure => "weir: could not connect to any endpoint of the service",
-            ErrorReason::UpstreamReset => {
-                "weir: the endpoint closed the connection before responding"
-            }
+            ErrorReason::UpstreamReset => "weir: the endpoint closed the connection before responding",
             ErrorReason::UpstreamProtocolError => "weir: the endpoint sent an invalid response",
             ErrorReason::Timeout => "weir: the endpoint did not respond in time",
             ErrorReason::NoHealthyEndpoint => "weir: the service has no healthy endpoint",
@@ -331,25 +329,16 @@ mod tests {
     #[test]
     fn gateway_failures_follow_the_outlier_row() {
         for status in [502, 503, 504] {
-            assert!(
-                Outcome::Response { status }.is_gateway_failure(),
-                "{status}"
-            );
+            assert!(Outcome::Response { status }.is_gateway_failure(), "{status}");
         }
         for status in [200, 204, 301, 404, 429, 500, 501, 505] {
-            assert!(
-                !Outcome::Response { status }.is_gateway_failure(),
-                "{status}"
-            );
+            assert!(!Outcome::Response { status }.is_gateway_failure(), "{status}");
         }
         assert!(Outcome::ConnectFailure.is_gateway_failure());
         assert!(Outcome::ConnectTimeout.is_gateway_failure());
         assert!(Outcome::ResetAfterWrite.is_gateway_failure());
         assert!(Outcome::Timeout.is_gateway_failure());
-        assert!(
-            !Outcome::ResetBeforeWrite.is_gateway_failure(),
-            "the keep-alive race is not the endpoint's failure"
-        );
+        assert!(!Outcome::ResetBeforeWrite.is_gateway_failure(), "the keep-alive race is not the endpoint's failure");
         assert!(!Outcome::LocalError.is_gateway_failure());
     }
 
@@ -359,16 +348,10 @@ mod tests {
         assert!(Outcome::Response { status: 404 }.is_success());
         assert!(!Outcome::Response { status: 500 }.is_success());
         assert!(!Outcome::Timeout.is_success());
-        assert_eq!(
-            Outcome::Response { status: 503 }.status_class(),
-            Some(StatusClass::ServerError)
-        );
+        assert_eq!(Outcome::Response { status: 503 }.status_class(), Some(StatusClass::ServerError));
         assert_eq!(Outcome::Response { status: 99 }.status_class(), None);
         assert_eq!(Outcome::ConnectFailure.status_class(), None);
-        assert_eq!(
-            StatusClass::from_status(302).map(StatusClass::as_str),
-            Some("3xx")
-        );
+        assert_eq!(StatusClass::from_status(302).map(StatusClass::as_str), Some("3xx"));
     }
 
     #[test]
@@ -390,11 +373,7 @@ mod tests {
             (R::Draining, 503),
             (R::InternalError, 500),
         ];
-        assert_eq!(
-            expected.len(),
-            R::ALL.len(),
-            "every reason has an expected status"
-        );
+        assert_eq!(expected.len(), R::ALL.len(), "every reason has an expected status");
         for (reason, status) in expected {
             assert_eq!(reason.status(), status, "{reason}");
         }
@@ -409,10 +388,7 @@ mod tests {
         for reason in ErrorReason::ALL {
             let s = reason.as_str();
             assert!(seen.insert(s), "duplicate reason string {s}");
-            assert!(
-                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
-                "{s}"
-            );
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{s}");
             let json = serde_json::to_string(&reason).expect("reason serialises");
             assert_eq!(json, format!("\"{s}\""), "serde name equals as_str");
             assert_eq!(reason.to_string(), s);
@@ -424,38 +400,16 @@ mod tests {
         use ErrorReason as R;
         assert_eq!(R::from_outcome(&Outcome::Response { status: 503 }), None);
         assert_eq!(R::from_outcome(&Outcome::ResetAfterResponseStarted), None);
-        assert_eq!(
-            R::from_outcome(&Outcome::ConnectFailure),
-            Some(R::ConnectFailure)
-        );
-        assert_eq!(
-            R::from_outcome(&Outcome::ConnectTimeout),
-            Some(R::ConnectFailure)
-        );
-        assert_eq!(
-            R::from_outcome(&Outcome::ResetBeforeWrite),
-            Some(R::ConnectFailure)
-        );
-        assert_eq!(
-            R::from_outcome(&Outcome::ResetAfterWrite),
-            Some(R::UpstreamReset)
-        );
+        assert_eq!(R::from_outcome(&Outcome::ConnectFailure), Some(R::ConnectFailure));
+        assert_eq!(R::from_outcome(&Outcome::ConnectTimeout), Some(R::ConnectFailure));
+        assert_eq!(R::from_outcome(&Outcome::ResetBeforeWrite), Some(R::ConnectFailure));
+        assert_eq!(R::from_outcome(&Outcome::ResetAfterWrite), Some(R::UpstreamReset));
         assert_eq!(R::from_outcome(&Outcome::Timeout), Some(R::Timeout));
-        assert_eq!(
-            R::from_outcome(&Outcome::ProtocolError),
-            Some(R::UpstreamProtocolError)
-        );
-        assert_eq!(
-            R::from_outcome(&Outcome::LocalError),
-            Some(R::InternalError)
-        );
+        assert_eq!(R::from_outcome(&Outcome::ProtocolError), Some(R::UpstreamProtocolError));
+        assert_eq!(R::from_outcome(&Outcome::LocalError), Some(R::InternalError));
         let mut names = std::collections::HashSet::new();
         for o in ALL_OUTCOMES {
-            assert!(
-                names.insert(o.as_str()),
-                "duplicate outcome name {}",
-                o.as_str()
-            );
+            assert!(names.insert(o.as_str()), "duplicate outcome name {}", o.as_str());
         }
     }
 }

@@ -108,10 +108,7 @@ impl OutlierPolicy {
             }
         }
         if self.base_ejection_ms == 0 || self.base_ejection_ms > self.max_ejection_ms {
-            return Err(OutlierPolicyError::EjectionTime {
-                base: self.base_ejection_ms,
-                max: self.max_ejection_ms,
-            });
+            return Err(OutlierPolicyError::EjectionTime { base: self.base_ejection_ms, max: self.max_ejection_ms });
         }
         Ok(())
     }
@@ -277,11 +274,7 @@ impl ServiceHealth {
     /// ejection counts carry over — and new ones start active. If the service shrank, carried
     /// ejections may exceed the new cap; no endpoint is un-ejected for it, further ejections wait.
     /// Off the request path (allocates). Outcomes recorded on `old` after this call are lost.
-    pub fn carry_over(
-        old: &ServiceHealth,
-        policy: OutlierPolicy,
-        endpoints: &[SocketAddr],
-    ) -> Self {
+    pub fn carry_over(old: &ServiceHealth, policy: OutlierPolicy, endpoints: &[SocketAddr]) -> Self {
         let new = ServiceHealth::new(policy, endpoints);
         let mut old_index = HashMap::with_capacity(old.addrs.len());
         for (i, addr) in old.addrs.iter().enumerate() {
@@ -297,17 +290,12 @@ impl ServiceHealth {
                 cell.word.store(word, Ordering::Relaxed);
                 ejected += 1;
             }
-            let copy = |to: &AtomicU64, from: &AtomicU64| {
-                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
-            };
+            let copy = |to: &AtomicU64, from: &AtomicU64| to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
             copy(&cell.healthy_since_ms, &prev.healthy_since_ms);
             copy(&cell.probe_deadline_ms, &prev.probe_deadline_ms);
             let failures = prev.consecutive_failures.load(Ordering::Relaxed);
             cell.consecutive_failures.store(failures, Ordering::Relaxed);
-            cell.times_ejected.store(
-                prev.times_ejected.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
+            cell.times_ejected.store(prev.times_ejected.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         new.ejected.store(ejected, Ordering::Release);
         new
@@ -383,9 +371,7 @@ impl ServiceHealth {
                     return false;
                 }
                 let deadline = now_ms.saturating_add(self.policy.probe_timeout_ms).max(1);
-                cell.probe_deadline_ms
-                    .compare_exchange(held, deadline, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
+                cell.probe_deadline_ms.compare_exchange(held, deadline, Ordering::AcqRel, Ordering::Acquire).is_ok()
             }
             _ => false,
         }
@@ -433,44 +419,23 @@ impl ServiceHealth {
                     self.eject_active(endpoint, cell, now_ms, rng)
                 }
             },
-            TAG_EJECTED if now_ms >= until(word) => {
-                self.probation_verdict(endpoint, cell, word, signal, now_ms, rng)
-            }
+            TAG_EJECTED if now_ms >= until(word) => self.probation_verdict(endpoint, cell, word, signal, now_ms, rng),
             _ => None,
         }
     }
 
-    fn eject_active(
-        &self,
-        endpoint: usize,
-        cell: &Cell,
-        now_ms: u64,
-        rng: &mut impl Rng,
-    ) -> Option<OutlierEvent> {
+    fn eject_active(&self, endpoint: usize, cell: &Cell, now_ms: u64, rng: &mut impl Rng) -> Option<OutlierEvent> {
         // Own the endpoint first: exactly one core decides its ejection.
-        cell.word
-            .compare_exchange(
-                WORD_ACTIVE,
-                TAG_TRANSITION,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .ok()?;
+        cell.word.compare_exchange(WORD_ACTIVE, TAG_TRANSITION, Ordering::AcqRel, Ordering::Relaxed).ok()?;
         let max = self.max_ejected;
-        let reserved = self
-            .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
+        let reserved = self.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         if reserved.is_err() {
             // Failures stay at the threshold: the next failure tries again.
             cell.word.store(WORD_ACTIVE, Ordering::Release);
             return Some(OutlierEvent::CapReached { endpoint });
         }
         let times = self.decayed_times(cell, now_ms).saturating_add(1);
-        Some(OutlierEvent::Ejected(
-            self.publish_ejection(endpoint, cell, times, now_ms, rng, false),
-        ))
+        Some(OutlierEvent::Ejected(self.publish_ejection(endpoint, cell, times, now_ms, rng, false)))
     }
 
     fn probation_verdict(
@@ -490,9 +455,7 @@ impl ServiceHealth {
                 None
             }
             HealthSignal::Success => {
-                cell.word
-                    .compare_exchange(word, WORD_ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
-                    .ok()?;
+                cell.word.compare_exchange(word, WORD_ACTIVE, Ordering::AcqRel, Ordering::Relaxed).ok()?;
                 cell.consecutive_failures.store(0, Ordering::Relaxed);
                 cell.healthy_since_ms.store(now_ms, Ordering::Relaxed);
                 cell.probe_deadline_ms.store(0, Ordering::Release);
@@ -501,9 +464,7 @@ impl ServiceHealth {
             }
             HealthSignal::GatewayFailure => {
                 // Still counted as ejected: no cap check needed.
-                cell.word
-                    .compare_exchange(word, TAG_TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
-                    .ok()?;
+                cell.word.compare_exchange(word, TAG_TRANSITION, Ordering::AcqRel, Ordering::Relaxed).ok()?;
                 let times = cell.times_ejected.load(Ordering::Relaxed).saturating_add(1);
                 let ejection = self.publish_ejection(endpoint, cell, times, now_ms, rng, true);
                 Some(OutlierEvent::Ejected(ejection))
@@ -522,15 +483,8 @@ impl ServiceHealth {
         from_probation: bool,
     ) -> Ejection {
         let policy = &self.policy;
-        let backoff = policy
-            .base_ejection_ms
-            .saturating_mul(u64::from(times))
-            .min(policy.max_ejection_ms);
-        let jitter = if policy.jitter_ms > 0 {
-            rng.random_range(0..=policy.jitter_ms)
-        } else {
-            0
-        };
+        let backoff = policy.base_ejection_ms.saturating_mul(u64::from(times)).min(policy.max_ejection_ms);
+        let jitter = if policy.jitter_ms > 0 { rng.random_range(0..=policy.jitter_ms) } else { 0 };
         let duration_ms = backoff.saturating_add(jitter).max(1);
         // Keep `until << 2` in range: about 36 million years of uptime.
         let until_ms = now_ms.saturating_add(duration_ms).min(u64::MAX >> 2);
@@ -538,13 +492,7 @@ impl ServiceHealth {
         cell.consecutive_failures.store(0, Ordering::Relaxed);
         cell.probe_deadline_ms.store(0, Ordering::Relaxed);
         cell.word.store(ejected_word(until_ms), Ordering::Release);
-        Ejection {
-            endpoint,
-            until_ms,
-            duration_ms,
-            times_ejected: times,
-            from_probation,
-        }
+        Ejection { endpoint, until_ms, duration_ms, times_ejected: times, from_probation }
     }
 
     fn decayed_times(&self, cell: &Cell, now_ms: u64) -> u32 {
@@ -562,19 +510,11 @@ impl ServiceHealth {
     /// answers `no-healthy-endpoint`.
     pub fn eligibility(&self) -> Eligibility {
         let total = self.cells.len() as u32;
-        let healthy_count = if self.policy.enabled {
-            total.saturating_sub(self.ejected.load(Ordering::Acquire))
-        } else {
-            total
-        };
+        let healthy_count =
+            if self.policy.enabled { total.saturating_sub(self.ejected.load(Ordering::Acquire)) } else { total };
         let panic = total > 0
-            && u64::from(healthy_count) * 100
-                < u64::from(self.policy.panic_threshold_percent) * u64::from(total);
-        Eligibility {
-            healthy_count,
-            total,
-            panic,
-        }
+            && u64::from(healthy_count) * 100 < u64::from(self.policy.panic_threshold_percent) * u64::from(total);
+        Eligibility { healthy_count, total, panic }
     }
 
     /// Per-endpoint view for the admin `/endpoints` JSON. Allocates; admin thread only.
@@ -585,9 +525,7 @@ impl ServiceHealth {
             .map(|(cell, &address)| {
                 let word = cell.word.load(Ordering::Acquire);
                 let (state, ejected_until_ms) = match tag(word) {
-                    TAG_EJECTED if now_ms >= until(word) => {
-                        (EndpointState::Probation, Some(until(word)))
-                    }
+                    TAG_EJECTED if now_ms >= until(word) => (EndpointState::Probation, Some(until(word))),
                     TAG_EJECTED => (EndpointState::Ejected, Some(until(word))),
                     _ => (EndpointState::Active, None),
                 };

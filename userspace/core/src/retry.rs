@@ -66,11 +66,7 @@ pub struct BudgetPolicy {
 
 impl Default for BudgetPolicy {
     fn default() -> Self {
-        BudgetPolicy {
-            ratio: 0.2,
-            min_retries_per_sec: 10,
-            enabled: true,
-        }
+        BudgetPolicy { ratio: 0.2, min_retries_per_sec: 10, enabled: true }
     }
 }
 
@@ -124,9 +120,7 @@ pub enum RetryPolicyError {
         max: Duration,
     },
     /// `per_attempt_timeout` is zero.
-    #[error(
-        "per_attempt_timeout must be greater than zero (omit it to use only the request timeout)"
-    )]
+    #[error("per_attempt_timeout must be greater than zero (omit it to use only the request timeout)")]
     ZeroAttemptTimeout,
     /// `budget.ratio` negative or not a number.
     #[error("budget ratio {0} must be a finite number ≥ 0 (0.2 = retries add at most 20%)")]
@@ -140,10 +134,7 @@ impl RetryPolicy {
             return Err(RetryPolicyError::ZeroAttempts);
         }
         if self.backoff_base > self.backoff_max {
-            return Err(RetryPolicyError::Backoff {
-                base: self.backoff_base,
-                max: self.backoff_max,
-            });
+            return Err(RetryPolicyError::Backoff { base: self.backoff_base, max: self.backoff_max });
         }
         if self.per_attempt_timeout == Some(Duration::ZERO) {
             return Err(RetryPolicyError::ZeroAttemptTimeout);
@@ -251,30 +242,21 @@ enum Safety {
 /// | 1xx–4xx, reset after response started, local error | never |
 ///
 /// The budget, back-off and request deadline are checked by the caller afterwards.
-pub fn retry_decision(
-    policy: &RetryPolicy,
-    outcome: &Outcome,
-    attempt: u32,
-    ctx: &RequestCtx,
-) -> Decision {
+pub fn retry_decision(policy: &RetryPolicy, outcome: &Outcome, attempt: u32, ctx: &RequestCtx) -> Decision {
     let on = &policy.retry_on;
     let (enabled, safety) = match *outcome {
         Outcome::Response { status: 503 } => (on.unavailable, Safety::Replayable),
         Outcome::Response { status: 429 } => (on.rate_limited, Safety::Replayable),
         Outcome::Response { status: 500..=599 } => (on.server_error, Safety::IdempotentReplayable),
         Outcome::Response { .. } => return Decision::Stop(StopReason::Completed),
-        Outcome::ConnectFailure | Outcome::ConnectTimeout => {
-            (on.connect_failure, Safety::NothingSent)
-        }
+        Outcome::ConnectFailure | Outcome::ConnectTimeout => (on.connect_failure, Safety::NothingSent),
         Outcome::ResetBeforeWrite => {
             if ctx.reused_connection && !ctx.fresh_connection_retried {
                 return Decision::RetrySameEndpointFreshConnection;
             }
             (on.connect_failure, Safety::NothingSent)
         }
-        Outcome::ResetAfterWrite | Outcome::ProtocolError => {
-            (on.reset, Safety::IdempotentReplayable)
-        }
+        Outcome::ResetAfterWrite | Outcome::ProtocolError => (on.reset, Safety::IdempotentReplayable),
         Outcome::Timeout if ctx.request_bytes_written => (on.timeout, Safety::IdempotentReplayable),
         Outcome::Timeout => (on.timeout, Safety::NothingSent),
         Outcome::ResetAfterResponseStarted | Outcome::LocalError => {
@@ -304,13 +286,8 @@ pub fn retry_decision(
 /// Full-jitter exponential back-off before retry `retry_number` (1 = the first retry): uniform
 /// in `0..=min(backoff_max, backoff_base × 2^(retry_number-1))`.
 pub fn backoff(policy: &RetryPolicy, retry_number: u32, rng: &mut impl Rng) -> Duration {
-    let factor = 1u32
-        .checked_shl(retry_number.max(1) - 1)
-        .unwrap_or(u32::MAX);
-    let window = policy
-        .backoff_base
-        .saturating_mul(factor)
-        .min(policy.backoff_max);
+    let factor = 1u32.checked_shl(retry_number.max(1) - 1).unwrap_or(u32::MAX);
+    let window = policy.backoff_base.saturating_mul(factor).min(policy.backoff_max);
     let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(rng.random_range(0..=window_ns))
 }
@@ -385,11 +362,7 @@ const TOKEN_EPSILON: f64 = 1e-9;
 impl RetryBudget {
     /// A budget for one of `workers` worker cores (0 is treated as 1).
     pub fn new(policy: BudgetPolicy, workers: u32) -> RetryBudget {
-        let ratio = if policy.ratio.is_finite() {
-            policy.ratio.max(0.0)
-        } else {
-            0.0
-        };
+        let ratio = if policy.ratio.is_finite() { policy.ratio.max(0.0) } else { 0.0 };
         let floor_per_sec = f64::from(policy.min_retries_per_sec) / f64::from(workers.max(1));
         RetryBudget {
             enabled: policy.enabled,

@@ -18,10 +18,8 @@ use hdrhistogram::Histogram;
 use crate::outcome::ErrorReason;
 
 /// Upper bounds (seconds) of the `weir_request_duration_seconds` buckets: 100 µs to 30 s.
-pub const DURATION_BUCKETS_SECONDS: [f64; 17] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
+pub const DURATION_BUCKETS_SECONDS: [f64; 17] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const DURATION_BUCKETS_NS: [u64; 17] = {
     let mut out = [0u64; 17];
     let mut i = 0;
@@ -286,7 +284,12 @@ mod tests {
         let mut s = ServiceStats::default();
         s.record(&rec(200, 1));
         s.record(&rec(200, 3));
-        s.record(&RequestRecord { status: Some(503), error: Some(ErrorReason::ConnectFailure), duration: Duration::from_millis(2), panic: true });
+        s.record(&RequestRecord {
+            status: Some(503),
+            error: Some(ErrorReason::ConnectFailure),
+            duration: Duration::from_millis(2),
+            panic: true,
+        });
         assert_eq!(s.codes[200], 2);
         assert_eq!(s.codes[503], 1);
         assert_eq!(s.requests(), 3);
@@ -299,7 +302,12 @@ mod tests {
     #[test]
     fn a_50ms_request_lands_in_the_0_1_bucket_not_0_05() {
         let mut s = ServiceStats::default();
-        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_micros(50_200), panic: false });
+        s.record(&RequestRecord {
+            status: Some(200),
+            error: None,
+            duration: Duration::from_micros(50_200),
+            panic: false,
+        });
         let b = s.cumulative_buckets();
         let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
         assert_eq!(le(0.05), 0);

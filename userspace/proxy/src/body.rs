@@ -100,7 +100,14 @@ async fn finish(dst: &mut Conn, out: OutFraming, obuf: &mut Vec<u8>) -> Result<(
     write_out(dst, obuf).await
 }
 
-async fn copy_length(src: Source<'_>, dst: &mut Conn, n: u64, out: OutFraming, idle: Duration, obuf: &mut Vec<u8>) -> Result<u64, PumpError> {
+async fn copy_length(
+    src: Source<'_>,
+    dst: &mut Conn,
+    n: u64,
+    out: OutFraming,
+    idle: Duration,
+    obuf: &mut Vec<u8>,
+) -> Result<u64, PumpError> {
     let Source { conn, buf, base, .. } = src;
     let mut left = n;
     loop {
@@ -131,7 +138,13 @@ async fn copy_length(src: Source<'_>, dst: &mut Conn, n: u64, out: OutFraming, i
     }
 }
 
-async fn copy_to_eof(src: Source<'_>, dst: &mut Conn, out: OutFraming, idle: Duration, obuf: &mut Vec<u8>) -> Result<u64, PumpError> {
+async fn copy_to_eof(
+    src: Source<'_>,
+    dst: &mut Conn,
+    out: OutFraming,
+    idle: Duration,
+    obuf: &mut Vec<u8>,
+) -> Result<u64, PumpError> {
     let Source { conn, buf, base, .. } = src;
     let mut total = 0u64;
     loop {
@@ -148,7 +161,13 @@ async fn copy_to_eof(src: Source<'_>, dst: &mut Conn, out: OutFraming, idle: Dur
     }
 }
 
-async fn copy_chunked(src: Source<'_>, dst: &mut Conn, out: OutFraming, idle: Duration, obuf: &mut Vec<u8>) -> Result<u64, PumpError> {
+async fn copy_chunked(
+    src: Source<'_>,
+    dst: &mut Conn,
+    out: OutFraming,
+    idle: Duration,
+    obuf: &mut Vec<u8>,
+) -> Result<u64, PumpError> {
     let Source { conn, buf, base, .. } = src;
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;

@@ -42,7 +42,11 @@ pub(crate) async fn serve(worker: &Rc<Worker>, conn: Conn, peer: SocketAddr, rou
         let limits = {
             let local = worker.local.borrow();
             let p = &local.snapshot.config.proxy;
-            HeadLimits { max_head_bytes: p.max_request_head_bytes, max_headers: p.max_headers, max_uri_bytes: p.max_uri_bytes }
+            HeadLimits {
+                max_head_bytes: p.max_request_head_bytes,
+                max_headers: p.max_headers,
+                max_uri_bytes: p.max_uri_bytes,
+            }
         };
         let started = match read_head(worker, &mut down, &mut head, &limits, first).await {
             HeadRead::Ready(t) => t,
@@ -79,7 +83,13 @@ enum HeadRead {
 /// Reads until `head` is complete. Between requests the downstream idle timeout applies (and
 /// drain closes the connection); from the first byte of a head (or from accept, for the first
 /// request) the header read timeout applies, then 408.
-async fn read_head(worker: &Worker, down: &mut Downstream, head: &mut RequestHead, limits: &HeadLimits, first: bool) -> HeadRead {
+async fn read_head(
+    worker: &Worker,
+    down: &mut Downstream,
+    head: &mut RequestHead,
+    limits: &HeadLimits,
+    first: bool,
+) -> HeadRead {
     let (idle, header_timeout) = {
         let local = worker.local.borrow();
         let p = &local.snapshot.config.proxy;
@@ -136,7 +146,13 @@ pub(crate) fn head_error_reason(e: &HeadError) -> ErrorReason {
 }
 
 /// Handles one parsed request; returns whether the connection stays open.
-async fn handle(worker: &Rc<Worker>, down: &mut Downstream, head: &mut RequestHead, route: ConnRoute, started: Instant) -> bool {
+async fn handle(
+    worker: &Rc<Worker>,
+    down: &mut Downstream,
+    head: &mut RequestHead,
+    route: ConnRoute,
+    started: Instant,
+) -> bool {
     let info = RequestInfo::from_head(head, &down.buf);
     if head.upgrade {
         respond_error(down, ErrorReason::NotImplemented, None, true, info.is_head).await;
@@ -147,11 +163,7 @@ async fn handle(worker: &Rc<Worker>, down: &mut Downstream, head: &mut RequestHe
         let mut local = worker.local.borrow_mut();
         local.refresh(worker);
         let host = head.host.map(|h| h.get(&down.buf));
-        if route.unknown {
-            None
-        } else {
-            local.route_request(route.dialed, host).map(|i| local.service_ref(i))
-        }
+        if route.unknown { None } else { local.route_request(route.dialed, host).map(|i| local.service_ref(i)) }
     };
     let Some(svc) = service else {
         // Unknown service: 404. Its body (if any) is not read, so the connection closes.
@@ -186,12 +198,28 @@ async fn handle(worker: &Rc<Worker>, down: &mut Downstream, head: &mut RequestHe
     if let Some(ls) = worker.local.borrow_mut().resolve(&svc) {
         ls.pending = ls.pending.saturating_sub(1);
     }
-    account(worker, Some(&svc), down, exchange.endpoint, exchange.status, exchange.error, started, &info, Some(&exchange));
+    account(
+        worker,
+        Some(&svc),
+        down,
+        exchange.endpoint,
+        exchange.status,
+        exchange.error,
+        started,
+        &info,
+        Some(&exchange),
+    );
     exchange.keep_alive && !worker.draining()
 }
 
 /// Writes a response weir generates itself.
-pub(crate) async fn respond_error(down: &mut Downstream, reason: ErrorReason, status: Option<u16>, close: bool, omit_body: bool) {
+pub(crate) async fn respond_error(
+    down: &mut Downstream,
+    reason: ErrorReason,
+    status: Option<u16>,
+    close: bool,
+    omit_body: bool,
+) {
     let mut out = Vec::with_capacity(256);
     ErrorResponse {
         status: status.unwrap_or(reason.status()),

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, METHOD_BYTES, PATH_BYTES};
 use weir_core::config::ServiceConfig;
 use weir_core::outcome::{ErrorReason, Outcome};
-use weir_core::retry::{
-    self, BudgetPolicy, Decision, RequestCtx, RetryOn, RetryPolicy, StopReason,
-};
+use weir_core::retry::{self, BudgetPolicy, Decision, RequestCtx, RetryOn, RetryPolicy, StopReason};
 use weir_core::stats::RetryReason;
 
 use crate::body::{self, OutFraming, PumpError, Source};
@@ -68,12 +66,20 @@ pub(crate) struct Exchange {
 fn retry_policy(s: &ServiceConfig) -> RetryPolicy {
     RetryPolicy {
         attempts: s.retry.attempts,
-        retry_on: RetryOn { server_error: s.retry.on_server_error, rate_limited: s.retry.on_rate_limited, ..RetryOn::default() },
+        retry_on: RetryOn {
+            server_error: s.retry.on_server_error,
+            rate_limited: s.retry.on_rate_limited,
+            ..RetryOn::default()
+        },
         backoff_base: s.retry.backoff_base,
         backoff_max: s.retry.backoff_max,
         per_attempt_timeout: s.timeouts.attempt,
         replay_buffer_bytes: s.retry.replay_buffer_bytes as u64,
-        budget: BudgetPolicy { ratio: s.retry.budget_ratio, min_retries_per_sec: s.retry.budget_min_per_sec, enabled: s.retry.budget },
+        budget: BudgetPolicy {
+            ratio: s.retry.budget_ratio,
+            min_retries_per_sec: s.retry.budget_min_per_sec,
+            enabled: s.retry.budget,
+        },
     }
 }
 
@@ -121,7 +127,11 @@ pub(crate) async fn exchange(
             request_timeout: cfg.timeouts.request,
             upstream_idle: cfg.timeouts.upstream_idle,
             max_idle: cfg.limits.max_idle_per_endpoint as usize,
-            limits: HeadLimits { max_head_bytes: p.max_request_head_bytes.max(64 * 1024), max_headers: 256, max_uri_bytes: usize::MAX },
+            limits: HeadLimits {
+                max_head_bytes: p.max_request_head_bytes.max(64 * 1024),
+                max_headers: 256,
+                max_uri_bytes: usize::MAX,
+            },
             buffered_body,
             idempotent: head.is_idempotent(),
             client_version: head.version,
@@ -179,7 +189,11 @@ pub(crate) async fn exchange(
         if now >= deadline {
             break End::Failed;
         }
-        let Some(picked) = (if force_fresh { ex.endpoint.and_then(|a| repick(worker, svc, a)) } else { upstream::pick(worker, svc, &tried, now) }) else {
+        let Some(picked) = (if force_fresh {
+            ex.endpoint.and_then(|a| repick(worker, svc, a))
+        } else {
+            upstream::pick(worker, svc, &tried, now)
+        }) else {
             if last_outcome.is_none() {
                 break End::Error(ErrorReason::NoHealthyEndpoint);
             }
@@ -207,7 +221,13 @@ pub(crate) async fn exchange(
                     Err(outcome) => {
                         upstream::report(worker, svc, &picked, &outcome, None);
                         last_outcome = Some(outcome);
-                        let ctx = RequestCtx { idempotent: plan.idempotent, replayable: plan.buffered_body, request_bytes_written: false, reused_connection: false, fresh_connection_retried: fresh_retried };
+                        let ctx = RequestCtx {
+                            idempotent: plan.idempotent,
+                            replayable: plan.buffered_body,
+                            request_bytes_written: false,
+                            reused_connection: false,
+                            fresh_connection_retried: fresh_retried,
+                        };
                         match decide(worker, svc, &plan.policy, &outcome, attempt, &ctx, None, deadline).await {
                             Next::Retry => {
                                 tried.add(picked.addr);
@@ -243,7 +263,13 @@ pub(crate) async fn exchange(
             upstream::report(worker, svc, &picked, &outcome, None);
             with_stats(worker, svc, |s| s.upstream_connections -= 1);
             last_outcome = Some(outcome);
-            let ctx = RequestCtx { idempotent: plan.idempotent, replayable: plan.buffered_body, request_bytes_written: !reused, reused_connection: reused, fresh_connection_retried: fresh_retried };
+            let ctx = RequestCtx {
+                idempotent: plan.idempotent,
+                replayable: plan.buffered_body,
+                request_bytes_written: !reused,
+                reused_connection: reused,
+                fresh_connection_retried: fresh_retried,
+            };
             let next = decide(worker, svc, &plan.policy, &outcome, attempt, &ctx, None, deadline).await;
             if next.apply(&mut tried, picked.addr, &mut fresh_retried, &mut force_fresh) {
                 continue;
@@ -287,7 +313,18 @@ pub(crate) async fn exchange(
 
         // The response head.
         ubuf.clear();
-        let outcome = read_response_head(&mut up, &mut ubuf, &mut resp, &plan.limits, info.is_head, attempt_deadline, &mut down.conn, plan.client_version, sent_continue).await;
+        let outcome = read_response_head(
+            &mut up,
+            &mut ubuf,
+            &mut resp,
+            &plan.limits,
+            info.is_head,
+            attempt_deadline,
+            &mut down.conn,
+            plan.client_version,
+            sent_continue,
+        )
+        .await;
         let outcome = match outcome {
             HeadOutcome::Head => Outcome::Response { status: resp.code },
             HeadOutcome::Failed(o) => o,
@@ -296,7 +333,8 @@ pub(crate) async fn exchange(
         let got_head = matches!(outcome, Outcome::Response { .. });
         // A reused connection closed with nothing read: most likely the endpoint closed it as
         // idle just as weir wrote. Safe to resend only for idempotent, replayable requests.
-        let race = reused && outcome == Outcome::ResetAfterWrite && ubuf.is_empty() && plan.idempotent && plan.buffered_body;
+        let race =
+            reused && outcome == Outcome::ResetAfterWrite && ubuf.is_empty() && plan.idempotent && plan.buffered_body;
         let reported = if race { Outcome::ResetBeforeWrite } else { outcome };
         upstream::report(worker, svc, &picked, &reported, got_head.then_some(latency));
         ex.upstream_us = latency.as_micros() as u64;
@@ -306,7 +344,13 @@ pub(crate) async fn exchange(
             if body_started {
                 break End::Failed;
             }
-            let ctx = RequestCtx { idempotent: plan.idempotent, replayable: plan.buffered_body, request_bytes_written: !race, reused_connection: reused, fresh_connection_retried: fresh_retried };
+            let ctx = RequestCtx {
+                idempotent: plan.idempotent,
+                replayable: plan.buffered_body,
+                request_bytes_written: !race,
+                reused_connection: reused,
+                fresh_connection_retried: fresh_retried,
+            };
             let next = decide(worker, svc, &plan.policy, &reported, attempt, &ctx, None, deadline).await;
             if next.apply(&mut tried, picked.addr, &mut fresh_retried, &mut force_fresh) {
                 continue;
@@ -316,9 +360,17 @@ pub(crate) async fn exchange(
         last_outcome = Some(outcome);
         // An endpoint's 5xx may be retried; the response is then discarded with its connection.
         if resp.code >= 500 && !body_started {
-            let ctx = RequestCtx { idempotent: plan.idempotent, replayable: plan.buffered_body, request_bytes_written: true, reused_connection: reused, fresh_connection_retried: fresh_retried };
-            let retry_after = resp.header(&ubuf, b"retry-after").and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            if let Next::Retry = decide(worker, svc, &plan.policy, &outcome, attempt, &ctx, retry_after, deadline).await {
+            let ctx = RequestCtx {
+                idempotent: plan.idempotent,
+                replayable: plan.buffered_body,
+                request_bytes_written: true,
+                reused_connection: reused,
+                fresh_connection_retried: fresh_retried,
+            };
+            let retry_after =
+                resp.header(&ubuf, b"retry-after").and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+            if let Next::Retry = decide(worker, svc, &plan.policy, &outcome, attempt, &ctx, retry_after, deadline).await
+            {
                 with_stats(worker, svc, |s| s.upstream_connections -= 1);
                 drop(up);
                 tried.add(picked.addr);
@@ -422,7 +474,13 @@ enum Next {
 
 impl Next {
     /// Records the decision in the attempt loop's state; true when the loop goes on.
-    fn apply(self, tried: &mut upstream::Tried, endpoint: SocketAddr, fresh_retried: &mut bool, force_fresh: &mut bool) -> bool {
+    fn apply(
+        self,
+        tried: &mut upstream::Tried,
+        endpoint: SocketAddr,
+        fresh_retried: &mut bool,
+        force_fresh: &mut bool,
+    ) -> bool {
         match self {
             Next::Retry => {
                 tried.add(endpoint);
@@ -461,7 +519,8 @@ async fn decide(
             // The budget protects endpoints from load that retries add. A request no endpoint
             // received (refused or timed-out connect) adds none when it is retried elsewhere,
             // so such retries are bounded by `attempts` alone.
-            let nothing_sent = matches!(outcome, Outcome::ConnectFailure | Outcome::ConnectTimeout | Outcome::ResetBeforeWrite);
+            let nothing_sent =
+                matches!(outcome, Outcome::ConnectFailure | Outcome::ConnectTimeout | Outcome::ResetBeforeWrite);
             let (granted, delay) = {
                 let mut local = worker.local.borrow_mut();
                 let local = &mut *local;

@@ -105,11 +105,7 @@ impl Conn {
     }
 
     /// Writes `buf[range]` completely and gives the whole buffer back.
-    pub async fn write_range(
-        &mut self,
-        buf: Vec<u8>,
-        range: std::ops::Range<usize>,
-    ) -> (io::Result<()>, Vec<u8>) {
+    pub async fn write_range(&mut self, buf: Vec<u8>, range: std::ops::Range<usize>) -> (io::Result<()>, Vec<u8>) {
         let BufResult(res, slice) = self.inner.write_all(buf.slice(range)).await;
         (res, slice.into_inner())
     }
@@ -158,12 +154,7 @@ impl Conn {
         let mut byte = [0u8; 1];
         // SAFETY: recv into a 1-byte stack buffer on a valid fd, non-blocking, peek only.
         let n = unsafe {
-            libc::recv(
-                self.inner.as_raw_fd(),
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
+            libc::recv(self.inner.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
         };
         if n < 0 {
             let err = io::Error::last_os_error();

@@ -147,14 +147,21 @@ impl Local {
     }
 
     /// Decides how a new connection is served. `dialed` is the steered original destination.
-    pub fn route_for_connection(&mut self, worker: &Worker, dialed: Option<SocketAddr>, local: Option<SocketAddr>) -> ConnRoute {
+    pub fn route_for_connection(
+        &mut self,
+        worker: &Worker,
+        dialed: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> ConnRoute {
         self.refresh(worker);
         // A connection to a service's own listener is for that service.
         let dialed = dialed.or_else(|| local.filter(|l| *l != self.snapshot.config.proxy.listen));
         match dialed {
             None => ConnRoute { protocol: Protocol::Http, dialed: None, unknown: false },
             Some(d) => match self.snapshot.by_vip(d) {
-                Some(i) => ConnRoute { protocol: self.snapshot.config.services[i].protocol, dialed: Some(d), unknown: false },
+                Some(i) => {
+                    ConnRoute { protocol: self.snapshot.config.services[i].protocol, dialed: Some(d), unknown: false }
+                }
                 None => ConnRoute { protocol: Protocol::Http, dialed: Some(d), unknown: true },
             },
         }

@@ -117,10 +117,6 @@ impl Snapshot {
     /// Index of the service `r` refers to in this snapshot: its own index when `r` was taken
     /// from this snapshot, else found by name (the service may have moved or gone).
     pub(crate) fn service_index_fast(&self, r: &crate::local::ServiceRef) -> Option<usize> {
-        if r.generation == self.generation {
-            Some(r.index)
-        } else {
-            self.service_index(&r.name)
-        }
+        if r.generation == self.generation { Some(r.index) } else { self.service_index(&r.name) }
     }
 }

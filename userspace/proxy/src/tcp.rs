@@ -29,7 +29,12 @@ pub(crate) async fn relay(worker: &Rc<Worker>, client: Conn, peer: SocketAddr, r
         local.refresh(worker);
         route.dialed.and_then(|d| local.snapshot.by_vip(d)).map(|i| {
             let cfg = &local.snapshot.config.services[i];
-            (local.service_ref(i), cfg.timeouts.connect, cfg.retry.attempts, local.snapshot.config.proxy.tcp_idle_timeout)
+            (
+                local.service_ref(i),
+                cfg.timeouts.connect,
+                cfg.retry.attempts,
+                local.snapshot.config.proxy.tcp_idle_timeout,
+            )
         })
     };
     let Some((svc, connect_timeout, attempts, idle)) = resolved else {

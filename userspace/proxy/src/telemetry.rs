@@ -52,7 +52,12 @@ pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTele
             hub.logs.push(LogSource { consumer, dropped: dropped.clone() });
             producer
         });
-        out.push(WorkerTelemetry { shard: StatsShard::default(), published: Some(published), log, log_dropped: dropped });
+        out.push(WorkerTelemetry {
+            shard: StatsShard::default(),
+            published: Some(published),
+            log,
+            log_dropped: dropped,
+        });
     }
     (out, hub)
 }

@@ -131,7 +131,13 @@ pub(crate) fn report_health(worker: &Worker, svc: &ServiceRef, picked: &Picked, 
     record_health(worker, &mut guard, svc, picked, outcome);
 }
 
-fn record_health(worker: &Worker, local: &mut crate::local::Local, svc: &ServiceRef, picked: &Picked, outcome: &Outcome) {
+fn record_health(
+    worker: &Worker,
+    local: &mut crate::local::Local,
+    svc: &ServiceRef,
+    picked: &Picked,
+    outcome: &Outcome,
+) {
     let Some(i) = local.snapshot.service_index_fast(svc) else { return };
     let health = &*local.snapshot.services[i].health;
     // Health state is keyed by address: find the endpoint's index in the current snapshot.

@@ -113,14 +113,12 @@ impl Workers {
             let hook = opts.on_thread_start.clone();
             let (drain_tx, drain_rx) = futures_channel::oneshot::channel::<()>();
             drain_senders.push(drain_tx);
-            let thread = std::thread::Builder::new()
-                .name(format!("weir-worker-{id}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    run_worker(id, core.map(|c| c.id), shared, telemetry, drain_rx, ready_tx, hook);
-                })?;
+            let thread = std::thread::Builder::new().name(format!("weir-worker-{id}")).spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_worker(id, core.map(|c| c.id), shared, telemetry, drain_rx, ready_tx, hook);
+            })?;
             threads.push(thread);
         }
         drop(ready_tx);
@@ -254,7 +252,8 @@ fn run_worker(
             match Listener::bind_reuseport(a, 4096) {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
-                    let _ = ready_tx.send(Err(io::Error::new(e.kind(), format!("worker {id}: cannot listen on {a}: {e}"))));
+                    let _ =
+                        ready_tx.send(Err(io::Error::new(e.kind(), format!("worker {id}: cannot listen on {a}: {e}"))));
                     return;
                 }
             }

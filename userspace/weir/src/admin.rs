@@ -65,7 +65,12 @@ impl AdminServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, control: Arc<Control>, mut stop: oneshot::Receiver<()>, watch: Option<crate::watch::Watch>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    control: Arc<Control>,
+    mut stop: oneshot::Receiver<()>,
+    watch: Option<crate::watch::Watch>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -135,11 +140,9 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }))
         }
         "/endpoints" => json(&crate::metrics::endpoints_view(control)),
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(control),
-        ),
+        "/metrics" => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(control))
+        }
         "/steering" => match control.steering.lock().as_ref() {
             Some(s) => json(&s.status()),
             None => json(&serde_json::json!({ "enabled": false })),

@@ -106,7 +106,9 @@ impl Control {
 /// between `old` and `new`. A reload that changes any of them is rejected as a whole, so what
 /// runs is always exactly one file's config.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let service_listens = |c: &Config| c.services.iter().map(|s| (s.name.clone(), s.listen)).filter(|(_, l)| l.is_some()).collect::<Vec<_>>();
+    let service_listens = |c: &Config| {
+        c.services.iter().map(|s| (s.name.clone(), s.listen)).filter(|(_, l)| l.is_some()).collect::<Vec<_>>()
+    };
     [
         ("[proxy] listen", old.proxy.listen != new.proxy.listen),
         ("[proxy] workers", old.proxy.workers != new.proxy.workers),
@@ -154,9 +156,8 @@ impl App {
     pub fn start_with(config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
         // The admin listener is bound first: a second weir with the same config stops here,
         // before it touches the kernel.
-        let admin_listener = std::net::TcpListener::bind(config.admin.listen).with_context(|| {
-            format!("binding the admin address {} (is another weir running?)", config.admin.listen)
-        })?;
+        let admin_listener = std::net::TcpListener::bind(config.admin.listen)
+            .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
         let workers = match config.proxy.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -88,7 +88,10 @@ pub fn main() -> ExitCode {
                 }
                 Err(admin_err) => match crate::steering::status_from_pins(&pin_dir) {
                     Ok(v) => {
-                        eprintln!("weir: the admin API at {admin} does not answer ({admin_err}); reading pins under {}", pin_dir.display());
+                        eprintln!(
+                            "weir: the admin API at {admin} does not answer ({admin_err}); reading pins under {}",
+                            pin_dir.display()
+                        );
                         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                         ExitCode::SUCCESS
                     }

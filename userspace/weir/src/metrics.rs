@@ -95,11 +95,21 @@ pub fn render(control: &Control) -> String {
     for (name, s) in &stats.services {
         for (code, n) in s.codes.iter().enumerate().filter(|(_, n)| **n > 0) {
             let code = if code == 0 { "none".to_string() } else { code.to_string() };
-            let code = if code == "none" && snapshot.config.service(name).is_some_and(|c| c.protocol == weir_core::config::Protocol::Tcp) { "tcp".to_string() } else { code };
+            let code = if code == "none"
+                && snapshot.config.service(name).is_some_and(|c| c.protocol == weir_core::config::Protocol::Tcp)
+            {
+                "tcp".to_string()
+            } else {
+                code
+            };
             o.sample(REQUESTS, &[("service", name), ("code", &code)], n);
         }
     }
-    o.family(DURATION, "histogram", "Time from request head to the end of the response (HTTP) or connection lifetime (TCP).");
+    o.family(
+        DURATION,
+        "histogram",
+        "Time from request head to the end of the response (HTTP) or connection lifetime (TCP).",
+    );
     for (name, s) in &stats.services {
         for (le, n) in s.cumulative_buckets() {
             let le = if le.is_infinite() { "+Inf".to_string() } else { format!("{le}") };
@@ -147,7 +157,11 @@ pub fn render(control: &Control) -> String {
         o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "ejected")], ejected);
         o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "probation")], probation);
     }
-    o.family(UPSTREAM_CONNECTIONS, "gauge", "Open connections from weir to the service's endpoints (pooled and in use).");
+    o.family(
+        UPSTREAM_CONNECTIONS,
+        "gauge",
+        "Open connections from weir to the service's endpoints (pooled and in use).",
+    );
     for (name, s) in &stats.services {
         o.sample(UPSTREAM_CONNECTIONS, &[("service", name)], s.upstream_connections.max(0));
     }
@@ -158,7 +172,11 @@ pub fn render(control: &Control) -> String {
     o.family(UNROUTED, "counter", "Requests or connections that matched no service.");
     o.sample(UNROUTED, &[], stats.unrouted);
     let (shipped, dropped) = control.access_log_counts();
-    o.family(ACCESS_LOG, "counter", "Access-log records shipped to the sink, or dropped because a ring was full or the sink failed.");
+    o.family(
+        ACCESS_LOG,
+        "counter",
+        "Access-log records shipped to the sink, or dropped because a ring was full or the sink failed.",
+    );
     o.sample(ACCESS_LOG, &[("result", "shipped")], shipped);
     o.sample(ACCESS_LOG, &[("result", "dropped")], dropped);
     o.family(RELOADS, "counter", "Config reloads by result (a failed reload keeps the previous config).");
@@ -166,12 +184,20 @@ pub fn render(control: &Control) -> String {
     o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
-    o.family(SNAPSHOT_AGE, "gauge", "Seconds since the active config snapshot was loaded (grows while the config source is unreadable or invalid).");
+    o.family(
+        SNAPSHOT_AGE,
+        "gauge",
+        "Seconds since the active config snapshot was loaded (grows while the config source is unreadable or invalid).",
+    );
     o.sample(SNAPSHOT_AGE, &[], control.snapshot_loaded.lock().elapsed().as_secs_f64());
     o.family(WORKERS, "gauge", "Proxy worker threads.");
     o.sample(WORKERS, &[], control.workers.load(Ordering::Relaxed));
     if let Some(steering) = control.steering.lock().as_ref() {
-        o.family(STEERING, "counter", "Kernel-side steering events (connect rewrites, pass-throughs, recorded connections), summed over CPUs.");
+        o.family(
+            STEERING,
+            "counter",
+            "Kernel-side steering events (connect rewrites, pass-throughs, recorded connections), summed over CPUs.",
+        );
         let mut counters: Vec<_> = steering.status().counters.into_iter().collect();
         counters.sort();
         for (event, n) in counters {

@@ -9,7 +9,11 @@ use caps::{CapSet, Capability, CapsHashSet};
 
 /// The capabilities weir keeps after start.
 pub fn runtime_caps(steering_on: bool) -> CapsHashSet {
-    if steering_on { [Capability::CAP_NET_ADMIN, Capability::CAP_BPF].into_iter().collect() } else { CapsHashSet::new() }
+    if steering_on {
+        [Capability::CAP_NET_ADMIN, Capability::CAP_BPF].into_iter().collect()
+    } else {
+        CapsHashSet::new()
+    }
 }
 
 /// Drops every capability of the calling thread except `keep`: from the bounding set (so no

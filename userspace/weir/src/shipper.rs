@@ -64,14 +64,12 @@ impl Shipper {
         let ring_dropped = sources.iter().map(|s| s.dropped.clone()).collect();
         let thread = {
             let (stop, stats) = (stop.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("weir-logship".into())
-                .spawn(move || {
-                    if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
-                        tracing::warn!("log shipper: cannot drop capabilities: {e}");
-                    }
-                    run(sink, sources, stop, stats)
-                })?
+            std::thread::Builder::new().name("weir-logship".into()).spawn(move || {
+                if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
+                    tracing::warn!("log shipper: cannot drop capabilities: {e}");
+                }
+                run(sink, sources, stop, stats)
+            })?
         };
         Ok(Shipper { stop, thread: Some(thread), stats, ring_dropped })
     }
@@ -169,12 +167,9 @@ impl Sink {
             let opened = match &self.kind {
                 LogSink::Off => None,
                 LogSink::Stdout => Some(Writer::Stdout(std::io::stdout())),
-                LogSink::File(p) => std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .ok()
-                    .map(Writer::File),
+                LogSink::File(p) => {
+                    std::fs::OpenOptions::new().create(true).append(true).open(p).ok().map(Writer::File)
+                }
                 LogSink::Tcp(addr) => std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
                     .ok()
                     .and_then(|mut a| a.next())

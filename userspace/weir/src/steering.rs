@@ -26,8 +26,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkReuseport, SockOps};
 use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
-    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS,
-    MAP_SERVICES, OrigDst, ServiceKey, ServiceValue, SteerConfig, fail_mode,
+    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
+    ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
 use weir_proxy::OriginalDst;
 
@@ -57,7 +57,10 @@ pub struct Steering {
 
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Steering").field("cgroups", &self.cgroups).field("pin_root", &self.pin_root).finish_non_exhaustive()
+        f.debug_struct("Steering")
+            .field("cgroups", &self.cgroups)
+            .field("pin_root", &self.pin_root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,7 +233,9 @@ impl Steering {
                     }
                     Err(_) => {
                         let dir = File::open(&cg).with_context(|| format!("opening cgroup {}", cg.display()))?;
-                        let fd_link = self.attach_one(name, &dir).with_context(|| format!("attaching {name} to {}", cg.display()))?;
+                        let fd_link = self
+                            .attach_one(name, &dir)
+                            .with_context(|| format!("attaching {name} to {}", cg.display()))?;
                         fd_link.pin(&path).with_context(|| format!("pinning {}", path.display()))?
                     }
                 };
@@ -251,7 +256,9 @@ impl Steering {
             let _ = std::fs::remove_file(&path);
             if let Some(m) = self.ebpf.map(name) {
                 let pinned = match m {
-                    aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => d.pin(&path),
+                    aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => {
+                        d.pin(&path)
+                    }
                     _ => continue,
                 };
                 pinned.with_context(|| format!("pinning map {}", path.display()))?;
@@ -307,13 +314,15 @@ impl Steering {
     pub fn sync_services(&mut self, config: &Config) -> anyhow::Result<()> {
         let mut want = StdHashMap::new();
         for (id, s) in config.services.iter().enumerate() {
-            let (fallback_addr, fallback_port) = s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
+            let (fallback_addr, fallback_port) =
+                s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
             want.insert(
                 service_key(s.vip),
                 ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
             );
         }
-        let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> = HashMap::try_from(map_data(&mut self.ebpf, MAP_SERVICES)?)?;
+        let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(map_data(&mut self.ebpf, MAP_SERVICES)?)?;
         for (k, v) in &want {
             if self.services.get(k) != Some(v) {
                 map.insert(k, v, 0).context("updating the service map")?;
@@ -362,10 +371,7 @@ impl Steering {
 }
 
 fn read_counters(arr: &PerCpuArray<&MapData, u64>) -> StdHashMap<&'static str, u64> {
-    Counter::ALL
-        .iter()
-        .map(|c| (c.name(), arr.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
-        .collect()
+    Counter::ALL.iter().map(|c| (c.name(), arr.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
 }
 
 /// Counters and links of a weir whose admin API does not answer, read from its pins.

@@ -101,7 +101,8 @@ struct Snapshot {
 fn snapshot(r: &Running) -> anyhow::Result<Snapshot> {
     let admin = r.admin.ok_or_else(|| anyhow::anyhow!("weir has no admin address"))?;
     let body = procs::http_body(admin, "/steering")?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("/steering answered {body:?}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("/steering answered {body:?}: {e}"))?;
     let counters = v.get("counters").cloned().ok_or_else(|| anyhow::anyhow!("/steering has no counters: {body}"))?;
     let mut workers = Vec::new();
     for t in r.proc.as_ref().map(|p| procs::threads(p.pid)).unwrap_or_default() {
@@ -127,7 +128,10 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr) -> Affinity {
         Err(why) => return Affinity::not_run("unavailable", why.clone()),
     };
     if env.proxy_cpu == env.client_cpu {
-        return Affinity::not_run("unavailable", "needs two CPUs (one worker on the client's CPU, one on another)".into());
+        return Affinity::not_run(
+            "unavailable",
+            "needs two CPUs (one worker on the client's CPU, one on another)".into(),
+        );
     }
     // Worker 0 on the client's CPU, worker 1 on the other one.
     let weir_cpus = format!("{},{}", env.client_cpu, env.proxy_cpu);
@@ -140,10 +144,17 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr) -> Affinity {
     }
 }
 
-fn measure_variants(env: &Env, plan: &Plan, upstream_addr: SocketAddr, cgroup: &Path, cpus: &str) -> anyhow::Result<Vec<AffinityVariant>> {
+fn measure_variants(
+    env: &Env,
+    plan: &Plan,
+    upstream_addr: SocketAddr,
+    cgroup: &Path,
+    cpus: &str,
+) -> anyhow::Result<Vec<AffinityVariant>> {
     let mut running: Vec<(AffinityVariant, Running)> = Vec::new();
     for (on, key, label, vip) in VARIANTS {
-        let spec = WeirSpec { name: key, sink: "off", cgroup: Some(cgroup), workers: 2, vip, cpu_affinity: Some(on), cpus };
+        let spec =
+            WeirSpec { name: key, sink: "off", cgroup: Some(cgroup), workers: 2, vip, cpu_affinity: Some(on), cpus };
         let r = peers::start_weir_spec(env, &spec, upstream_addr)?;
         let v = AffinityVariant {
             key: key.into(),
@@ -173,7 +184,13 @@ fn measure_variants(env: &Env, plan: &Plan, upstream_addr: SocketAddr, cgroup: &
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let (v, r) = &mut running[i];
-            eprintln!("bench: affinity: round {} of {}: {} at {} rps", round + 1, plan.affinity_rounds, v.key, plan.affinity_rate);
+            eprintln!(
+                "bench: affinity: round {} of {}: {} at {} rps",
+                round + 1,
+                plan.affinity_rounds,
+                v.key,
+                plan.affinity_rate
+            );
             match measure::open(env, &round_plan, r, plan.affinity_rate, plan.affinity_s) {
                 Ok(o) => {
                     v.connections_opened += plan.affinity_connections as u64;
@@ -190,7 +207,12 @@ fn measure_variants(env: &Env, plan: &Plan, upstream_addr: SocketAddr, cgroup: &
                 v.redirected = counter(&a, "redirected").saturating_sub(counter(&b, "redirected"));
                 v.affine_accept = counter(&a, "affine_accept").saturating_sub(counter(&b, "affine_accept"));
                 v.affine_miss = counter(&a, "affine_miss").saturating_sub(counter(&b, "affine_miss"));
-                v.worker_cpu_s = a.workers.iter().zip(b.workers.iter().map(|w| w.0).chain(std::iter::repeat(0.0))).map(|(w, b0)| w.0 - b0).collect();
+                v.worker_cpu_s = a
+                    .workers
+                    .iter()
+                    .zip(b.workers.iter().map(|w| w.0).chain(std::iter::repeat(0.0)))
+                    .map(|(w, b0)| w.0 - b0)
+                    .collect();
                 v.worker_cpus = a.workers.into_iter().map(|w| w.1).collect();
             }
             Err(e) => v.problems.push(format!("reading /steering and worker CPU after the rounds: {e:#}")),
@@ -321,11 +343,25 @@ p50 {}, p99 {}, p99.9 {}.",
         .variants
         .iter()
         .map(|v| {
-            let w = v.worker_cpus.iter().enumerate().map(|(i, c)| format!("worker {i} → CPU {c}")).collect::<Vec<_>>().join(", ");
-            format!("{}: {}", if v.cpu_affinity { "on" } else { "off" }, if w.is_empty() { "unknown".into() } else { w })
+            let w = v
+                .worker_cpus
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("worker {i} → CPU {c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{}: {}",
+                if v.cpu_affinity { "on" } else { "off" },
+                if w.is_empty() { "unknown".into() } else { w }
+            )
         })
         .collect();
-    let _ = writeln!(md, "Worker placement (each thread's `Cpus_allowed_list`): {}. Service `{SERVICE}`, access log off.", placement.join("; "));
+    let _ = writeln!(
+        md,
+        "Worker placement (each thread's `Cpus_allowed_list`): {}. Service `{SERVICE}`, access log off.",
+        placement.join("; ")
+    );
     md
 }
 
@@ -336,8 +372,20 @@ mod tests {
 
     fn variant(on: bool, p50: f64, p99: f64, p999: f64, workers: Vec<f64>) -> AffinityVariant {
         let latency = Latency { count: 4000, p50_us: p50, p99_us: p99, p999_us: p999, ..Latency::default() };
-        let round = OpenRun { rate: 2000.0, achieved_rps: 2000.0, errors: 0, error_samples: vec![], latency, send_lag_p99_us: 5.0, send_lag_max_us: 9.0 };
-        let (key, label, vip) = if on { (VARIANTS[0].1, VARIANTS[0].2, VARIANTS[0].3) } else { (VARIANTS[1].1, VARIANTS[1].2, VARIANTS[1].3) };
+        let round = OpenRun {
+            rate: 2000.0,
+            achieved_rps: 2000.0,
+            errors: 0,
+            error_samples: vec![],
+            latency,
+            send_lag_p99_us: 5.0,
+            send_lag_max_us: 9.0,
+        };
+        let (key, label, vip) = if on {
+            (VARIANTS[0].1, VARIANTS[0].2, VARIANTS[0].3)
+        } else {
+            (VARIANTS[1].1, VARIANTS[1].2, VARIANTS[1].3)
+        };
         AffinityVariant {
             key: key.into(),
             label: label.into(),
@@ -365,12 +413,18 @@ mod tests {
             status: "ok".into(),
             note: None,
             weir_cpus: "0,1".into(),
-            variants: vec![variant(true, 50.0, 100.0, 200.0, vec![0.4, 0.0]), variant(false, 75.0, 300.0, 800.0, vec![0.2, 0.2])],
+            variants: vec![
+                variant(true, 50.0, 100.0, 200.0, vec![0.4, 0.0]),
+                variant(false, 75.0, 300.0, 800.0, vec![0.2, 0.2]),
+            ],
         };
         let md = table(&a, &Plan::new(true));
         assert!(md.contains("p50 1.50×, p99 3.00×, p99.9 4.00×"), "{md}");
         assert!(md.contains("| 1.50× / 3.00× / 4.00× |"), "{md}");
-        assert!(md.contains("| 64 | 64 | 64 | 0 | 0% | 0 |"), "affinity on: every connection affine, worker 1 idle: {md}");
+        assert!(
+            md.contains("| 64 | 64 | 64 | 0 | 0% | 0 |"),
+            "affinity on: every connection affine, worker 1 idle: {md}"
+        );
         assert!(md.contains("| 0 (no program) | 0 | 50% |"), "{md}");
         assert!(md.contains("on: worker 0 → CPU 0, worker 1 → CPU 1"), "{md}");
     }

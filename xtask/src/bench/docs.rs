@@ -98,7 +98,11 @@ move with the machine and whatever else runs on it.\n"
             format!(" ({})", b.top.iter().map(|(n, s)| format!("{n}: {s:.1} s")).collect::<Vec<_>>().join(", "))
         }
     );
-    let _ = writeln!(md, "| mode | {} |\n", if r.plan.quick { "--quick (short runs: noisier, especially p99.9 and max)" } else { "full" });
+    let _ = writeln!(
+        md,
+        "| mode | {} |\n",
+        if r.plan.quick { "--quick (short runs: noisier, especially p99.9 and max)" } else { "full" }
+    );
 
     let _ = writeln!(md, "## What is measured\n");
     md.push_str(
@@ -167,7 +171,8 @@ PNG: [benchmarks/latency.png](benchmarks/latency.png). Plots for every rate are 
             Some("conf") => "nginx",
             _ => "",
         };
-        let _ = writeln!(md, "<details><summary>{name}</summary>\n\n```{lang}\n{}\n```\n\n</details>\n", text.trim_end());
+        let _ =
+            writeln!(md, "<details><summary>{name}</summary>\n\n```{lang}\n{}\n```\n\n</details>\n", text.trim_end());
     }
     std::fs::write(docs.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote docs/BENCHMARKS.md");

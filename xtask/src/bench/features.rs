@@ -43,10 +43,8 @@ fn log_counts(admin: Option<SocketAddr>) -> (u64, u64) {
     let text = procs::http_body(admin, "/metrics").unwrap_or_default();
     let get = |result: &str| {
         let sample = format!("weir_access_log_records_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&sample))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+        text.lines().find_map(|l| l.strip_prefix(&sample)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+            as u64
     };
     (get("shipped"), get("dropped"))
 }
@@ -85,7 +83,13 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     std::thread::sleep(Duration::from_millis(600));
     for round in 0..plan.feature_rounds {
         for (v, r) in &mut running {
-            eprintln!("bench: features: round {} of {}: {} at {} rps", round + 1, plan.feature_rounds, v.key, plan.feature_rate);
+            eprintln!(
+                "bench: features: round {} of {}: {} at {} rps",
+                round + 1,
+                plan.feature_rounds,
+                v.key,
+                plan.feature_rate
+            );
             let (s0, d0) = log_counts(r.admin);
             match measure::open(env, plan, r, plan.feature_rate, plan.feature_s) {
                 Ok(o) => v.rounds.push(o),

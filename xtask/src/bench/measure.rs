@@ -234,14 +234,21 @@ pub struct Memory {
 
 /// Runs `weir-loadgen` on `cpus` (in `cgroup` if given) and parses its JSON; kills it if it
 /// overruns `bound`.
-fn loadgen<T: for<'de> Deserialize<'de>>(env: &Env, cpus: &str, cgroup: Option<&Path>, args: &[String], bound: Duration) -> anyhow::Result<T> {
+fn loadgen<T: for<'de> Deserialize<'de>>(
+    env: &Env,
+    cpus: &str,
+    cgroup: Option<&Path>,
+    args: &[String],
+    bound: Duration,
+) -> anyhow::Result<T> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", cpus]).arg(&env.loadgen).args(args);
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
     let shown = format!("weir-loadgen {}", args.join(" "));
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
     procs::track(&mut child)?;
     let pid = child.id();
     let deadline = Instant::now() + bound + Duration::from_secs(15);
@@ -263,7 +270,8 @@ fn loadgen<T: for<'de> Deserialize<'de>>(env: &Env, cpus: &str, cgroup: Option<&
     if !status.success() {
         bail!("{shown} failed ({status}): {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("{shown} printed no report: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{shown} printed no report: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn common(r: &Running) -> Vec<String> {
@@ -285,7 +293,8 @@ pub fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow
         .into_iter()
         .flatten(),
     );
-    let out: LoopOut = loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs + plan.open_warmup_s))?;
+    let out: LoopOut =
+        loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs + plan.open_warmup_s))?;
     Ok(OpenRun {
         rate,
         achieved_rps: out.achieved_rps,
@@ -308,7 +317,13 @@ pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, rounds: usize) -
     if out.ok == 0 {
         bail!("no request succeeded: {}", out.error_samples.join("; "));
     }
-    Ok(PerHop { p50_us: out.latency.p50_us, p99_us: out.latency.p99_us, mean_us: out.latency.mean_us, requests: out.ok, errors: out.errors })
+    Ok(PerHop {
+        p50_us: out.latency.p50_us,
+        p99_us: out.latency.p99_us,
+        mean_us: out.latency.mean_us,
+        requests: out.ok,
+        errors: out.errors,
+    })
 }
 
 /// Closed loop from the client core (one round's share of the seconds): a warm-up run, then a
@@ -354,7 +369,12 @@ pub fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) 
     if let Some(cg) = &r.cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting weir-loadgen idle")?;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting weir-loadgen idle")?;
     procs::track(&mut child)?;
     // The generator prints its report once every connection is open, then holds them until
     // its stdin closes (or 90 s pass).
@@ -367,7 +387,8 @@ pub fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) 
     });
     let result = (|| -> anyhow::Result<Memory> {
         let line = rx.recv_timeout(Duration::from_secs(90)).context("weir-loadgen idle did not report within 90 s")?;
-        let out: IdleOut = serde_json::from_str(line.trim()).with_context(|| format!("weir-loadgen idle printed {line:?}"))?;
+        let out: IdleOut =
+            serde_json::from_str(line.trim()).with_context(|| format!("weir-loadgen idle printed {line:?}"))?;
         if out.connected == 0 {
             bail!("no idle connection could be opened: {}", out.error_samples.join("; "));
         }

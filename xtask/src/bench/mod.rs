@@ -102,7 +102,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir.join("logs"))?;
     if !is_root() {
-        eprintln!("bench: not root: the steered path (eBPF, cgroups) will be reported unavailable, and peers cannot be installed");
+        eprintln!(
+            "bench: not root: the steered path (eBPF, cgroups) will be reported unavailable, and peers cannot be installed"
+        );
     }
     if is_root() && !args.no_install {
         // nightly rust-src + bpf-linker: weir's build script compiles the eBPF programs.
@@ -111,7 +113,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (weir, loadgen) = install::build()?;
     let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
     let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
-    let cgroup_guard = if is_root() { Cgroup::create().map_err(|e| format!("{e:#}")) } else { Err("needs root (eBPF, cgroups)".into()) };
+    let cgroup_guard = if is_root() {
+        Cgroup::create().map_err(|e| format!("{e:#}"))
+    } else {
+        Err("needs root (eBPF, cgroups)".into())
+    };
     let (proxy_cpu, client_cpu) = if machine.nproc >= 2 { ("1", "0") } else { ("0", "0") };
     let env = Env {
         dir: dir.clone(),
@@ -164,7 +170,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    let run = report::Run { command, machine, plan, paths, features, affinity, background, elapsed_s: started.elapsed().as_secs_f64() };
+    let run = report::Run {
+        command,
+        machine,
+        plan,
+        paths,
+        features,
+        affinity,
+        background,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
     let results = report::Results::new(run, &env);
     report::write(&results, &dir, !args.no_docs)?;
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());

@@ -37,7 +37,8 @@ pub enum PathId {
 
 impl PathId {
     /// Every path, in report order.
-    pub const ALL: [PathId; 6] = [PathId::Direct, PathId::Weir, PathId::WeirSteered, PathId::Nginx, PathId::Haproxy, PathId::Envoy];
+    pub const ALL: [PathId; 6] =
+        [PathId::Direct, PathId::Weir, PathId::WeirSteered, PathId::Nginx, PathId::Haproxy, PathId::Envoy];
 
     /// Stable key (JSON, file names).
     pub fn key(self) -> &'static str {
@@ -143,7 +144,14 @@ pub fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
     let prefix = env.dir.join("nginx-upstream");
     std::fs::create_dir_all(prefix.join("logs"))?;
     let conf = env.write_config("upstream-nginx.conf", &upstream_conf(env, addr))?;
-    let mut p = Proc::spawn("upstream nginx", &env.client_cpu, &nginx, &["-p", &s(&prefix), "-c", &s(&conf)], &[], &env.log_path("upstream"))?;
+    let mut p = Proc::spawn(
+        "upstream nginx",
+        &env.client_cpu,
+        &nginx,
+        &["-p", &s(&prefix), "-c", &s(&conf)],
+        &[],
+        &env.log_path("upstream"),
+    )?;
     procs::wait_ready(&mut p, addr, "upstream", "/")?;
     Ok((p, addr))
 }
@@ -191,7 +199,13 @@ pub fn weir_toml(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, sp
 
 /// Starts weir (`name` for files) with access-log `sink`, one worker on the proxy's CPU,
 /// steered for `cgroup` if given.
-pub fn start_weir(env: &Env, name: &str, upstream: SocketAddr, sink: &str, cgroup: Option<&Path>) -> anyhow::Result<Running> {
+pub fn start_weir(
+    env: &Env,
+    name: &str,
+    upstream: SocketAddr,
+    sink: &str,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Running> {
     let spec = WeirSpec { name, sink, cgroup, workers: 1, vip: VIP, cpu_affinity: None, cpus: &env.proxy_cpu };
     start_weir_spec(env, &spec, upstream)
 }
@@ -200,7 +214,14 @@ pub fn start_weir(env: &Env, name: &str, upstream: SocketAddr, sink: &str, cgrou
 pub fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
     let (listen, admin) = (procs::free_addr()?, procs::free_addr()?);
     let conf = env.write_config(&format!("{}.toml", spec.name), &weir_toml(listen, admin, upstream, spec))?;
-    let mut p = Proc::spawn(spec.name, spec.cpus, &env.weir, &["run", "--config", &s(&conf)], &[("RUST_LOG", "warn")], &env.log_path(spec.name))?;
+    let mut p = Proc::spawn(
+        spec.name,
+        spec.cpus,
+        &env.weir,
+        &["run", "--config", &s(&conf)],
+        &[("RUST_LOG", "warn")],
+        &env.log_path(spec.name),
+    )?;
     procs::wait_ready(&mut p, admin, "admin", "/ready")?;
     procs::wait_ready(&mut p, listen, SERVICE, "/")?;
     let (addr, cgroup) = match spec.cgroup {
@@ -215,7 +236,9 @@ pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Runn
     let listen = procs::free_addr()?;
     let bin = |r: &Result<PathBuf, String>| r.clone().map_err(anyhow::Error::msg);
     let (mut p, host) = match id {
-        PathId::Direct => return Ok(Running { proc: None, addr: upstream, host: SERVICE.into(), cgroup: None, admin: None }),
+        PathId::Direct => {
+            return Ok(Running { proc: None, addr: upstream, host: SERVICE.into(), cgroup: None, admin: None });
+        }
         PathId::Weir => return start_weir(env, "weir", upstream, "off", None),
         PathId::WeirSteered => {
             let cg = env.cgroup.clone().map_err(anyhow::Error::msg)?;
@@ -225,12 +248,26 @@ pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Runn
             let prefix = env.dir.join("nginx-proxy");
             std::fs::create_dir_all(prefix.join("logs"))?;
             let conf = env.write_config("nginx.conf", &nginx_proxy_conf(&prefix, listen, upstream))?;
-            let p = Proc::spawn("nginx", &env.proxy_cpu, &bin(&env.nginx)?, &["-p", &s(&prefix), "-c", &s(&conf)], &[], &env.log_path("nginx"))?;
+            let p = Proc::spawn(
+                "nginx",
+                &env.proxy_cpu,
+                &bin(&env.nginx)?,
+                &["-p", &s(&prefix), "-c", &s(&conf)],
+                &[],
+                &env.log_path("nginx"),
+            )?;
             (p, SERVICE)
         }
         PathId::Haproxy => {
             let conf = env.write_config("haproxy.cfg", &haproxy_conf(listen, upstream))?;
-            let p = Proc::spawn("haproxy", &env.proxy_cpu, &bin(&env.haproxy)?, &["-f", &s(&conf), "-db"], &[], &env.log_path("haproxy"))?;
+            let p = Proc::spawn(
+                "haproxy",
+                &env.proxy_cpu,
+                &bin(&env.haproxy)?,
+                &["-f", &s(&conf), "-db"],
+                &[],
+                &env.log_path("haproxy"),
+            )?;
             (p, SERVICE)
         }
         PathId::Envoy => {

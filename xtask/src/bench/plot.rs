@@ -46,7 +46,12 @@ pub fn plot(series: &[(String, Vec<(f64, f64)>)], title: &str, svg: &Path, png: 
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[(String, Vec<(f64, f64)>)], title: &str, text: bool) -> anyhow::Result<()>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[(String, Vec<(f64, f64)>)],
+    title: &str,
+    text: bool,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -64,14 +69,10 @@ where
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20).margin_right(45);
     if text {
-        builder
-            .caption(title, ("sans-serif", 22))
-            .x_label_area_size(50)
-            .y_label_area_size(70);
+        builder.caption(title, ("sans-serif", 22)).x_label_area_size(50).y_label_area_size(70);
     }
-    let mut chart = builder
-        .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut chart =
+        builder.build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(RGBColor(235, 235, 235));
     if text {

@@ -5,11 +5,11 @@
 //! Must not: leave anything running or created when the benchmark ends, fails or panics;
 //! signal anything it did not start.
 
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -96,7 +96,14 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args` on `cpus` (a taskset list, e.g. "1"), output to `log`.
-    pub fn spawn(name: &str, cpus: &str, program: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        cpus: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Proc> {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new("taskset")
             .args(["-c", cpus])
@@ -261,7 +268,12 @@ pub fn threads(pid: i32) -> Vec<ThreadStat> {
             ThreadStat {
                 name: read("comm").trim().to_string(),
                 cpu_seconds: stat_cpu_seconds(stat_fields_of(&base.join("stat").to_string_lossy())),
-                cpus_allowed: read("status").lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string(),
+                cpus_allowed: read("status")
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
             }
         })
         .collect()
@@ -346,7 +358,11 @@ pub fn wait_ready(proc: &mut Proc, addr: SocketAddr, host: &str, path: &str) -> 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{} did not answer 200 on http://{addr}{path} within 20 s (last: {last}); log:\n{}", proc.name, log_tail(&proc.log))
+    bail!(
+        "{} did not answer 200 on http://{addr}{path} within 20 s (last: {last}); log:\n{}",
+        proc.name,
+        log_tail(&proc.log)
+    )
 }
 
 /// A cgroup v2 directory for the steered client, removed on drop.
@@ -492,7 +508,10 @@ pub fn cpu_snapshot() -> HashMap<i32, (String, f64)> {
 
 /// CPU other processes used between two snapshots (present in both; this process and its
 /// ancestors excluded): total seconds and the largest users, descending.
-pub fn other_load(before: &HashMap<i32, (String, f64)>, after: &HashMap<i32, (String, f64)>) -> (f64, Vec<(String, f64)>) {
+pub fn other_load(
+    before: &HashMap<i32, (String, f64)>,
+    after: &HashMap<i32, (String, f64)>,
+) -> (f64, Vec<(String, f64)>) {
     let mut ours = vec![std::process::id() as i32];
     while let Some(pp) = stat_fields(*ours.last().unwrap_or(&1)).and_then(|f| f.get(1)?.parse::<i32>().ok()) {
         if pp <= 1 || ours.contains(&pp) {

@@ -115,7 +115,9 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
         let mut configs: Vec<(String, String)> = std::fs::read_dir(env.dir.join("configs"))
             .map(|d| {
                 d.flatten()
-                    .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).ok()?)))
+                    .filter_map(|e| {
+                        Some((e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).ok()?))
+                    })
                     // Paths relative to the repository, as the commands show them.
                     .map(|(n, t)| (n, t.replace(&format!("{}/", crate::root().display()), "")))
                     .collect()
@@ -178,7 +180,8 @@ fn goals(r: &Results) -> Vec<Goal> {
         measured: format!("{} (this run: {peer_added})", fmt_opt(added, "µs")),
         met: added.map(|a| a <= GOAL_HOP_US),
     });
-    let logged = r.features.iter().find(|v| v.key == "weir-log-tcp").and_then(|v| v.saturation.as_ref()?.proxy_cpu_us_per_req);
+    let logged =
+        r.features.iter().find(|v| v.key == "weir-log-tcp").and_then(|v| v.saturation.as_ref()?.proxy_cpu_us_per_req);
     let nginx_cpu = r.path("nginx").and_then(|p| p.saturation.as_ref()?.proxy_cpu_us_per_req);
     out.push(Goal {
         name: "weir proxy CPU per request, RED + access log on (saturated)".into(),
@@ -189,14 +192,21 @@ fn goals(r: &Results) -> Vec<Goal> {
     let sat = |k: &str| r.path(k).and_then(|p| p.saturation.as_ref());
     let ratio = sat("weir").zip(sat("nginx")).map(|(w, n)| w.rps / n.rps.max(1e-9));
     let bound = sat("weir").and_then(|s| s.proxy_utilization).filter(|u| *u < 0.9).map_or(String::new(), |u| {
-        format!("; weir's core was only {:.0}% busy: the client core was the limit, so this is a lower bound", u * 100.0)
+        format!(
+            "; weir's core was only {:.0}% busy: the client core was the limit, so this is a lower bound",
+            u * 100.0
+        )
     });
     out.push(Goal {
         name: "weir saturated throughput vs nginx".into(),
         target: format!("≥ {GOAL_RPS_VS_NGINX}×"),
         measured: format!(
             "{}{bound}",
-            ratio.map_or("not measured".into(), |x| format!("{x:.2}× ({:.0} vs {:.0} rps)", sat("weir").map_or(0.0, |s| s.rps), sat("nginx").map_or(0.0, |s| s.rps)))
+            ratio.map_or("not measured".into(), |x| format!(
+                "{x:.2}× ({:.0} vs {:.0} rps)",
+                sat("weir").map_or(0.0, |s| s.rps),
+                sat("nginx").map_or(0.0, |s| s.rps)
+            ))
         ),
         met: ratio.map(|x| x >= GOAL_RPS_VS_NGINX),
     });
@@ -206,7 +216,8 @@ fn goals(r: &Results) -> Vec<Goal> {
     out.push(Goal {
         name: format!("weir open-loop p99.9 at {top:.0} rps vs HAProxy"),
         target: "≤ HAProxy's".into(),
-        measured: vs.map_or("not measured".into(), |(w, h)| format!("{w:.0} µs vs {h:.0} µs ({:.2}×)", w / h.max(1e-9))),
+        measured: vs
+            .map_or("not measured".into(), |(w, h)| format!("{w:.0} µs vs {h:.0} µs ({:.2}×)", w / h.max(1e-9))),
         met: vs.map(|(w, h)| w <= h),
     });
     let per_conn = r.path("weir").and_then(|p| p.memory.as_ref()).map(|m| m.per_connection_bytes);
@@ -219,9 +230,14 @@ fn goals(r: &Results) -> Vec<Goal> {
     let p99 = |k: &str| r.features.iter().find(|v| v.key == k).and_then(|v| v.p99_us);
     let stall = p99("weir-log-stalled").zip(p99("weir-log-tcp"));
     out.push(Goal {
-        name: format!("weir p99 at {:.0} rps, stalled log sink vs healthy sink (median of rounds)", r.plan.feature_rate),
+        name: format!(
+            "weir p99 at {:.0} rps, stalled log sink vs healthy sink (median of rounds)",
+            r.plan.feature_rate
+        ),
         target: format!("within {:.0}%", (GOAL_STALL_RATIO - 1.0) * 100.0),
-        measured: stall.map_or("not measured".into(), |(s, h)| format!("{s:.0} µs vs {h:.0} µs ({:+.1}%)", (s / h.max(1e-9) - 1.0) * 100.0)),
+        measured: stall.map_or("not measured".into(), |(s, h)| {
+            format!("{s:.0} µs vs {h:.0} µs ({:+.1}%)", (s / h.max(1e-9) - 1.0) * 100.0)
+        }),
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
     out
@@ -229,7 +245,13 @@ fn goals(r: &Results) -> Vec<Goal> {
 
 /// µs with sensible precision.
 pub fn us(v: f64) -> String {
-    if v < 10.0 { format!("{v:.2}") } else if v < 1000.0 { format!("{v:.1}") } else { format!("{v:.0}") }
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 1000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -289,7 +311,11 @@ pub fn tables(r: &Results) -> String {
         );
     }
 
-    let _ = writeln!(md, "\n### Added latency per hop (one connection, sequential requests, everything on one core; median of {} rounds)\n", r.plan.rounds);
+    let _ = writeln!(
+        md,
+        "\n### Added latency per hop (one connection, sequential requests, everything on one core; median of {} rounds)\n",
+        r.plan.rounds
+    );
     let _ = writeln!(md, "| path | p50 (µs) | p99 (µs) | mean (µs) | added vs direct, p50 (µs) | requests | errors |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for p in &r.paths {
@@ -317,8 +343,15 @@ pub fn tables(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n### Open loop (constant rate, latency from the intended send time; median of {} rounds, max over them)\n", r.plan.rounds);
-    let _ = writeln!(md, "| path | rate | achieved | p50 (µs) | p90 | p99 | p99.9 | max | p99 ×direct | p99 ×nginx | errors | client send lag p99 (µs) |");
+    let _ = writeln!(
+        md,
+        "\n### Open loop (constant rate, latency from the intended send time; median of {} rounds, max over them)\n",
+        r.plan.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| path | rate | achieved | p50 (µs) | p90 | p99 | p99.9 | max | p99 ×direct | p99 ×nginx | errors | client send lag p99 (µs) |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rate in &r.plan.rates {
         for p in &r.paths {
@@ -351,8 +384,15 @@ pub fn tables(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n### Saturated throughput (closed loop, {} connections; median of {} rounds)\n", r.plan.sat_connections, r.plan.rounds);
-    let _ = writeln!(md, "| path | rps | ×direct | ×nginx | proxy CPU µs/req | proxy core busy | upstream CPU µs/req | p50 (µs) | p99 (µs) | errors |");
+    let _ = writeln!(
+        md,
+        "\n### Saturated throughput (closed loop, {} connections; median of {} rounds)\n",
+        r.plan.sat_connections, r.plan.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| path | rps | ×direct | ×nginx | proxy CPU µs/req | proxy core busy | upstream CPU µs/req | p50 (µs) | p99 (µs) | errors |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in &r.paths {
         if let Some(row) = unavailable_row(p, 10) {
@@ -380,7 +420,11 @@ pub fn tables(r: &Results) -> String {
     }
 
     let _ = writeln!(md, "\n### Memory (RSS of the proxy's processes)\n");
-    let _ = writeln!(md, "| path | RSS idle (MiB) | before (MiB) | with {} idle keep-alive clients (MiB) | bytes per connection | ×nginx |", r.plan.idle_connections);
+    let _ = writeln!(
+        md,
+        "| path | RSS idle (MiB) | before (MiB) | with {} idle keep-alive clients (MiB) | bytes per connection | ×nginx |",
+        r.plan.idle_connections
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     let nginx_conn = r.path("nginx").and_then(|p| p.memory.as_ref()).map(|m| m.per_connection_bytes);
     for p in r.paths.iter().filter(|p| p.key != "direct") {
@@ -411,7 +455,10 @@ pub fn tables(r: &Results) -> String {
         "\n### Cost of the access log (weir; {} alternating rounds of {} s at {:.0} rps, then a closed loop each)\n",
         r.plan.feature_rounds, r.plan.feature_s, r.plan.feature_rate
     );
-    let _ = writeln!(md, "| variant | p99 per round (µs) | p99, median of rounds (µs) | ×log off | p99.9, median (µs) | saturated rps | proxy CPU µs/req | records shipped | dropped |");
+    let _ = writeln!(
+        md,
+        "| variant | p99 per round (µs) | p99, median of rounds (µs) | ×log off | p99.9, median (µs) | saturated rps | proxy CPU µs/req | records shipped | dropped |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let off = r.features.iter().find(|v| v.key == "weir-log-off").and_then(|v| v.p99_us);
     for v in &r.features {
@@ -453,7 +500,10 @@ pub fn tables(r: &Results) -> String {
         .flat_map(|p| p.problems.iter().map(move |m| format!("- {}: {m}", p.label)))
         .chain(r.features.iter().flat_map(|v| v.problems.iter().map(move |m| format!("- {}: {m}", v.label))))
         .chain(r.affinity.variants.iter().flat_map(|v| v.problems.iter().map(move |m| format!("- {}: {m}", v.label))))
-        .chain((r.affinity.status == "failed").then(|| format!("- CPU-affine accept: {}", r.affinity.note.clone().unwrap_or_default())))
+        .chain(
+            (r.affinity.status == "failed")
+                .then(|| format!("- CPU-affine accept: {}", r.affinity.note.clone().unwrap_or_default())),
+        )
         .collect();
     if !problems.is_empty() {
         let _ = writeln!(md, "\n### Problems during the run\n\n{}", problems.join("\n"));
@@ -495,14 +545,29 @@ mod tests {
     use crate::bench::measure::{Latency, PerHop, Saturation};
 
     fn path(key: &str, hop_p50: f64, rps: f64) -> PathResult {
-        let latency = Latency { count: 100, p50_us: 50.0, p99_us: 90.0, p999_us: 120.0, max_us: 130.0, ..Latency::default() };
+        let latency =
+            Latency { count: 100, p50_us: 50.0, p99_us: 90.0, p999_us: 120.0, max_us: 130.0, ..Latency::default() };
         PathResult {
             key: key.into(),
             label: key.into(),
             status: "ok".into(),
             note: None,
-            per_hop: Some(PerHop { p50_us: hop_p50, p99_us: hop_p50 * 2.0, mean_us: hop_p50, requests: 100, errors: 0 }),
-            open: vec![OpenRun { rate: 1000.0, achieved_rps: 1000.0, errors: 0, error_samples: vec![], latency, send_lag_p99_us: 1.0, send_lag_max_us: 2.0 }],
+            per_hop: Some(PerHop {
+                p50_us: hop_p50,
+                p99_us: hop_p50 * 2.0,
+                mean_us: hop_p50,
+                requests: 100,
+                errors: 0,
+            }),
+            open: vec![OpenRun {
+                rate: 1000.0,
+                achieved_rps: 1000.0,
+                errors: 0,
+                error_samples: vec![],
+                latency,
+                send_lag_p99_us: 1.0,
+                send_lag_max_us: 2.0,
+            }],
             saturation: Some(Saturation {
                 rps,
                 requests: 1000,
@@ -528,11 +593,23 @@ mod tests {
             command: "cargo xtask bench --quick".into(),
             date: String::new(),
             elapsed_s: 1.0,
-            machine: Machine { nproc: 2, cpu_model: "x".into(), kernel: "k".into(), memory_gib: 1.0, os: "o".into(), versions: vec![] },
+            machine: Machine {
+                nproc: 2,
+                cpu_model: "x".into(),
+                kernel: "k".into(),
+                memory_gib: 1.0,
+                os: "o".into(),
+                versions: vec![],
+            },
             background: Background { cpu_seconds: 0.0, share_of_machine: 0.0, top: vec![] },
             pinning: String::new(),
             plan: Plan { rates: vec![1000.0], ..Plan::new(true) },
-            paths: vec![path("direct", 14.0, 90_000.0), path("weir", 20.0, 80_000.0), path("nginx", 30.0, 50_000.0), envoy],
+            paths: vec![
+                path("direct", 14.0, 90_000.0),
+                path("weir", 20.0, 80_000.0),
+                path("nginx", 30.0, 50_000.0),
+                envoy,
+            ],
             features: vec![],
             affinity: Affinity::not_run("unavailable", "needs root".into()),
             goals: vec![],

@@ -70,7 +70,13 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
                 let l = &mut live[i];
                 match measure::per_hop(env, plan, &l.running, &env.proxy_cpu, rounds) {
                     Ok(h) => {
-                        eprintln!("bench: {}: round {}: per hop p50 {:.1} µs, p99 {:.1} µs", l.id.key(), round + 1, h.p50_us, h.p99_us);
+                        eprintln!(
+                            "bench: {}: round {}: per hop p50 {:.1} µs, p99 {:.1} µs",
+                            l.id.key(),
+                            round + 1,
+                            h.p50_us,
+                            h.p99_us
+                        );
                         l.per_hop.push(h);
                     }
                     Err(e) => l.result.problems.push(format!("per-hop test, round {}: {e:#}", round + 1)),
@@ -137,7 +143,12 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
         if let Some(proc) = &l.running.proc {
             match measure::memory(env, plan, &l.running, proc, l.rss_idle) {
                 Ok(m) => {
-                    eprintln!("bench: {}: {} idle connections: {:.0} bytes each", l.id.key(), m.connections, m.per_connection_bytes);
+                    eprintln!(
+                        "bench: {}: {} idle connections: {:.0} bytes each",
+                        l.id.key(),
+                        m.connections,
+                        m.per_connection_bytes
+                    );
                     l.result.memory = Some(m);
                 }
                 Err(e) => l.result.problems.push(format!("memory test: {e:#}")),
@@ -317,8 +328,12 @@ mod tests {
             p50_us: 1.0,
             p99_us: 2.0,
         };
-        let s = combine_saturation(&[sat(50_000.0, Some(15.0)), sat(70_000.0, Some(13.0)), sat(60_000.0, Some(14.0))]).expect("rounds");
-        assert_eq!((s.rps, s.requests, s.errors, s.proxy_cpu_us_per_req, s.proxy_cpu_s), (60_000.0, 300, 3, Some(14.0), Some(3.0)));
+        let s = combine_saturation(&[sat(50_000.0, Some(15.0)), sat(70_000.0, Some(13.0)), sat(60_000.0, Some(14.0))])
+            .expect("rounds");
+        assert_eq!(
+            (s.rps, s.requests, s.errors, s.proxy_cpu_us_per_req, s.proxy_cpu_s),
+            (60_000.0, 300, 3, Some(14.0), Some(3.0))
+        );
         let direct = combine_saturation(&[sat(80_000.0, None)]).expect("one round");
         assert_eq!((direct.proxy_cpu_us_per_req, direct.proxy_cpu_s), (None, None));
         assert!(combine_saturation(&[]).is_none());

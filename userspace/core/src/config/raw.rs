@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use super::{
-    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, LbPolicy, LimitsConfig, LogSink,
-    OutlierConfig, PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig,
-    SteeringConfig, TimeoutConfig, is_loopback, ms,
+    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, LbPolicy, LimitsConfig, LogSink, OutlierConfig,
+    PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig, SteeringConfig, TimeoutConfig, is_loopback,
+    ms,
 };
 
 /// The whole file as written.
@@ -250,10 +250,7 @@ impl Checker {
                 None
             }
             Err(_) => {
-                self.problem(
-                    path,
-                    format!("{value:?} is not an IP:PORT socket address (e.g. {example:?})"),
-                );
+                self.problem(path, format!("{value:?} is not an IP:PORT socket address (e.g. {example:?})"));
                 None
             }
         }
@@ -283,7 +280,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         c.problem(&[Key("proxy"), Key("max_connections")], "must be at least 1".into());
     }
     if proxy.workers > 1024 {
-        c.problem(&[Key("proxy"), Key("workers")], format!("{} workers is too many (0..=1024; 0 = one per CPU)", proxy.workers));
+        c.problem(
+            &[Key("proxy"), Key("workers")],
+            format!("{} workers is too many (0..=1024; 0 = one per CPU)", proxy.workers),
+        );
     }
     for (key, v) in [
         ("drain_timeout_ms", proxy.drain_timeout_ms),
@@ -294,13 +294,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         c.positive_ms(&[Key("proxy"), Key(key)], v);
     }
     if !(1024..=1024 * 1024).contains(&proxy.max_request_head_bytes) {
-        c.problem(&[Key("proxy"), Key("max_request_head_bytes")], format!("{} is outside 1024..=1048576", proxy.max_request_head_bytes));
+        c.problem(
+            &[Key("proxy"), Key("max_request_head_bytes")],
+            format!("{} is outside 1024..=1048576", proxy.max_request_head_bytes),
+        );
     }
     if !(1..=1000).contains(&proxy.max_headers) {
         c.problem(&[Key("proxy"), Key("max_headers")], format!("{} is outside 1..=1000", proxy.max_headers));
     }
     if proxy.max_uri_bytes < 16 || proxy.max_uri_bytes >= proxy.max_request_head_bytes {
-        c.problem(&[Key("proxy"), Key("max_uri_bytes")], format!("{} must be at least 16 and below max_request_head_bytes", proxy.max_uri_bytes));
+        c.problem(
+            &[Key("proxy"), Key("max_uri_bytes")],
+            format!("{} must be at least 16 and below max_request_head_bytes", proxy.max_uri_bytes),
+        );
     }
 
     let admin_listen = c.addr(&[Key("admin"), Key("listen")], &admin.listen, "127.0.0.1:15000");
@@ -322,19 +328,31 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut cgroups = Vec::new();
     for (i, cg) in steering.cgroups.iter().enumerate() {
         if !cg.starts_with('/') {
-            c.problem(&[Key("steering"), Key("cgroups"), Index(i)], format!("{cg:?} is not an absolute cgroup v2 directory (e.g. \"/sys/fs/cgroup/unified/kubepods\")"));
+            c.problem(
+                &[Key("steering"), Key("cgroups"), Index(i)],
+                format!("{cg:?} is not an absolute cgroup v2 directory (e.g. \"/sys/fs/cgroup/unified/kubepods\")"),
+            );
         }
         cgroups.push(cg.into());
     }
 
     if steering.fail_after_ms < 1_000 {
-        c.problem(&[Key("steering"), Key("fail_after_ms")], format!("{} is below 1000: workers refresh their heartbeat once a second", steering.fail_after_ms));
+        c.problem(
+            &[Key("steering"), Key("fail_after_ms")],
+            format!("{} is below 1000: workers refresh their heartbeat once a second", steering.fail_after_ms),
+        );
     }
     if !steering.pin_dir.starts_with('/') {
-        c.problem(&[Key("steering"), Key("pin_dir")], format!("{:?} is not an absolute path on a bpffs mount (e.g. \"/sys/fs/bpf/weir\")", steering.pin_dir));
+        c.problem(
+            &[Key("steering"), Key("pin_dir")],
+            format!("{:?} is not an absolute path on a bpffs mount (e.g. \"/sys/fs/bpf/weir\")", steering.pin_dir),
+        );
     }
     if steering.own_mark == 0 {
-        c.problem(&[Key("steering"), Key("own_mark")], "0 would mark nothing: weir's own connections could be steered back to itself".into());
+        c.problem(
+            &[Key("steering"), Key("own_mark")],
+            "0 would mark nothing: weir's own connections could be steered back to itself".into(),
+        );
     }
     let sink = match LogSink::parse(&access_log.sink) {
         Ok(s) => Some(s),
@@ -344,7 +362,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
     };
     if !(16..=1 << 24).contains(&access_log.ring_records) {
-        c.problem(&[Key("access_log"), Key("ring_records")], format!("{} is outside 16..=16777216", access_log.ring_records));
+        c.problem(
+            &[Key("access_log"), Key("ring_records")],
+            format!("{} is outside 16..=16777216", access_log.ring_records),
+        );
     }
 
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -354,7 +375,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         let p = |k: &'static str| [Key("service"), Index(i), Key(k)];
         if s.name.is_empty()
             || s.name.len() > 63
-            || !s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+            || !s
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
         {
             c.problem(&p("name"), format!("{:?} is not a service name: 1 to 63 characters of a-z 0-9 - _ .", s.name));
         } else if let Some(first) = names.insert(s.name.clone(), i) {
@@ -405,7 +429,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         if let Some(a) = t.attempt_ms {
             c.positive_ms(&tp("attempt_ms"), a);
             if a > t.request_ms {
-                c.problem(&tp("attempt_ms"), format!("{a} is longer than request_ms ({}): an attempt cannot outlive its request", t.request_ms));
+                c.problem(
+                    &tp("attempt_ms"),
+                    format!("{a} is longer than request_ms ({}): an attempt cannot outlive its request", t.request_ms),
+                );
             }
         }
         let r = &s.retry;
@@ -415,7 +442,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
         c.positive_ms(&rp("backoff_base_ms"), r.backoff_base_ms);
         if r.backoff_max_ms < r.backoff_base_ms {
-            c.problem(&rp("backoff_max_ms"), format!("{} is below backoff_base_ms ({})", r.backoff_max_ms, r.backoff_base_ms));
+            c.problem(
+                &rp("backoff_max_ms"),
+                format!("{} is below backoff_base_ms ({})", r.backoff_max_ms, r.backoff_base_ms),
+            );
         }
         if !(0.0..=10.0).contains(&r.budget_ratio) || r.budget_ratio.is_nan() {
             c.problem(&rp("budget_ratio"), format!("{} is outside 0.0..=10.0", r.budget_ratio));
@@ -430,12 +460,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
         c.positive_ms(&op("base_ejection_ms"), o.base_ejection_ms);
         if o.max_ejection_ms < o.base_ejection_ms {
-            c.problem(&op("max_ejection_ms"), format!("{} is below base_ejection_ms ({})", o.max_ejection_ms, o.base_ejection_ms));
+            c.problem(
+                &op("max_ejection_ms"),
+                format!("{} is below base_ejection_ms ({})", o.max_ejection_ms, o.base_ejection_ms),
+            );
         }
         c.percent(&op("max_ejection_percent"), o.max_ejection_percent);
         c.percent(&op("panic_threshold_percent"), o.panic_threshold_percent);
         if s.limits.max_pending_requests == 0 {
-            c.problem(&[Key("service"), Index(i), Key("limits"), Key("max_pending_requests")], "must be at least 1".into());
+            c.problem(
+                &[Key("service"), Index(i), Key("limits"), Key("max_pending_requests")],
+                "must be at least 1".into(),
+            );
         }
 
         out_services.push(ServiceConfig {

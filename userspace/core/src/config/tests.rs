@@ -108,7 +108,8 @@ fn unknown_lb_policy_lists_the_choices() {
 
 #[test]
 fn duplicate_names_and_vips_are_rejected() {
-    let src = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
+    let src =
+        "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
     let err = parse(src).expect_err("duplicates");
     let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
     assert_eq!(fields, ["service[1].name", "service[1].vip"]);
@@ -134,12 +135,27 @@ fn non_loopback_admin_needs_explicit_consent() {
 #[test]
 fn ranges_are_checked() {
     let cases = [
-        ("[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.retry]\nattempts = 0\n", "service[0].retry.attempts"),
-        ("[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.outlier]\nmax_ejection_percent = 101\n", "service[0].outlier.max_ejection_percent"),
-        ("[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.timeouts]\nconnect_ms = 0\n", "service[0].timeouts.connect_ms"),
-        ("[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.timeouts]\nrequest_ms = 100\nattempt_ms = 200\n", "service[0].timeouts.attempt_ms"),
+        (
+            "[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.retry]\nattempts = 0\n",
+            "service[0].retry.attempts",
+        ),
+        (
+            "[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.outlier]\nmax_ejection_percent = 101\n",
+            "service[0].outlier.max_ejection_percent",
+        ),
+        (
+            "[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.timeouts]\nconnect_ms = 0\n",
+            "service[0].timeouts.connect_ms",
+        ),
+        (
+            "[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\n[service.timeouts]\nrequest_ms = 100\nattempt_ms = 200\n",
+            "service[0].timeouts.attempt_ms",
+        ),
         ("[[service]]\nname=\"A b\"\nvip=\"127.10.0.1:80\"\n", "service[0].name"),
-        ("[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\nendpoints=[{addr=\"127.0.0.1:1\", weight=0}]\n", "service[0].endpoints[0]"),
+        (
+            "[[service]]\nname=\"a\"\nvip=\"127.10.0.1:80\"\nendpoints=[{addr=\"127.0.0.1:1\", weight=0}]\n",
+            "service[0].endpoints[0]",
+        ),
         ("[access_log]\nsink = \"syslog\"\n", "access_log.sink"),
         ("[steering]\ncgroups = [\"relative/dir\"]\n", "steering.cgroups[0]"),
         ("[proxy]\nmax_connections = 0\n", "proxy.max_connections"),

@@ -14,15 +14,9 @@ const SAFE: RequestCtx = RequestCtx {
     fresh_connection_retried: false,
 };
 /// POST with a replayable (buffered) body.
-const POST: RequestCtx = RequestCtx {
-    idempotent: false,
-    ..SAFE
-};
+const POST: RequestCtx = RequestCtx { idempotent: false, ..SAFE };
 /// PUT whose body was streamed (too large to buffer).
-const STREAMED: RequestCtx = RequestCtx {
-    replayable: false,
-    ..SAFE
-};
+const STREAMED: RequestCtx = RequestCtx { replayable: false, ..SAFE };
 
 fn decide(outcome: Outcome, attempt: u32, ctx: RequestCtx) -> Decision {
     retry_decision(&RetryPolicy::default(), &outcome, attempt, &ctx)
@@ -34,53 +28,23 @@ fn stop(why: StopReason) -> Decision {
 
 #[test]
 fn nothing_sent_is_always_retried() {
-    let streamed_post = RequestCtx {
-        replayable: false,
-        ..POST
-    };
-    for outcome in [
-        Outcome::ConnectFailure,
-        Outcome::ConnectTimeout,
-        Outcome::ResetBeforeWrite,
-    ] {
-        assert_eq!(
-            decide(outcome, 1, streamed_post),
-            Decision::Retry,
-            "{outcome:?}"
-        );
+    let streamed_post = RequestCtx { replayable: false, ..POST };
+    for outcome in [Outcome::ConnectFailure, Outcome::ConnectTimeout, Outcome::ResetBeforeWrite] {
+        assert_eq!(decide(outcome, 1, streamed_post), Decision::Retry, "{outcome:?}");
     }
-    let not_written = RequestCtx {
-        request_bytes_written: false,
-        ..streamed_post
-    };
+    let not_written = RequestCtx { request_bytes_written: false, ..streamed_post };
     assert_eq!(decide(Outcome::Timeout, 1, not_written), Decision::Retry);
 }
 
 #[test]
 fn keep_alive_race_gets_one_fresh_connection_retry() {
-    let reused = RequestCtx {
-        reused_connection: true,
-        request_bytes_written: false,
-        ..POST
-    };
-    assert_eq!(
-        decide(Outcome::ResetBeforeWrite, 1, reused),
-        Decision::RetrySameEndpointFreshConnection
-    );
+    let reused = RequestCtx { reused_connection: true, request_bytes_written: false, ..POST };
+    assert_eq!(decide(Outcome::ResetBeforeWrite, 1, reused), Decision::RetrySameEndpointFreshConnection);
     // Even with attempts exhausted: it does not consume one.
-    assert_eq!(
-        decide(Outcome::ResetBeforeWrite, 3, reused),
-        Decision::RetrySameEndpointFreshConnection
-    );
-    let used = RequestCtx {
-        fresh_connection_retried: true,
-        ..reused
-    };
+    assert_eq!(decide(Outcome::ResetBeforeWrite, 3, reused), Decision::RetrySameEndpointFreshConnection);
+    let used = RequestCtx { fresh_connection_retried: true, ..reused };
     assert_eq!(decide(Outcome::ResetBeforeWrite, 1, used), Decision::Retry);
-    assert_eq!(
-        decide(Outcome::ResetBeforeWrite, 3, used),
-        stop(StopReason::AttemptsExhausted)
-    );
+    assert_eq!(decide(Outcome::ResetBeforeWrite, 3, used), stop(StopReason::AttemptsExhausted));
 }
 
 #[test]
@@ -93,13 +57,8 @@ fn unavailable_is_retried_for_any_method_with_a_replayable_body() {
         stop(StopReason::NotEnabled),
         "429 is off by default"
     );
-    let with_429 = RetryPolicy {
-        retry_on: RetryOn {
-            rate_limited: true,
-            ..RetryOn::default()
-        },
-        ..RetryPolicy::default()
-    };
+    let with_429 =
+        RetryPolicy { retry_on: RetryOn { rate_limited: true, ..RetryOn::default() }, ..RetryPolicy::default() };
     let r429 = Outcome::Response { status: 429 };
     assert_eq!(retry_decision(&with_429, &r429, 1, &POST), Decision::Retry);
 }
@@ -116,16 +75,8 @@ fn after_bytes_were_sent_only_idempotent_and_replayable() {
     ] {
         assert_eq!(decide(outcome, 1, SAFE), Decision::Retry, "{outcome:?}");
         assert_eq!(decide(outcome, 2, SAFE), Decision::Retry, "{outcome:?}");
-        assert_eq!(
-            decide(outcome, 1, POST),
-            stop(StopReason::NotIdempotent),
-            "{outcome:?}"
-        );
-        assert_eq!(
-            decide(outcome, 1, STREAMED),
-            stop(StopReason::NotReplayable),
-            "{outcome:?}"
-        );
+        assert_eq!(decide(outcome, 1, POST), stop(StopReason::NotIdempotent), "{outcome:?}");
+        assert_eq!(decide(outcome, 1, STREAMED), stop(StopReason::NotReplayable), "{outcome:?}");
     }
 }
 
@@ -133,54 +84,24 @@ fn after_bytes_were_sent_only_idempotent_and_replayable() {
 fn never_retried_outcomes() {
     for status in [200, 204, 301, 304, 400, 404, 499] {
         let outcome = Outcome::Response { status };
-        assert_eq!(
-            decide(outcome, 1, SAFE),
-            stop(StopReason::Completed),
-            "{status}"
-        );
+        assert_eq!(decide(outcome, 1, SAFE), stop(StopReason::Completed), "{status}");
     }
-    assert_eq!(
-        decide(Outcome::ResetAfterResponseStarted, 1, SAFE),
-        stop(StopReason::NeverRetried)
-    );
-    assert_eq!(
-        decide(Outcome::LocalError, 1, SAFE),
-        stop(StopReason::NeverRetried)
-    );
+    assert_eq!(decide(Outcome::ResetAfterResponseStarted, 1, SAFE), stop(StopReason::NeverRetried));
+    assert_eq!(decide(Outcome::LocalError, 1, SAFE), stop(StopReason::NeverRetried));
 }
 
 #[test]
 fn attempts_are_counted_and_flags_respected() {
     // Default: 3 attempts = 2 retries.
     assert_eq!(decide(Outcome::ConnectFailure, 2, SAFE), Decision::Retry);
-    assert_eq!(
-        decide(Outcome::ConnectFailure, 3, SAFE),
-        stop(StopReason::AttemptsExhausted)
-    );
-    let single = RetryPolicy {
-        attempts: 1,
-        ..RetryPolicy::default()
-    };
-    assert_eq!(
-        retry_decision(&single, &Outcome::ConnectFailure, 1, &SAFE),
-        stop(StopReason::AttemptsExhausted)
-    );
-    let no_5xx = RetryPolicy {
-        retry_on: RetryOn {
-            server_error: false,
-            ..RetryOn::default()
-        },
-        ..RetryPolicy::default()
-    };
+    assert_eq!(decide(Outcome::ConnectFailure, 3, SAFE), stop(StopReason::AttemptsExhausted));
+    let single = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+    assert_eq!(retry_decision(&single, &Outcome::ConnectFailure, 1, &SAFE), stop(StopReason::AttemptsExhausted));
+    let no_5xx =
+        RetryPolicy { retry_on: RetryOn { server_error: false, ..RetryOn::default() }, ..RetryPolicy::default() };
     let r500 = Outcome::Response { status: 500 };
-    assert_eq!(
-        retry_decision(&no_5xx, &r500, 1, &SAFE),
-        stop(StopReason::NotEnabled)
-    );
-    assert_eq!(
-        stop(StopReason::NotEnabled),
-        Decision::Stop(StopReason::NotEnabled)
-    );
+    assert_eq!(retry_decision(&no_5xx, &r500, 1, &SAFE), stop(StopReason::NotEnabled));
+    assert_eq!(stop(StopReason::NotEnabled), Decision::Stop(StopReason::NotEnabled));
     assert_eq!(StopReason::AttemptsExhausted.as_str(), "attempts_exhausted");
 }
 
@@ -206,26 +127,14 @@ fn backoff_is_full_jitter_exponential_and_capped() {
     for (n, window_ms) in [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (40, 250)] {
         let window = Duration::from_millis(window_ms);
         let samples: Vec<Duration> = (0..2_000).map(|_| backoff(&policy, n, &mut rng)).collect();
-        assert!(
-            samples.iter().all(|&d| d <= window),
-            "retry {n}: within 0..={window:?}"
-        );
+        assert!(samples.iter().all(|&d| d <= window), "retry {n}: within 0..={window:?}");
         let max = samples.iter().max().copied().expect("samples");
         let min = samples.iter().min().copied().expect("samples");
-        assert!(
-            max > window * 9 / 10 && min < window / 10,
-            "retry {n}: spread over the window"
-        );
+        assert!(max > window * 9 / 10 && min < window / 10, "retry {n}: spread over the window");
         let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-        assert!(
-            mean > window * 4 / 10 && mean < window * 6 / 10,
-            "retry {n}: mean {mean:?}"
-        );
+        assert!(mean > window * 4 / 10 && mean < window * 6 / 10, "retry {n}: mean {mean:?}");
     }
-    let zero = RetryPolicy {
-        backoff_base: Duration::ZERO,
-        ..policy
-    };
+    let zero = RetryPolicy { backoff_base: Duration::ZERO, ..policy };
     assert_eq!(backoff(&zero, 1, &mut rng), Duration::ZERO);
 }
 
@@ -236,41 +145,13 @@ fn retry_after_parses_seconds_and_dates() {
     assert_eq!(parse_retry_after(b"120", now), Some(secs(120)));
     assert_eq!(parse_retry_after(b" 5\t", now), Some(secs(5)));
     assert_eq!(parse_retry_after(b"0", now), Some(Duration::ZERO));
-    assert_eq!(
-        parse_retry_after(b"Sun, 06 Nov 1994 08:49:37 GMT", now),
-        Some(secs(30))
-    );
-    assert_eq!(
-        parse_retry_after(b"Sunday, 06-Nov-94 08:49:37 GMT", now),
-        Some(secs(30))
-    );
-    assert_eq!(
-        parse_retry_after(b"Sun Nov  6 08:49:37 1994", now),
-        Some(secs(30))
-    );
-    assert_eq!(
-        parse_retry_after(b"Sun, 06 Nov 1994 08:48:00 GMT", now),
-        Some(Duration::ZERO)
-    );
-    assert_eq!(
-        parse_retry_after(b"99999999999999999999999", now),
-        Some(secs(u64::MAX))
-    );
-    for bad in [
-        &b""[..],
-        b"  ",
-        b"-5",
-        b"1.5",
-        b"soon",
-        b"\xff",
-        b"Sun, 32 Nov 1994 08:49:37 GMT",
-    ] {
-        assert_eq!(
-            parse_retry_after(bad, now),
-            None,
-            "{:?}",
-            String::from_utf8_lossy(bad)
-        );
+    assert_eq!(parse_retry_after(b"Sun, 06 Nov 1994 08:49:37 GMT", now), Some(secs(30)));
+    assert_eq!(parse_retry_after(b"Sunday, 06-Nov-94 08:49:37 GMT", now), Some(secs(30)));
+    assert_eq!(parse_retry_after(b"Sun Nov  6 08:49:37 1994", now), Some(secs(30)));
+    assert_eq!(parse_retry_after(b"Sun, 06 Nov 1994 08:48:00 GMT", now), Some(Duration::ZERO));
+    assert_eq!(parse_retry_after(b"99999999999999999999999", now), Some(secs(u64::MAX)));
+    for bad in [&b""[..], b"  ", b"-5", b"1.5", b"soon", b"\xff", b"Sun, 32 Nov 1994 08:49:37 GMT"] {
+        assert_eq!(parse_retry_after(bad, now), None, "{:?}", String::from_utf8_lossy(bad));
     }
 }
 
@@ -279,61 +160,28 @@ fn retry_after_is_honoured_only_before_the_deadline() {
     let ms = Duration::from_millis;
     let r503 = Outcome::Response { status: 503 };
     let r429 = Outcome::Response { status: 429 };
-    assert_eq!(
-        retry_delay(&r503, Some(ms(2_000)), ms(10), ms(15_000)),
-        Some(ms(2_000))
-    );
-    assert_eq!(
-        retry_delay(&r429, Some(ms(2_000)), ms(10), ms(15_000)),
-        Some(ms(2_000))
-    );
-    assert_eq!(
-        retry_delay(&r503, Some(ms(20_000)), ms(10), ms(15_000)),
-        None,
-        "past deadline"
-    );
+    assert_eq!(retry_delay(&r503, Some(ms(2_000)), ms(10), ms(15_000)), Some(ms(2_000)));
+    assert_eq!(retry_delay(&r429, Some(ms(2_000)), ms(10), ms(15_000)), Some(ms(2_000)));
+    assert_eq!(retry_delay(&r503, Some(ms(20_000)), ms(10), ms(15_000)), None, "past deadline");
     assert_eq!(retry_delay(&r503, None, ms(10), ms(15_000)), Some(ms(10)));
     // Retry-After on other statuses is not a retry instruction.
     let r500 = Outcome::Response { status: 500 };
-    assert_eq!(
-        retry_delay(&r500, Some(ms(20_000)), ms(10), ms(15_000)),
-        Some(ms(10))
-    );
-    assert_eq!(
-        retry_delay(&Outcome::ConnectFailure, None, ms(10), ms(10)),
-        None
-    );
+    assert_eq!(retry_delay(&r500, Some(ms(20_000)), ms(10), ms(15_000)), Some(ms(10)));
+    assert_eq!(retry_delay(&Outcome::ConnectFailure, None, ms(10), ms(10)), None);
 }
 
 #[test]
 fn policy_validation() {
     assert_eq!(RetryPolicy::default().validate(), Ok(()));
-    let bad = RetryPolicy {
-        attempts: 0,
-        ..RetryPolicy::default()
-    };
+    let bad = RetryPolicy { attempts: 0, ..RetryPolicy::default() };
     assert_eq!(bad.validate(), Err(RetryPolicyError::ZeroAttempts));
-    let bad = RetryPolicy {
-        backoff_base: Duration::from_secs(1),
-        ..RetryPolicy::default()
-    };
-    assert!(matches!(
-        bad.validate(),
-        Err(RetryPolicyError::Backoff { .. })
-    ));
-    let bad = RetryPolicy {
-        per_attempt_timeout: Some(Duration::ZERO),
-        ..RetryPolicy::default()
-    };
+    let bad = RetryPolicy { backoff_base: Duration::from_secs(1), ..RetryPolicy::default() };
+    assert!(matches!(bad.validate(), Err(RetryPolicyError::Backoff { .. })));
+    let bad = RetryPolicy { per_attempt_timeout: Some(Duration::ZERO), ..RetryPolicy::default() };
     assert_eq!(bad.validate(), Err(RetryPolicyError::ZeroAttemptTimeout));
     let mut bad = RetryPolicy::default();
     bad.budget.ratio = f64::NAN;
-    assert!(
-        bad.validate()
-            .expect_err("NaN ratio")
-            .to_string()
-            .contains("finite")
-    );
+    assert!(bad.validate().expect_err("NaN ratio").to_string().contains("finite"));
 }
 
 /// Simulate `rate` original requests per second for `secs` seconds on one core, each wanting
@@ -356,19 +204,12 @@ fn budget_bounds_retries_to_ratio_plus_floor() {
     let (rate, secs) = (100u32, 60u32);
     let mut budget = RetryBudget::new(policy, 1);
     let granted = simulate(&mut budget, Instant::now(), rate, secs, 2);
-    let earned =
-        f64::from(rate * secs) * policy.ratio + f64::from(policy.min_retries_per_sec * secs);
+    let earned = f64::from(rate * secs) * policy.ratio + f64::from(policy.min_retries_per_sec * secs);
     let reserve = f64::from(policy.min_retries_per_sec) * FLOOR_RESERVE.as_secs_f64();
     let granted = f64::from(granted);
     assert!(granted <= earned + reserve + 1e-6, "granted {granted}, bound {}", earned + reserve);
-    assert!(
-        granted >= earned * 0.95,
-        "granted {granted} of {earned} earned: tokens were wasted"
-    );
-    assert!(
-        granted < f64::from(rate * secs * 2) * 0.2,
-        "far below the 2 retries per request wanted"
-    );
+    assert!(granted >= earned * 0.95, "granted {granted} of {earned} earned: tokens were wasted");
+    assert!(granted < f64::from(rate * secs * 2) * 0.2, "far below the 2 retries per request wanted");
 }
 
 #[test]
@@ -403,10 +244,7 @@ fn burst_after_idle_is_bounded_by_the_cap() {
     let cap = f64::from(policy.min_retries_per_sec) * FLOOR_RESERVE.as_secs_f64();
     // Deposits decay with a 10 s time constant: after 120 s, e^-12 of them remain.
     let left = budget.available(burst_at);
-    assert!(
-        left <= cap + 0.1,
-        "earlier deposits expired, {left} tokens left"
-    );
+    assert!(left <= cap + 0.1, "earlier deposits expired, {left} tokens left");
     // 500 requests arrive at once and all fail, each wanting 2 retries.
     let mut granted = 0u32;
     for _ in 0..500 {
@@ -415,38 +253,20 @@ fn burst_after_idle_is_bounded_by_the_cap() {
         granted += u32::from(budget.try_withdraw(burst_at));
     }
     let bound = cap + 500.0 * policy.ratio;
-    assert!(
-        f64::from(granted) <= bound + 0.1,
-        "burst granted {granted}, bound {bound}"
-    );
-    assert!(
-        f64::from(granted) >= bound - 1.0,
-        "the cap and the burst's deposits are usable"
-    );
+    assert!(f64::from(granted) <= bound + 0.1, "burst granted {granted}, bound {bound}");
+    assert!(f64::from(granted) >= bound - 1.0, "the cap and the burst's deposits are usable");
 }
 
 #[test]
 fn disabled_budget_never_refuses() {
-    let mut budget = RetryBudget::new(
-        BudgetPolicy {
-            enabled: false,
-            ..BudgetPolicy::default()
-        },
-        8,
-    );
+    let mut budget = RetryBudget::new(BudgetPolicy { enabled: false, ..BudgetPolicy::default() }, 8);
     let t0 = Instant::now();
     assert!((0..10_000).all(|_| budget.try_withdraw(t0)));
 }
 
 #[test]
 fn five_requests_earn_one_retry() {
-    let mut budget = RetryBudget::new(
-        BudgetPolicy {
-            min_retries_per_sec: 0,
-            ..BudgetPolicy::default()
-        },
-        1,
-    );
+    let mut budget = RetryBudget::new(BudgetPolicy { min_retries_per_sec: 0, ..BudgetPolicy::default() }, 1);
     let t0 = Instant::now();
     assert!(!budget.try_withdraw(t0), "no floor, no requests: no retry");
     for _ in 0..4 {

@@ -147,10 +147,7 @@ impl ChunkedDecoder {
             if self.line_len > MAX_CHUNK_LINE_BYTES {
                 return Err(ChunkError::ExtensionTooLong);
             }
-        } else if matches!(
-            self.state,
-            TrailerStart | TrailerName | TrailerValue | TrailerLf
-        ) {
+        } else if matches!(self.state, TrailerStart | TrailerName | TrailerValue | TrailerLf) {
             self.trailer_len += 1;
             if self.trailer_len > MAX_TRAILER_BYTES {
                 return Err(ChunkError::TrailersTooLarge);

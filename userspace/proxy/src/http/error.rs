@@ -111,9 +111,7 @@ impl HeadError {
             AsteriskTarget => "asterisk-form target is only allowed with OPTIONS",
             InvalidVersion => "malformed HTTP version",
             UnsupportedVersion => "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)",
-            InvalidHeaderName => {
-                "invalid header name, whitespace before a colon or first header, or obs-fold"
-            }
+            InvalidHeaderName => "invalid header name, whitespace before a colon or first header, or obs-fold",
             InvalidHeaderValue => "control character in a header value",
             InvalidLineEnding => "bare CR or LF in the head",
             InvalidContentLength => "invalid Content-Length",

@@ -98,11 +98,7 @@ pub(crate) fn scan(
         let name = Span::of(base, h.name.as_bytes());
         let value = Span::of(base, h.value);
         let kind = Known::of(h.name.as_bytes());
-        out.push(HeaderField {
-            name,
-            value,
-            forward: !kind.is_dropped(),
-        });
+        out.push(HeaderField { name, value, forward: !kind.is_dropped() });
         let v = h.value;
         match kind {
             Known::ContentLength => {
@@ -154,10 +150,7 @@ pub(crate) fn scan(
                     } else if !opt_kind.is_dropped() && opt_kind != Known::Host {
                         unknown_option = true;
                     }
-                    conn_opts.push(Span {
-                        start: value.start + a as u32,
-                        end: value.start + b as u32,
-                    });
+                    conn_opts.push(Span { start: value.start + a as u32, end: value.start + b as u32 });
                 }
             }
             Known::Upgrade => s.upgrade_field = true,

@@ -3,8 +3,7 @@
 //! path (it allocates and panics on purpose when an invariant breaks).
 
 use super::{
-    BodyFraming, ChunkEvent, ChunkedDecoder, HeadLimits, RequestHead, Status, parse_request,
-    write_request_head,
+    BodyFraming, ChunkEvent, ChunkedDecoder, HeadLimits, RequestHead, Status, parse_request, write_request_head,
 };
 
 /// Run [`parse_request`] and, for chunked bodies, [`ChunkedDecoder`] on arbitrary bytes, and
@@ -23,11 +22,7 @@ pub fn fuzz_request(data: &[u8]) {
         }
     }
     // Prefix consistency, with small limits so 414/431 are reachable by short inputs.
-    let small = HeadLimits {
-        max_head_bytes: 256,
-        max_headers: 4,
-        max_uri_bytes: 32,
-    };
+    let small = HeadLimits { max_head_bytes: 256, max_headers: 4, max_uri_bytes: 32 };
     let whole_small = parse_request(data, &small, &mut head);
     let mut first = None;
     for end in 0..=data.len().min(1024) {
@@ -52,23 +47,12 @@ fn check_reserialise(data: &[u8], head: &RequestHead, limits: &HeadLimits) {
     let mut out = Vec::new();
     let host: &[u8] = b"fuzz.invalid";
     // A request without any host (HTTP/1.0) needs one from the caller.
-    let extra: &[(&[u8], &[u8])] = if head.host.is_none() {
-        &[(b"host", host)]
-    } else {
-        &[]
-    };
+    let extra: &[(&[u8], &[u8])] = if head.host.is_none() { &[(b"host", host)] } else { &[] };
     write_request_head(head, data, &mut out, extra);
     let mut again = RequestHead::default();
-    let limits = HeadLimits {
-        max_head_bytes: limits.max_head_bytes + 64,
-        ..*limits
-    };
+    let limits = HeadLimits { max_head_bytes: limits.max_head_bytes + 64, ..*limits };
     let res = parse_request(&out, &limits, &mut again);
-    assert_eq!(
-        res,
-        Ok(Status::Complete(out.len())),
-        "re-serialised head does not parse"
-    );
+    assert_eq!(res, Ok(Status::Complete(out.len())), "re-serialised head does not parse");
     assert_eq!(again.method, head.method);
     assert_eq!(again.method_span.get(&out), head.method_span.get(data));
     assert_eq!(again.target.get(&out), head.target.get(data));
@@ -78,10 +62,7 @@ fn check_reserialise(data: &[u8], head: &RequestHead, limits: &HeadLimits) {
 fn check_chunked(body: &[u8]) {
     let whole = decode_all(body, body.len().max(1));
     let byte_by_byte = decode_all(body, 1);
-    assert_eq!(
-        whole, byte_by_byte,
-        "chunked decoding depends on read boundaries"
-    );
+    assert_eq!(whole, byte_by_byte, "chunked decoding depends on read boundaries");
 }
 
 /// Decode `body` fed in pieces of `step` bytes; returns the data and either the bytes consumed

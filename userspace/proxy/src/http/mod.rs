@@ -37,9 +37,8 @@ pub use fuzz::fuzz_request;
 pub use request::{Method, RequestHead, parse_request};
 pub use response::{ResponseHead, parse_response};
 pub use write::{
-    CHUNK_END, DownstreamBody, ErrorResponse, LAST_CHUNK, reason_phrase, write_chunk,
-    write_chunk_header, write_error_response, write_head_error, write_last_chunk,
-    write_request_head, write_response_head,
+    CHUNK_END, DownstreamBody, ErrorResponse, LAST_CHUNK, reason_phrase, write_chunk, write_chunk_header,
+    write_error_response, write_head_error, write_last_chunk, write_request_head, write_response_head,
 };
 
 /// Hard ceiling on [`HeadLimits::max_headers`]: the parser's header table lives on the stack.
@@ -62,11 +61,7 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        Self {
-            max_head_bytes: 60 * 1024,
-            max_headers: 100,
-            max_uri_bytes: 8 * 1024,
-        }
+        Self { max_head_bytes: 60 * 1024, max_headers: 100, max_uri_bytes: 8 * 1024 }
     }
 }
 
@@ -133,10 +128,7 @@ impl Span {
         let off = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
         match off.checked_add(part.len()) {
             // Heads are parsed from at most MAX_HEAD_BYTES_CAP bytes, so both ends fit in u32.
-            Some(end) if end <= base.len() => Span {
-                start: off as u32,
-                end: end as u32,
-            },
+            Some(end) if end <= base.len() => Span { start: off as u32, end: end as u32 },
             _ => Span::EMPTY,
         }
     }

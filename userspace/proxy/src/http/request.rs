@@ -11,12 +11,8 @@
 use std::mem::MaybeUninit;
 
 use super::fields::{self, FieldScan, Known, strict_httparse};
-use super::syntax::{
-    TargetForm, VersionClass, classify_version, eq_ci, has_bare_lf, is_valid_host, validate_target,
-};
-use super::{
-    BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Span, Status, Version,
-};
+use super::syntax::{TargetForm, VersionClass, classify_version, eq_ci, has_bare_lf, is_valid_host, validate_target};
+use super::{BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Span, Status, Version};
 
 /// Request method. Methods are case-sensitive: `get` is [`Method::Other`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,15 +59,7 @@ impl Method {
 
     /// Idempotent per RFC 9110 9.2.2 (GET HEAD OPTIONS PUT DELETE TRACE): safe to retry.
     pub fn is_idempotent(self) -> bool {
-        matches!(
-            self,
-            Method::Get
-                | Method::Head
-                | Method::Options
-                | Method::Put
-                | Method::Delete
-                | Method::Trace
-        )
+        matches!(self, Method::Get | Method::Head | Method::Options | Method::Put | Method::Delete | Method::Trace)
     }
 }
 
@@ -115,24 +103,15 @@ pub struct RequestHead {
 impl RequestHead {
     /// An empty head with room for `headers` fields, so the first requests do not allocate.
     pub fn with_capacity(headers: usize) -> Self {
-        Self {
-            headers: Vec::with_capacity(headers),
-            ..Self::default()
-        }
+        Self { headers: Vec::with_capacity(headers), ..Self::default() }
     }
 
     fn reset(&mut self) {
         self.headers.clear();
         self.connection_options.clear();
-        let (headers, connection_options) = (
-            std::mem::take(&mut self.headers),
-            std::mem::take(&mut self.connection_options),
-        );
-        *self = Self {
-            headers,
-            connection_options,
-            ..Self::default()
-        };
+        let (headers, connection_options) =
+            (std::mem::take(&mut self.headers), std::mem::take(&mut self.connection_options));
+        *self = Self { headers, connection_options, ..Self::default() };
     }
 
     /// Whether a retry of this request is safe by method.
@@ -158,11 +137,7 @@ impl RequestHead {
 /// the start, so read in large chunks (the header read timeout bounds slow clients). On error,
 /// answer `err.status()` with `x-weir-error: err.reason()` and close the connection.
 /// The HTTP/2 preface (`PRI * HTTP/2.0`) is answered 505.
-pub fn parse_request(
-    buf: &[u8],
-    limits: &HeadLimits,
-    out: &mut RequestHead,
-) -> Result<Status, HeadError> {
+pub fn parse_request(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result<Status, HeadError> {
     let max_head = limits.head_bytes();
     let view = buf.get(..max_head).unwrap_or(buf);
     if let Some((start, len)) = target_so_far(view)
@@ -186,26 +161,15 @@ pub fn parse_request(
 fn target_so_far(view: &[u8]) -> Option<(usize, usize)> {
     let start = view.iter().position(|&b| b == b' ')? + 1;
     let rest = view.get(start..)?;
-    let len = rest
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
-        .unwrap_or(rest.len());
+    let len = rest.iter().position(|&b| matches!(b, b' ' | b'\r' | b'\n')).unwrap_or(rest.len());
     Some((start, len))
 }
 
-fn parse_inner(
-    buf: &[u8],
-    limits: &HeadLimits,
-    out: &mut RequestHead,
-) -> Result<Status, HeadError> {
+fn parse_inner(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result<Status, HeadError> {
     out.reset();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let mut req = httparse::Request::new(&mut []);
-    let res = strict_httparse().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        &mut slots[..limits.headers()],
-    );
+    let res = strict_httparse().parse_request_with_uninit_headers(&mut req, buf, &mut slots[..limits.headers()]);
 
     // Checks on parts that are already final, in the order they appear on the wire.
     if let Some(m) = req.method {
@@ -239,21 +203,11 @@ fn parse_inner(
 
     // The head is complete: whole-head checks.
     out.head_len = head_len;
-    out.version = if req.version == Some(0) {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
+    out.version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
     if has_bare_lf(buf.get(..head_len).unwrap_or(buf)) {
         return Err(HeadError::InvalidLineEnding);
     }
-    let fs = fields::scan(
-        true,
-        buf,
-        req.headers,
-        &mut out.headers,
-        &mut out.connection_options,
-    )?;
+    let fs = fields::scan(true, buf, req.headers, &mut out.headers, &mut out.connection_options)?;
     let http10 = out.version == Version::Http10;
     out.body = request_framing(&fs, http10)?;
     finish(buf, fs, form, http10, out)?;
@@ -282,13 +236,7 @@ fn request_framing(fs: &FieldScan, http10: bool) -> Result<BodyFraming, HeadErro
 }
 
 /// Host, target form, connection and expectation handling of a complete head.
-fn finish(
-    buf: &[u8],
-    fs: FieldScan,
-    form: TargetForm,
-    http10: bool,
-    out: &mut RequestHead,
-) -> Result<(), HeadError> {
+fn finish(buf: &[u8], fs: FieldScan, form: TargetForm, http10: bool, out: &mut RequestHead) -> Result<(), HeadError> {
     match fs.host {
         Some(h) if !is_valid_host(h.get(buf)) => return Err(HeadError::InvalidHost),
         None if !http10 => return Err(HeadError::MissingHost),
@@ -300,10 +248,7 @@ fn finish(
             return Err(HeadError::AsteriskTarget);
         }
         TargetForm::Absolute { authority: (a, b) } => {
-            let authority = Span {
-                start: out.target.start + a as u32,
-                end: out.target.start + b as u32,
-            };
+            let authority = Span { start: out.target.start + a as u32, end: out.target.start + b as u32 };
             match fs.host {
                 Some(h) if !eq_ci(h.get(buf), authority.get(buf)) => {
                     return Err(HeadError::HostMismatch);
@@ -317,11 +262,7 @@ fn finish(
         }
         _ => {}
     }
-    out.keep_alive = if http10 {
-        fs.conn_keep_alive && !fs.conn_close
-    } else {
-        !fs.conn_close
-    };
+    out.keep_alive = if http10 { fs.conn_keep_alive && !fs.conn_close } else { !fs.conn_close };
     out.upgrade = fs.conn_upgrade && fs.upgrade_field;
     match fs.expect {
         // RFC 9110 10.1.1: a 1.0 request's expectation is ignored; do not pass it on either.

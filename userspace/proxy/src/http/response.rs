@@ -8,9 +8,7 @@ use std::mem::MaybeUninit;
 
 use super::fields::{self, strict_httparse};
 use super::syntax::has_bare_lf;
-use super::{
-    BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Span, Status, Version,
-};
+use super::{BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Span, Status, Version};
 
 /// A parsed response head: spans into the buffer given to [`parse_response`]. Reuse one per
 /// upstream connection. Contents are meaningful only after [`Status::Complete`].
@@ -41,24 +39,15 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// An empty head with room for `headers` fields.
     pub fn with_capacity(headers: usize) -> Self {
-        Self {
-            headers: Vec::with_capacity(headers),
-            ..Self::default()
-        }
+        Self { headers: Vec::with_capacity(headers), ..Self::default() }
     }
 
     fn reset(&mut self) {
         self.headers.clear();
         self.connection_options.clear();
-        let (headers, connection_options) = (
-            std::mem::take(&mut self.headers),
-            std::mem::take(&mut self.connection_options),
-        );
-        *self = Self {
-            headers,
-            connection_options,
-            ..Self::default()
-        };
+        let (headers, connection_options) =
+            (std::mem::take(&mut self.headers), std::mem::take(&mut self.connection_options));
+        *self = Self { headers, connection_options, ..Self::default() };
     }
 
     /// An interim 1xx response (e.g. 100 Continue): forward it to an HTTP/1.1 client (never to
@@ -96,9 +85,7 @@ pub fn parse_response(
     let max_head = limits.head_bytes();
     let view = buf.get(..max_head).unwrap_or(buf);
     match parse_inner(view, limits, method_was_head, out).map_err(HeadError::upstream)? {
-        Status::Partial if buf.len() > max_head => {
-            Err(HeadError::UpstreamProtocol("response head too large"))
-        }
+        Status::Partial if buf.len() > max_head => Err(HeadError::UpstreamProtocol("response head too large")),
         status => Ok(status),
     }
 }
@@ -112,64 +99,40 @@ fn parse_inner(
     out.reset();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let mut resp = httparse::Response::new(&mut []);
-    let res = strict_httparse().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut slots[..limits.headers()],
-    );
+    let res = strict_httparse().parse_response_with_uninit_headers(&mut resp, buf, &mut slots[..limits.headers()]);
     let head_len = match res {
         Ok(httparse::Status::Partial) => return Ok(Status::Partial),
         Ok(httparse::Status::Complete(n)) => n,
         Err(httparse::Error::Version) => {
-            return Err(HeadError::UpstreamProtocol(
-                "unsupported or malformed HTTP version",
-            ));
+            return Err(HeadError::UpstreamProtocol("unsupported or malformed HTTP version"));
         }
         Err(e) => return Err(HeadError::from_httparse(e)),
     };
     out.head_len = head_len;
-    out.version = if resp.version == Some(0) {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
+    out.version = if resp.version == Some(0) { Version::Http10 } else { Version::Http11 };
     out.code = resp.code.unwrap_or(0);
     if !(100..=599).contains(&out.code) {
         return Err(HeadError::UpstreamProtocol("status code outside 100..=599"));
     }
     if out.code == 101 {
-        return Err(HeadError::UpstreamProtocol(
-            "101 Switching Protocols without an upgrade",
-        ));
+        return Err(HeadError::UpstreamProtocol("101 Switching Protocols without an upgrade"));
     }
-    out.reason = resp
-        .reason
-        .map_or(Span::EMPTY, |r| Span::of(buf, r.as_bytes()));
+    out.reason = resp.reason.map_or(Span::EMPTY, |r| Span::of(buf, r.as_bytes()));
     if has_bare_lf(buf.get(..head_len).unwrap_or(buf)) {
         return Err(HeadError::InvalidLineEnding);
     }
-    let fs = fields::scan(
-        false,
-        buf,
-        resp.headers,
-        &mut out.headers,
-        &mut out.connection_options,
-    )?;
+    let fs = fields::scan(false, buf, resp.headers, &mut out.headers, &mut out.connection_options)?;
     let http10 = out.version == Version::Http10;
     if let Some(te) = fs.te {
         if fs.content_length.is_some() {
             return Err(HeadError::ContentLengthWithTransferEncoding);
         }
         if http10 {
-            return Err(HeadError::UpstreamProtocol(
-                "Transfer-Encoding in an HTTP/1.0 response",
-            ));
+            return Err(HeadError::UpstreamProtocol("Transfer-Encoding in an HTTP/1.0 response"));
         }
         if !te.is_exactly_chunked() {
             // A coding weir cannot remove would reach the client unlabelled: refuse it.
-            return Err(HeadError::UpstreamProtocol(
-                "transfer coding other than chunked",
-            ));
+            return Err(HeadError::UpstreamProtocol("transfer coding other than chunked"));
         }
     }
     out.content_length = fs.content_length;
@@ -184,11 +147,7 @@ fn parse_inner(
     } else {
         BodyFraming::CloseDelimited
     };
-    let persistent = if http10 {
-        fs.conn_keep_alive && !fs.conn_close
-    } else {
-        !fs.conn_close
-    };
+    let persistent = if http10 { fs.conn_keep_alive && !fs.conn_close } else { !fs.conn_close };
     out.keep_alive = persistent && out.body != BodyFraming::CloseDelimited;
     Ok(Status::Complete(head_len))
 }

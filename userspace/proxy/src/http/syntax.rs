@@ -22,10 +22,7 @@ const fn table(kind: u8) -> [bool; 256] {
             1 => {
                 alnum
                     || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'')
-                    || matches!(
-                        b,
-                        b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
-                    )
+                    || matches!(b, b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
                     || matches!(b, b'/' | b'?' | b'%')
             }
             // reg-name / IPv4 bytes of a Host (unreserved / sub-delims / '%')
@@ -93,11 +90,7 @@ pub(crate) struct ListIter<'a> {
 
 impl<'a> ListIter<'a> {
     pub(crate) fn new(v: &'a [u8]) -> Self {
-        Self {
-            v,
-            pos: 0,
-            done: false,
-        }
+        Self { v, pos: 0, done: false }
     }
 }
 
@@ -146,11 +139,7 @@ pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
         // Fast skip of LF-free blocks (vectorises); only blocks with an LF are walked.
         if chunk.iter().fold(false, |acc, &b| acc | (b == b'\n')) {
             for (i, &b) in chunk.iter().enumerate() {
-                let before = if i == 0 {
-                    prev_cr
-                } else {
-                    chunk[i - 1] == b'\r'
-                };
+                let before = if i == 0 { prev_cr } else { chunk[i - 1] == b'\r' };
                 if b == b'\n' && !before {
                     return true;
                 }
@@ -176,20 +165,12 @@ pub(crate) enum VersionClass {
 pub(crate) fn classify_version(rest: &[u8]) -> VersionClass {
     const PATTERN: &[u8; 10] = b"HTTP/0.0\r\n";
     for (i, (&b, &p)) in rest.iter().zip(PATTERN.iter()).enumerate() {
-        let ok = if i == 5 || i == 7 {
-            b.is_ascii_digit()
-        } else {
-            b == p
-        };
+        let ok = if i == 5 || i == 7 { b.is_ascii_digit() } else { b == p };
         if !ok {
             return VersionClass::Invalid;
         }
     }
-    if rest.len() < PATTERN.len() {
-        VersionClass::Partial
-    } else {
-        VersionClass::Unsupported
-    }
+    if rest.len() < PATTERN.len() { VersionClass::Partial } else { VersionClass::Unsupported }
 }
 
 /// Forms of request target weir accepts (RFC 9112 3.2). Authority-form only goes with CONNECT,
@@ -233,30 +214,19 @@ pub(crate) fn validate_target(t: &[u8]) -> Result<TargetForm, HeadError> {
 }
 
 fn absolute_form(t: &[u8]) -> Result<TargetForm, HeadError> {
-    let sep = t
-        .windows(3)
-        .position(|w| w == b"://")
-        .ok_or(HeadError::InvalidTarget)?;
+    let sep = t.windows(3).position(|w| w == b"://").ok_or(HeadError::InvalidTarget)?;
     let scheme = &t[..sep];
-    if !scheme
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    {
+    if !scheme.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) {
         return Err(HeadError::InvalidTarget);
     }
     let start = sep + 3;
-    let len = t[start..]
-        .iter()
-        .position(|&b| b == b'/' || b == b'?')
-        .unwrap_or(t.len() - start);
+    let len = t[start..].iter().position(|&b| b == b'/' || b == b'?').unwrap_or(t.len() - start);
     let authority = &t[start..start + len];
     // userinfo is refused (RFC 9110 4.2.4); the authority must be a valid host[:port].
     if authority.is_empty() || authority.contains(&b'@') || !is_valid_host(authority) {
         return Err(HeadError::InvalidTarget);
     }
-    Ok(TargetForm::Absolute {
-        authority: (start, start + len),
-    })
+    Ok(TargetForm::Absolute { authority: (start, start + len) })
 }
 
 /// `uri-host [":" port]` (RFC 9110 7.2). An empty value is allowed (RFC 9112 3.2).
@@ -266,11 +236,7 @@ pub(crate) fn is_valid_host(v: &[u8]) -> bool {
             return false;
         };
         let lit = &rest[..close];
-        if lit.is_empty()
-            || !lit
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if lit.is_empty() || !lit.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return false;
         }
         (&[][..], &rest[close + 1..])

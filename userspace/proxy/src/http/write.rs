@@ -28,12 +28,7 @@ pub struct DownstreamBody {
 /// Connection) are dropped; framing comes from `head.body` (set it to re-frame, e.g. a fully
 /// buffered chunked body as `ContentLength`). An HTTP/1.0 absolute-form request gets a Host
 /// from its target; one with no host at all (`head.host == None`) needs it in `extra_headers`. Extra fields with an invalid name or value are skipped.
-pub fn write_request_head(
-    head: &RequestHead,
-    src: &[u8],
-    out: &mut Vec<u8>,
-    extra_headers: &[(&[u8], &[u8])],
-) {
+pub fn write_request_head(head: &RequestHead, src: &[u8], out: &mut Vec<u8>, extra_headers: &[(&[u8], &[u8])]) {
     out.extend_from_slice(head.method_span.get(src));
     out.push(b' ');
     out.extend_from_slice(head.target.get(src));
@@ -79,17 +74,9 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
     write_fields(&head.headers, src, out);
     let http11 = client == Version::Http11;
-    let mut res = DownstreamBody {
-        framing: head.body,
-        close,
-    };
+    let mut res = DownstreamBody { framing: head.body, close };
     match head.body {
-        _ if head.is_interim() => {
-            res = DownstreamBody {
-                framing: BodyFraming::None,
-                close: false,
-            }
-        }
+        _ if head.is_interim() => res = DownstreamBody { framing: BodyFraming::None, close: false },
         BodyFraming::None => {
             // HEAD and 304 responses keep their metadata; 204 must not carry Content-Length.
             if let Some(n) = head.content_length.filter(|_| head.code != 204) {
@@ -104,10 +91,7 @@ pub fn write_response_head(
             res.framing = BodyFraming::Chunked;
         }
         BodyFraming::Chunked | BodyFraming::CloseDelimited => {
-            res = DownstreamBody {
-                framing: BodyFraming::CloseDelimited,
-                close: true,
-            };
+            res = DownstreamBody { framing: BodyFraming::CloseDelimited, close: true };
         }
     }
     if !head.is_interim() {
@@ -219,23 +203,12 @@ const MAX_DETAIL: usize = 512;
 impl<'a> ErrorResponse<'a> {
     /// A response with a body, kept open, no Retry-After.
     pub fn new(status: u16, reason: &'a str, detail: &'a str) -> Self {
-        Self {
-            status,
-            reason,
-            detail,
-            close: false,
-            retry_after_secs: None,
-            omit_body: false,
-        }
+        Self { status, reason, detail, close: false, retry_after_secs: None, omit_body: false }
     }
 
     /// Append the complete response to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
-        let status = if (100..=599).contains(&self.status) {
-            self.status
-        } else {
-            500
-        };
+        let status = if (100..=599).contains(&self.status) { self.status } else { 500 };
         let detail = &self.detail.as_bytes()[..self.detail.len().min(MAX_DETAIL)];
         out.extend_from_slice(b"HTTP/1.1 ");
         push_dec(u64::from(status), out);
@@ -247,13 +220,11 @@ impl<'a> ErrorResponse<'a> {
         if self.reason.is_empty() {
             out.extend_from_slice(b"error");
         }
-        out.extend(self.reason.bytes().map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
-                b
-            } else {
-                b'-'
-            }
-        }));
+        out.extend(
+            self.reason
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') { b } else { b'-' }),
+        );
         out.extend_from_slice(b"\r\n");
         if let Some(secs) = self.retry_after_secs {
             out.extend_from_slice(b"retry-after: ");
@@ -277,18 +248,8 @@ impl<'a> ErrorResponse<'a> {
 
 /// Append a complete error response: standard reason phrase, `content-type: text/plain`,
 /// `content-length`, `x-weir-error: <reason>`, optional `connection: close`, body `detail`.
-pub fn write_error_response(
-    status: u16,
-    reason: &str,
-    detail: &str,
-    close: bool,
-    out: &mut Vec<u8>,
-) {
-    ErrorResponse {
-        close,
-        ..ErrorResponse::new(status, reason, detail)
-    }
-    .write(out);
+pub fn write_error_response(status: u16, reason: &str, detail: &str, close: bool, out: &mut Vec<u8>) {
+    ErrorResponse { close, ..ErrorResponse::new(status, reason, detail) }.write(out);
 }
 
 /// Answer a head parse error: its status, reason and detail, with `connection: close` (after a

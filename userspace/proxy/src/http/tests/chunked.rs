@@ -63,11 +63,7 @@ fn sample_whole() {
 fn sample_every_split_point() {
     for i in 0..=SAMPLE.len() {
         let (d, n, r) = feed(&[&SAMPLE[..i], &SAMPLE[i..]]);
-        assert_eq!(
-            (d.as_slice(), n, r),
-            (SAMPLE_DATA, SAMPLE.len(), Ok(true)),
-            "split at {i}"
-        );
+        assert_eq!((d.as_slice(), n, r), (SAMPLE_DATA, SAMPLE.len(), Ok(true)), "split at {i}");
     }
 }
 
@@ -76,11 +72,7 @@ fn sample_every_pair_of_split_points() {
     for i in 0..=SAMPLE.len() {
         for j in i..=SAMPLE.len() {
             let (d, _, r) = feed(&[&SAMPLE[..i], &SAMPLE[i..j], &SAMPLE[j..]]);
-            assert_eq!(
-                (d.as_slice(), r),
-                (SAMPLE_DATA, Ok(true)),
-                "split at {i},{j}"
-            );
+            assert_eq!((d.as_slice(), r), (SAMPLE_DATA, Ok(true)), "split at {i},{j}");
         }
     }
 }
@@ -115,55 +107,25 @@ fn data_events_are_ranges_of_the_input() {
 #[test]
 fn large_chunk_sizes() {
     let mut dec = ChunkedDecoder::new();
-    assert_eq!(
-        dec.decode(b"ffffffffffffffff\r\nab"),
-        Ok((20, ChunkEvent::Data(18..20)))
-    );
+    assert_eq!(dec.decode(b"ffffffffffffffff\r\nab"), Ok((20, ChunkEvent::Data(18..20))));
     let mut dec = ChunkedDecoder::new();
-    assert_eq!(
-        dec.decode(b"0000000000000010\r\n"),
-        Ok((18, ChunkEvent::NeedMore))
-    );
+    assert_eq!(dec.decode(b"0000000000000010\r\n"), Ok((18, ChunkEvent::NeedMore)));
     assert_eq!(decode(b"0000000000000001\r\nx\r\n0\r\n\r\n").unwrap(), b"x");
-    assert_eq!(
-        decode(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap(),
-        b"0123456789"
-    );
+    assert_eq!(decode(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap(), b"0123456789");
 }
 
 #[test]
 fn overlong_chunk_size_is_refused() {
-    assert_eq!(
-        decode(b"10000000000000000\r\n"),
-        Err(ChunkError::ChunkSizeTooLong)
-    );
-    assert_eq!(
-        decode(b"00000000000000000\r\n"),
-        Err(ChunkError::ChunkSizeTooLong)
-    );
+    assert_eq!(decode(b"10000000000000000\r\n"), Err(ChunkError::ChunkSizeTooLong));
+    assert_eq!(decode(b"00000000000000000\r\n"), Err(ChunkError::ChunkSizeTooLong));
 }
 
 #[test]
 fn malformed_chunk_sizes() {
-    for s in [
-        &b"\r\n"[..],
-        b"g\r\n",
-        b"-5\r\n",
-        b"+5\r\n",
-        b"0x5\r\n",
-        b" 5\r\n",
-        b"5 \r\n",
-        b"5\t\r\n",
-        b";x\r\n",
-    ] {
+    for s in [&b"\r\n"[..], b"g\r\n", b"-5\r\n", b"+5\r\n", b"0x5\r\n", b" 5\r\n", b"5 \r\n", b"5\t\r\n", b";x\r\n"] {
         let mut body = s.to_vec();
         body.extend_from_slice(b"hello\r\n0\r\n\r\n");
-        assert_eq!(
-            decode(&body),
-            Err(ChunkError::InvalidChunkSize),
-            "{:?}",
-            show(s)
-        );
+        assert_eq!(decode(&body), Err(ChunkError::InvalidChunkSize), "{:?}", show(s));
     }
 }
 
@@ -210,47 +172,23 @@ fn malformed_chunk_extensions() {
     ] {
         let body = format!("5{ext}\r\nhello\r\n0\r\n\r\n");
         let e = decode(body.as_bytes()).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ChunkError::InvalidExtension | ChunkError::InvalidLineEnding
-            ),
-            "{ext:?}: {e:?}"
-        );
+        assert!(matches!(e, ChunkError::InvalidExtension | ChunkError::InvalidLineEnding), "{ext:?}: {e:?}");
     }
 }
 
 #[test]
 fn overlong_chunk_extension() {
-    let body = format!(
-        "5;a={}\r\nhello\r\n0\r\n\r\n",
-        "x".repeat(MAX_CHUNK_LINE_BYTES as usize)
-    );
+    let body = format!("5;a={}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE_BYTES as usize));
     assert_eq!(decode(body.as_bytes()), Err(ChunkError::ExtensionTooLong));
 }
 
 #[test]
 fn bare_lf_and_missing_crlf() {
-    assert_eq!(
-        decode(b"5\nhello\r\n0\r\n\r\n"),
-        Err(ChunkError::InvalidChunkSize)
-    );
-    assert_eq!(
-        decode(b"5\r\rhello\r\n0\r\n\r\n"),
-        Err(ChunkError::InvalidLineEnding)
-    );
-    assert_eq!(
-        decode(b"5\r\nhello\n0\r\n\r\n"),
-        Err(ChunkError::InvalidLineEnding)
-    );
-    assert_eq!(
-        decode(b"5\r\nhelloX\r\n0\r\n\r\n"),
-        Err(ChunkError::InvalidLineEnding)
-    );
-    assert_eq!(
-        decode(b"5\r\nhello\r\r0\r\n\r\n"),
-        Err(ChunkError::InvalidLineEnding)
-    );
+    assert_eq!(decode(b"5\nhello\r\n0\r\n\r\n"), Err(ChunkError::InvalidChunkSize));
+    assert_eq!(decode(b"5\r\rhello\r\n0\r\n\r\n"), Err(ChunkError::InvalidLineEnding));
+    assert_eq!(decode(b"5\r\nhello\n0\r\n\r\n"), Err(ChunkError::InvalidLineEnding));
+    assert_eq!(decode(b"5\r\nhelloX\r\n0\r\n\r\n"), Err(ChunkError::InvalidLineEnding));
+    assert_eq!(decode(b"5\r\nhello\r\r0\r\n\r\n"), Err(ChunkError::InvalidLineEnding));
     assert_eq!(decode(b"0\r\n\n"), Err(ChunkError::InvalidTrailer));
     assert_eq!(decode(b"0\r\n\r\r"), Err(ChunkError::InvalidLineEnding));
     assert_eq!(decode(b"0;a\n\r\n"), Err(ChunkError::InvalidExtension));
@@ -258,31 +196,13 @@ fn bare_lf_and_missing_crlf() {
 
 #[test]
 fn trailers_are_validated_and_dropped() {
-    assert_eq!(
-        decode(b"1\r\nx\r\n0\r\nA: b\r\nC-D: \r\n\r\n").unwrap(),
-        b"x"
-    );
-    for t in [
-        &b" A: b\r\n"[..],
-        b"A : b\r\n",
-        b"A b\r\n",
-        b"A: b\x01\r\n",
-        b"A: b\n",
-        b": b\r\n",
-        b"A: b\r\n c\r\n",
-    ] {
+    assert_eq!(decode(b"1\r\nx\r\n0\r\nA: b\r\nC-D: \r\n\r\n").unwrap(), b"x");
+    for t in [&b" A: b\r\n"[..], b"A : b\r\n", b"A b\r\n", b"A: b\x01\r\n", b"A: b\n", b": b\r\n", b"A: b\r\n c\r\n"] {
         let mut body = b"0\r\n".to_vec();
         body.extend_from_slice(t);
         body.extend_from_slice(b"\r\n");
         let e = decode(&body).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ChunkError::InvalidTrailer | ChunkError::InvalidLineEnding
-            ),
-            "{:?}",
-            show(t)
-        );
+        assert!(matches!(e, ChunkError::InvalidTrailer | ChunkError::InvalidLineEnding), "{:?}", show(t));
     }
     let big = format!("0\r\nA: {}\r\n\r\n", "x".repeat(MAX_TRAILER_BYTES as usize));
     assert_eq!(decode(big.as_bytes()), Err(ChunkError::TrailersTooLarge));
@@ -299,14 +219,8 @@ fn truncated_bodies_need_more() {
 #[test]
 fn chunk_error_statuses() {
     let e = ChunkError::InvalidChunkSize;
-    assert_eq!(
-        (e.status(Peer::Downstream), e.reason(Peer::Downstream)),
-        (400, "bad-request")
-    );
-    assert_eq!(
-        (e.status(Peer::Upstream), e.reason(Peer::Upstream)),
-        (502, "upstream-protocol-error")
-    );
+    assert_eq!((e.status(Peer::Downstream), e.reason(Peer::Downstream)), (400, "bad-request"));
+    assert_eq!((e.status(Peer::Upstream), e.reason(Peer::Upstream)), (502, "upstream-protocol-error"));
 }
 
 #[test]

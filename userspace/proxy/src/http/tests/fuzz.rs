@@ -47,10 +47,7 @@ const INTERESTING: &[u8] = b" \t\r\n:;,=\"\\\0\x01\x7f\xff/?#%0aF-";
 #[test]
 fn fuzz_mutations() {
     let mut rng = Rng(0x5eed_cafe_f00d_beef);
-    let iters = std::env::var("WEIR_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1500);
+    let iters = std::env::var("WEIR_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
     for _ in 0..iters {
         let mut v = SEEDS[rng.below(SEEDS.len())].to_vec();
         for _ in 0..1 + rng.below(2) {

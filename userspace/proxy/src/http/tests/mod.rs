@@ -13,10 +13,7 @@ use super::*;
 /// Parse `input` whole, and as growing prefixes; assert the first non-Partial prefix result
 /// equals the whole-input result (for inputs over 4 KiB, a sample of prefixes must each be
 /// Partial or equal to the whole result). Returns the head and the result.
-pub(super) fn parse_req_with(
-    input: &[u8],
-    limits: &HeadLimits,
-) -> (RequestHead, Result<Status, HeadError>) {
+pub(super) fn parse_req_with(input: &[u8], limits: &HeadLimits) -> (RequestHead, Result<Status, HeadError>) {
     let mut head = RequestHead::default();
     let whole = parse_request(input, limits, &mut head);
     let mut scratch = RequestHead::default();
@@ -28,21 +25,13 @@ pub(super) fn parse_req_with(
                 break;
             }
         }
-        assert_eq!(
-            first,
-            whole,
-            "byte-by-byte and whole parse differ for {:?}",
-            show(input)
-        );
+        assert_eq!(first, whole, "byte-by-byte and whole parse differ for {:?}", show(input));
     } else {
         let len = input.len();
         let sample = (0..len).step_by(997).chain(len.saturating_sub(64)..=len);
         for end in sample {
             let r = parse_request(&input[..end], limits, &mut scratch);
-            assert!(
-                r == Ok(Status::Partial) || r == whole,
-                "prefix {end}: {r:?} vs {whole:?}"
-            );
+            assert!(r == Ok(Status::Partial) || r == whole, "prefix {end}: {r:?} vs {whole:?}");
         }
     }
     (head, whole)
@@ -61,10 +50,7 @@ pub(super) fn ok_req(input: &[u8]) -> RequestHead {
             assert_eq!(n, head.head_len);
             head
         }
-        other => panic!(
-            "expected a complete head for {:?}, got {other:?}",
-            show(input)
-        ),
+        other => panic!("expected a complete head for {:?}, got {other:?}", show(input)),
     }
 }
 
@@ -83,10 +69,7 @@ pub(super) fn status(input: &[u8]) -> u16 {
     err_req(input).status()
 }
 
-pub(super) fn parse_resp(
-    input: &[u8],
-    head_req: bool,
-) -> (ResponseHead, Result<Status, HeadError>) {
+pub(super) fn parse_resp(input: &[u8], head_req: bool) -> (ResponseHead, Result<Status, HeadError>) {
     let mut head = ResponseHead::default();
     let res = parse_response(input, &HeadLimits::default(), head_req, &mut head);
     (head, res)

@@ -69,10 +69,7 @@ fn connect_is_501() {
 fn asterisk_target_only_with_options() {
     let h = ok_req(b"OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n");
     assert_eq!(h.method, Method::Options);
-    assert_eq!(
-        err_req(b"GET * HTTP/1.1\r\nHost: svc\r\n\r\n"),
-        HeadError::AsteriskTarget
-    );
+    assert_eq!(err_req(b"GET * HTTP/1.1\r\nHost: svc\r\n\r\n"), HeadError::AsteriskTarget);
 }
 
 #[test]
@@ -84,10 +81,7 @@ fn absolute_form_must_agree_with_host() {
     // HTTP/1.0 without Host: the authority is the host.
     let src = b"GET http://svc/a HTTP/1.0\r\n\r\n";
     assert_eq!(ok_req(src).host.map(|s| s.get(src)), Some(&b"svc"[..]));
-    assert_eq!(
-        status(b"GET http://u@svc/ HTTP/1.1\r\nHost: svc\r\n\r\n"),
-        400
-    );
+    assert_eq!(status(b"GET http://u@svc/ HTTP/1.1\r\nHost: svc\r\n\r\n"), 400);
     assert_eq!(status(b"GET http:///a HTTP/1.1\r\nHost: svc\r\n\r\n"), 400);
 }
 
@@ -118,12 +112,7 @@ fn connection_options_and_hop_by_hop_marking() {
     let h = ok_req(&src);
     let opts: Vec<&[u8]> = h.connection_options.iter().map(|s| s.get(&src)).collect();
     assert_eq!(opts, [&b"keep-alive"[..], b"X-Secret", b"x-other"]);
-    let kept: Vec<&[u8]> = h
-        .headers
-        .iter()
-        .filter(|f| f.forward)
-        .map(|f| f.name.get(&src))
-        .collect();
+    let kept: Vec<&[u8]> = h.headers.iter().filter(|f| f.forward).map(|f| f.name.get(&src)).collect();
     assert_eq!(kept, [&b"Host"[..], b"X-Kept"]);
     // Upgrade without the `upgrade` connection option is not an upgrade request.
     assert!(!h.upgrade);
@@ -131,10 +120,7 @@ fn connection_options_and_hop_by_hop_marking() {
 
 #[test]
 fn invalid_connection_is_400() {
-    assert_eq!(
-        err_req(&get_with(&["Connection: a b"])),
-        HeadError::InvalidConnection
-    );
+    assert_eq!(err_req(&get_with(&["Connection: a b"])), HeadError::InvalidConnection);
     let many: Vec<String> = (0..33).map(|i| format!("x{i}")).collect();
     let line = format!("Connection: {}", many.join(","));
     assert_eq!(err_req(&get_with(&[&line])), HeadError::InvalidConnection);
@@ -157,20 +143,12 @@ fn expect_continue() {
     let src = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
     let h = ok_req(src);
     assert!(!h.expect_continue);
-    assert!(
-        h.headers
-            .iter()
-            .all(|f| !f.forward || f.name.get(src) != b"Expect")
-    );
+    assert!(h.headers.iter().all(|f| !f.forward || f.name.get(src) != b"Expect"));
 }
 
 #[test]
 fn header_lookup_and_removal() {
-    let src = get_with(&[
-        "X-Forwarded-For: 1.2.3.4",
-        "x-forwarded-for: 5.6.7.8",
-        "A: b",
-    ]);
+    let src = get_with(&["X-Forwarded-For: 1.2.3.4", "x-forwarded-for: 5.6.7.8", "A: b"]);
     let mut h = ok_req(&src);
     assert_eq!(h.header(&src, b"X-FORWARDED-FOR"), Some(&b"1.2.3.4"[..]));
     assert_eq!(h.header(&src, b"missing"), None);
@@ -192,10 +170,7 @@ fn partial_heads() {
     let src = get_with(&["A: b"]);
     let mut h = RequestHead::default();
     for end in 0..src.len() {
-        assert_eq!(
-            parse_request(&src[..end], &HeadLimits::default(), &mut h),
-            Ok(Status::Partial)
-        );
+        assert_eq!(parse_request(&src[..end], &HeadLimits::default(), &mut h), Ok(Status::Partial));
     }
 }
 
@@ -225,10 +200,7 @@ fn head_too_large_is_431_complete_or_partial() {
     assert_eq!(parse_req(partial).1, Err(HeadError::HeadTooLarge));
     // Exactly at the limit is fine.
     let base = get_with(&["X-Big: "]).len();
-    let exact = get_with(&[&format!(
-        "X-Big: {}",
-        "y".repeat(limits.max_head_bytes - base)
-    )]);
+    let exact = get_with(&[&format!("X-Big: {}", "y".repeat(limits.max_head_bytes - base))]);
     assert_eq!(exact.len(), limits.max_head_bytes);
     assert_eq!(parse_req(&exact).1, Ok(Status::Complete(exact.len())));
     let e = HeadError::HeadTooLarge;
@@ -268,23 +240,13 @@ fn uri_too_long_is_414_complete_or_partial() {
 
 #[test]
 fn custom_limits() {
-    let limits = HeadLimits {
-        max_head_bytes: 64,
-        max_headers: 2,
-        max_uri_bytes: 4,
-    };
+    let limits = HeadLimits { max_head_bytes: 64, max_headers: 2, max_uri_bytes: 4 };
     let (_, r) = parse_req_with(b"GET /abc HTTP/1.1\r\nHost: a\r\n\r\n", &limits);
     assert_eq!(r, Ok(Status::Complete(30)));
     let (_, r) = parse_req_with(b"GET /abcde HTTP/1.1\r\nHost: a\r\n\r\n", &limits);
     assert_eq!(r, Err(HeadError::UriTooLong));
-    let (_, r) = parse_req_with(
-        b"GET / HTTP/1.1\r\nHost: a\r\nB: c\r\nD: e\r\n\r\n",
-        &limits,
-    );
+    let (_, r) = parse_req_with(b"GET / HTTP/1.1\r\nHost: a\r\nB: c\r\nD: e\r\n\r\n", &limits);
     assert_eq!(r, Err(HeadError::TooManyHeaders));
-    let (_, r) = parse_req_with(
-        format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "a".repeat(60)).as_bytes(),
-        &limits,
-    );
+    let (_, r) = parse_req_with(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "a".repeat(60)).as_bytes(), &limits);
     assert_eq!(r, Err(HeadError::HeadTooLarge));
 }

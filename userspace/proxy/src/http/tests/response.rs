@@ -32,10 +32,7 @@ fn content_length_response() {
 
 #[test]
 fn chunked_response() {
-    let h = ok_resp(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        false,
-    );
+    let h = ok_resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false);
     assert_eq!(h.body, BodyFraming::Chunked);
     assert!(h.chunked && h.keep_alive);
 }
@@ -46,10 +43,7 @@ fn close_delimited_response() {
     assert_eq!(h.body, BodyFraming::CloseDelimited);
     assert!(!h.keep_alive, "a close-delimited body ends the connection");
     let h = ok_resp(b"HTTP/1.0 200 OK\r\n\r\n", false);
-    assert_eq!(
-        (h.body, h.version),
-        (BodyFraming::CloseDelimited, Version::Http10)
-    );
+    assert_eq!((h.body, h.version), (BodyFraming::CloseDelimited, Version::Http10));
 }
 
 #[test]
@@ -57,10 +51,7 @@ fn head_response_has_no_body_but_keeps_metadata() {
     let h = ok_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true);
     assert_eq!((h.body, h.content_length), (BodyFraming::None, Some(1234)));
     assert!(h.keep_alive);
-    let h = ok_resp(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        true,
-    );
+    let h = ok_resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true);
     assert_eq!((h.body, h.chunked), (BodyFraming::None, true));
     let h = ok_resp(b"HTTP/1.1 200 OK\r\n\r\n", true);
     assert_eq!(h.body, BodyFraming::None);
@@ -98,21 +89,9 @@ fn switching_protocols_is_refused() {
 
 #[test]
 fn keep_alive_rules() {
-    assert!(
-        !ok_resp(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            false
-        )
-        .keep_alive
-    );
+    assert!(!ok_resp(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
     assert!(!ok_resp(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
-    assert!(
-        ok_resp(
-            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-            false
-        )
-        .keep_alive
-    );
+    assert!(ok_resp(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", false).keep_alive);
 }
 
 #[test]
@@ -136,10 +115,7 @@ fn framing_conflicts_are_502() {
     bad_resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n");
     bad_resp(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
     // Even when no body follows, a conflicting head is not forwarded.
-    let (_, r) = parse_resp(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-        true,
-    );
+    let (_, r) = parse_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", true);
     assert_eq!(r.map_err(|e| e.status()), Err(502));
 }
 
@@ -158,18 +134,12 @@ fn malformed_heads_are_502() {
 
 #[test]
 fn response_head_too_large_is_502() {
-    let limits = HeadLimits {
-        max_head_bytes: 32,
-        ..HeadLimits::default()
-    };
+    let limits = HeadLimits { max_head_bytes: 32, ..HeadLimits::default() };
     let mut h = ResponseHead::default();
     let src = b"HTTP/1.1 200 OK\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
     let r = parse_response(src, &limits, false, &mut h);
     assert_eq!(r.map_err(|e| e.status()), Err(502));
-    assert_eq!(
-        parse_response(&src[..20], &limits, false, &mut h),
-        Ok(Status::Partial)
-    );
+    assert_eq!(parse_response(&src[..20], &limits, false, &mut h), Ok(Status::Partial));
 }
 
 #[test]
@@ -177,26 +147,15 @@ fn response_partial_then_complete() {
     let src = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let mut h = ResponseHead::default();
     for end in 0..src.len() {
-        assert_eq!(
-            parse_response(&src[..end], &HeadLimits::default(), false, &mut h),
-            Ok(Status::Partial)
-        );
+        assert_eq!(parse_response(&src[..end], &HeadLimits::default(), false, &mut h), Ok(Status::Partial));
     }
-    assert_eq!(
-        parse_response(src, &HeadLimits::default(), false, &mut h),
-        Ok(Status::Complete(src.len()))
-    );
+    assert_eq!(parse_response(src, &HeadLimits::default(), false, &mut h), Ok(Status::Complete(src.len())));
 }
 
 #[test]
 fn response_connection_listed_fields_are_dropped() {
     let src = b"HTTP/1.1 200 OK\r\nConnection: x-internal\r\nX-Internal: 1\r\nX-Public: 2\r\nContent-Length: 0\r\n\r\n";
     let h = ok_resp(src, false);
-    let kept: Vec<&[u8]> = h
-        .headers
-        .iter()
-        .filter(|f| f.forward)
-        .map(|f| f.name.get(src))
-        .collect();
+    let kept: Vec<&[u8]> = h.headers.iter().filter(|f| f.forward).map(|f| f.name.get(src)).collect();
     assert_eq!(kept, [&b"X-Public"[..]]);
 }
