@@ -296,8 +296,7 @@ impl Sink {
     /// [`SINK_WRITE_TIMEOUT`] while bytes were waiting is given up here (stalled).
     fn next_step(&mut self, settled: &mut Settled) -> Step {
         if self.writer.is_none() {
-            let can_open = Instant::now() >= self.retry_at && !matches!(self.kind, LogSink::Off);
-            return if can_open { Step::Write } else { Step::Discard };
+            return if Instant::now() >= self.retry_at { Step::Write } else { Step::Discard };
         }
         self.settle(settled);
         let waiting = self.sent - self.taken;

@@ -27,23 +27,23 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
         format!("taskset -a -p -c {p} UPSTREAM_PIDS    # per-hop test only: the upstream joins the proxy's core"),
         format!(
             "taskset -c {p} {lg} seq --addr ADDR --host {SERVICE} --requests {} --warmup-requests {} --max-duration 60    # each of {} rounds",
-            plan.seq_requests / plan.rounds.max(1) as u64,
+            plan.per_round(plan.seq_requests as f64) as u64,
             plan.seq_warmup,
             plan.rounds
         ),
         format!("taskset -a -p -c {c} UPSTREAM_PIDS"),
         format!(
             "taskset -c {c} {lg} open --addr ADDR --host {SERVICE} --rate RATE --duration {} --warmup {} --connections {}    # each round; RATE: {}",
-            plan.open_s / plan.rounds.max(1) as f64,
+            plan.per_round(plan.open_s),
             plan.open_warmup_s,
             plan.open_connections,
             plan.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
         ),
         format!(
             "taskset -c {c} {lg} closed --addr ADDR --host {SERVICE} --duration {} --warmup 0 --connections {}    # each round, after a {} s warm-up run; CPU from /proc/PID/stat",
-            plan.sat_s / plan.rounds.max(1) as f64,
+            plan.per_round(plan.sat_s),
             plan.sat_connections,
-            (plan.sat_warmup_s / plan.rounds.max(1) as f64).max(0.5)
+            plan.sat_warmup_s
         ),
         format!("taskset -c {c} {lg} idle --addr ADDR --host {SERVICE} --count {} --hold 90    # RSS from /proc/PID/status", plan.idle_connections),
         format!("# steered path: ADDR = {VIP} and every weir-loadgen command gets --cgroup /sys/fs/cgroup/unified/weir-bench-PID"),

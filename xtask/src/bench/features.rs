@@ -79,7 +79,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     // already stuck (its shipper blocks, the ring fills and drops).
     eprintln!("bench: features: stalling the never-reading sink");
     let stall_plan = Plan { sat_warmup_s: 0.2, sat_s: if plan.quick { 1.5 } else { 4.0 }, ..plan.clone() };
-    measure::saturate(env, &stall_plan, &running[2].1, upstream, 1)?;
+    measure::saturate(env, &stall_plan, &running[2].1, upstream, stall_plan.sat_s)?;
     std::thread::sleep(Duration::from_millis(600));
     for round in 0..plan.feature_rounds {
         for (v, r) in &mut running {
@@ -102,7 +102,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     }
     for (v, r) in &mut running {
         eprintln!("bench: features: {} saturated", v.key);
-        match measure::saturate(env, plan, r, upstream, 1) {
+        match measure::saturate(env, plan, r, upstream, plan.sat_s) {
             Ok(s) => v.saturation = Some(s),
             Err(e) => v.problems.push(format!("closed loop: {e:#}")),
         }

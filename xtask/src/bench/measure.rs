@@ -33,7 +33,8 @@ pub struct Plan {
     pub seq_warmup: u64,
     /// Recorded sequential requests.
     pub seq_requests: u64,
-    /// Closed loop: warm-up seconds, measured seconds, connections.
+    /// Closed loop: warm-up seconds (before every measured run), measured seconds,
+    /// connections.
     pub sat_warmup_s: f64,
     /// Measured seconds.
     pub sat_s: f64,
@@ -62,6 +63,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// `total` (requests or seconds of the path measurements) split over the rounds.
+    pub fn per_round(&self, total: f64) -> f64 {
+        total / self.rounds.max(1) as f64
+    }
+
     /// The plan for `--quick` (about two minutes of measurement) or the full run.
     pub fn new(quick: bool) -> Plan {
         if quick {
@@ -95,7 +101,7 @@ impl Plan {
                 open_connections: 64,
                 seq_warmup: 2000,
                 seq_requests: 50_000,
-                sat_warmup_s: 2.0,
+                sat_warmup_s: 0.5,
                 sat_s: 15.0,
                 sat_connections: 32,
                 idle_connections: 10_000,
@@ -306,11 +312,10 @@ pub fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow
     })
 }
 
-/// One connection, sequential requests (one round's share of them), load generator on `cpus`.
-pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, rounds: usize) -> anyhow::Result<PerHop> {
+/// One connection, `requests` sequential requests, load generator on `cpus`.
+pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, requests: u64) -> anyhow::Result<PerHop> {
     let mut args = vec!["seq".to_string()];
     args.extend(common(r));
-    let requests = plan.seq_requests / rounds.max(1) as u64;
     args.extend(["--requests".into(), requests.to_string(), "--warmup-requests".into(), plan.seq_warmup.to_string()]);
     args.extend(["--max-duration".into(), "60".into()]);
     let out: SeqOut = loadgen(env, cpus, r.cgroup.as_deref(), &args, Duration::from_secs(60))?;
@@ -326,9 +331,9 @@ pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, rounds: usize) -
     })
 }
 
-/// Closed loop from the client core (one round's share of the seconds): a warm-up run, then a
-/// measured run with CPU deltas of the proxy (if any) and the upstream.
-pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, rounds: usize) -> anyhow::Result<Saturation> {
+/// Closed loop from the client core: a warm-up run, then a measured run of `secs` with CPU
+/// deltas of the proxy (if any) and the upstream.
+pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, secs: f64) -> anyhow::Result<Saturation> {
     let run = |secs: f64| -> anyhow::Result<LoopOut> {
         let mut args = vec!["closed".to_string()];
         args.extend(common(r));
@@ -336,12 +341,11 @@ pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, rounds: us
         args.extend(["--connections".into(), plan.sat_connections.to_string()]);
         loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs))
     };
-    let rounds = rounds.max(1) as f64;
-    run((plan.sat_warmup_s / rounds).max(0.5))?;
+    run(plan.sat_warmup_s)?;
     let proxy0 = r.proc.as_ref().map(Proc::cpu_seconds);
     let up0 = upstream.cpu_seconds();
     let t0 = Instant::now();
-    let out = run(plan.sat_s / rounds)?;
+    let out = run(secs)?;
     let wall = t0.elapsed().as_secs_f64();
     let proxy_cpu = r.proc.as_ref().map(Proc::cpu_seconds).zip(proxy0).map(|(b, a)| b - a);
     let up_cpu = upstream.cpu_seconds() - up0;

@@ -68,7 +68,13 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
                     break;
                 }
                 let l = &mut live[i];
-                match measure::per_hop(env, plan, &l.running, &env.proxy_cpu, rounds) {
+                match measure::per_hop(
+                    env,
+                    plan,
+                    &l.running,
+                    &env.proxy_cpu,
+                    plan.per_round(plan.seq_requests as f64) as u64,
+                ) {
                     Ok(h) => {
                         eprintln!(
                             "bench: {}: round {}: per hop p50 {:.1} µs, p99 {:.1} µs",
@@ -98,7 +104,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
                     break;
                 }
                 let l = &mut live[i];
-                match measure::open(env, plan, &l.running, rate, plan.open_s / rounds as f64) {
+                match measure::open(env, plan, &l.running, rate, plan.per_round(plan.open_s)) {
                     Ok(o) => {
                         eprintln!(
                             "bench: {}: {rate} rps, round {}: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, errors {}",
@@ -123,7 +129,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
                 break;
             }
             let l = &mut live[i];
-            match measure::saturate(env, plan, &l.running, upstream, rounds) {
+            match measure::saturate(env, plan, &l.running, upstream, plan.per_round(plan.sat_s)) {
                 Ok(s) => {
                     eprintln!(
                         "bench: {}: round {}: saturated {:.0} rps, proxy CPU {} µs/req",
