@@ -1,16 +1,15 @@
 //! Idle upstream connections of one worker, per endpoint. Owns: reuse (most recently used
 //! first, so idle ones age out), the idle timeout (a connection idle longer than the service's
 //! `upstream_idle` is closed, not reused, which keeps weir below the endpoint's own keep-alive
-//! timeout), and the cap on idle connections kept. Must not: be shared between workers or do
-//! I/O of its own beyond a non-blocking staleness peek.
+//! timeout), the cap on idle connections kept, and the rule that a connection on which the
+//! endpoint sent anything (or closed) while it was idle is never reused: with no request
+//! outstanding, those bytes are not a response to anyone (RFC 9112 9.2), and parsing them as
+//! the next request's response would hand it to the wrong client. Must not: be shared between
+//! workers or do I/O of its own beyond a non-blocking staleness peek.
 
 use std::time::{Duration, Instant};
 
 use crate::io::Conn;
-
-/// Pooled connections idle at least this long are checked for a close by the endpoint before
-/// reuse.
-pub const STALE_CHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// Idle connections to one endpoint, on one worker.
 #[derive(Debug, Default)]
@@ -19,15 +18,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A reusable connection, if one is idle and younger than `max_idle`. Stale ones (closed or
-    /// reset by the endpoint while idle) are dropped on the way. The staleness check is a
-    /// syscall, so it is made only for connections idle long enough that an endpoint's
-    /// keep-alive timeout may have closed them ([`STALE_CHECK_AFTER`]); the rare close of a
-    /// busier connection is the keep-alive race, which the retry logic handles.
+    /// A reusable connection, if one is idle and younger than `max_idle`. Every candidate is
+    /// checked before reuse (one non-blocking peek): one the endpoint closed, reset or wrote
+    /// to while it was idle is dropped on the way.
     pub fn take(&mut self, now: Instant, max_idle: Duration) -> Option<Conn> {
         while let Some((conn, since)) = self.idle.pop() {
             let idle = now.saturating_duration_since(since);
-            if idle >= max_idle || (idle >= STALE_CHECK_AFTER && conn.is_stale()) {
+            if idle >= max_idle || conn.is_stale() {
                 continue; // dropped: closes the socket
             }
             return Some(conn);
