@@ -7,6 +7,7 @@ mod data_path;
 mod deploy;
 mod errors;
 mod http11;
+mod http11_interop;
 mod logging;
 mod observability;
 mod operations;

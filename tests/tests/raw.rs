@@ -129,20 +129,6 @@ impl RawConn {
         }
         false
     }
-
-    /// Waits until the peer closes or `idle` passes without a byte; returns whether the peer
-    /// closed (EOF or reset).
-    pub fn wait_peer_close(&mut self, idle: std::time::Duration) -> bool {
-        let _ = self.stream.set_read_timeout(Some(idle));
-        let mut b = [0u8; 4096];
-        loop {
-            match self.reader.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-            }
-        }
-    }
 }
 
 /// A running raw endpoint.

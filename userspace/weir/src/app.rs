@@ -80,7 +80,7 @@ impl Control {
             if let Some(steering) = self.steering.lock().as_mut() {
                 steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
             }
-            let snapshot = Snapshot::build(config, old.workers, Some(&old), self.shared.now_ms());
+            let snapshot = Snapshot::build(config, old.workers, Some(&old));
             self.shared.snapshot.store(Arc::new(snapshot));
             Ok(())
         });
@@ -168,7 +168,7 @@ impl App {
             None
         };
         let epoch = Instant::now();
-        let snapshot = Snapshot::build(config.clone(), workers, None, 0);
+        let snapshot = Snapshot::build(config.clone(), workers, None);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
