@@ -6,6 +6,7 @@ mod cli;
 mod data_path;
 mod deploy;
 mod errors;
+mod last_words;
 mod logging;
 mod observability;
 mod operations;

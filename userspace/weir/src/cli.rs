@@ -71,14 +71,18 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            crate::logging::init_without_privileges();
-            match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
+            let log = crate::logging::init_without_privileges();
+            let code = match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
                 Ok(app) => app.run_until_signal(),
                 Err(e) => {
                     eprintln!("weir: cannot start: {e:#}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // The last lines ("drained; exiting") are still queued in the log writer: write
+            // them out before the process exits.
+            log.finish();
+            code
         }
         Command::Steer { command: SteerCommand::Status { admin, pin_dir } } => {
             match crate::admin::get(admin, "/steering") {
