@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod memcg;
 pub mod root;
 
 use std::net::{SocketAddr, TcpListener};

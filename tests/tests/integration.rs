@@ -8,6 +8,7 @@ mod deploy;
 mod errors;
 mod last_words;
 mod logging;
+mod memory;
 mod observability;
 mod operations;
 mod resilience;
