@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod memcg;
 pub mod root;
 
 use std::net::{SocketAddr, TcpListener};
@@ -72,7 +73,8 @@ impl Weir {
             // tests never read the environment concurrently with this write.
             unsafe { std::env::set_var("RUST_LOG", "warn") };
         }
-        weir::logging::init();
+        static LOG: std::sync::OnceLock<weir::logging::LogGuard> = std::sync::OnceLock::new();
+        LOG.get_or_init(weir::logging::init);
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let dir = scratch_dir("weir");

@@ -2,7 +2,7 @@
 //! fails a request (records are dropped and counted, memory stays bounded); a sink that goes
 //! away and comes back receives lines again, the first of them carrying the gap.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -209,4 +209,178 @@ fn sigusr1_reopens_the_log_file_after_rotation() {
     assert_eq!(c.get("/two", "rot").status, 200);
     eventually(Duration::from_secs(5), "the next line in a new file", || read(&log).contains("\"/two\"").then_some(()));
     assert!(!read(&rotated).contains("\"/two\""), "a line went to the rotated file");
+}
+
+/// A tmpfs of a given size, mounted for one test on a scratch directory; unmounted on drop.
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(tag: &str, bytes: usize) -> Tmpfs {
+        use std::os::unix::ffi::OsStrExt;
+        weir_tests::root::require_root();
+        let dir = weir_tests::scratch_dir(tag);
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+        let data = std::ffi::CString::new(format!("size={bytes},mode=0755")).expect("options");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, data.as_ptr().cast()) };
+        assert_eq!(rc, 0, "mounting a tmpfs on {}: {}", dir.display(), std::io::Error::last_os_error());
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).expect("path");
+        // SAFETY: umount2(2) on the directory this test mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Every line of `text` as JSON: panics naming the first line that is not (a partial record).
+fn json_lines(text: &str, what: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: line {} is not JSON ({e}): {l:?}", i + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_leaves_only_whole_lines_and_the_drop_count_adds_up() {
+    let fs = Tmpfs::mount("fulldisk", 64 * 1024);
+    // Leave 16 KiB free: about 45 lines fit, the rest of the first burst does not.
+    let filler = fs.dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 48 * 1024]).expect("filler");
+    let log = fs.dir.join("access.log");
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(
+        &logged_config(&format!("file:{}", log.display()), 64, &service("disk", "127.10.8.5:80", &[&ep], ""))
+            .replace("workers = 2", "workers = 1"),
+    );
+    let mut c = Client::connect(weir.proxy);
+    let mut sent = 0u64;
+    for _ in 0..300 {
+        assert_eq!(c.get("/fill", "disk").status, 200);
+        sent += 1;
+    }
+    eventually(Duration::from_secs(10), "records dropped on the full disk", || {
+        (weir.metric("weir_access_log_records_total{result=\"dropped\"}") > 0.0).then_some(())
+    });
+    // Space comes back.
+    std::fs::remove_file(&filler).expect("free space");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(15), "a line written after space came back", || {
+        assert_eq!(c.get("/after", "disk").status, 200);
+        sent += 1;
+        read().contains("\"/after\"").then_some(())
+    });
+    assert_eq!(c.get("/final", "disk").status, 200);
+    sent += 1;
+    eventually(Duration::from_secs(10), "the last request's line", || read().contains("\"/final\"").then_some(()));
+    let text = read();
+    let lines = json_lines(&text, &log.display().to_string());
+    assert!(text.ends_with('\n'), "the file ends in a partial line");
+    let dropped: u64 = lines.iter().filter_map(|v| v["dropped_before"].as_u64()).sum();
+    assert!(dropped > 0, "no line reports the records lost while the disk was full");
+    assert_eq!(
+        lines.len() as u64 + dropped,
+        sent,
+        "{} lines + {dropped} reported dropped != {sent} requests",
+        lines.len()
+    );
+    drop(weir);
+}
+
+#[test]
+fn a_tcp_sink_that_reads_only_later_receives_only_whole_lines() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let sink = format!("tcp:{}", listener.local_addr().expect("addr"));
+    let incoming =
+        std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Box::new(c) as Box<dyn Read + Send>)));
+    late_reader_gets_whole_lines(&sink, incoming);
+}
+
+#[test]
+fn a_unix_sink_that_reads_only_later_receives_only_whole_lines() {
+    let path = weir_tests::scratch_dir("unixsink").join("sink.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the sink");
+    let sink = format!("unix:{}", path.display());
+    let incoming =
+        std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Box::new(c) as Box<dyn Read + Send>)));
+    late_reader_gets_whole_lines(&sink, incoming);
+}
+
+/// A sink that accepts connections and reads nothing while weir fills it, then reads: every
+/// connection must carry whole JSON lines only, up to its end.
+fn late_reader_gets_whole_lines(
+    sink: &str,
+    incoming: impl Iterator<Item = std::io::Result<Box<dyn Read + Send>>> + Send + 'static,
+) {
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: std::sync::Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<Vec<u8>>>>> = Default::default();
+    {
+        let (reading, readers) = (reading.clone(), readers.clone());
+        std::thread::spawn(move || {
+            for conn in incoming.take(64).flatten() {
+                let reading = reading.clone();
+                readers.lock().push(std::thread::spawn(move || {
+                    let mut conn = conn;
+                    // Accepts, and reads nothing until the test says so.
+                    while !reading.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let mut got = Vec::new();
+                    let _ = conn.read_to_end(&mut got);
+                    got
+                }));
+            }
+        });
+    }
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&logged_config(sink, 1024, &service("late", "127.10.8.6:80", &[&ep], "")));
+    // Load until the test stops it (at most 60 s): the sink's buffers fill, writes to it stall.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (proxy, stop) = (weir.proxy, stop.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut c = Client::connect(proxy);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    assert_eq!(c.get("/stalled", "late").status, 200);
+                }
+            })
+        })
+        .collect();
+    let dropped = || weir.metric("weir_access_log_records_total{result=\"dropped\"}");
+    let shipped = || weir.metric("weir_access_log_records_total{result=\"shipped\"}");
+    eventually(Duration::from_secs(30), "thousands of records dropped while the sink reads nothing", || {
+        (dropped() >= 5000.0).then_some(())
+    });
+    // The sink starts reading; lines flow again.
+    reading.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = shipped();
+    eventually(Duration::from_secs(20), "lines shipped after the sink started reading", || {
+        (shipped() > before + 100.0).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.join().expect("load");
+    }
+    // weir stops: every connection ends; what each carried must be whole lines.
+    assert!(weir.shutdown());
+    let handles: Vec<_> = readers.lock().drain(..).collect();
+    assert!(!handles.is_empty(), "the sink was never connected");
+    let mut lines = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        let got = String::from_utf8(h.join().expect("reader")).expect("UTF-8");
+        let tail = got.rsplit_once('\n').map_or(got.as_str(), |(_, t)| t);
+        assert!(tail.is_empty(), "connection {i} ended in a partial line: {tail:?}");
+        lines += json_lines(&got, &format!("connection {i}")).len();
+    }
+    assert!(lines > 0, "the sink received no line");
 }

@@ -218,9 +218,14 @@ pub struct SteeringConfig {
 pub struct AccessLogConfig {
     /// Where records go. Default stdout.
     pub sink: LogSink,
-    /// Capacity of each worker's record ring. Default 65 536.
-    pub ring_records: usize,
+    /// Capacity of each worker's record ring. Unset (the default): weir sizes the rings from
+    /// its memory limit at start, at most [`DEFAULT_RING_RECORDS`] each.
+    pub ring_records: Option<usize>,
 }
+
+/// Capacity of each worker's access-log ring when `ring_records` is unset and no memory limit
+/// makes it smaller.
+pub const DEFAULT_RING_RECORDS: usize = 65_536;
 
 /// One `[[service]]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -105,12 +105,12 @@ impl Default for RawSteering {
 #[serde(deny_unknown_fields, default)]
 struct RawAccessLog {
     sink: String,
-    ring_records: usize,
+    ring_records: Option<usize>,
 }
 
 impl Default for RawAccessLog {
     fn default() -> Self {
-        RawAccessLog { sink: "stdout".into(), ring_records: 65_536 }
+        RawAccessLog { sink: "stdout".into(), ring_records: None }
     }
 }
 
@@ -366,11 +366,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             None
         }
     };
-    if !(16..=1 << 24).contains(&access_log.ring_records) {
-        c.problem(
-            &[Key("access_log"), Key("ring_records")],
-            format!("{} is outside 16..=16777216", access_log.ring_records),
-        );
+    if let Some(n) = access_log.ring_records
+        && !(16..=1 << 24).contains(&n)
+    {
+        c.problem(&[Key("access_log"), Key("ring_records")], format!("{n} is outside 16..=16777216"));
     }
 
     let mut names: HashMap<String, usize> = HashMap::new();
