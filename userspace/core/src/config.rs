@@ -12,6 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -122,8 +123,9 @@ pub struct Config {
     pub steering: SteeringConfig,
     /// Access-log shipping.
     pub access_log: AccessLogConfig,
-    /// Services, in file order; a service's index is its id in the steering map.
-    pub services: Vec<ServiceConfig>,
+    /// Services, in file order; a service's index is its id in the steering map. Shared, so
+    /// that a new config can keep the unchanged services of the previous one as they are.
+    pub services: Vec<Arc<ServiceConfig>>,
 }
 
 /// `[proxy]`.
@@ -400,9 +402,10 @@ impl Config {
         validate(raw).map_err(|problems| ConfigError { file: file.to_path_buf(), issues: locate(src, problems) })
     }
 
-    /// The service with this name.
+    /// The service with this name (a linear search: for tools and tests; the data path uses
+    /// the snapshot's index).
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
-        self.services.iter().find(|s| s.name == name)
+        self.services.iter().find(|s| s.name == name).map(|s| &**s)
     }
 }
 

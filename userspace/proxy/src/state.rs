@@ -196,7 +196,7 @@ impl WorkerState {
         }
         // Services that are gone: their idle connections close now, and their gauge reads 0.
         for gone in old.into_iter().flatten() {
-            self.telemetry.shard.service_mut(gone.stats).upstream_connections = 0;
+            self.telemetry.shard.set_upstream_connections(gone.stats, 0);
         }
     }
 
@@ -402,7 +402,7 @@ impl WorkerState {
             for pool in &mut s.pools {
                 pool.expire(now, cfg.timeouts.upstream_idle);
             }
-            self.telemetry.shard.service_mut(s.stats).upstream_connections = s.gauge.get();
+            self.telemetry.shard.set_upstream_connections(s.stats, s.gauge.get());
         }
     }
 

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use weir_core::config::Config;
-use weir_core::stats::StatsShard;
+use weir_core::stats::Published;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
 use crate::shipper::Shipper;
@@ -80,7 +80,7 @@ pub struct Control {
     /// Worker count.
     pub workers: AtomicUsize,
     /// Each worker's last published stats shard.
-    pub stats: Vec<Arc<ArcSwap<StatsShard>>>,
+    pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).

@@ -563,7 +563,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             );
         }
 
-        out_services.push(ServiceConfig {
+        out_services.push(std::sync::Arc::new(ServiceConfig {
             name: s.name,
             vip: vip.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             listen: service_listen,
@@ -575,7 +575,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             outlier: o.into(),
             limits: (&s.limits).into(),
             forwarded_headers,
-        });
+        }));
     }
 
     if !c.problems.is_empty() {
