@@ -5,15 +5,14 @@
 //!
 //! Paths: `/bytes/N` answers N bytes (Content-Length), `/chunked/N` answers N bytes chunked;
 //! anything else answers a short text. Every response carries `x-endpoint: NAME` and echoes
-//! the request's `via` as `x-seen-via` and body length as `x-body-bytes`.
+//! the request's `via` as `x-seen-via` and body length as `x-body-bytes`. The demo serves its
+//! endpoints with it too, and the load generator's tests run against it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 /// What the endpoint does with the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +33,22 @@ pub enum Behavior {
     CloseIdleAfter(Duration),
     /// Answer with a malformed response head.
     Malformed,
+    /// 200, but every `every`-th request (counted over all connections) waits `stall` first.
+    StallEvery {
+        /// Which requests stall (every n-th).
+        every: u64,
+        /// How long.
+        stall: Duration,
+    },
 }
 
+/// Locks `m`, ignoring poisoning (a panicking connection thread must not take the endpoint
+/// down with it).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
 struct State {
     behavior: Mutex<Behavior>,
     requests: AtomicU64,
@@ -46,6 +59,7 @@ struct State {
 }
 
 /// A running test endpoint.
+#[derive(Debug)]
 pub struct Endpoint {
     /// Its address.
     pub addr: SocketAddr,
@@ -87,7 +101,7 @@ impl Endpoint {
                     let Ok(conn) = conn else { continue };
                     state.connections.fetch_add(1, Ordering::Relaxed);
                     if let Ok(c) = conn.try_clone() {
-                        state.open.lock().push(c);
+                        lock(&state.open).push(c);
                     }
                     let state = state.clone();
                     std::thread::spawn(move || handle(conn, &state));
@@ -99,7 +113,7 @@ impl Endpoint {
 
     /// Changes the behaviour for the next requests.
     pub fn set(&self, b: Behavior) {
-        *self.state.behavior.lock() = b;
+        *lock(&self.state.behavior) = b;
     }
 
     /// Requests received (complete heads).
@@ -116,7 +130,7 @@ impl Endpoint {
     /// connection.
     pub fn kill(&self) {
         self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(l) = self.listener.lock().take() {
+        if let Some(l) = lock(&self.listener).take() {
             // Wake the accept loop so it sees `stop` and drops its listener clone.
             let addr = l.local_addr().ok();
             drop(l);
@@ -124,7 +138,7 @@ impl Endpoint {
                 let _ = TcpStream::connect_timeout(&a, Duration::from_millis(100));
             }
         }
-        for c in self.state.open.lock().drain(..) {
+        for c in lock(&self.state.open).drain(..) {
             reset(&c);
         }
     }
@@ -159,7 +173,7 @@ fn handle(conn: TcpStream, state: &State) {
     let mut reader = BufReader::new(read_half);
     let mut writer = conn;
     loop {
-        if let Behavior::CloseIdleAfter(d) = *state.behavior.lock() {
+        if let Behavior::CloseIdleAfter(d) = *lock(&state.behavior) {
             let _ = writer.set_read_timeout(Some(d));
         } else {
             let _ = writer.set_read_timeout(None);
@@ -172,8 +186,8 @@ fn handle(conn: TcpStream, state: &State) {
             reset(&writer);
             return;
         }
-        state.requests.fetch_add(1, Ordering::Relaxed);
-        let behavior = *state.behavior.lock();
+        let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let behavior = *lock(&state.behavior);
         // Generated bodies are streamed from one static block, never held whole.
         let (body_len, text) = match req.path.as_str() {
             p if p.starts_with("/bytes/") || p.starts_with("/chunked/") => {
@@ -198,6 +212,7 @@ fn handle(conn: TcpStream, state: &State) {
                 return;
             }
             Behavior::Delay(d) => std::thread::sleep(d),
+            Behavior::StallEvery { every, stall } if every > 0 && n.is_multiple_of(every) => std::thread::sleep(stall),
             Behavior::Malformed => {
                 let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!");
                 continue;
@@ -222,7 +237,9 @@ fn handle(conn: TcpStream, state: &State) {
         if behavior == Behavior::ResetMidResponse {
             let _ = write_body(&mut writer, text.as_deref(), body_len / 2, false);
             let _ = writer.flush();
-            std::thread::sleep(Duration::from_millis(20));
+            // The half body must reach the peer before the reset, which discards what is
+            // still unsent: wait until the socket's send queue is empty.
+            crate::wait_until(Duration::from_secs(2), || (crate::net::unsent_bytes(&writer) == Some(0)).then_some(()));
             reset(&writer);
             return;
         }
@@ -261,6 +278,7 @@ fn write_body(w: &mut TcpStream, text: Option<&[u8]>, len: usize, chunked: bool)
 
 /// A TCP echo endpoint: answers each line with `echo:NAME:LINE`; passes on half-close (after
 /// the client's FIN it writes `bye:NAME` and closes).
+#[derive(Debug)]
 pub struct TcpEcho {
     /// Its address.
     pub addr: SocketAddr,

@@ -1,0 +1,7 @@
+//! The root tier: eBPF steering on the real kernel, in cgroups each test creates and removes
+//! (through the cgroup v2 mount found in /proc/self/mountinfo, or a second mount of the
+//! hierarchy). Every test here needs root and fails loudly without it; `cargo xtask test
+//! --unprivileged` leaves out everything under `root_tier::`, and nothing else.
+
+mod cgroup_mounts;
+mod steering;
