@@ -64,7 +64,8 @@ pub struct Endpoint {
     /// Its address.
     pub addr: SocketAddr,
     state: Arc<State>,
-    listener: Mutex<Option<TcpListener>>,
+    /// The accept thread (it owns the listener); taken by `kill`.
+    accept: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Endpoint {
@@ -74,10 +75,16 @@ impl Endpoint {
         Endpoint::serve(name, listener)
     }
 
-    /// Starts an endpoint on `addr`.
+    /// Starts an endpoint on `addr`; panics if it cannot bind.
     pub fn start_at(name: &str, addr: SocketAddr) -> Endpoint {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind endpoint {addr}: {e}"));
-        Endpoint::serve(name, listener)
+        Endpoint::try_start_at(name, addr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts an endpoint on `addr`, returning the bind error.
+    pub fn try_start_at(name: &str, addr: SocketAddr) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind endpoint {name} on {addr}: {e}")))?;
+        Ok(Endpoint::serve(name, listener))
     }
 
     fn serve(name: &str, listener: TcpListener) -> Endpoint {
@@ -90,13 +97,12 @@ impl Endpoint {
             open: Mutex::new(Vec::new()),
             name: name.to_string(),
         });
-        let accept = listener.try_clone().expect("clone listener");
-        {
+        let accept = {
             let state = state.clone();
             std::thread::spawn(move || {
-                for conn in accept.incoming() {
+                for conn in listener.incoming() {
                     if state.stop.load(Ordering::SeqCst) {
-                        return;
+                        return; // drops the listener: connects are refused from now on
                     }
                     let Ok(conn) = conn else { continue };
                     state.connections.fetch_add(1, Ordering::Relaxed);
@@ -106,9 +112,9 @@ impl Endpoint {
                     let state = state.clone();
                     std::thread::spawn(move || handle(conn, &state));
                 }
-            });
-        }
-        Endpoint { addr, state, listener: Mutex::new(Some(listener)) }
+            })
+        };
+        Endpoint { addr, state, accept: Mutex::new(Some(accept)) }
     }
 
     /// Changes the behaviour for the next requests.
@@ -126,16 +132,15 @@ impl Endpoint {
         self.state.connections.load(Ordering::Relaxed)
     }
 
-    /// Kills the endpoint: stops listening (new connects are refused) and resets every open
-    /// connection.
+    /// Kills the endpoint: stops listening (new connects are refused once this returns) and
+    /// ends every open connection.
     pub fn kill(&self) {
         self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(l) = lock(&self.listener).take() {
-            // Wake the accept loop so it sees `stop` and drops its listener clone.
-            let addr = l.local_addr().ok();
-            drop(l);
-            if let Some(a) = addr {
-                let _ = TcpStream::connect_timeout(&a, Duration::from_millis(100));
+        if let Some(t) = lock(&self.accept).take() {
+            // Wake the accept loop so it sees `stop` and closes the listener; wait for that.
+            let woken = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
+            if woken || t.is_finished() {
+                let _ = t.join();
             }
         }
         for c in lock(&self.state.open).drain(..) {
@@ -374,4 +379,59 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         }
     }
     Some(Request { path, via, body_len, close })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Client;
+    use std::time::Instant;
+
+    #[test]
+    fn stall_every_delays_only_every_nth_request() {
+        let ep = Endpoint::start("s");
+        ep.set(Behavior::StallEvery { every: 3, stall: Duration::from_millis(200) });
+        let mut c = Client::connect(ep.addr);
+        let took: Vec<Duration> = (0..6)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(c.get("/", "s").status, 200);
+                t.elapsed()
+            })
+            .collect();
+        let slow: Vec<usize> = (0..6).filter(|&i| took[i] >= Duration::from_millis(200)).collect();
+        assert_eq!(slow, [2, 5], "request latencies {took:?}");
+    }
+
+    #[test]
+    fn reset_mid_response_delivers_half_the_body_then_ends_the_connection() {
+        let ep = Endpoint::start("r");
+        ep.set(Behavior::ResetMidResponse);
+        let mut s = TcpStream::connect(ep.addr).expect("connect");
+        s.write_all(b"GET /bytes/100000 HTTP/1.1\r\nhost: r\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 65536];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("after {} bytes: {e}", got.len()),
+            }
+        }
+        let head = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head") + 4;
+        assert_eq!(got.len() - head, 50_000, "the half body arrives before the connection ends");
+    }
+
+    #[test]
+    fn a_killed_endpoint_refuses_and_resets() {
+        let ep = Endpoint::start("k");
+        let mut c = Client::connect(ep.addr);
+        assert_eq!(c.get("/", "k").status, 200);
+        ep.kill();
+        assert!(c.is_closed(Duration::from_secs(2)), "an open connection survived the kill");
+        assert!(TcpStream::connect(ep.addr).is_err(), "a killed endpoint still accepts");
+        assert_eq!((ep.requests(), ep.connections()), (1, 1));
+    }
 }
