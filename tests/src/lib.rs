@@ -30,6 +30,14 @@ fn expand(toml: &str, proxy: SocketAddr, admin: SocketAddr) -> String {
     toml.replace("@PROXY@", &proxy.to_string()).replace("@ADMIN@", &admin.to_string())
 }
 
+/// Replaces the config file whole (written next to it, then renamed over it, as a ConfigMap
+/// update does), so weir's file watcher never reads a half-written file.
+fn replace_config(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config into place");
+}
+
 /// weir running in this process.
 #[derive(Debug)]
 pub struct Weir {
@@ -69,7 +77,7 @@ impl Weir {
     /// Rewrites the config file with `toml` (same placeholders, so the listeners stay as they
     /// are) and reloads it.
     pub fn reload(&self, toml: &str) -> Result<(), String> {
-        std::fs::write(&self.config_path, expand(toml, any_port(), any_port())).expect("write config");
+        replace_config(&self.config_path, &expand(toml, any_port(), any_port()));
         self.control().reload()
     }
 
@@ -199,7 +207,7 @@ impl WeirProcess {
     /// Rewrites the config file with `toml` (placeholders as at start, so the listeners stay);
     /// SIGHUP applies it.
     pub fn write_config(&self, toml: &str) {
-        std::fs::write(&self.config_path, expand(toml, self.configured.0, self.configured.1)).expect("write config");
+        replace_config(&self.config_path, &expand(toml, self.configured.0, self.configured.1));
     }
 
     /// The process id.
