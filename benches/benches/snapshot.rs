@@ -11,15 +11,15 @@ fn snapshot(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_build");
     for (services, endpoints) in [(10usize, 3usize), (100, 10), (1000, 10)] {
         let config = fixtures::config(services, endpoints);
-        let previous = Snapshot::build(config.clone(), 2, None, 0);
+        let previous = Snapshot::build(config.clone(), 2, None);
         let id = format!("{services}x{endpoints}");
         g.bench_with_input(BenchmarkId::new("fresh", &id), &config, |b, cfg| {
-            b.iter_batched(|| cfg.clone(), |cfg| black_box(Snapshot::build(cfg, 2, None, 0)), BatchSize::SmallInput)
+            b.iter_batched(|| cfg.clone(), |cfg| black_box(Snapshot::build(cfg, 2, None)), BatchSize::SmallInput)
         });
         g.bench_with_input(BenchmarkId::new("reload", &id), &config, |b, cfg| {
             b.iter_batched(
                 || cfg.clone(),
-                |cfg| black_box(Snapshot::build(cfg, 2, Some(&previous), 0)),
+                |cfg| black_box(Snapshot::build(cfg, 2, Some(&previous))),
                 BatchSize::SmallInput,
             )
         });

@@ -204,7 +204,7 @@ mod tests {
         assert!(line.starts_with(b"{"), "log line: {}", String::from_utf8_lossy(&line));
 
         let cfg = config(50, 4);
-        let snap = weir_proxy::Snapshot::build(cfg, 2, None, 0);
+        let snap = weir_proxy::Snapshot::build(cfg, 2, None);
         assert_eq!(snap.services.len(), 50);
         assert_eq!(snap.by_host(b"svc-49"), Some(49));
     }

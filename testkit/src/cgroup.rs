@@ -143,7 +143,8 @@ impl Drop for Cgroup {
     }
 }
 
-fn pids(dir: &Path) -> Vec<i32> {
+/// Pids in the cgroup `dir`.
+pub fn pids(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()

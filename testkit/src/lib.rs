@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod endpoint;
+pub mod memcg;
 pub mod net;
 pub mod proc;
 pub mod sink;

@@ -1,7 +1,7 @@
 //! weir's integration harness: weir in this process ([`Weir`]) or as a child process
 //! ([`WeirProcess`]), each on listeners it binds itself (`listen = "127.0.0.1:0"`, the bound
 //! addresses read back once it is ready), and the root tier's helpers ([`root`]). The generic
-//! helpers — client, endpoint, cgroups, sinks, /proc, ports, `eventually` — live in
+//! helpers — client, endpoint, cgroups (memory cgroups too), sinks, /proc, ports, `eventually` — live in
 //! `weir-testkit` (shared with the benches and xtask) and are re-exported here under the names
 //! tests use. Must not: be used by product code.
 
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use weir_testkit as testkit;
+pub use weir_testkit::memcg;
 pub use weir_testkit::{
     Behavior, Client, Endpoint, LineSink, ReservedPort, Response, StalledSink, TcpEcho, client, endpoint, eventually,
     metric_value, rss_kib, scratch_dir, wait_until,
@@ -65,7 +66,8 @@ impl Weir {
             // tests never read the environment concurrently with this write.
             unsafe { std::env::set_var("RUST_LOG", "warn") };
         }
-        weir::logging::init();
+        static LOG: std::sync::OnceLock<weir::logging::LogGuard> = std::sync::OnceLock::new();
+        LOG.get_or_init(weir::logging::init);
         let dir = scratch_dir("weir");
         let config_path = dir.join("weir.toml");
         std::fs::write(&config_path, expand(toml, any_port(), any_port()))?;

@@ -12,6 +12,7 @@ use std::process::Command;
 use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use weir::memory::MemoryLimit;
 use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::config::Config;
 use weir_core::outcome::ErrorReason;
@@ -231,6 +232,84 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
         !config.proxy.listen.ip().is_loopback(),
         "a pod's loopback is not the node's: [proxy] listen must be a node address"
     );
+}
+
+/// `text` with its line breaks (and a YAML comment's `#` after them) read as single spaces, so a
+/// phrase is found wherever the text wraps.
+fn prose(text: &str) -> String {
+    text.lines().map(|l| l.trim().trim_start_matches('#').trim()).collect::<Vec<_>>().join(" ")
+}
+
+/// Bytes of a Kubernetes memory quantity (`1Gi`, `320Mi`, `512M`, `1000000`).
+fn quantity(q: &str) -> u64 {
+    let units: [(&str, u64); 6] =
+        [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000)];
+    let (number, unit) =
+        units.iter().find_map(|(suffix, unit)| q.strip_suffix(suffix).map(|n| (n, *unit))).unwrap_or((q, 1));
+    number.parse::<u64>().unwrap_or_else(|_| panic!("{q:?} is not a memory quantity this test reads")) * unit
+}
+
+#[test]
+fn the_daemonsets_memory_holds_what_the_configmap_config_needs() {
+    let docs = k8s_docs();
+    let config = configmap_config(&docs);
+    let weir = at(the(&docs, "DaemonSet"), &["spec", "template", "spec", "containers", "[weir]"]);
+    let memory = |kind: &str| {
+        quantity(at(weir, &["resources", kind, "memory"]).as_str().unwrap_or_else(|| panic!("no {kind}.memory")))
+    };
+    let (limit, request) = (memory("limits"), memory("requests"));
+    let cgroup = Some(MemoryLimit { bytes: limit, file: "daemonset.yaml limits.memory".into() });
+    // One worker per CPU unless the config fixes the count: every node size up to the largest
+    // the limit holds must pass weir's own start-up check, and that largest size is the one
+    // the manifest and the guide name.
+    let sizes: Vec<usize> = match config.proxy.workers {
+        0 => (1..=1024).collect(),
+        n => vec![n],
+    };
+    let plans: Vec<_> =
+        sizes.iter().map_while(|&w| weir::memory::plan(&config, w, cgroup.clone()).ok().map(|p| (w, p))).collect();
+    let Some((largest, _)) = plans.last() else {
+        panic!("limits.memory {limit} B does not hold weir with one worker for the ConfigMap's config")
+    };
+    if config.proxy.workers == 0 {
+        let said = format!("up to {largest} CPUs");
+        for (file, text) in [
+            ("deploy/kubernetes/daemonset.yaml", read("deploy/kubernetes/daemonset.yaml")),
+            ("docs/OPERATING.md", read("docs/OPERATING.md")),
+        ] {
+            assert!(prose(&text).contains(&said), "{file} does not say the memory limit holds nodes of {said:?}");
+        }
+        // At a common node size the rings are still useful (a few seconds of sink stall).
+        let (_, at32) = plans.iter().find(|(w, _)| *w == 32).expect("32 workers fit");
+        assert!(at32.ring_records.is_some_and(|n| n >= 16_384), "rings of {:?} records at 32 CPUs", at32.ring_records);
+    }
+    // The request covers what weir commits at start on any of those nodes.
+    for (w, p) in &plans {
+        let committed = p.process_bytes + p.rings_bytes;
+        assert!(
+            request >= committed,
+            "requests.memory {request} B < {committed} B committed at start with {w} workers"
+        );
+    }
+    assert!(request <= limit, "requests.memory above limits.memory");
+}
+
+#[test]
+fn operating_md_gives_the_memory_formula_with_the_codes_numbers() {
+    let doc = read("docs/OPERATING.md");
+    let start = doc.find("\n## Memory\n").expect("docs/OPERATING.md has a `## Memory` section");
+    let section = prose(&doc[start..doc[start + 1..].find("\n## ").map_or(doc.len(), |e| start + 1 + e)]);
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    for needed in [
+        format!("ring_records × {} B", weir::memory::RECORD_BYTES),
+        format!("workers × {}", mib(weir::memory::WORKER_BYTES)),
+        format!("| process | {} |", mib(weir::memory::PROCESS_BYTES)),
+        format!("a quarter of the limit, at least {}", mib(weir::memory::HEADROOM_MIN_BYTES)),
+        format!("at most {} records", weir_core::config::DEFAULT_RING_RECORDS),
+    ] {
+        assert!(section.contains(&needed), "docs/OPERATING.md's Memory section does not say {needed:?}");
+    }
+    assert_eq!((weir::memory::HEADROOM_DIVISOR, weir::memory::RING_SHARE_DIVISOR), (4, 4), "the guide says a quarter");
 }
 
 #[test]
@@ -506,7 +585,8 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// serialises as a value whose shape names it (an unset `Option<Duration>` would not say it is
 /// an `_ms` field).
 const ALL_SET: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
-                       endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n";
+                       endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
+                       [access_log]\nring_records = 1024\n";
 
 /// The configuration reference table: field → (default cell, row).
 fn documented_fields() -> BTreeMap<Field, String> {

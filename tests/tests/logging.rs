@@ -2,6 +2,7 @@
 //! fails a request (records are dropped and counted, memory stays bounded); a sink that goes
 //! away and comes back receives lines again, the first of them carrying the gap.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::data_path::service;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-fn logged_config(sink: &str, ring: usize, services: &str) -> String {
+pub fn logged_config(sink: &str, ring: usize, services: &str) -> String {
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n[access_log]\nsink = \"{sink}\"\nring_records = {ring}\n{services}"
     )
@@ -158,4 +159,104 @@ fn sigusr1_reopens_the_log_file_after_rotation() {
     });
     assert!(!read(&rotated).contains("\"/two\""), "a line went to the rotated file");
     assert!(read(&rotated).contains("\"/one\""), "the rotated file lost its lines");
+}
+
+/// Every line of `text` as JSON: panics naming the first line that is not (a partial record).
+pub fn json_lines(text: &str, what: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: line {} is not JSON ({e}): {l:?}", i + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn a_tcp_sink_that_reads_only_later_receives_only_whole_lines() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let sink = format!("tcp:{}", listener.local_addr().expect("addr"));
+    let incoming =
+        std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Box::new(c) as Box<dyn Read + Send>)));
+    late_reader_gets_whole_lines(&sink, incoming);
+}
+
+#[test]
+fn a_unix_sink_that_reads_only_later_receives_only_whole_lines() {
+    let path = weir_tests::scratch_dir("unixsink").join("sink.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the sink");
+    let sink = format!("unix:{}", path.display());
+    let incoming =
+        std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Box::new(c) as Box<dyn Read + Send>)));
+    late_reader_gets_whole_lines(&sink, incoming);
+}
+
+/// A sink that accepts connections and reads nothing while weir fills it, then reads: every
+/// connection must carry whole JSON lines only, up to its end.
+fn late_reader_gets_whole_lines(
+    sink: &str,
+    incoming: impl Iterator<Item = std::io::Result<Box<dyn Read + Send>>> + Send + 'static,
+) {
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: std::sync::Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<Vec<u8>>>>> = Default::default();
+    {
+        let (reading, readers) = (reading.clone(), readers.clone());
+        std::thread::spawn(move || {
+            for conn in incoming.take(64).flatten() {
+                let reading = reading.clone();
+                readers.lock().push(std::thread::spawn(move || {
+                    let mut conn = conn;
+                    // Accepts, and reads nothing until the test says so.
+                    while !reading.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    let mut got = Vec::new();
+                    let _ = conn.read_to_end(&mut got);
+                    got
+                }));
+            }
+        });
+    }
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&logged_config(sink, 1024, &service("late", "127.10.8.6:80", &[&ep], "")));
+    // Load until the test stops it (at most 60 s): the sink's buffers fill, writes to it stall.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (proxy, stop) = (weir.proxy, stop.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut c = Client::connect(proxy);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    assert_eq!(c.get("/stalled", "late").status, 200);
+                }
+            })
+        })
+        .collect();
+    let dropped = || weir.metric("weir_access_log_records_total{result=\"dropped\"}");
+    let shipped = || weir.metric("weir_access_log_records_total{result=\"shipped\"}");
+    eventually(Duration::from_secs(30), "thousands of records dropped while the sink reads nothing", || {
+        (dropped() >= 5000.0).then_some(())
+    });
+    // The sink starts reading; lines flow again.
+    reading.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = shipped();
+    eventually(Duration::from_secs(20), "lines shipped after the sink started reading", || {
+        (shipped() > before + 100.0).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.join().expect("load");
+    }
+    // weir stops: every connection ends; what each carried must be whole lines.
+    assert!(weir.shutdown());
+    let handles: Vec<_> = readers.lock().drain(..).collect();
+    assert!(!handles.is_empty(), "the sink was never connected");
+    let mut lines = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        let got = String::from_utf8(h.join().expect("reader")).expect("UTF-8");
+        let tail = got.rsplit_once('\n').map_or(got.as_str(), |(_, t)| t);
+        assert!(tail.is_empty(), "connection {i} ended in a partial line: {tail:?}");
+        lines += json_lines(&got, &format!("connection {i}")).len();
+    }
+    assert!(lines > 0, "the sink received no line");
 }

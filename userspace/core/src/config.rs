@@ -158,6 +158,9 @@ pub struct ProxyConfig {
     pub downstream_idle_timeout: Duration,
     /// Idle TCP-service connections are closed after this. Default 3600 s.
     pub tcp_idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long (the client stopped reading)
+    /// closes the client connection and the upstream one behind it. Default 60 s.
+    pub downstream_write_timeout: Duration,
     /// Largest request head, else 431. Default 60 KiB.
     pub max_request_head_bytes: usize,
     /// Most request headers, else 431. Default 100.
@@ -215,9 +218,14 @@ pub struct SteeringConfig {
 pub struct AccessLogConfig {
     /// Where records go. Default stdout.
     pub sink: LogSink,
-    /// Capacity of each worker's record ring. Default 65 536.
-    pub ring_records: usize,
+    /// Capacity of each worker's record ring. Unset (the default): weir sizes the rings from
+    /// its memory limit at start, at most [`DEFAULT_RING_RECORDS`] each.
+    pub ring_records: Option<usize>,
 }
+
+/// Capacity of each worker's access-log ring when `ring_records` is unset and no memory limit
+/// makes it smaller.
+pub const DEFAULT_RING_RECORDS: usize = 65_536;
 
 /// One `[[service]]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -244,6 +252,39 @@ pub struct ServiceConfig {
     pub outlier: OutlierConfig,
     /// Overload protection.
     pub limits: LimitsConfig,
+    /// Forwarding headers added to requests with the caller's address. Default none.
+    pub forwarded_headers: ForwardedHeaders,
+}
+
+/// Which forwarding headers weir adds to requests it forwards (`forwarded_headers` in a
+/// `[[service]]`: any of `"x-forwarded-for"`, `"x-forwarded-proto"`, `"forwarded"`; serialised
+/// in that same list form).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardedHeaders {
+    /// Append the caller's IP to `X-Forwarded-For` (or add it).
+    pub x_forwarded_for: bool,
+    /// Add `X-Forwarded-Proto: http` unless the request already has one.
+    pub x_forwarded_proto: bool,
+    /// Append `for=CALLER;proto=http` to `Forwarded` (RFC 7239), or add it.
+    pub forwarded: bool,
+}
+
+impl Serialize for ForwardedHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let names = [
+            (self.x_forwarded_for, "x-forwarded-for"),
+            (self.x_forwarded_proto, "x-forwarded-proto"),
+            (self.forwarded, "forwarded"),
+        ];
+        s.collect_seq(names.iter().filter(|(on, _)| *on).map(|(_, n)| n))
+    }
+}
+
+impl ForwardedHeaders {
+    /// Whether any header is added.
+    pub fn any(&self) -> bool {
+        self.x_forwarded_for || self.x_forwarded_proto || self.forwarded
+    }
 }
 
 /// One endpoint of a service.
@@ -316,6 +357,52 @@ pub struct LimitsConfig {
     pub max_pending_requests: u32,
     /// Idle pooled connections kept per endpoint per worker. Default 64.
     pub max_idle_per_endpoint: u32,
+}
+
+impl ServiceConfig {
+    /// The retry policy this service's `[service.retry]` and `[service.timeouts]` describe.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        let r = &self.retry;
+        crate::retry::RetryPolicy {
+            attempts: r.attempts,
+            retry_on: crate::retry::RetryOn {
+                server_error: r.on_server_error,
+                rate_limited: r.on_rate_limited,
+                ..crate::retry::RetryOn::default()
+            },
+            backoff_base: r.backoff_base,
+            backoff_max: r.backoff_max,
+            per_attempt_timeout: self.timeouts.attempt,
+            replay_buffer_bytes: r.replay_buffer_bytes as u64,
+            budget: self.budget_policy(),
+        }
+    }
+
+    /// The retry budget of `[service.retry]`.
+    pub fn budget_policy(&self) -> crate::retry::BudgetPolicy {
+        let r = &self.retry;
+        crate::retry::BudgetPolicy {
+            enabled: r.budget,
+            ratio: r.budget_ratio,
+            min_retries_per_sec: r.budget_min_per_sec,
+        }
+    }
+
+    /// The outlier-detection policy of `[service.outlier]`; a probe (the one request an
+    /// endpoint on probation gets) times out with the request timeout.
+    pub fn outlier_policy(&self) -> crate::outlier::OutlierPolicy {
+        let o = &self.outlier;
+        crate::outlier::OutlierPolicy {
+            enabled: o.enabled,
+            consecutive_gateway_failures: o.consecutive_gateway_failures,
+            base_ejection_ms: o.base_ejection.as_millis() as u64,
+            max_ejection_ms: o.max_ejection.as_millis() as u64,
+            max_ejection_percent: o.max_ejection_percent,
+            panic_threshold_percent: o.panic_threshold_percent,
+            probe_timeout_ms: self.timeouts.request.as_millis() as u64,
+            ..crate::outlier::OutlierPolicy::default()
+        }
+    }
 }
 
 impl Config {

@@ -48,7 +48,11 @@ pub enum Outcome {
     /// The endpoint answered with something that is not valid HTTP/1.1 (malformed head,
     /// impossible framing). The request was sent.
     ProtocolError,
-    /// weir itself failed (resource exhaustion, internal bug). Not the endpoint's fault.
+    /// weir ran out of a local resource (file descriptors, socket buffers, local ports, memory)
+    /// before anything was sent. Not the endpoint's fault: never retried, never an ejection;
+    /// the client gets `503 overloaded` with `Retry-After`.
+    LocalResource,
+    /// weir itself failed (internal bug). Not the endpoint's fault.
     LocalError,
 }
 
@@ -67,7 +71,7 @@ impl Outcome {
             | Outcome::ResetAfterResponseStarted
             | Outcome::Timeout
             | Outcome::ProtocolError => true,
-            Outcome::ResetBeforeWrite | Outcome::LocalError => false,
+            Outcome::ResetBeforeWrite | Outcome::LocalResource | Outcome::LocalError => false,
         }
     }
 
@@ -97,6 +101,7 @@ impl Outcome {
             Outcome::ResetAfterResponseStarted => "reset-after-response-started",
             Outcome::Timeout => "timeout",
             Outcome::ProtocolError => "protocol-error",
+            Outcome::LocalResource => "local-resource",
             Outcome::LocalError => "local-error",
         }
     }
@@ -178,8 +183,14 @@ pub enum ErrorReason {
     HeaderReadTimeout,
     /// A configured connection or pending-request limit was reached. 503 with `Retry-After`.
     Overloaded,
-    /// A transfer coding weir does not implement. 501, connection closed.
+    /// Something weir does not implement (CONNECT, a transfer coding other than chunked). 501,
+    /// connection closed.
     NotImplemented,
+    /// An `Expect` other than `100-continue`. 417, connection closed.
+    ExpectationFailed,
+    /// An HTTP version other than 1.x (HTTP/2 prior knowledge, HTTP/3.0). 505, connection
+    /// closed.
+    VersionNotSupported,
     /// weir is draining (SIGTERM) and refuses new work. 503, connection closed.
     Draining,
     /// weir itself failed ([`Outcome::LocalError`]). 500.
@@ -188,7 +199,7 @@ pub enum ErrorReason {
 
 impl ErrorReason {
     /// All reasons, for pre-registering metric label values.
-    pub const ALL: [ErrorReason; 14] = [
+    pub const ALL: [ErrorReason; 16] = [
         ErrorReason::ConnectFailure,
         ErrorReason::UpstreamReset,
         ErrorReason::UpstreamProtocolError,
@@ -201,6 +212,8 @@ impl ErrorReason {
         ErrorReason::HeaderReadTimeout,
         ErrorReason::Overloaded,
         ErrorReason::NotImplemented,
+        ErrorReason::ExpectationFailed,
+        ErrorReason::VersionNotSupported,
         ErrorReason::Draining,
         ErrorReason::InternalError,
     ];
@@ -220,6 +233,8 @@ impl ErrorReason {
             ErrorReason::HeaderReadTimeout => "header-read-timeout",
             ErrorReason::Overloaded => "overloaded",
             ErrorReason::NotImplemented => "not-implemented",
+            ErrorReason::ExpectationFailed => "expectation-failed",
+            ErrorReason::VersionNotSupported => "version-not-supported",
             ErrorReason::Draining => "draining",
             ErrorReason::InternalError => "internal-error",
         }
@@ -240,6 +255,8 @@ impl ErrorReason {
             ErrorReason::UriTooLong => 414,
             ErrorReason::HeaderReadTimeout => 408,
             ErrorReason::NotImplemented => 501,
+            ErrorReason::ExpectationFailed => 417,
+            ErrorReason::VersionNotSupported => 505,
             ErrorReason::InternalError => 500,
         }
     }
@@ -258,7 +275,9 @@ impl ErrorReason {
             ErrorReason::UriTooLong => "weir: request target too long",
             ErrorReason::HeaderReadTimeout => "weir: request head not received in time",
             ErrorReason::Overloaded => "weir: overloaded, retry later",
-            ErrorReason::NotImplemented => "weir: transfer coding not implemented",
+            ErrorReason::NotImplemented => "weir: not implemented",
+            ErrorReason::ExpectationFailed => "weir: unsupported expectation (only 100-continue)",
+            ErrorReason::VersionNotSupported => "weir: HTTP version not supported (only HTTP/1.x)",
             ErrorReason::Draining => "weir: shutting down",
             ErrorReason::InternalError => "weir: internal error",
         }
@@ -274,6 +293,8 @@ impl ErrorReason {
                 | ErrorReason::UriTooLong
                 | ErrorReason::HeaderReadTimeout
                 | ErrorReason::NotImplemented
+                | ErrorReason::ExpectationFailed
+                | ErrorReason::VersionNotSupported
                 | ErrorReason::Draining
         )
     }
@@ -299,7 +320,21 @@ impl ErrorReason {
             Outcome::ResetAfterWrite => Some(ErrorReason::UpstreamReset),
             Outcome::Timeout => Some(ErrorReason::Timeout),
             Outcome::ProtocolError => Some(ErrorReason::UpstreamProtocolError),
+            Outcome::LocalResource => Some(ErrorReason::Overloaded),
             Outcome::LocalError => Some(ErrorReason::InternalError),
+        }
+    }
+
+    /// What weir answers when a request's attempts ended without a response to relay: the
+    /// last attempt's failure; `no-healthy-endpoint` when no attempt could be made, or when
+    /// the last was an endpoint's response discarded for a retry that then found no endpoint.
+    pub const fn for_failed_request(last: Option<&Outcome>) -> ErrorReason {
+        match last {
+            None | Some(Outcome::Response { .. }) => ErrorReason::NoHealthyEndpoint,
+            Some(o) => match ErrorReason::from_outcome(o) {
+                Some(r) => r,
+                None => ErrorReason::UpstreamReset,
+            },
         }
     }
 }
@@ -314,7 +349,7 @@ impl fmt::Display for ErrorReason {
 mod tests {
     use super::*;
 
-    const ALL_OUTCOMES: [Outcome; 9] = [
+    const ALL_OUTCOMES: [Outcome; 10] = [
         Outcome::Response { status: 200 },
         Outcome::ConnectFailure,
         Outcome::ConnectTimeout,
@@ -323,6 +358,7 @@ mod tests {
         Outcome::ResetAfterResponseStarted,
         Outcome::Timeout,
         Outcome::ProtocolError,
+        Outcome::LocalResource,
         Outcome::LocalError,
     ];
 
@@ -340,6 +376,7 @@ mod tests {
         assert!(Outcome::Timeout.is_gateway_failure());
         assert!(!Outcome::ResetBeforeWrite.is_gateway_failure(), "the keep-alive race is not the endpoint's failure");
         assert!(!Outcome::LocalError.is_gateway_failure());
+        assert!(!Outcome::LocalResource.is_gateway_failure(), "weir's own limits never blame an endpoint");
     }
 
     #[test]
@@ -370,6 +407,8 @@ mod tests {
             (R::HeaderReadTimeout, 408),
             (R::Overloaded, 503),
             (R::NotImplemented, 501),
+            (R::ExpectationFailed, 417),
+            (R::VersionNotSupported, 505),
             (R::Draining, 503),
             (R::InternalError, 500),
         ];
@@ -407,6 +446,11 @@ mod tests {
         assert_eq!(R::from_outcome(&Outcome::Timeout), Some(R::Timeout));
         assert_eq!(R::from_outcome(&Outcome::ProtocolError), Some(R::UpstreamProtocolError));
         assert_eq!(R::from_outcome(&Outcome::LocalError), Some(R::InternalError));
+        assert_eq!(R::from_outcome(&Outcome::LocalResource), Some(R::Overloaded));
+        assert_eq!(R::for_failed_request(None), R::NoHealthyEndpoint);
+        assert_eq!(R::for_failed_request(Some(&Outcome::Response { status: 503 })), R::NoHealthyEndpoint);
+        assert_eq!(R::for_failed_request(Some(&Outcome::Timeout)), R::Timeout);
+        assert_eq!(R::for_failed_request(Some(&Outcome::ResetAfterResponseStarted)), R::UpstreamReset);
         let mut names = std::collections::HashSet::new();
         for o in ALL_OUTCOMES {
             assert!(names.insert(o.as_str()), "duplicate outcome name {}", o.as_str());

@@ -9,11 +9,15 @@
 //! ambient randomness (the RNG is the caller's), share state between cores (a [`RetryBudget`]
 //! is per worker), or allocate.
 //!
-//! Order of use for a failed attempt: [`retry_decision`] → (on `Retry`) [`RetryBudget::try_withdraw`]
-//! → [`backoff`] / [`retry_delay`] → wait → next attempt on another endpoint. The keep-alive-race
-//! retry ([`Decision::RetrySameEndpointFreshConnection`]) skips the budget and the back-off.
+//! The attempt loop calls one function after every attempt, [`next_step`], which combines
+//! [`retry_decision`] → (on `Retry`) [`RetryBudget::try_withdraw`] → [`backoff`] / [`retry_delay`]
+//! into one answer: relay the response, retry after a delay, retry at once on a fresh
+//! connection, or fail with a reason. It never waits: the caller sleeps the delay. The
+//! keep-alive-race retry ([`Decision::RetrySameEndpointFreshConnection`]) skips the budget and
+//! the back-off.
 
-use crate::outcome::Outcome;
+use crate::outcome::{ErrorReason, Outcome};
+use crate::stats::RetryReason;
 use rand::Rng;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,10 +157,11 @@ impl RetryPolicy {
     }
 }
 
-/// Whether a request method is idempotent for retry purposes (BEHAVIOUR.md: GET HEAD OPTIONS
-/// PUT DELETE; case-sensitive, as methods are).
+/// Whether a request method is idempotent, the one definition weir uses for retries: RFC 9110
+/// 9.2.2's list, GET HEAD OPTIONS TRACE PUT DELETE (TRACE included: it is safe, and weir only
+/// ever retries it with its whole request held). Case-sensitive, as methods are.
 pub fn is_idempotent_method(method: &[u8]) -> bool {
-    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE")
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
 }
 
 /// What the retry decision needs to know about the request and the attempt that just finished.
@@ -259,7 +264,7 @@ pub fn retry_decision(policy: &RetryPolicy, outcome: &Outcome, attempt: u32, ctx
         Outcome::ResetAfterWrite | Outcome::ProtocolError => (on.reset, Safety::IdempotentReplayable),
         Outcome::Timeout if ctx.request_bytes_written => (on.timeout, Safety::IdempotentReplayable),
         Outcome::Timeout => (on.timeout, Safety::NothingSent),
-        Outcome::ResetAfterResponseStarted | Outcome::LocalError => {
+        Outcome::ResetAfterResponseStarted | Outcome::LocalResource | Outcome::LocalError => {
             return Decision::Stop(StopReason::NeverRetried);
         }
     };
@@ -323,6 +328,86 @@ pub fn retry_delay(
         _ => backoff,
     };
     (wait < time_left).then_some(wait)
+}
+
+/// What the attempt loop does after an attempt ([`next_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Relay the endpoint's response (the outcome is [`Outcome::Response`]).
+    Respond,
+    /// Retry on another endpoint (when one exists) once `delay` has passed.
+    Retry {
+        /// Back-off or the endpoint's `Retry-After`.
+        delay: Duration,
+        /// The `reason` label of the retry.
+        reason: RetryReason,
+    },
+    /// The keep-alive race: retry at once, on a fresh connection to the same endpoint.
+    RetryFresh,
+    /// Answer the client with weir's own error.
+    Fail(ErrorReason),
+}
+
+/// What [`next_step`] knows about the attempt that just finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempted {
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// Its number (1-based; the fresh-connection retry does not count).
+    pub attempt: u32,
+    /// The request and the attempt.
+    pub ctx: RequestCtx,
+    /// The endpoint's `Retry-After` on a 503 or 429 ([`parse_retry_after`]).
+    pub retry_after: Option<Duration>,
+}
+
+/// The next step and whether the retry budget refused a retry on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    /// What to do.
+    pub step: Step,
+    /// A retry was allowed by the policy but refused by the budget (count it).
+    pub budget_exhausted: bool,
+}
+
+/// Decides what follows an attempt: [`retry_decision`], then the budget (not drawn on when
+/// nothing was sent: a refused connect adds no load to any endpoint), then the back-off or
+/// `Retry-After`, which must end before the request deadline (`time_left`). Pure but for the
+/// budget withdrawal and the RNG draw, both of which the caller owns; never waits.
+pub fn next_step(
+    policy: &RetryPolicy,
+    a: &Attempted,
+    time_left: Duration,
+    budget: &mut RetryBudget,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Next {
+    let last = |budget_exhausted| {
+        let step = match a.outcome {
+            Outcome::Response { .. } => Step::Respond,
+            ref o => Step::Fail(ErrorReason::for_failed_request(Some(o))),
+        };
+        Next { step, budget_exhausted }
+    };
+    match retry_decision(policy, &a.outcome, a.attempt, &a.ctx) {
+        Decision::Stop(_) => last(false),
+        Decision::RetrySameEndpointFreshConnection => Next { step: Step::RetryFresh, budget_exhausted: false },
+        Decision::Retry => {
+            let nothing_sent =
+                matches!(a.outcome, Outcome::ConnectFailure | Outcome::ConnectTimeout | Outcome::ResetBeforeWrite);
+            if !nothing_sent && !budget.try_withdraw(now) {
+                return last(true);
+            }
+            let backoff = backoff(policy, a.attempt, rng);
+            match retry_delay(&a.outcome, a.retry_after, backoff, time_left) {
+                Some(delay) => Next {
+                    step: Step::Retry { delay, reason: RetryReason::for_outcome(&a.outcome) },
+                    budget_exhausted: false,
+                },
+                None => last(false),
+            }
+        }
+    }
 }
 
 /// Time constant over which unused *earned* tokens (request deposits) are kept (10 s, as

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::ErrorReason;
+use crate::outcome::{ErrorReason, Outcome};
 
 /// Upper bounds (seconds) of the `weir_request_duration_seconds` buckets: 100 µs to 30 s.
 pub const DURATION_BUCKETS_SECONDS: [f64; 17] =
@@ -60,6 +60,22 @@ impl RetryReason {
         RetryReason::Status503,
         RetryReason::Status5xx,
     ];
+
+    /// Why a retry after `outcome` is made (the one mapping from an outcome to a retry reason).
+    pub const fn for_outcome(outcome: &Outcome) -> RetryReason {
+        match outcome {
+            Outcome::ConnectFailure | Outcome::ConnectTimeout => RetryReason::ConnectFailure,
+            Outcome::ResetBeforeWrite => RetryReason::KeepaliveRace,
+            Outcome::Timeout => RetryReason::Timeout,
+            Outcome::Response { status: 503 } => RetryReason::Status503,
+            Outcome::Response { .. } => RetryReason::Status5xx,
+            Outcome::ResetAfterWrite
+            | Outcome::ResetAfterResponseStarted
+            | Outcome::ProtocolError
+            | Outcome::LocalResource
+            | Outcome::LocalError => RetryReason::Reset,
+        }
+    }
 
     /// The metric label value.
     pub const fn as_str(self) -> &'static str {
@@ -231,6 +247,9 @@ pub struct StatsShard {
     pub connections_refused: u64,
     /// Requests that matched no service.
     pub unrouted: u64,
+    /// Client connections closed because a write to them made no progress for the downstream
+    /// write timeout (the client stopped reading).
+    pub downstream_write_timeouts: u64,
 }
 
 impl StatsShard {
@@ -261,6 +280,7 @@ impl StatsShard {
             }
             out.connections_refused += shard.connections_refused;
             out.unrouted += shard.unrouted;
+            out.downstream_write_timeouts += shard.downstream_write_timeouts;
         }
         out
     }

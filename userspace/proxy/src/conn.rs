@@ -1,73 +1,91 @@
 //! One downstream HTTP/1.1 connection, read top to bottom: read a request head (idle and
-//! header-read timeouts), parse it strictly, route it, hand it to [`crate::forward`], account
-//! for it, and loop while the connection stays keep-alive. Pipelined requests are answered in
-//! order because the next head is parsed only after the previous response is complete. Owns
-//! the downstream read buffer and every response weir writes on its own. Must not: forward a
-//! byte of a request that failed parsing.
+//! header-read timeouts), parse it strictly, route it to its service once, admit it under the
+//! service's pending limit, hand it to [`crate::exchange`], account for it, and loop while the
+//! connection stays keep-alive. Pipelined requests are answered in order because the next head
+//! is parsed only after the previous response is complete. Closes in stages (lingering) so a
+//! queued response is never destroyed by a reset, except when a response was cut, which must
+//! look cut. Owns the downstream read buffer. Must not: forward a byte of a request that failed
+//! parsing.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{InlineStr, LogRecord};
-use weir_core::outcome::{DEFAULT_SHED_RETRY_AFTER_SECS, ErrorReason};
+use weir_core::outcome::ErrorReason;
 use weir_core::stats::RequestRecord;
 
-use crate::forward::{self, Exchange, RequestInfo};
-use crate::http::{self, ErrorResponse, HeadError, HeadLimits, RequestHead, Status};
+use crate::ctx::Ctx;
+use crate::exchange::{self, Downstream, Exchange, RequestInfo};
+use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
-use crate::local::ConnRoute;
-use crate::worker::Worker;
+use crate::respond::{self, Reply};
+use crate::state::Scope;
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
 const READ_BUF_BYTES: usize = 1024;
 const SHRINK_ABOVE_BYTES: usize = 64 * 1024;
 
-/// The client side of an exchange: the connection and its unconsumed bytes (`buf[..]`, head
-/// first once parsed).
-#[derive(Debug)]
-pub(crate) struct Downstream {
-    pub conn: Conn,
-    pub buf: Vec<u8>,
-    pub peer: SocketAddr,
+/// A lingering close reads and discards what the client still sends for at most this long…
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// …and at most this much.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a new downstream connection is routed (decided once, at accept).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnRoute {
+    /// The service address the client dialed (steered VIP or a service's own listener), if any.
+    pub dialed: Option<SocketAddr>,
+    /// The connection was steered/dialed to an address that no longer names a service.
+    pub unknown: bool,
+}
+
+/// How a connection ends.
+enum Close {
+    /// The client closed (or went idle past the timeout between requests): nothing unread.
+    Quiet,
+    /// weir closes: in stages.
+    Linger,
+    /// A response was cut: reset.
+    Abort,
 }
 
 /// Serves HTTP on one accepted connection until it closes.
-pub(crate) async fn serve(worker: &Rc<Worker>, conn: Conn, peer: SocketAddr, route: ConnRoute) {
+pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRoute) {
     let mut down = Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer };
     let mut head = RequestHead::default();
     let mut first = true;
-    loop {
-        let limits = {
-            let local = worker.local.borrow();
-            let p = &local.snapshot.config.proxy;
-            HeadLimits {
-                max_head_bytes: p.max_request_head_bytes,
-                max_headers: p.max_headers,
-                max_uri_bytes: p.max_uri_bytes,
-            }
-        };
-        let started = match read_head(worker, &mut down, &mut head, &limits, first).await {
+    let close = loop {
+        let started = match read_head(ctx, &mut down, &mut head, first).await {
             HeadRead::Ready(t) => t,
-            HeadRead::Closed => return,
-            HeadRead::Failed(reason, status) => {
+            HeadRead::Closed => break Close::Quiet,
+            HeadRead::Failed(reason, detail) => {
                 let t0 = Instant::now();
-                respond_error(&mut down, reason, Some(status), true, false).await;
-                account(worker, None, &down, None, status, Some(reason), t0, &RequestInfo::default(), None);
-                return;
+                let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
+                respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
+                let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
+                account(ctx, None, &down, t0, &RequestInfo::default(), &ex);
+                break Close::Linger;
             }
         };
         first = false;
         // The request's state machine (forwarding, retries, streaming) is several KiB; boxing it
         // keeps an idle keep-alive connection down to its read buffer and a small future.
-        let keep_alive = Box::pin(handle(worker, &mut down, &mut head, route, started)).await;
-        if !keep_alive {
-            return;
+        let ex = Box::pin(handle(ctx, &mut down, &mut head, route, started)).await;
+        if ex.abort {
+            break Close::Abort;
+        }
+        if !ex.keep_alive || ctx.draining() {
+            break Close::Linger;
         }
         if down.buf.capacity() > SHRINK_ABOVE_BYTES {
             down.buf.shrink_to(READ_BUF_BYTES.max(down.buf.len()));
         }
+    };
+    match close {
+        Close::Quiet => {}
+        Close::Linger => down.conn.close_lingering(LINGER_TIME, LINGER_BYTES).await,
+        Close::Abort => down.conn.abort(),
     }
 }
 
@@ -76,24 +94,23 @@ enum HeadRead {
     Ready(Instant),
     /// The client closed (or went idle past the timeout, or drain) between requests.
     Closed,
-    /// Answer with this reason and status, then close.
-    Failed(ErrorReason, u16),
+    /// Answer this error (with this body text), then close.
+    Failed(ErrorReason, &'static str),
 }
 
 /// Reads until `head` is complete. Between requests the downstream idle timeout applies (and
 /// drain closes the connection); from the first byte of a head (or from accept, for the first
 /// request) the header read timeout applies, then 408.
-async fn read_head(
-    worker: &Worker,
-    down: &mut Downstream,
-    head: &mut RequestHead,
-    limits: &HeadLimits,
-    first: bool,
-) -> HeadRead {
-    let (idle, header_timeout) = {
-        let local = worker.local.borrow();
-        let p = &local.snapshot.config.proxy;
-        (p.downstream_idle_timeout, p.header_read_timeout)
+async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, first: bool) -> HeadRead {
+    let (limits, idle, header_timeout) = {
+        let state = ctx.state.borrow();
+        let p = &state.snapshot().config.proxy;
+        let limits = HeadLimits {
+            max_head_bytes: p.max_request_head_bytes,
+            max_headers: p.max_headers,
+            max_uri_bytes: p.max_uri_bytes,
+        };
+        (limits, p.downstream_idle_timeout, p.header_read_timeout)
     };
     let mut head_deadline = first.then(|| Instant::now() + header_timeout);
     let mut started = Instant::now();
@@ -103,12 +120,12 @@ async fn read_head(
                 head_deadline = Some(Instant::now() + header_timeout);
                 started = Instant::now();
             }
-            match http::parse_request(&down.buf, limits, head) {
+            match http::parse_request(&down.buf, &limits, head) {
                 Ok(Status::Complete(_)) => return HeadRead::Ready(started),
                 Ok(Status::Partial) => {}
-                Err(e) => return HeadRead::Failed(head_error_reason(&e), e.status()),
+                Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
             }
-        } else if worker.draining() {
+        } else if ctx.draining() {
             return HeadRead::Closed;
         }
         if down.buf.len() == down.buf.capacity() {
@@ -119,13 +136,14 @@ async fn read_head(
         // the header read timeout, then 408.
         let (deadline, cancel) = match head_deadline {
             Some(d) => (d, None),
-            None => (Instant::now() + idle, Some(&worker.drain)),
+            None => (Instant::now() + idle, Some(&ctx.drain)),
         };
         match crate::io::read_until(&mut down.conn, buf, deadline, cancel).await {
             ReadUntil::TimedOut if head_deadline.is_some() => {
                 // The read was cancelled with its buffer; what was already parsed is lost,
                 // which is fine: the connection is answered 408 and closed.
-                return HeadRead::Failed(ErrorReason::HeaderReadTimeout, 408);
+                let reason = ErrorReason::HeaderReadTimeout;
+                return HeadRead::Failed(reason, reason.message());
             }
             ReadUntil::TimedOut | ReadUntil::Cancelled => return HeadRead::Closed,
             // EOF or an error, between requests or within a head: nothing to answer to.
@@ -135,128 +153,78 @@ async fn read_head(
     }
 }
 
-/// The `x-weir-error` reason for a request head that failed parsing.
-pub(crate) fn head_error_reason(e: &HeadError) -> ErrorReason {
-    match e.status() {
-        431 => ErrorReason::HeadTooLarge,
-        414 => ErrorReason::UriTooLong,
-        501 | 505 => ErrorReason::NotImplemented,
-        _ => ErrorReason::BadRequest,
-    }
-}
-
-/// Handles one parsed request; returns whether the connection stays open.
+/// Handles one parsed request: routes it to its service once, admits it, proxies it, and
+/// accounts for it.
 async fn handle(
-    worker: &Rc<Worker>,
+    ctx: &Ctx,
     down: &mut Downstream,
     head: &mut RequestHead,
     route: ConnRoute,
     started: Instant,
-) -> bool {
+) -> Exchange {
     let info = RequestInfo::from_head(head, &down.buf);
-    if head.upgrade {
-        respond_error(down, ErrorReason::NotImplemented, None, true, info.is_head).await;
-        account(worker, None, down, None, 501, Some(ErrorReason::NotImplemented), started, &info, None);
-        return false;
-    }
-    let service = {
-        let mut local = worker.local.borrow_mut();
-        local.refresh(worker);
-        let host = head.host.map(|h| h.get(&down.buf));
-        if route.unknown { None } else { local.route_request(route.dialed, host).map(|i| local.service_ref(i)) }
-    };
-    let Some(svc) = service else {
-        // Unknown service: 404. Its body (if any) is not read, so the connection closes.
-        let close = head.body.has_body() || !head.keep_alive;
-        worker.telemetry.borrow_mut().shard.unrouted += 1;
-        respond_error(down, ErrorReason::NoRoute, None, close, info.is_head).await;
-        account(worker, None, down, None, 404, Some(ErrorReason::NoRoute), started, &info, None);
-        down.buf.drain(..head.head_len);
-        return !close;
-    };
-
-    // Overload protection: this worker's share of the service's pending-request limit.
-    let shed = {
-        let mut local = worker.local.borrow_mut();
-        match local.resolve(&svc) {
-            Some(ls) if ls.pending >= ls.max_pending => true,
-            Some(ls) => {
-                ls.pending += 1;
-                false
+    let routed = {
+        ctx.refresh();
+        let mut state = ctx.state.borrow_mut();
+        let index = if route.unknown {
+            None
+        } else {
+            match route.dialed {
+                Some(d) => state.snapshot().by_vip(d),
+                None => head.host.and_then(|h| state.snapshot().by_host(h.get(&down.buf))),
             }
-            None => true,
+        };
+        match index.map(|i| state.scope(i)) {
+            None => {
+                state.telemetry.shard.unrouted += 1;
+                Err((None, ErrorReason::NoRoute))
+            }
+            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
+            Some(scope) => Ok(scope),
         }
     };
-    if shed {
-        let close = head.body.has_body() || !head.keep_alive;
-        respond_error(down, ErrorReason::Overloaded, None, close, info.is_head).await;
-        account(worker, Some(&svc), down, None, 503, Some(ErrorReason::Overloaded), started, &info, None);
-        down.buf.drain(..head.head_len);
-        return !close;
+    match routed {
+        Ok(scope) => {
+            let ex = exchange::exchange(ctx, down, head, &scope, started).await;
+            ctx.state.borrow_mut().release(&scope);
+            account(ctx, Some(&scope), down, started, &info, &ex);
+            ex
+        }
+        // Unknown service (404) or over the service's pending limit (503): the request's body
+        // (if any) is not read, so the connection closes after the answer.
+        Err((scope, reason)) => {
+            let close = head.body.has_body() || !head.keep_alive;
+            let reply = Reply { close, head_request: info.is_head, ..Reply::new(reason) };
+            let written = respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
+            down.buf.drain(..head.head_len);
+            let ex = Exchange {
+                status: reason.status(),
+                error: Some(reason),
+                keep_alive: written && !reply.closes(),
+                ..Exchange::default()
+            };
+            account(ctx, scope.as_ref(), down, started, &info, &ex);
+            ex
+        }
     }
-    let exchange = forward::exchange(worker, down, head, &svc, &info, started).await;
-    if let Some(ls) = worker.local.borrow_mut().resolve(&svc) {
-        ls.pending = ls.pending.saturating_sub(1);
-    }
-    account(
-        worker,
-        Some(&svc),
-        down,
-        exchange.endpoint,
-        exchange.status,
-        exchange.error,
-        started,
-        &info,
-        Some(&exchange),
-    );
-    exchange.keep_alive && !worker.draining()
-}
-
-/// Writes a response weir generates itself.
-pub(crate) async fn respond_error(
-    down: &mut Downstream,
-    reason: ErrorReason,
-    status: Option<u16>,
-    close: bool,
-    omit_body: bool,
-) {
-    let mut out = Vec::with_capacity(256);
-    ErrorResponse {
-        status: status.unwrap_or(reason.status()),
-        reason: reason.as_str(),
-        detail: reason.message(),
-        close: close || reason.closes_connection(),
-        retry_after_secs: reason.sets_retry_after().then_some(DEFAULT_SHED_RETRY_AFTER_SECS),
-        omit_body,
-    }
-    .write(&mut out);
-    let (_, _) = down.conn.write_all(out).await;
 }
 
 /// Counts a finished request in the worker's stats shard and access log.
-#[allow(clippy::too_many_arguments)]
-fn account(
-    worker: &Worker,
-    svc: Option<&crate::local::ServiceRef>,
-    down: &Downstream,
-    endpoint: Option<SocketAddr>,
-    status: u16,
-    error: Option<ErrorReason>,
-    started: Instant,
-    info: &RequestInfo,
-    exchange: Option<&Exchange>,
-) {
+fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant, info: &RequestInfo, ex: &Exchange) {
     let duration = started.elapsed();
-    let slot = svc.and_then(|s| worker.local.borrow_mut().resolve(s).map(|l| l.stats));
-    let mut t = worker.telemetry.borrow_mut();
-    if let Some(slot) = slot {
-        t.shard.service_mut(slot).record(&RequestRecord {
-            status: (status != 0).then_some(status),
-            error,
+    let mut state = ctx.state.borrow_mut();
+    if ex.write_timeout {
+        state.telemetry.shard.downstream_write_timeouts += 1;
+    }
+    if let Some(stats) = scope.and_then(|s| state.stats(s)) {
+        stats.record(&RequestRecord {
+            status: (ex.status != 0).then_some(ex.status),
+            error: ex.error,
             duration,
-            panic: exchange.is_some_and(|e| e.panic),
+            panic: ex.panic,
         });
     }
+    let t = &mut state.telemetry;
     if t.logging() {
         let start_unix_us = SystemTime::now()
             .checked_sub(duration)
@@ -264,20 +232,20 @@ fn account(
             .map_or(0, |d| d.as_micros() as u64);
         t.log(LogRecord {
             start_unix_us,
-            service: InlineStr::new(svc.map_or(&b""[..], |s| s.name.as_bytes())),
-            endpoint,
+            service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
+            endpoint: ex.endpoint,
             client: Some(down.peer),
             method: info.method,
             authority: info.authority,
             path: info.path,
-            status,
-            error,
-            attempts: exchange.map_or(0, |e| e.attempts),
-            bytes_in: exchange.map_or(0, |e| e.bytes_in),
-            bytes_out: exchange.map_or(0, |e| e.bytes_out),
+            status: ex.status,
+            error: ex.error,
+            attempts: ex.attempts,
+            bytes_in: ex.bytes_in,
+            bytes_out: ex.bytes_out,
             duration_us: duration.as_micros() as u64,
-            upstream_us: exchange.map_or(0, |e| e.upstream_us),
-            worker: worker.id as u16,
+            upstream_us: ex.upstream_us,
+            worker: ctx.worker as u16,
             tcp: false,
         });
     }

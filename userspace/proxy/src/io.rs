@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use compio::buf::{BufResult, IntoInner, IoBuf};
-use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncWrite};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -51,7 +51,7 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
         stream.set_nodelay(true)?;
-        Ok((Conn { inner: stream }, peer))
+        Ok((Conn { inner: stream, sent: 0 }, peer))
     }
 
     /// The bound address.
@@ -66,10 +66,35 @@ impl Listener {
     }
 }
 
+/// How long an operation may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Until this instant, however much progress is made (a request deadline).
+    Until(Instant),
+    /// This long for each operation: it fails only when an operation makes no progress for
+    /// that long (an idle or no-progress timeout).
+    Idle(Duration),
+}
+
+impl Wait {
+    fn deadline(self) -> Instant {
+        match self {
+            Wait::Until(t) => t,
+            Wait::Idle(d) => Instant::now() + d,
+        }
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no progress before the deadline")
+}
+
 /// A connected TCP stream (downstream client or upstream endpoint).
 #[derive(Debug)]
 pub struct Conn {
     inner: TcpStream,
+    /// Bytes written so far (to tell whether a request's bytes reached the peer's kernel).
+    sent: u64,
 }
 
 impl Conn {
@@ -82,7 +107,7 @@ impl Conn {
         socket.set_tcp_nodelay(true)?;
         let socket = TcpSocket::from_std_stream(socket.into())?;
         match compio::time::timeout(timeout, socket.connect(addr)).await {
-            Ok(Ok(stream)) => Ok(Conn { inner: stream }),
+            Ok(Ok(stream)) => Ok(Conn { inner: stream, sent: 0 }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
@@ -98,16 +123,104 @@ impl Conn {
         (res, slice.into_inner())
     }
 
-    /// Writes all of `buf`.
-    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let BufResult(res, buf) = self.inner.write_all(buf).await;
-        (res, buf)
+    /// Reads into the spare capacity of `buf` (as [`Conn::read`]) within `wait`; `None` when
+    /// the time ran out first (the read was cancelled and its buffer dropped).
+    pub async fn read_by(&mut self, buf: Vec<u8>, wait: Wait) -> Option<(io::Result<usize>, Vec<u8>)> {
+        until(wait.deadline(), self.read(buf)).await
     }
 
-    /// Writes `buf[range]` completely and gives the whole buffer back.
-    pub async fn write_range(&mut self, buf: Vec<u8>, range: std::ops::Range<usize>) -> (io::Result<()>, Vec<u8>) {
-        let BufResult(res, slice) = self.inner.write_all(buf.slice(range)).await;
-        (res, slice.into_inner())
+    /// Writes all of `buf`, with no deadline.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let len = buf.len();
+        self.write_range_by(buf, 0..len, None).await
+    }
+
+    /// Writes all of `buf` within `wait`. On a timeout the error kind is `TimedOut` and the
+    /// buffer is lost (the connection is not usable any more).
+    pub async fn write_all_by(&mut self, buf: Vec<u8>, wait: Wait) -> (io::Result<()>, Vec<u8>) {
+        let len = buf.len();
+        self.write_range_by(buf, 0..len, Some(wait)).await
+    }
+
+    /// Writes `buf[range]` completely (within `wait`, if any) and gives the whole buffer back.
+    pub async fn write_range_by(
+        &mut self,
+        mut buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        wait: Option<Wait>,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let mut pos = range.start;
+        while pos < range.end {
+            let op = self.inner.write(buf.slice(pos..range.end));
+            let BufResult(res, slice) = match wait {
+                None => op.await,
+                Some(w) => match until(w.deadline(), op).await {
+                    Some(r) => r,
+                    None => return (Err(timed_out()), Vec::new()),
+                },
+            };
+            buf = slice.into_inner();
+            match res {
+                Ok(0) => return (Err(io::Error::new(io::ErrorKind::WriteZero, "peer took nothing")), buf),
+                Ok(n) => {
+                    pos += n;
+                    self.sent += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Bytes written on this connection so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Whether the peer's kernel acknowledged none of the bytes written after the first
+    /// `sent_before` (TCP_INFO `tcpi_bytes_acked`): then the peer application cannot have read
+    /// them, so a request sent there was never processed and may be sent again elsewhere
+    /// whatever its method. False when the kernel cannot say.
+    pub fn unacked_since(&self, sent_before: u64) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain old data; zeroed is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.inner.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        let has_field = len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        rc == 0 && has_field && info.tcpi_bytes_acked <= sent_before
+    }
+
+    /// Closes in stages (RFC 9112 9.6), so that a response still queued is not destroyed by a
+    /// reset: shuts the write side (FIN after every queued byte), then reads and discards what
+    /// the client still sends until it closes, `within` passes, or `max_bytes` were discarded.
+    pub async fn close_lingering(mut self, within: Duration, max_bytes: usize) {
+        if self.shutdown_write().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + within;
+        let mut discarded = 0;
+        let mut buf = Vec::with_capacity(4096);
+        while discarded < max_bytes {
+            match until(deadline, self.read(buf)).await {
+                Some((Ok(n), b)) if n > 0 => {
+                    discarded += n;
+                    buf = b;
+                    buf.clear();
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Shuts the write side down (sends FIN); reads still work.
@@ -115,16 +228,22 @@ impl Conn {
         self.inner.shutdown().await
     }
 
-    /// Closes the connection with a reset (SO_LINGER 0): used when a response is cut short so
-    /// that the client cannot mistake a truncated body for a complete one.
+    /// Closes the connection with a reset and no FIN before it (SO_LINGER 0, then close): used
+    /// when a response is cut short, so that the client cannot mistake a truncated body for a
+    /// complete one. Takes effect when the last handle to the socket is dropped.
     pub fn abort(self) {
         let _ = self.inner.set_zero_linger();
         drop(self);
     }
 
-    /// Another handle to the same socket (for relaying both directions at once).
+    /// Makes the final close a reset (SO_LINGER 0) instead of a FIN after queued bytes.
+    pub fn set_zero_linger(&self) -> io::Result<()> {
+        self.inner.set_zero_linger()
+    }
+
+    /// Another handle to the same socket (to read and write it from two futures at once).
     pub fn try_clone(&self) -> Conn {
-        Conn { inner: self.inner.clone() }
+        Conn { inner: self.inner.clone(), sent: 0 }
     }
 
     /// Resets the connection for every handle (SO_LINGER 0 + shutdown of both directions):

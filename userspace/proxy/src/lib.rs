@@ -1,20 +1,28 @@
 //! weir's per-core data path: worker threads with their own io_uring runtime, listener,
 //! balancers, pools and stats; HTTP/1.1 and TCP forwarding with retries, timeouts and outlier
 //! detection. Knows nothing of eBPF: steering reaches it only through [`OriginalDst`].
+//!
+//! Modules depend on each other one way only (docs/ARCHITECTURE.md draws the graph; a test
+//! fails if a cycle comes back): `worker` → `conn`/`tcp` → `exchange` → `attempt` →
+//! `body`/`respond`/`pool`/`http`/`io`, with `ctx` → `state` → `snapshot` beside them.
 
+mod attempt;
 mod body;
 mod conn;
-mod forward;
+mod ctx;
+mod exchange;
 pub mod http;
 pub mod io;
-mod local;
 mod pool;
+mod respond;
+mod shared;
 mod snapshot;
+mod state;
 mod tcp;
 mod telemetry;
-mod upstream;
 mod worker;
 
-pub use snapshot::{ServiceShared, Snapshot, outlier_policy};
+pub use shared::{OriginalDst, Shared};
+pub use snapshot::{Service, Snapshot};
 pub use telemetry::{LogSource, TelemetryHub, WorkerTelemetry, telemetry};
-pub use worker::{OriginalDst, Shared, StartOptions, ThreadHook, Workers};
+pub use worker::{StartOptions, ThreadHook, Workers};

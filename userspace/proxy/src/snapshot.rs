@@ -1,14 +1,16 @@
 //! The immutable snapshot workers run on: a validated config plus what is derived from it once
-//! (route tables) and the per-service state that must be shared by all cores (outlier health).
-//! Built by the control thread, published with one atomic swap, read by workers without locks.
-//! Must not: change after publication; anything a worker mutates lives in its own `Local`.
+//! per publication: route tables (VIP, Host) and, per service, its policies precomputed (retry,
+//! budget, outlier, per-worker limits) and the state all cores share (outlier health). Built by
+//! the control thread, published with one atomic swap, read by workers without locks. Must
+//! not: change after publication; anything a worker mutates lives in its own `WorkerState`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use weir_core::config::{Config, ServiceConfig};
-use weir_core::outlier::{OutlierPolicy, ServiceHealth};
+use weir_core::outlier::ServiceHealth;
+use weir_core::retry::{BudgetPolicy, RetryPolicy};
 
 /// One published configuration.
 #[derive(Debug)]
@@ -19,50 +21,62 @@ pub struct Snapshot {
     pub generation: u64,
     /// Worker count (fixed for the life of the process).
     pub workers: usize,
-    /// Per-service shared state, index-aligned with `config.services`.
-    pub services: Vec<ServiceShared>,
+    /// Per-service derived state, index-aligned with `config.services`.
+    pub services: Vec<Arc<Service>>,
     by_vip: HashMap<SocketAddr, usize>,
     by_host: HashMap<String, usize>,
+    by_name: HashMap<Arc<str>, usize>,
 }
 
-/// State of one service that all workers share.
+/// What a snapshot derives for one service, once, instead of per request.
 #[derive(Debug)]
-pub struct ServiceShared {
-    /// Outlier detection; carried across reloads for endpoints that stay.
+pub struct Service {
+    /// The service name (the `service` label).
+    pub name: Arc<str>,
+    /// Outlier detection, shared by all workers; carried across reloads for endpoints that stay.
     pub health: Arc<ServiceHealth>,
+    /// Retry policy (`[service.retry]` + the attempt timeout).
+    pub retry: RetryPolicy,
+    /// Retry budget policy.
+    pub budget: BudgetPolicy,
+    /// This worker's share of `max_pending_requests` (each worker gets the same share).
+    pub max_pending_per_worker: u32,
+    /// Idle pooled connections kept per endpoint per worker.
+    pub max_idle_per_endpoint: usize,
 }
 
-/// The outlier policy of a service's config.
-pub fn outlier_policy(s: &ServiceConfig) -> OutlierPolicy {
-    let o = &s.outlier;
-    OutlierPolicy {
-        enabled: o.enabled,
-        consecutive_gateway_failures: o.consecutive_gateway_failures,
-        base_ejection_ms: o.base_ejection.as_millis() as u64,
-        max_ejection_ms: o.max_ejection.as_millis() as u64,
-        max_ejection_percent: o.max_ejection_percent,
-        panic_threshold_percent: o.panic_threshold_percent,
-        probe_timeout_ms: s.timeouts.request.as_millis() as u64,
-        ..OutlierPolicy::default()
+impl Service {
+    fn new(cfg: &ServiceConfig, workers: usize, previous: Option<&Service>) -> Service {
+        let addrs: Vec<SocketAddr> = cfg.endpoints.iter().map(|e| e.addr).collect();
+        let policy = cfg.outlier_policy();
+        let health = match previous {
+            Some(old) => ServiceHealth::carry_over(&old.health, policy, &addrs),
+            None => ServiceHealth::new(policy, &addrs),
+        };
+        Service {
+            name: Arc::from(cfg.name.as_str()),
+            health: Arc::new(health),
+            retry: cfg.retry_policy(),
+            budget: cfg.budget_policy(),
+            max_pending_per_worker: cfg.limits.max_pending_requests.div_ceil(workers.max(1) as u32).max(1),
+            max_idle_per_endpoint: cfg.limits.max_idle_per_endpoint as usize,
+        }
     }
 }
 
 impl Snapshot {
     /// Builds a snapshot; state of services and endpoints that also exist in `previous` is
     /// carried over (an ejected endpoint stays ejected across a reload).
-    pub fn build(config: Config, workers: usize, previous: Option<&Snapshot>, _now_ms: u64) -> Snapshot {
+    pub fn build(config: Config, workers: usize, previous: Option<&Snapshot>) -> Snapshot {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_vip = HashMap::new();
         let mut by_host = HashMap::new();
+        let mut by_name = HashMap::with_capacity(config.services.len());
         for (i, s) in config.services.iter().enumerate() {
-            let addrs: Vec<SocketAddr> = s.endpoints.iter().map(|e| e.addr).collect();
-            let policy = outlier_policy(s);
-            let old = previous.and_then(|p| p.service_index(&s.name).map(|j| &p.services[j]));
-            let health = match old {
-                Some(old) => ServiceHealth::carry_over(&old.health, policy, &addrs),
-                None => ServiceHealth::new(policy, &addrs),
-            };
-            services.push(ServiceShared { health: Arc::new(health) });
+            let old = previous.and_then(|p| p.service_index(&s.name).map(|j| &*p.services[j]));
+            let service = Arc::new(Service::new(s, workers, old));
+            by_name.insert(service.name.clone(), i);
+            services.push(service);
             by_vip.insert(s.vip, i);
             if let Some(l) = s.listen {
                 by_vip.insert(l, i);
@@ -82,6 +96,7 @@ impl Snapshot {
             services,
             by_vip,
             by_host,
+            by_name,
         }
     }
 
@@ -102,7 +117,7 @@ impl Snapshot {
 
     /// Index of the service named `name`.
     pub fn service_index(&self, name: &str) -> Option<usize> {
-        self.config.services.iter().position(|s| s.name == name)
+        self.by_name.get(name).copied()
     }
 }
 
@@ -113,10 +128,49 @@ fn host_ip(ip: IpAddr) -> String {
     }
 }
 
-impl Snapshot {
-    /// Index of the service `r` refers to in this snapshot: its own index when `r` was taken
-    /// from this snapshot, else found by name (the service may have moved or gone).
-    pub(crate) fn service_index_fast(&self, r: &crate::local::ServiceRef) -> Option<usize> {
-        if r.generation == self.generation { Some(r.index) } else { self.service_index(&r.name) }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(services: &str) -> Config {
+        Config::parse(services, std::path::Path::new("test.toml")).expect("valid config")
+    }
+
+    #[test]
+    fn host_routing_by_name_port_and_vip_case_insensitively() {
+        let cfg = config(
+            "[[service]]\nname = \"alpha\"\nvip = \"127.10.1.2:80\"\n\
+             [[service]]\nname = \"beta\"\nvip = \"127.10.1.3:8080\"\n\
+             [[service]]\nname = \"v6\"\nvip = \"[::1]:80\"\n",
+        );
+        let s = Snapshot::build(cfg, 2, None);
+        for (host, want) in [
+            ("alpha", Some(0)),
+            ("ALPHA", Some(0)),
+            ("alpha:80", Some(0)),
+            ("127.10.1.2", Some(0)),
+            ("127.10.1.2:80", Some(0)),
+            (" beta ", Some(1)),
+            ("beta:8080", Some(1)),
+            ("127.10.1.3:8080", Some(1)),
+            ("127.10.1.3", None),
+            ("[::1]", Some(2)),
+            ("gamma", None),
+        ] {
+            assert_eq!(s.by_host(host.as_bytes()), want, "Host: {host:?}");
+        }
+        assert_eq!(s.by_vip("127.10.1.3:8080".parse().expect("addr")), Some(1));
+    }
+
+    #[test]
+    fn policies_are_precomputed_and_health_carried_across_a_rebuild() {
+        let one = "[[service]]\nname = \"a\"\nvip = \"127.10.1.2:80\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
+                   [service.retry]\nattempts = 5\n[service.limits]\nmax_pending_requests = 9\n";
+        let s1 = Snapshot::build(config(one), 2, None);
+        let svc = &s1.services[0];
+        assert_eq!((svc.retry.attempts, svc.max_pending_per_worker), (5, 5));
+        let s2 = Snapshot::build(config(one), 2, Some(&s1));
+        assert_eq!(s2.generation, 2);
+        assert_eq!(s2.services[0].health.addresses(), s1.services[0].health.addresses());
     }
 }

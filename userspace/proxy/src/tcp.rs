@@ -13,112 +13,117 @@ use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason};
 
+use crate::attempt::connect_outcome;
+use crate::conn::ConnRoute;
+use crate::ctx::Ctx;
 use crate::io::{Conn, until};
-use crate::local::ConnRoute;
-use crate::upstream::{self, Picked};
-use crate::worker::Worker;
+use crate::pool::UpConn;
+use crate::state::{Picked, Scope, Tried};
 
 const RELAY_BUF_BYTES: usize = 16 * 1024;
 
 /// Serves one downstream connection of a TCP service.
-pub(crate) async fn relay(worker: &Rc<Worker>, client: Conn, peer: SocketAddr, route: ConnRoute) {
+pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: ConnRoute) {
     let started = Instant::now();
     let start_unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let resolved = {
-        let mut local = worker.local.borrow_mut();
-        local.refresh(worker);
-        route.dialed.and_then(|d| local.snapshot.by_vip(d)).map(|i| {
-            let cfg = &local.snapshot.config.services[i];
-            (
-                local.service_ref(i),
-                cfg.timeouts.connect,
-                cfg.retry.attempts,
-                local.snapshot.config.proxy.tcp_idle_timeout,
-            )
-        })
+        ctx.refresh();
+        let state = ctx.state.borrow();
+        let snapshot = state.snapshot();
+        route.dialed.and_then(|d| snapshot.by_vip(d)).map(|i| (state.scope(i), snapshot.config.proxy.tcp_idle_timeout))
     };
-    let Some((svc, connect_timeout, attempts, idle)) = resolved else {
+    let Some((scope, idle)) = resolved else {
         // Unknown destination: a TCP client gets its connection closed.
-        worker.telemetry.borrow_mut().shard.unrouted += 1;
+        ctx.state.borrow_mut().telemetry.shard.unrouted += 1;
         return;
     };
+    let (attempts, connect_timeout) = (scope.config().retry.attempts, scope.config().timeouts.connect);
+    let opts = ctx.connect_options();
 
-    let mut last: Option<Picked> = None;
-    let mut tried_endpoints = upstream::Tried::default();
-    let mut upstream = None;
+    let mut tried = Tried::default();
+    let mut connected: Option<(UpConn, Picked)> = None;
     let mut error = None;
-    let mut tried = 0u8;
+    let mut tries = 0u8;
     for attempt in 1..=attempts {
-        let Some(picked) = upstream::pick(worker, &svc, &tried_endpoints, Instant::now()) else {
-            error = Some(if last.is_some() { ErrorReason::ConnectFailure } else { ErrorReason::NoHealthyEndpoint });
+        let picked = ctx.state.borrow_mut().pick(&scope, &tried, Instant::now(), ctx.now_ms());
+        let Some(picked) = picked else {
+            error = Some(if tries > 0 { ErrorReason::ConnectFailure } else { ErrorReason::NoHealthyEndpoint });
             break;
         };
-        tried += 1;
-        match upstream::connect(worker, picked.addr, connect_timeout).await {
+        tries += 1;
+        let res = Conn::connect(picked.addr, opts, connect_timeout).await;
+        let mut state = ctx.state.borrow_mut();
+        match res {
             Ok(conn) => {
-                upstream::report(worker, &svc, &picked, &Outcome::Response { status: 200 }, Some(started.elapsed()));
-                upstream = Some((conn, picked));
+                let ok = Outcome::Response { status: 200 };
+                state.report(&scope, &picked, &ok, Some(started.elapsed()), Instant::now(), ctx.now_ms());
+                let gauge = state.gauge(&scope);
+                connected = Some((UpConn::new(conn, &gauge), picked));
                 break;
             }
-            Err(outcome) => {
-                upstream::report(worker, &svc, &picked, &outcome, None);
-                last = Some(picked);
-                tried_endpoints.add(picked.addr);
-                error = Some(ErrorReason::ConnectFailure);
-                if attempt < attempts {
-                    with_stats(worker, &svc, |s| s.retry(RetryReason::ConnectFailure));
+            Err(e) => {
+                let outcome = connect_outcome(&e);
+                state.report(&scope, &picked, &outcome, None, Instant::now(), ctx.now_ms());
+                tried.add(picked.addr);
+                error = ErrorReason::from_outcome(&outcome);
+                // weir's own limits are not retried elsewhere: they would fail the same way.
+                if outcome == Outcome::LocalResource {
+                    break;
+                }
+                if attempt < attempts
+                    && let Some(s) = state.stats(&scope)
+                {
+                    s.retry(RetryReason::ConnectFailure);
                 }
             }
         }
     }
 
     let (mut bytes_in, mut bytes_out, mut endpoint) = (0, 0, None);
-    if let Some((up, picked)) = upstream {
+    if let Some((up, picked)) = connected {
         error = None;
         endpoint = Some(picked.addr);
-        with_stats(worker, &svc, |s| s.upstream_connections += 1);
-        let (i, o) = pipe(client, up, idle).await;
-        with_stats(worker, &svc, |s| s.upstream_connections -= 1);
-        (bytes_in, bytes_out) = (i, o);
+        (bytes_in, bytes_out) = pipe(client, up, idle).await;
     }
     let duration = started.elapsed();
-    with_stats(worker, &svc, |s| s.record(&RequestRecord { status: None, error, duration, panic: false }));
-    let mut t = worker.telemetry.borrow_mut();
+    record(ctx, &scope, error, duration);
+    let mut state = ctx.state.borrow_mut();
+    let t = &mut state.telemetry;
     if t.logging() {
         t.log(LogRecord {
             start_unix_us,
-            service: InlineStr::new(svc.name.as_bytes()),
+            service: InlineStr::new(scope.name().as_bytes()),
             endpoint,
             client: Some(peer),
             status: 0,
             error,
-            attempts: tried,
+            attempts: tries,
             bytes_in,
             bytes_out,
             duration_us: duration.as_micros() as u64,
-            worker: worker.id as u16,
+            worker: ctx.worker as u16,
             tcp: true,
             ..LogRecord::default()
         });
     }
 }
 
-fn with_stats(worker: &Worker, svc: &crate::local::ServiceRef, f: impl FnOnce(&mut weir_core::stats::ServiceStats)) {
-    let slot = worker.local.borrow_mut().resolve(svc).map(|s| s.stats);
-    if let Some(slot) = slot {
-        f(worker.telemetry.borrow_mut().shard.service_mut(slot));
+fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration) {
+    if let Some(s) = ctx.state.borrow_mut().stats(scope) {
+        s.record(&RequestRecord { status: None, error, duration, panic: false });
     }
 }
 
 /// Relays both directions until each has seen EOF (or an error, or `idle` without traffic in
 /// either direction). Returns bytes client→endpoint and endpoint→client.
-async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> (u64, u64) {
+async fn pipe(client: Conn, upstream: UpConn, idle: Duration) -> (u64, u64) {
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let (c_read, c_write) = (client.try_clone(), client);
-    let (u_read, u_write) = (upstream.try_clone(), upstream);
+    let (u_read, u_write) = (upstream.conn.try_clone(), upstream.conn.try_clone());
     let up = copy(c_read, u_write, idle, last_activity.clone());
     let down = copy(u_read, c_write, idle, last_activity);
     let (a, b) = futures_util::future::join(up, down).await;
+    drop(upstream);
     (a, b)
 }
 

@@ -1,7 +1,8 @@
 //! A worker's outputs: its RED stats shard (single writer; a copy is published once a second
 //! for the admin thread to merge) and the producer end of its access-log ring (a full ring
-//! drops the record and counts it; the worker never waits). Must not: lock, block, or be
-//! shared between workers.
+//! drops the record and counts it; the worker never waits). The rings are committed when they
+//! are made: every slot is written once, so their memory is resident from the start and does
+//! not grow in with traffic. Must not: lock, block, or be shared between workers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,9 @@ pub struct LogSource {
 }
 
 /// Creates telemetry for `workers` workers; `ring_records` is the per-worker access-log ring
-/// capacity (`None` = access logging off).
+/// capacity (`None` = access logging off). Each ring's memory (`ring_records` ×
+/// `size_of::<LogRecord>()`) is touched here, once, so that it counts against the process's
+/// memory from the start instead of filling in as records arrive.
 pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTelemetry>, TelemetryHub) {
     let mut out = Vec::with_capacity(workers);
     let mut hub = TelemetryHub { shards: Vec::with_capacity(workers), logs: Vec::new() };
@@ -48,7 +51,8 @@ pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTele
         hub.shards.push(published.clone());
         let dropped = Arc::new(AtomicU64::new(0));
         let log = ring_records.map(|cap| {
-            let (producer, consumer) = rtrb::RingBuffer::new(cap);
+            let (mut producer, mut consumer) = rtrb::RingBuffer::new(cap);
+            commit(&mut producer, &mut consumer, cap);
             hub.logs.push(LogSource { consumer, dropped: dropped.clone() });
             producer
         });
@@ -60,6 +64,17 @@ pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTele
         });
     }
     (out, hub)
+}
+
+/// Writes every slot of an empty ring once and reads it back: the allocator hands out untouched
+/// pages, which the kernel would otherwise commit one by one as the first records arrive.
+fn commit(producer: &mut rtrb::Producer<LogRecord>, consumer: &mut rtrb::Consumer<LogRecord>, cap: usize) {
+    if let Ok(chunk) = producer.write_chunk_uninit(cap) {
+        chunk.fill_from_iter(std::iter::repeat(LogRecord::default()));
+    }
+    if let Ok(chunk) = consumer.read_chunk(cap) {
+        chunk.commit_all();
+    }
 }
 
 impl WorkerTelemetry {
@@ -89,5 +104,22 @@ impl WorkerTelemetry {
             // eventually.
             self.log_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_ring_is_empty_and_takes_its_full_capacity() {
+        let (mut workers, mut hub) = telemetry(1, Some(16));
+        let log = &mut hub.logs[0];
+        assert_eq!(log.consumer.slots(), 0, "the committed ring is not empty");
+        for _ in 0..20 {
+            workers[0].log(LogRecord::default());
+        }
+        assert_eq!(log.consumer.slots(), 16);
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 4);
     }
 }

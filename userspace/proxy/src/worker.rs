@@ -1,67 +1,28 @@
 //! Worker threads: one per core, pinned, each with its own io_uring runtime, its own
-//! SO_REUSEPORT listener, and its own per-service state (balancers, pools, budgets, stats).
-//! Owns: starting and pinning workers, the accept loop, connection limits, drain, and picking
-//! up new snapshots. Must not: share anything mutable with another worker; the only
-//! cross-thread inputs are the published snapshot and the drain signal, and the only outputs
-//! are the single-writer stats shards and log rings handed over at start.
+//! SO_REUSEPORT listener, and its own state ([`WorkerState`], reached by tasks through the
+//! narrow [`Ctx`]). Owns: starting and pinning workers, the accept loop, routing a connection
+//! to HTTP or TCP, connection limits, drain, and the once-a-second housekeeping. Must not:
+//! share anything mutable with another worker; the only cross-thread inputs are the published
+//! snapshot and the drain signal, and the only outputs are the single-writer stats shards and
+//! log rings handed over at start.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use weir_core::config::Protocol;
 
-use crate::http::ResponseHead;
-use crate::io::{CancelToken, Conn, Listener, Runtime};
-use crate::local::Local;
-use crate::snapshot::Snapshot;
+use crate::conn::ConnRoute;
+use crate::ctx::Ctx;
+use crate::io::{Conn, Listener, Runtime};
+use crate::shared::Shared;
+use crate::state::WorkerState;
 use crate::telemetry::WorkerTelemetry;
-
-/// What the data path asks of the steering layer: which service address did the workload
-/// dial, for a connection accepted from `peer` on `local`? Implemented by the weir binary over
-/// the eBPF original-destination map; `None` when the connection was not steered.
-pub trait OriginalDst: Send + Sync + std::fmt::Debug {
-    /// Looks the connection up and forgets it (each connection is asked about once).
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
-
-    /// Called by each worker once its listener is bound (e.g. to register it for CPU-affine
-    /// accept). `cpu` is the CPU the worker is pinned to, if any.
-    fn register_listener(&self, _worker: usize, _cpu: Option<usize>, _fd: std::os::fd::RawFd) {}
-
-    /// Called by every worker once a second: the worker is alive. Steering treats weir as
-    /// down (and applies its fail mode) when no worker has called this for a while.
-    fn heartbeat(&self) {}
-}
-
-/// State every worker reads; written only by the control thread.
-#[derive(Debug)]
-pub struct Shared {
-    /// The snapshot new requests run on.
-    pub snapshot: ArcSwap<Snapshot>,
-    /// Original-destination lookups for steered connections.
-    pub orig_dst: Option<Arc<dyn OriginalDst>>,
-    /// Set once by drain: workers stop accepting and close idle connections.
-    pub draining: AtomicBool,
-    /// Workers whose listener is bound and accepting.
-    pub ready_workers: AtomicUsize,
-    /// Downstream connections open right now, all workers (gauge; written per accept/close).
-    pub downstream_connections: AtomicUsize,
-    /// Process start; outlier detection counts milliseconds from here.
-    pub epoch: Instant,
-}
-
-impl Shared {
-    /// Milliseconds since [`Shared::epoch`].
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-}
 
 /// How to start the workers.
 #[derive(Debug)]
@@ -161,68 +122,26 @@ impl Workers {
     }
 }
 
-/// One worker's thread-local context, shared by its tasks through `Rc`.
+/// The worker's own accept-side bookkeeping (its tasks only ever see the [`Ctx`]).
 #[derive(Debug)]
-pub(crate) struct Worker {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    /// Per-service state of this worker. Never borrowed across an `.await`.
-    pub local: RefCell<Local>,
-    pub telemetry: RefCell<WorkerTelemetry>,
-    /// Cancelled when drain starts.
-    pub drain: CancelToken,
+struct Worker {
+    ctx: Ctx,
     /// Downstream connections open on this worker.
-    pub connections: Cell<usize>,
+    connections: Cell<usize>,
     /// Connection limit of this worker (its share of `max_connections`).
-    pub max_connections: usize,
+    max_connections: usize,
     /// Tasks still running (connections); drain waits for 0.
-    pub tasks: Cell<usize>,
-    /// Reusable I/O buffers, so that exchanges do not allocate once the worker is warm and
-    /// idle connections hold none.
-    bufs: RefCell<Vec<Vec<u8>>>,
-    /// Reusable response heads (their field lists are heap vectors), for the same reason.
-    heads: RefCell<Vec<ResponseHead>>,
+    tasks: Cell<usize>,
+    shared: Arc<Shared>,
 }
 
-/// Buffers kept for reuse per worker, and the largest one kept.
-const MAX_POOLED_BUFS: usize = 256;
-const MAX_POOLED_BUF_BYTES: usize = 256 * 1024;
-const NEW_BUF_BYTES: usize = 16 * 1024;
-/// Response heads kept for reuse per worker, and the most field slots one may keep.
-const MAX_POOLED_HEADS: usize = 256;
-const MAX_POOLED_HEAD_FIELDS: usize = 256;
-
 impl Worker {
-    pub fn draining(&self) -> bool {
-        self.shared.draining.load(Ordering::Relaxed)
+    fn task_started(&self) {
+        self.tasks.set(self.tasks.get() + 1);
     }
 
-    /// An empty buffer from the worker's pool (or a new one).
-    pub fn take_buf(&self) -> Vec<u8> {
-        self.bufs.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(NEW_BUF_BYTES))
-    }
-
-    /// Returns a buffer to the pool.
-    pub fn put_buf(&self, mut buf: Vec<u8>) {
-        let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES {
-            buf.clear();
-            bufs.push(buf);
-        }
-    }
-
-    /// A response head from the worker's pool (or a new one); its contents are stale until
-    /// the next parse, which resets it.
-    pub fn take_head(&self) -> ResponseHead {
-        self.heads.borrow_mut().pop().unwrap_or_default()
-    }
-
-    /// Returns a response head to the pool.
-    pub fn put_head(&self, head: ResponseHead) {
-        let mut heads = self.heads.borrow_mut();
-        if heads.len() < MAX_POOLED_HEADS && head.headers.capacity() <= MAX_POOLED_HEAD_FIELDS {
-            heads.push(head);
-        }
+    fn task_done(&self) {
+        self.tasks.set(self.tasks.get() - 1);
     }
 }
 
@@ -268,18 +187,12 @@ fn run_worker(
         let workers = snapshot.workers.max(1);
         let max_connections = (snapshot.config.proxy.max_connections as usize).div_ceil(workers);
         let worker = Rc::new(Worker {
-            id,
-            local: RefCell::new(Local::new(snapshot, id)),
-            shared: shared.clone(),
-            telemetry: RefCell::new(telemetry),
-            drain: CancelToken::new(),
+            ctx: Ctx::new(id, WorkerState::new(snapshot, id, telemetry), shared.clone()),
             connections: Cell::new(0),
             max_connections,
             tasks: Cell::new(0),
-            bufs: RefCell::new(Vec::new()),
-            heads: RefCell::new(Vec::new()),
+            shared: shared.clone(),
         });
-        worker.local.borrow_mut().bind_stats(&worker);
         shared.ready_workers.fetch_add(1, Ordering::SeqCst);
         let _ = ready_tx.send(Ok(()));
         tracing::debug!(worker = id, cpu, driver = "compio", "worker listening on {addr}");
@@ -290,7 +203,7 @@ fn run_worker(
             let worker = worker.clone();
             async move {
                 let _ = drain_rx.await;
-                worker.drain.clone().cancel();
+                worker.ctx.drain.clone().cancel();
             }
         };
         crate::io::spawn(drain_task);
@@ -300,12 +213,14 @@ fn run_worker(
             let worker = worker.clone();
             crate::io::spawn(async move { accept_loop(&worker, &l).await });
         }
-        worker.drain.clone().wait().await;
+        worker.ctx.drain.clone().wait().await;
         // Drain: wait for in-flight connections (the caller bounds the total time).
         while worker.tasks.get() > 0 {
             crate::io::sleep(Duration::from_millis(5)).await;
         }
-        worker.telemetry.borrow_mut().flush();
+        let mut state = worker.ctx.state.borrow_mut();
+        state.housekeeping(Instant::now());
+        state.telemetry.flush();
     });
 }
 
@@ -313,89 +228,74 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &Listener) {
     use futures_util::future::{Either, select};
     loop {
         let accept = std::pin::pin!(listener.accept());
-        let drained = std::pin::pin!(worker.drain.clone().wait());
+        let drained = std::pin::pin!(worker.ctx.drain.clone().wait());
         let (conn, peer) = match select(accept, drained).await {
             Either::Right(_) => return,
             Either::Left((Ok(c), _)) => c,
             Either::Left((Err(e), _)) => {
                 // EMFILE/ENFILE/ECONNABORTED: log and keep accepting after a short pause.
-                tracing::warn!(worker = worker.id, "accept failed: {e}");
+                tracing::warn!(worker = worker.ctx.worker, "accept failed: {e}");
                 crate::io::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
+        let (protocol, route) = route_of(&worker.ctx, &conn, peer);
         if worker.connections.get() >= worker.max_connections {
-            worker.telemetry.borrow_mut().connection_refused();
-            shed_connection(worker.clone(), conn, peer);
+            worker.ctx.state.borrow_mut().telemetry.connection_refused();
+            shed_connection(worker.clone(), conn, protocol);
             continue;
         }
-        spawn_connection(worker.clone(), conn, peer);
+        spawn_connection(worker.clone(), conn, peer, protocol, route);
     }
 }
 
-fn spawn_connection(worker: Rc<Worker>, conn: Conn, peer: SocketAddr) {
+fn spawn_connection(worker: Rc<Worker>, conn: Conn, peer: SocketAddr, protocol: Protocol, route: ConnRoute) {
     worker.connections.set(worker.connections.get() + 1);
-    worker.tasks.set(worker.tasks.get() + 1);
+    worker.task_started();
     worker.shared.downstream_connections.fetch_add(1, Ordering::Relaxed);
     crate::io::spawn(async move {
-        let route = route_of(&worker, &conn, peer);
-        match route.protocol {
+        match protocol {
             // Boxed: a relay's state is large, and an HTTP connection (the common case) should
             // not carry its size while idle.
-            Protocol::Tcp => Box::pin(crate::tcp::relay(&worker, conn, peer, route)).await,
-            Protocol::Http => crate::conn::serve(&worker, conn, peer, route).await,
+            Protocol::Tcp => Box::pin(crate::tcp::relay(&worker.ctx, conn, peer, route)).await,
+            Protocol::Http => crate::conn::serve(&worker.ctx, conn, peer, route).await,
         }
         worker.connections.set(worker.connections.get() - 1);
-        worker.tasks.set(worker.tasks.get() - 1);
+        worker.task_done();
         worker.shared.downstream_connections.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
-/// How a new connection is served: its steered original destination (looked up, and
-/// forgotten, in the kernel map), or the listener it came in on.
-fn route_of(worker: &Worker, conn: &Conn, peer: SocketAddr) -> crate::local::ConnRoute {
-    let local_addr = conn.local_addr().ok();
-    let dialed = match (&worker.shared.orig_dst, local_addr) {
+/// How a new connection is served: by its steered original destination (looked up, and
+/// forgotten, in the kernel map), else by the listener it came in on; over HTTP unless that
+/// names a TCP service.
+fn route_of(ctx: &Ctx, conn: &Conn, peer: SocketAddr) -> (Protocol, ConnRoute) {
+    let local = conn.local_addr().ok();
+    let steered = match (ctx.orig_dst(), local) {
         (Some(od), Some(local)) => od.take(peer, local),
         _ => None,
     };
-    worker.local.borrow_mut().route_for_connection(worker, dialed, local_addr)
+    ctx.refresh();
+    let state = ctx.state.borrow();
+    let snapshot = state.snapshot();
+    // A connection to a service's own listener is for that service.
+    let dialed = steered.or_else(|| local.filter(|l| *l != snapshot.config.proxy.listen));
+    match dialed {
+        None => (Protocol::Http, ConnRoute { dialed: None, unknown: false }),
+        Some(d) => match snapshot.by_vip(d) {
+            Some(i) => (snapshot.config.services[i].protocol, ConnRoute { dialed: Some(d), unknown: false }),
+            None => (Protocol::Http, ConnRoute { dialed: Some(d), unknown: true }),
+        },
+    }
 }
 
-/// A connection over this worker's limit: an HTTP client gets `503` with `Retry-After` (its
-/// request is not read, so the answer is sent, the write side shut, and what the client still
-/// sends is drained briefly before closing, so it reads the 503 instead of a reset); a TCP
-/// client is closed.
-fn shed_connection(worker: Rc<Worker>, mut conn: Conn, peer: SocketAddr) {
-    worker.tasks.set(worker.tasks.get() + 1);
+/// A connection over this worker's limit: answered (HTTP) or closed (TCP), off the accept loop.
+fn shed_connection(worker: Rc<Worker>, conn: Conn, protocol: Protocol) {
+    worker.task_started();
     crate::io::spawn(async move {
-        let route = route_of(&worker, &conn, peer);
-        if route.protocol == Protocol::Http {
-            let mut out = Vec::with_capacity(256);
-            let reason = weir_core::outcome::ErrorReason::Overloaded;
-            crate::http::ErrorResponse {
-                status: reason.status(),
-                reason: reason.as_str(),
-                detail: reason.message(),
-                close: true,
-                retry_after_secs: Some(weir_core::outcome::DEFAULT_SHED_RETRY_AFTER_SECS),
-                omit_body: false,
-            }
-            .write(&mut out);
-            let (res, _) = conn.write_all(out).await;
-            if res.is_ok() && conn.shutdown_write().await.is_ok() {
-                let deadline = Instant::now() + Duration::from_millis(200);
-                let mut buf = Vec::with_capacity(4096);
-                while let Some((Ok(n), b)) = crate::io::until(deadline, conn.read(buf)).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buf = b;
-                    buf.clear();
-                }
-            }
-        }
-        worker.tasks.set(worker.tasks.get() - 1);
+        let timeout = worker.ctx.downstream_write_timeout();
+        crate::respond::shed(conn, protocol == Protocol::Http, timeout).await;
+        worker.task_done();
     });
 }
 
@@ -404,17 +304,18 @@ fn shed_connection(worker: Rc<Worker>, mut conn: Conn, peer: SocketAddr) {
 fn housekeeping(worker: Rc<Worker>) {
     crate::io::spawn(async move {
         loop {
-            let drained = std::pin::pin!(worker.drain.clone().wait());
+            let drained = std::pin::pin!(worker.ctx.drain.clone().wait());
             let tick = std::pin::pin!(crate::io::sleep(Duration::from_secs(1)));
             if let futures_util::future::Either::Left(_) = futures_util::future::select(drained, tick).await {
                 return;
             }
-            let now = Instant::now();
-            if let Some(od) = &worker.shared.orig_dst {
+            if let Some(od) = worker.ctx.orig_dst() {
                 od.heartbeat();
             }
-            worker.local.borrow_mut().housekeeping(&worker, now);
-            worker.telemetry.borrow_mut().flush();
+            worker.ctx.refresh();
+            let mut state = worker.ctx.state.borrow_mut();
+            state.housekeeping(Instant::now());
+            state.telemetry.flush();
         }
     });
 }

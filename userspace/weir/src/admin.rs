@@ -137,6 +137,7 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "loaded_seconds_ago": control.snapshot_loaded.lock().elapsed().as_secs_f64(),
                 "last_reload_error": *control.last_error.lock(),
                 "config": &*snapshot.config,
+                "memory": &control.memory,
             }))
         }
         "/endpoints" => json(&crate::metrics::endpoints_view(control)),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use weir_core::config::{Config, LogSink};
+use weir_core::config::Config;
 use weir_core::stats::StatsShard;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
@@ -53,6 +53,8 @@ pub struct Control {
     pub stats: Vec<Arc<ArcSwap<StatsShard>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
+    /// The memory budget weir started with (the rings' size, the cgroup limit).
+    pub memory: crate::memory::MemoryPlan,
     /// The listen addresses as configured and as bound.
     pub listens: Listens,
 }
@@ -112,7 +114,7 @@ impl Control {
             if let Some(steering) = self.steering.lock().as_mut() {
                 steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
             }
-            let snapshot = Snapshot::build(config, old.workers, Some(&old), self.shared.now_ms());
+            let snapshot = Snapshot::build(config, old.workers, Some(&old));
             self.shared.snapshot.store(Arc::new(snapshot));
             Ok(())
         });
@@ -177,6 +179,14 @@ fn bound_addr(socket: &socket2::Socket) -> anyhow::Result<SocketAddr> {
     socket.local_addr()?.as_socket().context("the reserved proxy port has no IP address")
 }
 
+/// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
+pub fn resolve_workers(config: &Config) -> usize {
+    match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -207,7 +217,11 @@ impl App {
 
     /// Starts from an already validated config; `config_path` is what reloads read.
     pub fn start_with(mut config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
-        // The admin listener is bound first: a second weir with the same config stops here,
+        let workers = resolve_workers(&config);
+        // A memory limit too small for the config stops weir here, not hours later at the
+        // first burst of traffic.
+        let memory = crate::memory::plan(&config, workers, crate::memory::cgroup_memory_limit())?;
+        // The admin listener is bound next: a second weir with the same config stops here,
         // before it touches the kernel.
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
@@ -221,17 +235,13 @@ impl App {
             admin: admin_listener.local_addr()?,
         };
         listens.apply(&mut config);
-        let workers = match config.proxy.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
             Some(Steering::load(&config).context("loading eBPF steering")?)
         } else {
             None
         };
         let epoch = Instant::now();
-        let snapshot = Snapshot::build(config.clone(), workers, None, 0);
+        let snapshot = Snapshot::build(config.clone(), workers, None);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
@@ -240,7 +250,8 @@ impl App {
             downstream_connections: AtomicUsize::new(0),
             epoch,
         });
-        let ring = (config.access_log.sink != LogSink::Off).then_some(config.access_log.ring_records);
+        // The rings are committed here, whole: their memory is resident from now on.
+        let ring = memory.ring_records;
         let (telemetry, hub) = weir_proxy::telemetry(workers, ring);
         let shipper = match ring {
             Some(_) => Some(
@@ -283,6 +294,7 @@ impl App {
             workers: AtomicUsize::new(workers),
             stats: hub.shards,
             shipper: Mutex::new(shipper),
+            memory,
             listens,
         });
         if options.least_privilege {
@@ -294,6 +306,7 @@ impl App {
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         control.ready.store(true, Ordering::SeqCst);
+        tracing::info!("{}", control.memory.summary());
         tracing::info!(
             workers,
             listen = %started.addr(),

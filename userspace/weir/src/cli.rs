@@ -61,14 +61,25 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
+            // The memory limit is this process's own: `weir check` run where weir runs (in its
+            // pod, or by the unit's ExecReload) sees the limit weir will see.
             Ok(c) => {
-                println!(
-                    "{}: ok ({} service{})",
-                    config.display(),
-                    c.services.len(),
-                    if c.services.len() == 1 { "" } else { "s" }
-                );
-                ExitCode::SUCCESS
+                match crate::memory::plan(&c, crate::app::resolve_workers(&c), crate::memory::cgroup_memory_limit()) {
+                    Ok(memory) => {
+                        println!(
+                            "{}: ok ({} service{})",
+                            config.display(),
+                            c.services.len(),
+                            if c.services.len() == 1 { "" } else { "s" }
+                        );
+                        println!("{}", memory.summary());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", config.display());
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -76,23 +87,25 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config, ready_file } => {
-            crate::logging::init_without_privileges();
-            match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
-                Ok(app) => {
-                    if let Some(path) = &ready_file
-                        && let Err(e) = write_ready_file(path, &app)
-                    {
+            let log = crate::logging::init_without_privileges();
+            let code = match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
+                Ok(app) => match ready_file.as_deref().map(|path| (path, write_ready_file(path, &app))) {
+                    Some((path, Err(e))) => {
                         eprintln!("weir: cannot write {}: {e}", path.display());
                         app.shutdown();
-                        return ExitCode::FAILURE;
+                        ExitCode::FAILURE
                     }
-                    app.run_until_signal()
-                }
+                    _ => app.run_until_signal(),
+                },
                 Err(e) => {
                     eprintln!("weir: cannot start: {e:#}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // The last lines ("drained; exiting") are still queued in the log writer: write
+            // them out before the process exits.
+            log.finish();
+            code
         }
         Command::Steer { command: SteerCommand::Status { admin, pin_dir } } => {
             match crate::admin::get(admin, "/steering") {

@@ -7,6 +7,7 @@ pub mod app;
 mod bpf_sys;
 pub mod cli;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod privileges;
 pub mod shipper;

@@ -31,6 +31,7 @@ pub mod names {
     pub const DOWNSTREAM_CONNECTIONS: &str = "weir_downstream_connections";
     pub const CONNECTIONS_REFUSED: &str = "weir_downstream_connections_refused_total";
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
+    pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -118,7 +119,11 @@ pub fn render(control: &Control) -> String {
         o.sample(&format!("{DURATION}_sum"), &[("service", name)], s.duration_sum_ns as f64 / 1e9);
         o.sample(&format!("{DURATION}_count"), &[("service", name)], s.duration_count);
     }
-    o.family(ERRORS, "counter", "Responses weir generated itself, by reason (the x-weir-error value).");
+    o.family(
+        ERRORS,
+        "counter",
+        "Requests weir answered itself, or whose response the endpoint cut, by reason (the x-weir-error value).",
+    );
     for (name, s) in &stats.services {
         for (reason, n) in s.errors_by_reason() {
             o.sample(ERRORS, &[("service", name), ("reason", reason.as_str())], n);
@@ -171,6 +176,12 @@ pub fn render(control: &Control) -> String {
     o.sample(CONNECTIONS_REFUSED, &[], stats.connections_refused);
     o.family(UNROUTED, "counter", "Requests or connections that matched no service.");
     o.sample(UNROUTED, &[], stats.unrouted);
+    o.family(
+        WRITE_TIMEOUTS,
+        "counter",
+        "Client connections closed (with their upstream connection) because a write to the client made no progress for downstream_write_timeout_ms.",
+    );
+    o.sample(WRITE_TIMEOUTS, &[], stats.downstream_write_timeouts);
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use super::{
-    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, LbPolicy, LimitsConfig, LogSink, OutlierConfig,
-    PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig, SteeringConfig, TimeoutConfig, is_loopback,
-    ms,
+    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, ForwardedHeaders, LbPolicy, LimitsConfig, LogSink,
+    OutlierConfig, PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig, SteeringConfig, TimeoutConfig,
+    is_loopback, ms,
 };
 
 /// The whole file as written.
@@ -38,6 +38,7 @@ struct RawProxy {
     header_read_timeout_ms: u64,
     downstream_idle_timeout_ms: u64,
     tcp_idle_timeout_ms: u64,
+    downstream_write_timeout_ms: u64,
     max_request_head_bytes: usize,
     max_headers: usize,
     max_uri_bytes: usize,
@@ -53,6 +54,7 @@ impl Default for RawProxy {
             header_read_timeout_ms: 10_000,
             downstream_idle_timeout_ms: 300_000,
             tcp_idle_timeout_ms: 3_600_000,
+            downstream_write_timeout_ms: 60_000,
             max_request_head_bytes: 60 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
@@ -103,12 +105,12 @@ impl Default for RawSteering {
 #[serde(deny_unknown_fields, default)]
 struct RawAccessLog {
     sink: String,
-    ring_records: usize,
+    ring_records: Option<usize>,
 }
 
 impl Default for RawAccessLog {
     fn default() -> Self {
-        RawAccessLog { sink: "stdout".into(), ring_records: 65_536 }
+        RawAccessLog { sink: "stdout".into(), ring_records: None }
     }
 }
 
@@ -133,6 +135,8 @@ struct RawService {
     outlier: RawOutlier,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    forwarded_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +307,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         ("header_read_timeout_ms", proxy.header_read_timeout_ms),
         ("downstream_idle_timeout_ms", proxy.downstream_idle_timeout_ms),
         ("tcp_idle_timeout_ms", proxy.tcp_idle_timeout_ms),
+        ("downstream_write_timeout_ms", proxy.downstream_write_timeout_ms),
     ] {
         c.positive_ms(&[Key("proxy"), Key(key)], v);
     }
@@ -375,11 +380,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             None
         }
     };
-    if !(16..=1 << 24).contains(&access_log.ring_records) {
-        c.problem(
-            &[Key("access_log"), Key("ring_records")],
-            format!("{} is outside 16..=16777216", access_log.ring_records),
-        );
+    if let Some(n) = access_log.ring_records
+        && !(16..=1 << 24).contains(&n)
+    {
+        c.problem(&[Key("access_log"), Key("ring_records")], format!("{n} is outside 16..=16777216"));
     }
 
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -481,6 +485,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
         c.percent(&op("max_ejection_percent"), o.max_ejection_percent);
         c.percent(&op("panic_threshold_percent"), o.panic_threshold_percent);
+        let mut forwarded_headers = ForwardedHeaders::default();
+        for (j, h) in s.forwarded_headers.iter().enumerate() {
+            let flag = match h.as_str() {
+                "x-forwarded-for" => &mut forwarded_headers.x_forwarded_for,
+                "x-forwarded-proto" => &mut forwarded_headers.x_forwarded_proto,
+                "forwarded" => &mut forwarded_headers.forwarded,
+                other => {
+                    c.problem(
+                        &[Key("service"), Index(i), Key("forwarded_headers"), Index(j)],
+                        format!("{other:?} is not a forwarding header: expected \"x-forwarded-for\", \"x-forwarded-proto\" or \"forwarded\""),
+                    );
+                    continue;
+                }
+            };
+            if std::mem::replace(flag, true) {
+                c.problem(
+                    &[Key("service"), Index(i), Key("forwarded_headers"), Index(j)],
+                    format!("{h:?} is listed twice"),
+                );
+            }
+        }
         if s.limits.max_pending_requests == 0 {
             c.problem(
                 &[Key("service"), Index(i), Key("limits"), Key("max_pending_requests")],
@@ -524,6 +549,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                 max_pending_requests: s.limits.max_pending_requests,
                 max_idle_per_endpoint: s.limits.max_idle_per_endpoint,
             },
+            forwarded_headers,
         });
     }
 
@@ -543,6 +569,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             header_read_timeout: ms(proxy.header_read_timeout_ms),
             downstream_idle_timeout: ms(proxy.downstream_idle_timeout_ms),
             tcp_idle_timeout: ms(proxy.tcp_idle_timeout_ms),
+            downstream_write_timeout: ms(proxy.downstream_write_timeout_ms),
             max_request_head_bytes: proxy.max_request_head_bytes,
             max_headers: proxy.max_headers,
             max_uri_bytes: proxy.max_uri_bytes,

@@ -57,7 +57,15 @@ fn good_config_parses_with_defaults_filled_in() {
     assert_eq!(s.outlier.consecutive_gateway_failures, 5);
     assert_eq!(c.services[1].protocol, Protocol::Tcp);
     assert_eq!(c.access_log.sink, LogSink::Stdout);
+    assert_eq!(c.access_log.ring_records, None, "unset: sized from the memory limit at start");
     assert_eq!(c.steering.own_mark, 0x5745);
+}
+
+#[test]
+fn ring_records_set_in_the_file_is_kept_and_checked() {
+    let c = parse("[access_log]\nring_records = 4096\n").expect("valid");
+    assert_eq!(c.access_log.ring_records, Some(4096));
+    assert_eq!(only_issue("[access_log]\nring_records = 8\n").field, "access_log.ring_records");
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn attempts_are_counted_and_flags_respected() {
 
 #[test]
 fn idempotent_methods_and_replayable_bodies() {
-    for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"] {
+    for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
         assert!(is_idempotent_method(m.as_bytes()), "{m}");
     }
     for m in ["POST", "PATCH", "CONNECT", "get"] {
@@ -276,4 +276,62 @@ fn five_requests_earn_one_retry() {
     budget.record_request(t0);
     assert!(budget.try_withdraw(t0), "5 × 0.2 = 1 token");
     assert!(!budget.try_withdraw(t0));
+}
+
+fn attempted(outcome: Outcome, attempt: u32, ctx: RequestCtx) -> Attempted {
+    Attempted { outcome, attempt, ctx, retry_after: None }
+}
+
+#[test]
+fn next_step_relays_responses_and_fails_with_the_last_reason() {
+    let (p, now) = (RetryPolicy::default(), Instant::now());
+    let mut b = RetryBudget::new(BudgetPolicy::default(), 1);
+    let mut rng = SmallRng::seed_from_u64(1);
+    let left = Duration::from_secs(10);
+    let n = next_step(&p, &attempted(Outcome::Response { status: 404 }, 1, SAFE), left, &mut b, now, &mut rng);
+    assert_eq!(n, Next { step: Step::Respond, budget_exhausted: false });
+    let n = next_step(&p, &attempted(Outcome::ResetAfterWrite, 1, POST), left, &mut b, now, &mut rng);
+    assert_eq!(n.step, Step::Fail(ErrorReason::UpstreamReset), "a POST is not retried after bytes were sent");
+    let n = next_step(&p, &attempted(Outcome::Response { status: 503 }, 3, SAFE), left, &mut b, now, &mut rng);
+    assert_eq!(n.step, Step::Respond, "the last 503 is passed through");
+    let n = next_step(&p, &attempted(Outcome::LocalResource, 1, SAFE), left, &mut b, now, &mut rng);
+    assert_eq!(n.step, Step::Fail(ErrorReason::Overloaded), "weir's own limits are never retried");
+}
+
+#[test]
+fn next_step_retries_with_back_off_and_counts_the_budget() {
+    let (p, now) = (RetryPolicy::default(), Instant::now());
+    let mut rng = SmallRng::seed_from_u64(2);
+    let left = Duration::from_secs(10);
+    // An empty budget: a retry after bytes were sent is refused, a refused connect is not.
+    let mut b = RetryBudget::new(BudgetPolicy { min_retries_per_sec: 0, ratio: 0.0, enabled: true }, 1);
+    let n = next_step(&p, &attempted(Outcome::Timeout, 1, SAFE), left, &mut b, now, &mut rng);
+    assert_eq!(n, Next { step: Step::Fail(ErrorReason::Timeout), budget_exhausted: true });
+    let n = next_step(&p, &attempted(Outcome::ConnectFailure, 1, SAFE), left, &mut b, now, &mut rng);
+    match n.step {
+        Step::Retry { delay, reason } => {
+            assert!(delay <= p.backoff_base, "first back-off window is the base: {delay:?}");
+            assert_eq!(reason, RetryReason::ConnectFailure);
+        }
+        other => panic!("a refused connect is retried: {other:?}"),
+    }
+    // A Retry-After beyond the deadline: the 503 is passed through.
+    let mut b = RetryBudget::new(BudgetPolicy::default(), 1);
+    let a = Attempted {
+        retry_after: Some(Duration::from_secs(30)),
+        ..attempted(Outcome::Response { status: 503 }, 1, SAFE)
+    };
+    assert_eq!(next_step(&p, &a, left, &mut b, now, &mut rng).step, Step::Respond);
+    let a = Attempted { retry_after: Some(Duration::from_millis(5)), ..a };
+    assert_eq!(
+        next_step(&p, &a, left, &mut b, now, &mut rng).step,
+        Step::Retry { delay: Duration::from_millis(5), reason: RetryReason::Status503 }
+    );
+    // The keep-alive race on a reused connection: once, at once.
+    let raced = RequestCtx { reused_connection: true, request_bytes_written: false, ..POST };
+    let n = next_step(&p, &attempted(Outcome::ResetBeforeWrite, 1, raced), left, &mut b, now, &mut rng);
+    assert_eq!(n.step, Step::RetryFresh);
+    let again = RequestCtx { fresh_connection_retried: true, ..raced };
+    let n = next_step(&p, &attempted(Outcome::ResetBeforeWrite, 1, again), left, &mut b, now, &mut rng);
+    assert!(matches!(n.step, Step::Retry { reason: RetryReason::KeepaliveRace, .. }), "{n:?}");
 }

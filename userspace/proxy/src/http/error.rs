@@ -1,8 +1,10 @@
-//! Parse errors of the HTTP codec and their one mapping to a status code and an `x-weir-error`
-//! reason. Owns: which status each failure gets. Must not: format or allocate (every detail is a
-//! `&'static str`, so an error can be answered without building a string).
+//! Parse errors of the HTTP codec and their one mapping to weir's error vocabulary
+//! ([`ErrorReason`]: status, `x-weir-error`, metric label), by type. Owns: which reason each
+//! failure gets and the detail the response body gives. Must not: format or allocate (every
+//! detail is a `&'static str`, so an error can be answered without building a string).
 
 use thiserror::Error;
+use weir_core::outcome::ErrorReason;
 
 /// Why a head could not be accepted. Request-side variants map to 4xx/5xx answers to the
 /// client; every failure of an upstream response is folded into [`HeadError::UpstreamProtocol`].
@@ -18,8 +20,18 @@ pub enum HeadError {
     AsteriskTarget,
     /// Version is not `HTTP/DIGIT.DIGIT`.
     InvalidVersion,
-    /// A well-formed version other than 1.0 / 1.1 (includes the HTTP/2 preface).
+    /// A well-formed version other than 1.x.
     UnsupportedVersion,
+    /// The HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0`).
+    Http2Preface,
+    /// Never returned by [`crate::http::parse_request`] (which then parses the head as 1.1):
+    /// `HTTP/1.<minor>` with minor >= 2, whose minor digit is at byte `at`.
+    HigherMinorVersion {
+        /// Offset of the minor digit.
+        at: u32,
+        /// The digit.
+        minor: u8,
+    },
     /// Bad byte in a field name, whitespace before the colon or before the first field line,
     /// or obs-fold (httparse cannot tell these apart; all are 400).
     InvalidHeaderName,
@@ -57,9 +69,6 @@ pub enum HeadError {
     UnsupportedExpectation,
     /// CONNECT: weir does not tunnel.
     ConnectNotSupported,
-    /// Never returned by the parser: for the caller refusing `Connection: upgrade`
-    /// ([`crate::http::RequestHead::upgrade`]).
-    UpgradeNotSupported,
     /// Head larger than `max_head_bytes`.
     HeadTooLarge,
     /// More than `max_headers` field lines.
@@ -71,35 +80,46 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    /// Status code weir answers the client with.
-    pub fn status(&self) -> u16 {
+    /// The reason weir answers with: its status, `x-weir-error` value and metric label.
+    pub fn error_reason(&self) -> ErrorReason {
         use HeadError::*;
         match self {
-            UnsupportedVersion => 505,
-            UnsupportedTransferCoding | ConnectNotSupported | UpgradeNotSupported => 501,
-            UnsupportedExpectation => 417,
-            HeadTooLarge | TooManyHeaders => 431,
-            UriTooLong => 414,
-            UpstreamProtocol(_) => 502,
-            _ => 400,
+            UnsupportedVersion | Http2Preface | HigherMinorVersion { .. } => ErrorReason::VersionNotSupported,
+            UnsupportedTransferCoding | ConnectNotSupported => ErrorReason::NotImplemented,
+            UnsupportedExpectation => ErrorReason::ExpectationFailed,
+            HeadTooLarge | TooManyHeaders => ErrorReason::HeadTooLarge,
+            UriTooLong => ErrorReason::UriTooLong,
+            UpstreamProtocol(_) => ErrorReason::UpstreamProtocolError,
+            InvalidMethod
+            | InvalidTarget
+            | AsteriskTarget
+            | InvalidVersion
+            | InvalidHeaderName
+            | InvalidHeaderValue
+            | InvalidLineEnding
+            | InvalidContentLength
+            | DuplicateContentLength
+            | ContentLengthWithTransferEncoding
+            | InvalidTransferEncoding
+            | ChunkedNotFinal
+            | ChunkedTwice
+            | TransferEncodingInHttp10
+            | MissingHost
+            | DuplicateHost
+            | InvalidHost
+            | HostMismatch
+            | InvalidConnection => ErrorReason::BadRequest,
         }
+    }
+
+    /// Status code weir answers the client with.
+    pub fn status(&self) -> u16 {
+        self.error_reason().status()
     }
 
     /// Short stable kebab-case reason for `x-weir-error` and the access log.
     pub fn reason(&self) -> &'static str {
-        use HeadError::*;
-        match self {
-            UnsupportedVersion => "version-not-supported",
-            UnsupportedTransferCoding => "unsupported-transfer-coding",
-            ConnectNotSupported => "connect-not-supported",
-            UpgradeNotSupported => "upgrade-not-supported",
-            UnsupportedExpectation => "expectation-failed",
-            HeadTooLarge => "head-too-large",
-            TooManyHeaders => "too-many-headers",
-            UriTooLong => "uri-too-long",
-            UpstreamProtocol(_) => "upstream-protocol-error",
-            _ => "bad-request",
-        }
+        self.error_reason().as_str()
     }
 
     /// One-line human description (also the `Display` text and the error-response body).
@@ -110,7 +130,9 @@ impl HeadError {
             InvalidTarget => "invalid request target",
             AsteriskTarget => "asterisk-form target is only allowed with OPTIONS",
             InvalidVersion => "malformed HTTP version",
-            UnsupportedVersion => "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)",
+            UnsupportedVersion => "HTTP version not supported (only HTTP/1.x)",
+            Http2Preface => "HTTP/2 with prior knowledge is not supported on this port: speak HTTP/1.1",
+            HigherMinorVersion { .. } => "HTTP/1.x minor version (processed as HTTP/1.1)",
             InvalidHeaderName => "invalid header name, whitespace before a colon or first header, or obs-fold",
             InvalidHeaderValue => "control character in a header value",
             InvalidLineEnding => "bare CR or LF in the head",
@@ -129,7 +151,6 @@ impl HeadError {
             InvalidConnection => "malformed Connection header",
             UnsupportedExpectation => "unsupported Expect (only 100-continue)",
             ConnectNotSupported => "CONNECT is not supported",
-            UpgradeNotSupported => "protocol upgrade is not supported",
             HeadTooLarge => "request head too large",
             TooManyHeaders => "too many header fields",
             UriTooLong => "request target too long",
@@ -195,19 +216,22 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
-    /// Status weir answers with: 400 for a client's body, 502 for an endpoint's.
-    pub fn status(&self, peer: Peer) -> u16 {
+    /// The reason weir answers with: 400 `bad-request` for a client's body, 502
+    /// `upstream-protocol-error` for an endpoint's.
+    pub fn error_reason(&self, peer: Peer) -> ErrorReason {
         match peer {
-            Peer::Downstream => 400,
-            Peer::Upstream => 502,
+            Peer::Downstream => ErrorReason::BadRequest,
+            Peer::Upstream => ErrorReason::UpstreamProtocolError,
         }
+    }
+
+    /// Status weir answers with.
+    pub fn status(&self, peer: Peer) -> u16 {
+        self.error_reason(peer).status()
     }
 
     /// `x-weir-error` reason.
     pub fn reason(&self, peer: Peer) -> &'static str {
-        match peer {
-            Peer::Downstream => "bad-request",
-            Peer::Upstream => "upstream-protocol-error",
-        }
+        self.error_reason(peer).as_str()
     }
 }

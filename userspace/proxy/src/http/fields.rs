@@ -23,6 +23,7 @@ pub(crate) enum Known {
     Te,
     Trailer,
     Upgrade,
+    Http2Settings,
     Expect,
     Other,
 }
@@ -40,12 +41,14 @@ impl Known {
             10 if is(b"keep-alive") => Known::KeepAlive,
             14 if is(b"content-length") => Known::ContentLength,
             16 if is(b"proxy-connection") => Known::ProxyConnection,
+            14 if is(b"http2-settings") => Known::Http2Settings,
             17 if is(b"transfer-encoding") => Known::TransferEncoding,
             _ => Known::Other,
         }
     }
 
-    /// Never forwarded as received: hop-by-hop (RFC 9110 7.6.1) or regenerated from framing.
+    /// Never forwarded as received: hop-by-hop (RFC 9110 7.6.1; `HTTP2-Settings` only means
+    /// something with the `Upgrade` weir never performs) or regenerated from framing.
     pub(crate) fn is_dropped(self) -> bool {
         !matches!(self, Known::Host | Known::Expect | Known::Other)
     }
@@ -101,12 +104,23 @@ pub(crate) fn scan(
         out.push(HeaderField { name, value, forward: !kind.is_dropped() });
         let v = h.value;
         match kind {
-            Known::ContentLength => {
+            Known::ContentLength if request => {
                 if s.content_length.is_some() {
                     return Err(HeadError::DuplicateContentLength);
                 }
                 let n = parse_content_length(v).ok_or(HeadError::InvalidContentLength)?;
                 s.content_length = Some(n);
+            }
+            Known::ContentLength => {
+                // An endpoint's repeated or listed Content-Length is accepted only when every
+                // value is the same (RFC 9110 8.6); it is regenerated once on the way out.
+                for (a, b) in ListIter::new(v) {
+                    let n = parse_content_length(&v[a..b]).ok_or(HeadError::InvalidContentLength)?;
+                    match s.content_length {
+                        Some(m) if m != n => return Err(HeadError::DuplicateContentLength),
+                        _ => s.content_length = Some(n),
+                    }
+                }
             }
             Known::TransferEncoding => {
                 let te = s.te.get_or_insert_with(TeSummary::default);

@@ -9,7 +9,8 @@ use super::{
 /// Run [`parse_request`] and, for chunked bodies, [`ChunkedDecoder`] on arbitrary bytes, and
 /// assert: no panic; consumed bytes never exceed the input; data ranges lie within the input;
 /// feeding the input in growing prefixes gives the same answer as the whole input; a complete
-/// head re-serialises into one that parses again to the same method, target and framing.
+/// head re-serialises into one that parses again to the same method, origin-form target, host
+/// and framing.
 pub fn fuzz_request(data: &[u8]) {
     let mut head = RequestHead::default();
     let limits = HeadLimits::default();
@@ -55,7 +56,13 @@ fn check_reserialise(data: &[u8], head: &RequestHead, limits: &HeadLimits) {
     assert_eq!(res, Ok(Status::Complete(out.len())), "re-serialised head does not parse");
     assert_eq!(again.method, head.method);
     assert_eq!(again.method_span.get(&out), head.method_span.get(data));
-    assert_eq!(again.target.get(&out), head.target.get(data));
+    // Forwarded in origin-form: the path part of an absolute-form target, `/` when empty.
+    let forwarded = match head.path.get(data) {
+        [] => &b"/"[..],
+        p => p,
+    };
+    assert_eq!(again.target.get(&out), forwarded);
+    assert_eq!(again.host.map(|h| h.get(&out)), head.host.map(|h| h.get(data)).or(Some(host)));
     assert_eq!(again.body, head.body);
 }
 

@@ -11,7 +11,9 @@
 use std::mem::MaybeUninit;
 
 use super::fields::{self, FieldScan, Known, strict_httparse};
-use super::syntax::{TargetForm, VersionClass, classify_version, eq_ci, has_bare_lf, is_valid_host, validate_target};
+use super::syntax::{
+    TargetForm, VersionClass, classify_version, has_bare_lf, is_valid_host, same_authority, validate_target,
+};
 use super::{BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Span, Status, Version};
 
 /// Request method. Methods are case-sensitive: `get` is [`Method::Other`].
@@ -57,9 +59,25 @@ impl Method {
         }
     }
 
-    /// Idempotent per RFC 9110 9.2.2 (GET HEAD OPTIONS PUT DELETE TRACE): safe to retry.
+    /// The method's name (`None` for [`Method::Other`], whose bytes only the head has).
+    pub fn as_bytes(self) -> Option<&'static [u8]> {
+        Some(match self {
+            Method::Get => b"GET",
+            Method::Head => b"HEAD",
+            Method::Post => b"POST",
+            Method::Put => b"PUT",
+            Method::Delete => b"DELETE",
+            Method::Options => b"OPTIONS",
+            Method::Trace => b"TRACE",
+            Method::Patch => b"PATCH",
+            Method::Connect => b"CONNECT",
+            Method::Other => return None,
+        })
+    }
+
+    /// Safe to retry, by weir's one definition ([`weir_core::retry::is_idempotent_method`]).
     pub fn is_idempotent(self) -> bool {
-        matches!(self, Method::Get | Method::Head | Method::Options | Method::Put | Method::Delete | Method::Trace)
+        self.as_bytes().is_some_and(weir_core::retry::is_idempotent_method)
     }
 }
 
@@ -72,10 +90,15 @@ pub struct RequestHead {
     pub method: Method,
     /// Method bytes as received.
     pub method_span: Span,
-    /// Request target (origin-form, absolute-form or `*`), validated.
+    /// Request target as received (origin-form, absolute-form or `*`), validated.
     pub target: Span,
-    /// Version the client spoke.
+    /// The target forwarded to the endpoint: the origin-form part of an absolute-form target
+    /// (empty for `http://host` alone, which is forwarded as `/`), else the target itself.
+    pub path: Span,
+    /// Version the client spoke (HTTP/1.2 and later 1.x are processed as HTTP/1.1).
     pub version: Version,
+    /// The minor version digit received (`0` for 1.0, `1` for 1.1, `2` for 1.2…), for `Via`.
+    pub minor: u8,
     /// Field lines in order.
     pub headers: Vec<HeaderField>,
     /// Options listed in `Connection` (all are hop-by-hop field names or `close`/`keep-alive`).
@@ -90,13 +113,14 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// HTTP/1.1 `Expect: 100-continue` (forwarded; ignored and dropped for HTTP/1.0).
     pub expect_continue: bool,
-    /// The client asked to switch protocols (`Upgrade` listed in `Connection`). weir does not
-    /// upgrade: answer [`HeadError::UpgradeNotSupported`] (501), or forward without it (the
-    /// Upgrade field is never forwarded), which RFC 9110 7.8 allows.
+    /// The client offered to switch protocols (`Upgrade` listed in `Connection`). weir performs
+    /// no upgrade: the request is forwarded without `Upgrade` (never forwarded, as a hop-by-hop
+    /// field), which RFC 9110 7.8 allows.
     pub upgrade: bool,
     /// Length of the head; the body starts here.
     pub head_len: usize,
-    /// `host` comes from the target authority (no Host field): the serialiser emits one.
+    /// `host` comes from the target authority (absolute-form): the serialiser emits it, and
+    /// the client's own Host field is not forwarded.
     pub(crate) host_from_target: bool,
 }
 
@@ -136,8 +160,23 @@ impl RequestHead {
 /// Call again with the whole (grown) buffer after [`Status::Partial`]; httparse re-scans from
 /// the start, so read in large chunks (the header read timeout bounds slow clients). On error,
 /// answer `err.status()` with `x-weir-error: err.reason()` and close the connection.
-/// The HTTP/2 preface (`PRI * HTTP/2.0`) is answered 505.
+/// The HTTP/2 preface (`PRI * HTTP/2.0`) is answered 505 ([`HeadError::Http2Preface`]).
+/// `HTTP/1.2` and later minor versions are processed as HTTP/1.1 (RFC 9112 2.3).
 pub fn parse_request(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result<Status, HeadError> {
+    match parse_limited(buf, limits, out) {
+        Err(HeadError::HigherMinorVersion { at, minor }) => {
+            // Rare: parse a copy that says 1.1. Spans are offsets, so they hold for `buf` too.
+            let mut copy = buf.to_vec();
+            copy[at as usize] = b'1';
+            let res = parse_limited(&copy, limits, out);
+            out.minor = minor;
+            res
+        }
+        other => other,
+    }
+}
+
+fn parse_limited(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result<Status, HeadError> {
     let max_head = limits.head_bytes();
     let view = buf.get(..max_head).unwrap_or(buf);
     if let Some((start, len)) = target_so_far(view)
@@ -181,8 +220,15 @@ fn parse_inner(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result
     }
     let mut form = TargetForm::Origin;
     if let Some(p) = req.path {
+        if out.method_span.get(buf) == b"PRI"
+            && p == "*"
+            && buf[out.method_span.end as usize..].starts_with(b" * HTTP/2")
+        {
+            return Err(HeadError::Http2Preface);
+        }
         form = validate_target(p.as_bytes())?;
         out.target = Span::of(buf, p.as_bytes());
+        out.path = out.target;
     }
     let head_len = match res {
         Ok(httparse::Status::Partial) => return Ok(Status::Partial),
@@ -191,6 +237,9 @@ fn parse_inner(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result
             let rest = buf.get(out.target.end as usize + 1..).unwrap_or(&[]);
             return match classify_version(rest) {
                 VersionClass::Partial => Ok(Status::Partial),
+                VersionClass::Http1Minor(minor) => {
+                    Err(HeadError::HigherMinorVersion { at: out.target.end + 1 + 7, minor })
+                }
                 VersionClass::Unsupported => Err(HeadError::UnsupportedVersion),
                 VersionClass::Invalid => Err(HeadError::InvalidVersion),
             };
@@ -204,6 +253,7 @@ fn parse_inner(buf: &[u8], limits: &HeadLimits, out: &mut RequestHead) -> Result
     // The head is complete: whole-head checks.
     out.head_len = head_len;
     out.version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    out.minor = req.version.unwrap_or(1);
     if has_bare_lf(buf.get(..head_len).unwrap_or(buf)) {
         return Err(HeadError::InvalidLineEnding);
     }
@@ -247,18 +297,22 @@ fn finish(buf: &[u8], fs: FieldScan, form: TargetForm, http10: bool, out: &mut R
         TargetForm::Asterisk if out.method != Method::Options => {
             return Err(HeadError::AsteriskTarget);
         }
-        TargetForm::Absolute { authority: (a, b) } => {
+        TargetForm::Absolute { authority: (a, b), path, https } => {
+            // RFC 9112 3.2.2: the target's authority replaces Host; forwarded in origin-form.
             let authority = Span { start: out.target.start + a as u32, end: out.target.start + b as u32 };
-            match fs.host {
-                Some(h) if !eq_ci(h.get(buf), authority.get(buf)) => {
-                    return Err(HeadError::HostMismatch);
-                }
-                Some(_) => {}
-                None => {
-                    out.host = Some(authority);
-                    out.host_from_target = true;
+            if let Some(h) = fs.host
+                && !same_authority(h.get(buf), authority.get(buf), https)
+            {
+                return Err(HeadError::HostMismatch);
+            }
+            for f in &mut out.headers {
+                if Known::of(f.name.get(buf)) == Known::Host {
+                    f.forward = false;
                 }
             }
+            out.host = Some(authority);
+            out.host_from_target = true;
+            out.path = Span { start: out.target.start + path as u32, end: out.target.end };
         }
         _ => {}
     }

@@ -14,8 +14,10 @@ use super::{BodyFraming, HeadError, HeadLimits, HeaderField, MAX_HEADERS_CAP, Sp
 /// upstream connection. Contents are meaningful only after [`Status::Complete`].
 #[derive(Clone, Debug, Default)]
 pub struct ResponseHead {
-    /// Version the endpoint spoke.
+    /// Version the endpoint spoke (HTTP/1.2 and later 1.x are processed as HTTP/1.1).
     pub version: Version,
+    /// The minor version digit received, for `Via`.
+    pub minor: u8,
     /// Status code, 100..=599 (101 is refused: weir never forwards an upgrade).
     pub code: u16,
     /// Reason phrase; empty if absent or if it held non-ASCII bytes.
@@ -84,7 +86,23 @@ pub fn parse_response(
 ) -> Result<Status, HeadError> {
     let max_head = limits.head_bytes();
     let view = buf.get(..max_head).unwrap_or(buf);
-    match parse_inner(view, limits, method_was_head, out).map_err(HeadError::upstream)? {
+    // HTTP/1.2 and later 1.x are processed as 1.1 (RFC 9112 2.3): parse a copy that says 1.1
+    // (rare; spans are offsets, so they hold for `buf` too).
+    let minor = match view {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d, b' ', ..] if d.is_ascii_digit() && *d >= b'2' => Some(*d - b'0'),
+        _ => None,
+    };
+    let res = match minor {
+        Some(m) => {
+            let mut copy = view.to_vec();
+            copy[7] = b'1';
+            let res = parse_inner(&copy, limits, method_was_head, out);
+            out.minor = m;
+            res
+        }
+        None => parse_inner(view, limits, method_was_head, out),
+    };
+    match res.map_err(HeadError::upstream)? {
         Status::Partial if buf.len() > max_head => Err(HeadError::UpstreamProtocol("response head too large")),
         status => Ok(status),
     }
@@ -110,6 +128,7 @@ fn parse_inner(
     };
     out.head_len = head_len;
     out.version = if resp.version == Some(0) { Version::Http10 } else { Version::Http11 };
+    out.minor = resp.version.unwrap_or(1);
     out.code = resp.code.unwrap_or(0);
     if !(100..=599).contains(&out.code) {
         return Err(HeadError::UpstreamProtocol("status code outside 100..=599"));

@@ -18,13 +18,10 @@ const fn table(kind: u8) -> [bool; 256] {
                     || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+')
                     || matches!(b, b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
             }
-            // request-target bytes: RFC 3986 unreserved / sub-delims / ":" "@" "/" "?" and '%'
-            1 => {
-                alnum
-                    || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'')
-                    || matches!(b, b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
-                    || matches!(b, b'/' | b'?' | b'%')
-            }
+            // request-target bytes as clients really send them: every visible byte and every
+            // byte >= 0x80 (raw UTF-8), which are opaque to a proxy; never a CTL, SP, DEL, or
+            // '#' (a fragment is never sent, and an origin must not read one).
+            1 => b > 0x20 && b != 0x7f && b != b'#',
             // reg-name / IPv4 bytes of a Host (unreserved / sub-delims / '%')
             2 => {
                 alnum
@@ -155,6 +152,8 @@ pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
 pub(crate) enum VersionClass {
     /// A prefix of `HTTP/d.d CRLF`: need more bytes to decide.
     Partial,
+    /// `HTTP/1.d` with d >= 2: processed as HTTP/1.1 (RFC 9112 2.3); the minor digit.
+    Http1Minor(u8),
     /// Well-formed but not 1.0/1.1: 505.
     Unsupported,
     /// Malformed: 400.
@@ -170,7 +169,13 @@ pub(crate) fn classify_version(rest: &[u8]) -> VersionClass {
             return VersionClass::Invalid;
         }
     }
-    if rest.len() < PATTERN.len() { VersionClass::Partial } else { VersionClass::Unsupported }
+    if rest.len() < PATTERN.len() {
+        VersionClass::Partial
+    } else if rest[5] == b'1' {
+        VersionClass::Http1Minor(rest[7] - b'0')
+    } else {
+        VersionClass::Unsupported
+    }
 }
 
 /// Forms of request target weir accepts (RFC 9112 3.2). Authority-form only goes with CONNECT,
@@ -181,12 +186,14 @@ pub(crate) enum TargetForm {
     Origin,
     /// `*` (OPTIONS only; checked once the head is complete).
     Asterisk,
-    /// `scheme://authority/path?query`; the authority as offsets into the target.
-    Absolute { authority: (usize, usize) },
+    /// `scheme://authority/path?query`: the authority as offsets into the target, where the
+    /// path (origin-form part, possibly empty) starts, and whether the scheme is `https`.
+    Absolute { authority: (usize, usize), path: usize, https: bool },
 }
 
-/// Validate a request target: RFC 3986 bytes only (no fragment, no non-ASCII, no `"<>\^`{|}`),
-/// well-formed `%` escapes, and one of the accepted forms.
+/// Validate a request target: no CTL, SP, DEL or fragment; well-formed `%` escapes; one of the
+/// accepted forms. Other bytes (`[]|{}^"<>\` and backtick, raw UTF-8), which libraries and
+/// browsers send and other proxies forward, are opaque to weir and forwarded unchanged.
 pub(crate) fn validate_target(t: &[u8]) -> Result<TargetForm, HeadError> {
     if t == b"*" {
         return Ok(TargetForm::Asterisk);
@@ -226,7 +233,25 @@ fn absolute_form(t: &[u8]) -> Result<TargetForm, HeadError> {
     if authority.is_empty() || authority.contains(&b'@') || !is_valid_host(authority) {
         return Err(HeadError::InvalidTarget);
     }
-    Ok(TargetForm::Absolute { authority: (start, start + len) })
+    let https = eq_ci(scheme, b"https");
+    Ok(TargetForm::Absolute { authority: (start, start + len), path: start + len, https })
+}
+
+/// Whether a Host value and an absolute-form authority name the same origin: hosts compared
+/// case-insensitively, a missing port read as the scheme's default (80, or 443 for https).
+pub(crate) fn same_authority(host: &[u8], authority: &[u8], https: bool) -> bool {
+    let default: &[u8] = if https { b"443" } else { b"80" };
+    let split = |v: &'_ [u8]| -> (usize, usize) {
+        // The port separator is the last ':' after any IPv6 literal.
+        let after = v.iter().rposition(|&b| b == b']').map_or(0, |p| p + 1);
+        match v[after..].iter().position(|&b| b == b':') {
+            Some(c) => (after + c, after + c + 1),
+            None => (v.len(), v.len()),
+        }
+    };
+    let ((hc, hp), (ac, ap)) = (split(host), split(authority));
+    let port = |v: &'_ [u8], p: usize| if p >= v.len() { default.to_vec() } else { v[p..].to_vec() };
+    eq_ci(&host[..hc], &authority[..ac]) && port(host, hp) == port(authority, ap)
 }
 
 /// `uri-host [":" port]` (RFC 9110 7.2). An empty value is allowed (RFC 9112 3.2).

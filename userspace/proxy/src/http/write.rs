@@ -23,15 +23,20 @@ pub struct DownstreamBody {
 }
 
 /// Write the request line, forwarded fields, framing fields, `extra_headers` and the blank line.
-/// Always speaks HTTP/1.1 upstream; hop-by-hop fields (Connection, Keep-Alive,
-/// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, every name listed in
-/// Connection) are dropped; framing comes from `head.body` (set it to re-frame, e.g. a fully
-/// buffered chunked body as `ContentLength`). An HTTP/1.0 absolute-form request gets a Host
-/// from its target; one with no host at all (`head.host == None`) needs it in `extra_headers`. Extra fields with an invalid name or value are skipped.
+/// Always speaks HTTP/1.1 upstream, in origin-form (an absolute-form target is rewritten and
+/// its authority sent as Host, RFC 9112 3.2.2); hop-by-hop fields (Connection, Keep-Alive,
+/// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, HTTP2-Settings, every name listed
+/// in Connection) are dropped; framing comes from `head.body` (set it to re-frame, e.g. a fully
+/// buffered chunked body as `ContentLength`). A request with no host at all (HTTP/1.0,
+/// `head.host == None`) needs it in `extra_headers`. Extra fields with an invalid name or value
+/// are skipped.
 pub fn write_request_head(head: &RequestHead, src: &[u8], out: &mut Vec<u8>, extra_headers: &[(&[u8], &[u8])]) {
     out.extend_from_slice(head.method_span.get(src));
     out.push(b' ');
-    out.extend_from_slice(head.target.get(src));
+    match head.path.get(src) {
+        [] => out.push(b'/'),
+        path => out.extend_from_slice(path),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(&head.headers, src, out);
     if let Some(host) = head.host.filter(|_| head.host_from_target) {

@@ -105,10 +105,31 @@ fn missing_reason_phrase() {
 }
 
 #[test]
+fn identical_repeated_content_lengths_are_one() {
+    for src in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+    ] {
+        let h = ok_resp(src, false);
+        assert_eq!((h.body, h.content_length), (BodyFraming::ContentLength(5), Some(5)));
+    }
+}
+
+#[test]
+fn http_1_2_status_lines_are_read_as_1_1() {
+    let src = b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let h = ok_resp(src, false);
+    assert_eq!((h.code, h.version, h.minor, h.body), (200, Version::Http11, 2, BodyFraming::ContentLength(2)));
+    assert_eq!(ok_resp(b"HTTP/1.0 200 OK\r\n\r\n", false).minor, 0);
+    bad_resp(b"HTTP/2.0 200 OK\r\n\r\n");
+}
+
+#[test]
 fn framing_conflicts_are_502() {
     bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
-    bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
-    bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+    bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+    bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n");
+    bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n");
     bad_resp(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n");
     bad_resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
     bad_resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");

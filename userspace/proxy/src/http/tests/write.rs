@@ -257,7 +257,7 @@ fn every_head_error_answers_with_its_status() {
         InvalidConnection,
         UnsupportedExpectation,
         ConnectNotSupported,
-        UpgradeNotSupported,
+        Http2Preface,
         HeadTooLarge,
         TooManyHeaders,
         UriTooLong,

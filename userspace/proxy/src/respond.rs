@@ -1,0 +1,97 @@
+//! Every response weir writes itself, in one place: errors (status, `x-weir-error` reason, a
+//! body saying what was wrong), `100 Continue`, and the answer to a connection over the limit.
+//! Must not: decide *whether* to answer (callers do) or touch per-worker state.
+
+use std::time::Duration;
+
+use weir_core::outcome::{DEFAULT_SHED_RETRY_AFTER_SECS, ErrorReason};
+
+use crate::http::ErrorResponse;
+use crate::io::{Conn, Wait};
+
+/// `100 Continue`, sent by weir when it buffers a request body itself.
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How long a connection over the limit is drained after its 503 (so the client reads the
+/// answer instead of a reset).
+const SHED_LINGER: Duration = Duration::from_millis(200);
+
+/// One error answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply<'a> {
+    pub reason: ErrorReason,
+    /// Body text; the reason's own message when `None`.
+    pub detail: Option<&'a str>,
+    /// Add `Connection: close` (also forced by reasons that always close).
+    pub close: bool,
+    /// The request was HEAD: headers only.
+    pub head_request: bool,
+}
+
+impl Reply<'_> {
+    /// An answer with `reason`'s own message, kept open unless the reason closes.
+    pub fn new(reason: ErrorReason) -> Reply<'static> {
+        Reply { reason, detail: None, close: false, head_request: false }
+    }
+
+    /// Whether the connection closes after this answer.
+    pub fn closes(&self) -> bool {
+        self.close || self.reason.closes_connection()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        ErrorResponse {
+            status: self.reason.status(),
+            reason: self.reason.as_str(),
+            detail: self.detail.unwrap_or(self.reason.message()),
+            close: self.closes(),
+            retry_after_secs: self.reason.sets_retry_after().then_some(DEFAULT_SHED_RETRY_AFTER_SECS),
+            omit_body: self.head_request,
+        }
+        .write(out);
+    }
+}
+
+/// Writes `reply` within `write_timeout` of no progress; returns whether it was written.
+pub(crate) async fn error(conn: &mut Conn, reply: Reply<'_>, write_timeout: Duration) -> bool {
+    let mut out = Vec::with_capacity(256);
+    reply.write(&mut out);
+    conn.write_all_by(out, Wait::Idle(write_timeout)).await.0.is_ok()
+}
+
+/// Writes `100 Continue`; returns whether it was written.
+pub(crate) async fn continue_100(conn: &mut Conn, write_timeout: Duration) -> bool {
+    conn.write_all_by(CONTINUE_100.to_vec(), Wait::Idle(write_timeout)).await.0.is_ok()
+}
+
+/// Answers a connection over the limit: an HTTP client gets `503 overloaded` with
+/// `Retry-After` (its request is not read, so the write side is shut and what it still sends
+/// is drained briefly); a TCP client is just closed.
+pub(crate) async fn shed(mut conn: Conn, http: bool, write_timeout: Duration) {
+    if http && error(&mut conn, Reply { close: true, ..Reply::new(ErrorReason::Overloaded) }, write_timeout).await {
+        conn.close_lingering(SHED_LINGER, 64 * 1024).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(reply: Reply<'_>) -> String {
+        let mut out = Vec::new();
+        reply.write(&mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn errors_name_their_reason_and_say_what_was_wrong() {
+        let t = text(Reply { detail: Some("CONNECT is not supported"), ..Reply::new(ErrorReason::NotImplemented) });
+        assert!(t.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{t}");
+        assert!(t.contains("x-weir-error: not-implemented\r\n") && t.contains("connection: close\r\n"), "{t}");
+        assert!(t.ends_with("\r\n\r\nCONNECT is not supported\n"), "{t}");
+        let t = text(Reply::new(ErrorReason::Overloaded));
+        assert!(t.contains("retry-after: 1\r\n") && !t.contains("connection: close"), "{t}");
+        let t = text(Reply { head_request: true, ..Reply::new(ErrorReason::NoRoute) });
+        assert!(t.ends_with("\r\n\r\n") && t.contains("content-length: "), "a HEAD answer has no body: {t}");
+    }
+}

@@ -1,0 +1,53 @@
+//! What crosses threads into the data path: the published snapshot, the steering seam
+//! ([`OriginalDst`]), the drain flag and a few process-wide gauges. Written by the control
+//! thread (and counted by workers with relaxed atomics); read by workers without locks. Must
+//! not: hold anything a worker mutates per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::snapshot::Snapshot;
+
+/// What the data path asks of the steering layer: which service address did the workload
+/// dial, for a connection accepted from `peer` on `local`? Implemented by the weir binary over
+/// the eBPF original-destination map; `None` when the connection was not steered.
+pub trait OriginalDst: Send + Sync + std::fmt::Debug {
+    /// Looks the connection up and forgets it (each connection is asked about once).
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
+
+    /// Called by each worker once its listener is bound (e.g. to register it for CPU-affine
+    /// accept). `cpu` is the CPU the worker is pinned to, if any.
+    fn register_listener(&self, _worker: usize, _cpu: Option<usize>, _fd: std::os::fd::RawFd) {}
+
+    /// Called by every worker once a second: the worker is alive. Steering treats weir as
+    /// down (and applies its fail mode) when no worker has called this for a while.
+    fn heartbeat(&self) {}
+}
+
+/// State every worker reads; written only by the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// The snapshot new requests run on.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Original-destination lookups for steered connections.
+    pub orig_dst: Option<Arc<dyn OriginalDst>>,
+    /// Set once by drain: workers stop accepting and close idle connections.
+    pub draining: AtomicBool,
+    /// Workers whose listener is bound and accepting.
+    pub ready_workers: AtomicUsize,
+    /// Downstream connections open right now, all workers (gauge; written per accept/close).
+    pub downstream_connections: AtomicUsize,
+    /// Process start; outlier detection counts milliseconds from here.
+    pub epoch: Instant,
+}
+
+impl Shared {
+    /// Milliseconds since [`Shared::epoch`].
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
