@@ -1,4 +1,4 @@
-//! BEHAVIOUR.md's failure matrix rows that belong to the data path: what the client sees, the
+//! docs/OPERATING.md's failure table rows that belong to the data path: what the client sees, the
 //! `x-weir-error` reason, and that nothing malformed reaches an endpoint.
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
-//! The config model: TOML in, a validated [`Config`] out, or errors that name file, line,
-//! column, field and value. Owns the defaults (BEHAVIOUR.md) and every rule a config must pass.
-//! Must not: touch the network, the filesystem beyond reading the one file it is given, or
-//! anything a running snapshot owns (a config that fails here never replaces a good one).
+//! The config model: TOML text in, a validated [`Config`] out, or errors that name file, line,
+//! column, field and value. Owns the defaults (the `Raw*` structs, documented in
+//! docs/OPERATING.md) and every rule a config must pass. Must not: do I/O (the binary reads the
+//! file and passes its text to [`Config::parse`]), or touch anything a running snapshot owns (a
+//! config that fails here never replaces a good one).
 //!
 //! Parsing is two steps: serde fills the raw structs (unknown fields, wrong types and missing
 //! fields are reported by `toml` with their position), then [`validate`] checks meaning
@@ -58,22 +59,6 @@ impl fmt::Display for ConfigError {
         }
         Ok(())
     }
-}
-
-/// Reading a config file failed before it could be checked.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("{}: cannot read config file: {source}", file.display())]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file was read but is not a valid config.
-    #[error(transparent)]
-    Invalid(#[from] ConfigError),
 }
 
 /// Application protocol of a service.
@@ -365,11 +350,7 @@ impl ServiceConfig {
         let r = &self.retry;
         crate::retry::RetryPolicy {
             attempts: r.attempts,
-            retry_on: crate::retry::RetryOn {
-                server_error: r.on_server_error,
-                rate_limited: r.on_rate_limited,
-                ..crate::retry::RetryOn::default()
-            },
+            retry_on: crate::retry::RetryOn::with(r.on_server_error, r.on_rate_limited),
             backoff_base: r.backoff_base,
             backoff_max: r.backoff_max,
             per_attempt_timeout: self.timeouts.attempt,
@@ -400,19 +381,18 @@ impl ServiceConfig {
             max_ejection_percent: o.max_ejection_percent,
             panic_threshold_percent: o.panic_threshold_percent,
             probe_timeout_ms: self.timeouts.request.as_millis() as u64,
-            ..crate::outlier::OutlierPolicy::default()
+            jitter_ms: crate::outlier::EJECTION_JITTER_MS,
         }
+    }
+
+    /// A service with every field at its default (name empty, VIP unspecified): the one
+    /// source of the policy defaults.
+    pub fn defaults() -> ServiceConfig {
+        raw::default_service()
     }
 }
 
 impl Config {
-    /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let src =
-            std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
-        Ok(Config::parse(&src, path)?)
-    }
-
     /// Validates `src`; `file` names it in errors.
     pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(src)

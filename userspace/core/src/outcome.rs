@@ -57,7 +57,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A "gateway failure" in the outlier-detection sense (BEHAVIOUR.md: 502/503/504, connect
+    /// A "gateway failure" in the outlier-detection sense (docs/OPERATING.md: 502/503/504, connect
     /// failure, reset, timeout): evidence that the *endpoint* is unwell. `ResetBeforeWrite` (the
     /// keep-alive race) and `LocalError` are not; neither is any other status. A reset after the
     /// response started counts: the endpoint died mid-response. A protocol error counts: the
@@ -75,21 +75,6 @@ impl Outcome {
         }
     }
 
-    /// The attempt produced a response that is not a server error (1xx–4xx). A 4xx is the
-    /// client's problem, so it is a success for the endpoint, for retries and for RED errors.
-    pub const fn is_success(&self) -> bool {
-        matches!(*self, Outcome::Response { status } if status < 500)
-    }
-
-    /// Status class of the endpoint's response, `None` when no response head arrived (the status
-    /// the client then sees comes from [`ErrorReason::from_outcome`]).
-    pub const fn status_class(&self) -> Option<StatusClass> {
-        match *self {
-            Outcome::Response { status } => StatusClass::from_status(status),
-            _ => None,
-        }
-    }
-
     /// Stable kebab-case name of the outcome kind, for the access log (`outcome` field).
     pub const fn as_str(&self) -> &'static str {
         match self {
@@ -103,51 +88,6 @@ impl Outcome {
             Outcome::ProtocolError => "protocol-error",
             Outcome::LocalResource => "local-resource",
             Outcome::LocalError => "local-error",
-        }
-    }
-}
-
-/// HTTP status class: the bounded `status_class` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum StatusClass {
-    /// 1xx
-    #[serde(rename = "1xx")]
-    Informational,
-    /// 2xx
-    #[serde(rename = "2xx")]
-    Success,
-    /// 3xx
-    #[serde(rename = "3xx")]
-    Redirection,
-    /// 4xx
-    #[serde(rename = "4xx")]
-    ClientError,
-    /// 5xx
-    #[serde(rename = "5xx")]
-    ServerError,
-}
-
-impl StatusClass {
-    /// Class of a status code; `None` outside 100..=599.
-    pub const fn from_status(status: u16) -> Option<StatusClass> {
-        match status {
-            100..=199 => Some(StatusClass::Informational),
-            200..=299 => Some(StatusClass::Success),
-            300..=399 => Some(StatusClass::Redirection),
-            400..=499 => Some(StatusClass::ClientError),
-            500..=599 => Some(StatusClass::ServerError),
-            _ => None,
-        }
-    }
-
-    /// Label value: `"1xx"` … `"5xx"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            StatusClass::Informational => "1xx",
-            StatusClass::Success => "2xx",
-            StatusClass::Redirection => "3xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
         }
     }
 }
@@ -377,18 +317,6 @@ mod tests {
         assert!(!Outcome::ResetBeforeWrite.is_gateway_failure(), "the keep-alive race is not the endpoint's failure");
         assert!(!Outcome::LocalError.is_gateway_failure());
         assert!(!Outcome::LocalResource.is_gateway_failure(), "weir's own limits never blame an endpoint");
-    }
-
-    #[test]
-    fn success_and_status_class() {
-        assert!(Outcome::Response { status: 200 }.is_success());
-        assert!(Outcome::Response { status: 404 }.is_success());
-        assert!(!Outcome::Response { status: 500 }.is_success());
-        assert!(!Outcome::Timeout.is_success());
-        assert_eq!(Outcome::Response { status: 503 }.status_class(), Some(StatusClass::ServerError));
-        assert_eq!(Outcome::Response { status: 99 }.status_class(), None);
-        assert_eq!(Outcome::ConnectFailure.status_class(), None);
-        assert_eq!(StatusClass::from_status(302).map(StatusClass::as_str), Some("3xx"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 #[cfg(test)]
 mod tests;
 
-/// Outlier-detection policy of a service. Defaults follow BEHAVIOUR.md (Envoy's defaults).
+/// Outlier-detection policy of a service. Defaults: the config's (Envoy's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutlierPolicy {
     /// Whether ejection is on at all. Default: true. When off, every endpoint is eligible.
@@ -54,63 +54,13 @@ pub struct OutlierPolicy {
     pub probe_timeout_ms: u64,
 }
 
+/// Random extra ejection time, uniform in `0..=EJECTION_JITTER_MS` (not configurable).
+pub const EJECTION_JITTER_MS: u64 = 2_000;
+
 impl Default for OutlierPolicy {
+    /// The config's defaults (`[service.outlier]`).
     fn default() -> Self {
-        OutlierPolicy {
-            enabled: true,
-            consecutive_gateway_failures: 5,
-            base_ejection_ms: 30_000,
-            max_ejection_ms: 300_000,
-            jitter_ms: 2_000,
-            max_ejection_percent: 50,
-            panic_threshold_percent: 50,
-            probe_timeout_ms: 15_000,
-        }
-    }
-}
-
-/// Why an [`OutlierPolicy`] is invalid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OutlierPolicyError {
-    /// `consecutive_gateway_failures` is 0.
-    #[error("consecutive_gateway_failures must be at least 1")]
-    ZeroFailures,
-    /// A percentage above 100.
-    #[error("{field} is {value}, must be between 0 and 100")]
-    Percent {
-        /// Field name.
-        field: &'static str,
-        /// Value given.
-        value: u32,
-    },
-    /// `base_ejection_ms` is 0 or above `max_ejection_ms`.
-    #[error("base_ejection_ms ({base}) must be at least 1 and at most max_ejection_ms ({max})")]
-    EjectionTime {
-        /// `base_ejection_ms`.
-        base: u64,
-        /// `max_ejection_ms`.
-        max: u64,
-    },
-}
-
-impl OutlierPolicy {
-    /// Check the policy; the config module reports the error with file, line and field.
-    pub fn validate(&self) -> Result<(), OutlierPolicyError> {
-        if self.consecutive_gateway_failures == 0 {
-            return Err(OutlierPolicyError::ZeroFailures);
-        }
-        for (field, value) in [
-            ("max_ejection_percent", self.max_ejection_percent),
-            ("panic_threshold_percent", self.panic_threshold_percent),
-        ] {
-            if value > 100 {
-                return Err(OutlierPolicyError::Percent { field, value });
-            }
-        }
-        if self.base_ejection_ms == 0 || self.base_ejection_ms > self.max_ejection_ms {
-            return Err(OutlierPolicyError::EjectionTime { base: self.base_ejection_ms, max: self.max_ejection_ms });
-        }
-        Ok(())
+        crate::config::ServiceConfig::defaults().outlier_policy()
     }
 }
 

@@ -1,9 +1,8 @@
 //! Retries: when an attempt may be retried, how long to wait, and how many retries the service
 //! can afford.
 //!
-//! Owns: the retry policy and its defaults (BEHAVIOUR.md "retries", "retry on", "back-off",
-//! "retry budget"), the retry decision for a finished attempt, full-jitter back-off,
-//! `Retry-After` parsing, and the per-core retry budget.
+//! Owns: the retry policy (its defaults are the config's), the retry decision for a finished
+//! attempt, full-jitter back-off, `Retry-After` parsing, and the per-core retry budget.
 //! Must not: pick endpoints (the balancer does, with the failed endpoint as `avoid`), read the
 //! clock (time is a `std::time::Instant`, or a `SystemTime` for HTTP dates, passed in), use
 //! ambient randomness (the RNG is the caller's), share state between cores (a [`RetryBudget`]
@@ -22,7 +21,7 @@ use rand::Rng;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Which failures are retried. Each flag only opens the door: safety rules (idempotent method,
-/// replayable body) still apply as documented per flag. Defaults: BEHAVIOUR.md "retry on".
+/// replayable body) still apply as documented per flag. Defaults: the config's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryOn {
     /// Connect failure, connect timeout, or reset with zero request bytes written: nothing was
@@ -43,16 +42,17 @@ pub struct RetryOn {
     pub timeout: bool,
 }
 
+impl RetryOn {
+    /// What is always retried; `server_error` and `rate_limited` come from the config.
+    pub const fn with(server_error: bool, rate_limited: bool) -> RetryOn {
+        RetryOn { connect_failure: true, unavailable: true, rate_limited, server_error, reset: true, timeout: true }
+    }
+}
+
 impl Default for RetryOn {
+    /// The config's defaults (`[service.retry] on_server_error`, `on_rate_limited`).
     fn default() -> Self {
-        RetryOn {
-            connect_failure: true,
-            unavailable: true,
-            rate_limited: false,
-            server_error: true,
-            reset: true,
-            timeout: true,
-        }
+        crate::config::ServiceConfig::defaults().retry_policy().retry_on
     }
 }
 
@@ -69,12 +69,13 @@ pub struct BudgetPolicy {
 }
 
 impl Default for BudgetPolicy {
+    /// The config's defaults (`[service.retry]`).
     fn default() -> Self {
-        BudgetPolicy { ratio: 0.2, min_retries_per_sec: 10, enabled: true }
+        crate::config::ServiceConfig::defaults().budget_policy()
     }
 }
 
-/// Retry policy of a service. Defaults: BEHAVIOUR.md.
+/// Retry policy of a service. Defaults: the config's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included (3 = 2 retries). 1 disables retries. Default: 3.
@@ -96,60 +97,13 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// The config's defaults (`[service.retry]`, `[service.timeouts]`).
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            retry_on: RetryOn::default(),
-            backoff_base: Duration::from_millis(25),
-            backoff_max: Duration::from_millis(250),
-            per_attempt_timeout: None,
-            replay_buffer_bytes: 64 * 1024,
-            budget: BudgetPolicy::default(),
-        }
+        crate::config::ServiceConfig::defaults().retry_policy()
     }
-}
-
-/// Why a [`RetryPolicy`] is invalid.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RetryPolicyError {
-    /// `attempts` is 0.
-    #[error("attempts must be at least 1 (1 = no retries)")]
-    ZeroAttempts,
-    /// `backoff_base` above `backoff_max`.
-    #[error("backoff_base ({base:?}) must not exceed backoff_max ({max:?})")]
-    Backoff {
-        /// `backoff_base`.
-        base: Duration,
-        /// `backoff_max`.
-        max: Duration,
-    },
-    /// `per_attempt_timeout` is zero.
-    #[error("per_attempt_timeout must be greater than zero (omit it to use only the request timeout)")]
-    ZeroAttemptTimeout,
-    /// `budget.ratio` negative or not a number.
-    #[error("budget ratio {0} must be a finite number ≥ 0 (0.2 = retries add at most 20%)")]
-    Ratio(f64),
 }
 
 impl RetryPolicy {
-    /// Check the policy; the config module reports the error with file, line and field.
-    pub fn validate(&self) -> Result<(), RetryPolicyError> {
-        if self.attempts == 0 {
-            return Err(RetryPolicyError::ZeroAttempts);
-        }
-        if self.backoff_base > self.backoff_max {
-            return Err(RetryPolicyError::Backoff { base: self.backoff_base, max: self.backoff_max });
-        }
-        if self.per_attempt_timeout == Some(Duration::ZERO) {
-            return Err(RetryPolicyError::ZeroAttemptTimeout);
-        }
-        let ratio = self.budget.ratio;
-        if !ratio.is_finite() || ratio < 0.0 {
-            return Err(RetryPolicyError::Ratio(ratio));
-        }
-        Ok(())
-    }
-
     /// Whether a request body can be replayed: fully received (`complete`) and at most
     /// `replay_buffer_bytes` long. A request without a body is `(0, true)`.
     pub fn body_is_replayable(&self, body_bytes: u64, complete: bool) -> bool {
@@ -237,7 +191,7 @@ enum Safety {
 }
 
 /// Decide whether the attempt that just finished (`attempt`, 1-based) is retried, per
-/// BEHAVIOUR.md's "retry on" row:
+/// the failure table of docs/OPERATING.md:
 ///
 /// | outcome | retried when |
 /// |---|---|

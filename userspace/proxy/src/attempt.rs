@@ -15,10 +15,10 @@ use weir_core::outcome::Outcome;
 
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
-use crate::exchange::{Call, Downstream, Plan};
 use crate::http::{self, BodyFraming, RequestHead, ResponseHead, Status, Version};
 use crate::io::{Conn, Wait};
-use crate::pool::UpConn;
+use crate::plan::{Call, Downstream, Plan};
+use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope};
 
 /// What happened to one attempt.
@@ -175,25 +175,8 @@ async fn connection(
         }
     }
     let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
-    let opts = ctx.connect_options();
-    match Conn::connect(picked.addr, opts, timeout).await {
-        Ok(c) => {
-            let gauge = ctx.state.borrow_mut().gauge(scope);
-            Ok((UpConn::new(c, &gauge), false))
-        }
-        Err(e) => Err(connect_outcome(&e)),
-    }
-}
-
-/// What a failed connect says: weir's own resource limits are not the endpoint's failure.
-pub(crate) fn connect_outcome(e: &std::io::Error) -> Outcome {
-    match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
-            Outcome::LocalResource
-        }
-        _ if e.kind() == std::io::ErrorKind::TimedOut => Outcome::ConnectTimeout,
-        _ => Outcome::ConnectFailure,
-    }
+    let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
+    Ok((pool::connect(picked.addr, opts, timeout, &gauge).await?, false))
 }
 
 /// How reading a response head ended.

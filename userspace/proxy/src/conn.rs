@@ -14,10 +14,11 @@ use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::ErrorReason;
 use weir_core::stats::RequestRecord;
 
-use crate::ctx::Ctx;
-use crate::exchange::{self, Downstream, Exchange, RequestInfo};
+use crate::ctx::{ConnRoute, Ctx};
+use crate::exchange::{self, Exchange, RequestInfo};
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
+use crate::plan::Downstream;
 use crate::respond::{self, Reply};
 use crate::state::Scope;
 
@@ -30,15 +31,6 @@ const SHRINK_ABOVE_BYTES: usize = 64 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// …and at most this much.
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
-
-/// How a new downstream connection is routed (decided once, at accept).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnRoute {
-    /// The service address the client dialed (steered VIP or a service's own listener), if any.
-    pub dialed: Option<SocketAddr>,
-    /// The connection was steered/dialed to an address that no longer names a service.
-    pub unknown: bool,
-}
 
 /// How a connection ends.
 enum Close {

@@ -4,6 +4,7 @@
 //! grow per-request data, or hand out the state borrow across an `.await`.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,6 +12,15 @@ use std::time::Duration;
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
 use crate::state::WorkerState;
+
+/// How a new downstream connection is routed (decided once, at accept).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnRoute {
+    /// The service address the client dialed (steered VIP or a service's own listener), if any.
+    pub dialed: Option<SocketAddr>,
+    /// The connection was steered/dialed to an address that no longer names a service.
+    pub unknown: bool,
+}
 
 /// What every task of one worker shares.
 #[derive(Debug)]

@@ -7,10 +7,9 @@
 //! borrow across an `.await`, or forward a byte it did not parse.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, METHOD_BYTES, PATH_BYTES};
-use weir_core::config::ForwardedHeaders;
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::retry::{self, Attempted, RequestCtx, Step};
 use weir_core::stats::RetryReason;
@@ -18,37 +17,11 @@ use weir_core::stats::RetryReason;
 use crate::attempt::{self, AttemptResult, Bufs, ClientFault};
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
-use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
-use crate::io::{Conn, Wait};
+use crate::http::{self, BodyFraming, Method, RequestHead};
+use crate::io::Wait;
+use crate::plan::{Call, Downstream, Plan, via};
 use crate::respond::{self, Reply};
 use crate::state::{Picked, Scope, Tried};
-
-/// `Via` values by the minor version received (`1.0 weir` … `1.9 weir`).
-const VIA: [&[u8]; 10] = [
-    b"1.0 weir",
-    b"1.1 weir",
-    b"1.2 weir",
-    b"1.3 weir",
-    b"1.4 weir",
-    b"1.5 weir",
-    b"1.6 weir",
-    b"1.7 weir",
-    b"1.8 weir",
-    b"1.9 weir",
-];
-
-fn via(minor: u8) -> &'static [u8] {
-    VIA[usize::from(minor.min(9))]
-}
-
-/// The client side of an exchange: the connection and its unconsumed bytes (`buf[..]`, head
-/// first once parsed).
-#[derive(Debug)]
-pub(crate) struct Downstream {
-    pub conn: Conn,
-    pub buf: Vec<u8>,
-    pub peer: SocketAddr,
-}
 
 /// What the access log needs of a request, copied out of the head (bounded, no heap).
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,147 +61,6 @@ pub(crate) struct Exchange {
     pub bytes_out: u64,
     pub upstream_us: u64,
     pub panic: bool,
-}
-
-/// What does not change between a request's attempts.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    pub deadline: Instant,
-    pub attempt_timeout: Option<Duration>,
-    pub connect_timeout: Duration,
-    /// Longest wait for the next byte of a response body.
-    pub response_idle: Duration,
-    /// Longest a write to the client may make no progress.
-    pub write_timeout: Duration,
-    pub response_limits: HeadLimits,
-    /// The request body is held whole in the client buffer (replayable), or there is none.
-    pub buffered_body: bool,
-    /// Length of a held body.
-    pub body_len: u64,
-    pub idempotent: bool,
-    pub client_version: Version,
-    pub client_keep_alive: bool,
-    pub is_head: bool,
-    /// weir answered `Expect: 100-continue` itself: the endpoint's 100 is not relayed.
-    pub swallow_100: bool,
-    via: &'static [u8],
-    forwarded: ForwardedHeaders,
-    /// Values of the forwarding headers (X-Forwarded-For, Forwarded), when configured.
-    fwd: Vec<u8>,
-    fwd_split: usize,
-    xfp: bool,
-}
-
-impl Plan {
-    fn new(scope: &Scope, head: &mut RequestHead, src: &[u8], peer: SocketAddr, started: Instant) -> Plan {
-        let cfg = scope.config();
-        let proxy = &scope.snapshot().config.proxy;
-        let retry = &scope.service().retry;
-        let buffered_body = match head.body {
-            BodyFraming::None => true,
-            BodyFraming::ContentLength(n) => n <= retry.replay_buffer_bytes,
-            _ => false,
-        };
-        let mut plan = Plan {
-            deadline: started + cfg.timeouts.request,
-            attempt_timeout: retry.per_attempt_timeout,
-            connect_timeout: cfg.timeouts.connect,
-            response_idle: cfg.timeouts.request,
-            write_timeout: proxy.downstream_write_timeout,
-            response_limits: HeadLimits {
-                max_head_bytes: proxy.max_request_head_bytes.max(64 * 1024),
-                max_headers: http::MAX_HEADERS_CAP,
-                max_uri_bytes: usize::MAX,
-            },
-            buffered_body,
-            body_len: match head.body {
-                BodyFraming::ContentLength(n) if buffered_body => n,
-                _ => 0,
-            },
-            idempotent: head.is_idempotent(),
-            client_version: head.version,
-            client_keep_alive: head.keep_alive,
-            is_head: head.method == Method::Head,
-            swallow_100: false,
-            via: via(head.minor),
-            forwarded: cfg.forwarded_headers,
-            fwd: Vec::new(),
-            fwd_split: 0,
-            xfp: false,
-        };
-        if plan.forwarded.any() {
-            plan.forwarding_values(head, src, peer);
-        }
-        plan
-    }
-
-    /// X-Forwarded-For and Forwarded: the client's values (every field line, in order) with the
-    /// caller appended; X-Forwarded-Proto only when the request has none.
-    fn forwarding_values(&mut self, head: &mut RequestHead, src: &[u8], peer: SocketAddr) {
-        let ip = peer.ip().to_canonical();
-        let join = |head: &RequestHead, name: &[u8], out: &mut Vec<u8>| {
-            for h in head.headers.iter().filter(|h| h.forward && h.name.get(src).eq_ignore_ascii_case(name)) {
-                out.extend_from_slice(h.value.get(src));
-                out.extend_from_slice(b", ");
-            }
-        };
-        if self.forwarded.x_forwarded_for {
-            join(head, b"x-forwarded-for", &mut self.fwd);
-            self.fwd.extend_from_slice(ip.to_string().as_bytes());
-            head.remove_header(src, b"x-forwarded-for");
-        }
-        self.fwd_split = self.fwd.len();
-        if self.forwarded.forwarded {
-            join(head, b"forwarded", &mut self.fwd);
-            match ip {
-                std::net::IpAddr::V4(v4) => self.fwd.extend_from_slice(format!("for={v4};proto=http").as_bytes()),
-                std::net::IpAddr::V6(v6) => self.fwd.extend_from_slice(format!("for=\"[{v6}]\";proto=http").as_bytes()),
-            }
-            head.remove_header(src, b"forwarded");
-        }
-        self.xfp = self.forwarded.x_forwarded_proto && head.header(src, b"x-forwarded-proto").is_none();
-    }
-
-    /// The deadline of an attempt starting at `now`.
-    pub fn attempt_deadline(&self, now: Instant) -> Instant {
-        self.attempt_timeout.map_or(self.deadline, |t| self.deadline.min(now + t))
-    }
-
-    /// Writes the request head for `endpoint` (and a held body) into `out`.
-    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
-        let host_value;
-        let mut extra: [(&[u8], &[u8]); 5] = [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
-        let mut n = 1;
-        if head.host.is_none() {
-            host_value = endpoint.to_string();
-            extra[n] = (b"host", host_value.as_bytes());
-            n += 1;
-        }
-        if self.forwarded.x_forwarded_for {
-            extra[n] = (b"x-forwarded-for", &self.fwd[..self.fwd_split]);
-            n += 1;
-        }
-        if self.forwarded.forwarded {
-            extra[n] = (b"forwarded", &self.fwd[self.fwd_split..]);
-            n += 1;
-        }
-        if self.xfp {
-            extra[n] = (b"x-forwarded-proto", b"http");
-            n += 1;
-        }
-        http::write_request_head(head, src, out, &extra[..n]);
-        if self.buffered_body && self.body_len > 0 {
-            out.extend_from_slice(&src[head.head_len..head.head_len + self.body_len as usize]);
-        }
-    }
-}
-
-/// What every step of one exchange reads: the worker, the request's service and its plan.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Call<'a> {
-    pub ctx: &'a Ctx,
-    pub scope: &'a Scope,
-    pub plan: &'a Plan,
 }
 
 /// How the attempt loop ended.
@@ -509,18 +341,5 @@ fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, ex: &mut Exchang
             let outcome = Outcome::ResetAfterResponseStarted;
             ctx.state.borrow_mut().report_health(scope, picked, &outcome, ctx.now_ms());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn via_names_the_version_received() {
-        assert_eq!(via(0), b"1.0 weir");
-        assert_eq!(via(1), b"1.1 weir");
-        assert_eq!(via(2), b"1.2 weir");
-        assert_eq!(via(200), b"1.9 weir");
     }
 }

@@ -13,6 +13,7 @@ mod ctx;
 mod exchange;
 pub mod http;
 pub mod io;
+mod plan;
 mod pool;
 mod respond;
 mod shared;

@@ -10,10 +10,13 @@
 //! non-blocking staleness peek.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::io::Conn;
+use weir_core::outcome::Outcome;
+
+use crate::io::{Conn, ConnectOptions};
 
 /// Open upstream connections of one service on one worker (a gauge).
 pub(crate) type Gauge = Rc<Cell<i64>>;
@@ -44,6 +47,31 @@ impl UpConn {
 impl Drop for UpConn {
     fn drop(&mut self) {
         self.gauge.set(self.gauge.get() - 1);
+    }
+}
+
+/// Opens a connection to `addr` within `timeout`, counted in `gauge`. A failure is classified:
+/// weir's own resource limits (descriptors, buffers, local ports, memory) are
+/// [`Outcome::LocalResource`], never the endpoint's failure.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    opts: ConnectOptions,
+    timeout: Duration,
+    gauge: &Gauge,
+) -> Result<UpConn, Outcome> {
+    match Conn::connect(addr, opts, timeout).await {
+        Ok(c) => Ok(UpConn::new(c, gauge)),
+        Err(e) => Err(connect_outcome(&e)),
+    }
+}
+
+fn connect_outcome(e: &std::io::Error) -> Outcome {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
+            Outcome::LocalResource
+        }
+        _ if e.kind() == std::io::ErrorKind::TimedOut => Outcome::ConnectTimeout,
+        _ => Outcome::ConnectFailure,
     }
 }
 

@@ -28,7 +28,7 @@ pub trait OriginalDst: Send + Sync + std::fmt::Debug {
     fn heartbeat(&self) {}
 }
 
-/// State every worker reads; written only by the control thread.
+/// State every worker reads; written only outside the workers (start, reloads, drain).
 #[derive(Debug)]
 pub struct Shared {
     /// The snapshot new requests run on.

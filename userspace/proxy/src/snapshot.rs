@@ -1,8 +1,9 @@
 //! The immutable snapshot workers run on: a validated config plus what is derived from it once
 //! per publication: route tables (VIP, Host) and, per service, its policies precomputed (retry,
-//! budget, outlier, per-worker limits) and the state all cores share (outlier health). Built by
-//! the control thread, published with one atomic swap, read by workers without locks. Must
-//! not: change after publication; anything a worker mutates lives in its own `WorkerState`.
+//! budget, outlier, per-worker limits) and the state all cores share (outlier health). Built
+//! where a config is loaded (at start, or on a reload from the signal loop or the file watcher),
+//! published with one atomic swap, read by workers without locks. Must not: change after
+//! publication; anything a worker mutates lives in its own `WorkerState`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

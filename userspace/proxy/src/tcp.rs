@@ -13,11 +13,9 @@ use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason};
 
-use crate::attempt::connect_outcome;
-use crate::conn::ConnRoute;
-use crate::ctx::Ctx;
+use crate::ctx::{ConnRoute, Ctx};
 use crate::io::{Conn, until};
-use crate::pool::UpConn;
+use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope, Tried};
 
 const RELAY_BUF_BYTES: usize = 16 * 1024;
@@ -51,18 +49,17 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             break;
         };
         tries += 1;
-        let res = Conn::connect(picked.addr, opts, connect_timeout).await;
+        let gauge = ctx.state.borrow_mut().gauge(&scope);
+        let res = pool::connect(picked.addr, opts, connect_timeout, &gauge).await;
         let mut state = ctx.state.borrow_mut();
         match res {
-            Ok(conn) => {
+            Ok(up) => {
                 let ok = Outcome::Response { status: 200 };
                 state.report(&scope, &picked, &ok, Some(started.elapsed()), Instant::now(), ctx.now_ms());
-                let gauge = state.gauge(&scope);
-                connected = Some((UpConn::new(conn, &gauge), picked));
+                connected = Some((up, picked));
                 break;
             }
-            Err(e) => {
-                let outcome = connect_outcome(&e);
+            Err(outcome) => {
                 state.report(&scope, &picked, &outcome, None, Instant::now(), ctx.now_ms());
                 tried.add(picked.addr);
                 error = ErrorReason::from_outcome(&outcome);

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use weir_core::config::Protocol;
 
-use crate::conn::ConnRoute;
-use crate::ctx::Ctx;
+use crate::ctx::{ConnRoute, Ctx};
 use crate::io::{Conn, Listener, Runtime};
 use crate::shared::Shared;
 use crate::state::WorkerState;

@@ -1,4 +1,4 @@
-//! Wiring and lifecycle: start (config → eBPF maps → workers → eBPF links → control thread),
+//! Wiring and lifecycle: start (config → eBPF maps → workers → eBPF links → admin thread),
 //! reload (SIGHUP or a change of the config file), drain on SIGTERM/SIGINT. Owns the order in
 //! which things start and stop. Must not: run on a worker core's path; reloads build the new
 //! snapshot here and publish it in one atomic swap.
@@ -21,7 +21,38 @@ use crate::shipper::Shipper;
 
 use crate::steering::Steering;
 
-/// State the control thread, the admin server and the signal loop share. Never touched by a
+/// Reading the config file failed before it could be checked, or it is not a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", file.display())]
+    Read {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config.
+    #[error(transparent)]
+    Invalid(#[from] weir_core::config::ConfigError),
+}
+
+/// Reads `path` and validates it ([`Config::parse`]): the one place weir reads its config file.
+pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
+    Ok(Config::parse(&src, path)?)
+}
+
+#[cfg(test)]
+mod load_tests {
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = super::load_config(std::path::Path::new("/nonexistent/weir.toml")).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/weir.toml: cannot read config file"), "{err}");
+    }
+}
+
+/// State reloads, the admin server and the signal loop share. Never touched by a
 /// worker's request path.
 #[derive(Debug)]
 pub struct Control {
@@ -100,7 +131,7 @@ impl Control {
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
         let _serial = self.reload_lock.lock();
-        let result = Config::load(&self.config_path).map_err(|e| e.to_string()).and_then(|mut config| {
+        let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|mut config| {
             self.listens.apply(&mut config);
             let old = self.shared.snapshot.load_full();
             let fixed = restart_only_changes(&old.config, &config);
@@ -211,7 +242,7 @@ pub struct App {
 impl App {
     /// Loads `config_path` and starts everything. Attaches nothing if the config is invalid.
     pub fn start(config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
-        let config = Config::load(config_path)?;
+        let config = load_config(config_path)?;
         App::start_with(config, config_path, options)
     }
 

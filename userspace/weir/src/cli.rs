@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weir_core::config::Config;
 
 use crate::app::App;
 
@@ -60,7 +59,7 @@ enum SteerCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match crate::app::load_config(&config) {
             // The memory limit is this process's own: `weir check` run where weir runs (in its
             // pod, or by the unit's ExecReload) sees the limit weir will see.
             Ok(c) => {

@@ -1,5 +1,6 @@
-//! The weir binary's library: wiring of config, eBPF steering, proxy workers, the control
-//! thread (reloads), the admin server and the access-log shipper. Exposed as a library so
+//! The weir binary's library: reading the config, eBPF steering, proxy workers, reloads (from
+//! the main thread's signal loop and the admin thread's file watcher), the admin server and
+//! the access-log shipper. Exposed as a library so
 //! integration tests can run weir in-process.
 
 pub mod admin;

@@ -1,4 +1,4 @@
-//! The config as written (serde structs with BEHAVIOUR.md's defaults) and the checks that turn
+//! The config as written (serde structs with weir's defaults, documented in docs/OPERATING.md) and the checks that turn
 //! it into a [`Config`]. Must not: guess: a value that could mean two things is a problem.
 
 use std::collections::HashMap;
@@ -233,6 +233,70 @@ struct RawLimits {
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits { max_pending_requests: 10_000, max_idle_per_endpoint: 64 }
+    }
+}
+
+impl From<&RawTimeouts> for TimeoutConfig {
+    fn from(t: &RawTimeouts) -> TimeoutConfig {
+        TimeoutConfig {
+            connect: ms(t.connect_ms),
+            request: ms(t.request_ms),
+            attempt: t.attempt_ms.map(ms),
+            upstream_idle: ms(t.upstream_idle_ms),
+        }
+    }
+}
+
+impl From<&RawRetry> for RetryConfig {
+    fn from(r: &RawRetry) -> RetryConfig {
+        RetryConfig {
+            attempts: r.attempts,
+            backoff_base: ms(r.backoff_base_ms),
+            backoff_max: ms(r.backoff_max_ms),
+            replay_buffer_bytes: r.replay_buffer_bytes,
+            budget: r.budget,
+            budget_ratio: r.budget_ratio,
+            budget_min_per_sec: r.budget_min_per_sec,
+            on_server_error: r.on_server_error,
+            on_rate_limited: r.on_rate_limited,
+        }
+    }
+}
+
+impl From<&RawOutlier> for OutlierConfig {
+    fn from(o: &RawOutlier) -> OutlierConfig {
+        OutlierConfig {
+            enabled: o.enabled,
+            consecutive_gateway_failures: o.consecutive_gateway_failures,
+            base_ejection: ms(o.base_ejection_ms),
+            max_ejection: ms(o.max_ejection_ms),
+            max_ejection_percent: o.max_ejection_percent,
+            panic_threshold_percent: o.panic_threshold_percent,
+        }
+    }
+}
+
+impl From<&RawLimits> for LimitsConfig {
+    fn from(l: &RawLimits) -> LimitsConfig {
+        LimitsConfig { max_pending_requests: l.max_pending_requests, max_idle_per_endpoint: l.max_idle_per_endpoint }
+    }
+}
+
+/// A service with every field at its default (the defaults live in the `Raw*` structs above,
+/// and only there).
+pub(super) fn default_service() -> ServiceConfig {
+    ServiceConfig {
+        name: String::new(),
+        vip: SocketAddr::from(([0, 0, 0, 0], 0)),
+        listen: None,
+        protocol: Protocol::default(),
+        endpoints: Vec::new(),
+        lb: LbPolicy::default(),
+        timeouts: (&RawTimeouts::default()).into(),
+        retry: (&RawRetry::default()).into(),
+        outlier: (&RawOutlier::default()).into(),
+        limits: (&RawLimits::default()).into(),
+        forwarded_headers: ForwardedHeaders::default(),
     }
 }
 
@@ -520,35 +584,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             protocol: s.protocol,
             endpoints,
             lb: s.lb,
-            timeouts: TimeoutConfig {
-                connect: ms(t.connect_ms),
-                request: ms(t.request_ms),
-                attempt: t.attempt_ms.map(ms),
-                upstream_idle: ms(t.upstream_idle_ms),
-            },
-            retry: RetryConfig {
-                attempts: r.attempts,
-                backoff_base: ms(r.backoff_base_ms),
-                backoff_max: ms(r.backoff_max_ms),
-                replay_buffer_bytes: r.replay_buffer_bytes,
-                budget: r.budget,
-                budget_ratio: r.budget_ratio,
-                budget_min_per_sec: r.budget_min_per_sec,
-                on_server_error: r.on_server_error,
-                on_rate_limited: r.on_rate_limited,
-            },
-            outlier: OutlierConfig {
-                enabled: o.enabled,
-                consecutive_gateway_failures: o.consecutive_gateway_failures,
-                base_ejection: ms(o.base_ejection_ms),
-                max_ejection: ms(o.max_ejection_ms),
-                max_ejection_percent: o.max_ejection_percent,
-                panic_threshold_percent: o.panic_threshold_percent,
-            },
-            limits: LimitsConfig {
-                max_pending_requests: s.limits.max_pending_requests,
-                max_idle_per_endpoint: s.limits.max_idle_per_endpoint,
-            },
+            timeouts: t.into(),
+            retry: r.into(),
+            outlier: o.into(),
+            limits: (&s.limits).into(),
             forwarded_headers,
         });
     }

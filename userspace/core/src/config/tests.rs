@@ -205,9 +205,3 @@ fn log_sinks_parse() {
     assert!(LogSink::parse("tcp:nohost").is_err());
     assert!(LogSink::parse("file:relative").is_err());
 }
-
-#[test]
-fn load_reports_a_missing_file() {
-    let err = Config::load(Path::new("/nonexistent/weir.toml")).expect_err("missing");
-    assert!(err.to_string().contains("/nonexistent/weir.toml"), "{err}");
-}

@@ -285,17 +285,6 @@ fn signals_follow_outcomes() {
     assert_eq!(HealthSignal::from(&O::LocalError), HealthSignal::Neutral);
 }
 
-#[test]
-fn policy_validation() {
-    assert_eq!(OutlierPolicy::default().validate(), Ok(()));
-    let bad = OutlierPolicy { consecutive_gateway_failures: 0, ..OutlierPolicy::default() };
-    assert_eq!(bad.validate(), Err(OutlierPolicyError::ZeroFailures));
-    let bad = OutlierPolicy { max_ejection_percent: 101, ..OutlierPolicy::default() };
-    assert!(matches!(bad.validate(), Err(OutlierPolicyError::Percent { field: "max_ejection_percent", .. })));
-    let bad = OutlierPolicy { base_ejection_ms: 400_000, ..OutlierPolicy::default() };
-    assert!(bad.validate().expect_err("base above max").to_string().contains("max_ejection_ms"));
-}
-
 /// Threads race to eject, restore and re-eject; the cap holds at every instant and the count
 /// matches the endpoints' states when they stop.
 #[test]

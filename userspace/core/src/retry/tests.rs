@@ -170,20 +170,6 @@ fn retry_after_is_honoured_only_before_the_deadline() {
     assert_eq!(retry_delay(&Outcome::ConnectFailure, None, ms(10), ms(10)), None);
 }
 
-#[test]
-fn policy_validation() {
-    assert_eq!(RetryPolicy::default().validate(), Ok(()));
-    let bad = RetryPolicy { attempts: 0, ..RetryPolicy::default() };
-    assert_eq!(bad.validate(), Err(RetryPolicyError::ZeroAttempts));
-    let bad = RetryPolicy { backoff_base: Duration::from_secs(1), ..RetryPolicy::default() };
-    assert!(matches!(bad.validate(), Err(RetryPolicyError::Backoff { .. })));
-    let bad = RetryPolicy { per_attempt_timeout: Some(Duration::ZERO), ..RetryPolicy::default() };
-    assert_eq!(bad.validate(), Err(RetryPolicyError::ZeroAttemptTimeout));
-    let mut bad = RetryPolicy::default();
-    bad.budget.ratio = f64::NAN;
-    assert!(bad.validate().expect_err("NaN ratio").to_string().contains("finite"));
-}
-
 /// Simulate `rate` original requests per second for `secs` seconds on one core, each wanting
 /// `wanted` retries scheduled right after it; return the retries granted.
 fn simulate(budget: &mut RetryBudget, start: Instant, rate: u32, secs: u32, wanted: u32) -> u32 {

@@ -2,7 +2,7 @@
 //! re-serialisation of forwarded heads, and the error responses weir generates itself.
 //!
 //! Owns: the byte-level rules of RFC 9112/9110 as weir applies them (see the strict-parsing
-//! section of BEHAVIOUR.md), the mapping of a parse failure to a status and an `x-weir-error`
+//! section of docs/OPERATING.md), the mapping of a parse failure to a status and an `x-weir-error`
 //! reason. Must not: do I/O, await, read the clock, log, or allocate per request once the
 //! caller's reusable `Vec`s are warm. Parsers return [`Span`]s into the caller's buffer; the
 //! caller keeps that buffer alive and unchanged while it uses the parsed head.

@@ -1,4 +1,4 @@
-//! Request head parsing: httparse tokenises, then weir's strict checks (BEHAVIOUR.md) decide
+//! Request head parsing: httparse tokenises, then weir's strict checks (docs/OPERATING.md) decide
 //! whether the request can only be read one way, and derive its framing and connection
 //! handling. Owns: request-side statuses (400/414/417/431/501/505). Must not: allocate beyond
 //! the reusable `Vec`s of [`RequestHead`], or look at bytes past the head.

@@ -1,4 +1,4 @@
-//! One test per line of BEHAVIOUR.md's strict HTTP/1.1 parsing list, plus request smuggling
+//! One test per line of docs/OPERATING.md's strict HTTP/1.1 parsing list, plus request smuggling
 //! vectors. Every case asserts the exact status (and, through the helpers, that feeding the
 //! bytes one at a time gives the same answer).
 
