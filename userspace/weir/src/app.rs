@@ -3,6 +3,7 @@
 //! which things start and stop. Must not: run on a worker core's path; reloads build the new
 //! snapshot here and publish it in one atomic swap.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -85,6 +86,36 @@ pub struct Control {
     pub shipper: Mutex<Option<Shipper>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
+    /// The listen addresses as configured and as bound.
+    pub listens: Listens,
+}
+
+/// `[proxy] listen` and `[admin] listen` as the file says and as bound. Port 0 in the file means
+/// any free port: weir binds one at start and runs on it (the snapshot, steering, `/config`
+/// and the "weir is ready" line carry the bound address).
+#[derive(Debug, Clone, Copy)]
+pub struct Listens {
+    /// `[proxy] listen` in the file.
+    pub proxy_configured: SocketAddr,
+    /// The address the workers listen on.
+    pub proxy: SocketAddr,
+    /// `[admin] listen` in the file.
+    pub admin_configured: SocketAddr,
+    /// The address the admin API listens on.
+    pub admin: SocketAddr,
+}
+
+impl Listens {
+    /// Puts the bound addresses into a config read from the file, where the file still says
+    /// what it said at start (e.g. port 0), so a reload compares like with like.
+    fn apply(&self, config: &mut Config) {
+        if config.proxy.listen == self.proxy_configured {
+            config.proxy.listen = self.proxy;
+        }
+        if config.admin.listen == self.admin_configured {
+            config.admin.listen = self.admin;
+        }
+    }
 }
 
 impl Control {
@@ -100,7 +131,8 @@ impl Control {
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
         let _serial = self.reload_lock.lock();
-        let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
+        let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|mut config| {
+            self.listens.apply(&mut config);
             let old = self.shared.snapshot.load_full();
             let fixed = restart_only_changes(&old.config, &config);
             if !fixed.is_empty() {
@@ -157,6 +189,27 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// For a listen address with port 0: a socket bound to a free port on its IP, with the options
+/// the workers' listeners use (SO_REUSEADDR, SO_REUSEPORT), so that they can all bind that
+/// concrete port while this holds it and nobody else can take it meanwhile. Never listens.
+fn reserve_any_port(listen: SocketAddr) -> std::io::Result<Option<socket2::Socket>> {
+    if listen.port() != 0 {
+        return Ok(None);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&listen.into())?;
+    Ok(Some(socket))
+}
+
+fn bound_addr(socket: &socket2::Socket) -> anyhow::Result<SocketAddr> {
+    socket.local_addr()?.as_socket().context("the reserved proxy port has no IP address")
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -194,7 +247,7 @@ impl App {
     }
 
     /// Starts from an already validated config; `config_path` is what reloads read.
-    pub fn start_with(config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
+    pub fn start_with(mut config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
         let workers = resolve_workers(&config);
         // A memory limit too small for the config stops weir here, not hours later at the
         // first burst of traffic.
@@ -203,6 +256,16 @@ impl App {
         // before it touches the kernel.
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
+        // Port 0: hold a free port until the workers listen on it.
+        let proxy_port = reserve_any_port(config.proxy.listen)
+            .with_context(|| format!("binding the proxy address {}", config.proxy.listen))?;
+        let listens = Listens {
+            proxy_configured: config.proxy.listen,
+            proxy: proxy_port.as_ref().map_or(Ok(config.proxy.listen), bound_addr)?,
+            admin_configured: config.admin.listen,
+            admin: admin_listener.local_addr()?,
+        };
+        listens.apply(&mut config);
         let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
             Some(Steering::load(&config).context("loading eBPF steering")?)
         } else {
@@ -239,6 +302,7 @@ impl App {
         });
         let started = Workers::start(shared.clone(), StartOptions { workers, pin: true, telemetry, on_thread_start })
             .context("starting proxy workers")?;
+        drop(proxy_port);
         let mut steering = steering;
         if let Some(s) = steering.as_mut() {
             s.attach_links(&config).context("attaching eBPF steering")?;
@@ -262,6 +326,7 @@ impl App {
             stats: hub.shards,
             shipper: Mutex::new(shipper),
             memory,
+            listens,
         });
         if options.least_privilege {
             // The admin thread and everything it spawns inherit the reduced sets.
@@ -284,9 +349,14 @@ impl App {
         Ok(App { control, workers: started, admin })
     }
 
-    /// The proxy address.
-    pub fn proxy_addr(&self) -> std::net::SocketAddr {
+    /// The proxy address (as bound: the free port picked for a configured port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
         self.workers.addr()
+    }
+
+    /// The admin API address (as bound).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.control.listens.admin
     }
 
     /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.

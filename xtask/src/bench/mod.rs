@@ -30,14 +30,14 @@ mod rounds;
 
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 
 use crate::{capture, is_root, root, setup};
 use measure::{Memory, OpenRun, PerHop, Plan, Saturation};
 use peers::{Env, PathId};
-use procs::Cgroup;
+use procs::BenchCgroup;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -114,7 +114,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
     let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
     let cgroup_guard = if is_root() {
-        Cgroup::create().map_err(|e| format!("{e:#}"))
+        BenchCgroup::create().map_err(|e| format!("{e:#}"))
     } else {
         Err("needs root (eBPF, cgroups)".into())
     };
@@ -126,13 +126,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nginx,
         haproxy,
         envoy,
-        cgroup: cgroup_guard.as_ref().map(|c| c.path.clone()).map_err(Clone::clone),
+        cgroup: cgroup_guard.as_ref().map(|c| c.cgroup.path.clone()).map_err(Clone::clone),
         proxy_cpu: proxy_cpu.into(),
         client_cpu: client_cpu.into(),
     };
-    let nofile = procs::raise_nofile();
+    let nofile = weir_testkit::proc::raise_nofile(None).unwrap_or(0);
     // This process (and the access-log sink threads it runs) stays off the proxy's core.
-    procs::pin_self(client_cpu.parse()?)?;
+    weir_testkit::proc::pin_to_cpu(client_cpu.parse()?).context("pinning the benchmark to the client CPU")?;
     let plan = Plan::new(args.quick);
     eprintln!(
         "bench: {} CPUs ({}), proxy on CPU {proxy_cpu}, load generator + upstream on CPU {client_cpu}, open files limit {nofile}",

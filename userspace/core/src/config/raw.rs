@@ -311,8 +311,20 @@ impl Checker {
     }
 
     fn addr(&mut self, path: &[PathPart], value: &str, example: &str) -> Option<SocketAddr> {
+        self.addr_or_any_port(path, value, example, false)
+    }
+
+    /// An address weir binds itself: port 0 (any free port, read back once bound) is allowed
+    /// when `any_port`.
+    fn addr_or_any_port(
+        &mut self,
+        path: &[PathPart],
+        value: &str,
+        example: &str,
+        any_port: bool,
+    ) -> Option<SocketAddr> {
         match value.parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => Some(a),
+            Ok(a) if a.port() != 0 || any_port => Some(a),
             Ok(_) => {
                 self.problem(path, format!("{value:?}: port 0 is not allowed (e.g. {example:?})"));
                 None
@@ -343,7 +355,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
     let RawConfig { proxy, admin, steering, access_log, services } = raw;
 
-    let listen = c.addr(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001");
+    // Port 0 for the proxy and admin listeners: weir binds any free port and reports it (tests).
+    let listen = c.addr_or_any_port(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001", true);
     if proxy.max_connections == 0 {
         c.problem(&[Key("proxy"), Key("max_connections")], "must be at least 1".into());
     }
@@ -378,7 +391,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         );
     }
 
-    let admin_listen = c.addr(&[Key("admin"), Key("listen")], &admin.listen, "127.0.0.1:15000");
+    let admin_listen = c.addr_or_any_port(&[Key("admin"), Key("listen")], &admin.listen, "127.0.0.1:15000", true);
     if let Some(a) = admin_listen
         && !is_loopback(a.ip())
         && !admin.allow_non_loopback
@@ -390,6 +403,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     if let (Some(a), Some(l)) = (admin_listen, listen)
         && a == l
+        && a.port() != 0
     {
         c.problem(&[Key("admin"), Key("listen")], format!("{a} is also [proxy] listen; use another port"));
     }
