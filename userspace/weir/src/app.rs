@@ -37,6 +37,13 @@ pub enum LoadError {
     Invalid(#[from] weir_core::config::ConfigError),
 }
 
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish() | 1 // never 0, the "nothing applied yet" value
+}
+
 /// Reads `path` and validates it ([`Config::parse`]): the one place weir reads its config file.
 pub fn load_config(path: &Path) -> Result<Config, LoadError> {
     let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
@@ -62,8 +69,9 @@ pub struct Control {
     pub shared: Arc<Shared>,
     /// eBPF steering, when enabled.
     pub steering: Mutex<Option<Steering>>,
-    /// Serialises reloads (SIGHUP and file watch may race).
-    reload_lock: Mutex<()>,
+    /// Serialises reloads (SIGHUP and file watch may race), and holds a hash of the file text
+    /// last applied: reloading the same text again is a no-op.
+    reload_lock: Mutex<u64>,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads (the old config kept serving).
@@ -130,10 +138,20 @@ impl Control {
     /// Reads, validates and applies the config file. On any error the running snapshot and
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
-        let _serial = self.reload_lock.lock();
-        let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|mut config| {
+        let mut applied = self.reload_lock.lock();
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|source| LoadError::Read { file: self.config_path.clone(), source }.to_string());
+        let hash = text.as_ref().map_or(0, |t| text_hash(t));
+        let result = text.and_then(|text| {
+            if hash == *applied {
+                return Ok(()); // the text already running
+            }
+            let mut config = Config::parse(&text, &self.config_path).map_err(|e| e.to_string())?;
             self.listens.apply(&mut config);
             let old = self.shared.snapshot.load_full();
+            if config == *old.config {
+                return Ok(()); // the same config, written differently: nothing to publish
+            }
             let fixed = restart_only_changes(&old.config, &config);
             if !fixed.is_empty() {
                 return Err(format!(
@@ -151,6 +169,7 @@ impl Control {
         });
         match &result {
             Ok(()) => {
+                *applied = hash;
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
                 *self.snapshot_loaded.lock() = Instant::now();
@@ -314,7 +333,7 @@ impl App {
             config_path: config_path.to_path_buf(),
             shared,
             steering: Mutex::new(steering),
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_unix: AtomicU64::new(unix_now()),

@@ -87,6 +87,7 @@ pub fn main() -> ExitCode {
         },
         Command::Run { config, ready_file } => {
             let log = crate::logging::init_without_privileges();
+            crate::allocator::start_background_purge();
             let code = match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
                 Ok(app) => match ready_file.as_deref().map(|path| (path, write_ready_file(path, &app))) {
                     Some((path, Err(e))) => {
