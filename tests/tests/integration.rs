@@ -14,4 +14,5 @@ mod operations;
 mod raw;
 mod resilience;
 mod root_tier;
+mod scale;
 mod soak;

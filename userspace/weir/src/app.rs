@@ -78,6 +78,9 @@ pub struct Control {
     pub reloads_failed: AtomicU64,
     /// Unix time (s) of the last successful load.
     pub last_reload_unix: AtomicU64,
+    /// How long the last reload that changed the running config took, from reading the file
+    /// to the new snapshot published (µs).
+    pub last_reload_us: AtomicU64,
     /// When the active snapshot was loaded.
     pub snapshot_loaded: Mutex<Instant>,
     /// The last reload error, for /config.
@@ -139,6 +142,8 @@ impl Control {
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
         let mut applied = self.reload_lock.lock();
+        let started = Instant::now();
+        let mut published = false;
         let text = std::fs::read_to_string(&self.config_path)
             .map_err(|source| LoadError::Read { file: self.config_path.clone(), source }.to_string());
         let hash = text.as_ref().map_or(0, |t| text_hash(t));
@@ -165,11 +170,15 @@ impl Control {
             }
             let snapshot = Snapshot::build(config, old.workers, Some(&old));
             self.shared.snapshot.store(Arc::new(snapshot));
+            published = true;
             Ok(())
         });
         match &result {
             Ok(()) => {
                 *applied = hash;
+                if published {
+                    self.last_reload_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
                 *self.snapshot_loaded.lock() = Instant::now();
@@ -336,6 +345,7 @@ impl App {
             reload_lock: Mutex::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            last_reload_us: AtomicU64::new(0),
             last_reload_unix: AtomicU64::new(unix_now()),
             snapshot_loaded: Mutex::new(Instant::now()),
             last_error: Mutex::new(None),

@@ -35,6 +35,7 @@ pub mod names {
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
+    pub const RELOAD_DURATION: &str = "weir_config_last_reload_duration_seconds";
     pub const SNAPSHOT_AGE: &str = "weir_config_snapshot_age_seconds";
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
@@ -201,6 +202,12 @@ pub fn render(control: &Control) -> String {
     o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
+    o.family(
+        RELOAD_DURATION,
+        "gauge",
+        "How long the last reload that changed the running config took, from reading the config file to the new snapshot published.",
+    );
+    o.sample(RELOAD_DURATION, &[], control.last_reload_us.load(Ordering::Relaxed) as f64 / 1e6);
     o.family(
         SNAPSHOT_AGE,
         "gauge",
