@@ -54,17 +54,20 @@ pub enum RetryReason {
     Status503,
     /// The endpoint answered another 5xx (idempotent only).
     Status5xx,
+    /// A gRPC endpoint answered a retryable `grpc-status` (trailers-only).
+    GrpcStatus,
 }
 
 impl RetryReason {
     /// Every reason, in label order.
-    pub const ALL: [RetryReason; 6] = [
+    pub const ALL: [RetryReason; 7] = [
         RetryReason::ConnectFailure,
         RetryReason::KeepaliveRace,
         RetryReason::Reset,
         RetryReason::Timeout,
         RetryReason::Status503,
         RetryReason::Status5xx,
+        RetryReason::GrpcStatus,
     ];
 
     /// Why a retry after `outcome` is made (the one mapping from an outcome to a retry reason).
@@ -75,6 +78,7 @@ impl RetryReason {
             Outcome::Timeout => RetryReason::Timeout,
             Outcome::Response { status: 503 } => RetryReason::Status503,
             Outcome::Response { .. } => RetryReason::Status5xx,
+            Outcome::Grpc { .. } => RetryReason::GrpcStatus,
             Outcome::ResetAfterWrite
             | Outcome::ResetAfterResponseStarted
             | Outcome::ProtocolError
@@ -92,6 +96,7 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Status503 => "status-503",
             RetryReason::Status5xx => "status-5xx",
+            RetryReason::GrpcStatus => "grpc-status",
         }
     }
 }

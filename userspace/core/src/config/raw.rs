@@ -40,6 +40,7 @@ struct RawProxy {
     tcp_idle_timeout_ms: u64,
     downstream_write_timeout_ms: u64,
     max_request_head_bytes: usize,
+    http2_max_concurrent_streams: u32,
     max_headers: usize,
     max_uri_bytes: usize,
 }
@@ -56,6 +57,7 @@ impl Default for RawProxy {
             tcp_idle_timeout_ms: 3_600_000,
             downstream_write_timeout_ms: 60_000,
             max_request_head_bytes: 60 * 1024,
+            http2_max_concurrent_streams: 100,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
         }
@@ -181,6 +183,7 @@ struct RawRetry {
     budget_min_per_sec: u32,
     on_server_error: bool,
     on_rate_limited: bool,
+    on_grpc_status: crate::grpc::CodeSet,
 }
 
 impl Default for RawRetry {
@@ -195,6 +198,7 @@ impl Default for RawRetry {
             budget_min_per_sec: 10,
             on_server_error: true,
             on_rate_limited: false,
+            on_grpc_status: crate::grpc::CodeSet::of(crate::grpc::UNAVAILABLE),
         }
     }
 }
@@ -259,6 +263,7 @@ impl From<&RawRetry> for RetryConfig {
             budget_min_per_sec: r.budget_min_per_sec,
             on_server_error: r.on_server_error,
             on_rate_limited: r.on_rate_limited,
+            on_grpc_status: r.on_grpc_status,
         }
     }
 }
@@ -379,6 +384,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         c.problem(
             &[Key("proxy"), Key("max_request_head_bytes")],
             format!("{} is outside 1024..=1048576", proxy.max_request_head_bytes),
+        );
+    }
+    if !(1..=10_000).contains(&proxy.http2_max_concurrent_streams) {
+        c.problem(
+            &[Key("proxy"), Key("http2_max_concurrent_streams")],
+            format!("{} is outside 1..=10000", proxy.http2_max_concurrent_streams),
         );
     }
     if !(1..=1000).contains(&proxy.max_headers) {
@@ -610,6 +621,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             tcp_idle_timeout: ms(proxy.tcp_idle_timeout_ms),
             downstream_write_timeout: ms(proxy.downstream_write_timeout_ms),
             max_request_head_bytes: proxy.max_request_head_bytes,
+            http2_max_concurrent_streams: proxy.http2_max_concurrent_streams,
             max_headers: proxy.max_headers,
             max_uri_bytes: proxy.max_uri_bytes,
         },
