@@ -729,6 +729,8 @@ fn operating_md_documents_every_access_log_field() {
         upstream_us: 4,
         worker: 1,
         tcp: false,
+        h2: true,
+        grpc_status: Some(14),
     };
     let mut line = Vec::new();
     record.write_json(7, &mut line);

@@ -93,6 +93,10 @@ pub struct LogRecord {
     pub worker: u16,
     /// TCP relay rather than HTTP.
     pub tcp: bool,
+    /// The client spoke HTTP/2.
+    pub h2: bool,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc_status: Option<u8>,
 }
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -134,7 +138,11 @@ impl LogRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"protocol\":");
-        out.extend_from_slice(if self.tcp { b"\"tcp\"" } else { b"\"http\"" });
+        out.extend_from_slice(match (self.tcp, self.h2) {
+            (true, _) => b"\"tcp\"",
+            (false, true) => b"\"http2\"",
+            (false, false) => b"\"http\"",
+        });
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_bytes());
         out.extend_from_slice(b",\"authority\":");
@@ -160,6 +168,9 @@ impl LogRecord {
             self.upstream_us as f64 / 1000.0,
             self.worker
         );
+        if let Some(code) = self.grpc_status {
+            let _ = write!(out, ",\"grpc_status\":{code}");
+        }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
         }
@@ -206,6 +217,8 @@ mod tests {
             upstream_us: 0,
             worker: 1,
             tcp: false,
+            h2: false,
+            grpc_status: None,
         }
     }
 

@@ -112,6 +112,8 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// The request was balanced in panic mode (too few healthy endpoints).
     pub panic: bool,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc: Option<u8>,
 }
 
 /// A service idle for this many publications (seconds) releases its HDR histogram.
@@ -122,6 +124,8 @@ pub const HDR_IDLE_PUBLISHES: u32 = 600;
 pub struct ServiceStats {
     /// Requests by status code (0 = no status: TCP or no response), only codes seen, sorted.
     codes: Vec<(u16, u64)>,
+    /// gRPC calls by final `grpc-status`, only codes seen, sorted.
+    grpc: Vec<(u8, u64)>,
     /// Errors weir generated itself, by [`ErrorReason`] (index as in `ErrorReason::ALL`).
     pub errors: [u64; ErrorReason::ALL.len()],
     /// Retries by [`RetryReason`].
@@ -149,6 +153,7 @@ impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
             codes: Vec::new(),
+            grpc: Vec::new(),
             errors: [0; ErrorReason::ALL.len()],
             retries: [0; RetryReason::ALL.len()],
             budget_exhausted: 0,
@@ -172,6 +177,9 @@ impl ServiceStats {
     pub fn record(&mut self, r: &RequestRecord) {
         let code = r.status.filter(|c| *c < 600).unwrap_or(0);
         self.count_code(code, 1);
+        if let Some(g) = r.grpc {
+            self.count_grpc(g, 1);
+        }
         if let Some(e) = r.error {
             self.errors[reason_index(e)] += 1;
         }
@@ -186,6 +194,18 @@ impl ServiceStats {
         self.hdr
             .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
             .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    fn count_grpc(&mut self, code: u8, n: u64) {
+        match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.grpc[i].1 += n,
+            Err(i) => self.grpc.insert(i, (code, n)),
+        }
+    }
+
+    /// gRPC calls by final `grpc-status`, codes seen only, in order.
+    pub fn grpc_codes(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.grpc.iter().copied()
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
@@ -222,6 +242,9 @@ impl ServiceStats {
     pub fn merge(&mut self, other: &ServiceStats) {
         for &(code, n) in &other.codes {
             self.count_code(code, n);
+        }
+        for &(code, n) in &other.grpc {
+            self.count_grpc(code, n);
         }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -473,7 +496,7 @@ mod tests {
     use super::*;
 
     fn rec(status: u16, ms: u64) -> RequestRecord {
-        RequestRecord { status: Some(status), error: None, duration: Duration::from_millis(ms), panic: false }
+        RequestRecord { status: Some(status), error: None, duration: Duration::from_millis(ms), panic: false, grpc: None }
     }
 
     #[test]
@@ -486,6 +509,7 @@ mod tests {
             error: Some(ErrorReason::ConnectFailure),
             duration: Duration::from_millis(2),
             panic: true,
+            grpc: None,
         });
         assert_eq!(s.code(200), 2);
         assert_eq!(s.code(503), 1);
@@ -505,6 +529,7 @@ mod tests {
             error: None,
             duration: Duration::from_micros(50_200),
             panic: false,
+            grpc: None,
         });
         let b = s.cumulative_buckets();
         let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
@@ -512,7 +537,7 @@ mod tests {
         assert_eq!(le(0.1), 1);
         assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
         // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(50), panic: false });
+        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(50), panic: false, grpc: None });
         let b = s.cumulative_buckets();
         assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
     }

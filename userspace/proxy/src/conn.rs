@@ -8,14 +8,13 @@
 //! parsing.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::ErrorReason;
-use weir_core::stats::RequestRecord;
 
 use crate::ctx::{ConnRoute, Ctx};
-use crate::exchange::{self, Exchange, RequestInfo};
+use crate::exchange::{self, Exchange};
+use crate::record::{RequestInfo, account};
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
@@ -56,7 +55,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
                 respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
                 let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
-                account(ctx, None, &down, t0, &RequestInfo::default(), &ex);
+                account(ctx, None, down.peer, t0, &RequestInfo::default(), &ex);
                 break Close::Linger;
             }
         };
@@ -179,7 +178,7 @@ async fn handle(
         Ok(scope) => {
             let ex = exchange::exchange(ctx, down, head, &scope, started).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), down, started, &info, &ex);
+            account(ctx, Some(&scope), down.peer, started, &info, &ex);
             ex
         }
         // Unknown service (404) or over the service's pending limit (503): the request's body
@@ -195,50 +194,8 @@ async fn handle(
                 keep_alive: written && !reply.closes(),
                 ..Exchange::default()
             };
-            account(ctx, scope.as_ref(), down, started, &info, &ex);
+            account(ctx, scope.as_ref(), down.peer, started, &info, &ex);
             ex
         }
-    }
-}
-
-/// Counts a finished request in the worker's stats shard and access log.
-fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant, info: &RequestInfo, ex: &Exchange) {
-    let duration = started.elapsed();
-    let mut state = ctx.state.borrow_mut();
-    if ex.write_timeout {
-        state.telemetry.shard.downstream_write_timeouts += 1;
-    }
-    if let Some(stats) = scope.and_then(|s| state.stats(s)) {
-        stats.record(&RequestRecord {
-            status: (ex.status != 0).then_some(ex.status),
-            error: ex.error,
-            duration,
-            panic: ex.panic,
-        });
-    }
-    let t = &mut state.telemetry;
-    if t.logging() {
-        let start_unix_us = SystemTime::now()
-            .checked_sub(duration)
-            .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
-        t.log(LogRecord {
-            start_unix_us,
-            service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
-            endpoint: ex.endpoint,
-            client: Some(down.peer),
-            method: info.method,
-            authority: info.authority,
-            path: info.path,
-            status: ex.status,
-            error: ex.error,
-            attempts: ex.attempts,
-            bytes_in: ex.bytes_in,
-            bytes_out: ex.bytes_out,
-            duration_us: duration.as_micros() as u64,
-            upstream_us: ex.upstream_us,
-            worker: ctx.worker as u16,
-            tcp: false,
-        });
     }
 }

@@ -6,11 +6,9 @@
 //! response with its no-progress write timeout. Must not: block the worker, hold the state
 //! borrow across an `.await`, or forward a byte it did not parse.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, METHOD_BYTES, PATH_BYTES};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::retry::{self, Attempted, RequestCtx, Step};
 use weir_core::stats::RetryReason;
@@ -20,30 +18,10 @@ use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, Method, RequestHead};
 use crate::io::Wait;
-use crate::plan::{AttemptResult, Call, ClientFault, Downstream, Plan, via};
+use crate::plan::{AttemptResult, Attempter, Call, ClientFault, Downstream, Plan, via};
 use crate::pool::UpConn;
 use crate::respond::{self, Reply};
 use crate::state::{Picked, Scope, Tried};
-
-/// What the access log needs of a request, copied out of the head (bounded, no heap).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RequestInfo {
-    pub method: InlineStr<METHOD_BYTES>,
-    pub authority: InlineStr<AUTHORITY_BYTES>,
-    pub path: InlineStr<PATH_BYTES>,
-    pub is_head: bool,
-}
-
-impl RequestInfo {
-    pub fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
-        RequestInfo {
-            method: InlineStr::new(head.method_span.get(src)),
-            authority: InlineStr::new(head.host.map_or(&b""[..], |h| h.get(src))),
-            path: InlineStr::new(head.target.get(src)),
-            is_head: head.method == Method::Head,
-        }
-    }
-}
 
 /// How an exchange ended, for the connection loop, stats and the access log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,6 +41,10 @@ pub(crate) struct Exchange {
     pub bytes_out: u64,
     pub upstream_us: u64,
     pub panic: bool,
+    /// The client spoke HTTP/2.
+    pub h2: bool,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc: Option<u8>,
 }
 
 /// How the attempt loop ended.
@@ -73,24 +55,6 @@ pub(crate) enum End<U> {
     Fail(ErrorReason, Option<&'static str>),
     /// The client broke off; nothing to answer.
     Abandon,
-}
-
-/// The codec-specific side of a request's attempts: how one attempt is made, and what its
-/// response says about waiting before a retry. The loop ([`attempts`]) does not care which
-/// codec carried the request or speaks to the endpoint.
-pub(crate) trait Attempter {
-    /// What a response-bearing attempt holds (a connection, an HTTP/2 stream).
-    type Up;
-
-    /// Runs one attempt against `picked` (`fresh`: not on a pooled connection).
-    fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> impl Future<Output = AttemptResult<Self::Up>>;
-
-    /// The wait the endpoint asked for before a retry (`Retry-After` on a 503 or 429, gRPC's
-    /// pushback); `Duration::MAX` when it asked not to be retried.
-    fn retry_after(&self, r: &AttemptResult<Self::Up>) -> Option<Duration>;
-
-    /// Whether the request can still be sent again whole.
-    fn replayable(&self) -> bool;
 }
 
 /// The attempt loop: one result per attempt, one report, one decision.

@@ -8,13 +8,16 @@
 
 mod attempt;
 mod body;
+mod bridge;
 mod conn;
 mod ctx;
 mod exchange;
+mod h2up;
 pub mod http;
 pub mod io;
 mod plan;
 mod pool;
+mod record;
 mod respond;
 mod shared;
 mod snapshot;

@@ -4,6 +4,7 @@
 //! Must not: do I/O or touch per-worker state.
 
 use std::net::SocketAddr;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use weir_core::config::ForwardedHeaders;
@@ -12,7 +13,7 @@ use weir_core::outcome::Outcome;
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
 use crate::io::Conn;
-use crate::state::Scope;
+use crate::state::{Picked, Scope};
 
 /// `Via` values by the minor version received (`1.0 weir` … `1.9 weir`).
 const VIA: [&[u8]; 10] = [
@@ -111,6 +112,68 @@ impl Plan {
             plan.forwarding_values(head, src, peer);
         }
         plan
+    }
+
+    /// The plan of an HTTP/2 client's request (`method`; its body, if any, streams and is kept
+    /// for replay up to the service's limit).
+    pub fn for_h2(scope: &Scope, method: &::http::Method, started: Instant) -> Plan {
+        let cfg = scope.config();
+        let proxy = &scope.snapshot().config.proxy;
+        let retry = &scope.service().retry;
+        Plan {
+            deadline: started + cfg.timeouts.request,
+            attempt_timeout: retry.per_attempt_timeout,
+            connect_timeout: cfg.timeouts.connect,
+            response_idle: cfg.timeouts.request,
+            write_timeout: proxy.downstream_write_timeout,
+            response_limits: HeadLimits {
+                max_head_bytes: proxy.max_request_head_bytes.max(64 * 1024),
+                max_headers: http::MAX_HEADERS_CAP,
+                max_uri_bytes: usize::MAX,
+            },
+            buffered_body: true,
+            body_len: 0,
+            idempotent: weir_core::retry::is_idempotent_method(method.as_str().as_bytes()),
+            client_version: Version::Http11,
+            client_keep_alive: true,
+            is_head: method == ::http::Method::HEAD,
+            swallow_100: false,
+            via: b"2 weir",
+            forwarded: cfg.forwarded_headers,
+            fwd: Vec::new(),
+            fwd_split: 0,
+            xfp: false,
+        }
+    }
+
+    /// The headers weir adds to a request it forwards that did not come over HTTP/1.1 (`via`,
+    /// and the forwarding headers the service asks for, computed from `existing` values).
+    pub fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
+        let mut out: Vec<(&'static [u8], Vec<u8>)> = vec![(b"via", self.via.to_vec())];
+        let ip = peer.ip().to_canonical();
+        let join = |name: &str, add: String| -> Vec<u8> {
+            let mut v: Vec<u8> = Vec::new();
+            for x in existing.get_all(name) {
+                v.extend_from_slice(x.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(add.as_bytes());
+            v
+        };
+        if self.forwarded.x_forwarded_for {
+            out.push((b"x-forwarded-for", join("x-forwarded-for", ip.to_string())));
+        }
+        if self.forwarded.forwarded {
+            let me = match ip {
+                std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            };
+            out.push((b"forwarded", join("forwarded", me)));
+        }
+        if self.forwarded.x_forwarded_proto && existing.get("x-forwarded-proto").is_none() {
+            out.push((b"x-forwarded-proto", b"http".to_vec()));
+        }
+        out
     }
 
     /// X-Forwarded-For and Forwarded: the client's values (every field line, in order) with the
@@ -228,6 +291,24 @@ impl<U> AttemptResult<U> {
             client: ClientFault::None,
         }
     }
+}
+
+/// The codec-specific side of a request's attempts: how one attempt is made, and what its
+/// response says about waiting before a retry. The loop ([`attempts`]) does not care which
+/// codec carried the request or speaks to the endpoint.
+pub(crate) trait Attempter {
+    /// What a response-bearing attempt holds (a connection, an HTTP/2 stream).
+    type Up;
+
+    /// Runs one attempt against `picked` (`fresh`: not on a pooled connection).
+    fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> impl Future<Output = AttemptResult<Self::Up>>;
+
+    /// The wait the endpoint asked for before a retry (`Retry-After` on a 503 or 429, gRPC's
+    /// pushback); `Duration::MAX` when it asked not to be retried.
+    fn retry_after(&self, r: &AttemptResult<Self::Up>) -> Option<Duration>;
+
+    /// Whether the request can still be sent again whole.
+    fn replayable(&self) -> bool;
 }
 
 #[cfg(test)]

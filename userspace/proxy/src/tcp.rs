@@ -100,6 +100,8 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
             tcp: true,
+            h2: false,
+            grpc_status: None,
             ..LogRecord::default()
         });
     }
@@ -107,7 +109,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
 
 fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration) {
     if let Some(s) = ctx.state.borrow_mut().stats(scope) {
-        s.record(&RequestRecord { status: None, error, duration, panic: false });
+        s.record(&RequestRecord { status: None, error, duration, panic: false, grpc: None });
     }
 }
 

@@ -1,0 +1,408 @@
+//! HTTP/2 clients (h2c with prior knowledge, on the proxy listener and steered connections):
+//! the connection (its limits are weir's defences: concurrent streams, header list size,
+//! reset and error-reset budgets against rapid-reset and CONTINUATION floods; a client that
+//! breaks them loses its connection, not the worker's other clients), and each stream as one
+//! request with the same routing, balancing, retries, ejection, RED and access-log record as
+//! HTTP/1.1: attempted over HTTP/2 or HTTP/1.1 as the service says, its response relayed (with
+//! trailers), or weir's own answer (gRPC calls get a trailers-only `grpc-status`). Must not:
+//! block the connection on one stream (streams run side by side), or hold the state borrow
+//! across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{Either, select};
+use futures_util::stream::FuturesUnordered;
+use weir_core::grpc;
+use weir_core::outcome::ErrorReason;
+
+use crate::attempt::{Bufs, ToH1};
+use crate::body::PumpError;
+use crate::bridge::{self, H1Left, Replay, ReqParts, Sink, Source};
+use crate::ctx::{ConnRoute, Ctx};
+use crate::exchange::{End, Exchange, attempts};
+use crate::h2up::{H2Body, H2Up, ReqBody, ToH2};
+use crate::io::{PollIo, Wait};
+use crate::plan::{Call, Plan};
+use crate::pool::UpConn;
+use crate::record::{RequestInfo, account};
+use crate::respond;
+use crate::state::{Picked, Scope};
+
+/// The HTTP/2 connection preface a client with prior knowledge starts with.
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `buf` is (the start of) the HTTP/2 preface.
+pub(crate) fn is_preface(buf: &[u8]) -> bool {
+    !buf.is_empty() && PREFACE.starts_with(&buf[..buf.len().min(PREFACE.len())])
+}
+
+/// Serves an HTTP/2 connection until it closes (or drain has finished its streams).
+pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRoute) {
+    let (header_timeout, idle, max_streams, max_list) = {
+        let state = ctx.state.borrow();
+        let p = &state.snapshot().config.proxy;
+        (p.header_read_timeout, p.downstream_idle_timeout, p.http2_max_concurrent_streams, p.max_request_head_bytes)
+    };
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(max_list as u32)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_reset_streams(64)
+        // Rapid reset (CVE-2023-44487): streams reset by the client before they are accepted.
+        .max_pending_accept_reset_streams(64)
+        // Streams weir resets for the client's errors before it gives up on the connection.
+        .max_local_error_reset_streams(Some(256))
+        .max_send_buffer_size(256 * 1024)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match crate::io::until(Instant::now() + header_timeout, handshake).await {
+        Some(Ok(c)) => c,
+        _ => return,
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut shutting_down = false;
+    loop {
+        if ctx.draining() && !shutting_down {
+            conn.graceful_shutdown();
+            shutting_down = true;
+        }
+        let accept = std::pin::pin!(conn.accept());
+        let next = std::pin::pin!(async {
+            if streams.is_empty() {
+                // Nothing in flight: wait for drain or the idle timeout instead.
+                let _ = crate::io::read_until_cancel(&ctx.drain, Instant::now() + idle).await;
+                None
+            } else {
+                streams.next().await
+            }
+        });
+        match select(accept, next).await {
+            Either::Left((Some(Ok((req, respond))), _)) => streams.push(stream(ctx, req, respond, peer, route)),
+            Either::Left((Some(Err(e)), _)) => {
+                tracing::debug!(%peer, "HTTP/2 connection error: {e}");
+                break;
+            }
+            Either::Left((None, _)) => break,
+            Either::Right((Some(()), _)) => {}
+            Either::Right((None, _)) => {
+                if streams.is_empty() && !shutting_down {
+                    // Idle past the timeout, or drain: say goodbye, let in-flight streams end.
+                    conn.graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+    }
+    // The connection is closing: let the streams still running finish what they can.
+    while streams.next().await.is_some() {}
+}
+
+/// One HTTP/2 stream: a request, proxied.
+async fn stream(
+    ctx: &Ctx,
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    peer: SocketAddr,
+    route: ConnRoute,
+) {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let info = RequestInfo::from_h2(&parts);
+    let grpc_request =
+        parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let routed = {
+        ctx.refresh();
+        let mut state = ctx.state.borrow_mut();
+        let index = if route.unknown {
+            None
+        } else {
+            match route.dialed {
+                Some(d) => state.snapshot().by_vip(d),
+                None => {
+                    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes().to_vec());
+                    let host = authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
+                    host.and_then(|h| state.snapshot().by_host(&h))
+                }
+            }
+        };
+        match index.map(|i| state.scope(i)) {
+            None => {
+                state.telemetry.shard.unrouted += 1;
+                Err((None, ErrorReason::NoRoute))
+            }
+            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
+            Some(scope) => Ok(scope),
+        }
+    };
+    let mut ex = match routed {
+        Ok(scope) => {
+            let ex = proxy(ctx, &scope, parts, body, &mut respond, peer, grpc_request, started).await;
+            ctx.state.borrow_mut().release(&scope);
+            account(ctx, Some(&scope), peer, started, &info, &ex);
+            return;
+        }
+        Err((scope, reason)) => {
+            let grpc = grpc_request || scope.as_ref().is_some_and(|s| s.config().protocol == weir_core::config::Protocol::Grpc);
+            let ex = answer(&mut respond, reason, None, grpc, info.is_head);
+            (scope, ex)
+        }
+    };
+    ex.1.h2 = true;
+    account(ctx, ex.0.as_ref(), peer, started, &info, &ex.1);
+}
+
+/// Answers a stream with weir's own error; what the exchange records of it.
+fn answer(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    reason: ErrorReason,
+    detail: Option<&str>,
+    grpc: bool,
+    head_request: bool,
+) -> Exchange {
+    let code = respond::h2_error(respond, reason, detail, grpc, head_request);
+    Exchange {
+        status: if grpc { 200 } else { reason.status() },
+        error: Some(reason),
+        grpc: code,
+        h2: true,
+        ..Exchange::default()
+    }
+}
+
+/// Proxies one admitted stream.
+#[allow(clippy::too_many_arguments, reason = "one call site: a stream's parts, taken apart once")]
+async fn proxy(
+    ctx: &Ctx,
+    scope: &Scope,
+    parts: http::request::Parts,
+    body: h2::RecvStream,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    peer: SocketAddr,
+    grpc_request: bool,
+    started: Instant,
+) -> Exchange {
+    let protocol = scope.config().protocol;
+    let grpc = grpc_request || protocol == weir_core::config::Protocol::Grpc;
+    let plan = Plan::for_h2(scope, &parts.method, started);
+    let client_deadline = if grpc {
+        parts.headers.get("grpc-timeout").and_then(|v| grpc::parse_timeout(v.as_bytes())).map(|t| started + t)
+    } else {
+        None
+    };
+    let mut req = ReqParts::from_h2(&parts, &[]);
+    req.add_fields(&plan.extra_h2(peer, &parts.headers));
+    let limit = scope.service().retry.replay_buffer_bytes;
+    let body = if body.is_end_stream() {
+        None
+    } else {
+        Some(Rc::new(RefCell::new(H2Body { stream: body, replay: Replay::new(limit, false) })))
+    };
+    ctx.state.borrow_mut().record_request(scope, Instant::now());
+    let call = Call { ctx, scope, plan: &plan };
+    let mut ex = Exchange { h2: true, ..Exchange::default() };
+    if protocol.upstream_h2() {
+        let req_body = body.clone().map_or(ReqBody::Empty, ReqBody::H2);
+        let mut a = ToH2::new(&req, req_body, grpc, client_deadline);
+        match attempts(call, &mut a, &mut ex).await {
+            End::Respond(r, picked) => {
+                if let Some(up) = r.conn {
+                    relay_h2(call, up, &picked, respond, grpc, &mut ex).await;
+                }
+            }
+            End::Fail(reason, detail) => ex = fail(respond, reason, detail, grpc, &plan, ex),
+            End::Abandon => {
+                respond.send_reset(h2::Reason::CANCEL);
+                ex.error = Some(ErrorReason::BadRequest);
+            }
+        }
+    } else {
+        let mut bufs = {
+            let mut state = ctx.state.borrow_mut();
+            Bufs { wbuf: state.take_buf(), ubuf: state.take_buf(), resp: state.take_head(), replayable: true }
+        };
+        let mut a = ToH1 { req: &req, body: body.clone(), bufs: &mut bufs };
+        let end = attempts(call, &mut a, &mut ex).await;
+        match end {
+            End::Respond(r, picked) => {
+                let early = r.early;
+                if let Some(up) = r.conn {
+                    relay_h1(call, up, &picked, &mut bufs, respond, early, &mut ex).await;
+                }
+            }
+            End::Fail(reason, detail) => ex = fail(respond, reason, detail, grpc, &plan, ex),
+            End::Abandon => {
+                respond.send_reset(h2::Reason::CANCEL);
+                ex.error = Some(ErrorReason::BadRequest);
+            }
+        }
+        let mut state = ctx.state.borrow_mut();
+        state.put_buf(bufs.wbuf);
+        state.put_buf(bufs.ubuf);
+        state.put_head(bufs.resp);
+    }
+    ex
+}
+
+fn fail(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    reason: ErrorReason,
+    detail: Option<&'static str>,
+    grpc: bool,
+    plan: &Plan,
+    ex: Exchange,
+) -> Exchange {
+    let answered = answer(respond, reason, detail, grpc, plan.is_head);
+    Exchange { status: answered.status, error: answered.error, grpc: answered.grpc, ..ex }
+}
+
+/// The `grpc-status` of `headers`, if it carries one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    headers.get("grpc-status").and_then(|v| grpc::parse_status(v.as_bytes()))
+}
+
+/// Relays an HTTP/2 endpoint's response (head, data, trailers) to the client, while what is
+/// left of the request body still streams to the endpoint.
+async fn relay_h2(
+    call: Call<'_>,
+    mut up: H2Up,
+    picked: &Picked,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    grpc: bool,
+    ex: &mut Exchange,
+) {
+    let Call { ctx, scope, plan } = call;
+    let mut head = http::Response::from_parts(up.head.clone(), ());
+    bridge::strip_connection_specific(head.headers_mut());
+    head.headers_mut().append(http::header::VIA, http::HeaderValue::from_static("2 weir"));
+    ex.status = up.head.status.as_u16();
+    if grpc {
+        ex.grpc = grpc_status(&up.head.headers);
+    }
+    let end = up.body.is_end_stream();
+    let mut send = match respond.send_response(head, end && up.rest.is_none()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    if end && up.rest.is_none() {
+        return;
+    }
+    let moved = Cell::new(0);
+    let trailer_status = Cell::new(None);
+    let relay = async {
+        let mut src = Source::H2 { stream: &mut up.body, wait: Wait::Idle(plan.response_idle) };
+        let mut sink = Sink::H2 { stream: &mut send, wait: Wait::Idle(plan.write_timeout) };
+        while let Some(chunk) = src.next().await? {
+            moved.set(moved.get() + chunk.len() as u64);
+            sink.send(chunk).await?;
+        }
+        let trailers = src.trailers().await;
+        trailer_status.set(trailers.as_ref().and_then(grpc_status));
+        sink.finish(trailers).await
+    };
+    let result = match up.rest.take() {
+        // Full duplex: the rest of the request body and the response, side by side.
+        Some(rest) => futures_util::future::join(relay, rest).await.0,
+        None => relay.await,
+    };
+    ex.bytes_out = moved.get();
+    if let Some(code) = trailer_status.get() {
+        ex.grpc = Some(code);
+    }
+    if let Err(e) = result {
+        cut(ctx, scope, picked, e, &mut send, ex);
+    }
+    // A request stream the client never finished is closed now (the response is complete).
+    if let Some(mut s) = up.send.take()
+        && result_ok(&ex.error)
+    {
+        s.send_reset(h2::Reason::NO_ERROR);
+    }
+}
+
+fn result_ok(error: &Option<ErrorReason>) -> bool {
+    error.is_none()
+}
+
+/// A response broken off after its head, as HTTP/2 sees it: the stream is reset (never ended
+/// cleanly), and an endpoint's cut counts against it.
+fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, send: &mut h2::SendStream<Bytes>, ex: &mut Exchange) {
+    send.send_reset(h2::Reason::INTERNAL_ERROR);
+    match e {
+        PumpError::Destination => {}
+        PumpError::DestinationTimeout => ex.write_timeout = true,
+        PumpError::Source | PumpError::SourceTimeout | PumpError::Framing => {
+            ex.error = Some(match e {
+                PumpError::SourceTimeout => ErrorReason::Timeout,
+                PumpError::Framing => ErrorReason::UpstreamProtocolError,
+                _ => ErrorReason::UpstreamReset,
+            });
+            let outcome = weir_core::outcome::Outcome::ResetAfterResponseStarted;
+            ctx.state.borrow_mut().report_health(scope, picked, &outcome, ctx.now_ms());
+        }
+    }
+}
+
+/// Relays an HTTP/1.1 endpoint's response to an HTTP/2 client; the connection goes back to the
+/// pool when the exchange completed cleanly.
+#[allow(clippy::too_many_arguments, reason = "one call site: the exchange's parts, borrowed separately")]
+async fn relay_h1(
+    call: Call<'_>,
+    mut up: UpConn,
+    picked: &Picked,
+    bufs: &mut Bufs,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    early: bool,
+    ex: &mut Exchange,
+) {
+    let Call { ctx, scope, plan } = call;
+    let head = bridge::h1_response_to_h2(&bufs.resp, &bufs.ubuf);
+    ex.status = bufs.resp.code;
+    let framing = bufs.resp.body;
+    let reusable = bufs.resp.keep_alive && framing != crate::http::BodyFraming::CloseDelimited && !early;
+    bufs.ubuf.drain(..bufs.resp.head_len);
+    let no_body = matches!(framing, crate::http::BodyFraming::None | crate::http::BodyFraming::ContentLength(0));
+    let mut send = match respond.send_response(head, no_body) {
+        Ok(s) => s,
+        Err(_) => {
+            up.abort();
+            return;
+        }
+    };
+    if no_body {
+        if reusable && bufs.ubuf.is_empty() && !ctx.draining() {
+            ctx.state.borrow_mut().put_pooled(scope, picked, up, Instant::now());
+        }
+        return;
+    }
+    let moved = Cell::new(0);
+    let result = {
+        let mut src = Source::H1 {
+            conn: &mut up.conn,
+            buf: &mut bufs.ubuf,
+            base: 0,
+            left: H1Left::of(framing),
+            wait: Wait::Idle(plan.response_idle),
+        };
+        let mut sink = Sink::H2 { stream: &mut send, wait: Wait::Idle(plan.write_timeout) };
+        bridge::relay(&mut src, &mut sink, &moved).await
+    };
+    ex.bytes_out = moved.get();
+    match result {
+        Ok(_) if reusable && bufs.ubuf.is_empty() && !ctx.draining() => {
+            ctx.state.borrow_mut().put_pooled(scope, picked, up, Instant::now());
+        }
+        Ok(_) => {}
+        Err(e) => {
+            up.abort();
+            cut(ctx, scope, picked, e, &mut send, ex);
+        }
+    }
+}
+
+#[allow(dead_code, reason = "kept for the idle wait's documentation")]
+const _IDLE: Duration = Duration::ZERO;
