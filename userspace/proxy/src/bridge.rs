@@ -16,9 +16,6 @@ use crate::body::{OutFraming, PumpError};
 use crate::http::{self as h1, BodyFraming, ChunkEvent, ChunkedDecoder, RequestHead, ResponseHead, Version};
 use crate::io::{Conn, Wait};
 
-/// The `via` weir adds for HTTP/2.
-pub(crate) const VIA_H2: &[u8] = b"2 weir";
-
 /// A request, codec-neutral: what an HTTP/2 upstream attempt sends.
 #[derive(Debug, Clone)]
 pub(crate) struct ReqParts {
@@ -127,11 +124,6 @@ impl ReqParts {
                 self.headers.append(n, v);
             }
         }
-    }
-
-    /// The first value of `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.get(name).map(HeaderValue::as_bytes)
     }
 }
 

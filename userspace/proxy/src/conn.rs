@@ -1,4 +1,5 @@
-//! One downstream HTTP/1.1 connection, read top to bottom: read a request head (idle and
+//! One downstream HTTP/1.1 connection, read top to bottom (a connection that opens with the
+//! HTTP/2 preface is handed to [`crate::h2down`]): read a request head (idle and
 //! header-read timeouts), parse it strictly, route it to its service once, admit it under the
 //! service's pending limit, hand it to [`crate::exchange`], account for it, and loop while the
 //! connection stays keep-alive. Pipelined requests are answered in order because the next head
@@ -14,12 +15,12 @@ use weir_core::outcome::ErrorReason;
 
 use crate::ctx::{ConnRoute, Ctx};
 use crate::exchange::{self, Exchange};
+use crate::h2down;
 use crate::record::{RequestInfo, account};
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
 use crate::respond::{self, Reply};
-use crate::state::Scope;
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
@@ -50,6 +51,16 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         let started = match read_head(ctx, &mut down, &mut head, first).await {
             HeadRead::Ready(t) => t,
             HeadRead::Closed => break Close::Quiet,
+            HeadRead::Http2 => {
+                // h2c with prior knowledge: the connection is HTTP/2 from here on, the preface
+                // (already read) read again by the HTTP/2 server.
+                let Downstream { conn, buf, peer } = down;
+                match conn.into_poll_io_after(buf) {
+                    Ok(io) => crate::h2down::serve(ctx, io, peer, route).await,
+                    Err(e) => tracing::warn!(%peer, "cannot serve HTTP/2 on this connection: {e}"),
+                }
+                return;
+            }
             HeadRead::Failed(reason, detail) => {
                 let t0 = Instant::now();
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
@@ -85,6 +96,8 @@ enum HeadRead {
     Ready(Instant),
     /// The client closed (or went idle past the timeout, or drain) between requests.
     Closed,
+    /// The first bytes are the HTTP/2 prior-knowledge preface.
+    Http2,
     /// Answer this error (with this body text), then close.
     Failed(ErrorReason, &'static str),
 }
@@ -111,10 +124,16 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
                 head_deadline = Some(Instant::now() + header_timeout);
                 started = Instant::now();
             }
-            match http::parse_request(&down.buf, &limits, head) {
-                Ok(Status::Complete(_)) => return HeadRead::Ready(started),
-                Ok(Status::Partial) => {}
-                Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
+            if first && h2down::is_preface(&down.buf) {
+                if down.buf.len() >= h2down::PREFACE.len() {
+                    return HeadRead::Http2;
+                }
+            } else {
+                match http::parse_request(&down.buf, &limits, head) {
+                    Ok(Status::Complete(_)) => return HeadRead::Ready(started),
+                    Ok(Status::Partial) => {}
+                    Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
+                }
             }
         } else if ctx.draining() {
             return HeadRead::Closed;

@@ -16,7 +16,7 @@ use weir_core::stats::RetryReason;
 use crate::attempt::{self, Bufs};
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
-use crate::http::{self, BodyFraming, Method, RequestHead};
+use crate::http::{self, BodyFraming, RequestHead};
 use crate::io::Wait;
 use crate::plan::{AttemptResult, Attempter, Call, ClientFault, Downstream, Plan, via};
 use crate::pool::UpConn;
@@ -197,6 +197,22 @@ pub(crate) async fn exchange(
             }
         }
     }
+    if scope.config().protocol.upstream_h2() {
+        // An HTTP/2 endpoint cannot be asked to say 100 for us: weir says it, then streams.
+        if head.expect_continue {
+            head.remove_header(&down.buf, b"expect");
+            if !plan.buffered_body
+                && down.buf.len() == head_len
+                && !respond::continue_100(&mut down.conn, plan.write_timeout).await
+            {
+                return Exchange::default();
+            }
+        }
+        ctx.state.borrow_mut().record_request(scope, Instant::now());
+        let (ex, consumed) = crate::h1_to_h2::exchange(Call { ctx, scope, plan: &plan }, down, head).await;
+        down.buf.drain(..consumed);
+        return ex;
+    }
     let mut bufs = {
         let mut state = ctx.state.borrow_mut();
         state.record_request(scope, Instant::now());
@@ -326,7 +342,7 @@ async fn stream_response(
 
 /// A response broken off after its head: an endpoint failure the client must see as a cut
 /// (its connection is reset, never closed cleanly), or a client that stopped reading.
-fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, ex: &mut Exchange) {
+pub(crate) fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, ex: &mut Exchange) {
     match e {
         PumpError::Destination => {}
         PumpError::DestinationTimeout => {

@@ -11,12 +11,13 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use futures_util::stream::FuturesUnordered;
+use weir_core::config::Protocol;
 use weir_core::grpc;
 use weir_core::outcome::ErrorReason;
 
@@ -71,25 +72,32 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
             conn.graceful_shutdown();
             shutting_down = true;
         }
-        let accept = std::pin::pin!(conn.accept());
-        let next = std::pin::pin!(async {
-            if streams.is_empty() {
-                // Nothing in flight: wait for drain or the idle timeout instead.
-                let _ = crate::io::read_until_cancel(&ctx.drain, Instant::now() + idle).await;
-                None
-            } else {
-                streams.next().await
+        let event = {
+            let accept = std::pin::pin!(conn.accept());
+            let next = std::pin::pin!(async {
+                if streams.is_empty() {
+                    // Nothing in flight: wait for drain or the idle timeout instead.
+                    crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
+                    Event::Quiet
+                } else {
+                    streams.next().await;
+                    Event::StreamDone
+                }
+            });
+            match select(accept, next).await {
+                Either::Left((Some(Ok((req, respond))), _)) => Event::Stream(req, respond),
+                Either::Left((Some(Err(e)), _)) => {
+                    tracing::debug!(%peer, "HTTP/2 connection error: {e}");
+                    break;
+                }
+                Either::Left((None, _)) => break,
+                Either::Right((e, _)) => e,
             }
-        });
-        match select(accept, next).await {
-            Either::Left((Some(Ok((req, respond))), _)) => streams.push(stream(ctx, req, respond, peer, route)),
-            Either::Left((Some(Err(e)), _)) => {
-                tracing::debug!(%peer, "HTTP/2 connection error: {e}");
-                break;
-            }
-            Either::Left((None, _)) => break,
-            Either::Right((Some(()), _)) => {}
-            Either::Right((None, _)) => {
+        };
+        match event {
+            Event::Stream(req, respond) => streams.push(stream(ctx, req, respond, peer, route)),
+            Event::StreamDone => {}
+            Event::Quiet => {
                 if streams.is_empty() && !shutting_down {
                     // Idle past the timeout, or drain: say goodbye, let in-flight streams end.
                     conn.graceful_shutdown();
@@ -100,6 +108,14 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
     }
     // The connection is closing: let the streams still running finish what they can.
     while streams.next().await.is_some() {}
+}
+
+/// What woke the connection loop.
+enum Event {
+    Stream(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
+    StreamDone,
+    /// Idle past the timeout, or drain started.
+    Quiet,
 }
 
 /// One HTTP/2 stream: a request, proxied.
@@ -139,21 +155,18 @@ async fn stream(
             Some(scope) => Ok(scope),
         }
     };
-    let mut ex = match routed {
+    match routed {
         Ok(scope) => {
             let ex = proxy(ctx, &scope, parts, body, &mut respond, peer, grpc_request, started).await;
             ctx.state.borrow_mut().release(&scope);
             account(ctx, Some(&scope), peer, started, &info, &ex);
-            return;
         }
         Err((scope, reason)) => {
-            let grpc = grpc_request || scope.as_ref().is_some_and(|s| s.config().protocol == weir_core::config::Protocol::Grpc);
+            let grpc = grpc_request || scope.as_ref().is_some_and(|s| s.config().protocol == Protocol::Grpc);
             let ex = answer(&mut respond, reason, None, grpc, info.is_head);
-            (scope, ex)
+            account(ctx, scope.as_ref(), peer, started, &info, &ex);
         }
-    };
-    ex.1.h2 = true;
-    account(ctx, ex.0.as_ref(), peer, started, &info, &ex.1);
+    }
 }
 
 /// Answers a stream with weir's own error; what the exchange records of it.
@@ -187,7 +200,7 @@ async fn proxy(
     started: Instant,
 ) -> Exchange {
     let protocol = scope.config().protocol;
-    let grpc = grpc_request || protocol == weir_core::config::Protocol::Grpc;
+    let grpc = grpc_request || protocol == Protocol::Grpc;
     let plan = Plan::for_h2(scope, &parts.method, started);
     let client_deadline = if grpc {
         parts.headers.get("grpc-timeout").and_then(|v| grpc::parse_timeout(v.as_bytes())).map(|t| started + t)
@@ -404,5 +417,3 @@ async fn relay_h1(
     }
 }
 
-#[allow(dead_code, reason = "kept for the idle wait's documentation")]
-const _IDLE: Duration = Duration::ZERO;

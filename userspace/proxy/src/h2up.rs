@@ -38,7 +38,8 @@ pub(crate) struct H2Up {
     /// The request stream towards the endpoint (kept so it is not reset before the response
     /// is relayed; reset with NO_ERROR afterwards if the client never finished).
     pub send: Option<h2::SendStream<Bytes>>,
-    /// The stream's claim on its connection.
+    /// The stream's claim on its connection (its slot is free again when this is dropped).
+    #[expect(dead_code, reason = "held only for its Drop, which frees the stream's slot")]
     pub lease: pool::Lease,
 }
 
@@ -161,6 +162,15 @@ impl<'a> ToH2<'a> {
             }
         }
         Some(req)
+    }
+
+    /// Whether the client's body has been read to its end.
+    pub fn body_complete(&self) -> bool {
+        match &self.body {
+            ReqBody::Empty => true,
+            ReqBody::H1 { replay, .. } => replay.complete,
+            ReqBody::H2(b) => b.borrow().replay.complete,
+        }
     }
 
     fn body_empty(&self) -> bool {

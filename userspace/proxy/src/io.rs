@@ -243,7 +243,13 @@ impl Conn {
 
     /// The connection as a readiness-based stream for codecs that poll (HTTP/2): see [`PollIo`].
     pub fn into_poll_io(self) -> io::Result<PollIo> {
-        Ok(PollIo { fd: self.inner.to_poll_fd()? })
+        self.into_poll_io_after(Vec::new())
+    }
+
+    /// Like [`Conn::into_poll_io`], for a connection whose first bytes (`read`) were already
+    /// read: they are read again first.
+    pub fn into_poll_io_after(self, read: Vec<u8>) -> io::Result<PollIo> {
+        Ok(PollIo { fd: self.inner.to_poll_fd()?, replay: read, replayed: 0 })
     }
 
     /// Another handle to the same socket (to read and write it from two futures at once).
@@ -319,6 +325,14 @@ pub async fn read_until(conn: &mut Conn, buf: Vec<u8>, deadline: Instant, cancel
     }
 }
 
+/// Waits until `deadline`, or until `cancel` fires; `true` when cancelled.
+pub async fn wait_until(deadline: Instant, cancel: &CancelToken) -> bool {
+    use futures_util::future::{Either, select};
+    let timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    let cancelled = std::pin::pin!(cancel.clone().wait());
+    matches!(select(timer, cancelled).await, Either::Right(_))
+}
+
 /// The drain signal of a worker: cancelled once, when drain starts.
 pub use compio::runtime::CancelToken;
 
@@ -369,6 +383,9 @@ impl Runtime {
 #[derive(Debug)]
 pub struct PollIo {
     fd: compio::runtime::fd::PollFd<socket2::Socket>,
+    /// Bytes read before the hand-over, returned by the first reads.
+    replay: Vec<u8>,
+    replayed: usize,
 }
 
 impl PollIo {
@@ -385,10 +402,21 @@ impl tokio::io::AsyncRead for PollIo {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         use std::task::Poll;
+        let this = self.get_mut();
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let unfilled = buf.initialize_unfilled();
             // SAFETY: recv writes at most `unfilled.len()` bytes into the initialised slice.
-            let n = unsafe { libc::recv(self.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe { libc::recv(this.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
                 buf.advance(n as usize);
                 return Poll::Ready(Ok(()));
@@ -396,7 +424,7 @@ impl tokio::io::AsyncRead for PollIo {
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => match self.fd.poll_read_ready(cx) {
+                io::ErrorKind::WouldBlock => match this.fd.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,

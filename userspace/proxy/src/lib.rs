@@ -12,6 +12,8 @@ mod bridge;
 mod conn;
 mod ctx;
 mod exchange;
+mod h1_to_h2;
+mod h2down;
 mod h2up;
 pub mod http;
 pub mod io;

@@ -208,14 +208,13 @@ impl Plan {
         self.attempt_timeout.map_or(self.deadline, |t| self.deadline.min(now + t))
     }
 
-    /// Writes the request head for `endpoint` (and a held body) into `out`.
-    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
-        let host_value;
+    /// The fields weir adds to a forwarded HTTP/1.1 request (`via`, and the forwarding
+    /// headers the service asks for); `host` for `endpoint` when the request has none.
+    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 5], usize) {
         let mut extra: [(&[u8], &[u8]); 5] = [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
         if head.host.is_none() {
-            host_value = endpoint.to_string();
-            extra[n] = (b"host", host_value.as_bytes());
+            extra[n] = (b"host", host.as_bytes());
             n += 1;
         }
         if self.forwarded.x_forwarded_for {
@@ -230,6 +229,13 @@ impl Plan {
             extra[n] = (b"x-forwarded-proto", b"http");
             n += 1;
         }
+        (extra, n)
+    }
+
+    /// Writes the request head for `endpoint` (and a held body) into `out`.
+    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
+        let host = if head.host.is_none() { endpoint.to_string() } else { String::new() };
+        let (extra, n) = self.added_fields(head, &host);
         http::write_request_head(head, src, out, &extra[..n]);
         if self.buffered_body && self.body_len > 0 {
             out.extend_from_slice(&src[head.head_len..head.head_len + self.body_len as usize]);
