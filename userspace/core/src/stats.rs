@@ -496,7 +496,13 @@ mod tests {
     use super::*;
 
     fn rec(status: u16, ms: u64) -> RequestRecord {
-        RequestRecord { status: Some(status), error: None, duration: Duration::from_millis(ms), panic: false, grpc: None }
+        RequestRecord {
+            status: Some(status),
+            error: None,
+            duration: Duration::from_millis(ms),
+            panic: false,
+            grpc: None,
+        }
     }
 
     #[test]
@@ -537,7 +543,13 @@ mod tests {
         assert_eq!(le(0.1), 1);
         assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
         // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(50), panic: false, grpc: None });
+        s.record(&RequestRecord {
+            status: Some(200),
+            error: None,
+            duration: Duration::from_millis(50),
+            panic: false,
+            grpc: None,
+        });
         let b = s.cumulative_buckets();
         assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
     }

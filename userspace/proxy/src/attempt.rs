@@ -7,19 +7,19 @@
 //! balancer, or write anything to the client but interim heads.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::Instant;
 
 use futures_util::future::{Either, select};
 use weir_core::outcome::Outcome;
 
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
+use crate::bridge::{ReqParts, Sink};
 use crate::ctx::Ctx;
+use crate::h2up::{H2Body, send_h2_body};
 use crate::http::{self, BodyFraming, RequestHead, ResponseHead, Status, Version};
 use crate::io::{Conn, Wait};
-use crate::bridge::{ReqParts, Sink};
-use crate::h2up::{H2Body, send_h2_body};
 use crate::plan::{AttemptResult, Attempter, Call, ClientFault, Downstream, Plan};
 use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope};
@@ -237,7 +237,13 @@ async fn send_body_and_read_head(
 
 /// Reads the final response head into `bufs`, relaying interim 1xx heads to an HTTP/1.1
 /// client (a `100 Continue` is swallowed when weir already sent its own).
-async fn read_head(up: &mut Conn, bufs: &mut Bufs, plan: &Plan, deadline: Instant, client: Option<&mut Conn>) -> HeadRead {
+async fn read_head(
+    up: &mut Conn,
+    bufs: &mut Bufs,
+    plan: &Plan,
+    deadline: Instant,
+    client: Option<&mut Conn>,
+) -> HeadRead {
     read_head_parts(up, &mut bufs.ubuf, &mut bufs.resp, plan, deadline, client).await
 }
 
@@ -353,7 +359,9 @@ impl Attempter for ToH1<'_> {
                     Either::Left((Err(PumpError::Destination), read)) => {
                         (read.await, BodySent::Failed(moved.get(), PumpError::Destination))
                     }
-                    Either::Left((Err(e), _)) => (HeadRead::Failed(Outcome::LocalError), BodySent::Failed(moved.get(), e)),
+                    Either::Left((Err(e), _)) => {
+                        (HeadRead::Failed(Outcome::LocalError), BodySent::Failed(moved.get(), e))
+                    }
                     Either::Right((read, _)) => (read, BodySent::Unfinished(moved.get())),
                 }
             }

@@ -54,7 +54,10 @@ impl ReqParts {
     /// The request of an HTTP/2 client, with `extra` added (HTTP/2 never carries
     /// connection-specific fields; a `host` field is folded into `:authority`).
     pub fn from_h2(parts: &http::request::Parts, extra: &[(&[u8], &[u8])]) -> ReqParts {
-        let path = parts.uri.path_and_query().map_or(Bytes::from_static(b"/"), |p| Bytes::copy_from_slice(p.as_str().as_bytes()));
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(Bytes::from_static(b"/"), |p| Bytes::copy_from_slice(p.as_str().as_bytes()));
         let authority = match parts.uri.authority() {
             Some(a) => Bytes::copy_from_slice(a.as_str().as_bytes()),
             None => Bytes::copy_from_slice(parts.headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes())),
@@ -70,7 +73,11 @@ impl ReqParts {
     pub fn to_h2(&self, endpoint: std::net::SocketAddr) -> Option<http::Request<()>> {
         let authority: &[u8] = if self.authority.is_empty() { b"" } else { &self.authority };
         let uri = if authority.is_empty() {
-            http::Uri::builder().scheme("http").authority(endpoint.to_string()).path_and_query(self.path.as_ref()).build()
+            http::Uri::builder()
+                .scheme("http")
+                .authority(endpoint.to_string())
+                .path_and_query(self.path.as_ref())
+                .build()
         } else {
             http::Uri::builder().scheme("http").authority(authority).path_and_query(self.path.as_ref()).build()
         }
@@ -107,7 +114,9 @@ impl ReqParts {
                 out.extend_from_slice(n.to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            BodyFraming::Chunked | BodyFraming::CloseDelimited => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            BodyFraming::Chunked | BodyFraming::CloseDelimited => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+            }
             BodyFraming::None => {}
         }
         out.extend_from_slice(b"\r\n");

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use weir_core::outcome::ErrorReason;
 
 use crate::ctx::{ConnRoute, Ctx};
-use crate::exchange::{self, Exchange};
+use crate::exchange;
 use crate::h2down;
-use crate::record::{RequestInfo, account};
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
+use crate::record::{RequestInfo, account};
 use crate::respond::{self, Reply};
+use crate::retry_loop::Exchange;
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.

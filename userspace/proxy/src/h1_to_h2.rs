@@ -13,12 +13,12 @@ use weir_core::outcome::ErrorReason;
 
 use crate::body::OutFraming;
 use crate::bridge::{self, H1Left, Replay, ReqParts, Sink, Source};
-use crate::exchange::{self, End, Exchange, attempts};
 use crate::h2up::{H2Up, ReqBody, ToH2};
 use crate::http::{BodyFraming, RequestHead};
 use crate::io::Wait;
 use crate::plan::{Call, Downstream};
 use crate::respond::{self, Reply};
+use crate::retry_loop::{self, End, Exchange, attempts};
 use crate::state::Picked;
 
 /// Proxies one HTTP/1.1 request to an HTTP/2 endpoint. `down.buf` holds the head (and the body,
@@ -41,7 +41,13 @@ pub(crate) async fn exchange(call: Call<'_>, down: &mut Downstream, head: &mut R
     let (end, early, body_complete) = {
         let body = if plan.buffered_body {
             let held = Bytes::copy_from_slice(&down.buf[head_len..head_len + plan.body_len as usize]);
-            let empty = Source::H1 { conn: &mut down.conn, buf: &mut down.buf, base: 0, left: H1Left::Done, wait: Wait::Idle(plan.write_timeout) };
+            let empty = Source::H1 {
+                conn: &mut down.conn,
+                buf: &mut down.buf,
+                base: 0,
+                left: H1Left::Done,
+                wait: Wait::Idle(plan.write_timeout),
+            };
             if held.is_empty() { ReqBody::Empty } else { ReqBody::H1 { src: empty, replay: Replay::whole(held) } }
         } else {
             down.buf.drain(..head_len);
@@ -88,7 +94,14 @@ pub(crate) async fn exchange(call: Call<'_>, down: &mut Downstream, head: &mut R
 }
 
 /// Writes an HTTP/2 endpoint's response to the HTTP/1.1 client.
-async fn respond_h1(call: Call<'_>, down: &mut Downstream, mut up: H2Up, picked: &Picked, early: bool, ex: &mut Exchange) {
+async fn respond_h1(
+    call: Call<'_>,
+    down: &mut Downstream,
+    mut up: H2Up,
+    picked: &Picked,
+    early: bool,
+    ex: &mut Exchange,
+) {
     let Call { ctx, scope, plan } = call;
     let close = !plan.client_keep_alive || ctx.draining() || early;
     let has_body = !up.body.is_end_stream() && !plan.is_head;
@@ -112,7 +125,8 @@ async fn respond_h1(call: Call<'_>, down: &mut Downstream, mut up: H2Up, picked:
     let result = {
         let mut src = Source::H2 { stream: &mut up.body, wait: Wait::Idle(plan.response_idle) };
         let outf = if framing.framing == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
-        let mut sink = Sink::H1 { conn: &mut down.conn, out: outf, wait: Wait::Idle(plan.write_timeout), scratch: &mut out };
+        let mut sink =
+            Sink::H1 { conn: &mut down.conn, out: outf, wait: Wait::Idle(plan.write_timeout), scratch: &mut out };
         bridge::relay(&mut src, &mut sink, &moved).await
     };
     ex.bytes_out = moved.get();
@@ -120,7 +134,7 @@ async fn respond_h1(call: Call<'_>, down: &mut Downstream, mut up: H2Up, picked:
         Ok(_) => ex.keep_alive = !framing.close,
         Err(e) => {
             ex.keep_alive = false;
-            exchange::cut(ctx, scope, picked, e, ex);
+            retry_loop::cut(ctx, scope, picked, e, ex);
         }
     }
 }

@@ -25,13 +25,13 @@ use crate::attempt::{Bufs, ToH1};
 use crate::body::PumpError;
 use crate::bridge::{self, H1Left, Replay, ReqParts, Sink, Source};
 use crate::ctx::{ConnRoute, Ctx};
-use crate::exchange::{End, Exchange, attempts};
 use crate::h2up::{H2Body, H2Up, ReqBody, ToH2};
 use crate::io::{PollIo, Wait};
 use crate::plan::{Call, Plan};
 use crate::pool::UpConn;
 use crate::record::{RequestInfo, account};
 use crate::respond;
+use crate::retry_loop::{End, Exchange, attempts};
 use crate::state::{Picked, Scope};
 
 /// The HTTP/2 connection preface a client with prior knowledge starts with.
@@ -141,7 +141,8 @@ async fn stream(
                 Some(d) => state.snapshot().by_vip(d),
                 None => {
                     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes().to_vec());
-                    let host = authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
+                    let host =
+                        authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
                     host.and_then(|h| state.snapshot().by_host(&h))
                 }
             }
@@ -416,4 +417,3 @@ async fn relay_h1(
         }
     }
 }
-

@@ -21,6 +21,7 @@ mod plan;
 mod pool;
 mod record;
 mod respond;
+mod retry_loop;
 mod shared;
 mod snapshot;
 mod state;

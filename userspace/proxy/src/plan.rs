@@ -3,8 +3,8 @@
 //! forwarding headers, how the head is written), and the bundle every step reads ([`Call`]).
 //! Must not: do I/O or touch per-worker state.
 
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use weir_core::config::ForwardedHeaders;

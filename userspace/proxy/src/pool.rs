@@ -161,9 +161,8 @@ impl H2Pool {
     /// Drops connections with no stream in flight, idle for `max_idle` or longer; returns how
     /// many are left.
     pub fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
-        self.conns.retain(|c| {
-            !c.dead.get() && (c.active.get() > 0 || now.saturating_duration_since(c.last_used) < max_idle)
-        });
+        self.conns
+            .retain(|c| !c.dead.get() && (c.active.get() > 0 || now.saturating_duration_since(c.last_used) < max_idle));
         self.conns.len()
     }
 }

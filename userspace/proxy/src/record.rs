@@ -9,8 +9,8 @@ use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogRecord, METHOD_BYTES, 
 use weir_core::stats::RequestRecord;
 
 use crate::ctx::Ctx;
-use crate::exchange::Exchange;
 use crate::http::{Method, RequestHead};
+use crate::retry_loop::Exchange;
 use crate::state::Scope;
 
 /// What the access log needs of a request, copied out of the head (bounded, no heap).
@@ -34,7 +34,6 @@ impl RequestInfo {
         }
     }
 
-
     pub fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
         RequestInfo {
             method: InlineStr::new(head.method_span.get(src)),
@@ -46,7 +45,14 @@ impl RequestInfo {
 }
 
 /// Counts a finished request in the worker's stats shard and access log.
-pub(crate) fn account(ctx: &Ctx, scope: Option<&Scope>, peer: SocketAddr, started: Instant, info: &RequestInfo, ex: &Exchange) {
+pub(crate) fn account(
+    ctx: &Ctx,
+    scope: Option<&Scope>,
+    peer: SocketAddr,
+    started: Instant,
+    info: &RequestInfo,
+    ex: &Exchange,
+) {
     let duration = started.elapsed();
     let mut state = ctx.state.borrow_mut();
     if ex.write_timeout {

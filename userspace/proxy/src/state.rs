@@ -376,13 +376,7 @@ impl WorkerState {
 
     /// Adds a new HTTP/2 connection to `picked`'s pool and returns a handle on it (the
     /// connection is dropped, and the handle is the only one, when the endpoint is gone).
-    pub fn put_h2(
-        &mut self,
-        scope: &Scope,
-        picked: &Picked,
-        conn: H2Conn,
-        now: Instant,
-    ) -> Option<Lease> {
+    pub fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
         let same = self.snapshot.generation == picked.generation;
         let pool = self.service_mut(scope).and_then(|s| s.active.as_mut()?.h2.get_mut(picked.index)).filter(|_| same);
         match pool {

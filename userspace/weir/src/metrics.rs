@@ -20,6 +20,7 @@ use crate::app::Control;
 /// Metric names, in one place.
 pub mod names {
     pub const REQUESTS: &str = "weir_requests_total";
+    pub const GRPC: &str = "weir_grpc_responses_total";
     pub const DURATION: &str = "weir_request_duration_seconds";
     pub const ERRORS: &str = "weir_request_errors_total";
     pub const RETRIES: &str = "weir_retries_total";
@@ -105,6 +106,12 @@ pub fn render(control: &Control) -> String {
                 c => c.to_string(),
             };
             o.sample(REQUESTS, &[("service", name), ("code", &code)], n);
+        }
+    }
+    o.family(GRPC, "counter", "gRPC calls finished, by service and final grpc-status (lower snake_case name).");
+    for (name, s) in stats.services() {
+        for (code, n) in s.grpc_codes() {
+            o.sample(GRPC, &[("service", name), ("grpc_code", weir_core::grpc::name_of(code))], n);
         }
     }
     o.family(
