@@ -272,6 +272,10 @@ async fn read_head_parts(
                     ubuf.drain(..n);
                     continue;
                 }
+                // A switch nobody asked for would hand the client a stream it cannot read.
+                Ok(Status::Complete(_)) if resp.is_switch() && plan.upgrade.is_none() => {
+                    return HeadRead::Failed(Outcome::ProtocolError);
+                }
                 Ok(Status::Complete(_)) => return HeadRead::Final { code: resp.code, keep_alive: resp.keep_alive },
                 Ok(Status::Partial) => {}
                 Err(_) => return HeadRead::Failed(Outcome::ProtocolError),

@@ -105,8 +105,10 @@ pub(crate) async fn exchange(
     let mut ex = Exchange::default();
     let call = Call { ctx, scope, plan: &plan };
     let end = attempts(call, &mut H1 { down, head, bufs: &mut bufs }, &mut ex).await;
+    // The request (and a held body) is consumed; a streamed body was consumed by the pump.
+    let consumed = if plan.buffered_body { head_len + plan.body_len as usize } else { head_len };
     match end {
-        End::Respond(r, picked) => stream_response(call, down, r, &picked, &mut bufs, &mut ex).await,
+        End::Respond(r, picked) => stream_response(call, down, r, &picked, &mut bufs, consumed, &mut ex).await,
         End::Fail(reason, detail) => {
             // After a streamed body the request's framing is unknown: close.
             let close = !plan.client_keep_alive || !plan.buffered_body;
@@ -129,8 +131,6 @@ pub(crate) async fn exchange(
         state.put_buf(bufs.ubuf);
         state.put_head(bufs.resp);
     }
-    // The request (and a held body) is consumed; a streamed body was consumed by the pump.
-    let consumed = if plan.buffered_body { head_len + plan.body_len as usize } else { head_len };
     down.buf.drain(..consumed.min(down.buf.len()));
     ex
 }
@@ -163,10 +163,14 @@ async fn stream_response(
     r: AttemptResult<UpConn>,
     picked: &Picked,
     bufs: &mut Bufs,
+    consumed: usize,
     ex: &mut Exchange,
 ) {
     let Call { ctx, scope, plan } = call;
     let Some(mut up) = r.conn else { return };
+    if bufs.resp.is_switch() {
+        return tunnel(call, down, up, bufs, consumed, ex).await;
+    }
     let Bufs { wbuf, ubuf, resp, .. } = bufs;
     // An early answer leaves the client's request stream unread: close after it.
     let close = !plan.client_keep_alive || ctx.draining() || r.early;
@@ -216,4 +220,38 @@ async fn stream_response(
             retry_loop::cut(ctx, scope, picked, e, ex);
         }
     }
+}
+
+/// An upgrade the endpoint accepted (`101`): the head goes to the client, then both
+/// connections are joined byte for byte until both sides are done (or idle for the TCP idle
+/// timeout). Counted when it closes; never pooled.
+async fn tunnel(
+    call: Call<'_>,
+    down: &mut Downstream,
+    up: UpConn,
+    bufs: &mut Bufs,
+    consumed: usize,
+    ex: &mut Exchange,
+) {
+    let Call { scope, plan, .. } = call;
+    let Bufs { wbuf, ubuf, resp, .. } = bufs;
+    ex.status = 101;
+    ex.keep_alive = false;
+    wbuf.clear();
+    let protocol = resp.header(ubuf, b"upgrade").unwrap_or(b"");
+    let extra: [(&[u8], &[u8]); 3] = [(b"via", via(resp.minor)), (b"connection", b"upgrade"), (b"upgrade", protocol)];
+    http::write_response_head(resp, ubuf, wbuf, &extra, plan.client_version, false);
+    let (res, b) = down.conn.write_all_by(std::mem::take(wbuf), Wait::Idle(plan.write_timeout)).await;
+    *wbuf = b;
+    if res.is_err() {
+        up.abort();
+        return;
+    }
+    // What either side sent after its head already belongs to the new protocol.
+    let upstream_read = ubuf.split_off(resp.head_len);
+    let client_read = down.buf.split_off(consumed.min(down.buf.len()));
+    let idle = scope.snapshot().config.proxy.tcp_idle_timeout;
+    let (bytes_in, bytes_out) = crate::tunnel::pipe(down.conn.try_clone(), client_read, up, upstream_read, idle).await;
+    ex.bytes_in += bytes_in;
+    ex.bytes_out = bytes_out;
 }

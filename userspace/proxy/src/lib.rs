@@ -27,6 +27,7 @@ mod snapshot;
 mod state;
 mod tcp;
 mod telemetry;
+mod tunnel;
 mod worker;
 
 pub use shared::{OriginalDst, Shared};

@@ -63,6 +63,10 @@ pub(crate) struct Plan {
     pub is_head: bool,
     /// weir answered `Expect: 100-continue` itself: the endpoint's 100 is not relayed.
     pub swallow_100: bool,
+    /// The protocols an upgrade request offers (`Upgrade`, forwarded with `Connection:
+    /// upgrade`): a `101` answer turns the exchange into a tunnel. `None` for other requests,
+    /// and for offers weir does not carry (`h2c` alone, HTTP/1.0, non-HTTP/1.1 services).
+    pub upgrade: Option<Vec<u8>>,
     via: &'static [u8],
     forwarded: ForwardedHeaders,
     /// Values of the forwarding headers (X-Forwarded-For, Forwarded), when configured.
@@ -102,6 +106,7 @@ impl Plan {
             client_keep_alive: head.keep_alive,
             is_head: head.method == Method::Head,
             swallow_100: false,
+            upgrade: upgrade_offer(head, src, cfg.protocol),
             via: via(head.minor),
             forwarded: cfg.forwarded_headers,
             fwd: Vec::new(),
@@ -110,6 +115,10 @@ impl Plan {
         };
         if plan.forwarded.any() {
             plan.forwarding_values(head, src, peer);
+        }
+        if plan.upgrade.is_some() {
+            // Once sent, an upgrade may have switched the endpoint's connection: never resent.
+            plan.idempotent = false;
         }
         plan
     }
@@ -138,6 +147,7 @@ impl Plan {
             client_keep_alive: true,
             is_head: method == ::http::Method::HEAD,
             swallow_100: false,
+            upgrade: None,
             via: b"2 weir",
             forwarded: cfg.forwarded_headers,
             fwd: Vec::new(),
@@ -210,9 +220,15 @@ impl Plan {
 
     /// The fields weir adds to a forwarded HTTP/1.1 request (`via`, and the forwarding
     /// headers the service asks for); `host` for `endpoint` when the request has none.
-    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 5], usize) {
-        let mut extra: [(&[u8], &[u8]); 5] = [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
+    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 7], usize) {
+        let mut extra: [(&[u8], &[u8]); 7] =
+            [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
+        if let Some(offer) = &self.upgrade {
+            extra[n] = (b"connection", b"upgrade");
+            extra[n + 1] = (b"upgrade", offer);
+            n += 2;
+        }
         if head.host.is_none() {
             extra[n] = (b"host", host.as_bytes());
             n += 1;
@@ -241,6 +257,18 @@ impl Plan {
             out.extend_from_slice(&src[head.head_len..head.head_len + self.body_len as usize]);
         }
     }
+}
+
+/// The upgrade a request offers that weir carries: an HTTP/1.1 request to an HTTP/1.1 service
+/// with `Upgrade` listed in `Connection`, offering something other than `h2c` (weir does not
+/// perform h2c upgrades: the request goes on without the offer).
+fn upgrade_offer(head: &RequestHead, src: &[u8], protocol: weir_core::config::Protocol) -> Option<Vec<u8>> {
+    if !head.upgrade || head.version != Version::Http11 || protocol != weir_core::config::Protocol::Http {
+        return None;
+    }
+    let offer = head.header(src, b"upgrade")?;
+    let only_h2c = offer.split(|b| *b == b',').all(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!only_h2c).then(|| offer.to_vec())
 }
 
 /// What every step of one exchange reads: the worker, the request's service and its plan.

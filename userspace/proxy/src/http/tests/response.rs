@@ -83,8 +83,13 @@ fn interim_then_final_in_one_buffer() {
 }
 
 #[test]
-fn switching_protocols_is_refused() {
-    bad_resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+fn switching_protocols_ends_the_head_with_no_body_and_is_not_interim() {
+    let buf = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+    let h = ok_resp(buf, false);
+    assert!(h.is_switch() && !h.is_interim());
+    assert_eq!(h.body, BodyFraming::None);
+    assert_eq!(&buf[h.head_len..], b"\x81\x02hi", "the new protocol's bytes follow the head");
+    assert_eq!(h.header(buf, b"upgrade"), Some(&b"websocket"[..]));
 }
 
 #[test]
