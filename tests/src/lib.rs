@@ -5,6 +5,7 @@
 //! `weir-testkit` (shared with the benches and xtask) and are re-exported here under the names
 //! tests use. Must not: be used by product code.
 
+pub mod clients;
 pub mod root;
 
 use std::net::SocketAddr;
@@ -116,6 +117,14 @@ impl Weir {
             assert!(v <= want, "{sample} overshot: {v} > {want}");
             (v == want).then_some(())
         });
+    }
+
+    /// Waits until `sample` is at least `min` (stats are published once a second); its value.
+    pub fn wait_metric_at_least(&self, sample: &str, min: f64) -> f64 {
+        eventually(Duration::from_secs(5), &format!("{sample} >= {min}"), || {
+            let v = self.metric(sample);
+            (v >= min).then_some(v)
+        })
     }
 
     /// Drains and stops; returns whether the drain finished in time.

@@ -16,7 +16,8 @@ use crate::{capture, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the test suite uses: `ip` (netns/veth), promtool (metrics exposition check),
-/// h2load and nghttp (HTTP/2 clients), node and npm (a second gRPC client).
+/// h2load and nghttp (HTTP/2 clients), nghttpd (an HTTP/2 server), node and npm (a second gRPC
+/// client).
 pub const TEST_PACKAGES: &[(&str, &str)] =
     &[("iproute2", "ip"), ("prometheus", "promtool"), ("nghttp2-client", "h2load"), ("nodejs", "node"), ("npm", "npm")];
 

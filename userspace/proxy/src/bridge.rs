@@ -38,14 +38,24 @@ impl ReqParts {
         };
         let authority = Bytes::copy_from_slice(head.host.map_or(&b""[..], |h| h.get(src)));
         let mut headers = HeaderMap::with_capacity(head.headers.len() + extra.len());
-        for f in head.headers.iter().filter(|f| f.forward) {
+        let mut te_trailers = false;
+        for f in &head.headers {
             let name = f.name.get(src);
-            if name.eq_ignore_ascii_case(b"host") {
+            if name.eq_ignore_ascii_case(b"te") {
+                // The one TE HTTP/2 allows (RFC 9113 8.2.2), and gRPC endpoints require.
+                te_trailers |= f.value.get(src).split(|b| *b == b',').any(|t| {
+                    t.split(|b| *b == b';').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+                });
+            }
+            if !f.forward || name.eq_ignore_ascii_case(b"host") {
                 continue;
             }
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(f.value.get(src))) {
                 headers.append(n, v);
             }
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         add_extra(&mut headers, extra);
         Some(ReqParts { method, path, authority, headers })

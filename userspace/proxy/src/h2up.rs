@@ -189,7 +189,9 @@ impl<'a> ToH2<'a> {
 fn h2_outcome(e: &h2::Error) -> Outcome {
     if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
         Outcome::ResetBeforeWrite
-    } else if e.is_io() {
+    } else if e.is_io() || e.is_reset() {
+        // The connection broke, or the endpoint reset the stream: the request may have
+        // reached its application.
         Outcome::ResetAfterWrite
     } else {
         Outcome::ProtocolError

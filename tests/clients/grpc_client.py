@@ -1,0 +1,121 @@
+"""A gRPC client for weir's tests, on grpcio (raw bytes messages; the server is
+grpc_server.py). One channel (one HTTP/2 connection) per run, grpcio's own retries off, so
+that what the test sees is what weir did. Prints one JSON object.
+
+  grpc_client.py shapes TARGET AUTHORITY
+      unary (small and 1 MiB), server streaming, client streaming and interleaved bidi calls,
+      each checked; {"ok": [...names...]}
+  grpc_client.py calls TARGET AUTHORITY N [KEY=VALUE ...]
+      N unary calls with that metadata; {"servers": {name: n}, "codes": {CODE: n},
+      "details": [first distinct details]}
+  grpc_client.py inspect TARGET AUTHORITY TIMEOUT_S [KEY=VALUE ...]
+      one Inspect call; {"code": CODE, "seen": what the server saw, "trailers": {...}}
+"""
+
+import json
+import os
+import queue
+import sys
+import threading
+
+import grpc
+
+METHOD = "/weir.test.Echo/"
+
+
+def channel(target, authority):
+    opts = [("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 64 << 20)]
+    if authority != "-":
+        opts.append(("grpc.default_authority", authority))
+    return grpc.insecure_channel(target, options=opts)
+
+
+def server_of(call):
+    for k, v in list(call.initial_metadata() or ()) + list(call.trailing_metadata() or ()):
+        if k == "x-server":
+            return v
+    return None
+
+
+def shapes(ch):
+    ok = []
+    unary = ch.unary_unary(METHOD + "Unary")
+    assert unary(b"hello", timeout=10) == b"hello"
+    big = os.urandom(1 << 20)
+    assert unary(big, timeout=20) == big
+    ok.append("unary")
+    got = list(ch.unary_stream(METHOD + "ServerStream")(bytes([5]), timeout=10))
+    assert got == [bytes([5, i]) for i in range(5)], got
+    ok.append("server_streaming")
+    parts = [os.urandom(256 << 10) for _ in range(3)]
+    assert ch.stream_unary(METHOD + "ClientStream")(iter(parts), timeout=20) == b"".join(parts)
+    ok.append("client_streaming")
+    # Interleaved: each message is sent only after the previous echo came back, so the call
+    # is truly bidirectional through weir (nothing could be buffered whole).
+    q = queue.Queue()
+    sent = []
+
+    def requests():
+        for i in range(10):
+            m = os.urandom(1000 + i)
+            sent.append(m)
+            yield m
+            q.get(timeout=10)
+
+    echoes = []
+    for r in ch.stream_stream(METHOD + "Bidi")(requests(), timeout=20):
+        echoes.append(r)
+        q.put(None)
+    assert echoes == sent
+    ok.append("bidi")
+    return {"ok": ok}
+
+
+def calls(ch, n, md):
+    unary = ch.unary_unary(METHOD + "Unary")
+    servers, codes, details = {}, {}, []
+    for i in range(n):
+        try:
+            _, call = unary.with_call(b"x%d" % i, timeout=10, metadata=md)
+            code = "OK"
+        except grpc.RpcError as e:
+            call = e
+            code = e.code().name
+            if e.details() not in details and len(details) < 5:
+                details.append(e.details())
+        codes[code] = codes.get(code, 0) + 1
+        s = server_of(call)
+        if s:
+            servers[s] = servers.get(s, 0) + 1
+    return {"servers": servers, "codes": codes, "details": details}
+
+
+def inspect(ch, timeout, md):
+    try:
+        resp, call = ch.unary_unary(METHOD + "Inspect").with_call(b"", timeout=timeout, metadata=md)
+        return {"code": "OK", "seen": json.loads(resp), "trailers": dict(call.trailing_metadata() or ())}
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details(), "trailers": dict(e.trailing_metadata() or ())}
+
+
+def metadata(args):
+    return tuple(tuple(a.split("=", 1)) for a in args)
+
+
+def main():
+    cmd, target, authority = sys.argv[1], sys.argv[2], sys.argv[3]
+    rest = sys.argv[4:]
+    with channel(target, authority) as ch:
+        if cmd == "shapes":
+            out = shapes(ch)
+        elif cmd == "calls":
+            out = calls(ch, int(rest[0]), metadata(rest[1:]))
+        elif cmd == "inspect":
+            out = inspect(ch, float(rest[0]), metadata(rest[1:]))
+        else:
+            raise SystemExit(f"unknown command {cmd}")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
