@@ -251,3 +251,24 @@ fn hop_by_hop_fields_are_stripped_both_ways_and_http10_clients_never_get_chunked
     assert!(!got.to_ascii_lowercase().contains("transfer-encoding"), "{got}");
     assert!(got.ends_with("\r\n\r\nhello"), "{got}");
 }
+
+#[test]
+fn transfer_parameters_and_obs_text_values_are_forwarded() {
+    let ep = RawEndpoint::start(|mut c: RawConn| {
+        while let Some(head) = c.read_head() {
+            let Some(n) = c.read_body(&head) else { return };
+            c.ok(&n.to_string());
+        }
+    });
+    let weir = Weir::start(&one_service(32, &[ep.addr], "", ""));
+    let mut c = Client::connect(weir.proxy);
+    c.send_raw(
+        "POST /p HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked;ext=1\r\nx-name: caf\u{e9} \u{1f600}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .as_bytes(),
+    );
+    let r = c.read_response(false).expect("answer");
+    assert_eq!((r.status, r.body_string()), (200, "5".to_string()), "{:?}", r.header("x-weir-error"));
+    let head = &ep.heads()[0];
+    assert_eq!(head.header("x-name"), Some("caf\u{e9} \u{1f600}"), "obs-text reaches the endpoint unchanged");
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
+}
