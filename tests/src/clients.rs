@@ -111,14 +111,40 @@ fn last_json(out: &str) -> serde_json::Value {
 /// tests/clients/grpc_client.py `args` against `target` with `:authority` `authority` ("-":
 /// the target's own).
 pub fn grpc_py(target: SocketAddr, authority: &str, args: &[&str]) -> serde_json::Value {
+    grpc_py_in(None, target, authority, args)
+}
+
+/// [`grpc_py`] run inside `cgroup` (a steered workload) when given.
+pub fn grpc_py_in(
+    cgroup: Option<&std::path::Path>,
+    target: SocketAddr,
+    authority: &str,
+    args: &[&str],
+) -> serde_json::Value {
     let mut cmd = Command::new(tools::python());
     cmd.arg(scripts().join("grpc_client.py")).arg(args[0]).arg(target.to_string()).arg(authority).args(&args[1..]);
+    if let Some(cg) = cgroup {
+        weir_testkit::cgroup::join_on_exec(&mut cmd, cg);
+    }
     last_json(&run(&mut cmd, Duration::from_secs(120)))
 }
 
 /// tests/clients/grpc_client.js: `n` unary calls and a server-streaming one.
 pub fn grpc_js(target: SocketAddr, authority: &str, n: usize) -> serde_json::Value {
+    grpc_js_in(None, target, authority, n)
+}
+
+/// [`grpc_js`] run inside `cgroup` (a steered workload) when given.
+pub fn grpc_js_in(
+    cgroup: Option<&std::path::Path>,
+    target: SocketAddr,
+    authority: &str,
+    n: usize,
+) -> serde_json::Value {
     let mut cmd = Command::new("node");
+    if let Some(cg) = cgroup {
+        weir_testkit::cgroup::join_on_exec(&mut cmd, cg);
+    }
     cmd.arg(scripts().join("grpc_client.js"))
         .arg(target.to_string())
         .arg(authority)

@@ -6,5 +6,6 @@
 
 mod cgroup_mounts;
 mod full_disk;
+mod grpc;
 mod memory;
 mod steering;
