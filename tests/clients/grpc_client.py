@@ -10,6 +10,9 @@ that what the test sees is what weir did. Prints one JSON object.
       "details": [first distinct details]}
   grpc_client.py inspect TARGET AUTHORITY TIMEOUT_S [KEY=VALUE ...]
       one Inspect call; {"code": CODE, "seen": what the server saw, "trailers": {...}}
+  grpc_client.py loop TARGET AUTHORITY RATE SECONDS
+      unary calls at RATE per second for SECONDS (the demo's gRPC workload), one line per
+      second: calls, status codes, p50/p99, which server answered
 """
 
 import json
@@ -98,6 +101,44 @@ def inspect(ch, timeout, md):
         return {"code": e.code().name, "details": e.details(), "trailers": dict(e.trailing_metadata() or ())}
 
 
+def loop(ch, rate, seconds):
+    import time
+
+    unary = ch.unary_unary(METHOD + "Unary")
+    interval = 1.0 / max(rate, 1)
+    start = time.monotonic()
+    end = start + seconds
+    next_send, next_print = start, start + 1
+    lat, codes, servers = [], {}, {}
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if now < next_send:
+            time.sleep(next_send - now)  # the workload's call rate
+        next_send += interval
+        t0 = time.monotonic()
+        try:
+            _, call = unary.with_call(b"hi", timeout=5)
+            code = "OK"
+        except grpc.RpcError as e:
+            call, code = e, e.code().name
+        lat.append(time.monotonic() - t0)
+        codes[code] = codes.get(code, 0) + 1
+        s = server_of(call)
+        if s:
+            servers[s] = servers.get(s, 0) + 1
+        if time.monotonic() >= next_print:
+            lat.sort()
+            q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+            print(
+                f"grpc   t={int(time.monotonic() - start):>3}s  calls={len(lat):<5} codes={dict(sorted(codes.items()))} "
+                f"p50={q(0.5):.2f}ms p99={q(0.99):.2f}ms  by server: {dict(sorted(servers.items()))}",
+                flush=True,
+            )
+            lat, codes, servers = [], {}, {}
+            next_print += 1
+    return {"done": True}
+
+
 def metadata(args):
     return tuple(tuple(a.split("=", 1)) for a in args)
 
@@ -112,6 +153,8 @@ def main():
             out = calls(ch, int(rest[0]), metadata(rest[1:]))
         elif cmd == "inspect":
             out = inspect(ch, float(rest[0]), metadata(rest[1:]))
+        elif cmd == "loop":
+            out = loop(ch, int(rest[0]), float(rest[1]))
         else:
             raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(out), flush=True)

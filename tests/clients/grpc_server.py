@@ -8,7 +8,7 @@ response carries the server's name in `x-server` initial metadata; a failed call
 its trailers, and sends no initial metadata so that it is trailers-only. Request metadata
 steers failures: `x-status: <code>` ends the call with that status (`x-pushback-ms` adds
 `grpc-retry-pushback-ms`), `x-sleep-ms` delays the answer. `--status CODE` makes every call
-fail with CODE (an unhealthy server).
+fail with CODE (an unhealthy server). `--port` picks the port (default: any free one).
 
 Prints `port <n>` on stdout once it serves, then serves until stdin closes.
 """
@@ -26,6 +26,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="server")
     ap.add_argument("--status", type=int, default=None)
+    ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
     codes = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -85,7 +86,7 @@ def main():
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"port {port}", flush=True)
     sys.stdin.read()

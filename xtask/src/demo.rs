@@ -1,9 +1,11 @@
 //! `cargo xtask demo`: weir end to end on this machine. Starts three demo endpoints on
-//! loopback, weir with the bundled config (deploy/examples/demo.toml), and a demo workload in
-//! its own cgroup (under the cgroup v2 mount found in /proc/self/mountinfo) that dials the
-//! service VIP 127.10.0.1:80; eBPF steers it through weir. Prints one line per second
-//! (requests, errors, p50/p99, which endpoint answered) until Ctrl-C or `--duration`, then
-//! stops weir and removes the cgroup. Endpoints, client, cgroup and process handling come from
+//! loopback and three gRPC servers (grpcio; the third answers UNAVAILABLE to everything), weir
+//! with the bundled config (deploy/examples/demo.toml), and two demo workloads in their own
+//! cgroup (under the cgroup v2 mount found in /proc/self/mountinfo): one dials the HTTP service
+//! VIP 127.10.0.1:80, a gRPC client (grpcio) dials the gRPC service VIP 127.10.0.2:80; eBPF
+//! steers both through weir. Prints lines per second (requests, errors, p50/p99, which endpoint
+//! answered; weir's RED for both services, gRPC status codes included) until Ctrl-C or
+//! `--duration`, then stops weir and removes the cgroup. Endpoints, client, cgroup and process handling come from
 //! weir-testkit.
 
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use crate::{is_root, root, run, setup};
 const CONFIG: &str = include_str!("../../deploy/examples/demo.toml");
 const ENDPOINTS: [&str; 3] = ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"];
 const VIP: &str = "127.10.0.1:80";
+const GRPC_ENDPOINTS: [&str; 3] = ["127.0.0.1:18084", "127.0.0.1:18085", "127.0.0.1:18086"];
+const GRPC_VIP: &str = "127.10.0.2:80";
 const ADMIN: &str = "127.0.0.1:15000";
 
 #[derive(Args)]
@@ -99,6 +103,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cgroup = Cgroup::try_create(&format!("weir-demo-{}", std::process::id()))?;
     let cgroup_path = cgroup.path.clone();
     let mut cleanup = Cleanup { children: Vec::new(), _cgroup: cgroup };
+    for (i, addr) in GRPC_ENDPOINTS.iter().enumerate() {
+        // The third one is unhealthy: weir retries its UNAVAILABLE elsewhere and ejects it.
+        let unhealthy: &[&str] = if i == 2 { &["--status", "14"] } else { &[] };
+        let child = grpc_server(&format!("g{}", i + 1), addr, unhealthy)?;
+        cleanup.children.push(child);
+    }
 
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir)?;
@@ -131,6 +141,14 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .stdout(Stdio::inherit())
         .spawn()
         .context("starting the demo workload")?;
+    eprintln!("demo: a gRPC workload in the same cgroup calls {GRPC_VIP} (service `greeter`) at 50 calls/s");
+    let mut grpc_client = Command::new(weir_testkit::tools::python());
+    grpc_client
+        .arg(root().join("tests/clients/grpc_client.py"))
+        .args(["loop", GRPC_VIP, "-", "50", &duration.to_string()])
+        .stdout(Stdio::inherit());
+    weir_testkit::cgroup::join_on_exec(&mut grpc_client, &cgroup_path);
+    cleanup.children.push(grpc_client.spawn().context("starting the gRPC workload")?);
     eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
     {
         let (stop, failing) = (stop.clone(), endpoints[2].clone());
@@ -153,6 +171,27 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo workload failed: {status}");
     }
     Ok(())
+}
+
+/// A demo gRPC server (tests/clients/grpc_server.py) called `name` on `addr`, serving once it
+/// has said so.
+fn grpc_server(name: &str, addr: &str, args: &[&str]) -> anyhow::Result<Child> {
+    use std::io::BufRead as _;
+    let port = addr.rsplit(':').next().context("a port")?;
+    let mut child = Command::new(weir_testkit::tools::python())
+        .arg(root().join("tests/clients/grpc_server.py"))
+        .args(["--name", name, "--port", port])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting a demo gRPC server")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if !line.starts_with("port ") {
+        bail!("demo gRPC server {name} did not start on {addr} (in use?)");
+    }
+    Ok(child)
 }
 
 fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
@@ -184,6 +223,7 @@ fn wait_ready(weir: &mut Child) -> anyhow::Result<()> {
 fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
     let start = Instant::now();
     let mut prev: Option<Red> = None;
+    let mut prev_grpc: Option<Grpc> = None;
     let mut chaos = false;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_secs(1)); // the report's pace
@@ -196,7 +236,9 @@ fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
         if r.status != 200 {
             continue;
         }
-        let red = Red::parse(&r.body_string());
+        let text = r.body_string();
+        let red = Red::parse(&text);
+        let grpc = Grpc::parse(&text);
         if let Some(p) = &prev {
             let n = red.requests - p.requests;
             let q =
@@ -213,7 +255,55 @@ fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
                 red.ejected,
             );
         }
+        if let Some(g) = &prev_grpc {
+            let codes: Vec<String> = grpc
+                .codes
+                .iter()
+                .map(|(c, n)| (c, n - g.codes.iter().find(|(k, _)| k == c).map_or(0.0, |(_, v)| *v)))
+                .filter(|(_, n)| *n > 0.0)
+                .map(|(c, n)| format!("{c}={n}"))
+                .collect();
+            println!(
+                "weir   t={:>3}s  greeter (gRPC): grpc-status {}  retries={} endpoints active={} ejected={}",
+                start.elapsed().as_secs(),
+                if codes.is_empty() { "-".to_string() } else { codes.join(" ") },
+                grpc.retries - g.retries,
+                grpc.active,
+                grpc.ejected,
+            );
+        }
         prev = Some(red);
+        prev_grpc = Some(grpc);
+    }
+}
+
+/// The gRPC service's numbers from one scrape: calls by final grpc-status, retries, endpoints.
+struct Grpc {
+    codes: Vec<(String, f64)>,
+    retries: f64,
+    active: f64,
+    ejected: f64,
+}
+
+impl Grpc {
+    fn parse(text: &str) -> Grpc {
+        let mut g = Grpc { codes: Vec::new(), retries: 0.0, active: 0.0, ejected: 0.0 };
+        for line in text.lines().filter(|l| l.contains("service=\"greeter\"")) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let v: f64 = value.parse().unwrap_or(0.0);
+            if let Some(code) =
+                name.strip_prefix("weir_grpc_responses_total").and_then(|n| n.split("grpc_code=\"").nth(1))
+            {
+                g.codes.push((code.trim_end_matches("\"}").to_string(), v));
+            } else if name.starts_with("weir_retries_total") {
+                g.retries += v;
+            } else if name.starts_with("weir_endpoints") && name.contains("state=\"active\"") {
+                g.active = v;
+            } else if name.starts_with("weir_endpoints") {
+                g.ejected += v;
+            }
+        }
+        g
     }
 }
 
