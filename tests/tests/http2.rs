@@ -327,3 +327,22 @@ fn an_upgrade_is_never_retried_once_sent() {
     let total: u64 = eps.iter().map(|e| e.requests()).sum();
     assert!(total >= 3, "{total}");
 }
+
+#[test]
+fn connect_over_http2_is_not_implemented() {
+    let h1 = Endpoint::start("one");
+    let weir = Weir::start(&config(&service("h1web", "127.10.30.16:80", "http", &[h1.addr], ""), None));
+    let out = clients::run(
+        Command::new("nghttp").args([
+            "-v",
+            "-H",
+            ":method: CONNECT",
+            "-H",
+            ":authority: h1web",
+            &format!("http://{}/", weir.proxy),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(out.contains(":status: 501") || out.contains("RST_STREAM"), "{out}");
+    assert_eq!(h1.requests(), 0, "nothing reached the endpoint");
+}

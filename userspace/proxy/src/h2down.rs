@@ -131,6 +131,13 @@ async fn stream(
     let info = RequestInfo::from_h2(&parts);
     let grpc_request =
         parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if parts.method == http::Method::CONNECT {
+        // Tunnels (and RFC 8441's extended CONNECT) are not carried over HTTP/2.
+        let ex =
+            answer(&mut respond, ErrorReason::NotImplemented, Some("CONNECT is not supported"), grpc_request, false);
+        account(ctx, None, peer, started, &info, &ex);
+        return;
+    }
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
