@@ -129,8 +129,7 @@ pub fn log_record() -> LogRecord {
         duration_us: 180,
         upstream_us: 150,
         worker: 0,
-        tcp: false,
-        h2: false,
+        protocol: weir_core::accesslog::LogProtocol::Http,
         grpc_status: None,
     }
 }

@@ -584,7 +584,7 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// A service that also sets every optional field that defaults to unset, so that each of them
 /// serialises as a value whose shape names it (an unset `Option<Duration>` would not say it is
 /// an `_ms` field).
-const ALL_SET: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
+const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
                        endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
                        [access_log]\nring_records = 1024\n";
 
@@ -728,8 +728,7 @@ fn operating_md_documents_every_access_log_field() {
         duration_us: 3,
         upstream_us: 4,
         worker: 1,
-        tcp: false,
-        h2: true,
+        protocol: weir_core::accesslog::LogProtocol::Http2,
         grpc_status: Some(14),
     };
     let mut line = Vec::new();

@@ -4,6 +4,7 @@
 mod cli;
 mod data_path;
 mod deploy;
+mod descriptors;
 mod errors;
 mod http11;
 mod http11_interop;

@@ -17,38 +17,45 @@ pub const SERVICE_BYTES: usize = 64;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 
-/// A bounded inline string.
+/// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
+    /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
+    /// keeps a record within its 432 bytes.
     len: u16,
-    truncated: bool,
     bytes: [u8; N],
 }
 
+/// The bit of [`InlineStr`]'s length that says it was cut.
+const TRUNCATED: u16 = 1 << 15;
+
 impl<const N: usize> InlineStr<N> {
+    const FITS: () = assert!(N < TRUNCATED as usize, "the length and the truncated bit share a u16");
+
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
-        let mut out = InlineStr { len: 0, truncated: s.len() > N, bytes: [0; N] };
+        let () = Self::FITS;
+        let mut out = InlineStr { len: 0, bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16;
+        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
         out
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        &self.bytes[..usize::from(self.len & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.truncated
+        self.len & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, truncated: false, bytes: [0; N] }
+        InlineStr { len: 0, bytes: [0; N] }
     }
 }
 
@@ -91,12 +98,34 @@ pub struct LogRecord {
     pub upstream_us: u64,
     /// Worker that served it.
     pub worker: u16,
-    /// TCP relay rather than HTTP.
-    pub tcp: bool,
-    /// The client spoke HTTP/2.
-    pub h2: bool,
+    /// What the client spoke.
+    pub protocol: LogProtocol,
     /// gRPC: the call's final `grpc-status`.
     pub grpc_status: Option<u8>,
+}
+
+/// What a client spoke, as the access log names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LogProtocol {
+    /// HTTP/1.x (`http`).
+    #[default]
+    Http,
+    /// HTTP/2 (`http2`).
+    Http2,
+    /// A TCP relay (`tcp`).
+    Tcp,
+}
+
+impl LogProtocol {
+    /// The JSON value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogProtocol::Http => "http",
+            LogProtocol::Http2 => "http2",
+            LogProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -138,11 +167,7 @@ impl LogRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"protocol\":");
-        out.extend_from_slice(match (self.tcp, self.h2) {
-            (true, _) => b"\"tcp\"",
-            (false, true) => b"\"http2\"",
-            (false, false) => b"\"http\"",
-        });
+        json_str(out, self.protocol.as_str().as_bytes());
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_bytes());
         out.extend_from_slice(b",\"authority\":");
@@ -216,8 +241,7 @@ mod tests {
             duration_us: 1500,
             upstream_us: 0,
             worker: 1,
-            tcp: false,
-            h2: false,
+            protocol: LogProtocol::Http,
             grpc_status: None,
         }
     }

@@ -336,6 +336,13 @@ pub struct StatsShard {
     /// Slots are never removed, so counters stay monotonic for Prometheus.
     slots: Vec<Slot>,
     index: HashMap<Arc<str>, usize>,
+    /// The worker's counters that belong to no service.
+    pub counters: WorkerCounters,
+}
+
+/// A worker's counters that belong to no service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
     /// Downstream connections refused at the connection limit.
     pub connections_refused: u64,
     /// Requests that matched no service.
@@ -343,6 +350,22 @@ pub struct StatsShard {
     /// Client connections closed because a write to them made no progress for the downstream
     /// write timeout (the client stopped reading).
     pub downstream_write_timeouts: u64,
+    /// Connects to endpoints that failed on weir's own limits (descriptors, memory, ports):
+    /// answered `overloaded`, never blamed on the endpoint.
+    pub local_connect_errors: u64,
+    /// Accepts that failed (descriptors, memory); the listener backs off.
+    pub accept_errors: u64,
+}
+
+impl WorkerCounters {
+    /// Adds `other` (another worker's) to these.
+    pub fn add(&mut self, other: &WorkerCounters) {
+        self.connections_refused += other.connections_refused;
+        self.unrouted += other.unrouted;
+        self.downstream_write_timeouts += other.downstream_write_timeouts;
+        self.local_connect_errors += other.local_connect_errors;
+        self.accept_errors += other.accept_errors;
+    }
 }
 
 impl StatsShard {
@@ -405,12 +428,7 @@ impl StatsShard {
             };
             services.push((slot.name.clone(), copy));
         }
-        Published {
-            services,
-            connections_refused: self.connections_refused,
-            unrouted: self.unrouted,
-            downstream_write_timeouts: self.downstream_write_timeouts,
-        }
+        Published { services, counters: self.counters }
     }
 
     /// Services with a slot (counted or not).
@@ -439,11 +457,7 @@ pub struct Published {
     /// Every service counted on the worker so far.
     pub services: Vec<(Arc<str>, Arc<ServiceStats>)>,
     /// As in [`StatsShard`].
-    pub connections_refused: u64,
-    /// As in [`StatsShard`].
-    pub unrouted: u64,
-    /// As in [`StatsShard`].
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 /// Every worker's published stats merged by service (a scrape).
@@ -452,11 +466,7 @@ pub struct Merged {
     services: Vec<(Arc<str>, ServiceStats)>,
     index: HashMap<Arc<str>, usize>,
     /// Summed over workers.
-    pub connections_refused: u64,
-    /// Summed over workers.
-    pub unrouted: u64,
-    /// Summed over workers.
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 impl Merged {
@@ -473,9 +483,7 @@ impl Merged {
                     }
                 }
             }
-            out.connections_refused += shard.connections_refused;
-            out.unrouted += shard.unrouted;
-            out.downstream_write_timeouts += shard.downstream_write_timeouts;
+            out.counters.add(&shard.counters);
         }
         out
     }

@@ -187,7 +187,7 @@ async fn handle(
         };
         match index.map(|i| state.scope(i)) {
             None => {
-                state.telemetry.shard.unrouted += 1;
+                state.telemetry.shard.counters.unrouted += 1;
                 Err((None, ErrorReason::NoRoute))
             }
             Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),

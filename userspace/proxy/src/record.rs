@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogRecord, METHOD_BYTES, PATH_BYTES};
+use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, PATH_BYTES};
 use weir_core::stats::RequestRecord;
 
 use crate::ctx::Ctx;
@@ -56,7 +56,7 @@ pub(crate) fn account(
     let duration = started.elapsed();
     let mut state = ctx.state.borrow_mut();
     if ex.write_timeout {
-        state.telemetry.shard.downstream_write_timeouts += 1;
+        state.telemetry.shard.counters.downstream_write_timeouts += 1;
     }
     if let Some(stats) = scope.and_then(|s| state.stats(s)) {
         stats.record(&RequestRecord {
@@ -89,8 +89,7 @@ pub(crate) fn account(
             duration_us: duration.as_micros() as u64,
             upstream_us: ex.upstream_us,
             worker: ctx.worker as u16,
-            tcp: false,
-            h2: ex.h2,
+            protocol: if ex.h2 { LogProtocol::Http2 } else { LogProtocol::Http },
             grpc_status: ex.grpc,
         });
     }

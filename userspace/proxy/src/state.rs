@@ -419,6 +419,9 @@ impl WorkerState {
                 None => a.balancer.on_cancel(picked.index),
             }
         }
+        if *outcome == Outcome::LocalResource {
+            self.telemetry.local_connect_error(scope.name(), picked.addr, now);
+        }
         self.report_health(scope, picked, outcome, now_ms);
     }
 

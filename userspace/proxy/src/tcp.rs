@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{InlineStr, LogRecord};
+use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason};
 
@@ -28,7 +28,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
     };
     let Some((scope, idle)) = resolved else {
         // Unknown destination: a TCP client gets its connection closed.
-        ctx.state.borrow_mut().telemetry.shard.unrouted += 1;
+        ctx.state.borrow_mut().telemetry.shard.counters.unrouted += 1;
         return;
     };
     let (attempts, connect_timeout) = (scope.config().retry.attempts, scope.config().timeouts.connect);
@@ -95,8 +95,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             bytes_out,
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
-            tcp: true,
-            h2: false,
+            protocol: LogProtocol::Tcp,
             grpc_status: None,
             ..LogRecord::default()
         });

@@ -28,6 +28,9 @@ use crate::telemetry::WorkerTelemetry;
 pub struct StartOptions {
     /// Worker count (already resolved: ≥ 1).
     pub workers: usize,
+    /// Client connections across all workers (already resolved from the config and the
+    /// descriptor limit); each worker takes its share.
+    pub max_connections: u32,
     /// Pin worker i to CPU i mod CPUs.
     pub pin: bool,
     /// Per-worker telemetry (stats shard + log ring producer), one per worker, in order.
@@ -71,13 +74,15 @@ impl Workers {
             let core = if opts.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
             let telemetry = telemetry.next().unwrap_or_default();
             let hook = opts.on_thread_start.clone();
+            let max_connections = opts.max_connections;
             let (drain_tx, drain_rx) = futures_channel::oneshot::channel::<()>();
             drain_senders.push(drain_tx);
             let thread = std::thread::Builder::new().name(format!("weir-worker-{id}")).spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, core.map(|c| c.id), shared, telemetry, drain_rx, ready_tx, hook);
+                let start = WorkerStart { id, cpu: core.map(|c| c.id), max_connections, hook };
+                run_worker(start, shared, telemetry, drain_rx, ready_tx);
             })?;
             threads.push(thread);
         }
@@ -144,15 +149,23 @@ impl Worker {
     }
 }
 
-fn run_worker(
+/// What a worker thread starts with.
+struct WorkerStart {
     id: usize,
     cpu: Option<usize>,
+    /// All workers' connection limit.
+    max_connections: u32,
+    hook: Option<ThreadHook>,
+}
+
+fn run_worker(
+    start: WorkerStart,
     shared: Arc<Shared>,
     telemetry: WorkerTelemetry,
     drain_rx: futures_channel::oneshot::Receiver<()>,
     ready_tx: std::sync::mpsc::Sender<io::Result<()>>,
-    hook: Option<ThreadHook>,
 ) {
+    let WorkerStart { id, cpu, max_connections, hook } = start;
     let runtime = match Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -184,7 +197,7 @@ fn run_worker(
             (hook.0)(id);
         }
         let workers = snapshot.workers.max(1);
-        let max_connections = (snapshot.config.proxy.max_connections as usize).div_ceil(workers);
+        let max_connections = (max_connections as usize).div_ceil(workers);
         let worker = Rc::new(Worker {
             ctx: Ctx::new(id, WorkerState::new(snapshot, id, telemetry), shared.clone()),
             connections: Cell::new(0),
@@ -223,18 +236,35 @@ fn run_worker(
     });
 }
 
+/// The first pause after a failed accept…
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// …doubling up to this.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn accept_loop(worker: &Rc<Worker>, listener: &Listener) {
     use futures_util::future::{Either, select};
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accept = std::pin::pin!(listener.accept());
         let drained = std::pin::pin!(worker.ctx.drain.clone().wait());
         let (conn, peer) = match select(accept, drained).await {
             Either::Right(_) => return,
-            Either::Left((Ok(c), _)) => c,
+            Either::Left((Ok(c), _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                c
+            }
+            // The client gave up before we took it: nothing to do.
+            Either::Left((Err(e), _)) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
             Either::Left((Err(e), _)) => {
-                // EMFILE/ENFILE/ECONNABORTED: log and keep accepting after a short pause.
-                tracing::warn!(worker = worker.ctx.worker, "accept failed: {e}");
-                crate::io::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors or memory: the connection stays queued in the kernel while
+                // weir backs off (doubling, up to a second) instead of spinning on the error.
+                worker.ctx.state.borrow_mut().telemetry.accept_error(worker.ctx.worker, &e, Instant::now());
+                let drained = std::pin::pin!(worker.ctx.drain.clone().wait());
+                let pause = std::pin::pin!(crate::io::sleep(backoff));
+                if let Either::Right(_) = select(pause, drained).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };

@@ -238,6 +238,31 @@ fn bound_addr(socket: &socket2::Socket) -> anyhow::Result<SocketAddr> {
     socket.local_addr()?.as_socket().context("the reserved proxy port has no IP address")
 }
 
+/// Raises the open-files limit to its hard limit and fits `max_connections` into it (warning
+/// when a configured value does not fit).
+fn descriptor_plan(config: &Config, workers: usize) -> crate::fds::FdPlan {
+    let limit = match crate::fds::raise_nofile() {
+        Ok((before, now)) => {
+            if before < now {
+                tracing::info!(from = before, to = now, "raised the open-files limit to its hard limit");
+            }
+            now
+        }
+        Err(e) => {
+            let soft = crate::fds::nofile().map_or(1024, |(soft, _)| soft);
+            tracing::warn!(limit = soft, "cannot raise the open-files limit: {e}");
+            soft
+        }
+    };
+    let plan = crate::fds::plan(config.proxy.max_connections, workers, limit);
+    if plan.fits() {
+        tracing::info!("{}", plan.summary());
+    } else {
+        tracing::warn!("{}", plan.summary());
+    }
+    plan
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -280,6 +305,7 @@ impl App {
         // A memory limit too small for the config stops weir here, not hours later at the
         // first burst of traffic.
         let memory = crate::memory::plan(&config, workers, crate::memory::cgroup_memory_limit())?;
+        let fds = descriptor_plan(&config, workers);
         // The admin listener is bound next: a second weir with the same config stops here,
         // before it touches the kernel.
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
@@ -328,8 +354,11 @@ impl App {
                 }
             }))
         });
-        let started = Workers::start(shared.clone(), StartOptions { workers, pin: true, telemetry, on_thread_start })
-            .context("starting proxy workers")?;
+        let started = Workers::start(
+            shared.clone(),
+            StartOptions { workers, max_connections: fds.max_connections, pin: true, telemetry, on_thread_start },
+        )
+        .context("starting proxy workers")?;
         drop(proxy_port);
         let mut steering = steering;
         if let Some(s) = steering.as_mut() {

@@ -72,6 +72,15 @@ pub fn main() -> ExitCode {
                             if c.services.len() == 1 { "" } else { "s" }
                         );
                         println!("{}", memory.summary());
+                        // weir raises its soft limit to the hard one at start: plan for that.
+                        let hard = crate::fds::nofile().map_or(1024, |(_, hard)| hard);
+                        let workers = crate::app::resolve_workers(&c);
+                        let fds = crate::fds::plan(c.proxy.max_connections, workers, hard);
+                        if fds.fits() {
+                            println!("{}", fds.summary());
+                        } else {
+                            eprintln!("{}: warning: {}", config.display(), fds.summary());
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

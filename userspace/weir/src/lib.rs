@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod app;
 mod bpf_sys;
 pub mod cli;
+pub mod fds;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

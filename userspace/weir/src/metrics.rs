@@ -33,6 +33,7 @@ pub mod names {
     pub const CONNECTIONS_REFUSED: &str = "weir_downstream_connections_refused_total";
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
     pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
+    pub const LOCAL_RESOURCE: &str = "weir_local_resource_errors_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -187,15 +188,22 @@ pub fn render(control: &Control) -> String {
     o.family(DOWNSTREAM_CONNECTIONS, "gauge", "Open client connections.");
     o.sample(DOWNSTREAM_CONNECTIONS, &[], control.shared.downstream_connections.load(Ordering::Relaxed));
     o.family(CONNECTIONS_REFUSED, "counter", "Client connections closed at once because max_connections was reached.");
-    o.sample(CONNECTIONS_REFUSED, &[], stats.connections_refused);
+    o.sample(CONNECTIONS_REFUSED, &[], stats.counters.connections_refused);
     o.family(UNROUTED, "counter", "Requests or connections that matched no service.");
-    o.sample(UNROUTED, &[], stats.unrouted);
+    o.sample(UNROUTED, &[], stats.counters.unrouted);
     o.family(
         WRITE_TIMEOUTS,
         "counter",
         "Client connections closed (with their upstream connection) because a write to the client made no progress for downstream_write_timeout_ms.",
     );
-    o.sample(WRITE_TIMEOUTS, &[], stats.downstream_write_timeouts);
+    o.sample(WRITE_TIMEOUTS, &[], stats.counters.downstream_write_timeouts);
+    o.family(
+        LOCAL_RESOURCE,
+        "counter",
+        "Connects and accepts that failed on weir's own limits (file descriptors, memory, local ports), by operation; never counted against an endpoint.",
+    );
+    o.sample(LOCAL_RESOURCE, &[("op", "connect")], stats.counters.local_connect_errors);
+    o.sample(LOCAL_RESOURCE, &[("op", "accept")], stats.counters.accept_errors);
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,
