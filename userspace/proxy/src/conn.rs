@@ -57,7 +57,8 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 // (already read) read again by the HTTP/2 server.
                 let Downstream { conn, buf, peer } = down;
                 match conn.into_poll_io_after(buf) {
-                    Ok(io) => crate::h2down::serve(ctx, io, peer, route).await,
+                    // Boxed: an HTTP/1.1 connection must not carry the HTTP/2 server's state.
+                    Ok(io) => Box::pin(crate::h2down::serve(ctx, io, peer, route)).await,
                     Err(e) => tracing::warn!(%peer, "cannot serve HTTP/2 on this connection: {e}"),
                 }
                 return;

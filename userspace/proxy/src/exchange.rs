@@ -177,7 +177,10 @@ async fn stream_response(
     wbuf.clear();
     let framing = http::write_response_head(resp, ubuf, wbuf, &[(b"via", via(resp.minor))], plan.client_version, close);
     ex.status = resp.code;
-    let reusable = resp.keep_alive && resp.body != BodyFraming::CloseDelimited && !r.early;
+    // Not after a HEAD: an endpoint that wrongly sends the body anyway, a moment later, would
+    // have it read as the next client's response (a peek before reuse cannot see bytes that are
+    // still on their way).
+    let reusable = resp.keep_alive && resp.body != BodyFraming::CloseDelimited && !r.early && !plan.is_head;
     let mut upstream_framing = resp.body;
     ubuf.drain(..resp.head_len);
     // A small body that already arrived with the head goes out in the same write.

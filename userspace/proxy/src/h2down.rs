@@ -384,7 +384,9 @@ async fn relay_h1(
     let head = bridge::h1_response_to_h2(&bufs.resp, &bufs.ubuf);
     ex.status = bufs.resp.code;
     let framing = bufs.resp.body;
-    let reusable = bufs.resp.keep_alive && framing != crate::http::BodyFraming::CloseDelimited && !early;
+    // Not after a HEAD (see `exchange::stream_response`).
+    let reusable =
+        bufs.resp.keep_alive && framing != crate::http::BodyFraming::CloseDelimited && !early && !plan.is_head;
     bufs.ubuf.drain(..bufs.resp.head_len);
     let no_body = matches!(framing, crate::http::BodyFraming::None | crate::http::BodyFraming::ContentLength(0));
     let mut send = match respond.send_response(head, no_body) {
