@@ -101,6 +101,41 @@ impl RetryReason {
     }
 }
 
+/// Why weir closed an HTTP/2 client connection for its behaviour (the `reason` label of
+/// `weir_http2_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Http2Close {
+    /// The frame-rate guard: too many frames that do no work (PING, SETTINGS, RST_STREAM,
+    /// PRIORITY, empty DATA, implausible WINDOW_UPDATE).
+    ControlFlood,
+    /// The HTTP/2 server's own abuse limits (`ENHANCE_YOUR_CALM`): streams reset before they
+    /// were accepted (rapid reset), too many CONTINUATION frames, too many streams reset for
+    /// the client's errors, a header list far over the limit.
+    EnhanceYourCalm,
+    /// Any other connection error the client caused (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
+    /// `COMPRESSION_ERROR`, `FRAME_SIZE_ERROR`, …).
+    ProtocolError,
+    /// The client did not take its GOAWAY (or answer its PING) in time after weir began to
+    /// close the connection: it was closed without waiting any longer.
+    GoawayTimeout,
+}
+
+impl Http2Close {
+    /// Every reason, in label order.
+    pub const ALL: [Http2Close; 4] =
+        [Http2Close::ControlFlood, Http2Close::EnhanceYourCalm, Http2Close::ProtocolError, Http2Close::GoawayTimeout];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Http2Close::ControlFlood => "control-flood",
+            Http2Close::EnhanceYourCalm => "enhance-your-calm",
+            Http2Close::ProtocolError => "protocol-error",
+            Http2Close::GoawayTimeout => "goaway-timeout",
+        }
+    }
+}
+
 /// What one finished request reports, whatever its protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
@@ -343,9 +378,17 @@ pub struct StatsShard {
     /// Client connections closed because a write to them made no progress for the downstream
     /// write timeout (the client stopped reading).
     pub downstream_write_timeouts: u64,
+    /// HTTP/2 client connections weir closed for their behaviour, by [`Http2Close`] (index:
+    /// the reason's place in [`Http2Close::ALL`]).
+    pub http2_closed: [u64; Http2Close::ALL.len()],
 }
 
 impl StatsShard {
+    /// Counts an HTTP/2 connection closed for `reason`.
+    pub fn http2_closed(&mut self, reason: Http2Close) {
+        self.http2_closed[reason as usize] += 1;
+    }
+
     /// The slot of `service`, created on first use (a name, no stats yet). Call when a
     /// snapshot arrives, not per request.
     pub fn slot(&mut self, service: &str) -> usize {
@@ -410,6 +453,7 @@ impl StatsShard {
             connections_refused: self.connections_refused,
             unrouted: self.unrouted,
             downstream_write_timeouts: self.downstream_write_timeouts,
+            http2_closed: self.http2_closed,
         }
     }
 
@@ -444,6 +488,8 @@ pub struct Published {
     pub unrouted: u64,
     /// As in [`StatsShard`].
     pub downstream_write_timeouts: u64,
+    /// As in [`StatsShard`].
+    pub http2_closed: [u64; Http2Close::ALL.len()],
 }
 
 /// Every worker's published stats merged by service (a scrape).
@@ -457,6 +503,8 @@ pub struct Merged {
     pub unrouted: u64,
     /// Summed over workers.
     pub downstream_write_timeouts: u64,
+    /// Summed over workers.
+    pub http2_closed: [u64; Http2Close::ALL.len()],
 }
 
 impl Merged {
@@ -476,6 +524,9 @@ impl Merged {
             out.connections_refused += shard.connections_refused;
             out.unrouted += shard.unrouted;
             out.downstream_write_timeouts += shard.downstream_write_timeouts;
+            for (sum, n) in out.http2_closed.iter_mut().zip(shard.http2_closed) {
+                *sum += n;
+            }
         }
         out
     }
@@ -577,6 +628,20 @@ mod tests {
         assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
         assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
         assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn http2_closes_are_counted_by_reason_and_summed_over_workers() {
+        let (mut a, mut b) = (StatsShard::default(), StatsShard::default());
+        a.http2_closed(Http2Close::ControlFlood);
+        a.http2_closed(Http2Close::GoawayTimeout);
+        b.http2_closed(Http2Close::ControlFlood);
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        let counts: Vec<_> = Http2Close::ALL.iter().map(|r| (r.as_str(), m.http2_closed[*r as usize])).collect();
+        assert_eq!(
+            counts,
+            [("control-flood", 2), ("enhance-your-calm", 0), ("protocol-error", 0), ("goaway-timeout", 1)]
+        );
     }
 
     #[test]

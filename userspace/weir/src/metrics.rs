@@ -33,6 +33,7 @@ pub mod names {
     pub const CONNECTIONS_REFUSED: &str = "weir_downstream_connections_refused_total";
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
     pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
+    pub const HTTP2_CLOSED: &str = "weir_http2_connections_closed_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -196,6 +197,14 @@ pub fn render(control: &Control) -> String {
         "Client connections closed (with their upstream connection) because a write to the client made no progress for downstream_write_timeout_ms.",
     );
     o.sample(WRITE_TIMEOUTS, &[], stats.downstream_write_timeouts);
+    o.family(
+        HTTP2_CLOSED,
+        "counter",
+        "HTTP/2 client connections weir closed for their behaviour: control-frame floods, its HTTP/2 abuse limits (ENHANCE_YOUR_CALM), other protocol errors, a GOAWAY the client never took.",
+    );
+    for reason in weir_core::stats::Http2Close::ALL {
+        o.sample(HTTP2_CLOSED, &[("reason", reason.as_str())], stats.http2_closed[reason as usize]);
+    }
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,
