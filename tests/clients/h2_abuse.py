@@ -11,6 +11,10 @@ prints one result line of `key=value` pairs on stdout for the test to check.
                                  HEADERS + RST_STREAM per stream in a tight loop, reconnecting
                                  whenever weir closes the connection, until STREAMS streams or
                                  SECONDS: connections=, lost=, streams=, goaway=
+  reset-after-accept ADDR HOST N ROUNDS
+                                 ROUNDS times: opens N streams, prints `opened round=R`, waits
+                                 for a line on stdin (the test saw them forwarded), resets them;
+                                 then opens N more: refused=, other=, closed=
   continuation ADDR HOST FRAMES SIZE
                                  HEADERS without END_HEADERS, then up to FRAMES CONTINUATION
                                  frames of SIZE bytes each: frames=, closed=, goaway=, debug=
@@ -22,6 +26,8 @@ prints one result line of `key=value` pairs on stdout for the test to check.
                                  BDP-estimating gRPC clients do): ok=, failed=, goaway=
   zero-window ADDR HOST PATH     SETTINGS_INITIAL_WINDOW_SIZE = 0, then one request: status=,
                                  reset=, data=
+  idle ADDR HOST                 one request, then reads (answering PINGs) until weir closes the
+                                 idle connection: status=, goaway=, closed=
   never-read ADDR HOST PATH      opens every window wide, asks for PATH, then reads nothing until
                                  stdin closes (prints `asked` first); then reads what is left:
                                  bytes=, eof=
@@ -87,7 +93,8 @@ class Frames:
         self.decoder = hpack.Decoder()
         self.goaway = None  # (error code, debug data)
         self.resets, self.statuses, self.data = {}, {}, {}
-        self.closed = False
+        self.closed = False  # the read side ended (EOF, reset)
+        self.broken = False  # a write failed: weir closed; what it wrote before is still to read
 
     def pump(self, block):
         """Reads what is there (waiting up to the socket timeout when `block`); False once the
@@ -98,7 +105,7 @@ class Frames:
         if block:
             self.sock.settimeout(TIMEOUT)
         try:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(1 << 18)
         except (BlockingIOError, InterruptedError):
             return True
         except (ConnectionResetError, BrokenPipeError, socket.timeout):
@@ -120,6 +127,8 @@ class Frames:
             payload, self.buf = self.buf[9 : 9 + length], self.buf[9 + length :]
             if kind == SETTINGS and not flags & 1:
                 self.send(SettingsFrame(0, flags=["ACK"]).serialize())
+            elif kind == PING and not flags & 1:
+                self.send(PingFrame(0, opaque_data=payload, flags=["ACK"]).serialize())
             elif kind == GOAWAY:
                 self.goaway = (struct.unpack(">I", payload[4:8])[0], payload[8:].decode("latin-1"))
             elif kind == DATA:
@@ -142,12 +151,23 @@ class Frames:
         return True
 
     def send(self, data):
+        if self.broken:
+            return False
         try:
             self.sock.sendall(data)
             return True
         except (ConnectionResetError, BrokenPipeError, socket.timeout):
-            self.closed = True
+            self.broken = True
             return False
+
+    def done(self):
+        """Whether the client should stop writing."""
+        return self.closed or self.broken or self.goaway is not None
+
+    def drain(self, deadline):
+        """Reads until the connection ends (or `deadline`)."""
+        while not self.closed and time.monotonic() < deadline:
+            self.pump(True)
 
 
 def handshake(addr, settings=None, rcvbuf=None):
@@ -201,44 +221,38 @@ def cmd_streams(addr, host, n):
     out(ok=ok, refused=refused, other=other)
 
 
-def outcome(conn, s, stream_id):
-    """Reads until stream `stream_id` has a status or a reset, or the connection ends."""
+def wait_outcome(frames, stream):
+    """Reads until `stream` has a status or a reset, or the connection ends."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        try:
-            data = s.recv(1 << 16)
-        except (ConnectionResetError, socket.timeout):
-            return "closed", False
-        if not data:
-            return "closed", False
-        result = None
-        for ev in conn.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == stream_id:
-                result = f"status:{dict(ev.headers).get(':status')}"
-            elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == stream_id and result is None:
-                result = f"reset:{ev.error_code}"
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                return f"goaway:{int(ev.error_code)}", False
-            elif isinstance(ev, h2.events.DataReceived):
-                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-        s.sendall(conn.data_to_send())
-        if result:
-            return result, True
-    return "timeout", False
+        if stream in frames.statuses:
+            return f"status:{frames.statuses[stream]}"
+        if stream in frames.resets:
+            return f"reset:{frames.resets[stream]}"
+        if frames.goaway:
+            return f"goaway:{frames.goaway[0]}"
+        if frames.closed:
+            return "closed"
+        frames.pump(True)
+    return "timeout"
 
 
 def cmd_big_headers(addr, host, size):
-    s = connect(addr)
-    conn = h2_client()
-    conn.initiate_connection()
-    conn.send_headers(1, request_headers(host, "/", extra=[("x-big", "a" * size)]), end_stream=True)
-    s.sendall(conn.data_to_send())
-    first, alive = outcome(conn, s, 1)
+    s, frames = handshake(addr)
+    encoder = hpack.Encoder()
+    # Without Huffman coding (Python's encoder is slow at it), in frames of 16 KiB.
+    block = encoder.encode(request_headers(host, "/", extra=[("x-big", "a" * size)]), huffman=False)
+    chunks = [block[i : i + 16384] for i in range(0, len(block), 16384)]
+    last = len(chunks) - 1
+    data = HeadersFrame(1, chunks[0], flags=["END_STREAM"] + (["END_HEADERS"] if last == 0 else [])).serialize()
+    for i, chunk in enumerate(chunks[1:], 1):
+        data += ContinuationFrame(1, chunk, flags=["END_HEADERS"] if i == last else []).serialize()
+    frames.send(data)
+    first = wait_outcome(frames, 1)
     second = "-"
-    if alive:
-        conn.send_headers(3, request_headers(host, "/"), end_stream=True)
-        s.sendall(conn.data_to_send())
-        second, _ = outcome(conn, s, 3)
+    if first.startswith(("status", "reset")):
+        frames.send(headers_block(host, "/", stream=3, encoder=encoder))
+        second = wait_outcome(frames, 3)
     out(first=first, second=second)
 
 
@@ -252,7 +266,7 @@ def cmd_rapid_reset(addr, host, streams, seconds):
         connections += 1
         encoder = hpack.Encoder()
         stream = 1
-        while sent < streams and time.monotonic() < deadline and not frames.closed:
+        while sent < streams and time.monotonic() < deadline and not frames.done():
             data = b""
             for _ in range(batch):
                 block = encoder.encode(request_headers(host, "/"))
@@ -263,15 +277,40 @@ def cmd_rapid_reset(addr, host, streams, seconds):
                 break
             sent += batch
             frames.pump(False)
-            if frames.goaway:
-                break
-        if frames.goaway or frames.closed:
+        if frames.done():
+            frames.drain(time.monotonic() + 5)
             lost += 1
             code = frames.goaway[0] if frames.goaway else "closed"
             codes[code] = codes.get(code, 0) + 1
         s.close()
     goaway = ",".join(f"{k}:{v}" for k, v in sorted(codes.items(), key=str)) or "-"
     out(connections=connections, lost=lost, streams=sent, goaway=goaway)
+
+
+def cmd_reset_after_accept(addr, host, n, rounds):
+    s, frames = handshake(addr)
+    encoder = hpack.Encoder()
+    stream = 1
+
+    def open_batch():
+        nonlocal stream
+        ids = list(range(stream, stream + 2 * n, 2))
+        stream += 2 * n
+        frames.send(b"".join(headers_block(host, "/", stream=i, encoder=encoder) for i in ids))
+        return ids
+
+    for r in range(rounds):
+        ids = open_batch()
+        frames.pump(False)
+        print(f"opened round={r}", flush=True)
+        sys.stdin.readline()  # the test has seen weir forward them
+        frames.send(b"".join(struct.pack(">I", 4)[1:] + bytes([RST_STREAM, 0]) + struct.pack(">II", i, 8) for i in ids))
+    last = open_batch()
+    deadline = time.monotonic() + TIMEOUT
+    while sum(1 for i in last if i in frames.resets) < n and not frames.done() and time.monotonic() < deadline:
+        frames.pump(True)
+    refused = sum(1 for i in last if frames.resets.get(i) == 7)
+    out(refused=refused, other=sum(1 for i in last if i in frames.resets) - refused, closed=frames.closed)
 
 
 def cmd_continuation(addr, host, frames_max, size):
@@ -290,11 +329,10 @@ def cmd_continuation(addr, host, frames_max, size):
         sent += 1
         if sent % 8 == 0:
             frames.pump(False)
-            if frames.goaway or frames.closed:
+            if frames.done():
                 break
     # Wait for weir's verdict (a GOAWAY, then the close).
-    while not frames.closed and time.monotonic() < deadline:
-        frames.pump(True)
+    frames.drain(deadline)
     code, debug = frames.goaway or ("-", "-")
     out(frames=sent, closed=frames.closed, goaway=code, debug=debug or "-")
 
@@ -321,16 +359,13 @@ def cmd_flood(addr, host, kind, count):
     sent = 0
     batch = 64
     deadline = time.monotonic() + TIMEOUT
-    while sent < count and time.monotonic() < deadline and not frames.closed:
+    while sent < count and time.monotonic() < deadline and not frames.done():
         data = b"".join(flood_frame(kind, sent + i) for i in range(batch))
         if not frames.send(data):
             break
         sent += batch
         frames.pump(False)
-        if frames.goaway:
-            break
-    while not frames.closed and time.monotonic() < deadline:
-        frames.pump(True)
+    frames.drain(deadline)
     out(sent=sent, closed=frames.closed, goaway=frames.goaway[0] if frames.goaway else "-")
 
 
@@ -391,9 +426,17 @@ def cmd_zero_window(addr, host, path):
     s, frames = handshake(addr, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
     frames.send(headers_block(host, path))
     deadline = time.monotonic() + TIMEOUT
-    while 1 not in frames.resets and not frames.closed and time.monotonic() < deadline:
+    while 1 not in frames.resets and not frames.done() and time.monotonic() < deadline:
         frames.pump(True)
     out(status=frames.statuses.get(1, "-"), reset=frames.resets.get(1, "-"), data=frames.data.get(1, 0))
+
+
+def cmd_idle(addr, host):
+    s, frames = handshake(addr)
+    frames.send(headers_block(host, "/"))
+    status = wait_outcome(frames, 1)
+    frames.drain(time.monotonic() + TIMEOUT)
+    out(status=status, goaway=frames.goaway[0] if frames.goaway else "-", closed=frames.closed)
 
 
 def cmd_never_read(addr, host, path):
@@ -427,6 +470,8 @@ def main():
         cmd_big_headers(args[0], args[1], int(args[2]))
     elif cmd == "rapid-reset":
         cmd_rapid_reset(args[0], args[1], int(args[2]), float(args[3]))
+    elif cmd == "reset-after-accept":
+        cmd_reset_after_accept(args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "continuation":
         cmd_continuation(args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "flood":
@@ -435,6 +480,8 @@ def main():
         cmd_busy(args[0], args[1], int(args[2]), args[3])
     elif cmd == "zero-window":
         cmd_zero_window(args[0], args[1], args[2])
+    elif cmd == "idle":
+        cmd_idle(args[0], args[1])
     elif cmd == "never-read":
         cmd_never_read(args[0], args[1], args[2])
     else:

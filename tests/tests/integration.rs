@@ -7,6 +7,7 @@ mod deploy;
 mod errors;
 mod http11;
 mod http11_interop;
+mod http2_abuse;
 mod last_words;
 mod logging;
 mod observability;
