@@ -7,10 +7,11 @@ prints one result line of `key=value` pairs on stdout for the test to check.
                                  (so before it knows the limit): ok=, refused=, other=
   big-headers ADDR HOST SIZE     a request with a SIZE-byte header, then (if the connection
                                  lives) a normal one: first=, second=
-  rapid-reset ADDR HOST STREAMS SECONDS
-                                 HEADERS + RST_STREAM per stream in a tight loop, reconnecting
-                                 whenever weir closes the connection, until STREAMS streams or
-                                 SECONDS: connections=, lost=, streams=, goaway=
+  rapid-reset ADDR HOST STREAMS SECONDS [BATCH]
+                                 HEADERS + RST_STREAM per stream in a tight loop (BATCH pairs per
+                                 write, 16 by default), reconnecting whenever weir closes the
+                                 connection, until STREAMS streams or SECONDS: connections=,
+                                 lost=, streams=, goaway=
   reset-after-accept ADDR HOST N ROUNDS
                                  ROUNDS times: opens N streams, prints `opened round=R`, waits
                                  for a line on stdin (the test saw them forwarded), resets them;
@@ -19,7 +20,8 @@ prints one result line of `key=value` pairs on stdout for the test to check.
                                  HEADERS without END_HEADERS, then up to FRAMES CONTINUATION
                                  frames of SIZE bytes each: frames=, closed=, goaway=, debug=
   flood ADDR HOST KIND COUNT     up to COUNT frames of KIND (ping, settings, priority,
-                                 window-update, empty-data) while reading what weir answers:
+                                 window-update, empty-data, rst: the same stream reset again and
+                                 again) while reading what weir answers:
                                  sent=, closed=, goaway=
   busy ADDR HOST REQUESTS PATH   a well-behaved but chatty client: 8 streams at a time, a
                                  WINDOW_UPDATE for every DATA frame and a PING per response (as
@@ -50,6 +52,7 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     PriorityFrame,
+    RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -256,11 +259,10 @@ def cmd_big_headers(addr, host, size):
     out(first=first, second=second)
 
 
-def cmd_rapid_reset(addr, host, streams, seconds):
+def cmd_rapid_reset(addr, host, streams, seconds, batch):
     deadline = time.monotonic() + seconds
     sent = connections = lost = 0
     codes = {}
-    batch = 16
     while sent < streams and time.monotonic() < deadline:
         s, frames = handshake(addr)
         connections += 1
@@ -348,13 +350,15 @@ def flood_frame(kind, i):
         return WindowUpdateFrame(0, window_increment=1).serialize()
     if kind == "empty-data":
         return DataFrame(1, b"").serialize()
+    if kind == "rst":
+        return RstStreamFrame(1, error_code=8).serialize()
     raise SystemExit(f"unknown flood kind {kind}")
 
 
 def cmd_flood(addr, host, kind, count):
     s, frames = handshake(addr)
-    if kind == "empty-data":
-        # A request whose body never ends: the empty DATA frames are on its stream.
+    if kind in ("empty-data", "rst"):
+        # A request whose body never ends: the empty DATA frames (or the resets) are on its stream.
         frames.send(headers_block(host, "/", "POST", end_stream=False))
     sent = 0
     batch = 64
@@ -469,7 +473,7 @@ def main():
     elif cmd == "big-headers":
         cmd_big_headers(args[0], args[1], int(args[2]))
     elif cmd == "rapid-reset":
-        cmd_rapid_reset(args[0], args[1], int(args[2]), float(args[3]))
+        cmd_rapid_reset(args[0], args[1], int(args[2]), float(args[3]), int(args[4]) if len(args) > 4 else 16)
     elif cmd == "reset-after-accept":
         cmd_reset_after_accept(args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "continuation":

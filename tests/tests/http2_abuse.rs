@@ -221,6 +221,7 @@ fn rapid_reset_costs_the_client_its_connections_not_the_endpoint_or_other_client
     assert!(lost >= 1 && lost + 1 >= connections, "weir did not close the abusive connections: {r:?}");
     // The bystander's requests are the endpoint's only other ones.
     let abusive = ep.requests() - bystander;
+    eprintln!("{abusive} of {streams} reset streams reached the endpoint; the bystander made {bystander} requests");
     assert!(abusive <= 100, "{abusive} of {streams} reset streams reached the endpoint");
     // Each lost connection was closed by weir for a reason it counts.
     eventually(Duration::from_secs(5), "every closed connection counted", || {
@@ -255,7 +256,7 @@ fn control_frame_floods_cost_the_flooder_its_connection() {
     let weir = Weir::start(&one_service(46, &[ep.addr], "", ""));
     let addr = weir.proxy.to_string();
     let by = Bystander::start(weir.proxy);
-    let kinds = ["ping", "settings", "priority", "window-update", "empty-data"];
+    let kinds = ["ping", "settings", "priority", "window-update", "rst", "empty-data"];
     let ((), bystander) = by.check_served_during(|| {
         for (i, kind) in kinds.iter().enumerate() {
             let r = h2_abuse(&["flood", &addr, "s", kind, "100000"]);
@@ -269,8 +270,8 @@ fn control_frame_floods_cost_the_flooder_its_connection() {
             });
         }
     });
-    // At most the flood's POST (empty-data) reached the endpoint beside the bystander's requests.
-    assert!(ep.requests() <= bystander + 1, "{} requests beside the bystander's {bystander}", ep.requests());
+    // At most the floods' POSTs (rst, empty-data) reached the endpoint beside the bystander's.
+    assert!(ep.requests() <= bystander + 2, "{} requests beside the bystander's {bystander}", ep.requests());
 }
 
 #[test]

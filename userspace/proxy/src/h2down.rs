@@ -64,7 +64,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         // Streams weir resets for the client's errors before it gives up on the connection.
         .max_local_error_reset_streams(Some(256))
         .max_send_buffer_size(256 * 1024)
-        .handshake::<_, Bytes>(Guarded::new(io, verdict.clone()));
+        .handshake::<_, Bytes>(Guarded::new(io, max_streams, verdict.clone()));
     let mut conn = match crate::io::until(Instant::now() + header_timeout, handshake).await {
         Some(Ok(c)) => c,
         _ => return,

@@ -8,20 +8,23 @@
 //! bucket is empty the read fails: h2 sees an I/O error, the connection closes, and the
 //! flooder alone pays ([`Verdict`] tells the connection why, for the metric).
 //!
-//! What costs (see [`inbound_cost`]): SETTINGS, RST_STREAM, GOAWAY and DATA carrying nothing
-//! without END_STREAM take a token each. PING, WINDOW_UPDATE, PRIORITY and unknown extension
-//! frames are paid first from credit the connection earns as weir sends it response frames
-//! (HEADERS, DATA with data): real clients send window updates as they consume data and
-//! BDP-estimating clients (gRPC) a PING per burst of data received, so those frames are
-//! plausible in proportion to what weir sent; beyond the credit they take tokens too. HEADERS
-//! and CONTINUATION are bounded by h2 itself (concurrent streams, header list size, the
-//! CONTINUATION count, streams reset before they were accepted).
+//! What costs (see [`inbound_cost`]): SETTINGS, GOAWAY and DATA carrying nothing without
+//! END_STREAM take a token each. PING, WINDOW_UPDATE, PRIORITY and unknown extension frames are
+//! paid first from credit the connection earns as weir sends it response frames (HEADERS,
+//! DATA with data): real clients send window updates as they consume data and BDP-estimating
+//! clients (gRPC) a PING per burst of data received, so those frames are plausible in
+//! proportion to what weir sent; beyond the credit they take tokens too. An RST_STREAM is free
+//! for each stream the client opened (a cancelled call, a deadline: up to the stream limit
+//! saved up), a token beyond. Streams themselves (HEADERS, CONTINUATION) are bounded by h2
+//! (concurrent streams, header list size, the CONTINUATION count, streams reset before they
+//! were accepted) and by h2down (streams still running after their reset), not here.
 //!
 //! The numbers ([`BURST`] tokens at once, [`RATE_PER_SEC`] a second after that,
-//! [`CREDIT_PER_FRAME`] per response frame) leave real clients far below the limit: grpcio,
-//! grpc-go, grpc-js, curl, nghttp and h2load send a handful of SETTINGS and PRIORITY frames per
-//! connection, window updates and BDP pings with the data they receive, and RST_STREAM only
-//! for calls they cancel.
+//! [`CREDIT_PER_FRAME`] per response frame, a reset per stream opened) leave real clients far
+//! below the limit: grpcio, grpc-go, grpc-js, curl, nghttp and h2load send a handful of
+//! SETTINGS and PRIORITY frames per connection, window updates and BDP pings with the data they
+//! receive, and one RST_STREAM per call they cancel; a flood of work-free frames at wire speed
+//! still ends within a millisecond or so.
 //!
 //! Must not: allocate or buffer (it looks at bytes as they pass), read the clock for frames
 //! that cost nothing, or change a byte.
@@ -151,6 +154,8 @@ pub(crate) enum Cost {
     Free,
     /// Plausible in proportion to what weir sent: paid from credit, else a token.
     Credit,
+    /// A stream reset: free once for each stream the client opened, else a token.
+    Reset,
     /// A token.
     Token,
 }
@@ -161,7 +166,8 @@ pub(crate) fn inbound_cost(f: &Frame) -> Cost {
         DATA if f.data == 0 && f.flags & END_STREAM == 0 => Cost::Token,
         DATA | HEADERS | CONTINUATION | PUSH_PROMISE => Cost::Free,
         SETTINGS if f.flags & ACK != 0 => Cost::Free,
-        SETTINGS | RST_STREAM | GOAWAY => Cost::Token,
+        SETTINGS | GOAWAY => Cost::Token,
+        RST_STREAM => Cost::Reset,
         PING | WINDOW_UPDATE | PRIORITY => Cost::Credit,
         _ => Cost::Credit,
     }
@@ -195,24 +201,40 @@ impl Bucket {
     }
 }
 
-/// A connection's budget: the bucket and the credit earned.
-#[derive(Debug, Default)]
+/// A connection's budget: the bucket, the credit earned, the resets owed.
+#[derive(Debug)]
 pub(crate) struct Budget {
     bucket: Bucket,
     credit: u32,
+    /// Streams the client opened and may still reset for free…
+    resets: u32,
+    /// …at most this many (the connection's stream limit).
+    resets_max: u32,
 }
 
 impl Budget {
+    /// The budget of a connection allowing `max_streams` concurrent streams.
+    pub fn new(max_streams: u32) -> Budget {
+        Budget { bucket: Bucket::default(), credit: 0, resets: 0, resets_max: max_streams }
+    }
+
     /// Charges the client's frame `f`; false when it is over the limit. `now` is read once, and
     /// only when a token is needed.
     pub fn charge(&mut self, f: &Frame, now: &mut impl FnMut() -> Instant) -> bool {
+        if f.kind == HEADERS {
+            self.resets = (self.resets + 1).min(self.resets_max);
+        }
         match inbound_cost(f) {
             Cost::Free => true,
             Cost::Credit if self.credit > 0 => {
                 self.credit -= 1;
                 true
             }
-            Cost::Credit | Cost::Token => self.bucket.take(now()),
+            Cost::Reset if self.resets > 0 => {
+                self.resets -= 1;
+                true
+            }
+            Cost::Credit | Cost::Reset | Cost::Token => self.bucket.take(now()),
         }
     }
 
@@ -286,13 +308,14 @@ pub(crate) struct Guarded {
 }
 
 impl Guarded {
-    /// Guards `io` (which starts with the client's preface); `verdict` learns if it trips.
-    pub fn new(io: PollIo, verdict: Verdict) -> Guarded {
+    /// Guards `io` (which starts with the client's preface) of a connection allowing
+    /// `max_streams` concurrent streams; `verdict` learns if it trips.
+    pub fn new(io: PollIo, max_streams: u32, verdict: Verdict) -> Guarded {
         Guarded {
             io,
             inbound: FrameTracker::client_to_server(),
             outbound: FrameTracker::server_to_client(),
-            budget: Budget::default(),
+            budget: Budget::new(max_streams),
             verdict,
         }
     }
@@ -425,7 +448,7 @@ mod tests {
         assert_eq!(inbound_cost(&f(CONTINUATION, 0, 0)), Cost::Free);
         assert_eq!(inbound_cost(&f(SETTINGS, 0, 0)), Cost::Token);
         assert_eq!(inbound_cost(&f(SETTINGS, ACK, 0)), Cost::Free);
-        assert_eq!(inbound_cost(&f(RST_STREAM, 0, 0)), Cost::Token);
+        assert_eq!(inbound_cost(&f(RST_STREAM, 0, 0)), Cost::Reset);
         assert_eq!(inbound_cost(&f(GOAWAY, 0, 0)), Cost::Token);
         assert_eq!(inbound_cost(&f(PING, 0, 0)), Cost::Credit);
         assert_eq!(inbound_cost(&f(PING, ACK, 0)), Cost::Credit);
@@ -457,7 +480,7 @@ mod tests {
     fn response_frames_earn_credit_for_pings_and_window_updates() {
         let t0 = Instant::now();
         let mut now = || t0;
-        let mut budget = Budget::default();
+        let mut budget = Budget::new(100);
         let ping = Frame { kind: PING, flags: 0, len: 8, stream: 0, data: 0 };
         let rst = Frame { kind: RST_STREAM, flags: 0, len: 4, stream: 1, data: 0 };
         // 10 000 DATA frames sent earn 40 000 pings and window updates (up to the cap).
@@ -468,7 +491,7 @@ mod tests {
         assert!((0..CREDIT_MAX + BURST).all(|_| budget.charge(&ping, &mut now)));
         assert!(!budget.charge(&ping, &mut now), "credit and bucket both spent");
         // Credit never pays for a reset.
-        let mut budget = Budget::default();
+        let mut budget = Budget::new(100);
         budget.earn(&Frame { kind: HEADERS, flags: 0, len: 3, stream: 1, data: 0 });
         assert!((0..BURST).all(|_| budget.charge(&rst, &mut now)));
         assert!(!budget.charge(&rst, &mut now));
@@ -476,8 +499,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_is_free_once_for_each_stream_opened_up_to_the_stream_limit() {
+        let t0 = Instant::now();
+        let mut now = || t0;
+        let mut budget = Budget::new(10);
+        let headers = Frame { kind: HEADERS, flags: 0x5, len: 3, stream: 1, data: 0 };
+        let rst = Frame { kind: RST_STREAM, flags: 0, len: 4, stream: 1, data: 0 };
+        // 20 000 calls, each cancelled: never a token.
+        for _ in 0..20_000 {
+            assert!(budget.charge(&headers, &mut now) && budget.charge(&rst, &mut now));
+        }
+        assert!((0..BURST).all(|_| budget.charge(&rst, &mut now)), "the bucket is still full");
+        assert!(!budget.charge(&rst, &mut now));
+        // Streams opened earn at most the stream limit in resets.
+        let mut budget = Budget::new(10);
+        assert!((0..1000).all(|_| budget.charge(&headers, &mut now)));
+        assert!((0..10 + BURST).all(|_| budget.charge(&rst, &mut now)));
+        assert!(!budget.charge(&rst, &mut now));
+    }
+
+    #[test]
     fn free_frames_never_read_the_clock() {
-        let mut budget = Budget::default();
+        let mut budget = Budget::new(100);
         let mut now = || -> Instant { panic!("the clock was read for a free frame") };
         let (bytes, _) = client_stream();
         let mut t = FrameTracker::client_to_server();
