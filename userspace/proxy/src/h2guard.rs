@@ -26,8 +26,9 @@
 //! receive, and one RST_STREAM per call they cancel; a flood of work-free frames at wire speed
 //! still ends within a millisecond or so.
 //!
-//! Must not: allocate or buffer (it looks at bytes as they pass), read the clock for frames
-//! that cost nothing, or change a byte.
+//! Must not: allocate (its state is a few words per connection, the shared [`Verdict`] made
+//! once by the caller), buffer (it looks at bytes as they pass), read the clock for frames that
+//! cost nothing, or change a byte.
 
 use std::cell::Cell;
 use std::io;
