@@ -9,6 +9,7 @@ mod errors;
 mod http11;
 mod http11_interop;
 mod http2;
+mod http2_abuse;
 mod last_words;
 mod logging;
 mod observability;

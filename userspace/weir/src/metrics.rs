@@ -34,6 +34,7 @@ pub mod names {
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
     pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
     pub const LOCAL_RESOURCE: &str = "weir_local_resource_errors_total";
+    pub const HTTP2_CLOSED: &str = "weir_http2_connections_closed_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -204,6 +205,14 @@ pub fn render(control: &Control) -> String {
     );
     o.sample(LOCAL_RESOURCE, &[("op", "connect")], stats.counters.local_connect_errors);
     o.sample(LOCAL_RESOURCE, &[("op", "accept")], stats.counters.accept_errors);
+    o.family(
+        HTTP2_CLOSED,
+        "counter",
+        "HTTP/2 client connections weir closed for their behaviour: control-frame floods, its HTTP/2 abuse limits (ENHANCE_YOUR_CALM), other protocol errors, a GOAWAY the client never took.",
+    );
+    for reason in weir_core::stats::Http2Close::ALL {
+        o.sample(HTTP2_CLOSED, &[("reason", reason.as_str())], stats.counters.http2_closed[reason as usize]);
+    }
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,
