@@ -1,7 +1,8 @@
-//! Wiring and lifecycle: start (config → eBPF maps → workers → eBPF links → admin thread),
-//! reload (SIGHUP or a change of the config file), drain on SIGTERM/SIGINT. Owns the order in
-//! which things start and stop. Must not: run on a worker core's path; reloads build the new
-//! snapshot here and publish it in one atomic swap.
+//! Wiring and lifecycle: start (config → [a takeover: the running weir's sockets] → eBPF maps →
+//! workers → eBPF links → admin thread → hand-off socket), reload (SIGHUP or a change of the
+//! config file), drain on SIGTERM/SIGINT, and the drain of a weir that was taken over. Owns the
+//! order in which things start and stop (a takeover's steps: `takeover.rs`). Must not: run on a
+//! worker core's path; reloads build the new snapshot here and publish it in one atomic swap.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,9 +17,11 @@ use weir_core::config::Config;
 use weir_core::stats::StatsShard;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
+use crate::admin::AdminServer;
 use crate::shipper::Shipper;
-
 use crate::steering::Steering;
+use crate::takeover::new::{Inheritance, Predecessor};
+use crate::takeover::{Handoff, Inherited, Shutdown};
 
 /// Reading the config file failed before it could be checked, or it is not a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +88,46 @@ pub struct Control {
     pub shipper: Mutex<Option<Shipper>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
+    /// Counters inherited from the weir this one took over (and those before it).
+    pub inherited: ArcSwap<Inherited>,
+    /// Takeovers that made this weir (0 or 1; the chain's total is in `inherited`).
+    pub takeovers_ok: AtomicU64,
+    /// Takeovers of this weir that were refused or failed.
+    pub takeovers_failed: AtomicU64,
+    /// Where this weir stands with respect to takeovers.
+    pub handoff: Handoff,
+    /// Another handle to the admin socket, to hand over.
+    pub admin_socket: Mutex<Option<std::net::TcpListener>>,
+    /// The lifecycle's event channel (set by [`App::run_until_signal`]).
+    events: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+}
+
+/// What the lifecycle waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A signal arrived.
+    Signal(i32),
+    /// A takeover committed: this weir has stopped accepting and drains.
+    HandedOver,
+    /// A takeover failed: this weir serves on.
+    HandoffEnded,
 }
 
 impl Control {
-    /// Access-log records (shipped, dropped) so far.
+    /// Access-log records (shipped, dropped) so far, with those inherited.
     pub fn access_log_counts(&self) -> (u64, u64) {
-        match self.shipper.lock().as_ref() {
+        let inherited = self.inherited.load();
+        let (shipped, dropped) = match self.shipper.lock().as_ref() {
             Some(s) => (s.stats.shipped.load(Ordering::Relaxed), s.dropped()),
             None => (0, 0),
+        };
+        (shipped + inherited.totals.access_log_shipped, dropped + inherited.totals.access_log_dropped)
+    }
+
+    /// Tells the lifecycle (when it waits for events).
+    pub fn notify(&self, event: Event) {
+        if let Some(tx) = self.events.lock().as_ref() {
+            let _ = tx.send(event);
         }
     }
 
@@ -175,6 +210,9 @@ pub struct AppOptions {
     /// After attaching steering, every thread drops the capabilities it no longer needs
     /// (`weir run` does; in-process embedders such as tests may not want it).
     pub least_privilege: bool,
+    /// Take over from the weir running with the same `[steering] pin_dir` and `[proxy] listen`
+    /// (`weir run --takeover`); start normally when there is none.
+    pub takeover: bool,
 }
 
 /// A running weir.
@@ -182,8 +220,9 @@ pub struct AppOptions {
 pub struct App {
     /// Shared control state.
     pub control: Arc<Control>,
-    workers: Workers,
-    admin: crate::admin::AdminServer,
+    workers: Arc<Workers>,
+    admin: Arc<AdminServer>,
+    handoff_server: Option<crate::takeover::old::Server>,
 }
 
 impl App {
@@ -199,12 +238,76 @@ impl App {
         // A memory limit too small for the config stops weir here, not hours later at the
         // first burst of traffic.
         let memory = crate::memory::plan(&config, workers, crate::memory::cgroup_memory_limit())?;
-        // The admin listener is bound next: a second weir with the same config stops here,
-        // before it touches the kernel.
-        let admin_listener = std::net::TcpListener::bind(config.admin.listen)
-            .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
+        // The weir to take over is asked first, before this one touches anything: of two
+        // takeovers racing, the second is refused here.
+        let predecessor = if options.takeover { crate::takeover::new::connect(&config)? } else { None };
+        let Some((mut pred, inheritance)) = predecessor else {
+            if options.takeover {
+                tracing::info!("no weir is running with this pin_dir and listen address: starting normally");
+            }
+            return App::start_parts(config, config_path, options, workers, memory, None).map(|(app, _)| app);
+        };
+        let pid = pred.pid;
+        match App::start_parts(config, config_path, options, workers, memory, Some((&mut pred, inheritance))) {
+            Ok((app, drain_until)) => {
+                if let Some(until) = drain_until {
+                    pred.follow(app.control.clone(), until);
+                }
+                Ok(app)
+            }
+            Err(e) => {
+                pred.abort(&format!("{e:#}"));
+                Err(e.context(format!("taking over from weir pid {pid} (it keeps serving)")))
+            }
+        }
+    }
+
+    fn start_parts(
+        config: Config,
+        config_path: &Path,
+        options: AppOptions,
+        workers: usize,
+        memory: crate::memory::MemoryPlan,
+        takeover: Option<(&mut Predecessor, Inheritance)>,
+    ) -> anyhow::Result<(App, Option<Instant>)> {
+        let t0 = Instant::now();
+        let (pred, inherited) = match takeover {
+            Some((p, i)) => (Some(p), Some(i)),
+            None => (None, None),
+        };
+        let (inherited_listeners, inherited_admin, inherited_handoff, predecessor_services) = match inherited {
+            Some(i) => (i.listeners, i.admin, Some(i.takeover), i.services),
+            None => (Vec::new(), None, None, None),
+        };
+        let predecessor_steered = predecessor_services.is_some();
+        // The admin listener is bound next (or handed over): a second weir with the same config
+        // stops here, before it touches the kernel.
+        let admin_listener = match inherited_admin.filter(|(addr, _)| *addr == config.admin.listen) {
+            Some((_, l)) => l,
+            None => std::net::TcpListener::bind(config.admin.listen).with_context(|| {
+                format!("binding the admin address {} (is another weir running?)", config.admin.listen)
+            })?,
+        };
+        // The hand-off socket: one weir per pin_dir and listen address holds it.
+        let handoff_socket = match inherited_handoff {
+            Some(s) => s,
+            None => crate::takeover::wire::bind(&crate::steering::pin_root(&config)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    anyhow::anyhow!(
+                        "another weir is running with [steering] pin_dir {} and [proxy] listen {} (it holds the hand-off \
+                         socket); use `weir run --takeover` to replace it",
+                        config.steering.pin_dir.display(),
+                        config.proxy.listen
+                    )
+                } else {
+                    anyhow::anyhow!("binding the hand-off socket: {e}")
+                }
+            })?,
+        };
         let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
-            Some(Steering::load(&config).context("loading eBPF steering")?)
+            // Taking over: the old weir's service table until it has stopped.
+            let services = predecessor_services.as_deref();
+            Some(Steering::load(&config, services).context("loading eBPF steering")?)
         } else {
             None
         };
@@ -229,26 +332,9 @@ impl App {
             None => None,
         };
         let runtime_caps = crate::privileges::runtime_caps(steering.is_some());
-        let on_thread_start = options.least_privilege.then(|| {
-            let keep = runtime_caps.clone();
-            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
-                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
-                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
-                }
-            }))
-        });
-        let started = Workers::start(shared.clone(), StartOptions { workers, pin: true, telemetry, on_thread_start })
-            .context("starting proxy workers")?;
-        let mut steering = steering;
-        if let Some(s) = steering.as_mut() {
-            s.attach_links(&config).context("attaching eBPF steering")?;
-            if s.taken_over > 0 {
-                tracing::info!(links = s.taken_over, "took over the pinned steering links of a previous run");
-            }
-        }
         let control = Arc::new(Control {
             config_path: config_path.to_path_buf(),
-            shared,
+            shared: shared.clone(),
             steering: Mutex::new(steering),
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
@@ -262,12 +348,93 @@ impl App {
             stats: hub.shards,
             shipper: Mutex::new(shipper),
             memory,
+            inherited: ArcSwap::from_pointee(Inherited::default()),
+            takeovers_ok: AtomicU64::new(0),
+            takeovers_failed: AtomicU64::new(0),
+            handoff: Handoff::default(),
+            admin_socket: Mutex::new(Some(admin_listener.try_clone().context("the admin socket")?)),
+            events: Mutex::new(None),
         });
+        let on_thread_start = options.least_privilege.then(|| {
+            let keep = runtime_caps.clone();
+            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
+                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
+                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
+                }
+            }))
+        });
+        let started = Arc::new(
+            Workers::start(
+                shared,
+                StartOptions {
+                    workers,
+                    pin: true,
+                    telemetry,
+                    on_thread_start,
+                    inherited: inherited_listeners,
+                    paused: pred.is_some(),
+                },
+            )
+            .context("starting proxy workers")?,
+        );
+        let mut drain_until = None;
+        match pred {
+            Some(pred) => {
+                pred.swap()?;
+                if let Some(s) = control.steering.lock().as_mut() {
+                    s.take_over_links().context("putting this weir's programs into the pinned eBPF links")?;
+                }
+                // From here on this weir's programs steer: it serves whatever happens next.
+                if let Err(e) = pred.commit() {
+                    tracing::warn!("the old weir did not take the commit ({e:#}); serving on alone");
+                }
+                started.resume();
+                control.takeovers_ok.store(1, Ordering::Relaxed);
+                if let Some((totals, until)) = pred.committed() {
+                    control.inherited.store(Arc::new(Inherited::new(totals)));
+                    drain_until = Some(until);
+                }
+                let finished = match control.steering.lock().as_mut() {
+                    Some(s) => s.finish_takeover(&config),
+                    None => {
+                        if predecessor_steered {
+                            // Steering is off in this config: detach the old weir's links.
+                            crate::steering::remove_pins(&crate::steering::pin_root(&config));
+                        }
+                        Ok(())
+                    }
+                };
+                if let Err(e) = finished {
+                    tracing::error!("applying this weir's steering config after the takeover: {e:#}");
+                }
+                tracing::info!(
+                    pid = pred.pid,
+                    version = %pred.version,
+                    "took over from weir pid {} in {} ms",
+                    pred.pid,
+                    t0.elapsed().as_millis()
+                );
+            }
+            None => {
+                if let Some(s) = control.steering.lock().as_mut() {
+                    s.attach_links(&config).context("attaching eBPF steering")?;
+                    if s.taken_over > 0 {
+                        tracing::info!(links = s.taken_over, "took over the pinned steering links of a previous run");
+                    }
+                }
+            }
+        }
         if options.least_privilege {
             // The admin thread and everything it spawns inherit the reduced sets.
             crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
         }
-        let admin = crate::admin::AdminServer::start(admin_listener, control.clone())?;
+        let admin = Arc::new(AdminServer::start(admin_listener, control.clone())?);
+        let handoff_server = crate::takeover::old::Server::start(
+            handoff_socket,
+            control.clone(),
+            crate::takeover::old::Handles { workers: started.clone(), admin: admin.clone() },
+        )
+        .context("serving the hand-off socket")?;
         // Loading the eBPF object parses the kernel's BTF (megabytes); give that memory back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -281,7 +448,7 @@ impl App {
             steering = control.steering.lock().is_some(),
             "weir is ready"
         );
-        Ok(App { control, workers: started, admin })
+        Ok((App { control, workers: started, admin, handoff_server: Some(handoff_server) }, drain_until))
     }
 
     /// The proxy address.
@@ -289,7 +456,8 @@ impl App {
         self.workers.addr()
     }
 
-    /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.
+    /// Waits for signals: SIGHUP reloads, SIGUSR1 reopens the access-log file, SIGTERM/SIGINT
+    /// drain and exit; a takeover of this weir drains and exits too.
     pub fn run_until_signal(self) -> ExitCode {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
         let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]) {
@@ -299,17 +467,35 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        for signal in signals.forever() {
-            match signal {
-                SIGHUP => {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.control.events.lock() = Some(tx.clone());
+        // A takeover may have committed before the channel was there.
+        if matches!(self.control.handoff.phase(), crate::takeover::Phase::HandedOver { .. }) {
+            let _ = tx.send(Event::HandedOver);
+        }
+        let forwarded = std::thread::Builder::new().name("weir-signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = forwarded {
+            eprintln!("weir: cannot start the signal thread: {e}");
+            return ExitCode::FAILURE;
+        }
+        for event in rx {
+            match event {
+                Event::Signal(SIGHUP) => {
                     let _ = self.control.reload();
                 }
-                SIGUSR1 => {
+                Event::Signal(SIGUSR1) => {
                     if let Some(s) = self.control.shipper.lock().as_ref() {
                         s.stats.reopen.store(true, Ordering::Relaxed);
                     }
                 }
-                _ => break,
+                Event::Signal(_) | Event::HandedOver => break,
+                Event::HandoffEnded => {}
             }
         }
         if self.shutdown() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -317,8 +503,19 @@ impl App {
 
     /// Drains and stops: not ready, stop accepting, finish in-flight requests (bounded by the
     /// drain timeout), detach eBPF, stop the admin server. Returns whether the drain finished
-    /// in time.
-    pub fn shutdown(self) -> bool {
+    /// in time. A weir that was taken over finishes its drain instead, detaches nothing, hands
+    /// over its last counters, and returns true.
+    pub fn shutdown(mut self) -> bool {
+        match self.control.handoff.close(Duration::from_secs(10)) {
+            Shutdown::HandedOver { pid, deadline } => self.finish_handed_over(pid, deadline),
+            Shutdown::Normal => self.drain_and_stop(),
+        }
+    }
+
+    fn drain_and_stop(&mut self) -> bool {
+        if let Some(s) = self.handoff_server.take() {
+            s.stop();
+        }
         let drain_timeout = self.control.shared.snapshot.load().config.proxy.drain_timeout;
         self.control.draining.store(true, Ordering::SeqCst);
         // Detach steering first: new connects go where they were dialed (kube-proxy's path for
@@ -327,16 +524,39 @@ impl App {
             s.detach();
         }
         tracing::info!("draining (at most {} s)", drain_timeout.as_secs());
-        let clean = self.workers.drain(drain_timeout);
+        self.workers.begin_drain(Duration::ZERO);
+        let clean = self.workers.wait(Instant::now() + drain_timeout);
         if let Some(s) = self.control.shipper.lock().take() {
             s.stop(Duration::from_secs(2));
         }
         self.admin.stop(Duration::from_secs(2));
+        self.control.admin_socket.lock().take();
         if clean {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!("drain timeout reached with requests still in flight; exiting");
         }
         clean
+    }
+
+    fn finish_handed_over(&mut self, pid: u32, deadline: Instant) -> bool {
+        if let Some(s) = self.handoff_server.take() {
+            s.stop();
+        }
+        let clean = self.workers.wait(deadline);
+        // The last counters, once the workers have published theirs.
+        self.control.handoff.finish(Duration::from_secs(5));
+        if let Some(s) = self.control.shipper.lock().take() {
+            s.stop(Duration::from_secs(2));
+        }
+        self.control.admin_socket.lock().take();
+        if clean {
+            tracing::info!("handed over to weir pid {pid}; drained; exiting");
+        } else {
+            tracing::warn!(
+                "handed over to weir pid {pid}; drain timeout reached, closing the connections still open; exiting"
+            );
+        }
+        true
     }
 }
