@@ -258,6 +258,21 @@ impl WeirProcess {
         self.reaped = true;
     }
 
+    /// Waits (at most `timeout`) for the process to exit by itself; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.reaped = true;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);

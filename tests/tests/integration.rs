@@ -17,3 +17,4 @@ mod raw;
 mod resilience;
 mod soak;
 mod steering;
+mod takeover;

@@ -192,6 +192,25 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// `--takeover` found no weir to take over, yet the admin address is taken: if a weir holds
+/// it, one with another `[proxy] listen` or `[steering] pin_dir` (which name the hand-off
+/// socket), say so.
+fn fixed_fields_changed(config: &Config) -> Option<String> {
+    let body = crate::admin::get(config.admin.listen, "/config").ok()?;
+    let running: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let listen = running["config"]["proxy"]["listen"].as_str()?.to_string();
+    let pin_dir = running["config"]["steering"]["pin_dir"].as_str()?.to_string();
+    let pid = running["pid"].as_u64().unwrap_or(0);
+    Some(format!(
+        "cannot take over from the weir (pid {pid}) at the admin address {}: it runs with [proxy] listen {listen} and \
+         [steering] pin_dir {pin_dir}, this config has {} and {}; these two cannot change across a takeover \
+         (restart weir to change them)",
+        config.admin.listen,
+        config.proxy.listen,
+        config.steering.pin_dir.display()
+    ))
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -284,8 +303,14 @@ impl App {
         // stops here, before it touches the kernel.
         let admin_listener = match inherited_admin.filter(|(addr, _)| *addr == config.admin.listen) {
             Some((_, l)) => l,
-            None => std::net::TcpListener::bind(config.admin.listen).with_context(|| {
-                format!("binding the admin address {} (is another weir running?)", config.admin.listen)
+            None => std::net::TcpListener::bind(config.admin.listen).map_err(|e| {
+                if options.takeover && e.kind() == std::io::ErrorKind::AddrInUse {
+                    if let Some(why) = fixed_fields_changed(&config) {
+                        return anyhow::anyhow!(why);
+                    }
+                }
+                anyhow::Error::new(e)
+                    .context(format!("binding the admin address {} (is another weir running?)", config.admin.listen))
             })?,
         };
         // The hand-off socket: one weir per pin_dir and listen address holds it.

@@ -52,14 +52,14 @@ const REUSEPORT_PROGRAM: &str = "steer_reuseport";
 /// bpftool, the heartbeat of a weir that is gone); the shared ones are pinned as they are made.
 const PINNED_MAPS: [&str; 2] = [MAP_SERVICES, MAP_HEARTBEAT];
 
-/// Where a shared map is pinned: by name and layout version.
+/// Where a shared map is pinned: by name and layout version (bpffs allows no `.` in names).
 fn shared_pin(pin_root: &Path, name: &str) -> PathBuf {
-    pin_root.join(format!("map-{name}.abi{SHARED_MAPS_ABI}"))
+    pin_root.join(format!("map-{name}-abi{SHARED_MAPS_ABI}"))
 }
 
 /// A pin of a shared map of another layout version (a weir of another build left it).
 fn is_foreign_shared_pin(file_name: &str) -> bool {
-    file_name.starts_with("map-") && file_name.contains(".abi") && !file_name.ends_with(&format!(".abi{SHARED_MAPS_ABI}"))
+    file_name.starts_with("map-") && file_name.contains("-abi") && !file_name.ends_with(&format!("-abi{SHARED_MAPS_ABI}"))
 }
 
 /// One entry of the kernel's service table, as a weir hands it to the one taking it over.
@@ -519,7 +519,7 @@ pub fn status_from_pins(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
             let name = f.file_name().to_string_lossy().into_owned();
             if name.starts_with("link-") {
                 links.push(name);
-            } else if name == format!("map-{MAP_COUNTERS}.abi{SHARED_MAPS_ABI}") {
+            } else if name == format!("map-{MAP_COUNTERS}-abi{SHARED_MAPS_ABI}") {
                 let data = MapData::from_pin(f.path())?;
                 let map = aya::maps::Map::PerCpuArray(data);
                 let arr = PerCpuArray::<_, u64>::try_from(map)?;

@@ -67,6 +67,12 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// memory, starting workers).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The layout of the eBPF maps this build shares with the weir it takes over, as its hello
+/// carries it.
+pub fn shared_maps_abi() -> Vec<u32> {
+    weir_ebpf_common::shared_maps_abi().to_vec()
+}
+
 /// What a frame is. The numbers never change; new kinds get new numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
