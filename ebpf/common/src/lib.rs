@@ -25,7 +25,7 @@ pub const MAP_CONFIG: &str = "WEIR_CONFIG";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "WEIR_COUNTERS";
 /// Map: index 0 → `u64` CLOCK_MONOTONIC nanoseconds of weir's last sign of life, written by
-/// every worker once a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
+/// every worker four times a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
 /// considered down and connects to a VIP follow [`SteerConfig::fail_mode`].
 pub const MAP_HEARTBEAT: &str = "WEIR_HEARTBEAT";
 /// REUSEPORT_SOCKARRAY: CPU id → the listener of the worker pinned to that CPU.

@@ -398,6 +398,9 @@ fn long_lived_stream(addr: SocketAddr, stop: &Stop, totals: &Totals) {
         let end = match write!(conn.writer, "GET /stream HTTP/1.1\r\nhost: feed\r\n\r\n") {
             Err(e) => ending(&e),
             Ok(()) => loop {
+                if stop.now(totals) {
+                    break "stopped".to_string();
+                }
                 let mut line = String::new();
                 match conn.reader.read_line(&mut line) {
                     Ok(0) => break "eof".to_string(),
@@ -406,11 +409,7 @@ fn long_lived_stream(addr: SocketAddr, stop: &Stop, totals: &Totals) {
                             chunks += 1;
                         }
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                        if stop.now(totals) {
-                            break "stopped".to_string();
-                        }
-                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                     Err(e) => break ending(&e),
                 }
             },

@@ -31,9 +31,10 @@ use crate::telemetry::WorkerTelemetry;
 
 /// Listen backlog of every socket weir binds.
 const BACKLOG: i32 = 4096;
-/// Stats are published this often, and four times as often while draining (so that what a
-/// draining weir served is published before it exits, even if it exits at its drain timeout).
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// The heartbeat is written this often.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+/// Housekeeping (and publishing stats) every this many heartbeats: once a second.
+const HEARTBEATS_PER_HOUSEKEEPING: u32 = 4;
 
 /// How to start the workers.
 #[derive(Debug)]
@@ -491,16 +492,22 @@ fn shed_connection(worker: Rc<Worker>, conn: Conn, protocol: Protocol) {
     });
 }
 
-/// Once a second (four times a second while draining): expire idle pooled connections, pick
-/// up a new snapshot even without traffic, write the heartbeat, and publish this worker's
+/// Four times a second: the heartbeat (well inside the shortest `fail_after_ms`, 1 s, even
+/// when a tick is late). Once a second (every tick while draining, so that what a draining
+/// weir served is published before it exits, even at its drain timeout): expire idle pooled
+/// connections, pick up a new snapshot even without traffic, and publish this worker's
 /// stats. Runs as long as the worker does.
 fn housekeeping(worker: Rc<Worker>) {
     crate::io::spawn(async move {
+        let mut ticks = 0u32;
         loop {
-            let every = if worker.ctx.draining() { HOUSEKEEPING_EVERY / 4 } else { HOUSEKEEPING_EVERY };
-            crate::io::sleep(every).await;
+            crate::io::sleep(HEARTBEAT_EVERY).await;
             if let Some(od) = worker.ctx.orig_dst() {
                 od.heartbeat();
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks % HEARTBEATS_PER_HOUSEKEEPING != 0 && !worker.ctx.draining() {
+                continue;
             }
             worker.ctx.refresh();
             let mut state = worker.ctx.state.borrow_mut();
