@@ -368,8 +368,13 @@ fn long_lived_tcp(addr: SocketAddr, stop: &Stop, totals: &Totals) {
             if stop.now(totals) {
                 break "stopped".to_string();
             }
+            // As a client that reads its connection would: a close by the other side is seen
+            // before the next write (writing after it would only earn a reset).
+            if closed_by_peer(&writer) {
+                break "eof".to_string();
+            }
             let mut line = String::new();
-            match writeln!(writer, "ping {n}").and_then(|_| reader.read_line(&mut line)) {
+            match writer.write_all(format!("ping {n}\n").as_bytes()).and_then(|_| reader.read_line(&mut line)) {
                 Ok(0) => break "eof".to_string(),
                 Ok(_) if line.starts_with("echo:") => n += 1,
                 Ok(_) => break format!("unexpected {line:?}"),
@@ -379,6 +384,15 @@ fn long_lived_tcp(addr: SocketAddr, stop: &Stop, totals: &Totals) {
         };
         record_long_lived(totals, "tcp", opened, n, &end);
     }
+}
+
+/// Whether the peer has closed (or reset) `s`, without waiting.
+fn closed_by_peer(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek into a 1-byte buffer on a live socket.
+    let n = unsafe { libc::recv(s.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
 }
 
 /// One HTTP connection at a time reading an endless chunked response; a new one when it ends.

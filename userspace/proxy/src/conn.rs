@@ -68,7 +68,11 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         if ex.abort {
             break Close::Abort;
         }
-        if !ex.keep_alive || ctx.draining() {
+        // A response sent without `Connection: close` promised the client another request:
+        // even when drain started since, the next one is read (drain closes the connection
+        // only when no request comes, after its grace), never met with a close it could not see
+        // coming.
+        if !ex.keep_alive {
             break Close::Linger;
         }
         if down.buf.capacity() > SHRINK_ABOVE_BYTES {
