@@ -219,6 +219,7 @@ fn check_workload(report: &serde_json::Value, takeovers: &[u64], min_ok: u64) {
     let n = |k: &str| report[k].as_u64().unwrap_or(0);
     assert_eq!(n("failed"), 0, "requests failed: {:?}", report["errors"]);
     assert_eq!(n("resets"), 0, "connections were reset: {:?} {}", report["errors"], report["long_lived"]);
+    assert_eq!(n("retried"), 0, "keep-alive connections were closed under a request: {:?}", report["errors"]);
     assert!(n("ok") >= min_ok, "too few requests: {} < {min_ok}", n("ok"));
     assert!(n("closes_seen") > 0, "no response carried Connection: close: no drain was seen");
     let slow = &report["slow"];
@@ -238,7 +239,10 @@ fn check_workload(report: &serde_json::Value, takeovers: &[u64], min_ok: u64) {
         let Some(replaced) = takeovers.iter().find(|t| **t > opened) else {
             panic!("a long-lived connection was closed with no takeover after it opened: {c}");
         };
-        assert!(closed + 300 >= replaced + DRAIN_MS, "a long-lived connection was closed before the drain timeout: {c}");
+        assert!(
+            closed + 300 >= replaced + DRAIN_MS,
+            "a long-lived connection was closed before the drain timeout: {c}"
+        );
         assert!(closed <= replaced + DRAIN_MS + 5000, "a long-lived connection outlived its weir: {c}");
     }
     assert!(closed_by_weir >= 2, "no long-lived connection reached a drain timeout: {}", report["long_lived"]);
@@ -301,10 +305,17 @@ fn takeovers_under_load(
     // Every weir taken over exited 0, within its drain timeout (and the counters' hand-over).
     for m in &mut made {
         let left = Duration::from_millis((m.started_ms + DRAIN_MS + 8000).saturating_sub(unix_ms()));
-        let status = m.old.wait_exit(left).unwrap_or_else(|| panic!("a weir taken over at {} did not exit", m.started_ms));
+        let status =
+            m.old.wait_exit(left).unwrap_or_else(|| panic!("a weir taken over at {} did not exit", m.started_ms));
         assert!(status.success(), "a weir taken over exited with {status}");
     }
-    let metrics = admin_get(admin, "/metrics").expect("metrics").1;
+    // What the workload counted is what weir counted: nothing lost across the takeovers (the
+    // last second of the serving weir is published within a second).
+    let sent = report["ok"].as_u64().unwrap_or(0) as f64;
+    let metrics = eventually(Duration::from_secs(5), "weir counts every request the workload made", || {
+        let (_, m) = admin_get(admin, "/metrics")?;
+        (metric_sum(&m, "weir_requests_total{service=\"web\"") >= sent).then_some(m)
+    });
     assert_eq!(
         metric_value(&metrics, "weir_takeovers_total{result=\"success\"}"),
         count as f64,
@@ -313,10 +324,6 @@ fn takeovers_under_load(
     assert_eq!(metric_value(&metrics, "weir_takeovers_total{result=\"failure\"}"), 0.0);
     assert!(decreases.is_empty(), "weir_requests_total decreased over {scrapes} scrapes: {decreases:?}");
     assert!(scrapes > 20, "too few scrapes: {scrapes}");
-    // What the workload counted is what weir counted: nothing lost across the takeovers.
-    let counted = metric_sum(&metrics, "weir_requests_total{service=\"web\"");
-    let sent = report["ok"].as_u64().unwrap_or(0) as f64;
-    assert!(counted >= sent, "weir counted {counted} web requests, the workload made {sent}");
     // No connect took the fail mode's path: the kernel counters (shared across takeovers).
     for mode in ["fail_open", "fail_closed", "fail_endpoint"] {
         let v = metric_value(&metrics, &format!("weir_steering_kernel_events_total{{event=\"{mode}\"}}"));
@@ -324,7 +331,8 @@ fn takeovers_under_load(
     }
     let starts: Vec<u64> = made.iter().map(|m| m.started_ms).collect();
     check_workload(&report, &starts, u64::from(rate) * 3);
-    let windows: Vec<(u64, u64)> = made.iter().map(|m| (m.started_ms, m.started_ms + m.took.as_millis() as u64)).collect();
+    let windows: Vec<(u64, u64)> =
+        made.iter().map(|m| (m.started_ms, m.started_ms + m.took.as_millis() as u64)).collect();
     let (longest_us, p50_us) = handoff_latency(&report, &windows);
     let slowest_handoff = made.iter().map(|m| m.took).max().unwrap_or_default();
     println!(
@@ -379,11 +387,8 @@ fn stopped(pid: i32) -> bool {
 fn stopped_takeover(old: &WeirProcess, toml: &str, step: &str) -> std::process::Child {
     let dir = scratch_dir("stopped");
     let path = dir.join("weir.toml");
-    std::fs::write(
-        &path,
-        toml.replace("@PROXY@", &old.proxy.to_string()).replace("@ADMIN@", &old.admin.to_string()),
-    )
-    .expect("config");
+    std::fs::write(&path, toml.replace("@PROXY@", &old.proxy.to_string()).replace("@ADMIN@", &old.admin.to_string()))
+        .expect("config");
     let child = Command::new(WEIR)
         .args(["run", "--takeover", "--config"])
         .arg(&path)
@@ -594,7 +599,10 @@ fn takeover_starts_normally_alone_and_a_second_weir_without_it_is_refused() {
     assert_eq!(first.control.takeovers_ok.load(Ordering::Relaxed), 0);
     // Without --takeover, a second weir is refused as before.
     let err = start_app(&toml, false).err().expect("a second weir started");
-    assert!(format!("{err:#}").contains(&format!("binding the admin address {admin} (is another weir running?)")), "{err:#}");
+    assert!(
+        format!("{err:#}").contains(&format!("binding the admin address {admin} (is another weir running?)")),
+        "{err:#}"
+    );
     // Even on another admin address: the hand-off socket is taken.
     let other_admin = toml.replace(&admin, &format!("127.0.0.1:{}", weir_tests::free_port()));
     let err = start_app(&other_admin, false).err().expect("a second weir started");

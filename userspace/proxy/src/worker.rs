@@ -266,9 +266,8 @@ fn share_out_listeners(
         for (id, own) in per_worker.iter_mut().enumerate() {
             let l = match sockets.next() {
                 Some(l) => l,
-                None => crate::io::bind_reuseport(*addr, BACKLOG).map_err(|e| {
-                    io::Error::new(e.kind(), format!("worker {id}: cannot listen on {addr}: {e}"))
-                })?,
+                None => crate::io::bind_reuseport(*addr, BACKLOG)
+                    .map_err(|e| io::Error::new(e.kind(), format!("worker {id}: cannot listen on {addr}: {e}")))?,
             };
             own.push(l);
         }

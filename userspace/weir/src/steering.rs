@@ -59,7 +59,9 @@ fn shared_pin(pin_root: &Path, name: &str) -> PathBuf {
 
 /// A pin of a shared map of another layout version (a weir of another build left it).
 fn is_foreign_shared_pin(file_name: &str) -> bool {
-    file_name.starts_with("map-") && file_name.contains("-abi") && !file_name.ends_with(&format!("-abi{SHARED_MAPS_ABI}"))
+    file_name.starts_with("map-")
+        && file_name.contains("-abi")
+        && !file_name.ends_with(&format!("-abi{SHARED_MAPS_ABI}"))
 }
 
 /// One entry of the kernel's service table, as a weir hands it to the one taking it over.
@@ -90,7 +92,10 @@ impl ServiceEntry {
 
     fn to_kernel(&self) -> (ServiceKey, ServiceValue) {
         let (fallback_addr, fallback_port) = self.fallback.map_or(([0; 16], 0), |f| (addr16(f.ip()), f.port()));
-        (service_key(self.vip), ServiceValue { service_id: self.service_id, flags: 0, fallback_addr, fallback_port, _pad: 0 })
+        (
+            service_key(self.vip),
+            ServiceValue { service_id: self.service_id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+        )
     }
 }
 
@@ -268,7 +273,13 @@ impl Steering {
         };
         match services {
             Some(entries) => me.set_services(entries.iter().map(ServiceEntry::to_kernel).collect())?,
-            None => me.sync_services(config)?,
+            None => {
+                me.sync_services(config)?;
+                // The instance directory shows a live heartbeat from now on, so that a weir
+                // starting on another address never takes it for one that is gone. (Taking
+                // over, the running weir's stays pinned until it has stopped.)
+                me.pin_maps(&[MAP_HEARTBEAT])?;
+            }
         }
         Ok(me)
     }
@@ -282,7 +293,6 @@ impl Steering {
     /// New links use attach mode `Single` ("no flags"): cgroup bpf_links always coexist with
     /// other programs on the same cgroup.
     pub fn attach_links(&mut self, _config: &Config) -> anyhow::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let mut wanted = Vec::new();
         for cg in self.cgroups.clone() {
             let tag = cgroup_tag(&cg);
@@ -311,7 +321,8 @@ impl Steering {
             }
         }
         // Links of a previous run that this config does not use (a cgroup removed): drop them.
-        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links).into_iter().partition(|(p, _)| wanted.contains(p));
+        let (keep, drop): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.links).into_iter().partition(|(p, _)| wanted.contains(p));
         self.links = keep;
         for (path, link) in drop {
             if link.unpin().is_err() {
@@ -325,7 +336,13 @@ impl Steering {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        for name in PINNED_MAPS {
+        self.pin_maps(&PINNED_MAPS)
+    }
+
+    /// Pins this weir's own maps `names` for inspection (in place of what was pinned there).
+    fn pin_maps(&self, names: &[&str]) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for name in names {
             let path = self.pin_root.join(format!("map-{name}"));
             let _ = std::fs::remove_file(&path);
             if let Some(m) = self.ebpf.map(name) {
@@ -554,8 +571,13 @@ fn remove_dead_instances(pin_dir: &Path, own: &Path, dead_after: std::time::Dura
             .and_then(|a| a.get(&0, 0).ok());
         let dead = match heartbeat {
             Some(hb) => now.saturating_sub(hb) > dead_after.as_nanos() as u64,
-            // No heartbeat map: a half-written or emptied directory.
-            None => true,
+            // No heartbeat map: an emptied directory, or one a weir is starting in (it pins its
+            // shared maps before its heartbeat): dead once it has been so for long.
+            None => std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age > dead_after),
         };
         if dead {
             tracing::warn!("removing the steering pins of a weir that is gone: {}", dir.display());

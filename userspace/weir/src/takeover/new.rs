@@ -71,7 +71,8 @@ pub fn connect(config: &Config) -> anyhow::Result<Option<(Predecessor, Inheritan
     let offer: Offer = parse(Kind::Offer, &frame.body).map_err(|e| anyhow!("weir pid {pid}: {e}"))?;
     let mut pred = Predecessor { chan, pid, version: offer.version.clone(), done: false };
     if !SUPPORTED.contains(&offer.protocol) {
-        let reason = format!("weir pid {pid} offers takeover protocol {}, this weir speaks {SUPPORTED:?}", offer.protocol);
+        let reason =
+            format!("weir pid {pid} offers takeover protocol {}, this weir speaks {SUPPORTED:?}", offer.protocol);
         pred.abort(&reason);
         bail!(reason);
     }

@@ -190,7 +190,8 @@ fn recv(chan: &mut Channel, timeout: Duration, links_touched: bool) -> Result<(K
         };
         failure(what, links_touched)
     })?;
-    let kind = Kind::from_u8(frame.kind).ok_or_else(|| failure(format!("unknown frame {}", frame.kind), links_touched))?;
+    let kind =
+        Kind::from_u8(frame.kind).ok_or_else(|| failure(format!("unknown frame {}", frame.kind), links_touched))?;
     if kind == Kind::Abort {
         let why = parse::<Refuse>(kind, &frame.body).map_or_else(|e| e, |r| r.reason);
         return Err(failure(format!("the new weir gave up: {why}"), links_touched));

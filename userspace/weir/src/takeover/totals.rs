@@ -172,7 +172,12 @@ mod tests {
         let i = shard.slot("checkout");
         let s = shard.service_mut(i);
         for ms in [1, 2, 3, 40, 2000] {
-            s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(ms), panic: false });
+            s.record(&RequestRecord {
+                status: Some(200),
+                error: None,
+                duration: Duration::from_millis(ms),
+                panic: false,
+            });
         }
         s.record(&RequestRecord {
             status: Some(503),

@@ -296,8 +296,7 @@ mod tests {
         let (a, b) = UnixStream::pair().expect("pair");
         let (mut a, mut b) = (Channel::new(a).expect("a"), Channel::new(b).expect("b"));
         let sender = std::thread::spawn(move || {
-            let files: Vec<std::fs::File> =
-                (0..450).map(|_| std::fs::File::open("/dev/null").expect("null")).collect();
+            let files: Vec<std::fs::File> = (0..450).map(|_| std::fs::File::open("/dev/null").expect("null")).collect();
             let fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
             a.send(2, &vec![7u8; 100_000], &fds).expect("send");
             a.send(3, b"{}", &[]).expect("send");
