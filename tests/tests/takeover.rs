@@ -434,6 +434,7 @@ fn a_new_weir_killed_at_any_step_of_the_hand_off_leaves_the_old_one_serving() {
     std::fs::write(&stop_file, "").expect("stop the workload");
     let mut out = String::new();
     workload.stdout.take().expect("stdout").read_to_string(&mut out).expect("workload output");
+    assert!(workload.wait().expect("workload").success(), "weir-workload failed");
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("workload JSON");
     assert_eq!(report["failed"].as_u64(), Some(0), "requests failed: {:?}", report["errors"]);
     assert_eq!(report["resets"].as_u64(), Some(0), "connections were reset: {:?}", report["errors"]);
@@ -598,18 +599,18 @@ fn takeover_starts_normally_alone_and_a_second_weir_without_it_is_refused() {
     let first = start_app(&toml, true).expect("--takeover with no weir running starts");
     assert_eq!(first.control.takeovers_ok.load(Ordering::Relaxed), 0);
     // Without --takeover, a second weir is refused as before.
-    let err = start_app(&toml, false).err().expect("a second weir started");
+    let err = start_app(&toml, false).expect_err("a second weir started");
     assert!(
         format!("{err:#}").contains(&format!("binding the admin address {admin} (is another weir running?)")),
         "{err:#}"
     );
     // Even on another admin address: the hand-off socket is taken.
     let other_admin = toml.replace(&admin, &format!("127.0.0.1:{}", weir_tests::free_port()));
-    let err = start_app(&other_admin, false).err().expect("a second weir started");
+    let err = start_app(&other_admin, false).expect_err("a second weir started");
     assert!(format!("{err:#}").contains("use `weir run --takeover` to replace it"), "{err:#}");
     // [proxy] listen cannot change across a takeover: a clear error.
     let moved = toml.replace(&proxy, &format!("127.0.0.1:{}", weir_tests::free_port()));
-    let err = start_app(&moved, true).err().expect("a takeover changed [proxy] listen");
+    let err = start_app(&moved, true).expect_err("a takeover changed [proxy] listen");
     assert!(format!("{err:#}").contains("these two cannot change across a takeover"), "{err:#}");
     assert!(first.shutdown());
 }

@@ -505,7 +505,7 @@ fn housekeeping(worker: Rc<Worker>) {
                 od.heartbeat();
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % HEARTBEATS_PER_HOUSEKEEPING != 0 && !worker.ctx.draining() {
+            if !ticks.is_multiple_of(HEARTBEATS_PER_HOUSEKEEPING) && !worker.ctx.draining() {
                 continue;
             }
             worker.ctx.refresh();

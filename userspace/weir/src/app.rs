@@ -304,10 +304,11 @@ impl App {
         let admin_listener = match inherited_admin.filter(|(addr, _)| *addr == config.admin.listen) {
             Some((_, l)) => l,
             None => std::net::TcpListener::bind(config.admin.listen).map_err(|e| {
-                if options.takeover && e.kind() == std::io::ErrorKind::AddrInUse {
-                    if let Some(why) = fixed_fields_changed(&config) {
-                        return anyhow::anyhow!(why);
-                    }
+                if options.takeover
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && let Some(why) = fixed_fields_changed(&config)
+                {
+                    return anyhow::anyhow!(why);
                 }
                 anyhow::Error::new(e)
                     .context(format!("binding the admin address {} (is another weir running?)", config.admin.listen))
@@ -509,7 +510,8 @@ impl App {
             eprintln!("weir: cannot start the signal thread: {e}");
             return ExitCode::FAILURE;
         }
-        for event in rx {
+        let mut terminated = false;
+        for event in rx.iter() {
             match event {
                 Event::Signal(SIGHUP) => {
                     let _ = self.control.reload();
@@ -519,11 +521,29 @@ impl App {
                         s.stats.reopen.store(true, Ordering::Relaxed);
                     }
                 }
-                Event::Signal(_) | Event::HandedOver => break,
+                Event::Signal(_) => {
+                    terminated = true;
+                    break;
+                }
+                Event::HandedOver => break,
                 Event::HandoffEnded => {}
             }
         }
-        if self.shutdown() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        let control = self.control.clone();
+        let clean = self.shutdown();
+        let handed_over = matches!(control.handoff.phase(), crate::takeover::Phase::HandedOver { .. });
+        if handed_over && !terminated && std::process::id() == 1 {
+            // A container's main process: exiting would make the runtime restart it, and the
+            // restarted weir would take over back. Kubernetes deletes the old pod once the new
+            // one is ready: wait for that SIGTERM.
+            tracing::info!("handed over and drained; waiting for SIGTERM (this container's exit would restart weir)");
+            for event in rx.iter() {
+                if matches!(event, Event::Signal(SIGTERM | SIGINT)) {
+                    break;
+                }
+            }
+        }
+        if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     }
 
     /// Drains and stops: not ready, stop accepting, finish in-flight requests (bounded by the
@@ -531,7 +551,7 @@ impl App {
     /// in time. A weir that was taken over finishes its drain instead, detaches nothing, hands
     /// over its last counters, and returns true.
     pub fn shutdown(mut self) -> bool {
-        match self.control.handoff.close(Duration::from_secs(10)) {
+        match self.control.handoff.close(crate::takeover::CLOSE_WAIT) {
             Shutdown::HandedOver { pid, deadline } => self.finish_handed_over(pid, deadline),
             Shutdown::Normal => self.drain_and_stop(),
         }

@@ -67,6 +67,9 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// memory, starting workers).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a shutdown waits for a takeover in progress to commit or fail.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(65);
+
 /// The layout of the eBPF maps this build shares with the weir it takes over, as its hello
 /// carries it.
 pub fn shared_maps_abi() -> Vec<u32> {
@@ -322,12 +325,14 @@ impl Handoff {
         });
     }
 
-    /// A shutdown begins: no takeover may start from now on. While a new weir may be putting
-    /// its programs into the links, waits (at most `wait`) for it to commit or fail.
+    /// A shutdown begins: no takeover may start from now on. A takeover in progress is let
+    /// finish (waiting at most `wait` for it to commit or fail): a supervisor that stops the
+    /// old weir while a new one takes over (Kubernetes deleting the old pod once the new one
+    /// looks ready) wants the hand-over, not a detach under the new weir's feet.
     pub fn close(&self, wait: Duration) -> Shutdown {
         let deadline = Instant::now() + wait;
         let mut s = self.lock();
-        while matches!(s.phase, Phase::Swapping { .. }) {
+        while matches!(s.phase, Phase::Offered { .. } | Phase::Swapping { .. }) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
