@@ -2,7 +2,9 @@
 //! loopback, weir with the bundled config (deploy/examples/demo.toml), and a demo workload in
 //! its own cgroup that dials the service VIP 127.10.0.1:80; eBPF steers it through weir. Prints
 //! one line per second (requests, errors, p50/p99, which endpoint answered) until Ctrl-C or
-//! `--duration`, then stops weir and removes the cgroup.
+//! `--duration`, then stops weir and removes the cgroup. At `--takeover-at` seconds, and each
+//! time Enter is pressed, a new weir takes the running one over (`weir run --takeover`) while
+//! the workload keeps going: its line shows no error.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +36,10 @@ pub struct DemoArgs {
     /// (0 = never).
     #[arg(long, default_value_t = 5)]
     chaos_at: u64,
+    /// After this many seconds a new weir takes the running one over, live (0 = never; Enter
+    /// runs one at any time).
+    #[arg(long, default_value_t = 10)]
+    takeover_at: u64,
 }
 
 #[derive(Args)]
@@ -51,12 +57,12 @@ pub struct ClientArgs {
 /// Removes the demo cgroup and stops child processes however the demo ends.
 struct Cleanup {
     cgroup: PathBuf,
-    children: Vec<Child>,
+    children: Arc<std::sync::Mutex<Vec<Child>>>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
             // SIGTERM first, so weir drains and detaches; SIGKILL if it does not exit.
             // SAFETY: kill(2) on a child pid we own.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -99,7 +105,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/weir-demo-{}", std::process::id()));
     std::fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
-    let mut cleanup = Cleanup { cgroup: cgroup.clone(), children: Vec::new() };
+    let children = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cleanup = Cleanup { cgroup: cgroup.clone(), children: children.clone() };
 
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir)?;
@@ -114,14 +121,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     )?;
 
     eprintln!("demo: starting weir ({})", config_path.display());
-    let weir_child = Command::new(&weir)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .spawn()
-        .context("starting weir")?;
-    cleanup.children.push(weir_child);
-    wait_ready(&mut cleanup.children[0])?;
+    let weir_child = start_weir(&weir, &config_path, false)?;
+    children.lock().unwrap_or_else(|e| e.into_inner()).push(weir_child);
+    wait_ready(&mut children.lock().unwrap_or_else(|e| e.into_inner())[0])?;
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
     eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup.display(), args.rate);
@@ -137,6 +139,37 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let (stop, failing) = (stop.clone(), failing.clone());
         let chaos_at = args.chaos_at;
         std::thread::spawn(move || monitor(stop, failing, chaos_at));
+    }
+    {
+        // Takeovers: at --takeover-at, and whenever Enter is pressed.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        if args.takeover_at > 0 {
+            let tx = tx.clone();
+            let at = Duration::from_secs(args.takeover_at);
+            std::thread::spawn(move || {
+                std::thread::sleep(at);
+                let _ = tx.send(());
+            });
+        }
+        std::thread::spawn(move || {
+            for _ in std::io::stdin().lines().map_while(Result::ok) {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        eprintln!("demo: press Enter to make a new weir take the running one over");
+        let (weir, config_path, stop) = (weir.clone(), config_path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for () in rx {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = take_over(&weir, &config_path, &children) {
+                    println!("demo: the takeover failed: {e:#} (the running weir serves on)");
+                }
+            }
+        });
     }
     let status = loop {
         if stop.load(Ordering::SeqCst) {
@@ -154,6 +187,50 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if !status.success() && !stop.load(Ordering::SeqCst) {
         bail!("the demo workload failed: {status}");
     }
+    Ok(())
+}
+
+fn start_weir(weir: &Path, config: &Path, takeover: bool) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(weir);
+    cmd.args(["run", "--config"]).arg(config);
+    if takeover {
+        cmd.arg("--takeover");
+    }
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting weir")
+}
+
+/// The pid of the weir that answers the admin API.
+fn serving_pid() -> Option<u64> {
+    let (_, body) = http_get(ADMIN.parse().ok()?, "/config").ok()?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?["pid"].as_u64()
+}
+
+/// Starts `weir run --takeover` and waits until it serves; the weir it replaced drains and
+/// exits by itself (reaped by the cleanup).
+fn take_over(weir: &Path, config: &Path, children: &std::sync::Mutex<Vec<Child>>) -> anyhow::Result<()> {
+    let old = serving_pid();
+    let t0 = Instant::now();
+    println!("demo: a new weir takes over from pid {} (weir run --takeover)", old.unwrap_or(0));
+    let mut new = start_weir(weir, config, true)?;
+    let pid = u64::from(new.id());
+    while serving_pid() != Some(pid) {
+        if let Some(status) = new.try_wait()? {
+            bail!("the new weir exited: {status}");
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("the new weir is not serving after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "demo: weir pid {pid} serves, {} ms after it started; pid {} drains and exits",
+        t0.elapsed().as_millis(),
+        old.unwrap_or(0)
+    );
+    children.lock().unwrap_or_else(|e| e.into_inner()).push(new);
     Ok(())
 }
 
@@ -356,7 +433,9 @@ fn serve_endpoint(listener: TcpListener, n: usize, failing: Option<Arc<AtomicBoo
 }
 
 /// The demo workload: moves itself into the cgroup, then sends `rate` requests per second on
-/// a keep-alive connection to the VIP and prints a line per second.
+/// a keep-alive connection to the VIP and prints a line per second. As HTTP clients with a
+/// connection pool do, it honours `Connection: close`, checks its idle connection before
+/// reusing it, and resends a GET once when a reused connection closed before any answer.
 pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     join_cgroup(&args.cgroup)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
@@ -374,7 +453,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
         }
         next_send += interval;
         let t0 = Instant::now();
-        match request(&mut conn, args.vip) {
+        match get(&mut conn, args.vip) {
             Ok((endpoint, weir)) => {
                 ok += 1;
                 via_weir += u64::from(weir);
@@ -417,38 +496,88 @@ pub fn join_cgroup(cgroup: &Path) -> anyhow::Result<()> {
     std::fs::write(cgroup.join("cgroup.procs"), "0").with_context(|| format!("joining cgroup {}", cgroup.display()))
 }
 
-fn request(conn: &mut Option<(BufReader<TcpStream>, TcpStream)>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
+/// Whether the server closed (or wrote to) an idle connection: then it is not reused.
+fn stale(conn: &(BufReader<TcpStream>, TcpStream)) -> bool {
+    use std::os::fd::AsRawFd;
+    if !conn.0.buffer().is_empty() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek into a 1-byte buffer on a live socket.
+    let n = unsafe { libc::recv(conn.1.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}
+
+fn get(conn: &mut Option<(BufReader<TcpStream>, TcpStream)>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
+    if conn.as_ref().is_some_and(stale) {
+        *conn = None;
+    }
+    let reused = conn.is_some();
+    match request(conn, vip) {
+        Ok(r) => Ok(r),
+        Err((e, answered)) => {
+            *conn = None;
+            if !reused || answered {
+                return Err(e);
+            }
+            // Closed under the request before any answer: a pooled client resends a GET once,
+            // on a new connection (RFC 9112 9.3.1).
+            request(conn, vip).map_err(|(again, _)| {
+                *conn = None;
+                again.context(format!("resent after: {e:#}"))
+            })
+        }
+    }
+}
+
+/// One GET on `conn` (opened if need be): which endpoint answered, and whether through weir.
+/// On an error, whether any of the answer had arrived.
+fn request(
+    conn: &mut Option<(BufReader<TcpStream>, TcpStream)>,
+    vip: SocketAddr,
+) -> Result<(usize, bool), (anyhow::Error, bool)> {
+    let before = |e: std::io::Error| (anyhow::Error::new(e), false);
+    let after = |e: std::io::Error| (anyhow::Error::new(e), true);
     if conn.is_none() {
-        let s =
-            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).with_context(|| format!("connecting to {vip}"))?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        *conn = Some((BufReader::new(s.try_clone()?), s));
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+            .map_err(|e| (anyhow::Error::new(e).context(format!("connecting to {vip}")), false))?;
+        s.set_nodelay(true).map_err(before)?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(before)?;
+        *conn = Some((BufReader::new(s.try_clone().map_err(before)?), s));
     }
-    let (reader, writer) = conn.as_mut().context("connection")?;
-    write!(writer, "GET / HTTP/1.1\r\nhost: checkout\r\n\r\n")?;
+    let Some((reader, writer)) = conn.as_mut() else { unreachable!("connected above") };
+    write!(writer, "GET / HTTP/1.1\r\nhost: checkout\r\n\r\n").map_err(before)?;
     let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 200") {
-        bail!("unexpected status line {line:?}");
+    if reader.read_line(&mut line).map_err(before)? == 0 {
+        return Err((anyhow::anyhow!("the connection closed before an answer"), false));
     }
-    let (mut len, mut endpoint, mut weir) = (0usize, 0usize, false);
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err((anyhow::anyhow!("unexpected status line {line:?}"), true));
+    }
+    let (mut len, mut endpoint, mut weir, mut close) = (0usize, 0usize, false, false);
     loop {
         line.clear();
-        reader.read_line(&mut line)?;
+        reader.read_line(&mut line).map_err(after)?;
         if line == "\r\n" || line.is_empty() {
             break;
         }
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse()?;
+            len = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = lower.strip_prefix("x-demo-endpoint:") {
-            endpoint = v.trim().parse()?;
+            endpoint = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = lower.strip_prefix("x-demo-via-weir:") {
             weir = v.trim() == "true";
+        } else if let Some(v) = lower.strip_prefix("connection:") {
+            close = v.trim() == "close";
         }
     }
     let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
+    reader.read_exact(&mut body).map_err(after)?;
+    if close {
+        // The server closes after this answer (a draining weir does): the next request goes
+        // on a new connection.
+        *conn = None;
+    }
     Ok((endpoint, weir))
 }
