@@ -35,7 +35,7 @@ impl Listener {
     /// Binds `addr` with SO_REUSEPORT, so that every worker has its own accept queue on the
     /// same address. Must be called on a worker's runtime thread.
     pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
-        Listener::from_std(bind_reuseport(addr, backlog)?)
+        Listener::from_std(bind_reuseport(addr, Some(backlog))?)
     }
 
     /// Serves an already listening socket (bound here, or received from another process).
@@ -75,6 +75,18 @@ impl Listener {
         self.inner.local_addr()
     }
 
+    /// Makes the socket listen (if it does already, only the backlog is set again). A bound
+    /// SO_REUSEPORT socket joins its address's group, and can be handed connections, only
+    /// from here on.
+    pub fn listen(&self, backlog: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on a valid socket fd.
+        if unsafe { libc::listen(self.inner.as_raw_fd(), backlog) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The raw fd (for SO_REUSEPORT socket-array registration by the steering layer).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
@@ -82,10 +94,11 @@ impl Listener {
     }
 }
 
-/// A listening socket bound to `addr` with SO_REUSEPORT (and TCP_NODELAY, which accepted
-/// sockets inherit), not yet served by any runtime: bind anywhere, serve with
-/// [`Listener::from_std`] on a worker thread.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// A socket bound to `addr` with SO_REUSEPORT (and TCP_NODELAY, which accepted sockets
+/// inherit), listening with `backlog` (or not yet, with `None`: see [`Listener::listen`]), not
+/// yet served by any runtime: bind anywhere, serve with [`Listener::from_std`] on a worker
+/// thread.
+pub fn bind_reuseport(addr: SocketAddr, backlog: Option<i32>) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -94,7 +107,9 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::Tc
     }
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
+    if let Some(backlog) = backlog {
+        socket.listen(backlog)?;
+    }
     Ok(socket.into())
 }
 

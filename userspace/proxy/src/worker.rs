@@ -109,7 +109,7 @@ impl Workers {
                 addrs.push(a);
             }
         }
-        let per_worker = share_out_listeners(&addrs, opts.workers, opts.inherited)?;
+        let per_worker = share_out_listeners(&addrs, opts.workers, opts.inherited, opts.paused)?;
         let mut sockets = Vec::new();
         for l in per_worker.iter().flatten() {
             sockets.push(l.try_clone()?);
@@ -247,11 +247,14 @@ impl Workers {
 }
 
 /// Which listening sockets each worker serves (see [`StartOptions::inherited`]). The first of
-/// each worker's sockets is on the proxy address.
+/// each worker's sockets is on the proxy address. Sockets bound here for a paused start listen
+/// only when accepting starts: until then the kernel hands them nothing (a connection queued on
+/// a socket nobody accepts from would be lost if this process died before it accepts).
 fn share_out_listeners(
     addrs: &[SocketAddr],
     workers: usize,
     inherited: Vec<std::net::TcpListener>,
+    paused: bool,
 ) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
     let mut by_addr: Vec<Vec<std::net::TcpListener>> = addrs.iter().map(|_| Vec::new()).collect();
     for l in inherited {
@@ -266,7 +269,7 @@ fn share_out_listeners(
         for (id, own) in per_worker.iter_mut().enumerate() {
             let l = match sockets.next() {
                 Some(l) => l,
-                None => crate::io::bind_reuseport(*addr, BACKLOG)
+                None => crate::io::bind_reuseport(*addr, (!paused).then_some(BACKLOG))
                     .map_err(|e| io::Error::new(e.kind(), format!("worker {id}: cannot listen on {addr}: {e}")))?,
             };
             own.push(l);
@@ -416,6 +419,10 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &Listener, register: Option<
         if let Either::Right(_) = select(resumed, stopped).await {
             return;
         }
+    }
+    if let Err(e) = listener.listen(BACKLOG) {
+        tracing::error!(worker = worker.ctx.worker, "cannot listen: {e}");
+        return;
     }
     if let (Some(cpu), Some(od)) = (register, &worker.shared.orig_dst) {
         od.register_listener(worker.ctx.worker, cpu, listener.raw_fd());

@@ -135,6 +135,13 @@ impl Control {
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
         let _serial = self.reload_lock.lock();
+        if let crate::takeover::Phase::Offered { pid } | crate::takeover::Phase::Swapping { pid } = self.handoff.phase()
+        {
+            // The new weir steers with this weir's service table until it has taken over, and
+            // then applies the file itself.
+            tracing::info!("config reload skipped: weir pid {pid} is taking this weir over");
+            return Ok(());
+        }
         let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
             let old = self.shared.snapshot.load_full();
             let fixed = restart_only_changes(&old.config, &config);
