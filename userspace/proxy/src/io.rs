@@ -283,6 +283,14 @@ impl Conn {
         drop(self);
     }
 
+    /// Shuts the write side down now, for every handle (sends FIN after the queued bytes): the
+    /// peer reads the end of the stream, while reads on this side go on.
+    pub fn shutdown_write_ref(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a valid fd owned by this socket.
+        unsafe { libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR) };
+    }
+
     /// Makes the final close a reset (SO_LINGER 0) instead of a FIN after queued bytes.
     pub fn set_zero_linger(&self) -> io::Result<()> {
         self.inner.set_zero_linger()

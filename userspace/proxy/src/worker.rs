@@ -79,6 +79,8 @@ enum Command {
     /// Stop accepting, answer in-flight requests with `Connection: close`, and after
     /// `idle_grace` close the connections that wait for a request.
     Drain { idle_grace: Duration },
+    /// The drain timeout is reached: end the TCP relays still open gracefully.
+    EndRelays,
 }
 
 /// Running workers.
@@ -231,6 +233,15 @@ impl Workers {
         all
     }
 
+    /// The drain timeout is reached with TCP relays still open: shuts each one's write side
+    /// towards its client (a FIN after what was relayed), and relays on what the client still
+    /// sends until it closes too, so that the client reads the end of the stream instead of
+    /// meeting a reset when the process exits. Give them a moment ([`Workers::wait`]) before
+    /// exiting.
+    pub fn end_relays(&self) {
+        self.command(Command::EndRelays);
+    }
+
     /// Stops accepting, closes idle connections, lets in-flight requests finish with
     /// `Connection: close`, and waits up to `timeout` for the workers to exit. Returns whether
     /// every worker finished in time.
@@ -296,6 +307,10 @@ struct Worker {
     resumed: CancelToken,
     /// Cancelled when accepting stops.
     stop_accepting: CancelToken,
+    /// Another handle to the client socket of every TCP relay open on this worker (by a
+    /// number of its own), to end them at the drain timeout.
+    relays: std::cell::RefCell<Vec<(u64, Conn)>>,
+    next_relay: Cell<u64>,
 }
 
 impl Worker {
@@ -358,6 +373,8 @@ fn run_worker(setup: Setup) {
             shared: shared.clone(),
             resumed: CancelToken::new(),
             stop_accepting: CancelToken::new(),
+            relays: std::cell::RefCell::new(Vec::new()),
+            next_relay: Cell::new(0),
         });
         if !paused {
             worker.resumed.clone().cancel();
@@ -399,6 +416,7 @@ async fn control(worker: Rc<Worker>, mut commands: futures_channel::mpsc::Unboun
             Some(Command::Resume) => worker.resumed.clone().cancel(),
             Some(Command::StopAccepting) => worker.stop_accepting.clone().cancel(),
             Some(Command::Drain { idle_grace }) => break idle_grace,
+            Some(Command::EndRelays) => end_relays(&worker),
             None => break Duration::ZERO,
         }
     };
@@ -407,6 +425,17 @@ async fn control(worker: Rc<Worker>, mut commands: futures_channel::mpsc::Unboun
         crate::io::sleep(idle_grace).await;
     }
     worker.ctx.drain.clone().cancel();
+    while let Some(command) = commands.next().await {
+        if let Command::EndRelays = command {
+            end_relays(&worker);
+        }
+    }
+}
+
+fn end_relays(worker: &Worker) {
+    for (_, client) in worker.relays.borrow().iter() {
+        client.shutdown_write_ref();
+    }
 }
 
 /// Accepts on `listener` until accepting stops. `register`: this is the worker's proxy
@@ -456,7 +485,16 @@ fn spawn_connection(worker: Rc<Worker>, conn: Conn, peer: SocketAddr, protocol: 
         match protocol {
             // Boxed: a relay's state is large, and an HTTP connection (the common case) should
             // not carry its size while idle.
-            Protocol::Tcp => Box::pin(crate::tcp::relay(&worker.ctx, conn, peer, route)).await,
+            Protocol::Tcp => {
+                let id = worker.next_relay.get();
+                worker.next_relay.set(id + 1);
+                worker.relays.borrow_mut().push((id, conn.try_clone()));
+                Box::pin(crate::tcp::relay(&worker.ctx, conn, peer, route)).await;
+                let mut relays = worker.relays.borrow_mut();
+                if let Some(i) = relays.iter().position(|(r, _)| *r == id) {
+                    relays.swap_remove(i);
+                }
+            }
             Protocol::Http => crate::conn::serve(&worker.ctx, conn, peer, route).await,
         }
         worker.connections.set(worker.connections.get() - 1);

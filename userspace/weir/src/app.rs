@@ -230,6 +230,9 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// How long TCP relays still open at the drain timeout get to close after their FIN.
+const RELAY_LINGER: Duration = Duration::from_secs(1);
+
 /// How to start weir.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppOptions {
@@ -578,6 +581,9 @@ impl App {
         tracing::info!("draining (at most {} s)", drain_timeout.as_secs());
         self.workers.begin_drain(Duration::ZERO);
         let clean = self.workers.wait(Instant::now() + drain_timeout);
+        if !clean {
+            self.end_relays();
+        }
         if let Some(s) = self.control.shipper.lock().take() {
             s.stop(Duration::from_secs(2));
         }
@@ -591,11 +597,21 @@ impl App {
         clean
     }
 
+    /// The drain timeout is reached: the TCP relays still open end with a FIN (and what their
+    /// clients still send is relayed) rather than with the process; they get [`RELAY_LINGER`].
+    fn end_relays(&self) {
+        self.workers.end_relays();
+        let _ = self.workers.wait(Instant::now() + RELAY_LINGER);
+    }
+
     fn finish_handed_over(&mut self, pid: u32, deadline: Instant) -> bool {
         if let Some(s) = self.handoff_server.take() {
             s.stop();
         }
         let clean = self.workers.wait(deadline);
+        if !clean {
+            self.end_relays();
+        }
         // The last counters, once the workers have published theirs.
         self.control.handoff.finish(Duration::from_secs(5));
         if let Some(s) = self.control.shipper.lock().take() {
