@@ -139,7 +139,7 @@ impl Control {
         {
             // The new weir steers with this weir's service table until it has taken over, and
             // then applies the file itself.
-            tracing::info!("config reload skipped: weir pid {pid} is taking this weir over");
+            tracing::info!("config reload skipped: {} is taking this weir over", crate::takeover::Who(pid));
             return Ok(());
         }
         let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
@@ -286,7 +286,7 @@ impl App {
             }
             Err(e) => {
                 pred.abort(&format!("{e:#}"));
-                Err(e.context(format!("taking over from weir pid {pid} (it keeps serving)")))
+                Err(e.context(format!("taking over from {} (it keeps serving)", crate::takeover::Who(pid))))
             }
         }
     }
@@ -446,8 +446,8 @@ impl App {
                 tracing::info!(
                     pid = pred.pid,
                     version = %pred.version,
-                    "took over from weir pid {} in {} ms",
-                    pred.pid,
+                    "took over from {} in {} ms",
+                    crate::takeover::Who(pred.pid),
                     t0.elapsed().as_millis()
                 );
             }
@@ -619,10 +619,11 @@ impl App {
         }
         self.control.admin_socket.lock().take();
         if clean {
-            tracing::info!("handed over to weir pid {pid}; drained; exiting");
+            tracing::info!("handed over to {}; drained; exiting", crate::takeover::Who(pid));
         } else {
             tracing::warn!(
-                "handed over to weir pid {pid}; drain timeout reached, closing the connections still open; exiting"
+                "handed over to {}; drain timeout reached, closing the connections still open; exiting",
+                crate::takeover::Who(pid)
             );
         }
         true

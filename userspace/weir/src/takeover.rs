@@ -76,6 +76,20 @@ pub fn shared_maps_abi() -> Vec<u32> {
     weir_ebpf_common::shared_maps_abi().to_vec()
 }
 
+/// The other weir in messages: `weir pid N`, or, when its pid is not visible from this PID
+/// namespace (SO_PEERCRED says 0: it runs in another container), so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who(pub u32);
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("a weir in another PID namespace"),
+            pid => write!(f, "weir pid {pid}"),
+        }
+    }
+}
+
 /// What a frame is. The numbers never change; new kinds get new numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -291,9 +305,9 @@ impl Handoff {
                 Ok(())
             }
             Phase::Offered { pid: other } | Phase::Swapping { pid: other } => {
-                Err(format!("another takeover (weir pid {other}) is in progress"))
+                Err(format!("another takeover ({}) is in progress", Who(other)))
             }
-            Phase::HandedOver { pid: other } => Err(format!("this weir has already handed over to weir pid {other}")),
+            Phase::HandedOver { pid: other } => Err(format!("this weir has already handed over to {}", Who(other))),
             Phase::Closing => Err("this weir is shutting down".into()),
         }
     }

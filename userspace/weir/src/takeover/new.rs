@@ -12,7 +12,9 @@ use anyhow::{Context as _, anyhow, bail};
 use weir_core::config::Config;
 
 use super::wire::{self, Channel};
-use super::{Committed, Hello, Inherited, Kind, Offer, PROTOCOL, Refuse, SUPPORTED, StatsUpdate, Totals, json, parse};
+use super::{
+    Committed, Hello, Inherited, Kind, Offer, PROTOCOL, Refuse, SUPPORTED, StatsUpdate, Totals, Who, json, parse,
+};
 use crate::app::Control;
 use crate::steering::ServiceEntry;
 
@@ -50,6 +52,7 @@ pub fn connect(config: &Config) -> anyhow::Result<Option<(Predecessor, Inheritan
         return Ok(None);
     };
     let pid = chan.peer.pid;
+    let who = Who(pid);
     let hello = Hello {
         protocol: PROTOCOL,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -58,27 +61,26 @@ pub fn connect(config: &Config) -> anyhow::Result<Option<(Predecessor, Inheritan
         pin_dir: config.steering.pin_dir.clone(),
         fail_after_ms: config.steering.fail_after.as_millis() as u64,
     };
-    chan.send(Kind::Hello as u8, &json(&hello), &[]).with_context(|| format!("greeting weir pid {pid}"))?;
-    let frame = chan.recv(Some(Duration::from_secs(30))).with_context(|| format!("waiting for weir pid {pid}"))?;
+    chan.send(Kind::Hello as u8, &json(&hello), &[]).with_context(|| format!("greeting {who}"))?;
+    let frame = chan.recv(Some(Duration::from_secs(30))).with_context(|| format!("waiting for {who}"))?;
     match Kind::from_u8(frame.kind) {
         Some(Kind::Refuse) => {
             let why = parse::<Refuse>(Kind::Refuse, &frame.body).map_or_else(|e| e, |r| r.reason);
-            bail!("weir pid {pid} refused the takeover: {why}");
+            bail!("{who} refused the takeover: {why}");
         }
         Some(Kind::Offer) => {}
-        other => bail!("weir pid {pid} answered the hello with {other:?}"),
+        other => bail!("{who} answered the hello with {other:?}"),
     }
-    let offer: Offer = parse(Kind::Offer, &frame.body).map_err(|e| anyhow!("weir pid {pid}: {e}"))?;
+    let offer: Offer = parse(Kind::Offer, &frame.body).map_err(|e| anyhow!("{who}: {e}"))?;
     let mut pred = Predecessor { chan, pid, version: offer.version.clone(), done: false };
     if !SUPPORTED.contains(&offer.protocol) {
-        let reason =
-            format!("weir pid {pid} offers takeover protocol {}, this weir speaks {SUPPORTED:?}", offer.protocol);
+        let reason = format!("{who} offers takeover protocol {}, this weir speaks {SUPPORTED:?}", offer.protocol);
         pred.abort(&reason);
         bail!(reason);
     }
     let want = offer.listeners.len() + usize::from(offer.admin.is_some()) + 1;
     if frame.fds.len() != want {
-        let reason = format!("weir pid {pid} sent {} file descriptors, {want} expected", frame.fds.len());
+        let reason = format!("{who} sent {} file descriptors, {want} expected", frame.fds.len());
         pred.abort(&reason);
         bail!(reason);
     }
@@ -90,7 +92,7 @@ pub fn connect(config: &Config) -> anyhow::Result<Option<(Predecessor, Inheritan
         None => None,
     };
     let takeover = UnixListener::from(next()? as OwnedFd);
-    tracing::info!(pid, version = %pred.version, sockets = offer.listeners.len(), "taking over from weir pid {pid}");
+    tracing::info!(pid, version = %pred.version, sockets = offer.listeners.len(), "taking over from {who}");
     super::test_stop_at("offer-received");
     Ok(Some((pred, Inheritance { listeners, admin, takeover, services: offer.steering })))
 }
@@ -106,9 +108,9 @@ impl Predecessor {
             Some(Kind::Refuse) => {
                 self.done = true;
                 let why = parse::<Refuse>(Kind::Refuse, &frame.body).map_or_else(|e| e, |r| r.reason);
-                bail!("weir pid {} refused the swap: {why}", self.pid)
+                bail!("{} refused the swap: {why}", Who(self.pid))
             }
-            other => bail!("weir pid {} answered the swap with {other:?}", self.pid),
+            other => bail!("{} answered the swap with {other:?}", Who(self.pid)),
         }
     }
 

@@ -15,8 +15,8 @@ use weir_proxy::Workers;
 
 use super::wire::Channel;
 use super::{
-    Committed, Hello, IDLE_GRACE, Kind, Offer, PREPARE_TIMEOUT, Refuse, SUPPORTED, StatsUpdate, current_totals, json,
-    parse,
+    Committed, Hello, IDLE_GRACE, Kind, Offer, PREPARE_TIMEOUT, Refuse, SUPPORTED, StatsUpdate, Who, current_totals,
+    json, parse,
 };
 use crate::admin::AdminServer;
 use crate::app::{Control, Event};
@@ -132,7 +132,7 @@ fn accept_loop(shared: &Arc<Listening>, control: &Arc<Control>, handles: &Handle
             Err(reason) => std::thread::Builder::new().name("weir-handoff".into()).spawn(move || {
                 let mut chan = chan;
                 let _ = chan.recv(Some(Duration::from_secs(2)));
-                tracing::warn!("refused a takeover by weir pid {pid}: {reason}");
+                tracing::warn!("refused a takeover by {}: {reason}", Who(pid));
                 control.takeovers_failed.fetch_add(1, Ordering::Relaxed);
                 refuse(&mut chan, &reason);
             }),
@@ -174,7 +174,7 @@ fn hand_off(mut chan: Channel, control: &Arc<Control>, handles: &Handles, server
             }
             control.takeovers_failed.fetch_add(1, Ordering::Relaxed);
             control.handoff.failed();
-            tracing::warn!("takeover by weir pid {pid} failed: {}; this weir keeps serving", f.reason);
+            tracing::warn!("takeover by {} failed: {}; this weir keeps serving", Who(pid), f.reason);
             refuse(&mut chan, &f.reason);
             control.notify(Event::HandoffEnded);
         }
@@ -305,11 +305,12 @@ fn commit(chan: &mut Channel, control: &Arc<Control>, handles: &Handles, server:
     control.handoff.handed_over(pid, t0 + drain);
     let committed = Committed { totals: current_totals(control), drain_ms: drain.as_millis() as u64 };
     if let Err(e) = chan.send(Kind::Committed as u8, &json(&committed), &[]) {
-        tracing::warn!("could not send the counters to weir pid {pid}: {e}");
+        tracing::warn!("could not send the counters to {}: {e}", Who(pid));
     }
     tracing::info!(
         pid,
-        "handed over to weir pid {pid} in {} ms; draining (at most {} s)",
+        "handed over to {} in {} ms; draining (at most {} s)",
+        Who(pid),
         t0.elapsed().as_millis(),
         drain.as_secs()
     );
