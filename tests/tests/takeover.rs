@@ -247,6 +247,20 @@ fn check_workload(report: &serde_json::Value, takeovers: &[(u64, u64)], min_ok: 
     assert!(closed_by_weir >= 2, "no long-lived connection reached a drain timeout: {}", report["long_lived"]);
 }
 
+/// Requests that started during a hand-off (within 10 ms).
+fn requests_during(report: &serde_json::Value, windows: &[(u64, u64)]) -> u64 {
+    report["per_10ms"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(slot, _)| {
+            let ms = slot.parse::<u64>().unwrap_or(0) * 10;
+            windows.iter().any(|(a, b)| ms + 10 > *a && ms <= *b)
+        })
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum()
+}
+
 /// The longest latency of a request that overlapped a hand-off, and the median.
 fn handoff_latency(report: &serde_json::Value, windows: &[(u64, u64)]) -> (u64, u64) {
     let mut longest = 0;
@@ -334,12 +348,13 @@ fn takeovers_under_load(
     let (longest_us, p50_us) = handoff_latency(&report, &windows);
     let slowest_handoff = made.iter().map(|m| m.took).max().unwrap_or_default();
     println!(
-        "takeover {tag}: {count} takeovers, {} requests ({} s), {} failed, {} reset, {} retried on a closed keep-alive \
-         connection, {} answered with Connection: close; slow requests {} ok (longest {} ms); p50 {} µs, longest \
-         request overlapping a hand-off {} µs; longest hand-off (start to serving) {} ms; {} scrapes, counters never \
-         decreased",
+        "takeover {tag}: {count} takeovers, {} requests ({} s; {} started during a hand-off), {} failed, {} reset, {} \
+         retried on a closed keep-alive connection, {} answered with Connection: close; slow requests {} ok (longest \
+         {} ms); p50 {} µs, longest request overlapping a hand-off {} µs; longest hand-off (start to serving) {} ms; \
+         {} scrapes, counters never decreased",
         report["ok"],
         begun.elapsed().as_secs(),
+        requests_during(&report, &windows),
         report["failed"],
         report["resets"],
         report["retried"],

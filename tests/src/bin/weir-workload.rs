@@ -142,10 +142,11 @@ fn report(t: &Totals) {
     by_latency.sort_unstable();
     let q = |q: f64| by_latency.get(((by_latency.len() as f64 * q) as usize).min(by_latency.len().saturating_sub(1)));
     lat.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
-    lat.truncate(300);
-    let mut per_second: BTreeMap<u64, u64> = BTreeMap::new();
+    lat.truncate(2000);
+    // Requests started per 10 ms (by Unix time / 10 ms), to count those in a given window.
+    let mut per_10ms: BTreeMap<u64, u64> = BTreeMap::new();
     for (start, _) in t.latencies.lock().expect("latencies").iter() {
-        *per_second.entry(start / 1_000_000).or_default() += 1;
+        *per_10ms.entry(start / 10_000).or_default() += 1;
     }
     println!(
         "{}",
@@ -158,7 +159,7 @@ fn report(t: &Totals) {
             "errors": *t.errors.lock().expect("errors"),
             "latency_us": { "p50": q(0.5), "p99": q(0.99), "max": by_latency.last() },
             "slowest": lat,
-            "per_second": per_second,
+            "per_10ms": per_10ms,
             "slow": {
                 "ok": t.slow_ok.load(Ordering::Relaxed),
                 "failed": t.slow_failed.load(Ordering::Relaxed),
