@@ -261,17 +261,20 @@ fn requests_during(report: &serde_json::Value, windows: &[(u64, u64)]) -> u64 {
         .sum()
 }
 
-/// The longest latency of a request that overlapped a hand-off, and the median.
-fn handoff_latency(report: &serde_json::Value, windows: &[(u64, u64)]) -> (u64, u64) {
-    let mut longest = 0;
+/// The longest latency (µs) of a request that overlapped a hand-off, of one that did not, and
+/// the median.
+fn handoff_latency(report: &serde_json::Value, windows: &[(u64, u64)]) -> (u64, u64, u64) {
+    let (mut during, mut outside) = (0, 0);
     for s in report["slowest"].as_array().into_iter().flatten() {
         let (start_us, lat_us) = (s[0].as_u64().unwrap_or(0), s[1].as_u64().unwrap_or(0));
         let (start, end) = (start_us / 1000, (start_us + lat_us) / 1000);
         if windows.iter().any(|(a, b)| start <= *b && end >= *a) {
-            longest = longest.max(lat_us);
+            during = during.max(lat_us);
+        } else {
+            outside = outside.max(lat_us);
         }
     }
-    (longest, report["latency_us"]["p50"].as_u64().unwrap_or(0))
+    (during, outside, report["latency_us"]["p50"].as_u64().unwrap_or(0))
 }
 
 /// Runs the workload at `rate` while `count` takeovers happen one after the other, each
@@ -345,13 +348,13 @@ fn takeovers_under_load(
     let windows: Vec<(u64, u64)> =
         made.iter().map(|m| (m.started_ms, m.started_ms + m.took.as_millis() as u64)).collect();
     check_workload(&report, &windows, u64::from(rate) * 3);
-    let (longest_us, p50_us) = handoff_latency(&report, &windows);
+    let (longest_us, outside_us, p50_us) = handoff_latency(&report, &windows);
     let slowest_handoff = made.iter().map(|m| m.took).max().unwrap_or_default();
     println!(
         "takeover {tag}: {count} takeovers, {} requests ({} s; {} started during a hand-off), {} failed, {} reset, {} \
          retried on a closed keep-alive connection, {} answered with Connection: close; slow requests {} ok (longest \
-         {} ms); p50 {} µs, longest request overlapping a hand-off {} µs; longest hand-off (start to serving) {} ms; \
-         {} scrapes, counters never decreased",
+         {} ms); p50 {} µs, longest request overlapping a hand-off {} µs (outside hand-offs {} µs); longest hand-off \
+         (start to serving) {} ms; {} scrapes, counters never decreased",
         report["ok"],
         begun.elapsed().as_secs(),
         requests_during(&report, &windows),
@@ -363,6 +366,7 @@ fn takeovers_under_load(
         report["slow"]["max_ms"],
         p50_us,
         longest_us,
+        outside_us,
         slowest_handoff.as_millis(),
         scrapes,
     );
