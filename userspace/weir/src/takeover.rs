@@ -170,7 +170,8 @@ pub struct Refuse {
 pub struct Committed {
     /// The old weir's counters when it stopped accepting.
     pub totals: Totals,
-    /// Milliseconds until its drain ends at the latest.
+    /// Milliseconds until it sends its last counters at the latest: when its drain ends (or,
+    /// if later, when the weir it took over itself is done).
     pub drain_ms: u64,
 }
 
@@ -396,6 +397,11 @@ impl Handoff {
     /// The weir this one took over sends counters until `until` at the latest.
     fn predecessor_following(&self, until: Instant) {
         self.set(|s| s.predecessor_until = Some(until));
+    }
+
+    /// Until when the weir this one took over may still send counters, if it still does.
+    fn predecessor_until(&self) -> Option<Instant> {
+        self.lock().predecessor_until
     }
 
     fn predecessor_done(&self) {

@@ -303,7 +303,11 @@ fn commit(chan: &mut Channel, control: &Arc<Control>, handles: &Handles, server:
     handles.workers.begin_drain(IDLE_GRACE);
     let drain = control.shared.snapshot.load().config.proxy.drain_timeout;
     control.handoff.handed_over(pid, t0 + drain);
-    let committed = Committed { totals: current_totals(control), drain_ms: drain.as_millis() as u64 };
+    // The last counters come when this weir's drain is over, or when the weir it took over
+    // itself is done, whichever is later.
+    let last = control.handoff.predecessor_until().map_or(t0 + drain, |p| p.max(t0 + drain));
+    let drain_ms = last.saturating_duration_since(Instant::now()).as_millis() as u64;
+    let committed = Committed { totals: current_totals(control), drain_ms };
     if let Err(e) = chan.send(Kind::Committed as u8, &json(&committed), &[]) {
         tracing::warn!("could not send the counters to {}: {e}", Who(pid));
     }
