@@ -340,11 +340,17 @@ fn takeovers_under_load(
     assert_eq!(metric_value(&metrics, "weir_takeovers_total{result=\"failure\"}"), 0.0);
     assert!(decreases.is_empty(), "weir_requests_total decreased over {scrapes} scrapes: {decreases:?}");
     assert!(scrapes > 20, "too few scrapes: {scrapes}");
-    // No connect took the fail mode's path: the kernel counters (shared across takeovers).
+    // No connect took the fail mode's path, and every new connection went to the listener of
+    // its CPU (the SO_REUSEPORT group and the CPU-affinity array stayed intact): the kernel
+    // counters, shared across takeovers.
+    let kernel =
+        |event: &str| metric_value(&metrics, &format!("weir_steering_kernel_events_total{{event=\"{event}\"}}"));
     for mode in ["fail_open", "fail_closed", "fail_endpoint"] {
-        let v = metric_value(&metrics, &format!("weir_steering_kernel_events_total{{event=\"{mode}\"}}"));
-        assert_eq!(v, 0.0, "steering took its fail mode ({mode}) during the takeovers");
+        assert_eq!(kernel(mode), 0.0, "steering took its fail mode ({mode}) during the takeovers");
     }
+    assert_eq!(kernel("affine_miss"), 0.0, "a connection found no listener for its CPU during the takeovers");
+    // A quarter of the workload's requests come on new connections.
+    assert!(kernel("affine_accept") >= sent / 8.0, "CPU-affine accepts were not counted across the takeovers");
     let windows: Vec<(u64, u64)> =
         made.iter().map(|m| (m.started_ms, m.started_ms + m.took.as_millis() as u64)).collect();
     check_workload(&report, &windows, u64::from(rate) * 3);
