@@ -19,3 +19,4 @@ mod resilience;
 mod root_tier;
 mod scale;
 mod soak;
+mod takeover;

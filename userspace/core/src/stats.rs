@@ -231,6 +231,31 @@ impl ServiceStats {
             .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
     }
 
+    /// Adds `n` calls that ended with gRPC status `code` (counters handed over by another weir).
+    pub fn add_grpc(&mut self, code: u8, n: u64) {
+        self.count_grpc(code, n);
+    }
+
+    /// Adds `n` requests answered with `code` (0 = no status).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        self.count_code(code.min(599), n);
+    }
+
+    /// The latency histogram's recorded values (µs) and their counts.
+    pub fn hdr_recorded(&self) -> Vec<(u64, u64)> {
+        self.hdr
+            .as_ref()
+            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `n` latencies of `value_us` into the histogram.
+    pub fn record_hdr_n(&mut self, value_us: u64, n: u64) {
+        self.hdr
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
+            .saturating_record_n(value_us.clamp(1, HDR_MAX_US), n);
+    }
+
     fn count_grpc(&mut self, code: u8, n: u64) {
         match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
             Ok(i) => self.grpc[i].1 += n,

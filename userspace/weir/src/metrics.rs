@@ -43,6 +43,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
     pub const STEERING: &str = "weir_steering_kernel_events_total";
+    pub const TAKEOVERS: &str = "weir_takeovers_total";
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -83,10 +84,12 @@ impl Out {
     }
 }
 
-/// The merged stats of every worker.
+/// The merged stats of every worker, plus those inherited from the weir this one took over:
+/// counters continue across a takeover.
 pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    Merged::merge(shards.iter().map(|s| &**s))
+    let inherited = control.inherited.load();
+    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&inherited.stats)))
 }
 
 /// Renders `/metrics`.
@@ -221,9 +224,18 @@ pub fn render(control: &Control) -> String {
     );
     o.sample(ACCESS_LOG, &[("result", "shipped")], shipped);
     o.sample(ACCESS_LOG, &[("result", "dropped")], dropped);
+    let inherited = control.inherited.load();
+    let own = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     o.family(RELOADS, "counter", "Config reloads by result (a failed reload keeps the previous config).");
-    o.sample(RELOADS, &[("result", "success")], control.reloads_ok.load(Ordering::Relaxed));
-    o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
+    o.sample(RELOADS, &[("result", "success")], own(&control.reloads_ok) + inherited.totals.reloads_ok);
+    o.sample(RELOADS, &[("result", "failure")], own(&control.reloads_failed) + inherited.totals.reloads_failed);
+    o.family(
+        TAKEOVERS,
+        "counter",
+        "Takeovers of the running weir by a new one (weir run --takeover), by result: success (counted by the new weir) or failure (refused or failed; the running weir served on).",
+    );
+    o.sample(TAKEOVERS, &[("result", "success")], own(&control.takeovers_ok) + inherited.totals.takeovers_ok);
+    o.sample(TAKEOVERS, &[("result", "failure")], own(&control.takeovers_failed) + inherited.totals.takeovers_failed);
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
     o.family(
