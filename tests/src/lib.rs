@@ -27,9 +27,28 @@ fn any_port() -> SocketAddr {
     ANY_PORT.parse().expect("a socket address")
 }
 
-/// `toml` with `@PROXY@` and `@ADMIN@` replaced.
+/// The environment variable that picks the socket-level redirect's mode for every weir the
+/// tests start: `off` adds `socket_redirect = false` to each `[steering]` table that does not
+/// set it (`cargo xtask test` runs the root tier a second time so); unset or `on` leaves weir's
+/// default (on).
+pub const REDIRECT_ENV: &str = "WEIR_TEST_SOCKET_REDIRECT";
+
+/// Whether the weirs of this test run have the socket-level redirect on ([`REDIRECT_ENV`]).
+pub fn socket_redirect_on() -> bool {
+    match std::env::var(REDIRECT_ENV).as_deref() {
+        Err(_) | Ok("on") => true,
+        Ok("off") => false,
+        Ok(other) => panic!("{REDIRECT_ENV}={other:?}: on or off"),
+    }
+}
+
+/// `toml` with `@PROXY@` and `@ADMIN@` replaced, and the redirect mode of this run applied.
 fn expand(toml: &str, proxy: SocketAddr, admin: SocketAddr) -> String {
-    toml.replace("@PROXY@", &proxy.to_string()).replace("@ADMIN@", &admin.to_string())
+    let mut toml = toml.replace("@PROXY@", &proxy.to_string()).replace("@ADMIN@", &admin.to_string());
+    if !socket_redirect_on() && !toml.contains("socket_redirect") {
+        toml = toml.replace("[steering]\n", "[steering]\nsocket_redirect = false\n");
+    }
+    toml
 }
 
 /// Replaces the config file whole (written next to it, then renamed over it, as a ConfigMap

@@ -8,5 +8,6 @@ mod cgroup_mounts;
 mod full_disk;
 mod grpc;
 mod memory;
+mod redirect;
 mod steering;
 mod takeover;

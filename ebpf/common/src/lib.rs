@@ -10,6 +10,9 @@
 //! the same service. Ports are stored in host byte order (`port`), converted at the edges.
 #![no_std]
 
+pub mod redirect;
+pub use redirect::{MAP_SOCK_STATE, MAP_SOCKS, MAX_REDIRECT_SOCKS, MsgStep, SockKey, SockState, msg_step};
+
 /// Map: service VIP ([`ServiceKey`]) → [`ServiceValue`]. Written by userspace on every config
 /// snapshot; read by the connect hooks.
 pub const MAP_SERVICES: &str = "WEIR_SERVICES";
@@ -38,16 +41,18 @@ pub const MAX_CPUS: u32 = 1024;
 /// record spans both processes (connect and sock_ops may run different programs, accept a
 /// different process), listeners stay registered for CPU-affine accept (a socket can be in
 /// one such map only), and the kernel counters continue.
-pub const SHARED_MAPS: [&str; 4] = [MAP_SOCK_ORIG, MAP_CONN_ORIG, MAP_LISTENERS, MAP_COUNTERS];
+/// The socket map ([`MAP_SOCKS`]) is shared too: a workload's socket enrolled by one weir's
+/// programs must find weir's side enrolled by the next one's.
+pub const SHARED_MAPS: [&str; 5] = [MAP_SOCK_ORIG, MAP_CONN_ORIG, MAP_LISTENERS, MAP_COUNTERS, MAP_SOCKS];
 
 /// Layout version of [`SHARED_MAPS`]. Bump it with any change of their key or value types, map
 /// types or capacities (including [`COUNTER_SLOTS`]): a weir never reuses, or takes over from
 /// a weir with, maps of another layout version. [`shared_maps_abi`] adds the sizes, so a
 /// forgotten bump of a size change still shows.
-pub const SHARED_MAPS_ABI: u32 = 1;
+pub const SHARED_MAPS_ABI: u32 = 2;
 
 /// [`SHARED_MAPS_ABI`] and the sizes and capacities it covers, for comparing two builds.
-pub const fn shared_maps_abi() -> [u32; 6] {
+pub const fn shared_maps_abi() -> [u32; 8] {
     [
         SHARED_MAPS_ABI,
         core::mem::size_of::<OrigDst>() as u32,
@@ -55,6 +60,8 @@ pub const fn shared_maps_abi() -> [u32; 6] {
         COUNTER_SLOTS,
         MAX_PENDING_CONNS,
         MAX_CPUS,
+        core::mem::size_of::<SockKey>() as u32,
+        MAX_REDIRECT_SOCKS,
     ]
 }
 
@@ -100,10 +107,25 @@ pub enum Counter {
     AffineAccept = 9,
     /// No listener was registered for the receiving CPU: the kernel's hash picked one.
     AffineMiss = 10,
+    /// A socket of a steered connection (the workload's, or weir's accepted one) was put into
+    /// the socket map for the socket-level redirect.
+    SockEnrolled = 11,
+    /// A socket could not be put into the socket map (another sockmap user holds it, or the
+    /// map is full): its connection runs over plain TCP.
+    SockEnrollFailed = 12,
+    /// A message went straight into the peer socket's receive queue.
+    MsgRedirected = 13,
+    /// A message took the TCP path: the peer is not in the socket map, or this direction fell
+    /// back to TCP earlier (and stays there, so that bytes are never reordered).
+    MsgPassed = 14,
+    /// A direction of a connection moved more than [`redirect::REDIRECT_BUDGET_BYTES`]
+    /// without the other side sending anything, and fell back to TCP for good (TCP's flow
+    /// control bounds what a slow reader lets queue; the redirect has none).
+    MsgFellBack = 15,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 16;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -119,6 +141,11 @@ impl Counter {
         Counter::FailEndpoint,
         Counter::AffineAccept,
         Counter::AffineMiss,
+        Counter::SockEnrolled,
+        Counter::SockEnrollFailed,
+        Counter::MsgRedirected,
+        Counter::MsgPassed,
+        Counter::MsgFellBack,
     ];
 
     /// Stable name used by `weir steer status` and metrics.
@@ -135,6 +162,11 @@ impl Counter {
             Counter::FailEndpoint => "fail_endpoint",
             Counter::AffineAccept => "affine_accept",
             Counter::AffineMiss => "affine_miss",
+            Counter::SockEnrolled => "sock_enrolled",
+            Counter::SockEnrollFailed => "sock_enroll_failed",
+            Counter::MsgRedirected => "msg_redirected",
+            Counter::MsgPassed => "msg_passed",
+            Counter::MsgFellBack => "msg_fell_back",
         }
     }
 }
@@ -186,7 +218,9 @@ pub struct SteerConfig {
     pub enabled: u32,
     /// What connects to a VIP do while weir is down: one of [`fail_mode`].
     pub fail_mode: u32,
-    pub _pad1: u32,
+    /// 1: put the sockets of steered connections into [`MAP_SOCKS`] (the socket-level
+    /// redirect); 0: leave them alone.
+    pub socket_redirect: u32,
     /// weir is down when its heartbeat ([`MAP_HEARTBEAT`]) is older than this.
     pub fail_after_ns: u64,
 }
@@ -347,6 +381,10 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockState {}
 }
 
 #[cfg(test)]
@@ -362,7 +400,7 @@ mod tests {
             own_mark: 0x5745,
             enabled: 1,
             fail_mode: fail_mode::OPEN,
-            _pad1: 0,
+            socket_redirect: 1,
             fail_after_ns: 2_000_000_000,
         }
     }

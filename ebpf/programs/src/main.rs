@@ -8,6 +8,13 @@
 //!   recorded with the dialed address, for the proxy to look up (and delete) on accept.
 //! - `steer_reuseport` (`sk_reuseport`): a new connection to the proxy goes to the listener of
 //!   the worker pinned to the CPU that handles it, so the flow stays on one core.
+//! - The socket-level redirect: `steer_sockops` also puts both ends of a steered connection
+//!   into `WEIR_SOCKS` (the workload's socket when it is established, weir's accepted socket when
+//!   the handshake completes on weir's side: the same program is attached to weir's own
+//!   cgroup); `steer_msg` (`sk_msg`, attached to that map) moves what one of them sends straight
+//!   into the other's receive queue, or lets it take the TCP path (`redirect::msg_step`);
+//!   `steer_skb` (a no-op stream verdict) is attached beside it because kernels from 6.18.14 on
+//!   can lose the wake-up of a socket enrolled without one.
 //!
 //! While weir is down (its heartbeat is stale), connects to a VIP follow the configured fail
 //! mode instead of being redirected to a proxy that is not there.
@@ -20,16 +27,19 @@ mod programs {
 
     use aya_ebpf::{
         EbpfContext,
-        bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr, sk_action::SK_PASS},
+        bindings::{
+            BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+            bpf_sock_addr, sk_action::SK_PASS,
+        },
         helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
-        macros::{cgroup_sock_addr, map, sk_reuseport, sock_ops},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray},
-        programs::{SkReuseportContext, SockAddrContext, SockOpsContext},
+        macros::{cgroup_sock_addr, map, sk_msg, sk_reuseport, sock_ops, stream_verdict},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray, SockHash},
+        programs::{SkBuffContext, SkMsgContext, SkReuseportContext, SockAddrContext, SockOpsContext},
     };
     use weir_ebpf_common::{
-        COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_SERVICES, OrigDst,
-        ServiceKey, ServiceValue, SteerConfig, connect_verdict, port_from_sock_ops_remote, port_from_user,
-        port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
+        COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_REDIRECT_SOCKS, MAX_SERVICES,
+        MsgStep, OrigDst, ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, connect_verdict, msg_step,
+        port_from_sock_ops_remote, port_from_user, port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
     };
 
     /// cgroup/connect*: let the connect proceed (rewritten or not). Returning 0 would fail the
@@ -60,6 +70,12 @@ mod programs {
 
     #[map(name = "WEIR_LISTENERS")]
     static LISTENERS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_CPUS, 0);
+
+    #[map(name = "WEIR_SOCKS")]
+    static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_REDIRECT_SOCKS, 0);
+
+    #[map(name = "WEIR_SOCK_STATE")]
+    static SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(MAX_REDIRECT_SOCKS, 0);
 
     #[inline(always)]
     fn count(counter: Counter) {
@@ -178,21 +194,11 @@ mod programs {
         ALLOW
     }
 
-    #[sock_ops]
-    pub fn steer_sockops(ctx: SockOpsContext) -> u32 {
-        // SAFETY: read of the sock_ops context.
-        if unsafe { read_volatile(&(*ctx.ops).op) } != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-            return SOCK_OPS_OK;
-        }
-        // SAFETY: bpf_get_socket_cookie accepts the sock_ops context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // SAFETY: the value is copied out before the entry is deleted.
-        let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
-            return SOCK_OPS_OK;
-        };
-        let _ = SOCK_ORIG.remove(&cookie);
-        // The workload's side of the connection: local = workload, remote = proxy. Every
-        // context field is read with a volatile load at a constant offset: the verifier
+    /// The four-tuple of a sock_ops socket as it sees itself: (local address, remote address,
+    /// local port, remote port), addresses IPv6 or IPv4-mapped.
+    #[inline(always)]
+    fn sock_ops_tuple(ctx: &SockOpsContext) -> Option<SockKey> {
+        // Every context field is read with a volatile load at a constant offset: the verifier
         // refuses a context pointer the compiler has moved (e.g. to merge two branches).
         let ops = ctx.ops;
         // SAFETY: reads of the sock_ops context the kernel handed us.
@@ -217,26 +223,190 @@ mod programs {
                 read_volatile(&(*ops).remote_port),
             )
         };
-        let (peer_addr, local_addr) = match family {
+        let (local_addr, remote_addr) = match family {
             AF_INET => (v4_mapped(local4), v4_mapped(remote4)),
             AF_INET6 => (v6_bytes(local6), v6_bytes(remote6)),
-            _ => {
-                count(Counter::RecordFailed);
+            _ => return None,
+        };
+        Some(SockKey {
+            local_addr,
+            remote_addr,
+            local_port: local_port as u16,
+            remote_port: port_from_sock_ops_remote(remote_port),
+        })
+    }
+
+    #[inline(always)]
+    fn redirect_on() -> bool {
+        CONFIG.get(0).is_some_and(|c| c.enabled != 0 && c.socket_redirect != 0)
+    }
+
+    /// Puts the sock_ops socket into the socket map under its own tuple (forgetting whatever a
+    /// former socket with the same tuple left in the state map).
+    #[inline(always)]
+    fn enroll(ctx: &SockOpsContext, key: &SockKey) {
+        let _ = SOCK_STATE.remove(key);
+        let mut key = *key;
+        // SAFETY: `ops` is the live context the kernel handed us.
+        let ops = unsafe { &mut *ctx.ops };
+        match SOCKS.update(&mut key, ops, u64::from(BPF_ANY)) {
+            Ok(()) => count(Counter::SockEnrolled),
+            // Another sockmap user holds the socket (EBUSY), or the map is full.
+            Err(_) => count(Counter::SockEnrollFailed),
+        }
+    }
+
+    #[sock_ops]
+    pub fn steer_sockops(ctx: SockOpsContext) -> u32 {
+        // SAFETY: read of the sock_ops context.
+        let op = unsafe { read_volatile(&(*ctx.ops).op) };
+        if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+            // weir's side of a steered connection (this program runs for weir's own cgroup
+            // too): the workload recorded it when its side was established, before its final
+            // ACK got here. Enrolled before weir accepts it, so before anything is sent.
+            if !redirect_on() {
                 return SOCK_OPS_OK;
             }
+            let Some(me) = sock_ops_tuple(&ctx) else { return SOCK_OPS_OK };
+            let conn = ConnKey {
+                peer_addr: me.remote_addr,
+                local_addr: me.local_addr,
+                peer_port: me.remote_port,
+                local_port: me.local_port,
+            };
+            // SAFETY: the value is only tested for presence.
+            if unsafe { CONN_ORIG.get(&conn) }.is_some() {
+                enroll(&ctx, &me);
+            }
+            return SOCK_OPS_OK;
+        }
+        if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+            return SOCK_OPS_OK;
+        }
+        // SAFETY: bpf_get_socket_cookie accepts the sock_ops context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the value is copied out before the entry is deleted.
+        let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+            return SOCK_OPS_OK;
+        };
+        let _ = SOCK_ORIG.remove(&cookie);
+        // The workload's side of the connection: local = workload, remote = proxy.
+        let Some(me) = sock_ops_tuple(&ctx) else {
+            count(Counter::RecordFailed);
+            return SOCK_OPS_OK;
         };
         let key = ConnKey {
-            peer_addr,
-            local_addr,
-            peer_port: local_port as u16,
-            local_port: port_from_sock_ops_remote(remote_port),
+            peer_addr: me.local_addr,
+            local_addr: me.remote_addr,
+            peer_port: me.local_port,
+            local_port: me.remote_port,
         };
         if CONN_ORIG.insert(&key, &orig, 0).is_err() {
             count(Counter::MapError);
-        } else {
-            count(Counter::Recorded);
+            return SOCK_OPS_OK;
+        }
+        count(Counter::Recorded);
+        // Enrolled before connect() returns to the workload: before it can send anything.
+        if redirect_on() {
+            enroll(&ctx, &me);
         }
         SOCK_OPS_OK
+    }
+
+    /// What a socket in `WEIR_SOCKS` sends: into its peer's receive queue when the peer is in
+    /// the map too and this direction never took the TCP path; else the TCP path (always
+    /// `SK_PASS`: a message is never dropped).
+    #[sk_msg]
+    pub fn steer_msg(ctx: SkMsgContext) -> u32 {
+        let md = ctx.msg;
+        // SAFETY: reads of the sk_msg context at constant offsets (see sock_ops_tuple).
+        let (family, local4, remote4, local6, remote6, local_port, remote_port, size) = unsafe {
+            (
+                read_volatile(&(*md).family),
+                read_volatile(&(*md).local_ip4),
+                read_volatile(&(*md).remote_ip4),
+                [
+                    read_volatile(&(*md).local_ip6[0]),
+                    read_volatile(&(*md).local_ip6[1]),
+                    read_volatile(&(*md).local_ip6[2]),
+                    read_volatile(&(*md).local_ip6[3]),
+                ],
+                [
+                    read_volatile(&(*md).remote_ip6[0]),
+                    read_volatile(&(*md).remote_ip6[1]),
+                    read_volatile(&(*md).remote_ip6[2]),
+                    read_volatile(&(*md).remote_ip6[3]),
+                ],
+                read_volatile(&(*md).local_port),
+                read_volatile(&(*md).remote_port),
+                read_volatile(&(*md).size),
+            )
+        };
+        let (local_addr, remote_addr) = match family {
+            AF_INET => (v4_mapped(local4), v4_mapped(remote4)),
+            AF_INET6 => (v6_bytes(local6), v6_bytes(remote6)),
+            _ => return SK_PASS,
+        };
+        let me = SockKey {
+            local_addr,
+            remote_addr,
+            local_port: local_port as u16,
+            remote_port: port_from_sock_ops_remote(remote_port),
+        };
+        let state = SOCK_STATE.get_ptr_mut(&me);
+        // SAFETY: the pointer comes from a map lookup and is valid for this program run.
+        match msg_step(state.map(|p| unsafe { &*p }), size) {
+            MsgStep::Pass(counter) => {
+                count(counter);
+                return SK_PASS;
+            }
+            MsgStep::FallBack => {
+                stay_on_tcp(&me, state);
+                count(Counter::MsgFellBack);
+                return SK_PASS;
+            }
+            MsgStep::TryRedirect => {}
+        }
+        let mut peer = me.peer();
+        if SOCKS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS) {
+            // The peer is not in the map (not enrolled, or gone): TCP, for good.
+            stay_on_tcp(&me, state);
+            count(Counter::MsgPassed);
+            return SK_PASS;
+        }
+        match state {
+            // SAFETY: as above; a racing update of the same counter only makes it approximate.
+            Some(p) => unsafe { (*p).redirected += u64::from(size) },
+            None => {
+                let _ = SOCK_STATE.insert(&me, &SockState { redirected: u64::from(size), passed: 0, _pad: 0 }, 0);
+            }
+        }
+        // This side spoke: the other direction's budget starts again.
+        if let Some(p) = SOCK_STATE.get_ptr_mut(&peer) {
+            // SAFETY: as above.
+            unsafe { (*p).redirected = 0 };
+        }
+        count(Counter::MsgRedirected);
+        SK_PASS
+    }
+
+    #[inline(always)]
+    fn stay_on_tcp(me: &SockKey, state: Option<*mut SockState>) {
+        match state {
+            // SAFETY: the pointer comes from a map lookup and is valid for this program run.
+            Some(p) => unsafe { (*p).passed = 1 },
+            None => {
+                let _ = SOCK_STATE.insert(me, &SockState { redirected: 0, passed: 1, _pad: 0 }, 0);
+            }
+        }
+    }
+
+    /// Attached beside `steer_msg` and does nothing: on kernels with the 6.18.14 regression a
+    /// socket in a sockmap without a verdict program can miss its receive wake-up. TCP bytes
+    /// that reach an enrolled socket go through the socket map's queue in arrival order.
+    #[stream_verdict]
+    pub fn steer_skb(_ctx: SkBuffContext) -> u32 {
+        SK_PASS
     }
 
     #[sk_reuseport]

@@ -221,6 +221,10 @@ pub struct SteeringConfig {
     /// Send each new connection to the worker pinned to the CPU that received it
     /// (sk_reuseport). Default true.
     pub cpu_affinity: bool,
+    /// Move the bytes of steered connections between the workload's socket and weir's
+    /// straight from one socket to the other (sockops + sk_msg), skipping TCP/IP on that local
+    /// leg. Default true; off, with the kernel's reason logged, where the kernel refuses it.
+    pub socket_redirect: bool,
 }
 
 /// `[access_log]`.

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod privileges;
+pub mod redirect;
 pub mod shipper;
 pub mod steering;
 pub mod takeover;

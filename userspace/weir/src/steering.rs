@@ -35,8 +35,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkReuseport, SockOps};
 use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
-    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
-    SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
+    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
+    OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
 use weir_proxy::OriginalDst;
 
@@ -48,6 +48,9 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 /// Programs attached to each steered cgroup.
 const CGROUP_PROGRAMS: [&str; 3] = ["steer_connect4", "steer_connect6", "steer_sockops"];
 const REUSEPORT_PROGRAM: &str = "steer_reuseport";
+/// The socket-level redirect's programs, attached to the socket map.
+const MSG_PROGRAM: &str = "steer_msg";
+const SKB_PROGRAM: &str = "steer_skb";
 /// Maps of one process pinned for inspection (`weir steer status` while weir is down,
 /// bpftool, the heartbeat of a weir that is gone); the shared ones are pinned as they are made.
 const PINNED_MAPS: [&str; 2] = [MAP_SERVICES, MAP_HEARTBEAT];
@@ -110,6 +113,11 @@ pub struct Steering {
     hooks: Arc<KernelHooks>,
     /// Links taken over from a previous run at start.
     pub taken_over: usize,
+    /// The socket-level redirect: on, or off and why.
+    redirect: Result<(), String>,
+    /// sock_ops on weir's own cgroup (enrolls weir's side of steered connections); not
+    /// pinned: weir's sockets end with weir.
+    own_link: Option<FdLink>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -134,6 +142,14 @@ pub struct SteerStatus {
     pub services: Vec<String>,
     /// Kernel-side counters, summed over CPUs.
     pub counters: StdHashMap<&'static str, u64>,
+    /// The socket-level redirect between steered workloads and weir is on.
+    pub socket_redirect: bool,
+    /// Why it is off (configured off, or what the kernel refused at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_redirect_off: Option<String>,
+    /// weir's own cgroup, where sock_ops enrolls weir's side of steered connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_cgroup: Option<PathBuf>,
 }
 
 /// The proxy address steered connections are rewritten to (an unspecified listen address
@@ -182,7 +198,12 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
     use aya::maps::Map;
     let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))?;
     let data = match map {
-        Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::ReusePortSockArray(d) | Map::PerCpuArray(d) => d,
+        Map::LruHashMap(d)
+        | Map::HashMap(d)
+        | Map::Array(d)
+        | Map::ReusePortSockArray(d)
+        | Map::PerCpuArray(d)
+        | Map::SockHash(d) => d,
         other => bail!("map {name} has unexpected type {other:?}"),
     };
     Ok(data.fd().as_fd().try_clone_to_owned()?)
@@ -234,12 +255,9 @@ impl Steering {
                 FailMode::Closed => fail_mode::CLOSED,
                 FailMode::Endpoint => fail_mode::ENDPOINT,
             },
-            _pad1: 0,
+            socket_redirect: 0,
             fail_after_ns: steering.fail_after.as_nanos() as u64,
         };
-        Array::<&mut MapData, SteerConfig>::try_from(map_data(&mut ebpf, MAP_CONFIG)?)?
-            .set(0, steer_config, 0)
-            .context("writing the steering config map")?;
         for name in CGROUP_PROGRAMS.into_iter().chain([REUSEPORT_PROGRAM]) {
             match program(&mut ebpf, name)? {
                 aya::programs::Program::CgroupSockAddr(p) => p.load(),
@@ -249,6 +267,23 @@ impl Steering {
             }
             .with_context(|| format!("loading {name} into the kernel (verifier)"))?;
         }
+        // The redirect's programs are attached to the socket map before any socket goes in
+        // (the config below switches enrolment on only once they are).
+        let own_cgroup = crate::redirect::own_cgroup();
+        let redirect = if !steering.socket_redirect {
+            Err("[steering] socket_redirect = false".to_string())
+        } else {
+            crate::redirect::attach_map_programs(&mut ebpf, MSG_PROGRAM, SKB_PROGRAM, MAP_SOCKS)
+                .and_then(|()| own_cgroup.as_ref().map(|_| ()).ok_or_else(|| "weir's own cgroup v2 is unknown".into()))
+        };
+        match &redirect {
+            Ok(()) => tracing::info!("socket-level redirect on"),
+            Err(why) => tracing::warn!("socket-level redirect off: {why}"),
+        }
+        let steer_config = SteerConfig { socket_redirect: u32::from(redirect.is_ok()), ..steer_config };
+        Array::<&mut MapData, SteerConfig>::try_from(map_data(&mut ebpf, MAP_CONFIG)?)?
+            .set(0, steer_config, 0)
+            .context("writing the steering config map")?;
         let reuseport_prog: OwnedFd = {
             let p: &mut SkReuseport = program(&mut ebpf, REUSEPORT_PROGRAM)?.try_into()?;
             p.fd()?.as_fd().try_clone_to_owned()?
@@ -270,7 +305,14 @@ impl Steering {
             services: StdHashMap::new(),
             hooks,
             taken_over: 0,
+            redirect,
+            own_link: None,
         };
+        if me.redirect.is_ok()
+            && let Some(cg) = own_cgroup
+        {
+            me.attach_own_cgroup(cg);
+        }
         match services {
             Some(entries) => me.set_services(entries.iter().map(ServiceEntry::to_kernel).collect())?,
             None => {
@@ -337,6 +379,33 @@ impl Steering {
             }
         }
         self.pin_maps(&PINNED_MAPS)
+    }
+
+    /// Attaches sock_ops to weir's own cgroup (unless it is steered already), so that weir's
+    /// side of a steered connection is enrolled when its handshake completes. Without it the
+    /// redirect is off.
+    fn attach_own_cgroup(&mut self, cg: PathBuf) {
+        if self.cgroups.iter().any(|c| *c == cg) {
+            return;
+        }
+        let attached = File::open(&cg)
+            .map_err(anyhow::Error::from)
+            .and_then(|dir| self.attach_one("steer_sockops", &dir))
+            .with_context(|| format!("attaching steer_sockops to weir's own cgroup {}", cg.display()));
+        match attached {
+            Ok(link) => self.own_link = Some(link),
+            Err(e) => {
+                tracing::warn!("socket-level redirect off: {e:#}");
+                self.redirect = Err(format!("{e:#}"));
+                let config = self.ebpf.map_mut(MAP_CONFIG).map(Array::<&mut MapData, SteerConfig>::try_from);
+                if let Some(Ok(mut config)) = config
+                    && let Ok(mut c) = config.get(&0, 0)
+                {
+                    c.socket_redirect = 0;
+                    let _ = config.set(0, c, 0);
+                }
+            }
+        }
     }
 
     /// Pins this weir's own maps `names` for inspection (in place of what was pinned there).
@@ -511,12 +580,19 @@ impl Steering {
             .unwrap_or_default();
         let mut services: Vec<String> = self.services.keys().map(|k| socket_addr(k.addr, k.port).to_string()).collect();
         services.sort();
+        let mut programs = CGROUP_PROGRAMS.to_vec();
+        if self.redirect.is_ok() {
+            programs.extend([MSG_PROGRAM, SKB_PROGRAM]);
+        }
         SteerStatus {
             cgroups: self.cgroups.clone(),
-            programs: CGROUP_PROGRAMS.to_vec(),
+            programs,
             links: self.links.iter().map(|(p, _)| p.clone()).collect(),
             services,
             counters,
+            socket_redirect: self.redirect.is_ok(),
+            socket_redirect_off: self.redirect.clone().err(),
+            own_cgroup: self.own_link.as_ref().and(crate::redirect::own_cgroup()),
         }
     }
 }

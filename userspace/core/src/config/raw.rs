@@ -87,6 +87,7 @@ struct RawSteering {
     fail_after_ms: u64,
     pin_dir: String,
     cpu_affinity: bool,
+    socket_redirect: bool,
 }
 
 impl Default for RawSteering {
@@ -99,6 +100,7 @@ impl Default for RawSteering {
             fail_after_ms: 2_000,
             pin_dir: "/sys/fs/bpf/weir".into(),
             cpu_affinity: true,
+            socket_redirect: true,
         }
     }
 }
@@ -637,6 +639,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             fail_after: ms(steering.fail_after_ms),
             pin_dir: steering.pin_dir.into(),
             cpu_affinity: steering.cpu_affinity,
+            socket_redirect: steering.socket_redirect,
         },
         access_log: AccessLogConfig { sink, ring_records: access_log.ring_records },
         services: out_services,
