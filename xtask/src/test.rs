@@ -2,6 +2,8 @@
 //! workspace: the unprivileged tier and the root tier (eBPF, cgroups, netns), which needs root
 //! and fails loudly without it; then a short run of every fuzz target (60 s each,
 //! `WEIR_FUZZ_SECONDS` to change, 0 to skip) so that parser regressions surface.
+//! The root tier runs twice: with the socket-level redirect on (weir's default) and again with
+//! it off (`WEIR_TEST_SOCKET_REDIRECT=off`), so that every steered test checks both paths.
 //! `--unprivileged` runs everything that needs no root: the root tier's tests all live under
 //! the `root_tier::` module of the integration tests, and are skipped by that name.
 
@@ -11,6 +13,10 @@ use crate::{is_root, root, run, setup};
 
 /// The module path every root-tier test lives under (tests/tests/root_tier.rs).
 pub const ROOT_TIER: &str = "root_tier::";
+
+/// What the integration harness reads to run weir with the socket-level redirect off
+/// (`weir_tests::REDIRECT_ENV`).
+pub const REDIRECT_ENV: &str = "WEIR_TEST_SOCKET_REDIRECT";
 
 pub fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
@@ -31,6 +37,21 @@ pub fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
         .current_dir(root())
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(test_args(unprivileged, extra)))?;
+    if !unprivileged && extra.is_empty() {
+        // The steered tests again with the socket-level redirect off: both modes must behave
+        // alike (only the root tier steers; the rest never enrolls a socket).
+        eprintln!("test: the root tier again with {REDIRECT_ENV}=off");
+        run(Command::new("cargo").current_dir(root()).env(REDIRECT_ENV, "off").args([
+            "test",
+            "-p",
+            "weir-tests",
+            "--test",
+            "integration",
+            "--no-fail-fast",
+            "--",
+            ROOT_TIER,
+        ]))?;
+    }
     let seconds: u64 = match std::env::var("WEIR_FUZZ_SECONDS") {
         Ok(v) => v.parse().map_err(|_| anyhow::anyhow!("WEIR_FUZZ_SECONDS={v:?} is not a number of seconds"))?,
         Err(_) => 60,

@@ -132,6 +132,13 @@ impl Wait {
     }
 }
 
+/// A write refused with ENOMEM (see [`Conn::write_range_by`]) is tried again after this…
+const ENOMEM_BACKOFF_MIN: Duration = Duration::from_millis(1);
+/// …doubling up to this…
+const ENOMEM_BACKOFF_MAX: Duration = Duration::from_millis(64);
+/// …for at most this long when the write has no deadline of its own.
+const ENOMEM_PATIENCE: Duration = Duration::from_secs(5);
+
 fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "no progress before the deadline")
 }
@@ -197,6 +204,9 @@ impl Conn {
         wait: Option<Wait>,
     ) -> (io::Result<()>, Vec<u8>) {
         let mut pos = range.start;
+        let mut backoff = ENOMEM_BACKOFF_MIN;
+        // Set at the first ENOMEM only: the clock is not read on the ordinary path.
+        let mut enomem_until: Option<Instant> = None;
         while pos < range.end {
             let op = self.inner.write(buf.slice(pos..range.end));
             let BufResult(res, slice) = match wait {
@@ -214,6 +224,18 @@ impl Conn {
                     self.sent += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A socket-level redirect into a peer whose memory is exhausted refuses the
+                // bytes instead of blocking (it has no flow control); there is no readiness to
+                // wait for, so try again after a pause, within the write's own bounds.
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                    let now = Instant::now();
+                    let until = *enomem_until.get_or_insert_with(|| wait.map_or(now + ENOMEM_PATIENCE, Wait::deadline));
+                    if now + backoff >= until {
+                        return (Err(e), buf);
+                    }
+                    compio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ENOMEM_BACKOFF_MAX);
+                }
                 Err(e) => return (Err(e), buf),
             }
         }

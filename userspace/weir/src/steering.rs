@@ -278,6 +278,7 @@ impl Steering {
         };
         match &redirect {
             Ok(()) => tracing::info!("socket-level redirect on"),
+            Err(why) if !steering.socket_redirect => tracing::info!("socket-level redirect off: {why}"),
             Err(why) => tracing::warn!("socket-level redirect off: {why}"),
         }
         let steer_config = SteerConfig { socket_redirect: u32::from(redirect.is_ok()), ..steer_config };
