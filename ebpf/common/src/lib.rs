@@ -234,11 +234,24 @@ pub struct OrigDst {
     pub addr: [u8; 16],
     /// Port, host byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// [`orig_flags`]: what the socket-level redirect does for this connection.
+    pub flags: u16,
     /// [`ServiceValue::service_id`] at connect time.
     pub service_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
+
+/// Bits of [`OrigDst::flags`]. The redirect is decided per connection, by the weir whose
+/// service the workload dialed (at connect), so that weirs with the redirect on and off can
+/// steer the same cgroup (whichever weir's sock_ops sees the connection first acts on it).
+pub mod orig_flags {
+    /// The weir that steered this connect has the socket-level redirect on: enroll the
+    /// workload's socket when it is established.
+    pub const REDIRECT: u16 = 1;
+    /// The workload's socket is in the socket map: enroll weir's side when its handshake
+    /// completes (else weir's side stays out: a lone enrolled socket only costs).
+    pub const ENROLLED: u16 = 2;
+}
 
 /// Key of [`MAP_CONN_ORIG`]: one TCP connection, named as the proxy's accepted socket sees it.
 #[repr(C)]
@@ -355,7 +368,7 @@ pub fn connect_verdict(
         return ConnectVerdict::Redirect(OrigDst {
             addr: dialed.addr,
             port: dialed.port,
-            _pad: 0,
+            flags: if config.socket_redirect != 0 { orig_flags::REDIRECT } else { 0 },
             service_id: service.service_id,
         });
     }
@@ -455,7 +468,13 @@ mod tests {
                 assert_eq!(orig.addr, vip().addr);
                 assert_eq!(orig.port, 80);
                 assert_eq!(orig.service_id, 7);
+                assert_eq!(orig.flags, orig_flags::REDIRECT, "this weir has the socket-level redirect on");
             }
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+        let off = SteerConfig { socket_redirect: 0, ..config() };
+        match connect_verdict(Some(&off), 0, &vip(), Some(&svc(7)), true) {
+            ConnectVerdict::Redirect(orig) => assert_eq!(orig.flags, 0, "redirect off: the connection stays on TCP"),
             other => panic!("expected a redirect, got {other:?}"),
         }
     }

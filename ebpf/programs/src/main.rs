@@ -39,7 +39,7 @@ mod programs {
     use weir_ebpf_common::{
         COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_REDIRECT_SOCKS, MAX_SERVICES,
         MsgStep, OrigDst, ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, connect_verdict, msg_step,
-        port_from_sock_ops_remote, port_from_user, port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
+        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
     };
 
     /// cgroup/connect*: let the connect proceed (rewritten or not). Returning 0 would fail the
@@ -236,23 +236,24 @@ mod programs {
         })
     }
 
-    #[inline(always)]
-    fn redirect_on() -> bool {
-        CONFIG.get(0).is_some_and(|c| c.enabled != 0 && c.socket_redirect != 0)
-    }
-
     /// Puts the sock_ops socket into the socket map under its own tuple (forgetting whatever a
-    /// former socket with the same tuple left in the state map).
+    /// former socket with the same tuple left in the state map); whether it went in.
     #[inline(always)]
-    fn enroll(ctx: &SockOpsContext, key: &SockKey) {
+    fn enroll(ctx: &SockOpsContext, key: &SockKey) -> bool {
         let _ = SOCK_STATE.remove(key);
         let mut key = *key;
         // SAFETY: `ops` is the live context the kernel handed us.
         let ops = unsafe { &mut *ctx.ops };
         match SOCKS.update(&mut key, ops, u64::from(BPF_ANY)) {
-            Ok(()) => count(Counter::SockEnrolled),
+            Ok(()) => {
+                count(Counter::SockEnrolled);
+                true
+            }
             // Another sockmap user holds the socket (EBUSY), or the map is full.
-            Err(_) => count(Counter::SockEnrollFailed),
+            Err(_) => {
+                count(Counter::SockEnrollFailed);
+                false
+            }
         }
     }
 
@@ -263,10 +264,8 @@ mod programs {
         if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
             // weir's side of a steered connection (this program runs for weir's own cgroup
             // too): the workload recorded it when its side was established, before its final
-            // ACK got here. Enrolled before weir accepts it, so before anything is sent.
-            if !redirect_on() {
-                return SOCK_OPS_OK;
-            }
+            // ACK got here. Enrolled before weir accepts it, so before anything is sent; only
+            // when the workload's side is in the map (the redirect needs both).
             let Some(me) = sock_ops_tuple(&ctx) else { return SOCK_OPS_OK };
             let conn = ConnKey {
                 peer_addr: me.remote_addr,
@@ -274,8 +273,9 @@ mod programs {
                 peer_port: me.remote_port,
                 local_port: me.local_port,
             };
-            // SAFETY: the value is only tested for presence.
-            if unsafe { CONN_ORIG.get(&conn) }.is_some() {
+            // SAFETY: the flags are copied out of the entry.
+            let flags = unsafe { CONN_ORIG.get(&conn) }.map_or(0, |o| o.flags);
+            if flags & orig_flags::ENROLLED != 0 {
                 enroll(&ctx, &me);
             }
             return SOCK_OPS_OK;
@@ -286,7 +286,7 @@ mod programs {
         // SAFETY: bpf_get_socket_cookie accepts the sock_ops context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: the value is copied out before the entry is deleted.
-        let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+        let Some(mut orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
             return SOCK_OPS_OK;
         };
         let _ = SOCK_ORIG.remove(&cookie);
@@ -301,15 +301,16 @@ mod programs {
             peer_port: me.local_port,
             local_port: me.remote_port,
         };
+        // Enrolled before connect() returns to the workload: before it can send anything. The
+        // weir that steered the connect decided whether (`orig_flags::REDIRECT`).
+        if orig.flags & orig_flags::REDIRECT != 0 && enroll(&ctx, &me) {
+            orig.flags |= orig_flags::ENROLLED;
+        }
         if CONN_ORIG.insert(&key, &orig, 0).is_err() {
             count(Counter::MapError);
             return SOCK_OPS_OK;
         }
         count(Counter::Recorded);
-        // Enrolled before connect() returns to the workload: before it can send anything.
-        if redirect_on() {
-            enroll(&ctx, &me);
-        }
         SOCK_OPS_OK
     }
 

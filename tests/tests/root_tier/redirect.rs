@@ -50,10 +50,10 @@ fn steered_requests_move_socket_to_socket_and_steering_says_so() {
         assert_eq!(status["socket_redirect"], true, "{body}");
         assert!(status["programs"].as_array().is_some_and(|p| p.iter().any(|p| p == "steer_msg")), "{body}");
         // Both ends of each of the 4 connections, and every request and response moved
-        // socket to socket (80 messages at least).
-        assert_eq!(delta("sock_enrolled"), 8, "{after:?}");
+        // socket to socket (80 messages at least). The counters are the node's (other tests
+        // steer at the same time): the exact proof per connection is TCP_INFO, below.
+        assert!(delta("sock_enrolled") >= 8, "{after:?}");
         assert!(delta("msg_redirected") >= 80, "{after:?}");
-        assert_eq!(delta("msg_passed"), 0, "{after:?}");
         let metrics = weir.metrics();
         assert!(
             weir_tests::metric_value(&metrics, "weir_steering_kernel_events_total{event=\"msg_redirected\"}") >= 80.0,
@@ -66,6 +66,125 @@ fn steered_requests_move_socket_to_socket_and_steering_says_so() {
             "{body}"
         );
         assert_eq!((delta("sock_enrolled"), delta("msg_redirected")), (0, 0), "{after:?}");
+    }
+}
+
+/// TCP_INFO of the workload's socket: what went over TCP. `tcp_acked` counts the SYN.
+fn tcp_path(r: &serde_json::Value) -> (u64, u64) {
+    (r["tcp_acked"].as_u64().expect("tcp_acked"), r["tcp_received"].as_u64().expect("tcp_received"))
+}
+
+#[test]
+fn on_a_redirected_connection_no_byte_takes_tcp_and_with_it_off_every_byte_does() {
+    require_root();
+    let cg = Cgroup::create("redirka");
+    let a = Endpoint::start("a");
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.5.6:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _weir = Weir::start(&steered_config(&cg, &svc));
+    let r = client(&cg, &["get_keepalive", "127.10.5.6:80", "alpha", "20"]);
+    assert_eq!(r["ok"], 20, "{r}");
+    let (acked, received) = tcp_path(&r);
+    if socket_redirect_on() {
+        assert_eq!((acked, received), (1, 0), "bytes took TCP on a redirected connection: {r}");
+    } else {
+        assert!(acked > 20 * 30 && received > 20 * 30, "{r}");
+    }
+}
+
+#[test]
+fn weirs_with_the_redirect_on_and_off_steer_one_cgroup_each_deciding_for_its_own_connections() {
+    require_root();
+    let cg = Cgroup::create("redirmix");
+    let a = Endpoint::start("a");
+    let svc = |vip: &str| format!("[[service]]\nname = \"alpha\"\nvip = \"{vip}\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _default = Weir::start(&steered_config(&cg, &svc("127.10.5.7:80")));
+    let off =
+        steered_config(&cg, &svc("127.10.5.8:80")).replace("[steering]\n", "[steering]\nsocket_redirect = false\n");
+    let _off = Weir::start(&off);
+    for _ in 0..3 {
+        // Whichever weir's sock_ops sees a connection first, the weir that steered it decides.
+        let r = client(&cg, &["get_keepalive", "127.10.5.8:80", "alpha", "5"]);
+        assert_eq!(r["ok"], 5, "{r}");
+        assert!(tcp_path(&r).1 > 0, "a connection of the weir with the redirect off was redirected: {r}");
+        let r = client(&cg, &["get_keepalive", "127.10.5.7:80", "alpha", "5"]);
+        assert_eq!(r["ok"], 5, "{r}");
+        assert_eq!(tcp_path(&r).1 == 0, socket_redirect_on(), "{r}");
+    }
+}
+
+#[test]
+fn a_response_cut_by_a_reset_arrives_as_far_as_it_went() {
+    require_root();
+    let cg = Cgroup::create("redircut");
+    let a = Endpoint::start("a");
+    a.set(Behavior::ResetMidResponse);
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.5.9:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _weir = Weir::start(&steered_config(&cg, &svc));
+    let r = client(&cg, &["get_cut", "127.10.5.9:80", "alpha"]);
+    // The head and the half body the endpoint sent, then the end: never more, never
+    // a byte out of place.
+    assert_eq!((r["status"].as_u64(), r["length"].as_u64()), (Some(200), Some(100_000)), "{r}");
+    assert_eq!((r["body"].as_u64(), r["all_x"].as_bool()), (Some(50_000), Some(true)), "{r}");
+    assert_eq!(tcp_path(&r).1 == 0, socket_redirect_on(), "{r}");
+}
+
+#[test]
+fn a_client_closing_in_the_middle_of_its_request_body_is_handled_as_over_tcp() {
+    require_root();
+    let cg = Cgroup::create("redirhalf");
+    let a = Endpoint::start("a");
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.5.10:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _weir = Weir::start(&steered_config(&cg, &svc));
+    let r = client(&cg, &["post_half", "127.10.5.10:80", "alpha", &(1u64 << 20).to_string()]);
+    // weir closes without an answer (the request cannot complete), over either path.
+    assert_eq!(
+        (r["status"].as_u64(), r["bytes"].as_u64(), r["reset"].as_bool()),
+        (Some(0), Some(0), Some(false)),
+        "{r}"
+    );
+    assert_eq!(tcp_path(&r).1, 1, "weir's FIN, and nothing else, came over TCP: {r}");
+    let r = client(&cg, &["get_keepalive", "127.10.5.10:80", "alpha", "2"]);
+    assert_eq!(r["ok"], 2, "weir serves on: {r}");
+    assert_eq!(a.requests(), 2, "the half request was never passed on as a request");
+}
+
+#[test]
+fn a_workload_that_stops_reading_gets_every_byte_and_the_redirect_bounds_what_it_queued() {
+    require_root();
+    let cg = Cgroup::create("redirslow");
+    let a = Endpoint::start("a");
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.5.11:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let _weir = Weir::start(&steered_config(&cg, &svc));
+    let size: u64 = 64 << 20;
+    let mut cmd = Command::new(weir_tests::testkit::tools::python());
+    cmd.arg(script()).args(["get_slow", "127.10.5.11:80", "alpha", &size.to_string()]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    join_on_exec(&mut cmd, &cg.path);
+    let mut child = cmd.spawn().expect("client");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("client says queued");
+    assert!(line.starts_with("queued "), "{line}");
+    child.stdin.take().expect("stdin").write_all(b"read\n").expect("tell the client to read");
+    line.clear();
+    out.read_line(&mut line).expect("client result");
+    assert!(child.wait().expect("client exit").success());
+    let r: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
+    assert_eq!(
+        (r["status"].as_u64(), r["body"].as_u64(), r["all_x"].as_bool()),
+        (Some(200), Some(size), Some(true)),
+        "{r}"
+    );
+    let total = r["total"].as_u64().expect("total");
+    let (_, received) = tcp_path(&r);
+    if socket_redirect_on() {
+        // The redirect has no flow control: the direction fell back to TCP once it had moved
+        // its budget unanswered, so at most that much skipped TCP (and the rest was paced by
+        // TCP's window while the workload did not read).
+        let budget = weir_ebpf_common::redirect::REDIRECT_BUDGET_BYTES;
+        assert!(received >= total - budget && received < total, "redirected {} of {total}: {r}", total - received);
+    } else {
+        assert_eq!(received, total + 1, "every byte and weir's FIN over TCP: {r}");
     }
 }
 

@@ -748,7 +748,7 @@ impl OriginalDst for KernelHooks {
             peer_port: peer.port(),
             local_port: local.port(),
         };
-        let mut value = OrigDst { addr: [0; 16], port: 0, _pad: 0, service_id: 0 };
+        let mut value = OrigDst { addr: [0; 16], port: 0, flags: 0, service_id: 0 };
         bpf_sys::lookup_and_delete(self.conn_orig.as_raw_fd(), &key, &mut value).ok()?;
         let ip = Ipv6Addr::from(value.addr);
         let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
