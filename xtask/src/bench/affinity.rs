@@ -153,8 +153,16 @@ fn measure_variants(
 ) -> anyhow::Result<Vec<AffinityVariant>> {
     let mut running: Vec<(AffinityVariant, Running)> = Vec::new();
     for (on, key, label, vip) in VARIANTS {
-        let spec =
-            WeirSpec { name: key, sink: "off", cgroup: Some(cgroup), workers: 2, vip, cpu_affinity: Some(on), cpus };
+        let spec = WeirSpec {
+            name: key,
+            sink: "off",
+            cgroup: Some(cgroup),
+            workers: 2,
+            vip,
+            cpu_affinity: Some(on),
+            cpus,
+            socket_redirect: None,
+        };
         let r = peers::start_weir_spec(env, &spec, upstream_addr)?;
         let v = AffinityVariant {
             key: key.into(),

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::measure::Plan;
-use super::peers::{Env, SERVICE, VIP};
+use super::peers::{Env, SERVICE, VIP, VIP_TCP};
 use super::report::Results;
 use crate::root;
 
@@ -24,7 +24,8 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
         "cargo build --release -p weir --bin weir -p weir-benches --bin weir-loadgen".into(),
         format!("taskset -c {c} nginx -p target/bench/nginx-upstream -c target/bench/configs/upstream-nginx.conf    # upstream"),
         format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir.toml --ready-file FILE    # path: weir (RUST_LOG=warn); FILE: the ports it bound"),
-        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-steered.toml    # path: weir + eBPF steering"),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-steered.toml    # path: weir + eBPF steering + socket redirect"),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-steered-tcp.toml    # path: weir + eBPF steering, socket redirect off (VIP {VIP_TCP})"),
         format!("taskset -c {p} nginx -p target/bench/nginx-proxy -c target/bench/configs/nginx.conf"),
         format!("taskset -c {p} haproxy -f target/bench/configs/haproxy.cfg -db"),
         format!("taskset -c {p} target/bench/venv/bin/envoy -c target/bench/configs/envoy.yaml --concurrency 1 --disable-hot-restart --log-level warn"),

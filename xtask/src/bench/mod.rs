@@ -25,6 +25,7 @@ mod measure;
 mod peers;
 mod plot;
 mod procs;
+mod redirect;
 mod report;
 mod rounds;
 mod scale;
@@ -51,9 +52,11 @@ pub struct BenchArgs {
     /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
-    /// Run only one section (`scale`: large service tables), print it and write
+    /// Run only one section (`scale`: large service tables; `redirect`: weir steered with the
+    /// socket-level redirect on and off beside weir dialed directly, nginx and HAProxy, without
+    /// the memory test), print it and write
     /// target/bench/SECTION.{md,json}; docs/BENCHMARKS.md is left alone.
-    #[arg(long, value_parser = ["scale"])]
+    #[arg(long, value_parser = ["scale", "redirect"])]
     only: Option<String>,
 }
 
@@ -175,7 +178,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream);
+    if args.only.as_deref() == Some("redirect") {
+        let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream, &PathId::REDIRECT, false);
+        drop(upstream);
+        drop(cgroup_guard);
+        let out = redirect::markdown(&paths, &plan, &machine, &now_utc());
+        std::fs::write(dir.join("redirect.md"), &out)?;
+        std::fs::write(dir.join("redirect.json"), serde_json::to_string_pretty(&paths)?)?;
+        println!("{out}");
+        return Ok(());
+    }
+    let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream, &PathId::ALL, true);
     eprintln!("bench: access-log cost (weir variants)");
     let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
         eprintln!("bench: access-log comparison failed: {e:#}");
@@ -225,7 +238,7 @@ fn unavailable(env: &Env, id: PathId) -> Option<String> {
     let why = |r: &Result<std::path::PathBuf, String>| r.as_ref().err().cloned();
     match id {
         PathId::Direct | PathId::Weir => None,
-        PathId::WeirSteered => why(&env.cgroup),
+        PathId::WeirSteered | PathId::WeirSteeredTcp => why(&env.cgroup),
         PathId::Nginx => why(&env.nginx),
         PathId::Haproxy => why(&env.haproxy),
         PathId::Envoy => why(&env.envoy),

@@ -16,6 +16,8 @@ use super::procs::{self, Proc};
 
 /// The VIP the steered client dials (never served by anything but weir).
 pub const VIP: &str = "127.10.0.1:80";
+/// The VIP of the steered weir with the socket-level redirect off (both steer one cgroup).
+pub const VIP_TCP: &str = "127.10.0.2:80";
 /// The service name weir routes by when a client dials it directly (Host header).
 pub const SERVICE: &str = "bench";
 
@@ -26,8 +28,11 @@ pub enum PathId {
     Direct,
     /// weir, one worker, client dialing weir's address (routed by Host).
     Weir,
-    /// weir through eBPF steering: client in a steered cgroup dialing the VIP.
+    /// weir through eBPF steering: client in a steered cgroup dialing the VIP; the socket-level
+    /// redirect on (weir's default).
     WeirSteered,
+    /// The same with `[steering] socket_redirect = false` (its own VIP): the local leg is TCP.
+    WeirSteeredTcp,
     /// nginx reverse proxy.
     Nginx,
     /// HAProxy, http mode.
@@ -38,8 +43,20 @@ pub enum PathId {
 
 impl PathId {
     /// Every path, in report order.
-    pub const ALL: [PathId; 6] =
-        [PathId::Direct, PathId::Weir, PathId::WeirSteered, PathId::Nginx, PathId::Haproxy, PathId::Envoy];
+    pub const ALL: [PathId; 7] = [
+        PathId::Direct,
+        PathId::Weir,
+        PathId::WeirSteered,
+        PathId::WeirSteeredTcp,
+        PathId::Nginx,
+        PathId::Haproxy,
+        PathId::Envoy,
+    ];
+
+    /// The paths of `--only redirect`: the redirect on and off beside the direct-dial paths
+    /// (Envoy left out for time).
+    pub const REDIRECT: [PathId; 6] =
+        [PathId::Direct, PathId::Weir, PathId::WeirSteered, PathId::WeirSteeredTcp, PathId::Nginx, PathId::Haproxy];
 
     /// Stable key (JSON, file names).
     pub fn key(self) -> &'static str {
@@ -47,6 +64,7 @@ impl PathId {
             PathId::Direct => "direct",
             PathId::Weir => "weir",
             PathId::WeirSteered => "weir-steered",
+            PathId::WeirSteeredTcp => "weir-steered-tcp",
             PathId::Nginx => "nginx",
             PathId::Haproxy => "haproxy",
             PathId::Envoy => "envoy",
@@ -58,7 +76,8 @@ impl PathId {
         match self {
             PathId::Direct => "direct (no proxy)",
             PathId::Weir => "weir",
-            PathId::WeirSteered => "weir + eBPF steering",
+            PathId::WeirSteered => "weir + eBPF steering + socket redirect",
+            PathId::WeirSteeredTcp => "weir + eBPF steering, socket redirect off",
             PathId::Nginx => "nginx",
             PathId::Haproxy => "HAProxy",
             PathId::Envoy => "Envoy",
@@ -181,18 +200,23 @@ pub struct WeirSpec<'a> {
     pub cpu_affinity: Option<bool>,
     /// taskset CPU list it starts on.
     pub cpus: &'a str,
+    /// `[steering] socket_redirect`, written only when set (the default is on).
+    pub socket_redirect: Option<bool>,
 }
 
 /// weir's config for `spec`: the upstream as the only endpoint of service `bench`, both
 /// listeners on any free port (`127.0.0.1:0`; weir reports the ones it bound).
 pub fn weir_toml(upstream: SocketAddr, spec: &WeirSpec) -> String {
-    let WeirSpec { sink, cgroup, workers, vip, cpu_affinity, .. } = *spec;
+    let WeirSpec { sink, cgroup, workers, vip, cpu_affinity, socket_redirect, .. } = *spec;
     let mut steering = match cgroup {
         Some(cg) => format!("enabled = true\ncgroups = [\"{}\"]", cg.display()),
         None => "enabled = false".to_string(),
     };
     if let Some(on) = cpu_affinity {
         let _ = write!(steering, "\ncpu_affinity = {on}");
+    }
+    if let Some(on) = socket_redirect {
+        let _ = write!(steering, "\nsocket_redirect = {on}");
     }
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\nmax_connections = 12000\ndownstream_idle_timeout_ms = 300000\n\n\
@@ -211,7 +235,16 @@ pub fn start_weir(
     sink: &str,
     cgroup: Option<&Path>,
 ) -> anyhow::Result<Running> {
-    let spec = WeirSpec { name, sink, cgroup, workers: 1, vip: VIP, cpu_affinity: None, cpus: &env.proxy_cpu };
+    let spec = WeirSpec {
+        name,
+        sink,
+        cgroup,
+        workers: 1,
+        vip: VIP,
+        cpu_affinity: None,
+        cpus: &env.proxy_cpu,
+        socket_redirect: None,
+    };
     start_weir_spec(env, &spec, upstream)
 }
 
@@ -253,6 +286,20 @@ pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Runn
         PathId::WeirSteered => {
             let cg = env.cgroup.clone().map_err(anyhow::Error::msg)?;
             return start_weir(env, "weir-steered", upstream, "off", Some(&cg));
+        }
+        PathId::WeirSteeredTcp => {
+            let cg = env.cgroup.clone().map_err(anyhow::Error::msg)?;
+            let spec = WeirSpec {
+                name: "weir-steered-tcp",
+                sink: "off",
+                cgroup: Some(&cg),
+                workers: 1,
+                vip: VIP_TCP,
+                cpu_affinity: None,
+                cpus: &env.proxy_cpu,
+                socket_redirect: Some(false),
+            };
+            return start_weir_spec(env, &spec, upstream);
         }
         PathId::Nginx => {
             let prefix = env.dir.join("nginx-proxy");

@@ -24,11 +24,19 @@ struct Live {
     saturation: Vec<Saturation>,
 }
 
-/// Measures every path of [`PathId::ALL`] against `upstream`.
-pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Proc) -> Vec<PathResult> {
+/// Measures the paths `ids` (every one of [`PathId::ALL`] in a full run) against `upstream`;
+/// the memory test too when `memory`.
+pub fn run(
+    env: &Env,
+    plan: &Plan,
+    upstream_addr: SocketAddr,
+    upstream: &mut Proc,
+    ids: &[PathId],
+    memory: bool,
+) -> Vec<PathResult> {
     let mut done: Vec<PathResult> = Vec::new();
     let mut live: Vec<Live> = Vec::new();
-    for id in PathId::ALL {
+    for &id in ids {
         let mut result = PathResult::new(id);
         if let Some(why) = unavailable(env, id) {
             eprintln!("bench: {}: unavailable: {why}", id.key());
@@ -146,7 +154,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Pro
     }
 
     for mut l in live {
-        if let Some(proc) = &l.running.proc {
+        if let Some(proc) = l.running.proc.as_ref().filter(|_| memory) {
             match measure::memory(env, plan, &l.running, proc, l.rss_idle) {
                 Ok(m) => {
                     eprintln!(
