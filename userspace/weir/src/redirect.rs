@@ -12,7 +12,7 @@ use aya::programs::{SkMsg, SkSkb};
 use weir_ebpf_common::SockKey;
 
 /// Loads the `sk_msg` program `msg` and the stream-verdict program `skb` and attaches both to
-/// the socket map `map`. An error says what the kernel refused.
+/// the socket map `map`, for good ([`keep_attached`]). An error says what the kernel refused.
 pub fn attach_map_programs(ebpf: &mut Ebpf, msg: &str, skb: &str, map: &str) -> Result<(), String> {
     let map_fd = {
         let m = ebpf.map(map).ok_or_else(|| format!("map {map} missing from weir's eBPF object"))?;
@@ -26,7 +26,8 @@ pub fn attach_map_programs(ebpf: &mut Ebpf, msg: &str, skb: &str, map: &str) -> 
             .try_into()
             .map_err(|e| format!("program {msg}: {e}"))?;
         p.load().map_err(|e| format!("loading {msg} (sk_msg): {e}"))?;
-        p.attach(&map_fd).map_err(|e| format!("attaching {msg} to {map}: {e}"))?;
+        let id = p.attach(&map_fd).map_err(|e| format!("attaching {msg} to {map}: {e}"))?;
+        keep_attached(p.take_link(id).map_err(|e| format!("{msg}: {e}"))?);
     }
     let p: &mut SkSkb = ebpf
         .program_mut(skb)
@@ -34,8 +35,19 @@ pub fn attach_map_programs(ebpf: &mut Ebpf, msg: &str, skb: &str, map: &str) -> 
         .try_into()
         .map_err(|e| format!("program {skb}: {e}"))?;
     p.load().map_err(|e| format!("loading {skb} (sk_skb stream verdict): {e}"))?;
-    p.attach(&map_fd).map_err(|e| format!("attaching {skb} to {map}: {e}"))?;
+    let id = p.attach(&map_fd).map_err(|e| format!("attaching {skb} to {map}: {e}"))?;
+    keep_attached(p.take_link(id).map_err(|e| format!("{skb}: {e}"))?);
     Ok(())
+}
+
+/// Leaves a program attached to the socket map when weir exits. The map is shared by the
+/// weirs of one instance across takeovers and holds one program of each kind (the last
+/// attached): a new weir that gave up a takeover and detached its own on exit would leave the
+/// map without programs while the old weir still enrolls sockets into it, and a socket
+/// enrolled without a stream verdict can lose its wake-ups (the 6.18.14 regression). The
+/// kernel drops the programs with the map.
+fn keep_attached<L>(link: L) {
+    std::mem::forget(link);
 }
 
 /// weir's own cgroup v2 directory: the cgroup2 mount (from /proc/self/mountinfo) joined with

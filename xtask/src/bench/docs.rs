@@ -63,6 +63,40 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
     ]
 }
 
+/// Markers around the socket-level redirect's section, which `--only redirect` replaces in
+/// place.
+const REDIRECT_BEGIN: &str = "<!-- section: redirect -->";
+const REDIRECT_END: &str = "<!-- /section: redirect -->";
+
+fn redirect_section(md: &str) -> String {
+    format!("{REDIRECT_BEGIN}\n{md}\n{REDIRECT_END}\n\n")
+}
+
+/// Puts the socket-level redirect's section `md` (of an `--only redirect` run) into
+/// docs/BENCHMARKS.md: in place of the one there, or before the latency plot.
+pub fn write_redirect_section(md: &str) -> anyhow::Result<()> {
+    let path = root().join("docs/BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)?;
+    std::fs::write(&path, splice_redirect(&text, md))?;
+    eprintln!("bench: wrote the socket-level redirect's section into docs/BENCHMARKS.md");
+    Ok(())
+}
+
+/// `text` with its redirect section replaced by `md`, or `md` put before the latency plot.
+fn splice_redirect(text: &str, md: &str) -> String {
+    let section = redirect_section(md);
+    match (text.find(REDIRECT_BEGIN), text.find(REDIRECT_END)) {
+        (Some(a), Some(b)) if a < b => {
+            let rest = text[b + REDIRECT_END.len()..].trim_start_matches('\n');
+            format!("{}{section}{rest}", &text[..a])
+        }
+        _ => match text.find("## Latency distribution") {
+            Some(at) => format!("{}{section}{}", &text[..at], &text[at..]),
+            None => format!("{text}\n{section}"),
+        },
+    }
+}
+
 /// Writes docs/BENCHMARKS.md and copies the plot of `plot` (rate, file base) next to it.
 pub fn write(r: &Results, tables: &str, plot: Option<(f64, &Path)>) -> anyhow::Result<()> {
     let docs = root().join("docs");
@@ -114,10 +148,15 @@ move with the machine and whatever else runs on it.\n"
         "- **Paths.** 1. *direct*: the client dials the upstream. 2. *weir*: one worker, the client \
 dials weir's listener and is routed by `Host: bench`. 3. *weir + eBPF steering*: the client runs in \
 a cgroup weir steers and dials the service VIP 127.10.0.1:80; `cgroup/connect4` rewrites the connect \
-to weir. 4. *nginx* reverse proxy, 1 worker, upstream keep-alive pool. 5. *HAProxy* http mode, 1 \
-thread, `http-reuse always`. 6. *Envoy*, `--concurrency 1`, stats rejected, no access log, no \
-request-id generation, no dynamic stats, circuit breakers out of the way (its benchmarking FAQ). \
-Every proxy keeps HTTP/1.1 keep-alive to the upstream and logs nothing.\n\
+to weir, and the socket-level redirect (weir's default) moves the bytes between the client's socket \
+and weir's without TCP. 4. *weir + eBPF steering, socket redirect off*: the same client cgroup \
+dialing a second weir's VIP 127.10.0.2:80, `[steering] socket_redirect = false`. 5. *nginx* reverse \
+proxy, 1 worker, upstream keep-alive pool. 6. *HAProxy* http mode, 1 thread, `http-reuse always`. \
+7. *Envoy*, `--concurrency 1`, stats rejected, no access log, no request-id generation, no dynamic \
+stats, circuit breakers out of the way (its benchmarking FAQ). Every proxy keeps HTTP/1.1 keep-alive \
+to the upstream (over TCP: the redirect covers only the client's leg) and logs nothing. nginx, \
+HAProxy, Envoy and weir dialed directly do **not** get the redirect: only weir's steering enrolls \
+sockets.\n\
 - **Rounds.** Every proxy is started first and waits idle on its core. Each measurement then runs \
 in rounds, and in every round each path takes its turn (the first path rotates), so drift of the \
 machine during the run hits all paths alike. A path's number is the median of its rounds (max: \
@@ -148,6 +187,7 @@ the steered client and the upstream on CPU 0; see its section under Results.\n\n
     let _ = writeln!(md, "## Results\n");
     md.push_str(tables);
     md.push('\n');
+    md.push_str(&redirect_section(&super::redirect::markdown(&r.paths, &r.plan, &r.machine, &r.date)));
     if let Some((rate, base)) = plot {
         let dir = docs.join("benchmarks");
         std::fs::create_dir_all(&dir)?;
@@ -182,4 +222,19 @@ PNG: [benchmarks/latency.png](benchmarks/latency.png). Plots for every rate are 
     std::fs::write(docs.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote docs/BENCHMARKS.md");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice_redirect;
+
+    #[test]
+    fn the_redirect_section_is_replaced_in_place_or_put_before_the_plot() {
+        let doc = "# B\n\n### Goals\n\n## Latency distribution at 15000 rps\n";
+        let once = splice_redirect(doc, "### Socket-level redirect\nold");
+        assert!(once.contains("### Goals\n\n<!-- section: redirect -->\n### Socket-level redirect\nold"));
+        assert!(once.ends_with("<!-- /section: redirect -->\n\n## Latency distribution at 15000 rps\n"));
+        let twice = splice_redirect(&once, "### Socket-level redirect\nnew");
+        assert_eq!(twice, once.replace("\nold\n", "\nnew\n"));
+    }
 }

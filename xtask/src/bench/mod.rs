@@ -54,8 +54,8 @@ pub struct BenchArgs {
     no_docs: bool,
     /// Run only one section (`scale`: large service tables; `redirect`: weir steered with the
     /// socket-level redirect on and off beside weir dialed directly, nginx and HAProxy, without
-    /// the memory test), print it and write
-    /// target/bench/SECTION.{md,json}; docs/BENCHMARKS.md is left alone.
+    /// the memory test, its section of docs/BENCHMARKS.md replaced unless --no-docs), print it
+    /// and write target/bench/SECTION.{md,json}; `scale` leaves docs/BENCHMARKS.md alone.
     #[arg(long, value_parser = ["scale", "redirect"])]
     only: Option<String>,
 }
@@ -185,6 +185,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let out = redirect::markdown(&paths, &plan, &machine, &now_utc());
         std::fs::write(dir.join("redirect.md"), &out)?;
         std::fs::write(dir.join("redirect.json"), serde_json::to_string_pretty(&paths)?)?;
+        if !args.no_docs {
+            docs::write_redirect_section(&out)?;
+        }
         println!("{out}");
         return Ok(());
     }
