@@ -187,7 +187,7 @@ the steered client and the upstream on CPU 0; see its section under Results.\n\n
     let _ = writeln!(md, "## Results\n");
     md.push_str(tables);
     md.push('\n');
-    md.push_str(&redirect_section(&super::redirect::markdown(&r.paths, &r.plan, &r.machine, &r.date)));
+    md.push_str(&redirect_section(&super::redirect::markdown(&r.paths, &r.plan, &r.machine, &r.command, &r.date, "")));
     if let Some((rate, base)) = plot {
         let dir = docs.join("benchmarks");
         std::fs::create_dir_all(&dir)?;

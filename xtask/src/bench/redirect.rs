@@ -60,17 +60,25 @@ fn verdict(measured: Option<f64>, target: f64, at_most: bool) -> String {
 }
 
 /// The section's markdown: the table, the goals per weir variant, what the rows mean.
-pub fn markdown(paths: &[PathResult], plan: &Plan, machine: &Machine, date: &str) -> String {
+/// `command`: what measured `paths`; `background`: what else ran meanwhile, when known.
+pub fn markdown(
+    paths: &[PathResult],
+    plan: &Plan,
+    machine: &Machine,
+    command: &str,
+    date: &str,
+    background: &str,
+) -> String {
     let top = plan.rates.iter().copied().fold(0.0, f64::max);
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### Socket-level redirect\n\n`cargo xtask bench --only redirect{}`, {date}; {} CPUs ({}), Linux {}; median of {} interleaved rounds.\n",
-        if plan.quick { " --quick" } else { "" },
+        "### Socket-level redirect\n\n`{command}`, {date}; {} CPUs ({}), Linux {}; median of {} interleaved rounds{}.\n",
         machine.nproc,
         machine.cpu_model,
         machine.kernel,
-        plan.rounds
+        plan.rounds,
+        if background.is_empty() { String::new() } else { format!("; {background}") }
     );
     let _ = writeln!(
         md,
