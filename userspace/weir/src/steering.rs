@@ -386,7 +386,7 @@ impl Steering {
     /// side of a steered connection is enrolled when its handshake completes. Without it the
     /// redirect is off.
     fn attach_own_cgroup(&mut self, cg: PathBuf) {
-        if self.cgroups.iter().any(|c| *c == cg) {
+        if self.cgroups.contains(&cg) {
             return;
         }
         let attached = File::open(&cg)
