@@ -185,7 +185,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let (cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
         let share = cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
         let top = top.iter().take(3).map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ");
-        let background = format!("other processes used {:.0}% of the machine ({top})", share * 100.0);
+        let background = format!(
+            "other processes alive at start and end used {:.0}% of the machine ({top}; short-lived ones, such as builds, are not counted)",
+            share * 100.0
+        );
         let command = format!("cargo xtask bench --only redirect{}", if args.quick { " --quick" } else { "" });
         let out = redirect::markdown(&paths, &plan, &machine, &command, &now_utc(), &background);
         std::fs::write(dir.join("redirect.md"), &out)?;
