@@ -131,3 +131,33 @@ fn takeover_starts_normally_alone_and_a_second_weir_without_it_is_refused() {
     assert!(format!("{err:#}").contains("these two cannot change across a takeover"), "{err:#}");
     assert!(first.shutdown());
 }
+
+#[test]
+fn grpc_calls_on_a_kept_http2_connection_never_fail_across_a_takeover() {
+    use weir_tests::clients::{grpc_py, grpc_server};
+    let server = grpc_server("g", &[]);
+    let toml = |admin: &str| {
+        format!(
+            "[proxy]\nlisten = \"@PROXY@\"\nworkers = 1\ndrain_timeout_ms = 3000\n[admin]\nlisten = \"{admin}\"\n\
+             [steering]\nenabled = false\n[access_log]\nsink = \"off\"\n\
+             [[service]]\nname = \"g\"\nvip = \"127.10.15.201:80\"\nprotocol = \"grpc\"\nendpoints = [\"{}\"]\n",
+            server.addr
+        )
+    };
+    let old = Weir::start(&toml("@ADMIN@"));
+    let proxy = old.proxy;
+    // One channel (one HTTP/2 connection) making calls back to back across the takeover.
+    let client = std::thread::spawn(move || grpc_py(proxy, "g", &["calls", "3000"]));
+    old.wait_metric_at_least("weir_grpc_responses_total{service=\"g\",grpc_code=\"ok\"}", 200.0);
+    let new_toml = toml(&old.admin.to_string()).replace("@PROXY@", &proxy.to_string());
+    let new = start_app(&new_toml, true).expect("takeover");
+    let out = client.join().expect("client");
+    assert_eq!(out["codes"]["OK"].as_u64(), Some(3000), "a call failed across the takeover: {out}");
+    // The channel moved to the new weir (the old one sent GOAWAY and drained).
+    eventually(Duration::from_secs(10), "the new weir served calls", || {
+        let text = Client::connect(new.admin_addr()).get("/metrics", "admin").body_string();
+        (metric_value(&text, "weir_grpc_responses_total{service=\"g\",grpc_code=\"ok\"}") >= 3000.0).then_some(())
+    });
+    assert!(new.shutdown());
+    assert!(old.shutdown());
+}
