@@ -186,6 +186,10 @@ pub fn one_service(vip_last: u8, endpoints: &[SocketAddr], proxy_extra: &str, ex
     )
 }
 
+/// A final response as [`RawClient::read_response`] reads it: status, fields (names lowercased),
+/// body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A client-side reader for tests that drive the socket by hand.
 pub struct RawClient {
     reader: BufReader<TcpStream>,
@@ -228,7 +232,7 @@ impl RawClient {
     }
 
     /// Reads a final response with a Content-Length body: status, fields, body.
-    pub fn read_response(&mut self) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
         loop {
             let (status, fields) = self.read_head()?;
             if (100..200).contains(&status) {

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what building and testing weir needs and the machine may lack:
-//! rustfmt, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
+//! rustfmt and clippy, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
 //! nightly's own libLLVM, the Debian packages the tests use, and the pinned Python and Node
 //! clients the tests drive weir with (in target/test-tools, see `weir_testkit::tools`). Idempotent: every step checks
 //! first, prints what it does, and skips what is present. Must not: install benchmark peers
@@ -22,7 +22,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] =
     &[("iproute2", "ip"), ("prometheus", "promtool"), ("nghttp2-client", "h2load"), ("nodejs", "node"), ("npm", "npm")];
 
 pub fn setup() -> anyhow::Result<()> {
-    step("rustfmt (`cargo xtask test` checks formatting)", ensure_rustfmt)?;
+    step("rustfmt (`cargo xtask test` checks formatting)", || ensure_component("fmt", "rustfmt"))?;
+    step("clippy (`cargo xtask test` runs the lint gate)", || ensure_component("clippy", "clippy"))?;
     step("nightly toolchain", ensure_nightly)?;
     step("rust-src for nightly", ensure_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), ensure_bpf_linker)?;
@@ -46,12 +47,13 @@ fn ensure_nightly() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
 }
 
-fn ensure_rustfmt() -> anyhow::Result<()> {
-    if capture(Command::new("cargo").args(["fmt", "--version"])).is_ok() {
+/// The rustup component that provides `cargo <subcommand>`.
+fn ensure_component(subcommand: &str, component: &str) -> anyhow::Result<()> {
+    if capture(Command::new("cargo").args([subcommand, "--version"])).is_ok() {
         eprintln!("  present");
         return Ok(());
     }
-    run(Command::new("rustup").args(["component", "add", "rustfmt"]))
+    run(Command::new("rustup").args(["component", "add", component]))
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
