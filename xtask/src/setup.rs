@@ -18,10 +18,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite uses: `ip` (netns/veth), promtool (metrics exposition check),
 /// h2load and nghttp (HTTP/2 clients), nghttpd (an HTTP/2 server), node and npm (a second gRPC
 /// client).
-pub const TEST_PACKAGES: &[(&str, &str)] =
+pub(crate) const TEST_PACKAGES: &[(&str, &str)] =
     &[("iproute2", "ip"), ("prometheus", "promtool"), ("nghttp2-client", "h2load"), ("nodejs", "node"), ("npm", "npm")];
 
-pub fn setup() -> anyhow::Result<()> {
+pub(crate) fn setup() -> anyhow::Result<()> {
     step("rustfmt (`cargo xtask test` checks formatting)", || ensure_component("fmt", "rustfmt"))?;
     step("clippy (`cargo xtask test` runs the lint gate)", || ensure_component("clippy", "clippy"))?;
     step("nightly toolchain", ensure_nightly)?;
@@ -140,7 +140,7 @@ fn ensure_node_tools() -> anyhow::Result<()> {
 }
 
 /// Installs the Debian packages whose command is missing.
-pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().filter(|(_, cmd)| which(cmd).is_none()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         eprintln!("  present");
@@ -158,7 +158,7 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 /// `apt-get install` of `packages` (an `apt-get update` first only if the install fails).
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if which("apt-get").is_none() {
         bail!("missing {} and no apt-get to install them with", packages.join(", "));
     }
@@ -175,7 +175,7 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Finds `cmd` on PATH (or in the sbin directories, which a non-login root shell may lack).
-pub fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])

@@ -10,13 +10,13 @@ use std::process::Command;
 use crate::{is_root, root, run, setup};
 
 /// The module path every root-tier test lives under (tests/tests/root_tier.rs).
-pub const ROOT_TIER: &str = "root_tier::";
+pub(crate) const ROOT_TIER: &str = "root_tier::";
 
 /// The lint gate: the workspace lints (Cargo.toml `[workspace.lints]`) and clippy's defaults,
 /// every warning an error.
-pub const CLIPPY: &[&str] = &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"];
+pub(crate) const CLIPPY: &[&str] = &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"];
 
-pub fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
+pub(crate) fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     if unprivileged {
         eprintln!("test: --unprivileged: leaving out the root tier (tests under `{ROOT_TIER}`)");

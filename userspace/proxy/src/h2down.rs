@@ -136,6 +136,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
 }
 
 /// What woke the connection loop.
+#[expect(clippy::large_enum_variant, reason = "one at a time, moved once: boxing would allocate per stream")]
 enum Event {
     Stream(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
     StreamDone,
@@ -190,7 +191,8 @@ async fn stream(
     };
     match routed {
         Ok(scope) => {
-            let ex = proxy(ctx, &scope, parts, body, &mut respond, peer, grpc_request, started).await;
+            let arrival = Arrival { peer, started, grpc_request };
+            let ex = proxy(ctx, &scope, parts, body, &mut respond, arrival).await;
             ctx.state.borrow_mut().release(&scope);
             account(ctx, Some(&scope), peer, started, &info, &ex);
         }
@@ -220,18 +222,24 @@ fn answer(
     }
 }
 
+/// Who sent a stream, when it arrived, and whether it is a gRPC call (by its content-type).
+#[derive(Clone, Copy)]
+struct Arrival {
+    peer: SocketAddr,
+    started: Instant,
+    grpc_request: bool,
+}
+
 /// Proxies one admitted stream.
-#[allow(clippy::too_many_arguments, reason = "one call site: a stream's parts, taken apart once")]
 async fn proxy(
     ctx: &Ctx,
     scope: &Scope,
     parts: http::request::Parts,
     body: h2::RecvStream,
     respond: &mut h2::server::SendResponse<Bytes>,
-    peer: SocketAddr,
-    grpc_request: bool,
-    started: Instant,
+    arrival: Arrival,
 ) -> Exchange {
+    let Arrival { peer, started, grpc_request } = arrival;
     let protocol = scope.config().protocol;
     let grpc = grpc_request || protocol == Protocol::Grpc;
     let plan = Plan::for_h2(scope, &parts.method, started);
@@ -418,7 +426,6 @@ fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, send: &mut h2::S
 
 /// Relays an HTTP/1.1 endpoint's response to an HTTP/2 client; the connection goes back to the
 /// pool when the exchange completed cleanly.
-#[allow(clippy::too_many_arguments, reason = "one call site: the exchange's parts, borrowed separately")]
 async fn relay_h1(
     call: Call<'_>,
     mut up: UpConn,

@@ -75,8 +75,11 @@ pub(crate) struct Plan {
     xfp: bool,
 }
 
+/// Up to seven `(name, value)` fields weir adds to a forwarded request; the count in use beside it.
+pub(crate) type AddedFields<'a> = [(&'a [u8], &'a [u8]); 7];
+
 impl Plan {
-    pub fn new(scope: &Scope, head: &mut RequestHead, src: &[u8], peer: SocketAddr, started: Instant) -> Plan {
+    pub(crate) fn new(scope: &Scope, head: &mut RequestHead, src: &[u8], peer: SocketAddr, started: Instant) -> Plan {
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
         let retry = &scope.service().retry;
@@ -125,7 +128,7 @@ impl Plan {
 
     /// The plan of an HTTP/2 client's request (`method`; its body, if any, streams and is kept
     /// for replay up to the service's limit).
-    pub fn for_h2(scope: &Scope, method: &::http::Method, started: Instant) -> Plan {
+    pub(crate) fn for_h2(scope: &Scope, method: &::http::Method, started: Instant) -> Plan {
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
         let retry = &scope.service().retry;
@@ -158,7 +161,7 @@ impl Plan {
 
     /// The headers weir adds to a request it forwards that did not come over HTTP/1.1 (`via`,
     /// and the forwarding headers the service asks for, computed from `existing` values).
-    pub fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
+    pub(crate) fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
         let mut out: Vec<(&'static [u8], Vec<u8>)> = vec![(b"via", self.via.to_vec())];
         let ip = peer.ip().to_canonical();
         let join = |name: &str, add: String| -> Vec<u8> {
@@ -214,13 +217,13 @@ impl Plan {
     }
 
     /// The deadline of an attempt starting at `now`.
-    pub fn attempt_deadline(&self, now: Instant) -> Instant {
+    pub(crate) fn attempt_deadline(&self, now: Instant) -> Instant {
         self.attempt_timeout.map_or(self.deadline, |t| self.deadline.min(now + t))
     }
 
     /// The fields weir adds to a forwarded HTTP/1.1 request (`via`, and the forwarding
     /// headers the service asks for); `host` for `endpoint` when the request has none.
-    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 7], usize) {
+    pub(crate) fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> (AddedFields<'a>, usize) {
         let mut extra: [(&[u8], &[u8]); 7] =
             [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
@@ -249,7 +252,7 @@ impl Plan {
     }
 
     /// Writes the request head for `endpoint` (and a held body) into `out`.
-    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
+    pub(crate) fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
         let host = if head.host.is_none() { endpoint.to_string() } else { String::new() };
         let (extra, n) = self.added_fields(head, &host);
         http::write_request_head(head, src, out, &extra[..n]);
@@ -313,7 +316,7 @@ pub(crate) enum ClientFault {
 
 impl<U> AttemptResult<U> {
     /// A result without a response.
-    pub fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult<U> {
+    pub(crate) fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult<U> {
         AttemptResult {
             outcome,
             conn: None,

@@ -24,7 +24,7 @@ pub(crate) struct RequestInfo {
 
 impl RequestInfo {
     /// From an HTTP/2 request's parts.
-    pub fn from_h2(parts: &http::request::Parts) -> RequestInfo {
+    pub(crate) fn from_h2(parts: &http::request::Parts) -> RequestInfo {
         let authority = parts.uri.authority().map_or(&b""[..], |a| a.as_str().as_bytes());
         RequestInfo {
             method: InlineStr::new(parts.method.as_str().as_bytes()),
@@ -34,7 +34,7 @@ impl RequestInfo {
         }
     }
 
-    pub fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
+    pub(crate) fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
         RequestInfo {
             method: InlineStr::new(head.method_span.get(src)),
             authority: InlineStr::new(head.host.map_or(&b""[..], |h| h.get(src))),

@@ -146,7 +146,7 @@ const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WarnLimiter {
     /// `Some(not logged since the last one)` when a warning is due now.
-    pub fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+    pub(crate) fn due(&mut self, now: std::time::Instant) -> Option<u64> {
         match self.last {
             Some(t) if now.saturating_duration_since(t) < WARN_EVERY => {
                 self.quiet += 1;

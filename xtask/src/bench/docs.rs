@@ -12,7 +12,7 @@ use super::report::Results;
 use crate::root;
 
 /// The commands that reproduce each measurement (placeholders: ADDR, PROXY_CPU, CLIENT_CPU).
-pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
+pub(super) fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
     let (p, c) = (&env.proxy_cpu, &env.client_cpu);
     let lg = "target/release/weir-loadgen";
     // The steered client's cgroup, under the cgroup v2 mount this run found.
@@ -63,7 +63,7 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
 }
 
 /// Writes docs/BENCHMARKS.md and copies the plot of `plot` (rate, file base) next to it.
-pub fn write(r: &Results, tables: &str, plot: Option<(f64, &Path)>) -> anyhow::Result<()> {
+pub(super) fn write(r: &Results, tables: &str, plot: Option<(f64, &Path)>) -> anyhow::Result<()> {
     let docs = root().join("docs");
     let mut md = String::new();
     let m = &r.machine;

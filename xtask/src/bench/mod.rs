@@ -41,7 +41,7 @@ use peers::{Env, PathId};
 use procs::BenchCgroup;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A ~2-minute run (shorter and fewer measurements) instead of the full ~12 minutes.
     #[arg(long)]
     quick: bool,
@@ -59,7 +59,7 @@ pub struct BenchArgs {
 
 /// Everything measured on one path.
 #[derive(Debug, Clone, Serialize)]
-pub struct PathResult {
+pub(crate) struct PathResult {
     /// Stable key.
     pub key: String,
     /// Report label.
@@ -96,7 +96,7 @@ impl PathResult {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     procs::cleanup_on_signal()?;
     let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
