@@ -16,6 +16,10 @@ pub const AUTHORITY_BYTES: usize = 64;
 pub const SERVICE_BYTES: usize = 64;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
+/// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
+pub const SOURCE_BYTES: usize = 64;
+/// `source_workload` of a connection weir did not steer (dialled to its listener directly).
+pub const SOURCE_DIRECT: &str = "direct";
 
 /// A bounded inline string.
 #[derive(Clone, Copy)]
@@ -93,6 +97,10 @@ pub struct LogRecord {
     pub worker: u16,
     /// TCP relay rather than HTTP.
     pub tcp: bool,
+    /// The caller's workload (first [`SOURCE_BYTES`]); empty while its cgroup is not known yet.
+    pub source_workload: InlineStr<SOURCE_BYTES>,
+    /// The caller's cgroup v2 id; `None` for a connection weir did not steer ([`SOURCE_DIRECT`]).
+    pub source_cgroup_id: Option<u64>,
 }
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -160,6 +168,18 @@ impl LogRecord {
             self.upstream_us as f64 / 1000.0,
             self.worker
         );
+        out.extend_from_slice(b",\"source_workload\":");
+        match self.source_cgroup_id {
+            None => json_str(out, SOURCE_DIRECT.as_bytes()),
+            Some(_) if self.source_workload.as_bytes().is_empty() => out.extend_from_slice(b"null"),
+            Some(_) => json_str(out, self.source_workload.as_bytes()),
+        }
+        match self.source_cgroup_id {
+            Some(id) => {
+                let _ = write!(out, ",\"source_cgroup_id\":{id}");
+            }
+            None => out.extend_from_slice(b",\"source_cgroup_id\":null"),
+        }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
         }
@@ -206,6 +226,8 @@ mod tests {
             upstream_us: 0,
             worker: 1,
             tcp: false,
+            source_workload: InlineStr::new(b"shop/web"),
+            source_cgroup_id: Some(4242),
         }
     }
 
@@ -222,7 +244,24 @@ mod tests {
         assert_eq!(v["error"], "connect-failure");
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
         assert!(v.get("dropped_before").is_none());
+    }
+
+    #[test]
+    fn direct_and_unresolved_callers() {
+        let mut r = record();
+        r.source_cgroup_id = None;
+        let mut out = Vec::new();
+        r.write_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].is_null()), (Some("direct"), true));
+        r.source_cgroup_id = Some(7);
+        r.source_workload = InlineStr::default();
+        out.clear();
+        r.write_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].is_null(), v["source_cgroup_id"].as_u64()), (true, Some(7)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::ErrorReason;
-use weir_core::stats::RequestRecord;
+use weir_core::stats::{Exemplar, RequestRecord};
 
 use crate::ctx::{ConnRoute, Ctx};
 use crate::exchange::{self, Exchange, RequestInfo};
@@ -21,6 +21,7 @@ use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
 use crate::respond::{self, Reply};
 use crate::state::Scope;
+use crate::trace::{self, SpanRecord, Trace};
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
@@ -44,7 +45,8 @@ enum Close {
 
 /// Serves HTTP on one accepted connection until it closes.
 pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRoute) {
-    let mut down = Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer };
+    let mut down =
+        Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer, caller: route.caller, trace: Trace::None };
     let mut head = RequestHead::default();
     let mut first = true;
     let close = loop {
@@ -56,6 +58,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
                 respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
                 let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
+                down.trace = Trace::None;
                 account(ctx, None, &down, t0, &RequestInfo::default(), &ex);
                 break Close::Linger;
             }
@@ -158,6 +161,7 @@ async fn handle(
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
+        down.trace = trace::decide(&state.snapshot().config.tracing, head, &down.buf);
         let index = if route.unknown {
             None
         } else {
@@ -201,27 +205,54 @@ async fn handle(
     }
 }
 
-/// Counts a finished request in the worker's stats shard and access log.
+/// Counts a finished request in the worker's stats shard (under its caller's `source`), its
+/// access log and, when weir makes a span for it, its span ring.
 fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant, info: &RequestInfo, ex: &Exchange) {
     let duration = started.elapsed();
     let mut state = ctx.state.borrow_mut();
+    let source = ctx.source(down.caller, &state.telemetry.callers);
     if ex.write_timeout {
         state.telemetry.shard.downstream_write_timeouts += 1;
     }
+    let wall = (state.telemetry.logging() || down.trace != Trace::None).then(|| {
+        let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        (end.saturating_sub(duration), end)
+    });
     if let Some(stats) = scope.and_then(|s| state.stats(s)) {
         stats.record(&RequestRecord {
             status: (ex.status != 0).then_some(ex.status),
             error: ex.error,
             duration,
             panic: ex.panic,
+            source: source.slot,
+            exemplar: down.trace.trace_id().map(|trace_id| Exemplar {
+                trace_id,
+                duration_ns: 0,
+                unix_ms: wall.map_or(0, |(_, end)| end.as_millis() as u64),
+            }),
         });
     }
     let t = &mut state.telemetry;
+    let (start, _) = wall.unwrap_or_default();
+    if let Trace::Span(span) = down.trace {
+        t.span(SpanRecord {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            flags: span.flags,
+            start_unix_ns: start.as_nanos() as u64,
+            duration_ns: duration.as_nanos() as u64,
+            service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
+            method: info.method,
+            endpoint: ex.endpoint,
+            attempts: ex.attempts,
+            status: ex.status,
+            error: ex.error,
+            source: source.workload,
+        });
+    }
     if t.logging() {
-        let start_unix_us = SystemTime::now()
-            .checked_sub(duration)
-            .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
+        let start_unix_us = start.as_micros() as u64;
         t.log(LogRecord {
             start_unix_us,
             service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
@@ -239,6 +270,8 @@ fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant
             upstream_us: ex.upstream_us,
             worker: ctx.worker as u16,
             tcp: false,
+            source_workload: source.workload,
+            source_cgroup_id: source.cgroup_id,
         });
     }
 }

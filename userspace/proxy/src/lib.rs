@@ -8,6 +8,7 @@
 
 mod attempt;
 mod body;
+pub mod caller;
 mod conn;
 mod ctx;
 mod exchange;
@@ -21,9 +22,10 @@ mod snapshot;
 mod state;
 mod tcp;
 mod telemetry;
+pub mod trace;
 mod worker;
 
-pub use shared::{OriginalDst, Shared};
+pub use shared::{OriginalDst, Shared, Steered};
 pub use snapshot::{Service, Snapshot};
-pub use telemetry::{LogSource, TelemetryHub, WorkerTelemetry, telemetry};
+pub use telemetry::{LogSource, SpanSource, TelemetryHub, WorkerTelemetry, telemetry};
 pub use worker::{StartOptions, ThreadHook, Workers};

@@ -1,7 +1,8 @@
-//! What one HTTP/1.1 request carries through its attempts: the client side ([`Downstream`]),
-//! the plan of what does not change between attempts ([`Plan`]: deadlines, body handling,
-//! forwarding headers, how the head is written), and the bundle every step reads ([`Call`]).
-//! Must not: do I/O or touch per-worker state.
+//! What one HTTP/1.1 request carries through its attempts: the client side ([`Downstream`]:
+//! the connection, its caller and the request's trace decision), the plan of what does not
+//! change between attempts ([`Plan`]: deadlines, body handling, forwarding headers including
+//! the `traceparent` naming weir's span, how the head is written), and the bundle every step
+//! reads ([`Call`]). Must not: do I/O or touch per-worker state.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
 use crate::io::Conn;
 use crate::state::Scope;
+use crate::trace::{TRACEPARENT_LEN, Trace};
 
 /// `Via` values by the minor version received (`1.0 weir` … `1.9 weir`).
 const VIA: [&[u8]; 10] = [
@@ -38,6 +40,10 @@ pub(crate) struct Downstream {
     pub conn: Conn,
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
+    /// The caller's cgroup id, for a steered connection.
+    pub caller: Option<u64>,
+    /// The current request's trace decision (`crate::trace::decide`).
+    pub trace: Trace,
 }
 
 /// What does not change between a request's attempts.
@@ -67,10 +73,13 @@ pub(crate) struct Plan {
     fwd: Vec<u8>,
     fwd_split: usize,
     xfp: bool,
+    /// The `traceparent` forwarded in place of the client's, when weir makes a span.
+    traceparent: Option<[u8; TRACEPARENT_LEN]>,
 }
 
 impl Plan {
-    pub fn new(scope: &Scope, head: &mut RequestHead, src: &[u8], peer: SocketAddr, started: Instant) -> Plan {
+    pub fn new(scope: &Scope, head: &mut RequestHead, down: &Downstream, started: Instant) -> Plan {
+        let (src, peer) = (&down.buf[..], down.peer);
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
         let retry = &scope.service().retry;
@@ -105,9 +114,19 @@ impl Plan {
             fwd: Vec::new(),
             fwd_split: 0,
             xfp: false,
+            traceparent: None,
         };
         if plan.forwarded.any() {
             plan.forwarding_values(head, src, peer);
+        }
+        // weir's span becomes the parent of what the endpoint does. A trace weir started has
+        // no business carrying another trace's vendor state.
+        if let Trace::Span(span) = down.trace {
+            head.remove_header(src, b"traceparent");
+            if span.started_here() {
+                head.remove_header(src, b"tracestate");
+            }
+            plan.traceparent = Some(span.traceparent());
         }
         plan
     }
@@ -147,7 +166,8 @@ impl Plan {
     /// Writes the request head for `endpoint` (and a held body) into `out`.
     pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
         let host_value;
-        let mut extra: [(&[u8], &[u8]); 5] = [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
+        let mut extra: [(&[u8], &[u8]); 6] =
+            [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
         if head.host.is_none() {
             host_value = endpoint.to_string();
@@ -164,6 +184,10 @@ impl Plan {
         }
         if self.xfp {
             extra[n] = (b"x-forwarded-proto", b"http");
+            n += 1;
+        }
+        if let Some(tp) = &self.traceparent {
+            extra[n] = (b"traceparent", tp);
             n += 1;
         }
         http::write_request_head(head, src, out, &extra[..n]);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::{ErrorReason, Outcome};
-use weir_core::stats::{RequestRecord, RetryReason};
+use weir_core::stats::{RequestRecord, RetryReason, SourceSlot};
 
 use crate::ctx::{ConnRoute, Ctx};
 use crate::io::{Conn, until};
@@ -83,7 +83,8 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
         (bytes_in, bytes_out) = pipe(client, up, idle).await;
     }
     let duration = started.elapsed();
-    record(ctx, &scope, error, duration);
+    let source = ctx.source(route.caller, &ctx.state.borrow().telemetry.callers);
+    record(ctx, &scope, error, duration, source.slot);
     let mut state = ctx.state.borrow_mut();
     let t = &mut state.telemetry;
     if t.logging() {
@@ -100,14 +101,16 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
             tcp: true,
+            source_workload: source.workload,
+            source_cgroup_id: source.cgroup_id,
             ..LogRecord::default()
         });
     }
 }
 
-fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration) {
+fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration, source: SourceSlot) {
     if let Some(s) = ctx.state.borrow_mut().stats(scope) {
-        s.record(&RequestRecord { status: None, error, duration, panic: false });
+        s.record(&RequestRecord { status: None, error, duration, panic: false, source, exemplar: None });
     }
 }
 

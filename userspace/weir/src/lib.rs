@@ -1,6 +1,6 @@
 //! The weir binary's library: reading the config, eBPF steering, proxy workers, reloads (from
-//! the main thread's signal loop and the admin thread's file watcher), the admin server and
-//! the access-log shipper. Exposed as a library so
+//! the main thread's signal loop and the admin thread's file watcher), the admin server, the
+//! access-log shipper, caller identity and the span exporter. Exposed as a library so
 //! integration tests can run weir in-process.
 
 pub mod admin;
@@ -8,9 +8,11 @@ pub mod allocator;
 pub mod app;
 mod bpf_sys;
 pub mod cli;
+pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod otlp;
 pub mod privileges;
 pub mod shipper;
 pub mod steering;

@@ -17,6 +17,8 @@ use weir_core::config::{Config, DEFAULT_RING_RECORDS, LogSink};
 const MIB: u64 = 1024 * 1024;
 /// Bytes of one access-log ring slot.
 pub const RECORD_BYTES: u64 = std::mem::size_of::<LogRecord>() as u64;
+/// Bytes of one span ring slot (tracing on: [`crate::otlp::RING_SPANS`] per worker).
+pub const SPAN_BYTES: u64 = std::mem::size_of::<weir_proxy::trace::SpanRecord>() as u64;
 /// Per worker, besides its ring: the I/O buffer pool (256 buffers of 16 KiB once the worker has
 /// served that many exchanges at once), the response-head pool (256 heads), the io_uring rings,
 /// the stats shard and the thread's stack.
@@ -57,6 +59,10 @@ pub struct MemoryPlan {
     pub ring_records_sized: bool,
     /// All rings.
     pub rings_bytes: u64,
+    /// Each worker's span ring capacity; `None` when tracing is off.
+    pub span_ring_records: Option<usize>,
+    /// All span rings.
+    pub span_rings_bytes: u64,
     /// All workers' pools and state.
     pub workers_bytes: u64,
     /// The process itself.
@@ -68,7 +74,7 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Fixed memory plus headroom.
     pub fn needed_bytes(&self) -> u64 {
-        self.rings_bytes + self.workers_bytes + self.process_bytes + self.headroom_bytes
+        self.rings_bytes + self.span_rings_bytes + self.workers_bytes + self.process_bytes + self.headroom_bytes
     }
 
     /// One line for logs and `weir check`.
@@ -100,6 +106,13 @@ impl MemoryPlan {
                 "access-log rings {} workers × {n} records × {RECORD_BYTES} B = {}",
                 self.workers,
                 mib(self.rings_bytes)
+            ));
+        }
+        if let Some(n) = self.span_ring_records {
+            parts.push(format!(
+                "span rings {} workers × {n} spans × {SPAN_BYTES} B = {}",
+                self.workers,
+                mib(self.span_rings_bytes)
             ));
         }
         parts.push(format!(
@@ -185,7 +198,9 @@ pub fn plan(config: &Config, workers: usize, limit: Option<MemoryLimit>) -> Resu
     let workers = workers.max(1);
     let w = workers as u64;
     let workers_bytes = w * WORKER_BYTES;
-    let other = workers_bytes + PROCESS_BYTES;
+    let span_ring_records = config.tracing.enabled().then_some(crate::otlp::RING_SPANS);
+    let span_rings_bytes = span_ring_records.map_or(0, |n| w * n as u64 * SPAN_BYTES);
+    let other = workers_bytes + span_rings_bytes + PROCESS_BYTES;
     let limit_bytes = limit.as_ref().map(|l| l.bytes);
     let headroom_bytes = limit_bytes.map_or(0, headroom);
     let logging = config.access_log.sink != LogSink::Off;
@@ -207,6 +222,8 @@ pub fn plan(config: &Config, workers: usize, limit: Option<MemoryLimit>) -> Resu
         ring_records,
         ring_records_sized: sized,
         rings_bytes,
+        span_ring_records,
+        span_rings_bytes,
         workers_bytes,
         process_bytes: PROCESS_BYTES,
         headroom_bytes,

@@ -29,7 +29,7 @@ use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
     ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
-use weir_proxy::OriginalDst;
+use weir_proxy::{OriginalDst, Steered};
 
 use crate::bpf_sys;
 
@@ -492,18 +492,18 @@ struct KernelHooks {
 }
 
 impl OriginalDst for KernelHooks {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Steered> {
         let key = ConnKey {
             peer_addr: addr16(peer.ip()),
             local_addr: addr16(local.ip()),
             peer_port: peer.port(),
             local_port: local.port(),
         };
-        let mut value = OrigDst { addr: [0; 16], port: 0, _pad: 0, service_id: 0 };
+        let mut value = OrigDst { addr: [0; 16], port: 0, _pad: 0, service_id: 0, cgroup_id: 0 };
         bpf_sys::lookup_and_delete(self.conn_orig.as_raw_fd(), &key, &mut value).ok()?;
         let ip = Ipv6Addr::from(value.addr);
         let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        Some(SocketAddr::new(ip, value.port))
+        Some(Steered { dialed: SocketAddr::new(ip, value.port), cgroup_id: value.cgroup_id })
     }
 
     fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {
