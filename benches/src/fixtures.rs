@@ -95,7 +95,14 @@ pub fn run_pick(b: &mut Balancer, now: Instant) -> usize {
 
 /// A successful request record (the common case).
 pub fn request_record(i: u64) -> RequestRecord {
-    RequestRecord { status: Some(200), error: None, duration: Duration::from_micros(80 + (i % 400)), panic: false }
+    RequestRecord {
+        status: Some(200),
+        error: None,
+        duration: Duration::from_micros(80 + (i % 400)),
+        panic: false,
+        source: weir_core::stats::SOURCE_DIRECT,
+        exemplar: None,
+    }
 }
 
 /// Records one request into `stats`.
@@ -124,6 +131,7 @@ pub fn log_record() -> LogRecord {
         upstream_us: 150,
         worker: 0,
         tcp: false,
+        source_cgroup_id: 0,
     }
 }
 

@@ -586,7 +586,7 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// an `_ms` field).
 const ALL_SET: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
                        endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
-                       [access_log]\nring_records = 1024\n";
+                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n";
 
 /// The configuration reference table: field → (default cell, row).
 fn documented_fields() -> BTreeMap<Field, String> {
@@ -729,9 +729,10 @@ fn operating_md_documents_every_access_log_field() {
         upstream_us: 4,
         worker: 1,
         tcp: false,
+        source_cgroup_id: 4242,
     };
     let mut line = Vec::new();
-    record.write_json(7, &mut line);
+    record.write_json_with(7, Some("shop/web"), &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");

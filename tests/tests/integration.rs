@@ -16,3 +16,4 @@ mod resilience;
 mod root_tier;
 mod scale;
 mod soak;
+mod traces;

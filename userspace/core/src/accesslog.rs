@@ -21,38 +21,42 @@ pub const SOURCE_BYTES: usize = 64;
 /// `source_workload` of a connection weir did not steer (dialled to its listener directly).
 pub const SOURCE_DIRECT: &str = "direct";
 
-/// A bounded inline string.
+/// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
+    /// Bytes kept; the top bit says the original was longer (two bytes of overhead, so that
+    /// a record's fixed size stays small).
     len: u16,
-    truncated: bool,
     bytes: [u8; N],
 }
+
+const TRUNCATED: u16 = 0x8000;
 
 impl<const N: usize> InlineStr<N> {
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
-        let mut out = InlineStr { len: 0, truncated: s.len() > N, bytes: [0; N] };
+        const { assert!(N < TRUNCATED as usize) };
+        let mut out = InlineStr { len: 0, bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16;
+        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
         out
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        &self.bytes[..usize::from(self.len & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.truncated
+        self.len & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, truncated: false, bytes: [0; N] }
+        InlineStr { len: 0, bytes: [0; N] }
     }
 }
 
@@ -97,10 +101,10 @@ pub struct LogRecord {
     pub worker: u16,
     /// TCP relay rather than HTTP.
     pub tcp: bool,
-    /// The caller's workload (first [`SOURCE_BYTES`]); empty while its cgroup is not known yet.
-    pub source_workload: InlineStr<SOURCE_BYTES>,
-    /// The caller's cgroup v2 id; `None` for a connection weir did not steer ([`SOURCE_DIRECT`]).
-    pub source_cgroup_id: Option<u64>,
+    /// The caller's cgroup v2 id; 0 for a connection weir did not steer ([`SOURCE_DIRECT`]).
+    /// (Its workload's name is looked up when the line is written, so that the record stays
+    /// small: see [`LogRecord::write_json_with`].)
+    pub source_cgroup_id: u64,
 }
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -124,8 +128,15 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 impl LogRecord {
     /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
     /// of the same worker dropped since the previous line was shipped; it appears only when
-    /// non-zero, so a consumer sees exactly where the gap was.
+    /// non-zero, so a consumer sees exactly where the gap was. A steered caller's workload is
+    /// written as `null`: see [`LogRecord::write_json_with`].
     pub fn write_json(&self, dropped_before: u64, out: &mut Vec<u8>) {
+        self.write_json_with(dropped_before, None, out)
+    }
+
+    /// [`LogRecord::write_json`] with the workload of a steered caller (`source_cgroup_id`),
+    /// `None` when it is not known.
+    pub fn write_json_with(&self, dropped_before: u64, source_workload: Option<&str>, out: &mut Vec<u8>) {
         let secs = self.start_unix_us / 1_000_000;
         let micros = self.start_unix_us % 1_000_000;
         let (date, time) = civil_from_unix(secs);
@@ -169,16 +180,16 @@ impl LogRecord {
             self.worker
         );
         out.extend_from_slice(b",\"source_workload\":");
-        match self.source_cgroup_id {
-            None => json_str(out, SOURCE_DIRECT.as_bytes()),
-            Some(_) if self.source_workload.as_bytes().is_empty() => out.extend_from_slice(b"null"),
-            Some(_) => json_str(out, self.source_workload.as_bytes()),
+        match (self.source_cgroup_id, source_workload) {
+            (0, _) => json_str(out, SOURCE_DIRECT.as_bytes()),
+            (_, Some(w)) => json_str(out, w.as_bytes()),
+            (_, None) => out.extend_from_slice(b"null"),
         }
         match self.source_cgroup_id {
-            Some(id) => {
+            0 => out.extend_from_slice(b",\"source_cgroup_id\":null"),
+            id => {
                 let _ = write!(out, ",\"source_cgroup_id\":{id}");
             }
-            None => out.extend_from_slice(b",\"source_cgroup_id\":null"),
         }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
@@ -226,15 +237,20 @@ mod tests {
             upstream_us: 0,
             worker: 1,
             tcp: false,
-            source_workload: InlineStr::new(b"shop/web"),
-            source_cgroup_id: Some(4242),
+            source_cgroup_id: 4242,
         }
+    }
+
+    #[test]
+    fn a_record_stays_432_bytes() {
+        // The memory budget and docs/OPERATING.md count rings in these.
+        assert_eq!(std::mem::size_of::<LogRecord>(), 432);
     }
 
     #[test]
     fn json_line_is_valid_and_complete() {
         let mut out = Vec::new();
-        record().write_json(0, &mut out);
+        record().write_json_with(0, Some("shop/web"), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
@@ -251,13 +267,12 @@ mod tests {
     #[test]
     fn direct_and_unresolved_callers() {
         let mut r = record();
-        r.source_cgroup_id = None;
+        r.source_cgroup_id = 0;
         let mut out = Vec::new();
-        r.write_json(0, &mut out);
+        r.write_json_with(0, Some("ignored"), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].is_null()), (Some("direct"), true));
-        r.source_cgroup_id = Some(7);
-        r.source_workload = InlineStr::default();
+        r.source_cgroup_id = 7;
         out.clear();
         r.write_json(0, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");

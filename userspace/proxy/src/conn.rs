@@ -270,8 +270,7 @@ fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant
             upstream_us: ex.upstream_us,
             worker: ctx.worker as u16,
             tcp: false,
-            source_workload: source.workload,
-            source_cgroup_id: source.cgroup_id,
+            source_cgroup_id: source.cgroup_id.unwrap_or(0),
         });
     }
 }

@@ -101,8 +101,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
             tcp: true,
-            source_workload: source.workload,
-            source_cgroup_id: source.cgroup_id,
+            source_cgroup_id: source.cgroup_id.unwrap_or(0),
             ..LogRecord::default()
         });
     }

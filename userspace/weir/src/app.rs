@@ -321,7 +321,7 @@ impl App {
         let (telemetry, hub) = weir_proxy::telemetry(workers, ring, memory.span_ring_records);
         let shipper = match ring {
             Some(_) => Some(
-                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege)
+                Shipper::start(config.access_log.sink.clone(), hub.logs, shared.clone(), options.least_privilege)
                     .context("starting the access-log shipper")?,
             ),
             None => None,

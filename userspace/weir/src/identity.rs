@@ -39,6 +39,9 @@ const MISS_RESCAN: Duration = Duration::from_millis(100);
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Cgroup directories read per scan at most (deeper or further ones are not known).
 const MAX_CGROUPS: usize = 65_536;
+/// A cgroup that is gone stays in the table this long, so the access-log lines of its last
+/// requests (named when shipped) still name its workload.
+const GONE_GRACE: Duration = Duration::from_secs(60);
 
 /// One cgroup of a workload, for `/callers`.
 #[derive(Debug, Clone, Serialize)]
@@ -166,6 +169,8 @@ struct State {
     naming: Naming,
     /// cgroup id → (directory, workload).
     cgroups: HashMap<u64, (PathBuf, String)>,
+    /// Cgroups no longer found, kept in the table until [`GONE_GRACE`] after they went.
+    gone: HashMap<u64, (Instant, PathBuf, String)>,
     workloads: HashMap<String, Known>,
     free: Vec<u32>,
     next_index: u32,
@@ -182,6 +187,7 @@ impl State {
             shared,
             naming,
             cgroups: HashMap::new(),
+            gone: HashMap::new(),
             workloads: HashMap::new(),
             free: Vec::new(),
             next_index: 0,
@@ -227,14 +233,28 @@ impl State {
                 found.entry(id).or_insert((dir, workload));
             }
         }
-        if found.len() == self.cgroups.len()
+        let now = Instant::now();
+        let expired = self.gone.len();
+        self.gone.retain(|id, (at, _, _)| !found.contains_key(id) && now.saturating_duration_since(*at) < GONE_GRACE);
+        let expired = expired != self.gone.len();
+        if !expired
+            && found.len() == self.cgroups.len()
             && found.iter().all(|(id, (_, w))| self.cgroups.get(id).is_some_and(|(_, old)| old == w))
         {
             return false;
         }
-        self.cgroups = found;
+        for (id, (dir, w)) in std::mem::replace(&mut self.cgroups, found) {
+            if !self.cgroups.contains_key(&id) {
+                self.gone.entry(id).or_insert((now, dir, w));
+            }
+        }
         // Counter slots for new workloads; slots of unnamed workloads that are gone go back.
-        let present: std::collections::HashSet<&str> = self.cgroups.values().map(|(_, w)| w.as_str()).collect();
+        let present: std::collections::HashSet<&str> = self
+            .cgroups
+            .values()
+            .map(|(_, w)| w.as_str())
+            .chain(self.gone.values().map(|(_, _, w)| w.as_str()))
+            .collect();
         let gone: Vec<String> = self
             .workloads
             .keys()
@@ -341,7 +361,9 @@ impl State {
         let by_cgroup = self
             .cgroups
             .iter()
-            .map(|(id, (_, w))| {
+            .map(|(id, (_, w))| (id, w))
+            .chain(self.gone.iter().map(|(id, (_, _, w))| (id, w)))
+            .map(|(id, w)| {
                 let index = self.workloads.get(w).map_or(u32::MAX, |k| k.index);
                 (*id, Caller { index, source: self.naming.slot(w), workload: InlineStr::new(w.as_bytes()) })
             })

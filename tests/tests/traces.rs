@@ -1,0 +1,255 @@
+//! Distributed tracing: W3C trace context through weir, spans exported over OTLP/HTTP to a
+//! recording collector (decoded here with the opentelemetry-proto crate's own types), a
+//! stalled collector that costs requests nothing, and exemplars in the OpenMetrics exposition.
+
+use std::io::Read as _;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
+use prost::Message as _;
+use weir_tests::{Client, Collector, Endpoint, Response, Weir, eventually};
+
+use crate::data_path::{config, service};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+pub fn traced(collector: &Collector, percent: f64, services: &str) -> String {
+    format!(
+        "{}[tracing]\nsample_percent = {percent:?}\notlp_endpoint = \"{}\"\n",
+        config(services),
+        collector.endpoint()
+    )
+}
+
+/// `GET /` with `Host: host` and extra field lines (`name: value\r\n` each).
+pub fn get_with(c: &mut Client, host: &str, extra: &str) -> Response {
+    c.send_raw(format!("GET / HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").as_bytes());
+    c.read_response(false).expect("a response")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every span the collector received, checking each request is OTLP/HTTP protobuf, gzip.
+pub fn spans(collector: &Collector) -> Vec<(ExportTraceServiceRequest, Span)> {
+    let mut out = Vec::new();
+    for post in collector.posts() {
+        assert_eq!(post.path, "/v1/traces");
+        assert_eq!(post.header("content-type"), Some("application/x-protobuf"));
+        assert_eq!(post.header("content-encoding"), Some("gzip"));
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&post.body[..]).read_to_end(&mut raw).expect("a gzip body");
+        let req = ExportTraceServiceRequest::decode(&raw[..]).expect("an OTLP ExportTraceServiceRequest");
+        for rs in &req.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push((req.clone(), s.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A span attribute as text.
+pub fn attr(span: &Span, key: &str) -> Option<String> {
+    let v = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match v {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    let all: Vec<&String> = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect();
+    assert!(all.len() <= 1, "{name} forwarded {} times: {headers:?}", all.len());
+    all.first().map(|v| v.to_string())
+}
+
+#[test]
+fn a_sampled_request_gets_one_span_whose_id_is_the_forwarded_parent() {
+    let collector = Collector::start().expect("collector");
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&traced(&collector, 0.0, &service("traced", "127.10.12.1:80", &[&ep], "")));
+    let mut c = Client::connect(weir.proxy);
+    let amzn = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90";
+    let r = get_with(
+        &mut c,
+        "traced",
+        &format!(
+            "traceparent: 00-{TRACE}-{PARENT}-01\r\ntracestate: congo=t61rcWkgMzE\r\nx-amzn-trace-id: {amzn}\r\nb3: {b3}\r\n"
+        ),
+    );
+    assert_eq!(r.status, 200);
+    let seen = ep.last_headers();
+    let forwarded = header(&seen, "traceparent").expect("weir forwards a traceparent");
+    let parts: Vec<&str> = forwarded.split('-').collect();
+    assert_eq!((parts.len(), parts[0], parts[1], parts[3]), (4, "00", TRACE, "01"), "{forwarded}");
+    assert_ne!(parts[2], PARENT, "the forwarded parent must be weir's span, not the caller's");
+    // tracestate, X-Amzn-Trace-Id and b3 go through unchanged.
+    assert_eq!(header(&seen, "tracestate").as_deref(), Some("congo=t61rcWkgMzE"));
+    assert_eq!(header(&seen, "x-amzn-trace-id").as_deref(), Some(amzn));
+    assert_eq!(header(&seen, "b3").as_deref(), Some(b3));
+
+    let all = eventually(Duration::from_secs(10), "weir's span at the collector", || {
+        let s = spans(&collector);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(all.len(), 1, "one span per sampled request");
+    let (req, span) = &all[0];
+    assert_eq!(hex(&span.trace_id), TRACE);
+    assert_eq!(hex(&span.parent_span_id), PARENT, "weir's span is the caller's child");
+    assert_eq!(hex(&span.span_id), parts[2], "the forwarded traceparent names weir's span");
+    assert_eq!(span.kind, SpanKind::Client as i32);
+    assert!(span.end_time_unix_nano > span.start_time_unix_nano);
+    for (key, want) in [
+        ("weir.service", "traced".to_string()),
+        ("weir.endpoint", ep.addr.to_string()),
+        ("weir.attempts", "1".into()),
+        ("http.response.status_code", "200".into()),
+        ("http.request.method", "GET".into()),
+        ("weir.outcome", "ok".into()),
+        ("weir.source", "direct".into()),
+    ] {
+        assert_eq!(attr(span, key).as_deref(), Some(want.as_str()), "attribute {key}: {:?}", span.attributes);
+    }
+    let resource = req.resource_spans[0].resource.as_ref().expect("a resource");
+    assert!(
+        resource.attributes.iter().any(|a| a.key == "service.name"
+            && a.value.as_ref().and_then(|v| v.value.as_ref()) == Some(&Value::StringValue("weir".into()))),
+        "{resource:?}"
+    );
+
+    // One span per sampled request, exactly.
+    for i in 0..9 {
+        let id = format!("{:016x}", 0x1000 + i);
+        assert_eq!(get_with(&mut c, "traced", &format!("traceparent: 00-{TRACE}-{id}-01\r\n")).status, 200);
+    }
+    eventually(Duration::from_secs(10), "ten spans", || (spans(&collector).len() >= 10).then_some(()));
+    weir.wait_metric("weir_spans_total{result=\"exported\"}", 10.0);
+    assert_eq!(spans(&collector).len(), 10);
+    let ids: std::collections::BTreeSet<Vec<u8>> = spans(&collector).into_iter().map(|(_, s)| s.span_id).collect();
+    assert_eq!(ids.len(), 10, "every span has its own id");
+}
+
+#[test]
+fn unsampled_and_absent_trace_contexts_pass_untouched_unless_weir_samples() {
+    let collector = Collector::start().expect("collector");
+    let ep = Endpoint::start("e");
+    let svc = service("quiet", "127.10.12.2:80", &[&ep], "");
+    let weir = Weir::start(&traced(&collector, 0.0, &svc));
+    let mut c = Client::connect(weir.proxy);
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    assert_eq!(get_with(&mut c, "quiet", &format!("traceparent: {unsampled}\r\ntracestate: a=b\r\n")).status, 200);
+    let seen = ep.last_headers();
+    assert_eq!(header(&seen, "traceparent"), Some(unsampled), "an unsampled trace is passed on untouched");
+    assert_eq!(header(&seen, "tracestate").as_deref(), Some("a=b"));
+    assert_eq!(get_with(&mut c, "quiet", "x-amzn-trace-id: Root=1-abc\r\n").status, 200);
+    let seen = ep.last_headers();
+    assert_eq!(header(&seen, "traceparent"), None, "no trace context, no sampling: none is added");
+    assert_eq!(header(&seen, "x-amzn-trace-id").as_deref(), Some("Root=1-abc"));
+
+    // sample_percent applies on reload: now weir starts a trace for every request without one.
+    weir.reload(&traced(&collector, 100.0, &svc)).expect("reload with sample_percent = 100");
+    assert_eq!(get_with(&mut c, "quiet", "tracestate: stale=1\r\n").status, 200);
+    let seen = ep.last_headers();
+    let started = header(&seen, "traceparent").expect("weir started a trace");
+    assert_eq!(header(&seen, "tracestate"), None, "a trace weir starts carries no other trace's state");
+    let all = eventually(Duration::from_secs(10), "the started trace's span", || {
+        let s = spans(&collector);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(all.len(), 1, "only the request weir sampled has a span: {all:?}");
+    let span = &all[0].1;
+    assert_eq!(started, format!("00-{}-{}-01", hex(&span.trace_id), hex(&span.span_id)));
+    assert!(span.parent_span_id.is_empty(), "a trace weir started has no parent");
+}
+
+/// Latency of `n` requests sent one after another, `pace` apart, in µs, sorted.
+fn paced(c: &mut Client, n: usize, pace: Duration, deadline: Instant) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n.min(10_000));
+    for _ in 0..n {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let t = Instant::now();
+        assert_eq!(c.get("/", "stall").status, 200);
+        out.push(t.elapsed().as_micros() as u64);
+        std::thread::sleep(pace); // the client's rate: the behaviour under test
+    }
+    out.sort_unstable();
+    out
+}
+
+fn p99(v: &[u64]) -> u64 {
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[test]
+fn a_stalled_collector_does_not_move_the_p99_and_drops_are_counted() {
+    let collector = Collector::start().expect("collector");
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&traced(&collector, 100.0, &service("stall", "127.10.12.3:80", &[&ep], "")));
+    let mut c = Client::connect(weir.proxy);
+    let pace = Duration::from_millis(2);
+    // Warm up, and prove export works before the stall.
+    let _ = paced(&mut c, 200, pace, Instant::now() + Duration::from_secs(10));
+    eventually(Duration::from_secs(10), "spans exported", || {
+        (weir.metric("weir_spans_total{result=\"exported\"}") >= 200.0).then_some(())
+    });
+    let healthy = paced(&mut c, 2500, pace, Instant::now() + Duration::from_secs(10));
+    collector.stall();
+    let stalled_for = Instant::now() + Duration::from_secs(10);
+    let mut stalled = paced(&mut c, usize::MAX, pace, stalled_for);
+    stalled.sort_unstable();
+    let dropped = weir.metric("weir_spans_total{result=\"ring_full\"}")
+        + weir.metric("weir_spans_total{result=\"export_failed\"}");
+    collector.resume();
+    let (h, s) = (p99(&healthy), p99(&stalled));
+    eprintln!("p99 healthy collector {h} µs over {}, stalled {s} µs over {}", healthy.len(), stalled.len());
+    assert!(stalled.len() > 1000, "only {} requests in 10 s of stall", stalled.len());
+    // Noise on a shared 2-core machine: twice the healthy p99 plus a millisecond.
+    assert!(s <= 2 * h + 1000, "the stalled collector moved the p99: {h} µs -> {s} µs");
+    assert!(dropped > 0.0, "spans lost to the stalled collector were not counted");
+    // Once the collector answers again, spans flow again.
+    let before = weir.metric("weir_spans_total{result=\"exported\"}");
+    let _ = paced(&mut c, 100, pace, Instant::now() + Duration::from_secs(5));
+    eventually(Duration::from_secs(20), "exports after the collector recovered", || {
+        (weir.metric("weir_spans_total{result=\"exported\"}") > before).then_some(())
+    });
+}
+
+#[test]
+fn latency_buckets_carry_exemplars_in_openmetrics_only() {
+    let collector = Collector::start().expect("collector");
+    let ep = Endpoint::start("e");
+    let weir = Weir::start(&traced(&collector, 0.0, &service("ex", "127.10.12.4:80", &[&ep], "")));
+    let mut c = Client::connect(weir.proxy);
+    assert_eq!(get_with(&mut c, "ex", &format!("traceparent: 00-{TRACE}-{PARENT}-01\r\n")).status, 200);
+    weir.wait_metric("weir_request_duration_seconds_count{service=\"ex\",source=\"direct\"}", 1.0);
+    let mut admin = Client::connect(weir.admin);
+    admin.send_raw(
+        b"GET /metrics HTTP/1.1\r\nhost: admin\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    );
+    let r = admin.read_response(false).expect("/metrics");
+    assert!(r.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")), "{:?}", r.headers);
+    let text = r.body_string();
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(text.contains("# TYPE weir_requests counter\n"), "a counter family is named without _total");
+    let with_exemplar: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("weir_request_duration_seconds_bucket{service=\"ex\""))
+        .filter(|l| l.contains(&format!(" # {{trace_id=\"{TRACE}\"}} ")))
+        .collect();
+    assert_eq!(with_exemplar.len(), 1, "one bucket holds the sampled request:\n{text}");
+    // The classic format stays the default, without exemplars.
+    let plain = weir.metrics();
+    assert!(!plain.contains("# EOF") && !plain.contains("trace_id"), "exemplars leaked into 0.0.4");
+    assert!(plain.contains("# TYPE weir_requests_total counter\n"));
+}
