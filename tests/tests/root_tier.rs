@@ -6,5 +6,6 @@
 
 mod cgroup_mounts;
 mod full_disk;
+mod identity;
 mod memory;
 mod steering;
