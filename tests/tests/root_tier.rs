@@ -8,4 +8,5 @@ mod cgroup_mounts;
 mod full_disk;
 mod identity;
 mod memory;
+mod prometheus;
 mod steering;
