@@ -337,3 +337,12 @@ mod tests {
         assert_eq!(ids.len(), 1000, "trace ids repeat");
     }
 }
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_span_record_is_240_bytes() {
+        // docs/OPERATING.md ("Memory") counts span rings in these.
+        assert_eq!(std::mem::size_of::<super::SpanRecord>(), 240);
+    }
+}
