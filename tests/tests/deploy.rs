@@ -747,3 +747,23 @@ fn operating_md_documents_every_error_reason_with_its_status() {
     let actual: BTreeMap<String, u16> = ErrorReason::ALL.iter().map(|r| (r.as_str().to_string(), r.status())).collect();
     assert_eq!(documented, actual, "docs/OPERATING.md's x-weir-error table differs from ErrorReason");
 }
+
+#[test]
+fn operating_md_documents_every_admin_endpoint_and_each_answers() {
+    let documented: BTreeSet<String> = table_rows(&read("docs/OPERATING.md"), "Admin API")
+        .iter()
+        .filter_map(|row| code(&row[0]).map(String::from))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
+    ));
+    // The 404 lists what the admin server routes.
+    let (status, body) = weir.admin_get("/no-such-path");
+    assert_eq!(status, 404);
+    let routed: BTreeSet<String> = body.split_whitespace().filter(|w| w.starts_with('/')).map(String::from).collect();
+    assert_eq!(documented, routed, "docs/OPERATING.md's Admin API table differs from what weir serves");
+    for path in &documented {
+        assert_eq!(weir.admin_get(path).0, 200, "{path}");
+    }
+}
