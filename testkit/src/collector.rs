@@ -8,7 +8,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,6 +34,9 @@ impl Post {
 #[derive(Debug, Default)]
 struct Inner {
     posts: Mutex<Vec<Post>>,
+    /// Keep what is received (tests), or only count it (benchmarks: memory stays flat).
+    keep: bool,
+    received: AtomicU64,
     stalled: AtomicBool,
     status: AtomicU16,
     stop: AtomicBool,
@@ -50,11 +53,20 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts on a free loopback port.
+    /// Starts on a free loopback port, keeping every request.
     pub fn start() -> std::io::Result<Collector> {
+        Collector::start_with(true)
+    }
+
+    /// Starts on a free loopback port, counting requests without keeping them.
+    pub fn counting() -> std::io::Result<Collector> {
+        Collector::start_with(false)
+    }
+
+    fn start_with(keep: bool) -> std::io::Result<Collector> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner { status: AtomicU16::new(200), ..Inner::default() });
+        let inner = Arc::new(Inner { status: AtomicU16::new(200), keep, ..Inner::default() });
         let thread = {
             let inner = inner.clone();
             std::thread::spawn(move || {
@@ -85,8 +97,8 @@ impl Collector {
     }
 
     /// Requests received so far.
-    pub fn count(&self) -> usize {
-        self.inner.posts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    pub fn count(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
     }
 
     /// Answer this status from now on.
@@ -135,7 +147,10 @@ fn serve(mut conn: TcpStream, inner: &Inner) {
         }
         if let Some((post, used)) = parse(&buf) {
             buf.drain(..used);
-            inner.posts.lock().unwrap_or_else(|e| e.into_inner()).push(post);
+            inner.received.fetch_add(1, Ordering::Relaxed);
+            if inner.keep {
+                inner.posts.lock().unwrap_or_else(|e| e.into_inner()).push(post);
+            }
             let status = inner.status.load(Ordering::SeqCst);
             let head = format!(
                 "HTTP/1.1 {status} {}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
