@@ -189,3 +189,31 @@ fn two_hundred_callers_with_fifty_names_make_exactly_fifty_one_source_values() {
     assert_eq!(callers(&weir)["named_sources"], 50);
     drop(jobs);
 }
+
+#[test]
+fn a_weir_process_that_dropped_its_capabilities_still_names_its_callers() {
+    require_root();
+    let root = Cgroup::create("identproc");
+    let unit = child(&root, "billing.service");
+    let ep = Endpoint::start("a");
+    let svc = format!("[[service]]\nname = \"pay\"\nvip = \"127.10.13.4:80\"\nendpoints = [\"{}\"]\n", ep.addr);
+    // `weir run` drops every capability on the identity thread: reading the cgroup tree
+    // needs none.
+    let weir = weir_tests::WeirProcess::start(env!("CARGO_BIN_EXE_weir-cli"), &steered_config(&root, &svc), None);
+    let metrics = || weir_tests::Client::connect(weir.admin).get("/metrics", "admin").body_string();
+    eventually(Duration::from_secs(15), "weir knows billing.service", || {
+        let body = weir_tests::Client::connect(weir.admin).get("/callers", "admin").body_string();
+        body.contains("\"workload\": \"billing.service\"").then_some(())
+    });
+    let r = probe(PROBE, Some(&unit), &["--addr", "127.10.13.4:80", "--requests", "7"]);
+    assert_eq!(r.num("via"), 7, "{:?}", r.json);
+    eventually(Duration::from_secs(5), "billing.service counted under its name", || {
+        let v = weir_tests::metric_value(
+            &metrics(),
+            "weir_requests_total{service=\"pay\",source=\"billing.service\",code=\"200\"}",
+        );
+        (v == 7.0).then_some(())
+    });
+    drop(weir);
+    drop(unit);
+}
