@@ -73,8 +73,6 @@ pub struct Span {
     pub span_id: Vec<u8>,
     #[prost(bytes = "vec", tag = "4")]
     pub parent_span_id: Vec<u8>,
-    #[prost(fixed32, tag = "16")]
-    pub flags: u32,
     #[prost(string, tag = "5")]
     pub name: String,
     #[prost(int32, tag = "6")]
@@ -87,6 +85,8 @@ pub struct Span {
     pub attributes: Vec<KeyValue>,
     #[prost(message, optional, tag = "15")]
     pub status: Option<Status>,
+    #[prost(fixed32, tag = "16")]
+    pub flags: u32,
 }
 
 /// `Span.SpanKind.SPAN_KIND_CLIENT`: weir's span is the caller's outbound call.
