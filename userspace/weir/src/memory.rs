@@ -1,5 +1,5 @@
 //! weir's memory budget: what the process holds whatever the traffic (the access-log rings,
-//! each worker's pools and runtime, the process itself) against the memory limit of its own
+//! the span rings when tracing is on, each worker's pools and runtime, the process itself) against the memory limit of its own
 //! cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes` where the memory controller is
 //! mounted as v1; the smallest limit on the way up to the hierarchy's root). When
 //! `[access_log] ring_records` is unset the rings are sized from the limit; a config whose

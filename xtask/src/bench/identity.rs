@@ -327,7 +327,7 @@ pub fn splice_into_docs(section: &str, note: &str) -> anyhow::Result<()> {
     let path = crate::root().join("docs/BENCHMARKS.md");
     let doc = std::fs::read_to_string(&path)?;
     let heading = "### Cost of caller identity and tracing";
-    let body = format!("{}{note}\n\n", section.trim_end());
+    let body = format!("{}\n\n{note}\n\n", section.trim_end());
     let out = match doc.find(heading) {
         Some(start) => {
             let rest = &doc[start + heading.len()..];

@@ -188,13 +188,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("identity.json"), serde_json::to_string_pretty(&s)?)?;
         println!("{md}");
         if !args.no_docs {
+            let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
+            let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
             let note = format!(
-                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run named at the top._",
+                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run \
+named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
+are noisy when that is high; CPU per request is counted for weir alone._",
                 if args.quick { " --quick" } else { "" },
                 now_utc(),
                 capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
                     .map(|s| s.trim().to_string())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                share * 100.0,
+                top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
             );
             identity::splice_into_docs(&md, &note)?;
             eprintln!("bench: docs/BENCHMARKS.md: identity section replaced");
