@@ -48,6 +48,8 @@ pub struct Variant {
     pub rps: Option<f64>,
     /// Median open-loop p99, µs.
     pub p99_us: Option<f64>,
+    /// Median of the open loops' client send lag p99, µs (the load generator's own lateness).
+    pub send_lag_p99_us: Option<f64>,
     /// Why it was not measured, or what failed.
     pub problems: Vec<String>,
 }
@@ -140,6 +142,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
                     cpu_us: None,
                     rps: None,
                     p99_us: None,
+                    send_lag_p99_us: None,
                     problems: Vec::new(),
                 },
                 r,
@@ -173,6 +176,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
         v.cpu_us = median(v.saturation.iter().filter_map(|s| s.proxy_cpu_us_per_req).collect());
         v.rps = median(v.saturation.iter().map(|s| s.rps).collect());
         v.p99_us = median(v.open.iter().map(|o| o.latency.p99_us).collect());
+        v.send_lag_p99_us = median(v.open.iter().map(|o| o.send_lag_p99_us).collect());
         if v.key == "weir-id-sampled" {
             spans_exported = metric(r.admin, "weir_spans_total{result=\"exported\"}");
             spans_lost = metric(r.admin, "weir_spans_total{result=\"ring_full\"}")
@@ -215,13 +219,15 @@ pub fn markdown(s: &Identity, plan: &Plan) -> String {
 others are steered (the load generator in a steered cgroup dials the VIP, so every request resolves its caller); the \
 tracing variants send to an OTLP/HTTP collector on loopback, and the sampled one exports a span per request from its \
 own exporter thread, pinned with the worker to the proxy's CPU, so the export is in its CPU. Proxy CPU per request is \
-Δ(utime+stime) of the weir process / requests, median of rounds.\n\n",
+Δ(utime+stime) of the weir process / requests, median of rounds. The p99 is from the intended send time: when the \
+client send lag is of the same size, the load generator's core was late (the machine, not weir), and only the CPU \
+columns compare the variants.\n\n",
     );
     let _ = writeln!(
         md,
-        "| variant | proxy CPU µs/req (median) | per round | added vs off | added vs identity | saturated rps | p99 (µs, median) |"
+        "| variant | proxy CPU µs/req (median) | per round | added vs off | added vs identity | saturated rps | p99 (µs, median) | client send lag p99 (µs, median) |"
     );
-    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|");
     for v in &s.variants {
         let rounds: Vec<String> =
             v.saturation.iter().filter_map(|x| x.proxy_cpu_us_per_req).map(|x| format!("{x:.2}")).collect();
@@ -232,14 +238,15 @@ own exporter thread, pinned with the worker to the proxy's CPU, so the export is
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             v.label,
             v.cpu_us.map_or("–".into(), |x| format!("{x:.2}")),
             rounds.join(", "),
             vs("weir-id-off"),
             if v.key == "weir-id-off" { "–".into() } else { vs("weir-id-identity") },
             v.rps.map_or("–".into(), |x| format!("{x:.0}")),
-            v.p99_us.map_or("–".into(), us)
+            v.p99_us.map_or("–".into(), us),
+            v.send_lag_p99_us.map_or("–".into(), us)
         );
     }
     if s.variants.iter().any(|v| v.key == "weir-id-sampled") {
