@@ -53,6 +53,7 @@ fn record(source: u16, exemplar: Option<Exemplar>, i: u64) -> RequestRecord {
         panic: false,
         source,
         exemplar,
+        grpc: None,
     }
 }
 

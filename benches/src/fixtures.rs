@@ -102,6 +102,7 @@ pub fn request_record(i: u64) -> RequestRecord {
         panic: false,
         source: weir_core::stats::SOURCE_DIRECT,
         exemplar: None,
+        grpc: None,
     }
 }
 
@@ -130,7 +131,8 @@ pub fn log_record() -> LogRecord {
         duration_us: 180,
         upstream_us: 150,
         worker: 0,
-        tcp: false,
+        protocol: weir_core::accesslog::LogProtocol::Http,
+        grpc_status: None,
         source_cgroup_id: 0,
     }
 }

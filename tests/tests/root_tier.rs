@@ -6,7 +6,9 @@
 
 mod cgroup_mounts;
 mod full_disk;
+mod grpc;
 mod identity;
 mod memory;
 mod prometheus;
 mod steering;
+mod takeover;

@@ -16,12 +16,13 @@ pub const MAP_SERVICES: &str = "WEIR_SERVICES";
 /// Map: socket cookie of a workload's steered socket → [`OrigDst`], between `connect()` and
 /// the moment the connection is established. LRU, so abandoned connects age out.
 ///
-/// ABI version 2 (the name says it): [`OrigDst`] carries the caller's cgroup id since then.
-/// Version 1 (`WEIR_SOCK_ORIG`, `WEIR_CONN_ORIG`) held a 24-byte value. A map's name is
-/// what tools and pins find it by, so a changed layout gets a new name and the old one is
-/// retired ([`LEGACY_MAPS`]): nothing that looks a map up by name reads one layout as the
-/// other. (Neither map is pinned: each weir creates its own, and a restart that swaps its
-/// programs into a previous run's pinned links brings its own maps along.)
+/// Shared-map layout version 2 ([`SHARED_MAPS_ABI`]; the name says it too): [`OrigDst`]
+/// carries the caller's cgroup id since then. Version 1 (`WEIR_SOCK_ORIG`, `WEIR_CONN_ORIG`)
+/// held a 24-byte value. The map is shared ([`SHARED_MAPS`]), pinned by name and layout
+/// version, so a weir never reuses a version-1 pin, and a takeover between the two versions is
+/// refused by the hello (their [`shared_maps_abi`] differ). The name changed with the layout
+/// and the old one is retired ([`LEGACY_MAPS`]): nothing that looks a map up by name (bpftool)
+/// reads one layout as the other.
 pub const MAP_SOCK_ORIG: &str = "WEIR_SOCK_ORIG2";
 /// Map: [`ConnKey`] (the connection as the proxy sees it) → [`OrigDst`]. Filled when the
 /// workload's connection is established, consumed (lookup-and-delete) by the proxy on accept.
@@ -35,13 +36,38 @@ pub const MAP_CONFIG: &str = "WEIR_CONFIG";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "WEIR_COUNTERS";
 /// Map: index 0 → `u64` CLOCK_MONOTONIC nanoseconds of weir's last sign of life, written by
-/// every worker once a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
+/// every worker four times a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
 /// considered down and connects to a VIP follow [`SteerConfig::fail_mode`].
 pub const MAP_HEARTBEAT: &str = "WEIR_HEARTBEAT";
 /// REUSEPORT_SOCKARRAY: CPU id → the listener of the worker pinned to that CPU.
 pub const MAP_LISTENERS: &str = "WEIR_LISTENERS";
 /// Capacity of [`MAP_LISTENERS`] (CPU ids above it use the kernel's default selection).
 pub const MAX_CPUS: u32 = 1024;
+
+/// Maps that outlive one weir process: pinned, and reused by the next weir on the same pins
+/// (one taking over, or one restarted after a crash) instead of created anew. A connection's
+/// record spans both processes (connect and sock_ops may run different programs, accept a
+/// different process), listeners stay registered for CPU-affine accept (a socket can be in
+/// one such map only), and the kernel counters continue.
+pub const SHARED_MAPS: [&str; 4] = [MAP_SOCK_ORIG, MAP_CONN_ORIG, MAP_LISTENERS, MAP_COUNTERS];
+
+/// Layout version of [`SHARED_MAPS`]. Bump it with any change of their key or value types, map
+/// types or capacities (including [`COUNTER_SLOTS`]): a weir never reuses, or takes over from
+/// a weir with, maps of another layout version. [`shared_maps_abi`] adds the sizes, so a
+/// forgotten bump of a size change still shows. Version 2: [`OrigDst`] gained `cgroup_id`.
+pub const SHARED_MAPS_ABI: u32 = 2;
+
+/// [`SHARED_MAPS_ABI`] and the sizes and capacities it covers, for comparing two builds.
+pub const fn shared_maps_abi() -> [u32; 6] {
+    [
+        SHARED_MAPS_ABI,
+        core::mem::size_of::<OrigDst>() as u32,
+        core::mem::size_of::<ConnKey>() as u32,
+        COUNTER_SLOTS,
+        MAX_PENDING_CONNS,
+        MAX_CPUS,
+    ]
+}
 
 /// What connects to a VIP do while weir is down (see [`SteerConfig::fail_mode`]).
 pub mod fail_mode {

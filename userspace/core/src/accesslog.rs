@@ -12,8 +12,8 @@ use crate::outcome::ErrorReason;
 pub const PATH_BYTES: usize = 160;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes).
-pub const SERVICE_BYTES: usize = 64;
+/// Longest service name (config validation caps names at 63 bytes, so none is cut).
+pub const SERVICE_BYTES: usize = 63;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 /// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
@@ -24,39 +24,47 @@ pub const SOURCE_DIRECT: &str = "direct";
 /// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
-    /// Bytes kept; the top bit says the original was longer (two bytes of overhead, so that
-    /// a record's fixed size stays small).
-    len: u16,
+    /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
+    /// keeps a record within its 432 bytes. Kept as bytes, so that the string is aligned to
+    /// one byte and an odd `N` costs no padding.
+    len: [u8; 2],
     bytes: [u8; N],
 }
 
-const TRUNCATED: u16 = 0x8000;
+/// The bit of [`InlineStr`]'s length that says it was cut.
+const TRUNCATED: u16 = 1 << 15;
 
 impl<const N: usize> InlineStr<N> {
+    const FITS: () = assert!(N < TRUNCATED as usize, "the length and the truncated bit share a u16");
+
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
-        const { assert!(N < TRUNCATED as usize) };
-        let mut out = InlineStr { len: 0, bytes: [0; N] };
+        let () = Self::FITS;
+        let mut out = InlineStr { len: [0; 2], bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
+        out.len = (n as u16 | if s.len() > N { TRUNCATED } else { 0 }).to_ne_bytes();
         out
+    }
+
+    fn len_field(&self) -> u16 {
+        u16::from_ne_bytes(self.len)
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len & !TRUNCATED)]
+        &self.bytes[..usize::from(self.len_field() & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.len & TRUNCATED != 0
+        self.len_field() & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, bytes: [0; N] }
+        InlineStr { len: [0; 2], bytes: [0; N] }
     }
 }
 
@@ -99,12 +107,38 @@ pub struct LogRecord {
     pub upstream_us: u64,
     /// Worker that served it.
     pub worker: u16,
-    /// TCP relay rather than HTTP.
-    pub tcp: bool,
+    /// What the client spoke.
+    pub protocol: LogProtocol,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc_status: Option<u8>,
     /// The caller's cgroup v2 id; 0 for a connection weir did not steer ([`SOURCE_DIRECT`]).
     /// (Its workload's name is looked up when the line is written, so that the record stays
     /// small: see [`LogRecord::write_json_with`].)
     pub source_cgroup_id: u64,
+}
+
+/// What a client spoke, as the access log names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LogProtocol {
+    /// HTTP/1.x (`http`).
+    #[default]
+    Http,
+    /// HTTP/2 (`http2`).
+    Http2,
+    /// A TCP relay (`tcp`).
+    Tcp,
+}
+
+impl LogProtocol {
+    /// The JSON value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogProtocol::Http => "http",
+            LogProtocol::Http2 => "http2",
+            LogProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -153,7 +187,7 @@ impl LogRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"protocol\":");
-        out.extend_from_slice(if self.tcp { b"\"tcp\"" } else { b"\"http\"" });
+        json_str(out, self.protocol.as_str().as_bytes());
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_bytes());
         out.extend_from_slice(b",\"authority\":");
@@ -179,6 +213,9 @@ impl LogRecord {
             self.upstream_us as f64 / 1000.0,
             self.worker
         );
+        if let Some(code) = self.grpc_status {
+            let _ = write!(out, ",\"grpc_status\":{code}");
+        }
         out.extend_from_slice(b",\"source_workload\":");
         match (self.source_cgroup_id, source_workload) {
             (0, _) => json_str(out, SOURCE_DIRECT.as_bytes()),
@@ -236,7 +273,8 @@ mod tests {
             duration_us: 1500,
             upstream_us: 0,
             worker: 1,
-            tcp: false,
+            protocol: LogProtocol::Http,
+            grpc_status: None,
             source_cgroup_id: 4242,
         }
     }

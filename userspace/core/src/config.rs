@@ -62,15 +62,34 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Application protocol of a service.
+/// Application protocol of a service: what weir speaks to its endpoints. Clients may speak
+/// HTTP/1.1 or HTTP/2 (h2c) to any HTTP service; weir translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
-    /// HTTP/1.1, parsed, balanced per request, retried.
+    /// HTTP/1.1 to the endpoints, balanced per request, retried.
     #[default]
     Http,
+    /// HTTP/2 with prior knowledge (h2c) to the endpoints, over pooled multiplexed
+    /// connections, balanced per request (stream).
+    Http2,
+    /// gRPC: HTTP/2 to the endpoints with gRPC's semantics (trailers, `grpc-status` retries,
+    /// `grpc-timeout`, weir's own failures as `grpc-status` trailers-only responses).
+    Grpc,
     /// Plain TCP, balanced per connection, relayed byte for byte.
     Tcp,
+}
+
+impl Protocol {
+    /// Requests are parsed and balanced one by one (every protocol but TCP).
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// The endpoints speak HTTP/2.
+    pub fn upstream_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 pub use crate::balance::LbPolicy;
@@ -139,8 +158,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Worker threads; 0 = one per CPU. Default 0.
     pub workers: usize,
-    /// Downstream connections across all workers before new ones are refused. Default 10 000.
-    pub max_connections: u32,
+    /// Downstream connections across all workers before new ones are refused. Unset: derived
+    /// at start from the descriptor limit (10 000, or fewer when the limit cannot hold them).
+    pub max_connections: Option<u32>,
     /// Longest a SIGTERM drain waits for in-flight requests. Default 20 s.
     pub drain_timeout: Duration,
     /// A client must send a whole request head within this, else 408. Default 10 s.
@@ -152,8 +172,11 @@ pub struct ProxyConfig {
     /// A write to a client that makes no progress for this long (the client stopped reading)
     /// closes the client connection and the upstream one behind it. Default 60 s.
     pub downstream_write_timeout: Duration,
-    /// Largest request head, else 431. Default 60 KiB.
+    /// Largest request head, else 431. Default 60 KiB. Also the largest HTTP/2 header list a
+    /// client may send.
     pub max_request_head_bytes: usize,
+    /// HTTP/2 streams a client connection may have open at once. Default 100.
+    pub http2_max_concurrent_streams: u32,
     /// Most request headers, else 431. Default 100.
     pub max_headers: usize,
     /// Longest request target, else 414. Default 8 KiB.
@@ -410,6 +433,9 @@ pub struct RetryConfig {
     pub on_server_error: bool,
     /// Retry a 429 (replayable body; honours `Retry-After`). Default false.
     pub on_rate_limited: bool,
+    /// gRPC services: retry a response whose `grpc-status` (trailers-only, before anything was
+    /// relayed) is one of these codes (replayable body). Default `["unavailable"]`.
+    pub on_grpc_status: crate::grpc::CodeSet,
 }
 
 /// `[service.outlier]`.
@@ -444,7 +470,7 @@ impl ServiceConfig {
         let r = &self.retry;
         crate::retry::RetryPolicy {
             attempts: r.attempts,
-            retry_on: crate::retry::RetryOn::with(r.on_server_error, r.on_rate_limited),
+            retry_on: crate::retry::RetryOn::with(r.on_server_error, r.on_rate_limited, r.on_grpc_status),
             backoff_base: r.backoff_base,
             backoff_max: r.backoff_max,
             per_attempt_timeout: self.timeouts.attempt,

@@ -59,17 +59,20 @@ pub enum RetryReason {
     Status503,
     /// The endpoint answered another 5xx (idempotent only).
     Status5xx,
+    /// A gRPC endpoint answered a retryable `grpc-status` (trailers-only).
+    GrpcStatus,
 }
 
 impl RetryReason {
     /// Every reason, in label order.
-    pub const ALL: [RetryReason; 6] = [
+    pub const ALL: [RetryReason; 7] = [
         RetryReason::ConnectFailure,
         RetryReason::KeepaliveRace,
         RetryReason::Reset,
         RetryReason::Timeout,
         RetryReason::Status503,
         RetryReason::Status5xx,
+        RetryReason::GrpcStatus,
     ];
 
     /// Why a retry after `outcome` is made (the one mapping from an outcome to a retry reason).
@@ -80,6 +83,7 @@ impl RetryReason {
             Outcome::Timeout => RetryReason::Timeout,
             Outcome::Response { status: 503 } => RetryReason::Status503,
             Outcome::Response { .. } => RetryReason::Status5xx,
+            Outcome::Grpc { .. } => RetryReason::GrpcStatus,
             Outcome::ResetAfterWrite
             | Outcome::ResetAfterResponseStarted
             | Outcome::ProtocolError
@@ -97,6 +101,42 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Status503 => "status-503",
             RetryReason::Status5xx => "status-5xx",
+            RetryReason::GrpcStatus => "grpc-status",
+        }
+    }
+}
+
+/// Why weir closed an HTTP/2 client connection for its behaviour (the `reason` label of
+/// `weir_http2_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Http2Close {
+    /// The frame-rate guard: too many frames that do no work (PING, SETTINGS, RST_STREAM,
+    /// PRIORITY, empty DATA, implausible WINDOW_UPDATE).
+    ControlFlood,
+    /// The HTTP/2 server's own abuse limits (`ENHANCE_YOUR_CALM`): streams reset before they
+    /// were accepted (rapid reset), too many CONTINUATION frames, too many streams reset for
+    /// the client's errors, a header list far over the limit.
+    EnhanceYourCalm,
+    /// Any other connection error the client caused (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
+    /// `COMPRESSION_ERROR`, `FRAME_SIZE_ERROR`, …).
+    ProtocolError,
+    /// The client did not take its GOAWAY (or answer its PING) in time after weir began to
+    /// close the connection: it was closed without waiting any longer.
+    GoawayTimeout,
+}
+
+impl Http2Close {
+    /// Every reason, in label order.
+    pub const ALL: [Http2Close; 4] =
+        [Http2Close::ControlFlood, Http2Close::EnhanceYourCalm, Http2Close::ProtocolError, Http2Close::GoawayTimeout];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Http2Close::ControlFlood => "control-flood",
+            Http2Close::EnhanceYourCalm => "enhance-your-calm",
+            Http2Close::ProtocolError => "protocol-error",
+            Http2Close::GoawayTimeout => "goaway-timeout",
         }
     }
 }
@@ -135,6 +175,8 @@ pub struct RequestRecord {
     pub source: SourceSlot,
     /// The trace of a sampled request (its `duration_ns` is filled in by `record`).
     pub exemplar: Option<Exemplar>,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc: Option<u8>,
 }
 
 /// The bucket a duration falls in (index into the exact buckets; the last is +Inf).
@@ -272,6 +314,8 @@ pub const HDR_IDLE_PUBLISHES: u32 = 600;
 pub struct ServiceStats {
     /// Requests by status code (0 = no status: TCP or no response), only codes seen, sorted.
     codes: Vec<(u16, u64)>,
+    /// gRPC calls by final `grpc-status`, only codes seen, sorted.
+    grpc: Vec<(u8, u64)>,
     /// Errors weir generated itself, by [`ErrorReason`] (index as in `ErrorReason::ALL`).
     pub errors: [u64; ErrorReason::ALL.len()],
     /// Retries by [`RetryReason`].
@@ -301,6 +345,7 @@ impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
             codes: Vec::new(),
+            grpc: Vec::new(),
             errors: [0; ErrorReason::ALL.len()],
             retries: [0; RetryReason::ALL.len()],
             budget_exhausted: 0,
@@ -326,6 +371,9 @@ impl ServiceStats {
     pub fn record(&mut self, r: &RequestRecord) {
         let code = r.status.filter(|c| *c < 600).unwrap_or(0);
         self.count_code(code, 1);
+        if let Some(g) = r.grpc {
+            self.count_grpc(g, 1);
+        }
         if let Some(e) = r.error {
             self.errors[reason_index(e)] += 1;
         }
@@ -348,6 +396,43 @@ impl ServiceStats {
         self.hdr
             .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
             .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    /// Adds `n` calls that ended with gRPC status `code` (counters handed over by another weir).
+    pub fn add_grpc(&mut self, code: u8, n: u64) {
+        self.count_grpc(code, n);
+    }
+
+    /// Adds `n` requests answered with `code` (0 = no status).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        self.count_code(code.min(599), n);
+    }
+
+    /// The latency histogram's recorded values (µs) and their counts.
+    pub fn hdr_recorded(&self) -> Vec<(u64, u64)> {
+        self.hdr
+            .as_ref()
+            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `n` latencies of `value_us` into the histogram.
+    pub fn record_hdr_n(&mut self, value_us: u64, n: u64) {
+        self.hdr
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
+            .saturating_record_n(value_us.clamp(1, HDR_MAX_US), n);
+    }
+
+    fn count_grpc(&mut self, code: u8, n: u64) {
+        match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.grpc[i].1 += n,
+            Err(i) => self.grpc.insert(i, (code, n)),
+        }
+    }
+
+    /// gRPC calls by final `grpc-status`, codes seen only, in order.
+    pub fn grpc_codes(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.grpc.iter().copied()
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
@@ -393,6 +478,9 @@ impl ServiceStats {
     pub fn merge(&mut self, other: &ServiceStats) {
         for &(code, n) in &other.codes {
             self.count_code(code, n);
+        }
+        for &(code, n) in &other.grpc {
+            self.count_grpc(code, n);
         }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -484,6 +572,13 @@ pub struct StatsShard {
     /// Slots are never removed, so counters stay monotonic for Prometheus.
     slots: Vec<Slot>,
     index: HashMap<Arc<str>, usize>,
+    /// The worker's counters that belong to no service.
+    pub counters: WorkerCounters,
+}
+
+/// A worker's counters that belong to no service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
     /// Downstream connections refused at the connection limit.
     pub connections_refused: u64,
     /// Requests that matched no service.
@@ -491,9 +586,36 @@ pub struct StatsShard {
     /// Client connections closed because a write to them made no progress for the downstream
     /// write timeout (the client stopped reading).
     pub downstream_write_timeouts: u64,
+    /// Connects to endpoints that failed on weir's own limits (descriptors, memory, ports):
+    /// answered `overloaded`, never blamed on the endpoint.
+    pub local_connect_errors: u64,
+    /// Accepts that failed (descriptors, memory); the listener backs off.
+    pub accept_errors: u64,
+    /// HTTP/2 client connections weir closed for their behaviour, by [`Http2Close`] (index:
+    /// the reason's place in [`Http2Close::ALL`]).
+    pub http2_closed: [u64; Http2Close::ALL.len()],
+}
+
+impl WorkerCounters {
+    /// Adds `other` (another worker's) to these.
+    pub fn add(&mut self, other: &WorkerCounters) {
+        self.connections_refused += other.connections_refused;
+        self.unrouted += other.unrouted;
+        self.downstream_write_timeouts += other.downstream_write_timeouts;
+        self.local_connect_errors += other.local_connect_errors;
+        self.accept_errors += other.accept_errors;
+        for (a, b) in self.http2_closed.iter_mut().zip(other.http2_closed) {
+            *a += b;
+        }
+    }
 }
 
 impl StatsShard {
+    /// Counts an HTTP/2 connection closed for `reason`.
+    pub fn http2_closed(&mut self, reason: Http2Close) {
+        self.counters.http2_closed[reason as usize] += 1;
+    }
+
     /// The slot of `service`, created on first use (a name, no stats yet). Call when a
     /// snapshot arrives, not per request.
     pub fn slot(&mut self, service: &str) -> usize {
@@ -553,12 +675,7 @@ impl StatsShard {
             };
             services.push((slot.name.clone(), copy));
         }
-        Published {
-            services,
-            connections_refused: self.connections_refused,
-            unrouted: self.unrouted,
-            downstream_write_timeouts: self.downstream_write_timeouts,
-        }
+        Published { services, counters: self.counters }
     }
 
     /// Services with a slot (counted or not).
@@ -587,11 +704,7 @@ pub struct Published {
     /// Every service counted on the worker so far.
     pub services: Vec<(Arc<str>, Arc<ServiceStats>)>,
     /// As in [`StatsShard`].
-    pub connections_refused: u64,
-    /// As in [`StatsShard`].
-    pub unrouted: u64,
-    /// As in [`StatsShard`].
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 /// Every worker's published stats merged by service (a scrape).
@@ -600,11 +713,7 @@ pub struct Merged {
     services: Vec<(Arc<str>, ServiceStats)>,
     index: HashMap<Arc<str>, usize>,
     /// Summed over workers.
-    pub connections_refused: u64,
-    /// Summed over workers.
-    pub unrouted: u64,
-    /// Summed over workers.
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 impl Merged {
@@ -621,9 +730,7 @@ impl Merged {
                     }
                 }
             }
-            out.connections_refused += shard.connections_refused;
-            out.unrouted += shard.unrouted;
-            out.downstream_write_timeouts += shard.downstream_write_timeouts;
+            out.counters.add(&shard.counters);
         }
         out
     }
@@ -651,6 +758,7 @@ mod tests {
             panic: false,
             source: SOURCE_DIRECT,
             exemplar: None,
+            grpc: None,
         }
     }
 
@@ -714,6 +822,21 @@ mod tests {
         assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
         assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
         assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn http2_closes_are_counted_by_reason_and_summed_over_workers() {
+        let (mut a, mut b) = (StatsShard::default(), StatsShard::default());
+        a.http2_closed(Http2Close::ControlFlood);
+        a.http2_closed(Http2Close::GoawayTimeout);
+        b.http2_closed(Http2Close::ControlFlood);
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        let counts: Vec<_> =
+            Http2Close::ALL.iter().map(|r| (r.as_str(), m.counters.http2_closed[*r as usize])).collect();
+        assert_eq!(
+            counts,
+            [("control-flood", 2), ("enhance-your-calm", 0), ("protocol-error", 0), ("goaway-timeout", 1)]
+        );
     }
 
     #[test]

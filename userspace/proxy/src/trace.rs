@@ -122,6 +122,25 @@ pub fn decide(cfg: &TracingConfig, head: &RequestHead, src: &[u8]) -> Trace {
         (Some(h), None) => parse_traceparent(h.value.get(src)),
         _ => None,
     };
+    decide_on(cfg, incoming)
+}
+
+/// [`decide`] for an HTTP/2 request's fields (the same rules: one valid `traceparent`, or
+/// none).
+pub fn decide_h2(cfg: &TracingConfig, headers: &http::HeaderMap) -> Trace {
+    if !cfg.enabled() {
+        return Trace::None;
+    }
+    let mut found = headers.get_all("traceparent").iter();
+    let incoming = match (found.next(), found.next()) {
+        (Some(v), None) => parse_traceparent(v.as_bytes()),
+        _ => None,
+    };
+    decide_on(cfg, incoming)
+}
+
+/// The decision, given the request's valid `traceparent` if it has one.
+fn decide_on(cfg: &TracingConfig, incoming: Option<Parent>) -> Trace {
     match incoming {
         Some(p) if p.sampled() => Trace::Span(SpanContext {
             trace_id: p.trace_id,

@@ -37,13 +37,14 @@ pub struct RawConfig {
 struct RawProxy {
     listen: String,
     workers: usize,
-    max_connections: u32,
+    max_connections: Option<u32>,
     drain_timeout_ms: u64,
     header_read_timeout_ms: u64,
     downstream_idle_timeout_ms: u64,
     tcp_idle_timeout_ms: u64,
     downstream_write_timeout_ms: u64,
     max_request_head_bytes: usize,
+    http2_max_concurrent_streams: u32,
     max_headers: usize,
     max_uri_bytes: usize,
 }
@@ -53,13 +54,14 @@ impl Default for RawProxy {
         RawProxy {
             listen: "127.0.0.1:15001".into(),
             workers: 0,
-            max_connections: 10_000,
+            max_connections: None,
             drain_timeout_ms: 20_000,
             header_read_timeout_ms: 10_000,
             downstream_idle_timeout_ms: 300_000,
             tcp_idle_timeout_ms: 3_600_000,
             downstream_write_timeout_ms: 60_000,
             max_request_head_bytes: 60 * 1024,
+            http2_max_concurrent_streams: 100,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
         }
@@ -204,6 +206,7 @@ struct RawRetry {
     budget_min_per_sec: u32,
     on_server_error: bool,
     on_rate_limited: bool,
+    on_grpc_status: crate::grpc::CodeSet,
 }
 
 impl Default for RawRetry {
@@ -218,6 +221,7 @@ impl Default for RawRetry {
             budget_min_per_sec: 10,
             on_server_error: true,
             on_rate_limited: false,
+            on_grpc_status: crate::grpc::CodeSet::of(crate::grpc::UNAVAILABLE),
         }
     }
 }
@@ -282,6 +286,7 @@ impl From<&RawRetry> for RetryConfig {
             budget_min_per_sec: r.budget_min_per_sec,
             on_server_error: r.on_server_error,
             on_rate_limited: r.on_rate_limited,
+            on_grpc_status: r.on_grpc_status,
         }
     }
 }
@@ -380,7 +385,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
     // Port 0 for the proxy and admin listeners: weir binds any free port and reports it (tests).
     let listen = c.addr_or_any_port(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001", true);
-    if proxy.max_connections == 0 {
+    if proxy.max_connections == Some(0) {
         c.problem(&[Key("proxy"), Key("max_connections")], "must be at least 1".into());
     }
     if proxy.workers > 1024 {
@@ -402,6 +407,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         c.problem(
             &[Key("proxy"), Key("max_request_head_bytes")],
             format!("{} is outside 1024..=1048576", proxy.max_request_head_bytes),
+        );
+    }
+    if !(1..=10_000).contains(&proxy.http2_max_concurrent_streams) {
+        c.problem(
+            &[Key("proxy"), Key("http2_max_concurrent_streams")],
+            format!("{} is outside 1..=10000", proxy.http2_max_concurrent_streams),
         );
     }
     if !(1..=1000).contains(&proxy.max_headers) {
@@ -445,7 +456,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if steering.fail_after_ms < 1_000 {
         c.problem(
             &[Key("steering"), Key("fail_after_ms")],
-            format!("{} is below 1000: workers refresh their heartbeat once a second", steering.fail_after_ms),
+            format!(
+                "{} is below 1000: weir counts as down after this, and a busy machine can delay its heartbeat",
+                steering.fail_after_ms
+            ),
         );
     }
     if !steering.pin_dir.starts_with('/') {
@@ -659,6 +673,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             tcp_idle_timeout: ms(proxy.tcp_idle_timeout_ms),
             downstream_write_timeout: ms(proxy.downstream_write_timeout_ms),
             max_request_head_bytes: proxy.max_request_head_bytes,
+            http2_max_concurrent_streams: proxy.http2_max_concurrent_streams,
             max_headers: proxy.max_headers,
             max_uri_bytes: proxy.max_uri_bytes,
         },
