@@ -253,3 +253,116 @@ fn latency_buckets_carry_exemplars_in_openmetrics_only() {
     assert!(!plain.contains("# EOF") && !plain.contains("trace_id"), "exemplars leaked into 0.0.4");
     assert!(plain.contains("# TYPE weir_requests_total counter\n"));
 }
+
+/// The forwarded `traceparent` among gRPC metadata the server saw (exactly one), and the
+/// `tracestate`.
+fn traced_metadata(seen: &serde_json::Value) -> (String, Option<String>) {
+    let md: Vec<(String, String)> = seen["metadata"]
+        .as_array()
+        .expect("metadata")
+        .iter()
+        .map(|kv| (kv[0].as_str().unwrap_or("").to_string(), kv[1].as_str().unwrap_or("").to_string()))
+        .collect();
+    (header(&md, "traceparent").expect("weir forwards a traceparent"), header(&md, "tracestate"))
+}
+
+/// weir's span id in a forwarded `traceparent` of trace [`TRACE`], sampled.
+fn weirs_span(forwarded: &str) -> String {
+    let parts: Vec<&str> = forwarded.split('-').collect();
+    assert_eq!((parts.len(), parts[0], parts[1], parts[3]), (4, "00", TRACE, "01"), "{forwarded}");
+    parts[2].to_string()
+}
+
+/// The one span of trace [`TRACE`] whose parent is `parent`.
+fn span_of(collector: &Collector, parent: &str) -> Span {
+    eventually(Duration::from_secs(10), "weir's span at the collector", || {
+        let mine: Vec<Span> =
+            spans(collector).into_iter().map(|(_, s)| s).filter(|s| hex(&s.parent_span_id) == parent).collect();
+        assert!(mine.len() <= 1, "more than one span for one request: {mine:?}");
+        mine.into_iter().next()
+    })
+}
+
+#[test]
+fn http2_streams_join_the_trace_like_http11_requests_whatever_the_endpoint_speaks() {
+    let collector = Collector::start().expect("collector");
+    let grpc = weir_tests::clients::grpc_server("a", &[]);
+    let ep = Endpoint::start("e");
+    let services = format!(
+        "[[service]]\nname = \"g\"\nvip = \"127.10.12.5:80\"\nprotocol = \"grpc\"\nendpoints = [\"{}\"]\n\n{}",
+        grpc.addr,
+        service("h1", "127.10.12.6:80", &[&ep], "")
+    );
+    let weir = Weir::start(&traced(&collector, 0.0, &services));
+
+    // grpcio (HTTP/2) to a gRPC endpoint (HTTP/2): weir's span is the forwarded parent, the
+    // caller's tracestate goes on.
+    let tp = format!("traceparent=00-{TRACE}-{PARENT}-01");
+    let out = weir_tests::clients::grpc_py(weir.proxy, "g", &["inspect", "10", &tp, "tracestate=congo=t61rcWkgMzE"]);
+    assert_eq!(out["code"], "OK", "{out}");
+    let (forwarded, state) = traced_metadata(&out["seen"]);
+    assert_eq!(state.as_deref(), Some("congo=t61rcWkgMzE"));
+    let span = span_of(&collector, PARENT);
+    assert_eq!((hex(&span.trace_id), hex(&span.span_id)), (TRACE.to_string(), weirs_span(&forwarded)));
+    for (key, want) in [
+        ("weir.service", "g".to_string()),
+        ("weir.endpoint", grpc.addr.to_string()),
+        ("http.request.method", "POST".into()),
+        ("http.response.status_code", "200".into()),
+        ("weir.outcome", "ok".into()),
+        ("weir.source", "direct".into()),
+    ] {
+        assert_eq!(attr(&span, key).as_deref(), Some(want.as_str()), "attribute {key}: {:?}", span.attributes);
+    }
+
+    // An HTTP/2 client (curl, prior knowledge) to an HTTP/1.1 endpoint.
+    let parent2 = "00000000000000a2";
+    let url = format!("http://{}/", weir.proxy);
+    let tp = format!("traceparent: 00-{TRACE}-{parent2}-01");
+    let code = weir_tests::clients::run(
+        std::process::Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "-H",
+            "host: h1",
+            "-H",
+            &tp,
+            &url,
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code.trim(), "200 2", "curl: {code}");
+    let forwarded = header(&ep.last_headers(), "traceparent").expect("weir forwards a traceparent");
+    let span = span_of(&collector, parent2);
+    assert_eq!(hex(&span.span_id), weirs_span(&forwarded), "the endpoint's parent is weir's span");
+
+    // An HTTP/1.1 client's gRPC call to the gRPC endpoint (HTTP/2): the same.
+    let parent3 = "00000000000000a3";
+    let mut c = Client::connect(weir.proxy);
+    c.send_raw(
+        format!(
+            "POST /weir.test.Echo/Inspect HTTP/1.1\r\nhost: g\r\ncontent-type: application/grpc\r\nte: trailers\r\n\
+             traceparent: 00-{TRACE}-{parent3}-01\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0"
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.body_string());
+    assert!(r.body.len() > 5, "no gRPC message in {:?}", r.body);
+    let seen: serde_json::Value = serde_json::from_slice(&r.body[5..]).expect("the server's JSON");
+    let (forwarded, _) = traced_metadata(&seen);
+    let span = span_of(&collector, parent3);
+    assert_eq!(hex(&span.span_id), weirs_span(&forwarded));
+    assert_eq!(attr(&span, "weir.service").as_deref(), Some("g"));
+
+    // Every stream was counted under its caller, with an exemplar for each sampled one.
+    weir.wait_metric("weir_requests_total{service=\"g\",source=\"direct\",code=\"200\"}", 2.0);
+    weir.wait_metric("weir_requests_total{service=\"h1\",source=\"direct\",code=\"200\"}", 1.0);
+    weir.wait_metric("weir_spans_total{result=\"exported\"}", 3.0);
+}
