@@ -13,8 +13,8 @@ use weir_tests::{Client, Collector, Endpoint, Response, Weir, eventually};
 
 use crate::data_path::{config, service};
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const PARENT: &str = "00f067aa0ba902b7";
+pub const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const PARENT: &str = "00f067aa0ba902b7";
 
 pub fn traced(collector: &Collector, percent: f64, services: &str) -> String {
     format!(
@@ -256,7 +256,7 @@ fn latency_buckets_carry_exemplars_in_openmetrics_only() {
 
 /// The forwarded `traceparent` among gRPC metadata the server saw (exactly one), and the
 /// `tracestate`.
-fn traced_metadata(seen: &serde_json::Value) -> (String, Option<String>) {
+pub fn traced_metadata(seen: &serde_json::Value) -> (String, Option<String>) {
     let md: Vec<(String, String)> = seen["metadata"]
         .as_array()
         .expect("metadata")
@@ -267,7 +267,7 @@ fn traced_metadata(seen: &serde_json::Value) -> (String, Option<String>) {
 }
 
 /// weir's span id in a forwarded `traceparent` of trace [`TRACE`], sampled.
-fn weirs_span(forwarded: &str) -> String {
+pub fn weirs_span(forwarded: &str) -> String {
     let parts: Vec<&str> = forwarded.split('-').collect();
     assert_eq!((parts.len(), parts[0], parts[1], parts[3]), (4, "00", TRACE, "01"), "{forwarded}");
     parts[2].to_string()

@@ -217,3 +217,56 @@ fn a_weir_process_that_dropped_its_capabilities_still_names_its_callers() {
     drop(weir);
     drop(unit);
 }
+
+#[test]
+fn grpc_callers_over_http2_are_named_and_their_spans_carry_the_caller() {
+    use crate::traces::{PARENT, TRACE, attr, spans, traced_metadata, weirs_span};
+    use weir_tests::clients::{grpc_js_in, grpc_py_in, grpc_server};
+
+    require_root();
+    let root = Cgroup::create("identgrpc");
+    let unit = child(&root, "orders.service");
+    let pod = child(&root, &pod_cgroup_name(POD_UID));
+    let pod_workload = format!("pod/{POD_UID}");
+    let server = grpc_server("a", &[]);
+    let collector = weir_tests::Collector::start().expect("collector");
+    let svc = format!(
+        "[[service]]\nname = \"ledger\"\nvip = \"127.10.13.5:80\"\nprotocol = \"grpc\"\nendpoints = [\"{}\"]\n",
+        server.addr
+    );
+    let toml = format!("{}[tracing]\notlp_endpoint = \"{}\"\n", steered_config(&root, &svc), collector.endpoint());
+    let weir = Weir::start(&toml);
+    wait_known(&weir, &["orders.service", &pod_workload]);
+    let vip: std::net::SocketAddr = "127.10.13.5:80".parse().expect("vip");
+
+    // grpcio from a systemd unit, grpc-js from a pod: each one HTTP/2 connection, steered.
+    let out = grpc_py_in(Some(&unit.path), vip, "-", &["calls", "12"]);
+    assert_eq!(out["codes"]["OK"].as_u64(), Some(12), "{out}");
+    let js = grpc_js_in(Some(&pod.path), vip, "-", 8);
+    let js_calls = js["codes"]["OK"].as_u64().expect("grpc-js calls") + 1; // and its one stream
+    assert_eq!(js["stream"].as_u64(), Some(5), "{js}");
+    // A sampled call: weir's span names the caller, and its id is the forwarded parent.
+    let tp = format!("traceparent=00-{TRACE}-{PARENT}-01");
+    let out = grpc_py_in(Some(&unit.path), vip, "-", &["inspect", "10", &tp]);
+    assert_eq!(out["code"], "OK", "{out}");
+    let (forwarded, _) = traced_metadata(&out["seen"]);
+
+    weir.wait_metric("weir_requests_total{service=\"ledger\",source=\"orders.service\",code=\"200\"}", 13.0);
+    weir.wait_metric(
+        &format!("weir_requests_total{{service=\"ledger\",source=\"{pod_workload}\",code=\"200\"}}"),
+        js_calls as f64,
+    );
+    weir.wait_metric("weir_grpc_responses_total{service=\"ledger\",grpc_code=\"ok\"}", 13.0 + js_calls as f64);
+    for source in ["other", "direct"] {
+        let sample = format!("weir_requests_total{{service=\"ledger\",source=\"{source}\",code=\"200\"}}");
+        assert_eq!(weir.metric(&sample), 0.0, "{sample}");
+    }
+    let span = eventually(Duration::from_secs(10), "the sampled call's span", || {
+        spans(&collector).into_iter().map(|(_, s)| s).find(|s| s.parent_span_id.iter().any(|b| *b != 0))
+    });
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!((hex(&span.trace_id), hex(&span.span_id)), (TRACE.to_string(), weirs_span(&forwarded)));
+    assert_eq!(attr(&span, "weir.source").as_deref(), Some("orders.service"), "{:?}", span.attributes);
+    assert_eq!(spans(&collector).len(), 1, "only the sampled call has a span");
+    drop((pod, unit));
+}
