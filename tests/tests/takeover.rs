@@ -32,7 +32,7 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
     for _ in 0..9 {
         assert_eq!(Client::connect(old.proxy).get("/", "t").status, 200);
     }
-    old.wait_metric("weir_requests_total{service=\"t\",code=\"200\"}", 10.0);
+    old.wait_metric("weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}", 10.0);
     // A request in flight across the takeover.
     a.set(Behavior::Delay(Duration::from_millis(800)));
     let proxy = old.proxy;
@@ -62,12 +62,15 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
         c.get("/metrics", "admin").body_string()
     };
     eventually(Duration::from_secs(10), "the old weir's counters are carried over", || {
-        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",code=\"200\"}");
+        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}");
         (v >= 13.0).then_some(())
     });
     let text = metrics(old.admin);
     assert_eq!(metric_value(&text, "weir_takeovers_total{result=\"success\"}"), 1.0);
-    assert!(metric_value(&text, "weir_request_duration_seconds_count{service=\"t\"}") >= 13.0, "{text}");
+    assert!(
+        metric_value(&text, "weir_request_duration_seconds_count{service=\"t\",source=\"direct\"}") >= 13.0,
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "weir_workers"), 1.0, "the new weir's own workers");
     assert!(new.shutdown());
     assert!(old.shutdown(), "a weir taken over exits cleanly");

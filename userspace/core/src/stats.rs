@@ -239,6 +239,11 @@ impl SourceStats {
         self.codes.iter().copied()
     }
 
+    /// Adds `n` requests with status `code` (counters handed over by a takeover).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        count_code(&mut self.codes, code, n);
+    }
+
     /// Requests counted.
     pub fn requests(&self) -> u64 {
         self.codes.iter().map(|(_, n)| n).sum()
@@ -444,6 +449,15 @@ impl ServiceStats {
         self.sources.iter().map(|(s, st)| (*s, &**st))
     }
 
+    /// Adds `stats` to caller `slot`'s (counters handed over by a takeover). Not on a worker:
+    /// it may allocate.
+    pub fn add_source(&mut self, slot: SourceSlot, stats: &SourceStats) {
+        match self.sources.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => self.sources[i].1.merge(stats),
+            Err(i) => self.sources.insert(i, (slot, Box::new(stats.clone()))),
+        }
+    }
+
     /// One caller's stats.
     pub fn source(&self, slot: SourceSlot) -> Option<&SourceStats> {
         self.sources.binary_search_by_key(&slot, |(s, _)| *s).ok().map(|i| &*self.sources[i].1)
@@ -498,10 +512,7 @@ impl ServiceStats {
         self.duration_sum_ns += other.duration_sum_ns;
         self.duration_count += other.duration_count;
         for (slot, theirs) in &other.sources {
-            match self.sources.binary_search_by_key(slot, |(s, _)| *s) {
-                Ok(i) => self.sources[i].1.merge(theirs),
-                Err(i) => self.sources.insert(i, (*slot, theirs.clone())),
-            }
+            self.add_source(*slot, theirs);
         }
         if let Some(h) = &other.hdr {
             match &mut self.hdr {

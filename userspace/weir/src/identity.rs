@@ -35,6 +35,8 @@ pub const RESCAN: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_secs(1);
 /// A worker's miss is answered no sooner than this after the last scan.
 const MISS_RESCAN: Duration = Duration::from_millis(100);
+/// Longest [`Identity::adopt`] waits for the thread.
+const ADOPT_WAIT: Duration = Duration::from_secs(2);
 /// The window `/callers` rates are computed over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Cgroup directories read per scan at most (deeper or further ones are not known).
@@ -77,6 +79,10 @@ pub struct IdentityShared {
     /// Every workload known.
     pub workloads: Mutex<Vec<WorkloadView>>,
     window: Mutex<VecDeque<(Instant, Arc<Sample>)>>,
+    /// `source` names of a weir taken over, for the thread to give ([`Identity::adopt`]), and
+    /// how many such batches it has given and published.
+    adopt: Mutex<(Vec<String>, u64)>,
+    adopted: parking_lot::Condvar,
 }
 
 impl IdentityShared {
@@ -139,6 +145,24 @@ impl Identity {
             })?
         };
         Ok(Identity { stop, thread: Some(thread), shared })
+    }
+
+    /// Has the thread give `names` (a weir taken over gave them, in that order) before any
+    /// other, as far as `max_sources` goes: each caller's series continues under its name.
+    /// Returns once the thread has published them (at most [`ADOPT_WAIT`]), so that the
+    /// old weir's counters, merged by name, find their names in the caller table.
+    pub fn adopt(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + ADOPT_WAIT;
+        let mut a = self.shared.adopt.lock();
+        a.0.extend(names);
+        let want = a.1 + 1;
+        while a.1 < want && !self.shared.adopted.wait_until(&mut a, deadline).timed_out() {}
+        if a.1 < want {
+            tracing::warn!("the identity thread did not take the old weir's caller names within {ADOPT_WAIT:?}");
+        }
     }
 
     /// Stops the thread (within one poll interval).
@@ -211,6 +235,15 @@ impl State {
                 self.inputs.data.callers.miss.store(false, Ordering::Relaxed);
                 changed |= self.scan();
                 last_scan = Some(now);
+            }
+            let adopt = std::mem::take(&mut self.shared.adopt.lock().0);
+            let adopting = !adopt.is_empty();
+            if adopting && self.naming.adopt(&adopt) {
+                self.publish();
+            }
+            if adopting {
+                self.shared.adopt.lock().1 += 1;
+                self.shared.adopted.notify_all();
             }
             if now.saturating_duration_since(last_tick) >= TICK {
                 last_tick = now;

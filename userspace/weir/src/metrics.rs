@@ -128,8 +128,8 @@ impl Out {
 /// counters continue across a takeover.
 pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    let inherited = control.inherited.load();
-    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&inherited.stats)))
+    let inherited = control.inherited.load().stats(&control.shared.callers.table.load());
+    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&*inherited)))
 }
 
 /// Renders `/metrics`: Prometheus text 0.0.4, or OpenMetrics with exemplars when `openmetrics`.

@@ -120,6 +120,22 @@ impl Naming {
         true
     }
 
+    /// Gives the names a weir taken over gave (`names`, in its order), as far as the free
+    /// names go, so that their series continue here. Returns whether a name was given.
+    pub fn adopt(&mut self, names: &[String]) -> bool {
+        let mut given = false;
+        for w in names {
+            if self.named() >= self.max {
+                break;
+            }
+            if w != "direct" && w != "other" && !self.by_workload.contains_key(w.as_str()) {
+                self.give(w);
+                given = true;
+            }
+        }
+        given
+    }
+
     /// Gives the free names to the unnamed workloads with the most requests in the last
     /// interval (`traffic`: workload → requests; ties by name). Returns whether a name was given.
     pub fn on_traffic(&mut self, traffic: &[(&str, u64)]) -> bool {
@@ -200,5 +216,16 @@ mod tests {
         assert!(!n.on_traffic(&[("huge", 1_000_000), ("busy", 0)]));
         assert_eq!((n.slot("huge"), n.slot("busy")), (SOURCE_OTHER, 2));
         assert_eq!(n.labels().len(), 4, "direct, other and two names");
+    }
+
+    #[test]
+    fn a_weir_taking_over_adopts_the_names_as_far_as_they_fit() {
+        let mut n = Naming::new(3);
+        assert!(n.on_seen(["mine"].into_iter()));
+        let old: Vec<String> = ["shop/web", "mine", "other", "a.service", "b.service"].map(String::from).to_vec();
+        assert!(n.adopt(&old));
+        assert_eq!((n.slot("mine"), n.slot("shop/web"), n.slot("a.service")), (2, 3, 4));
+        assert_eq!(n.slot("b.service"), SOURCE_OTHER, "beyond max_sources");
+        assert!(!n.adopt(&old), "nothing left to give");
     }
 }
