@@ -208,7 +208,7 @@ async fn handle(
         Ok(scope) => {
             let ex = exchange::exchange(ctx, down, head, &scope, started).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), &Requester::of(&down), started, &info, &ex);
+            account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
         // Unknown service (404) or over the service's pending limit (503): the request's body
@@ -224,7 +224,7 @@ async fn handle(
                 keep_alive: written && !reply.closes(),
                 ..Exchange::default()
             };
-            account(ctx, scope.as_ref(), &Requester::of(&down), started, &info, &ex);
+            account(ctx, scope.as_ref(), &Requester::of(down), started, &info, &ex);
             ex
         }
     }
