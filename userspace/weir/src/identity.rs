@@ -5,8 +5,10 @@
 //! ([`naming::Naming`]) and publishes the caller table the workers read
 //! ([`weir_proxy::caller::CallerTable`], one `ArcSwap` store). It looks at the cgroup tree
 //! every [`RESCAN`] and soon after a worker met a cgroup the table does not know.
-//! Also keeps, for `/callers`, the workloads it knows and ten seconds of per-(service, source)
-//! counts to compute rates from. Must not: run on a worker, or make a worker wait: workers
+//! After a takeover it first gives the names the old weir gave ([`Identity::adopt`]), so
+//! that the per-caller counters handed over continue under them. Also keeps, for `/callers`,
+//! the workloads it knows and ten seconds of per-(service, source) counts to compute rates
+//! from. Must not: run on a worker, or make a worker wait: workers
 //! only ever load the last published table.
 
 pub mod naming;

@@ -6,7 +6,8 @@
 //! steered caller is `other`. While every workload seen so far fits in the free names, each
 //! gets its name as soon as it is seen (there is nothing to rank). Once they do not, the free
 //! names go, once a second, to the unnamed workloads with the most requests in that second. A
-//! name once given is kept for the life of the process, even when its workload goes away, so
+//! name once given is kept for the life of the process (and given first by a weir that takes
+//! it over: [`Naming::adopt`]), even when its workload goes away, so
 //! no exported series ever goes down or changes hands: `other` only ever grows, and a caller
 //! named later starts its own series at 0 (its earlier requests stay in `other`).
 
