@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::caller::{CallerCounts, Source};
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
 use crate::state::WorkerState;
@@ -20,6 +21,8 @@ pub(crate) struct ConnRoute {
     pub dialed: Option<SocketAddr>,
     /// The connection was steered/dialed to an address that no longer names a service.
     pub unknown: bool,
+    /// The caller's cgroup id, for a steered connection (`None`: dialled to weir directly).
+    pub caller: Option<u64>,
 }
 
 /// What every task of one worker shares.
@@ -57,6 +60,12 @@ impl Ctx {
     /// The steering seam, when weir steers.
     pub(crate) fn orig_dst(&self) -> Option<&Arc<dyn OriginalDst>> {
         self.shared.orig_dst.as_ref()
+    }
+
+    /// Who called, for a connection whose caller cgroup is `cgroup` (`None`: not steered);
+    /// counts the request in `counts`, this worker's per-caller counters.
+    pub(crate) fn source(&self, cgroup: Option<u64>, counts: &CallerCounts) -> Source {
+        Source::of(&self.shared.callers, cgroup, counts)
     }
 
     /// How weir opens connections to endpoints: marked so that steering never redirects them

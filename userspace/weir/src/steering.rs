@@ -38,7 +38,7 @@ use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
     SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
-use weir_proxy::OriginalDst;
+use weir_proxy::{OriginalDst, Steered};
 
 use crate::bpf_sys::{self, TypedMap};
 
@@ -665,7 +665,7 @@ struct KernelHooks {
 }
 
 impl OriginalDst for KernelHooks {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Steered> {
         let key = ConnKey {
             peer_addr: addr16(peer.ip()),
             local_addr: addr16(local.ip()),
@@ -675,7 +675,7 @@ impl OriginalDst for KernelHooks {
         let value = self.conn_orig.lookup_and_delete(&key).ok()?;
         let ip = Ipv6Addr::from(value.addr);
         let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        Some(SocketAddr::new(ip, value.port))
+        Some(Steered { dialed: SocketAddr::new(ip, value.port), cgroup_id: value.cgroup_id })
     }
 
     fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {

@@ -58,6 +58,9 @@ pub(super) fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
             plan.affinity_rate, plan.affinity_s, plan.open_warmup_s, plan.affinity_connections, plan.affinity_rounds
         ),
         "curl http://ADMIN/steering    # each weir's kernel counters (affine_accept, affine_miss), before and after the rounds".into(),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-id-VARIANT.toml    # caller identity and tracing: off, identity (VIP 127.10.0.4:80), unsampled (.5), sampled (.6, OTLP collector on loopback)"),
+        format!("taskset -c {p} target/release/weir-featurecost    # the same steps in-process, ns per request"),
+        "cargo xtask bench --only identity    # that section alone; replaces its table in this file".into(),
         "cargo bench -p weir-benches    # criterion micro-benchmarks (not part of this report)".into(),
     ]
 }

@@ -125,7 +125,7 @@ fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
 
 /// Builds weir and weir-loadgen in release; returns their paths.
 pub(super) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    eprintln!("bench: building weir and weir-loadgen (release)");
+    eprintln!("bench: building weir, weir-loadgen and weir-featurecost (release)");
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
@@ -138,6 +138,8 @@ pub(super) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
         "weir-benches",
         "--bin",
         "weir-loadgen",
+        "--bin",
+        "weir-featurecost",
     ]))?;
     let dir = root().join("target/release");
     Ok((dir.join("weir"), dir.join("weir-loadgen")))

@@ -218,7 +218,17 @@ pub(super) fn start_weir(
 /// Starts weir as `spec` says; ready once it has written its ready file (the ports it bound)
 /// and its admin API and listener answer.
 pub(super) fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
-    let conf = env.write_config(&format!("{}.toml", spec.name), &weir_toml(upstream, spec))?;
+    start_weir_with(env, spec, upstream, "")
+}
+
+/// [`start_weir_spec`] with `extra` TOML appended to the config (more tables).
+pub(super) fn start_weir_with(
+    env: &Env,
+    spec: &WeirSpec,
+    upstream: SocketAddr,
+    extra: &str,
+) -> anyhow::Result<Running> {
+    let conf = env.write_config(&format!("{}.toml", spec.name), &format!("{}{extra}", weir_toml(upstream, spec)))?;
     let ready_file = env.dir.join("logs").join(format!("{}.ready.json", spec.name));
     let _ = std::fs::remove_file(&ready_file);
     let mut p = Proc::spawn(

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::affinity::{self, Affinity};
 use super::features::Variant;
+use super::identity::{self, Identity};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
 use super::peers::Env;
@@ -68,6 +69,8 @@ pub(super) struct Run {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The cost of caller identity and tracing.
+    pub identity: Identity,
     /// Other load.
     pub background: Background,
     /// Wall time, seconds.
@@ -99,6 +102,8 @@ pub(super) struct Results {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The cost of caller identity and tracing.
+    pub identity: Identity,
     /// Goals judged on this run.
     pub goals: Vec<Goal>,
     /// Commands that reproduce each measurement.
@@ -110,7 +115,7 @@ pub(super) struct Results {
 impl Results {
     /// Assembles the results and judges the goals.
     pub(super) fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, scale, background, elapsed_s } = run;
+        let Run { command, machine, plan, paths, features, affinity, scale, identity, background, elapsed_s } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -142,6 +147,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             features,
             affinity,
             scale,
+            identity,
             goals: Vec::new(),
             configs,
         };
@@ -247,6 +253,7 @@ fn goals(r: &Results) -> Vec<Goal> {
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
     out.extend(scale_goals(&r.scale));
+    out.extend(identity::goals(&r.identity));
     out
 }
 
@@ -545,6 +552,8 @@ pub(super) fn tables(r: &Results) -> String {
     md.push_str(&affinity::table(&r.affinity, &r.plan));
     md.push('\n');
     md.push_str(&scale::markdown(&r.scale));
+    md.push('\n');
+    md.push_str(&identity::markdown(&r.identity, &r.plan));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
     let _ = writeln!(md, "| goal | target | measured | result |");
@@ -682,6 +691,7 @@ mod tests {
                 latency_big: Vec::new(),
                 problems: Vec::new(),
             },
+            identity: Identity::not_run("needs root".into()),
             goals: vec![],
             commands: vec![],
             configs: vec![],
