@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::affinity::{self, Affinity};
 use super::features::Variant;
+use super::h2::{self, Http2};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
 use super::peers::Env;
@@ -68,6 +69,8 @@ pub struct Run {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The HTTP/2 section.
+    pub http2: Http2,
     /// Other load.
     pub background: Background,
     /// Wall time, seconds.
@@ -99,6 +102,8 @@ pub struct Results {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The HTTP/2 section (h2c both sides).
+    pub http2: Http2,
     /// Goals judged on this run.
     pub goals: Vec<Goal>,
     /// Commands that reproduce each measurement.
@@ -110,7 +115,7 @@ pub struct Results {
 impl Results {
     /// Assembles the results and judges the goals.
     pub fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, scale, background, elapsed_s } = run;
+        let Run { command, machine, plan, paths, features, affinity, scale, http2, background, elapsed_s } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -130,7 +135,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             .unwrap_or_default();
         configs.sort();
         let mut r = Results {
-            commands: docs::commands(&command, &plan, env),
+            commands: docs::commands(&command, &plan, &http2.plan, env),
             command,
             date: super::now_utc(),
             elapsed_s,
@@ -142,6 +147,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             features,
             affinity,
             scale,
+            http2,
             goals: Vec::new(),
             configs,
         };
@@ -247,6 +253,7 @@ fn goals(r: &Results) -> Vec<Goal> {
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
     out.extend(scale_goals(&r.scale));
+    out.extend(h2::goals(&r.http2));
     out
 }
 
@@ -545,6 +552,8 @@ pub fn tables(r: &Results) -> String {
     md.push_str(&affinity::table(&r.affinity, &r.plan));
     md.push('\n');
     md.push_str(&scale::markdown(&r.scale));
+    md.push('\n');
+    md.push_str(&h2::markdown(&r.http2));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
     let _ = writeln!(md, "| goal | target | measured | result |");
@@ -681,6 +690,14 @@ mod tests {
                 latency_small: Vec::new(),
                 latency_big: Vec::new(),
                 problems: Vec::new(),
+            },
+            http2: Http2 {
+                status: "failed".into(),
+                proxy_cpu: "1".into(),
+                client_cpu: "0".into(),
+                plan: h2::H2Plan::new(true),
+                paths: Vec::new(),
+                problems: vec!["no h2load".into()],
             },
             goals: vec![],
             commands: vec![],
