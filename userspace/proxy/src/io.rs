@@ -348,9 +348,22 @@ pub async fn sleep(d: Duration) {
 }
 
 /// Runs `fut` until `deadline`; `None` when the deadline passed first (and `fut` was dropped,
-/// cancelling its I/O).
+/// cancelling its I/O). `fut` is polled first, every time: one that is ready at once (data
+/// already buffered, room already granted) never registers a timer, and one that finishes
+/// together with the deadline counts as finished. (compio's `timeout_at` registers the timer
+/// before anything and polls the two in random order.)
 pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
-    compio::time::timeout_at(deadline, fut).await.ok()
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    // Not started until first polled: the timer is registered then, not here.
+    let mut timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Spawns a task on the current worker's runtime and lets it run on its own.
