@@ -140,6 +140,9 @@ pub struct Http2 {
     pub paths: Vec<H2Result>,
     /// Problems of the whole section (the upstream, …).
     pub problems: Vec<String>,
+    /// CPU other processes used while the section ran, as a share of the machine, and the
+    /// largest users (name (pid), seconds).
+    pub other_load: Option<(f64, Vec<(String, f64)>)>,
 }
 
 impl Http2 {
@@ -152,6 +155,7 @@ impl Http2 {
             plan,
             paths: Vec::new(),
             problems: vec![why],
+            other_load: None,
         }
     }
 
@@ -162,6 +166,12 @@ impl Http2 {
 
     fn sat(&self, key: &str) -> Option<&H2Saturation> {
         self.path(key)?.saturation.as_ref()
+    }
+
+    /// Streams per second of proxy CPU (saturated): what the proxy would serve with a core
+    /// of its own, whatever else ran on it.
+    fn per_cpu(&self, key: &str) -> Option<f64> {
+        self.sat(key)?.proxy_cpu_us_per_stream.filter(|c| *c > 0.0).map(|c| 1e6 / c)
     }
 
     fn p99(&self, key: &str) -> Option<f64> {
@@ -189,6 +199,7 @@ pub fn run(env: &Env, quick: bool) -> Http2 {
         Err(e) => return Http2::not_run(env, plan, format!("the upstream (nghttpd) did not start: {e:#}")),
     };
     eprintln!("bench: http2: upstream nghttpd on {upstream_addr}");
+    let (others_before, started) = (procs::cpu_snapshot(), std::time::Instant::now());
     let mut done = Vec::new();
     let mut live = Vec::new();
     for path in H2Path::ALL {
@@ -284,6 +295,11 @@ pub fn run(env: &Env, quick: bool) -> Http2 {
     }
     done.sort_by_key(|r| H2Path::ALL.iter().position(|p| p.key() == r.key));
     drop(upstream);
+    let (other_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
+    // The machine's CPUs (not this process's mask: it is pinned).
+    // SAFETY: sysconf has no preconditions.
+    let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
+    let share = other_s / (started.elapsed().as_secs_f64() * online as f64);
     Http2 {
         status: "ok".into(),
         proxy_cpu: env.proxy_cpu.clone(),
@@ -291,6 +307,7 @@ pub fn run(env: &Env, quick: bool) -> Http2 {
         plan,
         paths: done,
         problems,
+        other_load: Some((share, top)),
     }
 }
 
@@ -368,12 +385,15 @@ pub fn goals(h: &Http2) -> Vec<Goal> {
     });
     let vs = |peer: &str, label: &str, target: f64| {
         let ratio = rps("weir").zip(rps(peer)).map(|(w, p)| w / p.max(1e-9));
+        let per_cpu = h.per_cpu("weir").zip(h.per_cpu(peer)).map_or(String::new(), |(w, p)| {
+            format!("; per proxy CPU-second {w:.0} vs {p:.0} streams ({:.2}×)", w / p.max(1e-9))
+        });
         Goal {
             name: format!("weir HTTP/2 saturated streams/s vs {label} (h2c both sides)"),
             target: format!("≥ {target}×"),
             measured: ratio.map_or("not measured".into(), |x| {
                 format!(
-                    "{x:.2}× ({:.0} vs {:.0} streams/s){busy}",
+                    "{x:.2}× ({:.0} vs {:.0} streams/s){busy}{per_cpu}",
                     rps("weir").unwrap_or(0.0),
                     rps(peer).unwrap_or(0.0)
                 )
@@ -440,6 +460,21 @@ response.\n",
         p.open_s,
         p.open_warmup_s
     );
+    if let Some((share, top)) = &h.other_load {
+        let top = top.iter().take(3).map(|(n, s)| format!("{n}: {s:.0} s")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            md,
+            "Other processes used {:.0}% of the machine while this section ran{}{}\n",
+            share * 100.0,
+            if top.is_empty() { String::new() } else { format!(" ({top})") },
+            if *share > 0.05 {
+                ": the proxies shared their core with them, so streams/s and latency are noisy and \
+streams per proxy CPU-second is the steadier comparison"
+            } else {
+                "."
+            }
+        );
+    }
     for problem in &h.problems {
         let _ = writeln!(md, "- problem: {problem}");
     }
@@ -449,28 +484,32 @@ response.\n",
     let rps = |k: &str| h.sat(k).map(|s| s.streams_per_s);
     let _ = writeln!(
         md,
-        "\n| path | saturated streams/s | ×direct | ×Envoy | ×HAProxy | proxy CPU µs/stream | proxy core busy | upstream CPU µs/stream | errors | per round |"
+        "\n| path | saturated streams/s | ×direct | ×Envoy | ×HAProxy | proxy CPU µs/stream | streams per proxy CPU-s | ×Envoy | ×HAProxy | proxy core busy | upstream CPU µs/stream | errors | per round |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &h.paths {
-        if let Some(row) = unavailable_row(r, 10) {
+        if let Some(row) = unavailable_row(r, 13) {
             md.push_str(&row);
             continue;
         }
         let Some(s) = &r.saturation else {
-            let _ = writeln!(md, "| {} | not measured | | | | | | | | |", r.label);
+            let _ = writeln!(md, "| {} | not measured | | | | | | | | | | | |", r.label);
             continue;
         };
+        let per_cpu = h.per_cpu(&r.key);
         let per_round = s.rounds.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {per_round} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {per_round} |",
             r.label,
             s.streams_per_s,
             ratio(Some(s.streams_per_s), rps("direct")),
             ratio(Some(s.streams_per_s), rps("envoy")),
             ratio(Some(s.streams_per_s), rps("haproxy")),
             s.proxy_cpu_us_per_stream.map_or("–".into(), us),
+            per_cpu.map_or("–".into(), |v| format!("{v:.0}")),
+            ratio(per_cpu, h.per_cpu("envoy")),
+            ratio(per_cpu, h.per_cpu("haproxy")),
             s.proxy_utilization.map_or("–".into(), |u| format!("{:.0}%", u * 100.0)),
             us(s.upstream_cpu_us_per_stream),
             s.errors
@@ -570,6 +609,7 @@ mod tests {
             proxy_cpu: "1".into(),
             client_cpu: "0".into(),
             plan: H2Plan::new(true),
+            other_load: Some((0.2, vec![("rustc (1)".into(), 3.0)])),
             paths: vec![
                 ok("direct", 300_000.0, 100.0),
                 ok("weir", 60_000.0, 400.0),
@@ -583,7 +623,12 @@ mod tests {
         assert_eq!(g.iter().map(|g| g.met).collect::<Vec<_>>(), [Some(false), Some(true), Some(true)], "{g:?}");
         assert!(g[0].measured.starts_with("1.33× (60000 vs 45000 streams/s)"), "{:?}", g[0]);
         let md = markdown(&h);
-        assert!(md.contains("| weir | 60000 | 0.20× | 1.33× | 1.20× | 10.0 | 99% |"), "{md}");
+        assert!(md.contains("| weir | 60000 | 0.20× | 1.33× | 1.20× | 10.0 | 100000 | 1.00× | 1.00× | 99% |"), "{md}");
+        assert!(
+            md.contains("Other processes used 20% of the machine while this section ran (rustc (1): 3 s): "),
+            "{md}"
+        );
+        assert!(g[0].measured.ends_with("; per proxy CPU-second 100000 vs 100000 streams (1.00×)"), "{:?}", g[0]);
         assert!(md.contains("| nginx | **unavailable**: no nginx   here |"), "{md}");
         assert!(goal_lines(&g).contains("(target ≥ 1.5×): MISSED"));
         let none = goals(&Http2 { status: "failed".into(), paths: Vec::new(), ..h });

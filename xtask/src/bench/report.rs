@@ -698,6 +698,7 @@ mod tests {
                 plan: h2::H2Plan::new(true),
                 paths: Vec::new(),
                 problems: vec!["no h2load".into()],
+                other_load: None,
             },
             goals: vec![],
             commands: vec![],
