@@ -240,6 +240,13 @@ impl WeirProcess {
         self.reaped = true;
     }
 
+    /// Waits (at most `timeout`) for the process to exit by itself; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = weir_testkit::proc::wait_exit(&mut self.child, timeout);
+        self.reaped |= status.is_some();
+        status
+    }
+
     /// SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);

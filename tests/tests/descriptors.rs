@@ -130,7 +130,7 @@ fn the_soft_limit_is_raised_at_start_and_max_connections_fits_the_limit() {
     .expect("write");
     let mut check = Command::new(WEIR);
     check.args(["check", "--config"]).arg(&file);
-    let mut limit = |cmd: &mut Command| {
+    let limit = |cmd: &mut Command| {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: as above.
         unsafe {

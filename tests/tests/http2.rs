@@ -346,3 +346,23 @@ fn connect_over_http2_is_not_implemented() {
     assert!(out.contains(":status: 501") || out.contains("RST_STREAM"), "{out}");
     assert_eq!(h1.requests(), 0, "nothing reached the endpoint");
 }
+
+#[test]
+fn a_client_that_gives_up_cancels_the_upstream_attempt() {
+    let slow = Endpoint::start("slow");
+    slow.set(weir_tests::Behavior::Delay(Duration::from_secs(8)));
+    let weir = Weir::start(&config(&service("slow", "127.10.30.17:80", "http", &[slow.addr], ""), None));
+    let url = format!("http://{}/", weir.proxy);
+    // curl gives up after half a second (and closes its connection, resetting the stream).
+    let out = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "0.5", "-H", "host: slow", &url])
+        .output()
+        .expect("curl");
+    assert!(!out.status.success(), "the request should have timed out on the client");
+    // weir drops the attempt at once instead of holding the endpoint for its 8 s.
+    weir_tests::eventually(Duration::from_secs(4), "the upstream connection closed", || {
+        (weir.metric("weir_upstream_connections{service=\"slow\"}") == 0.0
+            && weir.metric("weir_requests_total{service=\"slow\",code=\"none\"}") == 1.0)
+            .then_some(())
+    });
+}

@@ -9,3 +9,4 @@ mod full_disk;
 mod grpc;
 mod memory;
 mod steering;
+mod takeover;

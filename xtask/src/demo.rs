@@ -5,7 +5,9 @@
 //! VIP 127.10.0.1:80, a gRPC client (grpcio) dials the gRPC service VIP 127.10.0.2:80; eBPF
 //! steers both through weir. Prints lines per second (requests, errors, p50/p99, which endpoint
 //! answered; weir's RED for both services, gRPC status codes included) until Ctrl-C or
-//! `--duration`, then stops weir and removes the cgroup. Endpoints, client, cgroup and process handling come from
+//! `--duration`, then stops weir and removes the cgroup. At `--takeover-at` seconds, and each
+//! time Enter is pressed, a new weir takes the running one over (`weir run --takeover`) while
+//! the workloads keep going: their lines show no error. Endpoints, client, cgroup and process handling come from
 //! weir-testkit.
 
 use std::net::SocketAddr;
@@ -41,6 +43,10 @@ pub struct DemoArgs {
     /// (0 = never).
     #[arg(long, default_value_t = 5)]
     chaos_at: u64,
+    /// After this many seconds a new weir takes the running one over, live (0 = never; Enter
+    /// runs one at any time).
+    #[arg(long, default_value_t = 10)]
+    takeover_at: u64,
 }
 
 #[derive(Args)]
@@ -57,13 +63,13 @@ pub struct ClientArgs {
 
 /// Stops child processes and then removes the demo cgroup however the demo ends.
 struct Cleanup {
-    children: Vec<Child>,
+    children: Arc<std::sync::Mutex<Vec<Child>>>,
     _cgroup: Cgroup,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
             // SIGTERM first, so weir drains and detaches; SIGKILL if it does not exit.
             proc::terminate(c, Duration::from_secs(25));
         }
@@ -102,12 +108,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let cgroup = Cgroup::try_create(&format!("weir-demo-{}", std::process::id()))?;
     let cgroup_path = cgroup.path.clone();
-    let mut cleanup = Cleanup { children: Vec::new(), _cgroup: cgroup };
+    let children = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cleanup = Cleanup { children: children.clone(), _cgroup: cgroup };
+    let push = |c: Child| children.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     for (i, addr) in GRPC_ENDPOINTS.iter().enumerate() {
         // The third one is unhealthy: weir retries its UNAVAILABLE elsewhere and ejects it.
         let unhealthy: &[&str] = if i == 2 { &["--status", "14"] } else { &[] };
-        let child = grpc_server(&format!("g{}", i + 1), addr, unhealthy)?;
-        cleanup.children.push(child);
+        push(grpc_server(&format!("g{}", i + 1), addr, unhealthy)?);
     }
 
     let dir = root().join("target/demo");
@@ -123,14 +130,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     )?;
 
     eprintln!("demo: starting weir ({})", config_path.display());
-    let weir_child = Command::new(&weir)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .spawn()
-        .context("starting weir")?;
-    cleanup.children.push(weir_child);
-    wait_ready(&mut cleanup.children[0])?;
+    let mut weir_child = start_weir(&weir, &config_path, false)?;
+    wait_ready(&mut weir_child)?;
+    push(weir_child);
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
     eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup_path.display(), args.rate);
@@ -148,12 +150,49 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .args(["loop", GRPC_VIP, "-", "50", &duration.to_string()])
         .stdout(Stdio::inherit());
     weir_testkit::cgroup::join_on_exec(&mut grpc_client, &cgroup_path);
-    cleanup.children.push(grpc_client.spawn().context("starting the gRPC workload")?);
+    push(grpc_client.spawn().context("starting the gRPC workload")?);
     eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
     {
         let (stop, failing) = (stop.clone(), endpoints[2].clone());
         let chaos_at = args.chaos_at;
         std::thread::spawn(move || monitor(stop, &failing, chaos_at));
+    }
+    {
+        // Takeovers: at --takeover-at, and whenever Enter is pressed.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        if args.takeover_at > 0 {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let at = Instant::now() + Duration::from_secs(args.takeover_at);
+            std::thread::spawn(move || {
+                // Wakes at the time, or early when the demo stops.
+                if wait_until(at.saturating_duration_since(Instant::now()), || {
+                    stop.load(Ordering::SeqCst).then_some(())
+                })
+                .is_none()
+                {
+                    let _ = tx.send(());
+                }
+            });
+        }
+        std::thread::spawn(move || {
+            for _ in std::io::stdin().lines().map_while(Result::ok) {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        eprintln!("demo: press Enter to make a new weir take the running one over");
+        let (weir, config_path, stop, children) = (weir.clone(), config_path.clone(), stop.clone(), children.clone());
+        std::thread::spawn(move || {
+            for () in rx {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = take_over(&weir, &config_path, &children) {
+                    println!("demo: the takeover failed: {e:#} (the running weir serves on)");
+                }
+            }
+        });
     }
     // Until Ctrl-C, or the workload ends (its --duration).
     let status = loop {
@@ -192,6 +231,51 @@ fn grpc_server(name: &str, addr: &str, args: &[&str]) -> anyhow::Result<Child> {
         bail!("demo gRPC server {name} did not start on {addr} (in use?)");
     }
     Ok(child)
+}
+
+fn start_weir(weir: &std::path::Path, config: &std::path::Path, takeover: bool) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(weir);
+    cmd.args(["run", "--config"]).arg(config);
+    if takeover {
+        cmd.arg("--takeover");
+    }
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting weir")
+}
+
+/// The pid of the weir that answers the admin API.
+fn serving_pid() -> Option<u64> {
+    let r = get_once(admin(), "admin", "/config", Duration::from_secs(1)).ok()?;
+    serde_json::from_str::<serde_json::Value>(&r.body_string()).ok()?["pid"].as_u64()
+}
+
+/// Starts `weir run --takeover` and waits until it serves; the weir it replaced drains and
+/// exits by itself (reaped by the cleanup).
+fn take_over(
+    weir: &std::path::Path,
+    config: &std::path::Path,
+    children: &std::sync::Mutex<Vec<Child>>,
+) -> anyhow::Result<()> {
+    let old = serving_pid();
+    let t0 = Instant::now();
+    println!("demo: a new weir takes over from pid {} (weir run --takeover)", old.unwrap_or(0));
+    let mut new = start_weir(weir, config, true)?;
+    let pid = u64::from(new.id());
+    let serving = wait_until(Duration::from_secs(20), || match new.try_wait() {
+        Ok(Some(status)) => Some(Err(anyhow::anyhow!("the new weir exited: {status}"))),
+        Err(e) => Some(Err(e.into())),
+        Ok(None) => (serving_pid() == Some(pid)).then_some(Ok(())),
+    });
+    children.lock().unwrap_or_else(|e| e.into_inner()).push(new);
+    serving.unwrap_or_else(|| Err(anyhow::anyhow!("the new weir is not serving after 20 s")))?;
+    println!(
+        "demo: weir pid {pid} serves, {} ms after it started; pid {} drains and exits",
+        t0.elapsed().as_millis(),
+        old.unwrap_or(0)
+    );
+    Ok(())
 }
 
 fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {

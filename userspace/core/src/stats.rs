@@ -101,6 +101,41 @@ impl RetryReason {
     }
 }
 
+/// Why weir closed an HTTP/2 client connection for its behaviour (the `reason` label of
+/// `weir_http2_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Http2Close {
+    /// The frame-rate guard: too many frames that do no work (PING, SETTINGS, RST_STREAM,
+    /// PRIORITY, empty DATA, implausible WINDOW_UPDATE).
+    ControlFlood,
+    /// The HTTP/2 server's own abuse limits (`ENHANCE_YOUR_CALM`): streams reset before they
+    /// were accepted (rapid reset), too many CONTINUATION frames, too many streams reset for
+    /// the client's errors, a header list far over the limit.
+    EnhanceYourCalm,
+    /// Any other connection error the client caused (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
+    /// `COMPRESSION_ERROR`, `FRAME_SIZE_ERROR`, …).
+    ProtocolError,
+    /// The client did not take its GOAWAY (or answer its PING) in time after weir began to
+    /// close the connection: it was closed without waiting any longer.
+    GoawayTimeout,
+}
+
+impl Http2Close {
+    /// Every reason, in label order.
+    pub const ALL: [Http2Close; 4] =
+        [Http2Close::ControlFlood, Http2Close::EnhanceYourCalm, Http2Close::ProtocolError, Http2Close::GoawayTimeout];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Http2Close::ControlFlood => "control-flood",
+            Http2Close::EnhanceYourCalm => "enhance-your-calm",
+            Http2Close::ProtocolError => "protocol-error",
+            Http2Close::GoawayTimeout => "goaway-timeout",
+        }
+    }
+}
+
 /// What one finished request reports, whatever its protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
@@ -194,6 +229,31 @@ impl ServiceStats {
         self.hdr
             .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
             .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    /// Adds `n` calls that ended with gRPC status `code` (counters handed over by another weir).
+    pub fn add_grpc(&mut self, code: u8, n: u64) {
+        self.count_grpc(code, n);
+    }
+
+    /// Adds `n` requests answered with `code` (0 = no status).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        self.count_code(code.min(599), n);
+    }
+
+    /// The latency histogram's recorded values (µs) and their counts.
+    pub fn hdr_recorded(&self) -> Vec<(u64, u64)> {
+        self.hdr
+            .as_ref()
+            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `n` latencies of `value_us` into the histogram.
+    pub fn record_hdr_n(&mut self, value_us: u64, n: u64) {
+        self.hdr
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
+            .saturating_record_n(value_us.clamp(1, HDR_MAX_US), n);
     }
 
     fn count_grpc(&mut self, code: u8, n: u64) {
@@ -355,6 +415,9 @@ pub struct WorkerCounters {
     pub local_connect_errors: u64,
     /// Accepts that failed (descriptors, memory); the listener backs off.
     pub accept_errors: u64,
+    /// HTTP/2 client connections weir closed for their behaviour, by [`Http2Close`] (index:
+    /// the reason's place in [`Http2Close::ALL`]).
+    pub http2_closed: [u64; Http2Close::ALL.len()],
 }
 
 impl WorkerCounters {
@@ -365,10 +428,18 @@ impl WorkerCounters {
         self.downstream_write_timeouts += other.downstream_write_timeouts;
         self.local_connect_errors += other.local_connect_errors;
         self.accept_errors += other.accept_errors;
+        for (a, b) in self.http2_closed.iter_mut().zip(other.http2_closed) {
+            *a += b;
+        }
     }
 }
 
 impl StatsShard {
+    /// Counts an HTTP/2 connection closed for `reason`.
+    pub fn http2_closed(&mut self, reason: Http2Close) {
+        self.counters.http2_closed[reason as usize] += 1;
+    }
+
     /// The slot of `service`, created on first use (a name, no stats yet). Call when a
     /// snapshot arrives, not per request.
     pub fn slot(&mut self, service: &str) -> usize {
@@ -585,6 +656,21 @@ mod tests {
         assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
         assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
         assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn http2_closes_are_counted_by_reason_and_summed_over_workers() {
+        let (mut a, mut b) = (StatsShard::default(), StatsShard::default());
+        a.http2_closed(Http2Close::ControlFlood);
+        a.http2_closed(Http2Close::GoawayTimeout);
+        b.http2_closed(Http2Close::ControlFlood);
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        let counts: Vec<_> =
+            Http2Close::ALL.iter().map(|r| (r.as_str(), m.counters.http2_closed[*r as usize])).collect();
+        assert_eq!(
+            counts,
+            [("control-flood", 2), ("enhance-your-calm", 0), ("protocol-error", 0), ("goaway-timeout", 1)]
+        );
     }
 
     #[test]

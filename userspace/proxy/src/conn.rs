@@ -52,6 +52,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         let started = match read_head(ctx, &mut down, &mut head, first).await {
             HeadRead::Ready(t) => t,
             HeadRead::Closed => break Close::Quiet,
+            HeadRead::Idle => break Close::Linger,
             HeadRead::Http2 => {
                 // h2c with prior knowledge: the connection is HTTP/2 from here on, the preface
                 // (already read) read again by the HTTP/2 server.
@@ -79,7 +80,11 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         if ex.abort {
             break Close::Abort;
         }
-        if !ex.keep_alive || ctx.draining() {
+        // A response sent without `Connection: close` promised the client another request:
+        // even when drain started since, the next one is read (drain closes the connection
+        // only when no request comes, after its grace), never met with a close it could not see
+        // coming.
+        if !ex.keep_alive {
             break Close::Linger;
         }
         if down.buf.capacity() > SHRINK_ABOVE_BYTES {
@@ -96,8 +101,11 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
 enum HeadRead {
     /// A complete head is parsed; the request started at this instant.
     Ready(Instant),
-    /// The client closed (or went idle past the timeout, or drain) between requests.
+    /// The client closed between requests.
     Closed,
+    /// No request came: idle past the timeout between requests, or drain. weir closes, in
+    /// stages, so that a request the client sends meanwhile meets a FIN, never a reset.
+    Idle,
     /// The first bytes are the HTTP/2 prior-knowledge preface.
     Http2,
     /// Answer this error (with this body text), then close.
@@ -106,7 +114,8 @@ enum HeadRead {
 
 /// Reads until `head` is complete. Between requests the downstream idle timeout applies (and
 /// drain closes the connection); from the first byte of a head (or from accept, for the first
-/// request) the header read timeout applies, then 408.
+/// request) the header read timeout applies, then 408. Until the first byte of a head arrives,
+/// the worker's drain token closes the connection (the drain cancels it after its grace).
 async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, first: bool) -> HeadRead {
     let (limits, idle, header_timeout) = {
         let state = ctx.state.borrow();
@@ -137,19 +146,15 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
                     Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
                 }
             }
-        } else if ctx.draining() {
-            return HeadRead::Closed;
         }
         if down.buf.len() == down.buf.capacity() {
             down.buf.reserve(down.buf.capacity().max(READ_BUF_BYTES));
         }
+        // Between requests: the idle timeout. Within a head (or from accept, for the first):
+        // the header read timeout, then 408. Drain closes a connection with no head begun.
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + idle);
+        let cancel = down.buf.is_empty().then_some(&ctx.drain);
         let buf = std::mem::take(&mut down.buf);
-        // Between requests: the idle timeout, and drain closes the connection. Within a head:
-        // the header read timeout, then 408.
-        let (deadline, cancel) = match head_deadline {
-            Some(d) => (d, None),
-            None => (Instant::now() + idle, Some(&ctx.drain)),
-        };
         match crate::io::read_until(&mut down.conn, buf, deadline, cancel).await {
             ReadUntil::TimedOut if head_deadline.is_some() => {
                 // The read was cancelled with its buffer; what was already parsed is lost,
@@ -157,7 +162,7 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
                 let reason = ErrorReason::HeaderReadTimeout;
                 return HeadRead::Failed(reason, reason.message());
             }
-            ReadUntil::TimedOut | ReadUntil::Cancelled => return HeadRead::Closed,
+            ReadUntil::TimedOut | ReadUntil::Cancelled => return HeadRead::Idle,
             // EOF or an error, between requests or within a head: nothing to answer to.
             ReadUntil::Done(Ok(0) | Err(_), _) => return HeadRead::Closed,
             ReadUntil::Done(Ok(_), buf) => down.buf = buf,

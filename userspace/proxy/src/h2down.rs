@@ -25,6 +25,7 @@ use crate::attempt::{Bufs, ToH1};
 use crate::body::PumpError;
 use crate::bridge::{self, H1Left, Replay, ReqParts, Sink, Source};
 use crate::ctx::{ConnRoute, Ctx};
+use crate::h2guard::{self, Guarded, Verdict};
 use crate::h2up::{H2Body, H2Up, ReqBody, ToH2};
 use crate::io::{PollIo, Wait};
 use crate::plan::{Call, Plan};
@@ -44,11 +45,14 @@ pub(crate) fn is_preface(buf: &[u8]) -> bool {
 
 /// Serves an HTTP/2 connection until it closes (or drain has finished its streams).
 pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRoute) {
-    let (header_timeout, idle, max_streams, max_list) = {
+    let (header_timeout, idle, max_streams, max_list, write_timeout) = {
         let state = ctx.state.borrow();
         let p = &state.snapshot().config.proxy;
-        (p.header_read_timeout, p.downstream_idle_timeout, p.http2_max_concurrent_streams, p.max_request_head_bytes)
+        let (max_streams, max_list) = (p.http2_max_concurrent_streams, p.max_request_head_bytes);
+        (p.header_read_timeout, p.downstream_idle_timeout, max_streams, max_list, p.downstream_write_timeout)
     };
+    // The frame-rate guard (h2guard) sits between the socket and h2, and tells why it closed.
+    let verdict = Verdict::default();
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
         .max_header_list_size(max_list as u32)
@@ -60,22 +64,29 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         // Streams weir resets for the client's errors before it gives up on the connection.
         .max_local_error_reset_streams(Some(256))
         .max_send_buffer_size(256 * 1024)
-        .handshake::<_, Bytes>(io);
+        .handshake::<_, Bytes>(Guarded::new(io, max_streams, verdict.clone()));
     let mut conn = match crate::io::until(Instant::now() + header_timeout, handshake).await {
         Some(Ok(c)) => c,
         _ => return,
     };
     let mut streams = FuturesUnordered::new();
     let mut shutting_down = false;
+    // Once closing, the client has the write timeout, renewed by each stream that ends, to
+    // take its GOAWAY (and answer its PING): a client that never reads is not waited for.
+    let mut goaway_by = Instant::now();
     loop {
         if ctx.draining() && !shutting_down {
             conn.graceful_shutdown();
             shutting_down = true;
+            goaway_by = Instant::now() + write_timeout;
         }
         let event = {
             let accept = std::pin::pin!(conn.accept());
             let next = std::pin::pin!(async {
-                if streams.is_empty() {
+                if streams.is_empty() && shutting_down {
+                    crate::io::until(goaway_by, std::future::pending::<()>()).await;
+                    Event::Quiet
+                } else if streams.is_empty() {
                     // Nothing in flight: wait for drain or the idle timeout instead.
                     crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
                     Event::Quiet
@@ -97,6 +108,9 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                 Either::Left((Some(Ok((req, respond))), _)) => Event::Stream(req, respond),
                 Either::Left((Some(Err(e)), _)) => {
                     tracing::debug!(%peer, "HTTP/2 connection error: {e}");
+                    if let Some(reason) = h2guard::close_reason(&e, &verdict) {
+                        ctx.state.borrow_mut().telemetry.shard.http2_closed(reason);
+                    }
                     break;
                 }
                 Either::Left((None, _)) => break,
@@ -104,20 +118,31 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
             }
         };
         match event {
-            // Boxed: a stream's future is large (about 10 KB), and the set moves what it is given
-            // into its own task allocation; a box moves as a pointer.
-            Event::Stream(req, respond) => streams.push(Box::pin(stream(ctx, req, respond, peer, route))),
-            Event::StreamDone => {}
+            Event::Stream(req, mut respond) => {
+                if h2guard::admit(&mut respond, streams.len(), max_streams) {
+                    // Boxed: a stream's future is large (about 10 KB), and the set moves what it
+                    // is given into its own task allocation; a box moves as a pointer.
+                    streams.push(Box::pin(stream(ctx, req, respond, peer, route)));
+                }
+            }
+            Event::StreamDone => goaway_by = Instant::now() + write_timeout,
+            Event::Quiet if shutting_down => {
+                ctx.state.borrow_mut().telemetry.shard.http2_closed(weir_core::stats::Http2Close::GoawayTimeout);
+                break;
+            }
             Event::Quiet => {
                 if streams.is_empty() && !shutting_down {
                     // Idle past the timeout, or drain: say goodbye, let in-flight streams end.
                     conn.graceful_shutdown();
                     shutting_down = true;
+                    goaway_by = Instant::now() + write_timeout;
                 }
             }
         }
     }
-    // The connection is closing: let the streams still running finish what they can.
+    // The connection is over (closing its socket now): the streams still running learn it and
+    // end, giving their upstream connections back.
+    drop(conn);
     while streams.next().await.is_some() {}
 }
 
@@ -240,7 +265,10 @@ async fn proxy(
     if protocol.upstream_h2() {
         let req_body = body.clone().map_or(ReqBody::Empty, ReqBody::H2);
         let mut a = ToH2::new(&req, req_body, grpc, client_deadline);
-        match attempts(call, &mut a, &mut ex).await {
+        let Some(end) = until_reset(respond, attempts(call, &mut a, &mut ex)).await else {
+            return cancelled(ex);
+        };
+        match end {
             End::Respond(r, picked) => {
                 if let Some(up) = r.conn {
                     relay_h2(call, up, &picked, respond, grpc, &mut ex).await;
@@ -258,16 +286,17 @@ async fn proxy(
             Bufs { wbuf: state.take_buf(), ubuf: state.take_buf(), resp: state.take_head(), replayable: true }
         };
         let mut a = ToH1 { req: &req, body: body.clone(), bufs: &mut bufs };
-        let end = attempts(call, &mut a, &mut ex).await;
+        let end = until_reset(respond, attempts(call, &mut a, &mut ex)).await;
         match end {
-            End::Respond(r, picked) => {
+            None => ex = cancelled(ex),
+            Some(End::Respond(r, picked)) => {
                 let early = r.early;
                 if let Some(up) = r.conn {
                     relay_h1(call, up, &picked, &mut bufs, respond, early, &mut ex).await;
                 }
             }
-            End::Fail(reason, detail) => ex = fail(respond, reason, detail, grpc, &plan, ex),
-            End::Abandon => {
+            Some(End::Fail(reason, detail)) => ex = fail(respond, reason, detail, grpc, &plan, ex),
+            Some(End::Abandon) => {
                 respond.send_reset(h2::Reason::CANCEL);
                 ex.error = Some(ErrorReason::BadRequest);
             }
@@ -278,6 +307,25 @@ async fn proxy(
         state.put_head(bufs.resp);
     }
     ex
+}
+
+/// Runs `fut` until the client resets the stream (a cancelled call, an expired gRPC deadline):
+/// then `None`, and `fut` is dropped, which cancels its upstream attempt (an HTTP/2 stream is
+/// reset, an HTTP/1.1 connection closed), so the endpoint stops working for nobody.
+async fn until_reset<F: std::future::Future>(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    fut: F,
+) -> Option<F::Output> {
+    let reset = std::pin::pin!(std::future::poll_fn(|cx| respond.poll_reset(cx)));
+    match select(std::pin::pin!(fut), reset).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// What a stream the client reset before its response records: no status sent.
+fn cancelled(ex: Exchange) -> Exchange {
+    Exchange { status: 0, ..ex }
 }
 
 fn fail(

@@ -14,6 +14,7 @@ mod ctx;
 mod exchange;
 mod h1_to_h2;
 mod h2down;
+mod h2guard;
 mod h2up;
 pub mod http;
 pub mod io;

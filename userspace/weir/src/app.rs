@@ -1,7 +1,8 @@
-//! Wiring and lifecycle: start (config → eBPF maps → workers → eBPF links → admin thread),
-//! reload (SIGHUP or a change of the config file), drain on SIGTERM/SIGINT. Owns the order in
-//! which things start and stop. Must not: run on a worker core's path; reloads build the new
-//! snapshot here and publish it in one atomic swap.
+//! Wiring and lifecycle: start (config → [a takeover: the running weir's sockets] → eBPF maps →
+//! workers → eBPF links → admin thread → hand-off socket), reload (SIGHUP or a change of the
+//! config file), drain on SIGTERM/SIGINT, and the drain of a weir that was taken over. Owns the
+//! order in which things start and stop (a takeover's steps: `takeover.rs`). Must not: run on a
+//! worker core's path; reloads build the new snapshot here and publish it in one atomic swap.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,11 @@ use weir_core::config::Config;
 use weir_core::stats::Published;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
+use crate::admin::AdminServer;
 use crate::shipper::Shipper;
-
 use crate::steering::Steering;
+use crate::takeover::new::{Inheritance, Predecessor};
+use crate::takeover::{Handoff, Inherited, Shutdown};
 
 /// Reading the config file failed before it could be checked, or it is not a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,29 @@ pub struct Control {
     pub memory: crate::memory::MemoryPlan,
     /// The listen addresses as configured and as bound.
     pub listens: Listens,
+    /// Counters inherited from the weir this one took over (and those before it).
+    pub inherited: ArcSwap<Inherited>,
+    /// Takeovers that made this weir (0 or 1; the chain's total is in `inherited`).
+    pub takeovers_ok: AtomicU64,
+    /// Takeovers of this weir that were refused or failed.
+    pub takeovers_failed: AtomicU64,
+    /// Where this weir stands with respect to takeovers.
+    pub handoff: Handoff,
+    /// Another handle to the admin socket, to hand over.
+    pub admin_socket: Mutex<Option<std::net::TcpListener>>,
+    /// The lifecycle's event channel (set by [`App::run_until_signal`]).
+    events: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+}
+
+/// What the lifecycle waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A signal arrived.
+    Signal(i32),
+    /// A takeover committed: this weir has stopped accepting and drains.
+    HandedOver,
+    /// A takeover failed: this weir serves on.
+    HandoffEnded,
 }
 
 /// `[proxy] listen` and `[admin] listen` as the file says and as bound. Port 0 in the file means
@@ -130,11 +156,20 @@ impl Listens {
 }
 
 impl Control {
-    /// Access-log records (shipped, dropped) so far.
+    /// Access-log records (shipped, dropped) so far, with those inherited.
     pub fn access_log_counts(&self) -> (u64, u64) {
-        match self.shipper.lock().as_ref() {
+        let inherited = self.inherited.load();
+        let (shipped, dropped) = match self.shipper.lock().as_ref() {
             Some(s) => (s.stats.shipped.load(Ordering::Relaxed), s.dropped()),
             None => (0, 0),
+        };
+        (shipped + inherited.totals.access_log_shipped, dropped + inherited.totals.access_log_dropped)
+    }
+
+    /// Tells the lifecycle (when it waits for events).
+    pub fn notify(&self, event: Event) {
+        if let Some(tx) = self.events.lock().as_ref() {
+            let _ = tx.send(event);
         }
     }
 
@@ -142,6 +177,13 @@ impl Control {
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
         let mut applied = self.reload_lock.lock();
+        if let crate::takeover::Phase::Offered { pid } | crate::takeover::Phase::Swapping { pid } = self.handoff.phase()
+        {
+            // The new weir steers with this weir's service table until it has taken over, and
+            // then applies the file itself.
+            tracing::info!("config reload skipped: {} is taking this weir over", crate::takeover::Who(pid));
+            return Ok(());
+        }
         let started = Instant::now();
         let mut published = false;
         let text = std::fs::read_to_string(&self.config_path)
@@ -263,6 +305,25 @@ fn descriptor_plan(config: &Config, workers: usize) -> crate::fds::FdPlan {
     plan
 }
 
+/// `--takeover` found no weir to take over, yet the admin address is taken: if a weir holds
+/// it, one with another `[proxy] listen` or `[steering] pin_dir` (which name the hand-off
+/// socket), say so.
+fn fixed_fields_changed(config: &Config) -> Option<String> {
+    let body = crate::admin::get(config.admin.listen, "/config").ok()?;
+    let running: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let listen = running["config"]["proxy"]["listen"].as_str()?.to_string();
+    let pin_dir = running["config"]["steering"]["pin_dir"].as_str()?.to_string();
+    let pid = running["pid"].as_u64().unwrap_or(0);
+    Some(format!(
+        "cannot take over from the weir (pid {pid}) at the admin address {}: it runs with [proxy] listen {listen} and \
+         [steering] pin_dir {pin_dir}, this config has {} and {}; these two cannot change across a takeover \
+         (restart weir to change them)",
+        config.admin.listen,
+        config.proxy.listen,
+        config.steering.pin_dir.display()
+    ))
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -275,12 +336,18 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// How long TCP relays still open at the drain timeout get to close after their FIN.
+const RELAY_LINGER: Duration = Duration::from_secs(1);
+
 /// How to start weir.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppOptions {
     /// After attaching steering, every thread drops the capabilities it no longer needs
     /// (`weir run` does; in-process embedders such as tests may not want it).
     pub least_privilege: bool,
+    /// Take over from the weir running with the same `[steering] pin_dir` and `[proxy] listen`
+    /// (`weir run --takeover`); start normally when there is none.
+    pub takeover: bool,
 }
 
 /// A running weir.
@@ -288,8 +355,9 @@ pub struct AppOptions {
 pub struct App {
     /// Shared control state.
     pub control: Arc<Control>,
-    workers: Workers,
-    admin: crate::admin::AdminServer,
+    workers: Arc<Workers>,
+    admin: Arc<AdminServer>,
+    handoff_server: Option<crate::takeover::old::Server>,
 }
 
 impl App {
@@ -300,28 +368,108 @@ impl App {
     }
 
     /// Starts from an already validated config; `config_path` is what reloads read.
-    pub fn start_with(mut config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
+    pub fn start_with(config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
         let workers = resolve_workers(&config);
         // A memory limit too small for the config stops weir here, not hours later at the
         // first burst of traffic.
         let memory = crate::memory::plan(&config, workers, crate::memory::cgroup_memory_limit())?;
+        // The weir to take over is asked first, before this one touches anything: of two
+        // takeovers racing, the second is refused here.
+        let predecessor = if options.takeover { crate::takeover::new::connect(&config)? } else { None };
+        let Some((mut pred, inheritance)) = predecessor else {
+            if options.takeover {
+                tracing::info!("no weir is running with this pin_dir and listen address: starting normally");
+            }
+            return App::start_parts(config, config_path, options, workers, memory, None).map(|(app, _)| app);
+        };
+        let pid = pred.pid;
+        match App::start_parts(config, config_path, options, workers, memory, Some((&mut pred, inheritance))) {
+            Ok((app, drain_until)) => {
+                if let Some(until) = drain_until {
+                    pred.follow(app.control.clone(), until);
+                }
+                Ok(app)
+            }
+            Err(e) => {
+                pred.abort(&format!("{e:#}"));
+                Err(e.context(format!("taking over from {} (it keeps serving)", crate::takeover::Who(pid))))
+            }
+        }
+    }
+
+    fn start_parts(
+        mut config: Config,
+        config_path: &Path,
+        options: AppOptions,
+        workers: usize,
+        memory: crate::memory::MemoryPlan,
+        takeover: Option<(&mut Predecessor, Inheritance)>,
+    ) -> anyhow::Result<(App, Option<Instant>)> {
+        let t0 = Instant::now();
+        let (pred, inherited) = match takeover {
+            Some((p, i)) => (Some(p), Some(i)),
+            None => (None, None),
+        };
+        let (inherited_listeners, inherited_admin, inherited_handoff, predecessor_services) = match inherited {
+            Some(i) => (i.listeners, i.admin, Some(i.takeover), i.services),
+            None => (Vec::new(), None, None, None),
+        };
+        let predecessor_steered = predecessor_services.is_some();
         let fds = descriptor_plan(&config, workers);
-        // The admin listener is bound next: a second weir with the same config stops here,
-        // before it touches the kernel.
-        let admin_listener = std::net::TcpListener::bind(config.admin.listen)
-            .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
-        // Port 0: hold a free port until the workers listen on it.
-        let proxy_port = reserve_any_port(config.proxy.listen)
-            .with_context(|| format!("binding the proxy address {}", config.proxy.listen))?;
+        // The admin listener is bound next (or handed over): a second weir with the same config
+        // stops here, before it touches the kernel.
+        let admin_listener = match inherited_admin.filter(|(addr, _)| *addr == config.admin.listen) {
+            Some((_, l)) => l,
+            None => std::net::TcpListener::bind(config.admin.listen).map_err(|e| {
+                if options.takeover
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && let Some(why) = fixed_fields_changed(&config)
+                {
+                    return anyhow::anyhow!(why);
+                }
+                anyhow::Error::new(e)
+                    .context(format!("binding the admin address {} (is another weir running?)", config.admin.listen))
+            })?,
+        };
+        // Port 0: hold a free port until the workers listen on it (a takeover's inherited
+        // sockets are already bound).
+        let proxy_port = match inherited_listeners.first() {
+            Some(_) => None,
+            None => reserve_any_port(config.proxy.listen)
+                .with_context(|| format!("binding the proxy address {}", config.proxy.listen))?,
+        };
+        let proxy_bound = match (&proxy_port, inherited_listeners.first()) {
+            (Some(p), _) => bound_addr(p)?,
+            (None, Some(l)) if config.proxy.listen.port() == 0 => l.local_addr()?,
+            _ => config.proxy.listen,
+        };
         let listens = Listens {
             proxy_configured: config.proxy.listen,
-            proxy: proxy_port.as_ref().map_or(Ok(config.proxy.listen), bound_addr)?,
+            proxy: proxy_bound,
             admin_configured: config.admin.listen,
             admin: admin_listener.local_addr()?,
         };
         listens.apply(&mut config);
+        // The hand-off socket: one weir per pin_dir and listen address holds it.
+        let handoff_socket = match inherited_handoff {
+            Some(s) => s,
+            None => crate::takeover::wire::bind(&crate::steering::pin_root(&config)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    anyhow::anyhow!(
+                        "another weir is running with [steering] pin_dir {} and [proxy] listen {} (it holds the hand-off \
+                         socket); use `weir run --takeover` to replace it",
+                        config.steering.pin_dir.display(),
+                        config.proxy.listen
+                    )
+                } else {
+                    anyhow::anyhow!("binding the hand-off socket: {e}")
+                }
+            })?,
+        };
         let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
-            Some(Steering::load(&config).context("loading eBPF steering")?)
+            // Taking over: the old weir's service table until it has stopped.
+            let services = predecessor_services.as_deref();
+            Some(Steering::load(&config, services).context("loading eBPF steering")?)
         } else {
             None
         };
@@ -346,30 +494,9 @@ impl App {
             None => None,
         };
         let runtime_caps = crate::privileges::runtime_caps(steering.is_some());
-        let on_thread_start = options.least_privilege.then(|| {
-            let keep = runtime_caps.clone();
-            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
-                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
-                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
-                }
-            }))
-        });
-        let started = Workers::start(
-            shared.clone(),
-            StartOptions { workers, max_connections: fds.max_connections, pin: true, telemetry, on_thread_start },
-        )
-        .context("starting proxy workers")?;
-        drop(proxy_port);
-        let mut steering = steering;
-        if let Some(s) = steering.as_mut() {
-            s.attach_links(&config).context("attaching eBPF steering")?;
-            if s.taken_over > 0 {
-                tracing::info!(links = s.taken_over, "took over the pinned steering links of a previous run");
-            }
-        }
         let control = Arc::new(Control {
             config_path: config_path.to_path_buf(),
-            shared,
+            shared: shared.clone(),
             steering: Mutex::new(steering),
             reload_lock: Mutex::new(0),
             reloads_ok: AtomicU64::new(0),
@@ -385,12 +512,95 @@ impl App {
             shipper: Mutex::new(shipper),
             memory,
             listens,
+            inherited: ArcSwap::from_pointee(Inherited::default()),
+            takeovers_ok: AtomicU64::new(0),
+            takeovers_failed: AtomicU64::new(0),
+            handoff: Handoff::default(),
+            admin_socket: Mutex::new(Some(admin_listener.try_clone().context("the admin socket")?)),
+            events: Mutex::new(None),
         });
+        let on_thread_start = options.least_privilege.then(|| {
+            let keep = runtime_caps.clone();
+            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
+                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
+                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
+                }
+            }))
+        });
+        let started = Arc::new(
+            Workers::start(
+                shared,
+                StartOptions {
+                    workers,
+                    max_connections: fds.max_connections,
+                    pin: true,
+                    telemetry,
+                    on_thread_start,
+                    inherited: inherited_listeners,
+                    paused: pred.is_some(),
+                },
+            )
+            .context("starting proxy workers")?,
+        );
+        drop(proxy_port);
+        let mut drain_until = None;
+        match pred {
+            Some(pred) => {
+                pred.swap()?;
+                if let Some(s) = control.steering.lock().as_mut() {
+                    s.take_over_links().context("putting this weir's programs into the pinned eBPF links")?;
+                }
+                // From here on this weir's programs steer: it serves whatever happens next.
+                if let Err(e) = pred.commit() {
+                    tracing::warn!("the old weir did not take the commit ({e:#}); serving on alone");
+                }
+                started.resume();
+                control.takeovers_ok.store(1, Ordering::Relaxed);
+                if let Some((totals, until)) = pred.committed() {
+                    control.inherited.store(Arc::new(Inherited::new(totals)));
+                    drain_until = Some(until);
+                }
+                let finished = match control.steering.lock().as_mut() {
+                    Some(s) => s.finish_takeover(&config),
+                    None => {
+                        if predecessor_steered {
+                            // Steering is off in this config: detach the old weir's links.
+                            crate::steering::remove_pins(&crate::steering::pin_root(&config));
+                        }
+                        Ok(())
+                    }
+                };
+                if let Err(e) = finished {
+                    tracing::error!("applying this weir's steering config after the takeover: {e:#}");
+                }
+                tracing::info!(
+                    pid = pred.pid,
+                    version = %pred.version,
+                    "took over from {} in {} ms",
+                    crate::takeover::Who(pred.pid),
+                    t0.elapsed().as_millis()
+                );
+            }
+            None => {
+                if let Some(s) = control.steering.lock().as_mut() {
+                    s.attach_links(&config).context("attaching eBPF steering")?;
+                    if s.taken_over > 0 {
+                        tracing::info!(links = s.taken_over, "took over the pinned steering links of a previous run");
+                    }
+                }
+            }
+        }
         if options.least_privilege {
             // The admin thread and everything it spawns inherit the reduced sets.
             crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
         }
-        let admin = crate::admin::AdminServer::start(admin_listener, control.clone())?;
+        let admin = Arc::new(AdminServer::start(admin_listener, control.clone())?);
+        let handoff_server = crate::takeover::old::Server::start(
+            handoff_socket,
+            control.clone(),
+            crate::takeover::old::Handles { workers: started.clone(), admin: admin.clone() },
+        )
+        .context("serving the hand-off socket")?;
         // Loading the eBPF object parses the kernel's BTF (megabytes); give that memory back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -404,7 +614,7 @@ impl App {
             steering = control.steering.lock().is_some(),
             "weir is ready"
         );
-        Ok(App { control, workers: started, admin })
+        Ok((App { control, workers: started, admin, handoff_server: Some(handoff_server) }, drain_until))
     }
 
     /// The proxy address (as bound: the free port picked for a configured port 0).
@@ -417,7 +627,8 @@ impl App {
         self.control.listens.admin
     }
 
-    /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.
+    /// Waits for signals: SIGHUP reloads, SIGUSR1 reopens the access-log file, SIGTERM/SIGINT
+    /// drain and exit; a takeover of this weir drains and exits too.
     pub fn run_until_signal(self) -> ExitCode {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
         let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]) {
@@ -427,26 +638,74 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        for signal in signals.forever() {
-            match signal {
-                SIGHUP => {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.control.events.lock() = Some(tx.clone());
+        // A takeover may have committed before the channel was there.
+        if matches!(self.control.handoff.phase(), crate::takeover::Phase::HandedOver { .. }) {
+            let _ = tx.send(Event::HandedOver);
+        }
+        let forwarded = std::thread::Builder::new().name("weir-signals".into()).spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = forwarded {
+            eprintln!("weir: cannot start the signal thread: {e}");
+            return ExitCode::FAILURE;
+        }
+        let mut terminated = false;
+        for event in rx.iter() {
+            match event {
+                Event::Signal(SIGHUP) => {
                     let _ = self.control.reload();
                 }
-                SIGUSR1 => {
+                Event::Signal(SIGUSR1) => {
                     if let Some(s) = self.control.shipper.lock().as_ref() {
                         s.stats.reopen.store(true, Ordering::Relaxed);
                     }
                 }
-                _ => break,
+                Event::Signal(_) => {
+                    terminated = true;
+                    break;
+                }
+                Event::HandedOver => break,
+                Event::HandoffEnded => {}
             }
         }
-        if self.shutdown() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        let control = self.control.clone();
+        let clean = self.shutdown();
+        let handed_over = matches!(control.handoff.phase(), crate::takeover::Phase::HandedOver { .. });
+        if handed_over && !terminated && std::process::id() == 1 {
+            // A container's main process: exiting would make the runtime restart it, and the
+            // restarted weir would take over back. Kubernetes deletes the old pod once the new
+            // one is ready: wait for that SIGTERM.
+            tracing::info!("handed over and drained; waiting for SIGTERM (this container's exit would restart weir)");
+            for event in rx.iter() {
+                if matches!(event, Event::Signal(SIGTERM | SIGINT)) {
+                    break;
+                }
+            }
+        }
+        if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     }
 
     /// Drains and stops: not ready, stop accepting, finish in-flight requests (bounded by the
     /// drain timeout), detach eBPF, stop the admin server. Returns whether the drain finished
-    /// in time.
-    pub fn shutdown(self) -> bool {
+    /// in time. A weir that was taken over finishes its drain instead, detaches nothing, hands
+    /// over its last counters, and returns true.
+    pub fn shutdown(mut self) -> bool {
+        match self.control.handoff.close(crate::takeover::CLOSE_WAIT) {
+            Shutdown::HandedOver { pid, deadline } => self.finish_handed_over(pid, deadline),
+            Shutdown::Normal => self.drain_and_stop(),
+        }
+    }
+
+    fn drain_and_stop(&mut self) -> bool {
+        if let Some(s) = self.handoff_server.take() {
+            s.stop();
+        }
         let drain_timeout = self.control.shared.snapshot.load().config.proxy.drain_timeout;
         self.control.draining.store(true, Ordering::SeqCst);
         // Detach steering first: new connects go where they were dialed (kube-proxy's path for
@@ -455,16 +714,53 @@ impl App {
             s.detach();
         }
         tracing::info!("draining (at most {} s)", drain_timeout.as_secs());
-        let clean = self.workers.drain(drain_timeout);
+        self.workers.begin_drain(Duration::ZERO);
+        let clean = self.workers.wait(Instant::now() + drain_timeout);
+        if !clean {
+            self.end_relays();
+        }
         if let Some(s) = self.control.shipper.lock().take() {
             s.stop(Duration::from_secs(2));
         }
         self.admin.stop(Duration::from_secs(2));
+        self.control.admin_socket.lock().take();
         if clean {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!("drain timeout reached with requests still in flight; exiting");
         }
         clean
+    }
+
+    /// The drain timeout is reached: the TCP relays still open end with a FIN (and what their
+    /// clients still send is relayed) rather than with the process; they get [`RELAY_LINGER`].
+    fn end_relays(&self) {
+        self.workers.end_relays();
+        let _ = self.workers.wait(Instant::now() + RELAY_LINGER);
+    }
+
+    fn finish_handed_over(&mut self, pid: u32, deadline: Instant) -> bool {
+        if let Some(s) = self.handoff_server.take() {
+            s.stop();
+        }
+        let clean = self.workers.wait(deadline);
+        if !clean {
+            self.end_relays();
+        }
+        // The last counters, once the workers have published theirs.
+        self.control.handoff.finish(Duration::from_secs(5));
+        if let Some(s) = self.control.shipper.lock().take() {
+            s.stop(Duration::from_secs(2));
+        }
+        self.control.admin_socket.lock().take();
+        if clean {
+            tracing::info!("handed over to {}; drained; exiting", crate::takeover::Who(pid));
+        } else {
+            tracing::warn!(
+                "handed over to {}; drain timeout reached, closing the connections still open; exiting",
+                crate::takeover::Who(pid)
+            );
+        }
+        true
     }
 }

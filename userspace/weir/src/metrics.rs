@@ -34,6 +34,7 @@ pub mod names {
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
     pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
     pub const LOCAL_RESOURCE: &str = "weir_local_resource_errors_total";
+    pub const HTTP2_CLOSED: &str = "weir_http2_connections_closed_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -42,6 +43,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
     pub const STEERING: &str = "weir_steering_kernel_events_total";
+    pub const TAKEOVERS: &str = "weir_takeovers_total";
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -82,10 +84,12 @@ impl Out {
     }
 }
 
-/// The merged stats of every worker.
+/// The merged stats of every worker, plus those inherited from the weir this one took over:
+/// counters continue across a takeover.
 pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    Merged::merge(shards.iter().map(|s| &**s))
+    let inherited = control.inherited.load();
+    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&inherited.stats)))
 }
 
 /// Renders `/metrics`.
@@ -204,6 +208,14 @@ pub fn render(control: &Control) -> String {
     );
     o.sample(LOCAL_RESOURCE, &[("op", "connect")], stats.counters.local_connect_errors);
     o.sample(LOCAL_RESOURCE, &[("op", "accept")], stats.counters.accept_errors);
+    o.family(
+        HTTP2_CLOSED,
+        "counter",
+        "HTTP/2 client connections weir closed for their behaviour: control-frame floods, its HTTP/2 abuse limits (ENHANCE_YOUR_CALM), other protocol errors, a GOAWAY the client never took.",
+    );
+    for reason in weir_core::stats::Http2Close::ALL {
+        o.sample(HTTP2_CLOSED, &[("reason", reason.as_str())], stats.counters.http2_closed[reason as usize]);
+    }
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,
@@ -212,9 +224,18 @@ pub fn render(control: &Control) -> String {
     );
     o.sample(ACCESS_LOG, &[("result", "shipped")], shipped);
     o.sample(ACCESS_LOG, &[("result", "dropped")], dropped);
+    let inherited = control.inherited.load();
+    let own = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     o.family(RELOADS, "counter", "Config reloads by result (a failed reload keeps the previous config).");
-    o.sample(RELOADS, &[("result", "success")], control.reloads_ok.load(Ordering::Relaxed));
-    o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
+    o.sample(RELOADS, &[("result", "success")], own(&control.reloads_ok) + inherited.totals.reloads_ok);
+    o.sample(RELOADS, &[("result", "failure")], own(&control.reloads_failed) + inherited.totals.reloads_failed);
+    o.family(
+        TAKEOVERS,
+        "counter",
+        "Takeovers of the running weir by a new one (weir run --takeover), by result: success (counted by the new weir) or failure (refused or failed; the running weir served on).",
+    );
+    o.sample(TAKEOVERS, &[("result", "success")], own(&control.takeovers_ok) + inherited.totals.takeovers_ok);
+    o.sample(TAKEOVERS, &[("result", "failure")], own(&control.takeovers_failed) + inherited.totals.takeovers_failed);
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
     o.family(

@@ -433,7 +433,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if steering.fail_after_ms < 1_000 {
         c.problem(
             &[Key("steering"), Key("fail_after_ms")],
-            format!("{} is below 1000: workers refresh their heartbeat once a second", steering.fail_after_ms),
+            format!(
+                "{} is below 1000: weir counts as down after this, and a busy machine can delay its heartbeat",
+                steering.fail_after_ms
+            ),
         );
     }
     if !steering.pin_dir.starts_with('/') {

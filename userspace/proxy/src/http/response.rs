@@ -94,8 +94,14 @@ pub fn parse_response(
     let view = buf.get(..max_head).unwrap_or(buf);
     // HTTP/1.2 and later 1.x are processed as 1.1 (RFC 9112 2.3): parse a copy that says 1.1
     // (rare; spans are offsets, so they hold for `buf` too).
+    // A head that ends right after the version digit (more to come) is read the same way, so
+    // that a prefix never says otherwise than the whole head.
     let minor = match view {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d, b' ', ..] if d.is_ascii_digit() && *d >= b'2' => Some(*d - b'0'),
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d, rest @ ..]
+            if d.is_ascii_digit() && *d >= b'2' && rest.first().is_none_or(|c| *c == b' ') =>
+        {
+            Some(*d - b'0')
+        }
         _ => None,
     };
     let res = match minor {

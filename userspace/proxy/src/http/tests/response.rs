@@ -127,6 +127,14 @@ fn http_1_2_status_lines_are_read_as_1_1() {
     assert_eq!((h.code, h.version, h.minor, h.body), (200, Version::Http11, 2, BodyFraming::ContentLength(2)));
     assert_eq!(ok_resp(b"HTTP/1.0 200 OK\r\n\r\n", false).minor, 0);
     bad_resp(b"HTTP/2.0 200 OK\r\n\r\n");
+    // Every prefix of such a head is only incomplete (found by the http_response fuzz target:
+    // the prefix ending at the version digit was refused as a bad version).
+    let src = b"HTTP/1.5 503 \r\nRetryLength: 0\r\n\r\n";
+    let mut h = ResponseHead::default();
+    for end in 0..src.len() {
+        assert_eq!(parse_response(&src[..end], &HeadLimits::default(), false, &mut h), Ok(Status::Partial), "{end}");
+    }
+    assert_eq!(parse_response(src, &HeadLimits::default(), false, &mut h), Ok(Status::Complete(src.len())));
 }
 
 #[test]
