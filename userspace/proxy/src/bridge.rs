@@ -33,8 +33,9 @@ impl ReqParts {
     pub fn from_h1(head: &RequestHead, src: &[u8], extra: &[(&[u8], &[u8])]) -> Option<ReqParts> {
         let method = http::Method::from_bytes(head.method_span.get(src)).ok()?;
         let path = match head.path.get(src) {
-            [] => Bytes::from_static(b"/"),
-            p => Bytes::copy_from_slice(p),
+            p if p.first() == Some(&b'/') => Bytes::copy_from_slice(p),
+            // An absolute-form target with an empty path, or only a query (RFC 9112 3.2.2).
+            p => Bytes::from([&b"/"[..], p].concat()),
         };
         let authority = Bytes::copy_from_slice(head.host.map_or(&b""[..], |h| h.get(src)));
         let mut headers = HeaderMap::with_capacity(head.headers.len() + extra.len());
