@@ -92,7 +92,16 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
                     Event::Quiet
                 } else {
-                    streams.next().await;
+                    // Every stream that can finish now does, before the connection is polled
+                    // (and flushed) again: their responses leave in one write, not one each.
+                    std::future::poll_fn(|cx| {
+                        let mut done = false;
+                        while let std::task::Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                            done = true;
+                        }
+                        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+                    })
+                    .await;
                     Event::StreamDone
                 }
             });
@@ -112,7 +121,9 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         match event {
             Event::Stream(req, mut respond) => {
                 if h2guard::admit(&mut respond, streams.len(), max_streams) {
-                    streams.push(stream(ctx, req, respond, peer, route));
+                    // Boxed: a stream's future is large (about 10 KB), and the set moves what it
+                    // is given into its own task allocation; a box moves as a pointer.
+                    streams.push(Box::pin(stream(ctx, req, respond, peer, route)));
                 }
             }
             Event::StreamDone => goaway_by = Instant::now() + write_timeout,
