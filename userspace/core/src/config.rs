@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod raw;
+pub mod selector;
 pub use raw::RawConfig;
 
 /// One thing wrong with a config, and where.
@@ -122,8 +123,30 @@ pub struct Config {
     pub steering: SteeringConfig,
     /// Access-log shipping.
     pub access_log: AccessLogConfig,
-    /// Services, in file order; a service's index is its id in the steering map.
+    /// Service discovery from the Kubernetes API.
+    pub kubernetes: KubernetesConfig,
+    /// Services, in file order (then the discovered ones, by name); a service's index is its
+    /// id in the steering map.
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[kubernetes]`: Services and EndpointSlices from the Kubernetes API become services beside
+/// the file's own. Read once at start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesConfig {
+    /// Watch the API. Default false.
+    pub enabled: bool,
+    /// A kubeconfig file; unset: the in-cluster service account, then `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (for `internalTrafficPolicy: Local` and topology hints); unset: the
+    /// `NODE_NAME` environment variable (the downward API).
+    pub node_name: Option<String>,
+    /// Label selector for Services (the API's syntax); empty: every Service.
+    pub service_selector: String,
+    /// Namespaces whose Services are never served. Default `["kube-system"]`.
+    pub exclude_namespaces: Vec<String>,
+    /// Protocol of a port that neither `appProtocol` nor its name decides. Default tcp.
+    pub default_protocol: Protocol,
 }
 
 /// `[proxy]`.
@@ -239,6 +262,26 @@ pub struct ServiceConfig {
     pub limits: LimitsConfig,
     /// Forwarding headers added to requests with the caller's address. Default none.
     pub forwarded_headers: ForwardedHeaders,
+    /// Further VIPs and `Host` names of a discovered service (a dual-stack Service's second
+    /// cluster IP, `NAME.NAMESPACE.svc`…). Never written in a file; empty for file services.
+    #[serde(skip_serializing_if = "ServiceAliases::is_empty")]
+    pub aliases: ServiceAliases,
+}
+
+/// More addresses and `Host` names routed to one service, besides its `vip` and `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceAliases {
+    /// Further virtual addresses (steered like `vip`).
+    pub vips: Vec<SocketAddr>,
+    /// Further `Host` header values (lowercase; a form with a port names it).
+    pub hosts: Vec<String>,
+}
+
+impl ServiceAliases {
+    /// No alias at all.
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.hosts.is_empty()
+    }
 }
 
 /// Which forwarding headers weir adds to requests it forwards (`forwarded_headers` in a
@@ -403,6 +446,13 @@ impl Config {
     /// The service with this name.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl ServiceConfig {
+    /// Every virtual address of the service: `vip`, then its aliases.
+    pub fn vips(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.vip).chain(self.aliases.vips.iter().copied())
     }
 }
 

@@ -89,6 +89,14 @@ impl Snapshot {
             if s.vip.port() == 80 {
                 by_host.insert(host_ip(s.vip.ip()), i);
             }
+            // A discovered service's further VIPs (dual stack) and Host names.
+            for v in &s.aliases.vips {
+                by_vip.insert(*v, i);
+                by_host.insert(v.to_string(), i);
+            }
+            for h in &s.aliases.hosts {
+                by_host.insert(h.clone(), i);
+            }
         }
         Snapshot {
             config: Arc::new(config),

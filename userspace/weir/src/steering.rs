@@ -316,10 +316,12 @@ impl Steering {
         for (id, s) in config.services.iter().enumerate() {
             let (fallback_addr, fallback_port) =
                 s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
-            want.insert(
-                service_key(s.vip),
-                ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
-            );
+            for vip in s.vips() {
+                want.insert(
+                    service_key(vip),
+                    ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+                );
+            }
         }
         let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> =
             HashMap::try_from(map_data(&mut self.ebpf, MAP_SERVICES)?)?;

@@ -1,0 +1,181 @@
+//! API objects to records, at once, as each arrives: the Service and EndpointSlice fields weir
+//! routes on and nothing else. Owns the per-object rules: which Services are skipped (headless,
+//! ExternalName, another proxy's, `default/kubernetes`, excluded namespaces), a port's protocol
+//! (`appProtocol`, then the name's prefix, then the default), an endpoint's conditions (missing
+//! ready means ready), and which node and zones it is for. Must not: combine objects (that is
+//! `cluster`), or keep the object.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weir_core::config::Protocol;
+
+use crate::annotations::{self, Rejected};
+use crate::record::{EndpointRecord, ObjectKey, PortRecord, ServiceRecord, Skip, SliceRecord, key};
+
+/// The label that names a slice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label of Services another service proxy serves (kube-proxy skips them too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// What conversion needs to know about this node and the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name (`[kubernetes] node_name` or `NODE_NAME`); `None`: unknown, so no
+    /// endpoint counts as local.
+    pub node_name: Option<String>,
+    /// Namespaces never served.
+    pub exclude_namespaces: Vec<String>,
+    /// A port's protocol when neither `appProtocol` nor its name says.
+    pub default_protocol: Protocol,
+}
+
+/// A Service as a record, with the annotations that were not applied.
+pub fn service(svc: &Service, settings: &Settings) -> Option<(ObjectKey, ServiceRecord, Vec<Rejected>)> {
+    let namespace = svc.metadata.namespace.as_deref()?;
+    let name = svc.metadata.name.as_deref()?;
+    let spec = svc.spec.as_ref();
+    let labels = svc.metadata.labels.as_ref();
+    let cluster_ips: Vec<IpAddr> = match spec.and_then(|s| s.cluster_ips.as_ref()) {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse().ok()).into_iter().collect(),
+    };
+    let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+    let ports: Vec<PortRecord> = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+            let name = p.name.clone().unwrap_or_default();
+            let protocol = protocol(p.app_protocol.as_deref(), &name, settings.default_protocol);
+            Some(PortRecord { name: name.into(), port, protocol })
+        })
+        .collect();
+    let skip = if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        Some(Skip::ExternalName)
+    } else if headless || cluster_ips.is_empty() {
+        Some(Skip::Headless)
+    } else if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+        Some(Skip::OtherProxy)
+    } else if namespace == "default" && name == "kubernetes" {
+        Some(Skip::ApiServer)
+    } else if settings.exclude_namespaces.iter().any(|n| n == namespace) {
+        Some(Skip::ExcludedNamespace)
+    } else if ports.is_empty() {
+        Some(Skip::NoTcpPort)
+    } else {
+        None
+    };
+    let empty = BTreeMap::new();
+    let (policy, rejected) = match skip {
+        None => annotations::policy(svc.metadata.annotations.as_ref().unwrap_or(&empty)),
+        Some(_) => (None, Vec::new()),
+    };
+    let local_only = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
+    let record = match skip {
+        // A skipped Service keeps only why, so its slices resolve to nothing.
+        Some(_) => ServiceRecord {
+            namespace: namespace.into(),
+            name: name.into(),
+            skip,
+            cluster_ips: Vec::new(),
+            ports: Vec::new(),
+            local_only: false,
+            policy: None,
+        },
+        None => ServiceRecord {
+            namespace: namespace.into(),
+            name: name.into(),
+            skip,
+            cluster_ips,
+            ports,
+            local_only,
+            policy,
+        },
+    };
+    Some((key(namespace, name), record, rejected))
+}
+
+/// A port's protocol: `appProtocol` (`http` → HTTP; `tcp`, `kubernetes.io/h2c`, `grpc` and any
+/// other named protocol → TCP, relayed byte for byte, since weir's HTTP path is HTTP/1.1), else
+/// the name (`http`, `http-…` → HTTP; `tcp`, `tcp-…`, `grpc`, `grpc-…` → TCP), else `default`.
+pub fn protocol(app_protocol: Option<&str>, port_name: &str, default: Protocol) -> Protocol {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => return Protocol::Http,
+        Some(_) => return Protocol::Tcp,
+        None => {}
+    }
+    let prefix = port_name.split('-').next().unwrap_or_default();
+    match prefix {
+        "http" => Protocol::Http,
+        "tcp" | "grpc" => Protocol::Tcp,
+        _ => default,
+    }
+}
+
+/// An EndpointSlice as a record, keyed by its own `namespace/name`; `None` for a slice that
+/// names no Service.
+pub fn slice(slice: &EndpointSlice, settings: &Settings) -> Option<(ObjectKey, SliceRecord)> {
+    let namespace = slice.metadata.namespace.as_deref()?;
+    let name = slice.metadata.name.as_deref()?;
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        // FQDN slices (deprecated) carry no address weir can dial.
+        return Some((
+            key(namespace, name),
+            SliceRecord { service: key(namespace, service), ports: vec![], endpoints: vec![] },
+        ));
+    }
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            Some((p.name.clone().unwrap_or_default().into(), u16::try_from(p.port?).ok().filter(|p| *p != 0)?))
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let addr: IpAddr = e.addresses.first()?.parse().ok()?;
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = settings.node_name.is_some() && e.node_name.as_deref() == settings.node_name.as_deref();
+            let zones = e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .filter(|z| !z.is_empty())
+                .map(|z| z.iter().map(|z| Box::from(z.name.as_str())).collect());
+            Some(EndpointRecord { addr, ready, serving, terminating, local, zones })
+        })
+        .collect();
+    Some((key(namespace, name), SliceRecord { service: key(namespace, service), ports, endpoints }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_comes_from_app_protocol_then_the_name_then_the_default() {
+        let d = Protocol::Tcp;
+        assert_eq!(protocol(Some("http"), "tcp-x", d), Protocol::Http);
+        assert_eq!(protocol(Some("kubernetes.io/h2c"), "http", d), Protocol::Tcp);
+        assert_eq!(protocol(Some("grpc"), "", d), Protocol::Tcp);
+        assert_eq!(protocol(None, "http-web", d), Protocol::Http);
+        assert_eq!(protocol(None, "http", d), Protocol::Http);
+        assert_eq!(protocol(None, "grpc-api", Protocol::Http), Protocol::Tcp);
+        assert_eq!(protocol(None, "web", d), Protocol::Tcp);
+        assert_eq!(protocol(None, "web", Protocol::Http), Protocol::Http);
+        assert_eq!(protocol(None, "httpx", d), Protocol::Tcp);
+    }
+}
