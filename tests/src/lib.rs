@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod kube_api;
+pub mod kube_objects;
 pub mod memcg;
 pub mod root;
 

@@ -85,6 +85,11 @@ pub struct Control {
     pub shipper: Mutex<Option<Shipper>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
+    /// The config file's config as last validated (a snapshot's config also holds the
+    /// discovered services).
+    pub file_config: Mutex<Config>,
+    /// Kubernetes discovery, when `[kubernetes] enabled`.
+    pub kubernetes: Option<crate::kubernetes::KubernetesState>,
 }
 
 impl Control {
@@ -101,8 +106,7 @@ impl Control {
     pub fn reload(&self) -> Result<(), String> {
         let _serial = self.reload_lock.lock();
         let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
-            let old = self.shared.snapshot.load_full();
-            let fixed = restart_only_changes(&old.config, &config);
+            let fixed = restart_only_changes(&self.file_config.lock(), &config);
             if !fixed.is_empty() {
                 return Err(format!(
                     "{}: {} cannot change while weir runs; restart weir to apply (nothing was applied)",
@@ -110,11 +114,8 @@ impl Control {
                     fixed.join(", ")
                 ));
             }
-            if let Some(steering) = self.steering.lock().as_mut() {
-                steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
-            }
-            let snapshot = Snapshot::build(config, old.workers, Some(&old));
-            self.shared.snapshot.store(Arc::new(snapshot));
+            self.publish(&config)?;
+            *self.file_config.lock() = config;
             Ok(())
         });
         match &result {
@@ -135,6 +136,33 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Publishes `file` with the discovered services beside it (when discovery is on): the
+    /// kernel's service map first, then the snapshot, in one atomic swap. The one path by
+    /// which a config reaches the workers after start; callers hold `reload_lock`.
+    fn publish(&self, file: &Config) -> Result<(), String> {
+        let old = self.shared.snapshot.load_full();
+        let config = match &self.kubernetes {
+            Some(k) => k.compose(file),
+            None => file.clone(),
+        };
+        if let Some(steering) = self.steering.lock().as_mut() {
+            steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
+        }
+        let snapshot = Snapshot::build(config, old.workers, Some(&old));
+        self.shared.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Publishes the running file config with the discovered services as they are now (after
+    /// discovery handed over a new set).
+    pub fn republish(&self) -> Result<(), String> {
+        let _serial = self.reload_lock.lock();
+        let file = self.file_config.lock().clone();
+        self.publish(&file)
+    }
+}
+
 /// Fields a running weir cannot apply (they are bound, attached or sized at start), that differ
 /// between `old` and `new`. A reload that changes any of them is rejected as a whole, so what
 /// runs is always exactly one file's config.
@@ -150,6 +178,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[admin] allow_non_loopback", old.admin.allow_non_loopback != new.admin.allow_non_loopback),
         ("[steering]", old.steering != new.steering),
         ("[access_log]", old.access_log != new.access_log),
+        ("[kubernetes]", old.kubernetes != new.kubernetes),
         ("a service's `listen`", service_listens(old) != service_listens(new)),
     ]
     .into_iter()
@@ -184,6 +213,7 @@ pub struct App {
     pub control: Arc<Control>,
     workers: Workers,
     admin: crate::admin::AdminServer,
+    discovery: Option<weir_discovery::Discovery>,
 }
 
 impl App {
@@ -262,7 +292,12 @@ impl App {
             stats: hub.shards,
             shipper: Mutex::new(shipper),
             memory,
+            file_config: Mutex::new(config.clone()),
+            kubernetes: config.kubernetes.enabled.then(crate::kubernetes::KubernetesState::new),
         });
+        // Discovery starts once the file's services serve: until both watches have listed,
+        // weir serves exactly what the file says (and /ready says so).
+        let discovery = crate::kubernetes::start(&control).context("starting Kubernetes discovery")?;
         if options.least_privilege {
             // The admin thread and everything it spawns inherit the reduced sets.
             crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
@@ -281,7 +316,7 @@ impl App {
             steering = control.steering.lock().is_some(),
             "weir is ready"
         );
-        Ok(App { control, workers: started, admin })
+        Ok(App { control, workers: started, admin, discovery })
     }
 
     /// The proxy address.
@@ -318,7 +353,10 @@ impl App {
     /// Drains and stops: not ready, stop accepting, finish in-flight requests (bounded by the
     /// drain timeout), detach eBPF, stop the admin server. Returns whether the drain finished
     /// in time.
-    pub fn shutdown(self) -> bool {
+    pub fn shutdown(mut self) -> bool {
+        if let Some(d) = self.discovery.take() {
+            d.stop(Duration::from_secs(2));
+        }
         let drain_timeout = self.control.shared.snapshot.load().config.proxy.drain_timeout;
         self.control.draining.store(true, Ordering::SeqCst);
         // Detach steering first: new connects go where they were dialed (kube-proxy's path for

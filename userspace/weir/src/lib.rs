@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 mod bpf_sys;
 pub mod cli;
+pub mod kubernetes;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -1,0 +1,93 @@
+//! Where Kubernetes discovery meets the rest of weir, in one place: the discovery thread hands
+//! over the whole discovered set after each batch; it is kept here and composed with the file
+//! config ([`weir_discovery::compose`]) whenever either changes, and published through
+//! `Control::republish`, the same path a file reload takes. Until both watches have listed
+//! once, weir serves the file's services only, and `/ready` and `weir_kubernetes_synced` say
+//! so. Must not: reach into the proxy: a discovered service is published as a file's is.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use weir_core::config::{Config, ServiceConfig};
+use weir_discovery::{Discovery, Options, Stats};
+
+use crate::app::Control;
+
+/// Discovery's state as the rest of weir sees it.
+#[derive(Debug, Default)]
+pub struct KubernetesState {
+    /// Counters and sync state, written by the discovery thread.
+    pub stats: Arc<Stats>,
+    /// The discovered services; `None` until both watches have listed once.
+    discovered: Mutex<Option<Arc<Vec<ServiceConfig>>>>,
+    /// File services left out of the last publication, and why.
+    pub conflicts: Mutex<Vec<String>>,
+}
+
+impl KubernetesState {
+    /// Nothing discovered yet.
+    pub fn new() -> KubernetesState {
+        KubernetesState::default()
+    }
+
+    /// `file` with the discovered services (none before the first sync); records the
+    /// conflicts.
+    pub fn compose(&self, file: &Config) -> Config {
+        let Some(discovered) = self.discovered.lock().clone() else { return file.clone() };
+        let composed = weir_discovery::compose(file, &discovered);
+        let mut conflicts = self.conflicts.lock();
+        if composed.conflicts != *conflicts {
+            for c in &composed.conflicts {
+                tracing::error!("kubernetes: {c}");
+            }
+            *conflicts = composed.conflicts;
+        }
+        self.stats.conflicts.store(conflicts.len() as u64, Ordering::Relaxed);
+        composed.config
+    }
+
+    /// The line `/ready` adds: whether discovered services are served.
+    pub fn ready_line(&self, file_services: usize) -> String {
+        if self.stats.synced.load(Ordering::Relaxed) {
+            format!(
+                "kubernetes: synced; {} discovered services and {file_services} from the config file\n",
+                self.stats.services.load(Ordering::Relaxed)
+            )
+        } else {
+            let why = self.stats.last_error.lock().clone().map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            format!(
+                "kubernetes: not synced with the API server yet{why}; serving the config file's {file_services} services only\n"
+            )
+        }
+    }
+}
+
+/// Starts discovery when `[kubernetes] enabled`: it publishes through `control`.
+pub fn start(control: &Arc<Control>) -> anyhow::Result<Option<Discovery>> {
+    let Some(state) = &control.kubernetes else { return Ok(None) };
+    let config = control.file_config.lock().clone();
+    let own_mark = control.steering.lock().is_some().then_some(config.steering.own_mark);
+    let mut options = Options::new(config.kubernetes.clone(), own_mark);
+    if let Some(ms) = std::env::var("WEIR_KUBERNETES_BATCH_MS").ok().and_then(|v| v.parse().ok()) {
+        options.batch = Duration::from_millis(ms);
+    }
+    let weak = Arc::downgrade(control);
+    let publish = Box::new(move |services: Vec<ServiceConfig>| {
+        let Some(control) = weak.upgrade() else { return };
+        let Some(state) = &control.kubernetes else { return };
+        let first = state.discovered.lock().replace(Arc::new(services)).is_none();
+        match control.republish() {
+            Ok(()) if first => tracing::info!(
+                services = state.stats.services.load(Ordering::Relaxed),
+                "kubernetes: synced with the API server; discovered services are served"
+            ),
+            Ok(()) => {}
+            Err(e) => tracing::error!(
+                "kubernetes: publishing the discovered services failed, the previous ones keep serving: {e}"
+            ),
+        }
+    });
+    Ok(Some(Discovery::start(options, state.stats.clone(), publish)?))
+}
