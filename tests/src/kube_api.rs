@@ -165,9 +165,10 @@ impl FakeApi {
         }
     }
 
-    /// A new API server on the same port with the same objects but a new history: every
-    /// version a client holds is older than it, so watches get 410 Gone and clients relist.
-    pub fn restart(mut self) -> FakeApi {
+    /// Replaces this server with a new one on the same port, with the same objects but a new
+    /// history: every version a client holds is older than it, so watches get 410 Gone and
+    /// clients relist. A stopped server comes back this way too.
+    pub fn restart(&mut self) {
         self.stop();
         let (objects, nodes, rv) = {
             let st = self.inner.state.lock();
@@ -184,7 +185,7 @@ impl FakeApi {
             }
             st.oldest = st.rv;
         }
-        next
+        *self = next;
     }
 
     /// A kubeconfig file (in `dir`) that points at this server.

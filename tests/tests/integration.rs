@@ -8,6 +8,7 @@ mod deploy;
 mod errors;
 mod http11;
 mod http11_interop;
+mod kubernetes;
 mod last_words;
 mod logging;
 mod memory;

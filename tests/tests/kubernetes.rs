@@ -1,0 +1,379 @@
+//! Root tier: Kubernetes discovery end to end. weir watches the test API server
+//! (`weir_tests::kube_api`) through a kubeconfig file, and a workload in a steered cgroup dials
+//! the ClusterIPs (127.10.20.0/24) it learned: every kube-proxy semantic weir implements, static
+//! stability when the API server fails or comes back with a new history, and conflicts with the
+//! config file.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weir_tests::kube_api::FakeApi;
+use weir_tests::kube_objects::{Ep, service, slice};
+use weir_tests::root::{Cgroup, probe, require_root};
+use weir_tests::{Client, Endpoint, Weir, eventually, free_port, scratch_dir};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
+
+/// Endpoints on 127.0.0.{2,3,…} sharing one port, as pods share a targetPort.
+fn endpoints(names: &[&str]) -> (Vec<Endpoint>, u16) {
+    let port = free_port();
+    let eps = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Endpoint::start_at(n, format!("127.0.0.{}:{port}", i + 2).parse().expect("addr")))
+        .collect();
+    (eps, port)
+}
+
+fn ip(e: &Endpoint) -> String {
+    e.addr.ip().to_string()
+}
+
+/// weir steering `cg`, discovering from `api` (node `node-a`), with `extra` TOML appended.
+fn start(cg: &Cgroup, api: &FakeApi, extra: &str) -> Weir {
+    let kubeconfig = api.kubeconfig(&scratch_dir("kubeconfig"));
+    Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\ncgroups = [\"{}\"]\n\
+         [access_log]\nsink = \"off\"\n[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\ndefault_protocol = \"http\"\n{extra}",
+        cg.path.display(),
+        kubeconfig.display()
+    ))
+}
+
+fn synced(weir: &Weir) {
+    eventually(Duration::from_secs(10), "kubernetes synced", || {
+        (weir.metric("weir_kubernetes_synced") == 1.0).then_some(())
+    });
+}
+
+/// Requests from inside the cgroup to `vip`.
+fn hits(cg: &Cgroup, vip: &str, n: usize) -> weir_tests::root::ProbeReport {
+    probe(PROBE, Some(cg), &["--addr", vip, "--requests", &n.to_string(), "--connections", "2"])
+}
+
+/// Waits until the endpoint set answering `vip` is exactly `want`.
+fn serves(cg: &Cgroup, vip: &str, want: &[&str], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = hits(cg, vip, 20);
+        let seen: Vec<String> =
+            r.json["endpoints"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        if r.num("ok") == 20 && r.num("via") == 20 && seen == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{vip} not served by exactly {want:?} within {within:?}: {:?}", r.json);
+    }
+}
+
+#[test]
+fn a_discovered_cluster_ip_is_steered_and_its_host_names_route() {
+    require_root();
+    let cg = Cgroup::create("k8s-basic");
+    let api = FakeApi::start();
+    let (eps, port) = endpoints(&["a", "b"]);
+    api.apply_service(service("shop", "web", &["127.10.20.1"], &[("http", 80)]));
+    api.apply_slice(slice(
+        "shop",
+        "web-1",
+        "web",
+        &[("http", port)],
+        &[Ep::ready(&ip(&eps[0])), Ep::ready(&ip(&eps[1]))],
+    ));
+    // The API server's own Service: never steered.
+    api.apply_service(service("default", "kubernetes", &["127.10.20.250"], &[("https", 443)]));
+    let weir = start(&cg, &api, "");
+    synced(&weir);
+
+    serves(&cg, "127.10.20.1:80", &["a", "b"], Duration::from_secs(5));
+    for host in ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "web.shop.svc.cluster.local:80"] {
+        let r = Client::connect(weir.proxy).get("/", host);
+        assert_eq!(r.status, 200, "Host {host}");
+    }
+    let status = weir.control().steering.lock().as_ref().map(|s| s.status()).expect("steering");
+    assert!(status.services.contains(&"127.10.20.1:80".to_string()), "{:?}", status.services);
+    assert!(!status.services.iter().any(|s| s.starts_with("127.10.20.250")), "default/kubernetes is steered");
+    let (code, body) = weir.admin_get("/ready");
+    assert_eq!(code, 200);
+    assert!(body.contains("kubernetes: synced; 1 discovered services"), "{body}");
+    assert_eq!(weir.metric("weir_kubernetes_services"), 1.0);
+    assert_eq!(weir.metric("weir_kubernetes_endpoints"), 2.0);
+    assert!(api.requests("watch") >= 2 && api.requests("list") >= 2);
+}
+
+#[test]
+fn endpoints_added_are_used_and_removed_or_terminating_ones_get_no_new_requests_within_a_second() {
+    require_root();
+    let cg = Cgroup::create("k8s-churn");
+    let api = FakeApi::start();
+    let (eps, port) = endpoints(&["a", "b", "c"]);
+    api.apply_service(service("shop", "cart", &["127.10.20.2"], &[("", 80)]));
+    let ports = [("", port)];
+    api.apply_slice(slice("shop", "cart-1", "cart", &ports, &[Ep::ready(&ip(&eps[0]))]));
+    let weir = start(&cg, &api, "");
+    synced(&weir);
+    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(5));
+
+    // Scaled up: a second slice with a new endpoint.
+    api.apply_slice(slice("shop", "cart-2", "cart", &ports, &[Ep::ready(&ip(&eps[1])), Ep::ready(&ip(&eps[2]))]));
+    serves(&cg, "127.10.20.2:80", &["a", "b", "c"], Duration::from_secs(1));
+
+    // b terminates while a slow request is in flight on it: the request finishes, and no new
+    // request reaches b within a second.
+    eps[1].set(weir_tests::Behavior::Delay(Duration::from_millis(1500)));
+    let t = Instant::now();
+    let inflight = std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            let mut c = Client::connect(weir.proxy);
+            let mut last = 0;
+            // Keep asking until b answers one (it is slow); bounded.
+            for _ in 0..30 {
+                let r = c.get("/", "cart.shop");
+                last = r.status;
+                if r.header("x-endpoint") == Some("b") {
+                    return (r.status, true);
+                }
+            }
+            (last, false)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        api.apply_slice(slice(
+            "shop",
+            "cart-2",
+            "cart",
+            &ports,
+            &[Ep::terminating(&ip(&eps[1])), Ep::ready(&ip(&eps[2]))],
+        ));
+        slow.join().expect("slow request")
+    });
+    assert_eq!(inflight, (200, true), "the in-flight request on the terminating endpoint did not finish");
+    eps[1].set(weir_tests::Behavior::Ok);
+    // Within a second of the change no new request reaches b.
+    let _ = t;
+    serves(&cg, "127.10.20.2:80", &["a", "c"], Duration::from_secs(1));
+    let before = eps[1].requests();
+    let r = hits(&cg, "127.10.20.2:80", 40);
+    assert_eq!((r.num("ok"), eps[1].requests()), (40, before), "{:?}", r.json);
+
+    // Removed: c's slice entry goes away.
+    api.apply_slice(slice("shop", "cart-2", "cart", &ports, &[]));
+    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(1));
+    // The last slice gone: nothing left to send to.
+    api.delete_slice("shop", "cart-1");
+    api.delete_slice("shop", "cart-2");
+    eventually(Duration::from_secs(2), "no endpoints", || {
+        (weir.metric("weir_kubernetes_endpoints") == 0.0).then_some(())
+    });
+    let r = hits(&cg, "127.10.20.2:80", 2);
+    assert_eq!(r.json["statuses"]["503"], json!(2), "{:?}", r.json);
+    // The Service deleted: its VIP is no longer steered (refused: nothing listens there).
+    api.delete_service("shop", "cart");
+    eventually(Duration::from_secs(2), "VIP unsteered", || {
+        (hits(&cg, "127.10.20.2:80", 1).num("via") == 0).then_some(())
+    });
+}
+
+#[test]
+fn conditions_local_policy_topology_hints_and_port_names() {
+    require_root();
+    let cg = Cgroup::create("k8s-semantics");
+    let api = FakeApi::start();
+    api.set_node("node-a", Some("zone-a"));
+    let (eps, port) = endpoints(&["a", "b", "c"]);
+    let ports = [("web", port)];
+    // Missing conditions mean ready; a not-ready endpoint is not used.
+    api.apply_service(service("shop", "cond", &["127.10.20.3"], &[("web", 80)]));
+    let mut no_conditions = Ep::ready(&ip(&eps[0]));
+    no_conditions.conditions = None;
+    api.apply_slice(slice("shop", "cond-1", "cond", &ports, &[no_conditions, Ep::not_ready(&ip(&eps[1]))]));
+    // internalTrafficPolicy Local: this node's endpoints only.
+    let mut local = service("shop", "local", &["127.10.20.4"], &[("web", 80)]);
+    local["spec"]["internalTrafficPolicy"] = json!("Local");
+    api.apply_service(local);
+    api.apply_slice(slice(
+        "shop",
+        "local-1",
+        "local",
+        &ports,
+        &[Ep::ready(&ip(&eps[0])).on("node-b"), Ep::ready(&ip(&eps[2])).on("node-a")],
+    ));
+    // Topology hints: every endpoint has one and one is for zone-a.
+    api.apply_service(service("shop", "zoned", &["127.10.20.5"], &[("web", 80)]));
+    api.apply_slice(slice(
+        "shop",
+        "zoned-1",
+        "zoned",
+        &ports,
+        &[Ep::ready(&ip(&eps[0])).for_zones(&["zone-b"]), Ep::ready(&ip(&eps[1])).for_zones(&["zone-a"])],
+    ));
+    // Two ports matched by name (the slice lists them in the other order); only serving
+    // terminating endpoints: they are used.
+    api.apply_service(service("shop", "two", &["127.10.20.6"], &[("web", 80), ("alt", 8080)]));
+    api.apply_slice(slice("shop", "two-1", "two", &[("alt", port), ("web", port)], &[Ep::terminating(&ip(&eps[2]))]));
+    let weir = start(&cg, &api, "");
+    synced(&weir);
+    serves(&cg, "127.10.20.3:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.4:80", &["c"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.5:80", &["b"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.6:80", &["c"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.6:8080", &["c"], Duration::from_secs(5));
+    let names: Vec<String> =
+        weir.control().shared.snapshot.load().config.services.iter().map(|s| s.name.clone()).collect();
+    assert!(names.contains(&"two.shop:web".to_string()) && names.contains(&"two.shop:alt".to_string()), "{names:?}");
+}
+
+#[test]
+fn services_weir_does_not_serve_are_skipped() {
+    require_root();
+    let cg = Cgroup::create("k8s-skip");
+    let api = FakeApi::start();
+    let (eps, port) = endpoints(&["a"]);
+    let ep = [Ep::ready(&ip(&eps[0]))];
+    let mut headless = weir_tests::kube_objects::fixture("service-headless.json");
+    headless["spec"]["clusterIPs"] = json!(["None"]);
+    api.apply_service(headless);
+    api.apply_service(weir_tests::kube_objects::fixture("service-externalname.json"));
+    let mut udp = service("shop", "dns", &["127.10.20.11"], &[("dns", 53)]);
+    udp["spec"]["ports"][0]["protocol"] = json!("UDP");
+    api.apply_service(udp);
+    let mut other = service("shop", "other", &["127.10.20.12"], &[("", 80)]);
+    other["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("someone-else");
+    api.apply_service(other);
+    api.apply_service(service("kube-system", "metrics", &["127.10.20.13"], &[("", 80)]));
+    let mut unselected = service("shop", "hidden", &["127.10.20.14"], &[("", 80)]);
+    unselected["metadata"]["labels"]["weir"] = json!("off");
+    api.apply_service(unselected);
+    api.apply_service(service("shop", "shown", &["127.10.20.15"], &[("", 80)]));
+    for svc in ["other", "hidden", "shown"] {
+        api.apply_slice(slice("shop", &format!("{svc}-1"), svc, &[("", port)], &ep));
+    }
+    api.apply_slice(slice("kube-system", "metrics-1", "metrics", &[("", port)], &ep));
+    let weir = start(&cg, &api, "service_selector = \"weir!=off\"\n");
+    synced(&weir);
+    serves(&cg, "127.10.20.15:80", &["a"], Duration::from_secs(5));
+    let names: Vec<String> =
+        weir.control().shared.snapshot.load().config.services.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["shown.shop"], "only the selected ClusterIP Service with a TCP port is served");
+    for vip in ["127.10.20.12:80", "127.10.20.13:80", "127.10.20.14:80"] {
+        assert_eq!(hits(&cg, vip, 1).num("via"), 0, "{vip} is steered");
+    }
+    assert!(weir.metric("weir_kubernetes_events_total{kind=\"service\",result=\"ignored\"}") >= 3.0);
+}
+
+#[test]
+fn annotations_set_policy_and_a_clashing_file_service_is_left_out() {
+    require_root();
+    let cg = Cgroup::create("k8s-annotations");
+    let api = FakeApi::start();
+    let (eps, port) = endpoints(&["a"]);
+    let mut svc = service("shop", "pay", &["127.10.20.21"], &[("", 80)]);
+    svc["metadata"]["annotations"] =
+        json!({"weir.dev/retry.attempts": "1", "weir.dev/lb": "round_robin", "weir.dev/timeouts.request_ms": "oops"});
+    api.apply_service(svc);
+    api.apply_slice(slice("shop", "pay-1", "pay", &[("", port)], &[Ep::ready(&ip(&eps[0]))]));
+    let file = format!(
+        "[[service]]\nname = \"pay.shop\"\nvip = \"127.10.20.99:80\"\nendpoints = [\"{}\"]\n\
+         [[service]]\nname = \"mine\"\nvip = \"127.10.20.98:80\"\nendpoints = [\"{}\"]\n",
+        eps[0].addr, eps[0].addr
+    );
+    let weir = start(&cg, &api, &file);
+    synced(&weir);
+    let snapshot = weir.control().shared.snapshot.load_full();
+    let pay = snapshot.config.service("pay.shop").expect("discovered pay.shop");
+    assert_eq!(pay.vip.to_string(), "127.10.20.21:80", "the discovered service wins");
+    assert_eq!((pay.retry.attempts, pay.lb), (1, weir_core::balance::LbPolicy::RoundRobin));
+    assert_eq!(pay.timeouts.request, weir_core::config::ServiceConfig::defaults().timeouts.request);
+    assert!(snapshot.config.service("mine").is_some(), "other file services keep serving");
+    assert_eq!(weir.metric("weir_kubernetes_annotation_errors_total"), 1.0);
+    assert_eq!(weir.metric("weir_kubernetes_file_conflicts"), 1.0);
+    let (_, config) = weir.admin_get("/config");
+    assert!(config.contains("service[0] \\\"pay.shop\\\" of the config file is not served"), "{config}");
+    serves(&cg, "127.10.20.21:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.98:80", &["a"], Duration::from_secs(5));
+    assert_eq!(hits(&cg, "127.10.20.99:80", 1).num("via"), 0, "the left-out file VIP is steered");
+}
+
+#[test]
+fn the_last_good_state_serves_while_the_api_server_fails_and_a_new_history_is_relisted() {
+    require_root();
+    let cg = Cgroup::create("k8s-stable");
+    let mut api = FakeApi::start();
+    let (eps, port) = endpoints(&["a", "b"]);
+    api.apply_service(service("shop", "inv", &["127.10.20.31"], &[("", 80)]));
+    api.apply_slice(slice("shop", "inv-1", "inv", &[("", port)], &[Ep::ready(&ip(&eps[0]))]));
+    let weir = start(&cg, &api, "");
+    synced(&weir);
+    serves(&cg, "127.10.20.31:80", &["a"], Duration::from_secs(5));
+
+    // 5xx, 429, a stall and cut watches: the service keeps serving.
+    for status in [Some(500), Some(503), Some(429)] {
+        api.fail_with(status);
+        let r = hits(&cg, "127.10.20.31:80", 20);
+        assert_eq!((r.num("ok"), r.by_endpoint("a")), (20, 20), "{:?}", r.json);
+    }
+    api.fail_with(None);
+    eventually(Duration::from_secs(30), "watch errors counted", || {
+        (weir.metric("weir_kubernetes_events_total{kind=\"service\",result=\"error\"}") > 0.0).then_some(())
+    });
+    api.stall(true);
+    assert_eq!(hits(&cg, "127.10.20.31:80", 20).num("ok"), 20);
+    api.stall(false);
+    api.cut();
+    api.apply_slice(slice("shop", "inv-1", "inv", &[("", port)], &[Ep::ready(&ip(&eps[0])), Ep::ready(&ip(&eps[1]))]));
+    serves(&cg, "127.10.20.31:80", &["a", "b"], Duration::from_secs(30));
+
+    // Killed and restarted with a new history, under load: a relist (410), no failed request.
+    let relists = weir.metric("weir_kubernetes_relists_total{kind=\"endpointslice\"}");
+    let load = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            probe(
+                PROBE,
+                Some(&cg),
+                &["--addr", "127.10.20.31:80", "--requests", "400", "--connections", "4", "--hold-ms", "1500"],
+            )
+        });
+        api.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        api.restart();
+        api.apply_slice(slice("shop", "inv-1", "inv", &[("", port)], &[Ep::ready(&ip(&eps[1]))]));
+        load.join().expect("load")
+    });
+    assert_eq!(load.num("ok"), 400, "requests failed across the API server's restart: {:?}", load.json);
+    serves(&cg, "127.10.20.31:80", &["b"], Duration::from_secs(30));
+    assert!(weir.metric("weir_kubernetes_relists_total{kind=\"endpointslice\"}") > relists, "no relist after 410");
+}
+
+#[test]
+fn a_restart_while_the_api_server_is_down_serves_the_file_and_says_so() {
+    require_root();
+    let cg = Cgroup::create("k8s-down");
+    let mut api = FakeApi::start();
+    let (eps, port) = endpoints(&["a"]);
+    api.apply_service(service("shop", "late", &["127.10.20.41"], &[("", 80)]));
+    api.apply_slice(slice("shop", "late-1", "late", &[("", port)], &[Ep::ready(&ip(&eps[0]))]));
+    let kubeconfig_dir = scratch_dir("kubeconfig");
+    let kubeconfig = api.kubeconfig(&kubeconfig_dir);
+    api.stop();
+    let file =
+        format!("[[service]]\nname = \"static\"\nvip = \"127.10.20.42:80\"\nendpoints = [\"{}\"]\n", eps[0].addr);
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\ncgroups = [\"{}\"]\n\
+         [access_log]\nsink = \"off\"\n[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\ndefault_protocol = \"http\"\n{file}",
+        cg.path.display(),
+        kubeconfig.display()
+    ));
+    let (code, body) = weir.admin_get("/ready");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("not synced with the API server yet") && body.contains("config file's 1 services only"),
+        "{body}"
+    );
+    assert_eq!(weir.metric("weir_kubernetes_synced"), 0.0);
+    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(5));
+    assert_eq!(hits(&cg, "127.10.20.41:80", 1).num("via"), 0);
+    // The API server comes back: discovery syncs, and the file's service still serves.
+    api.restart();
+    synced(&weir);
+    serves(&cg, "127.10.20.41:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(5));
+    drop(api);
+}
