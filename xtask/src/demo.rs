@@ -31,9 +31,14 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 200)]
     rate: u32,
     /// After this many seconds endpoint 3 starts answering 503, to show retries and ejection
-    /// (0 = never).
+    /// (0 = never; not with --kubernetes).
     #[arg(long, default_value_t = 5)]
     chaos_at: u64,
+    /// Learn the service from a (test) Kubernetes API server instead of the config file: the
+    /// Service `checkout` in namespace `demo` on ClusterIP 127.10.0.1:80; endpoint 3 is scaled
+    /// up after 5 s and endpoint 1 terminated after 10 s.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 #[derive(Args)]
@@ -83,6 +88,16 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     setup::setup()?;
     eprintln!("demo: building weir");
     run(Command::new("cargo").current_dir(root()).args(["build", "--quiet", "-p", "weir"]))?;
+    if args.kubernetes {
+        run(Command::new("cargo").current_dir(root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "weir-tests",
+            "--bin",
+            crate::demo_k8s::FAKE_API,
+        ]))?;
+    }
     let weir = root().join("target/debug/weir");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,12 +121,17 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config_path = dir.join("demo.toml");
     let access_log = dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
-    std::fs::write(
-        &config_path,
-        CONFIG
-            .replace("@DEMO_CGROUP@", &cgroup.display().to_string())
-            .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display())),
-    )?;
+    let mut config = CONFIG
+        .replace("@DEMO_CGROUP@", &cgroup.display().to_string())
+        .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display()));
+    let mut cluster = None;
+    if args.kubernetes {
+        let (api, process, table) = crate::demo_k8s::Cluster::start(&dir)?;
+        config = crate::demo_k8s::config(&config, &table);
+        cluster = Some(api);
+        cleanup.children.push(process);
+    }
+    std::fs::write(&config_path, config)?;
 
     eprintln!("demo: starting weir ({})", config_path.display());
     let weir_child = Command::new(&weir)
@@ -121,7 +141,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .spawn()
         .context("starting weir")?;
     cleanup.children.push(weir_child);
-    wait_ready(&mut cleanup.children[0])?;
+    wait_ready(cleanup.children.last_mut().context("weir")?)?;
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
     eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup.display(), args.rate);
@@ -135,8 +155,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
     {
         let (stop, failing) = (stop.clone(), failing.clone());
-        let chaos_at = args.chaos_at;
-        std::thread::spawn(move || monitor(stop, failing, chaos_at));
+        let chaos_at = if args.kubernetes { 0 } else { args.chaos_at };
+        let service = if args.kubernetes { crate::demo_k8s::SERVICE } else { "checkout" };
+        std::thread::spawn(move || monitor(stop, failing, chaos_at, service));
+    }
+    if let Some(cluster) = cluster.take() {
+        let stop = stop.clone();
+        std::thread::spawn(move || cluster.script(stop));
     }
     let status = loop {
         if stop.load(Ordering::SeqCst) {
@@ -196,7 +221,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 /// Once a second: weir's own RED for the service, from `/metrics` (rate and errors from the
 /// counters, p50/p99 from the histogram buckets' deltas), endpoint states and retries. At
 /// `chaos_at` seconds, endpoint 3 starts failing.
-fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64) {
+fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64, service: &str) {
     let start = Instant::now();
     let mut prev: Option<Red> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -205,13 +230,13 @@ fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64) {
             println!("demo: endpoint 3 now answers 503 to everything: watch weir retry and eject it");
         }
         let Ok((200, text)) = http_get(ADMIN.parse().expect("admin addr"), "/metrics") else { continue };
-        let red = Red::parse(&text);
+        let red = Red::parse(&text, service);
         if let Some(p) = &prev {
             let n = red.requests - p.requests;
             let q =
                 |q: f64| quantile(&p.buckets, &red.buckets, q).map_or("-".into(), |s| format!("{:.2}ms", s * 1000.0));
             println!(
-                "weir   t={:>3}s  checkout: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
+                "weir   t={:>3}s  {service}: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
                 start.elapsed().as_secs(),
                 red.server_errors - p.server_errors,
                 red.weir_errors - p.weir_errors,
@@ -226,7 +251,7 @@ fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64) {
     }
 }
 
-/// The checkout service's RED numbers from one scrape.
+/// One service's RED numbers from one scrape.
 struct Red {
     requests: f64,
     server_errors: f64,
@@ -239,7 +264,7 @@ struct Red {
 }
 
 impl Red {
-    fn parse(text: &str) -> Red {
+    fn parse(text: &str, service: &str) -> Red {
         let mut r = Red {
             requests: 0.0,
             server_errors: 0.0,
@@ -249,7 +274,8 @@ impl Red {
             ejected: 0.0,
             buckets: Vec::new(),
         };
-        for line in text.lines().filter(|l| l.contains("service=\"checkout\"")) {
+        let label = format!("service=\"{service}\"");
+        for line in text.lines().filter(|l| l.contains(&label)) {
             let Some((name, value)) = line.rsplit_once(' ') else { continue };
             let v: f64 = value.parse().unwrap_or(0.0);
             if name.starts_with("weir_requests_total") {

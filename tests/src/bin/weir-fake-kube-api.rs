@@ -11,11 +11,8 @@ use weir_tests::kube_api::FakeApi;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let kubeconfig = args
-        .iter()
-        .position(|a| a == "--kubeconfig")
-        .and_then(|i| args.get(i + 1))
-        .expect("--kubeconfig PATH");
+    let kubeconfig =
+        args.iter().position(|a| a == "--kubeconfig").and_then(|i| args.get(i + 1)).expect("--kubeconfig PATH");
     let api = FakeApi::start();
     let path = std::path::Path::new(kubeconfig);
     let written = api.kubeconfig(path.parent().expect("a directory"));
@@ -33,7 +30,8 @@ fn main() {
             (Some("apply"), Some("Service")) => api.apply_service(cmd["object"].clone()),
             (Some("apply"), Some("EndpointSlice")) => api.apply_slice(cmd["object"].clone()),
             (Some("delete"), Some(kind)) => {
-                let (ns, name) = (cmd["namespace"].as_str().unwrap_or_default(), cmd["name"].as_str().unwrap_or_default());
+                let (ns, name) =
+                    (cmd["namespace"].as_str().unwrap_or_default(), cmd["name"].as_str().unwrap_or_default());
                 if kind == "Service" {
                     api.delete_service(ns, name);
                 } else {

@@ -161,7 +161,13 @@ fn main() {
     // another real endpoint; a poller per change measures until weir routes to it.
     for i in 0..100 {
         let name = format!("s{i}");
-        api.apply_slice(slice("bench", &format!("{name}-1"), &name, &[("http", mover_port(0))], &[Ep::ready("127.0.0.1")]));
+        api.apply_slice(slice(
+            "bench",
+            &format!("{name}-1"),
+            &name,
+            &[("http", mover_port(0))],
+            &[Ep::ready("127.0.0.1")],
+        ));
     }
     eventually(Duration::from_secs(30), "movers routed", || routed(weir.proxy, "s99.bench", Some("m0")).then_some(()));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -179,7 +185,13 @@ fn main() {
         let target = 1 + (n / 100) % (movers.len() - 1);
         let name = format!("s{svc}");
         let t0 = Instant::now();
-        api.apply_slice(slice("bench", &format!("{name}-1"), &name, &[("http", mover_port(target))], &[Ep::ready("127.0.0.1")]));
+        api.apply_slice(slice(
+            "bench",
+            &format!("{name}-1"),
+            &name,
+            &[("http", mover_port(target))],
+            &[Ep::ready("127.0.0.1")],
+        ));
         let (lat, missed, proxy) = (lat.clone(), missed.clone(), weir.proxy);
         let want = format!("m{target}");
         pollers.push(std::thread::spawn(move || {
@@ -209,7 +221,8 @@ fn main() {
 
     // 4. A relist of everything: the history is compacted and every watch gets 410 Gone.
     let rss_before_relist = rss_kib(pid);
-    let relists_before = weir_tests::metric_value(&admin_metrics(weir.admin), "weir_kubernetes_relists_total{kind=\"endpointslice\"}");
+    let relists_before =
+        weir_tests::metric_value(&admin_metrics(weir.admin), "weir_kubernetes_relists_total{kind=\"endpointslice\"}");
     let ((), rss_relist_peak) = peak_rss_during(pid, || {
         api.compact();
         eventually(Duration::from_secs(120), "relist done", || {

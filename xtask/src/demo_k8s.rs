@@ -1,0 +1,136 @@
+//! `cargo xtask demo --kubernetes`: the demo's service comes from a Kubernetes API server
+//! instead of the config file. The test API server (`weir-fake-kube-api`, from the tests
+//! package) serves the Service `checkout` in namespace `demo` on ClusterIP 127.10.0.1:80 and
+//! one EndpointSlice per demo endpoint (each endpoint has its own port); weir reaches it through
+//! a kubeconfig file. While the demo runs, endpoint 3 is scaled up (a new slice) and endpoint 1
+//! terminated (terminating, then gone), and the per-second lines show weir following.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::root;
+
+/// The test API server binary (package weir-tests).
+pub const FAKE_API: &str = "weir-fake-kube-api";
+/// The discovered service's name.
+pub const SERVICE: &str = "checkout.demo";
+
+const SERVICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/service-clusterip.json");
+const SLICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/endpointslice.json");
+const PORTS: [u16; 3] = [18081, 18082, 18083];
+
+/// The pipe that changes the test API server's cluster.
+pub struct Cluster {
+    stdin: ChildStdin,
+}
+
+fn service() -> Value {
+    let mut s: Value = serde_json::from_str(SERVICE_FIXTURE).expect("fixture");
+    s["metadata"]["name"] = json!("checkout");
+    s["metadata"]["namespace"] = json!("demo");
+    s["spec"]["clusterIP"] = json!("127.10.0.1");
+    s["spec"]["clusterIPs"] = json!(["127.10.0.1"]);
+    s["spec"]["ports"] = json!([{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]);
+    s
+}
+
+/// The slice of demo endpoint `n` (1..=3): ready, or terminating.
+fn slice(n: usize, terminating: bool) -> Value {
+    let mut s: Value = serde_json::from_str(SLICE_FIXTURE).expect("fixture");
+    s["metadata"]["name"] = json!(format!("checkout-{n}"));
+    s["metadata"]["namespace"] = json!("demo");
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!("checkout");
+    s["ports"] = json!([{"name": "http", "protocol": "TCP", "port": PORTS[n - 1]}]);
+    let conditions = if terminating {
+        json!({"ready": false, "serving": true, "terminating": true})
+    } else {
+        json!({"ready": true, "serving": true, "terminating": false})
+    };
+    s["endpoints"] = json!([{"addresses": ["127.0.0.1"], "conditions": conditions, "nodeName": "demo-node"}]);
+    s
+}
+
+impl Cluster {
+    /// Starts the test API server with the Service and the slices of endpoints 1 and 2;
+    /// returns its pipe, its process (stopped with the demo's other children) and the
+    /// `[kubernetes]` table that points weir at it.
+    pub fn start(dir: &Path) -> anyhow::Result<(Cluster, Child, String)> {
+        let kubeconfig = dir.join("kubeconfig");
+        let mut child = Command::new(root().join("target/debug").join(FAKE_API))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the test Kubernetes API server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        eprintln!("demo: test Kubernetes API server on http://{} (kubeconfig {})", line.trim(), kubeconfig.display());
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut cluster = Cluster { stdin };
+        cluster.send(json!({"op": "apply", "object": service()}))?;
+        cluster.send(json!({"op": "apply", "object": slice(1, false)}))?;
+        cluster.send(json!({"op": "apply", "object": slice(2, false)}))?;
+        let table = format!(
+            "[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nnode_name = \"demo-node\"\ndefault_protocol = \"http\"\n",
+            kubeconfig.display()
+        );
+        Ok((cluster, child, table))
+    }
+
+    fn send(&mut self, cmd: Value) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{cmd}").context("writing to the test API server")
+    }
+
+    /// The demo's story: endpoint 3 scaled up at 5 s, endpoint 1 terminating at 10 s and gone
+    /// at 13 s.
+    pub fn script(mut self, stop: Arc<AtomicBool>) {
+        let start = Instant::now();
+        let steps: [(u64, &str, Value); 3] = [
+            (
+                5,
+                "endpoint 3 scaled up (EndpointSlice checkout-3 added)",
+                json!({"op": "apply", "object": slice(3, false)}),
+            ),
+            (
+                10,
+                "endpoint 1 terminating (ready: false, terminating: true): it gets no new requests",
+                json!({"op": "apply", "object": slice(1, true)}),
+            ),
+            (
+                13,
+                "endpoint 1 gone (EndpointSlice checkout-1 deleted)",
+                json!({"op": "delete", "kind": "EndpointSlice", "namespace": "demo", "name": "checkout-1"}),
+            ),
+        ];
+        for (at, what, cmd) in steps {
+            while start.elapsed() < Duration::from_secs(at) {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("demo: kubernetes: {what}");
+            if self.send(cmd).is_err() {
+                return;
+            }
+        }
+        // Keep stdin open (the server exits when it closes) until the demo stops.
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The demo config without its file service, with `table` appended.
+pub fn config(base: &str, table: &str) -> String {
+    let head = base.split("\n[[service]]").next().unwrap_or(base);
+    format!("{head}\n{table}")
+}
