@@ -141,7 +141,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .spawn()
         .context("starting weir")?;
     cleanup.children.push(weir_child);
-    wait_ready(cleanup.children.last_mut().context("weir")?)?;
+    // With discovery, the workload starts once the discovered service is served.
+    let ready_body = if args.kubernetes { "kubernetes: synced" } else { "" };
+    wait_ready(cleanup.children.last_mut().context("weir")?, ready_body)?;
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
     eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup.display(), args.rate);
@@ -192,13 +194,15 @@ fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_ready(weir: &mut Child) -> anyhow::Result<()> {
+fn wait_ready(weir: &mut Child, body_has: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(status) = weir.try_wait()? {
             bail!("weir exited during start: {status}");
         }
-        if let Ok((200, _)) = http_get(ADMIN.parse()?, "/ready") {
+        if let Ok((200, body)) = http_get(ADMIN.parse()?, "/ready")
+            && body.contains(body_has)
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));

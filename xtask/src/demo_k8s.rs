@@ -75,6 +75,7 @@ impl Cluster {
         eprintln!("demo: test Kubernetes API server on http://{} (kubeconfig {})", line.trim(), kubeconfig.display());
         let stdin = child.stdin.take().context("stdin")?;
         let mut cluster = Cluster { stdin };
+        cluster.send(json!({"op": "node", "name": "demo-node", "zone": "demo-zone"}))?;
         cluster.send(json!({"op": "apply", "object": service()}))?;
         cluster.send(json!({"op": "apply", "object": slice(1, false)}))?;
         cluster.send(json!({"op": "apply", "object": slice(2, false)}))?;

@@ -273,9 +273,13 @@ async fn node_zone(nodes: Api<Node>, node: String, tx: tokio::sync::mpsc::Sender
                 return;
             }
             Err(e) => {
-                tracing::warn!(
-                    "kubernetes: reading node {node} (for its zone): {e}; topology hints unused until it answers"
-                );
+                if backoff <= Duration::from_millis(500) {
+                    tracing::warn!(
+                        "kubernetes: reading node {node} (for its zone): {e}; topology hints unused until it answers"
+                    );
+                } else {
+                    tracing::debug!("kubernetes: reading node {node}: {e}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
