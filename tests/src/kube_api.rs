@@ -294,7 +294,8 @@ impl FakeApi {
         self.inner.changed.notify_all();
     }
 
-    /// Requests served so far by kind (`list`, `watch`, `node`, `failed`…).
+    /// Requests served so far by kind: `list`, `watch` (a watch that streams), `gone` (a watch
+    /// answered 410 Gone), `node`, `failed` (answered with the `fail_with` status).
     pub fn requests(&self, what: &str) -> u64 {
         self.inner.state.lock().requests.get(what).copied().unwrap_or(0)
     }
@@ -433,7 +434,6 @@ fn serve(inner: &Inner, stream: TcpStream) -> std::io::Result<()> {
         Err(e) => return write_json(&mut s, 400, &status(400, "BadRequest", &e), ""),
     };
     if req.query.get("watch").is_some_and(|v| v == "true" || v == "1") {
-        count(inner, "watch");
         watch(inner, s, resource, &selector, &req)
     } else {
         count(inner, "list");
@@ -534,6 +534,8 @@ fn watch(
     )?;
     let ends = Instant::now() + timeout;
     let mut st = inner.state.lock();
+    // `watch`: a watch that streams; `gone`: one answered 410 Gone.
+    *st.requests.entry(if from < st.oldest { "gone" } else { "watch" }.to_string()).or_default() += 1;
     if from < st.oldest {
         drop(st);
         chunk(
