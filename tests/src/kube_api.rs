@@ -535,7 +535,8 @@ fn watch(
     let ends = Instant::now() + timeout;
     let mut st = inner.state.lock();
     // `watch`: a watch that streams; `gone`: one answered 410 Gone.
-    *st.requests.entry(if from < st.oldest { "gone" } else { "watch" }.to_string()).or_default() += 1;
+    let what = if from < st.oldest { "gone" } else { "watch" };
+    *st.requests.entry(what.to_string()).or_default() += 1;
     if from < st.oldest {
         drop(st);
         chunk(

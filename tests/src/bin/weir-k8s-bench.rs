@@ -105,6 +105,7 @@ fn main() {
     let change_seconds = arg("--change-seconds", 20);
     let rate = arg("--changes-per-second", 100);
     let requests = arg("--requests", 20_000);
+    let (records_kib, snapshot_kib) = attribute(services, per_slice);
     let bin = std::env::current_exe().expect("exe").with_file_name("weir-cli");
     assert!(bin.is_file(), "{} is missing: build the weir-tests binaries first", bin.display());
 
@@ -295,6 +296,11 @@ fn main() {
     );
     println!("| weir RSS right after an initial sync of the big cluster | {} | — | |", mib(rss_fresh));
     println!(
+        "| of which, built alone in the bench process: discovery's records (and their resolved services) / one snapshot of the composed config | {} / {} | — | |",
+        mib(records_kib),
+        mib(snapshot_kib)
+    );
+    println!(
         "| RSS during a full relist (410 Gone on every watch, {} to list again): before → peak | {} → {} (×{relist_ratio:.2}) | never doubles | {} |",
         ms(relist_time),
         mib(rss_before_relist),
@@ -309,6 +315,44 @@ fn main() {
         us(big_p99)
     );
     println!();
+}
+
+/// What discovery's records and a snapshot of the big cluster take, built here (in this
+/// process, before anything else is): the RSS each adds.
+fn attribute(services: usize, per_slice: usize) -> (u64, u64) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use weir_discovery::convert::{self, Settings};
+    let me = std::process::id();
+    let settings = Settings {
+        node_name: Some("node-a".into()),
+        exclude_namespaces: vec!["kube-system".into()],
+        default_protocol: weir_core::config::Protocol::Http,
+    };
+    let before = rss_kib(me);
+    let mut cluster = weir_discovery::Cluster::new();
+    for i in 0..services {
+        let name = format!("s{i}");
+        let svc: Service =
+            serde_json::from_value(service("bench", &name, &[&cluster_ip(i)], &[("http", 80)])).expect("a Service");
+        let (key, record, _) = convert::service(&svc, &settings).expect("converts");
+        cluster.apply_service(key, record);
+        let eps: Vec<Ep> = (0..per_slice).map(|j| Ep::ready(&fake_ip(i * per_slice + j))).collect();
+        let sl: EndpointSlice =
+            serde_json::from_value(slice("bench", &format!("{name}-1"), &name, &[("http", 8080)], &eps))
+                .expect("a slice");
+        let (key, record) = convert::slice(&sl, &settings).expect("converts");
+        cluster.apply_slice(key, record);
+    }
+    cluster.resolve();
+    let records = rss_kib(me).saturating_sub(before);
+    let file = weir_core::config::Config::parse("", std::path::Path::new("bench")).expect("empty config");
+    let before = rss_kib(me);
+    let config = weir_discovery::compose(&file, &cluster.services()).config;
+    let snapshot = weir_proxy::Snapshot::build(config, 2, None);
+    let snap = rss_kib(me).saturating_sub(before);
+    assert_eq!(snapshot.services.len(), services);
+    (records, snap)
 }
 
 fn admin_metrics(admin: std::net::SocketAddr) -> String {

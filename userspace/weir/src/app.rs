@@ -295,13 +295,14 @@ impl App {
             file_config: Mutex::new(config.clone()),
             kubernetes: config.kubernetes.enabled.then(crate::kubernetes::KubernetesState::new),
         });
-        // Discovery starts once the file's services serve: until both watches have listed,
-        // weir serves exactly what the file says (and /ready says so).
-        let discovery = crate::kubernetes::start(&control).context("starting Kubernetes discovery")?;
         if options.least_privilege {
             // The admin thread and everything it spawns inherit the reduced sets.
             crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
         }
+        // Discovery starts once the file's services serve (its thread inherits the reduced
+        // sets: NET_ADMIN stays while steering is on, for the mark on its API sockets). Until
+        // both watches have listed, weir serves exactly what the file says, and /ready says so.
+        let discovery = crate::kubernetes::start(&control).context("starting Kubernetes discovery")?;
         let admin = crate::admin::AdminServer::start(admin_listener, control.clone())?;
         // Loading the eBPF object parses the kernel's BTF (megabytes); give that memory back.
         // SAFETY: malloc_trim has no preconditions.
