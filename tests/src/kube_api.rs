@@ -284,9 +284,11 @@ impl FakeApi {
         self.inner.changed.notify_all();
     }
 
-    /// Forgets the history up to now: a watch from an older version gets 410 Gone.
+    /// Forgets the history up to now, and cuts every watch: a client's next watch is from a
+    /// version older than what is left, gets 410 Gone, and the client relists.
     pub fn compact(&self) {
         let mut st = self.inner.state.lock();
+        st.rv += 1;
         st.oldest = st.rv;
         st.history.clear();
         st.cut_epoch += 1;

@@ -55,7 +55,8 @@ fn mib(kib: u64) -> String {
 fn latency(proxy: std::net::SocketAddr, n: usize) -> (Duration, Duration) {
     let mut c = Client::connect(proxy);
     let mut samples = Vec::with_capacity(n);
-    for _ in 0..200 {
+    // Warm up: connections, pools, the CPU's caches.
+    for _ in 0..n.min(5_000) {
         c.get("/", "probe.bench");
     }
     for _ in 0..n {
