@@ -163,6 +163,9 @@ async fn run(
     let mut relisting = [false, false];
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut published = false;
+    // While the watches run without error, discovery is in step with the API even when
+    // nothing changes: the sync time moves on every tick.
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let until = deadline;
         let wait = async move {
@@ -175,6 +178,11 @@ async fn run(
         tokio::select! {
             _ = &mut stop => return,
             Some(zone) = zone_rx.recv() => cluster.set_zone(zone.as_deref()),
+            _ = tick.tick() => {
+                if published && stats.last_error.lock().is_none() {
+                    stats.last_sync_unix.store(unix_now(), Ordering::Relaxed);
+                }
+            }
             () = wait => {
                 deadline = None;
                 if relisting.iter().any(|r| *r) {
@@ -252,6 +260,10 @@ async fn run(
                             cluster.delete_slice(&key(ns, name));
                         }
                     }
+                }
+                if !relisting[k] {
+                    // A watch event arrived: that watch works again.
+                    stats.last_error.lock().take();
                 }
                 if listed.iter().all(|l| *l) && (cluster.is_dirty() || !published) && deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + options.batch);
