@@ -41,7 +41,7 @@ fn start(cg: &Cgroup, api: &FakeApi, extra: &str) -> Weir {
 }
 
 fn synced(weir: &Weir) {
-    eventually(Duration::from_secs(10), "kubernetes synced", || {
+    eventually(Duration::from_secs(20), "kubernetes synced", || {
         (weir.metric("weir_kubernetes_synced") == 1.0).then_some(())
     });
 }
@@ -65,6 +65,21 @@ fn serves(cg: &Cgroup, vip: &str, want: &[&str], within: Duration) {
     }
 }
 
+/// Waits until the running snapshot gives service `name` exactly the endpoints `want` (what
+/// every worker routes on from then on) and returns how long that took.
+fn routed_within(weir: &Weir, name: &str, want: &[std::net::SocketAddr], within: Duration) -> Duration {
+    let t = Instant::now();
+    eventually(within, &format!("{name} routed to exactly {want:?}"), || {
+        let snapshot = weir.control().shared.snapshot.load();
+        let mut have: Vec<_> = snapshot.config.service(name)?.endpoints.iter().map(|e| e.addr).collect();
+        have.sort();
+        let mut want = want.to_vec();
+        want.sort();
+        (have == want).then_some(())
+    });
+    t.elapsed()
+}
+
 #[test]
 fn a_discovered_cluster_ip_is_steered_and_its_host_names_route() {
     require_root();
@@ -84,7 +99,7 @@ fn a_discovered_cluster_ip_is_steered_and_its_host_names_route() {
     let weir = start(&cg, &api, "");
     synced(&weir);
 
-    serves(&cg, "127.10.20.1:80", &["a", "b"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.1:80", &["a", "b"], Duration::from_secs(15));
     for host in ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "web.shop.svc.cluster.local:80"] {
         let r = Client::connect(weir.proxy).get("/", host);
         assert_eq!(r.status, 200, "Host {host}");
@@ -106,20 +121,25 @@ fn endpoints_added_are_used_and_removed_or_terminating_ones_get_no_new_requests_
     let cg = Cgroup::create("k8s-churn");
     let api = FakeApi::start();
     let (eps, port) = endpoints(&["a", "b", "c"]);
-    api.apply_service(service("shop", "cart", &["127.10.20.2"], &[("", 80)]));
+    // Round robin: the in-flight request below reaches b within a few requests.
+    let mut cart = service("shop", "cart", &["127.10.20.2"], &[("", 80)]);
+    cart["metadata"]["annotations"] = json!({"weir.dev/lb": "round_robin"});
+    api.apply_service(cart);
     let ports = [("", port)];
     api.apply_slice(slice("shop", "cart-1", "cart", &ports, &[Ep::ready(&ip(&eps[0]))]));
     let weir = start(&cg, &api, "");
     synced(&weir);
-    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(15));
 
-    // Scaled up: a second slice with a new endpoint.
+    // Scaled up: a second slice with two new endpoints, routed within a second.
     api.apply_slice(slice("shop", "cart-2", "cart", &ports, &[Ep::ready(&ip(&eps[1])), Ep::ready(&ip(&eps[2]))]));
-    serves(&cg, "127.10.20.2:80", &["a", "b", "c"], Duration::from_secs(1));
+    routed_within(&weir, "cart.shop", &[eps[0].addr, eps[1].addr, eps[2].addr], Duration::from_secs(1));
+    serves(&cg, "127.10.20.2:80", &["a", "b", "c"], Duration::from_secs(10));
 
     // b terminates while a slow request is in flight on it: the request finishes, and no new
     // request reaches b within a second.
     eps[1].set(weir_tests::Behavior::Delay(Duration::from_millis(1500)));
+    let b_before = eps[1].requests();
     let t = Instant::now();
     let inflight = std::thread::scope(|s| {
         let slow = s.spawn(|| {
@@ -135,7 +155,10 @@ fn endpoints_added_are_used_and_removed_or_terminating_ones_get_no_new_requests_
             }
             (last, false)
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // b has the request (and holds it for 1.5 s): now it terminates.
+        eventually(Duration::from_secs(10), "a request in flight on b", || {
+            (eps[1].requests() > b_before).then_some(())
+        });
         api.apply_slice(slice(
             "shop",
             "cart-2",
@@ -149,14 +172,16 @@ fn endpoints_added_are_used_and_removed_or_terminating_ones_get_no_new_requests_
     eps[1].set(weir_tests::Behavior::Ok);
     // Within a second of the change no new request reaches b.
     let _ = t;
-    serves(&cg, "127.10.20.2:80", &["a", "c"], Duration::from_secs(1));
+    routed_within(&weir, "cart.shop", &[eps[0].addr, eps[2].addr], Duration::from_secs(1));
+    serves(&cg, "127.10.20.2:80", &["a", "c"], Duration::from_secs(10));
     let before = eps[1].requests();
     let r = hits(&cg, "127.10.20.2:80", 40);
     assert_eq!((r.num("ok"), eps[1].requests()), (40, before), "{:?}", r.json);
 
     // Removed: c's slice entry goes away.
     api.apply_slice(slice("shop", "cart-2", "cart", &ports, &[]));
-    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(1));
+    routed_within(&weir, "cart.shop", &[eps[0].addr], Duration::from_secs(1));
+    serves(&cg, "127.10.20.2:80", &["a"], Duration::from_secs(10));
     // The last slice gone: nothing left to send to.
     api.delete_slice("shop", "cart-1");
     api.delete_slice("shop", "cart-2");
@@ -211,11 +236,11 @@ fn conditions_local_policy_topology_hints_and_port_names() {
     api.apply_slice(slice("shop", "two-1", "two", &[("alt", port), ("web", port)], &[Ep::terminating(&ip(&eps[2]))]));
     let weir = start(&cg, &api, "");
     synced(&weir);
-    serves(&cg, "127.10.20.3:80", &["a"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.4:80", &["c"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.5:80", &["b"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.6:80", &["c"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.6:8080", &["c"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.3:80", &["a"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.4:80", &["c"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.5:80", &["b"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.6:80", &["c"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.6:8080", &["c"], Duration::from_secs(15));
     let names: Vec<String> =
         weir.control().shared.snapshot.load().config.services.iter().map(|s| s.name.clone()).collect();
     assert!(names.contains(&"two.shop:web".to_string()) && names.contains(&"two.shop:alt".to_string()), "{names:?}");
@@ -249,7 +274,7 @@ fn services_weir_does_not_serve_are_skipped() {
     api.apply_slice(slice("kube-system", "metrics-1", "metrics", &[("", port)], &ep));
     let weir = start(&cg, &api, "service_selector = \"weir!=off\"\n");
     synced(&weir);
-    serves(&cg, "127.10.20.15:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.15:80", &["a"], Duration::from_secs(15));
     let names: Vec<String> =
         weir.control().shared.snapshot.load().config.services.iter().map(|s| s.name.clone()).collect();
     assert_eq!(names, ["shown.shop"], "only the selected ClusterIP Service with a TCP port is served");
@@ -287,8 +312,8 @@ fn annotations_set_policy_and_a_clashing_file_service_is_left_out() {
     assert_eq!(weir.metric("weir_kubernetes_file_conflicts"), 1.0);
     let (_, config) = weir.admin_get("/config");
     assert!(config.contains("service[0] \\\"pay.shop\\\" of the config file is not served"), "{config}");
-    serves(&cg, "127.10.20.21:80", &["a"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.98:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.21:80", &["a"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.98:80", &["a"], Duration::from_secs(15));
     assert_eq!(hits(&cg, "127.10.20.99:80", 1).num("via"), 0, "the left-out file VIP is steered");
 }
 
@@ -302,7 +327,7 @@ fn the_last_good_state_serves_while_the_api_server_fails_and_a_new_history_is_re
     api.apply_slice(slice("shop", "inv-1", "inv", &[("", port)], &[Ep::ready(&ip(&eps[0]))]));
     let weir = start(&cg, &api, "");
     synced(&weir);
-    serves(&cg, "127.10.20.31:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.31:80", &["a"], Duration::from_secs(15));
 
     // 5xx, 429, a stall and cut watches: the service keeps serving.
     for status in [Some(500), Some(503), Some(429)] {
@@ -368,12 +393,12 @@ fn a_restart_while_the_api_server_is_down_serves_the_file_and_says_so() {
         "{body}"
     );
     assert_eq!(weir.metric("weir_kubernetes_synced"), 0.0);
-    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(15));
     assert_eq!(hits(&cg, "127.10.20.41:80", 1).num("via"), 0);
     // The API server comes back: discovery syncs, and the file's service still serves.
     api.restart();
     synced(&weir);
-    serves(&cg, "127.10.20.41:80", &["a"], Duration::from_secs(5));
-    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(5));
+    serves(&cg, "127.10.20.41:80", &["a"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(15));
     drop(api);
 }

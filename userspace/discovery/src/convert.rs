@@ -165,6 +165,55 @@ pub fn slice(slice: &EndpointSlice, settings: &Settings) -> Option<(ObjectKey, S
 mod tests {
     use super::*;
 
+    fn settings() -> Settings {
+        Settings {
+            node_name: Some("node-a".into()),
+            exclude_namespaces: vec!["kube-system".into()],
+            default_protocol: Protocol::Tcp,
+        }
+    }
+
+    /// A kubectl-printed fixture (tests/fixtures/kubernetes), with a cluster IP as the API
+    /// server would have allocated.
+    fn kubectl_service(json: &str, cluster_ip: Option<&str>) -> Service {
+        let mut v: serde_json::Value = serde_json::from_str(json).expect("fixture JSON");
+        if let Some(ip) = cluster_ip {
+            v["spec"]["clusterIP"] = serde_json::json!(ip);
+        }
+        serde_json::from_value(v).expect("a Service")
+    }
+
+    #[test]
+    fn kubectl_fixtures_convert_as_kube_proxy_would_serve_them() {
+        let f = |name: &str| {
+            std::fs::read_to_string(format!("{}/../../tests/fixtures/kubernetes/{name}", env!("CARGO_MANIFEST_DIR")))
+                .expect("fixture")
+        };
+        let s = settings();
+        let (key, web, rejected) =
+            service(&kubectl_service(&f("service-clusterip.json"), Some("127.10.0.1")), &s).expect("web");
+        assert_eq!((&*key, web.skip, web.ports.len(), rejected.len()), ("shop/web", None, 1, 0));
+        assert_eq!(web.ports[0].protocol, Protocol::Tcp, "port name 80-8080: the default protocol");
+        let (_, two, _) = service(&kubectl_service(&f("service-two-ports.json"), Some("127.10.0.2")), &s).expect("api");
+        assert_eq!(two.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [80, 9090]);
+        let (_, edge, _) =
+            service(&kubectl_service(&f("service-nodeport.json"), Some("127.10.0.3")), &s).expect("edge");
+        assert_eq!(edge.skip, None, "a NodePort Service is served on its ClusterIP");
+        let (_, db, _) = service(&kubectl_service(&f("service-headless.json"), None), &s).expect("db");
+        assert_eq!(db.skip, Some(Skip::Headless));
+        let (_, ext, _) = service(&kubectl_service(&f("service-externalname.json"), None), &s).expect("ext");
+        assert_eq!(ext.skip, Some(Skip::ExternalName));
+        let es: EndpointSlice = serde_json::from_str(&f("endpointslice.json")).expect("a slice");
+        let (key, rec) = slice(&es, &s).expect("slice");
+        assert_eq!((&*key, &*rec.service), ("shop/web-x7k2p", "shop/web"));
+        assert_eq!(rec.ports, [("80-8080".into(), 8080)]);
+        let e = &rec.endpoints[0];
+        assert_eq!(
+            (e.addr.to_string(), e.ready, e.serving, e.terminating, e.local),
+            ("10.244.1.7".into(), true, true, false, true)
+        );
+    }
+
     #[test]
     fn the_protocol_comes_from_app_protocol_then_the_name_then_the_default() {
         let d = Protocol::Tcp;
