@@ -106,7 +106,7 @@ fn main() {
     let change_seconds = arg("--change-seconds", 20);
     let rate = arg("--changes-per-second", 100);
     let requests = arg("--requests", 20_000);
-    let (records_kib, snapshot_kib) = attribute(services, per_slice);
+    let (records_kib, snapshot_kib, publish_cost) = attribute(services, per_slice);
     let bin = std::env::current_exe().expect("exe").with_file_name("weir-cli");
     assert!(bin.is_file(), "{} is missing: build the weir-tests binaries first", bin.display());
 
@@ -288,6 +288,10 @@ fn main() {
         verdict(p99 <= Duration::from_secs(1) && missed == 0)
     );
     println!(
+        "| of which, measured alone in the bench process: one publication on the control side (resolve the changed Service, compose, build the next snapshot) | {} | — | |",
+        ms(publish_cost)
+    );
+    println!(
         "| weir RSS: 1 Service → the big cluster (peak while it arrived) | {} → {} (+{}; peak {}) | growth ≤ 64 MiB | {} |",
         mib(rss_small),
         mib(rss_big),
@@ -320,7 +324,7 @@ fn main() {
 
 /// What discovery's records and a snapshot of the big cluster take, built here (in this
 /// process, before anything else is): the RSS each adds.
-fn attribute(services: usize, per_slice: usize) -> (u64, u64) {
+fn attribute(services: usize, per_slice: usize) -> (u64, u64, Duration) {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use weir_discovery::convert::{self, Settings};
@@ -353,7 +357,26 @@ fn attribute(services: usize, per_slice: usize) -> (u64, u64) {
     let snapshot = weir_proxy::Snapshot::build(config, 2, None);
     let snap = rss_kib(me).saturating_sub(before);
     assert_eq!(snapshot.services.len(), services);
-    (records, snap)
+    // What one publication costs on the control side after a one-endpoint change: resolve the
+    // changed Service, hand over the set, compose, build the next snapshot (median of 5).
+    let mut times = Vec::new();
+    let mut previous = snapshot;
+    for round in 0..5 {
+        let t = Instant::now();
+        let name = format!("s{round}");
+        let eps = [Ep::ready(&fake_ip(round))];
+        let sl: EndpointSlice =
+            serde_json::from_value(slice("bench", &format!("{name}-1"), &name, &[("http", 8080)], &eps))
+                .expect("a slice");
+        let (key, record) = convert::slice(&sl, &settings).expect("converts");
+        cluster.apply_slice(key, record);
+        cluster.resolve();
+        let config = weir_discovery::compose(&file, &cluster.services()).config;
+        previous = weir_proxy::Snapshot::build(config, 2, Some(&previous));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (records, snap, times[2])
 }
 
 fn admin_metrics(admin: std::net::SocketAddr) -> String {
