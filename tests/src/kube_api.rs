@@ -101,6 +101,11 @@ impl FakeApi {
         FakeApi::start_at("127.0.0.1:0".parse().expect("addr"), 1)
     }
 
+    /// Starts on `addr` (on 127.0.0.0/8) with an empty cluster.
+    pub fn start_on(addr: SocketAddr) -> FakeApi {
+        FakeApi::start_at(addr, 1)
+    }
+
     fn start_at(addr: SocketAddr, first_rv: u64) -> FakeApi {
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("test API server: bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");

@@ -10,9 +10,10 @@ use serde_json::json;
 use weir_tests::kube_api::FakeApi;
 use weir_tests::kube_objects::{Ep, service, slice};
 use weir_tests::root::{Cgroup, probe, require_root};
-use weir_tests::{Client, Endpoint, Weir, eventually, free_port, scratch_dir};
+use weir_tests::{Client, Endpoint, Weir, WeirProcess, eventually, free_port, scratch_dir};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
+const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
 /// Endpoints on 127.0.0.{2,3,…} sharing one port, as pods share a targetPort.
 fn endpoints(names: &[&str]) -> (Vec<Endpoint>, u16) {
@@ -401,4 +402,33 @@ fn a_restart_while_the_api_server_is_down_serves_the_file_and_says_so() {
     serves(&cg, "127.10.20.41:80", &["a"], Duration::from_secs(15));
     serves(&cg, "127.10.20.42:80", &["a"], Duration::from_secs(15));
     drop(api);
+}
+
+#[test]
+fn weirs_own_api_connections_are_never_steered() {
+    require_root();
+    // weir runs inside the steered cgroup, and the API server listens on an address that is
+    // also a service VIP: unmarked, weir's own watch connections would be steered into weir.
+    let cg = Cgroup::create("k8s-mark");
+    let api_addr: std::net::SocketAddr = format!("127.10.20.200:{}", free_port()).parse().expect("addr");
+    let api = FakeApi::start_on(api_addr);
+    let (eps, port) = endpoints(&["a"]);
+    api.apply_service(service("shop", "seen", &["127.10.20.201"], &[("http", 80)]));
+    api.apply_slice(slice("shop", "seen-1", "seen", &[("http", port)], &[Ep::ready(&ip(&eps[0]))]));
+    let kubeconfig = api.kubeconfig(&scratch_dir("kubeconfig"));
+    let toml = format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\ncgroups = [\"{}\"]\n\
+         [access_log]\nsink = \"off\"\n[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\n\
+         [[service]]\nname = \"trap\"\nvip = \"{api_addr}\"\nendpoints = [\"{}\"]\n",
+        cg.path.display(),
+        kubeconfig.display(),
+        eps[0].addr
+    );
+    let weir = WeirProcess::start(WEIR, &toml, Some(&cg.path));
+    assert!(cg.pids().contains(&weir.pid()), "weir is not in the steered cgroup");
+    // The API server's address is steered for everyone else in the cgroup ...
+    assert_eq!(hits(&cg, &api_addr.to_string(), 2).num("via"), 2, "the trap VIP is not steered");
+    // ... but weir's own watches reach the API server itself, so the Service is discovered.
+    serves(&cg, "127.10.20.201:80", &["a"], Duration::from_secs(20));
+    assert!(api.requests("watch") >= 2, "weir never watched the API server");
 }
