@@ -194,3 +194,20 @@ fn log_sinks_parse() {
     assert!(LogSink::parse("tcp:nohost").is_err());
     assert!(LogSink::parse("file:relative").is_err());
 }
+
+#[test]
+fn kubernetes_defaults_and_located_errors() {
+    let k = parse("").expect("valid").kubernetes;
+    assert!(!k.enabled && k.kubeconfig.is_none() && k.node_name.is_none() && k.service_selector.is_empty());
+    assert_eq!((k.exclude_namespaces, k.default_protocol), (vec!["kube-system".to_string()], Protocol::Tcp));
+    for (src, field) in [
+        ("[kubernetes]\nservice_selector = \"env in (a\"\n", "kubernetes.service_selector"),
+        ("[kubernetes]\nexclude_namespaces = [\"Kube_System\"]\n", "kubernetes.exclude_namespaces[0]"),
+        ("[kubernetes]\nnode_name = \"node a\"\n", "kubernetes.node_name"),
+        ("[kubernetes]\nkubeconfig = \"\"\n", "kubernetes.kubeconfig"),
+    ] {
+        let issue = only_issue(src);
+        assert_eq!(issue.field, field, "for {src:?}");
+        assert!(issue.line > 0, "no line for {field}");
+    }
+}
