@@ -79,6 +79,7 @@ struct State {
     requests: BTreeMap<String, u64>,
 }
 
+#[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     changed: Condvar,
@@ -86,9 +87,10 @@ struct Inner {
 }
 
 /// A running test API server.
+#[derive(Debug)]
 pub struct FakeApi {
     inner: Arc<Inner>,
-    /// Where it listens (127.0.0.1).
+    /// Where it listens (on 127.0.0.0/8).
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,

@@ -1,69 +1,62 @@
-//! Test harness for weir's integration tests (and benches): weir in-process on free loopback
-//! ports, scriptable test endpoints, a small blocking HTTP/1.1 client, cgroup helpers and the
-//! `weir-probe` client that runs inside a steered cgroup. Must not: be used by product code.
-#![allow(missing_debug_implementations)]
+//! weir's integration harness: weir in this process ([`Weir`]) or as a child process
+//! ([`WeirProcess`]), each on listeners it binds itself (`listen = "127.0.0.1:0"`, the bound
+//! addresses read back once it is ready), and the root tier's helpers ([`root`]). The generic
+//! helpers — client, endpoint, cgroups (memory cgroups too), sinks, /proc, ports, `eventually` — live in
+//! `weir-testkit` (shared with the benches and xtask) and are re-exported here under the names
+//! tests use. Must not: be used by product code.
 
-pub mod client;
-pub mod endpoint;
 pub mod kube_api;
 pub mod kube_objects;
-pub mod memcg;
 pub mod root;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use client::{Client, Response};
-pub use endpoint::{Behavior, Endpoint, TcpEcho};
+pub use weir_testkit as testkit;
+pub use weir_testkit::memcg;
+pub use weir_testkit::{
+    Behavior, Client, Endpoint, LineSink, ReservedPort, Response, StalledSink, TcpEcho, client, endpoint, eventually,
+    metric_value, rss_kib, scratch_dir, wait_until,
+};
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+/// What `@PROXY@` and `@ADMIN@` in a test config become: any free loopback port, which weir
+/// binds and reports.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+fn any_port() -> SocketAddr {
+    ANY_PORT.parse().expect("a socket address")
 }
 
-/// A fresh scratch directory under the target directory.
-pub fn scratch_dir(tag: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-scratch").join(format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// `toml` with `@PROXY@` and `@ADMIN@` replaced.
+fn expand(toml: &str, proxy: SocketAddr, admin: SocketAddr) -> String {
+    toml.replace("@PROXY@", &proxy.to_string()).replace("@ADMIN@", &admin.to_string())
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Replaces the config file whole (written next to it, then renamed over it, as a ConfigMap
+/// update does), so weir's file watcher never reads a half-written file.
+fn replace_config(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config into place");
 }
 
-/// weir running in this process on free ports.
+/// weir running in this process.
+#[derive(Debug)]
 pub struct Weir {
     app: Option<weir::app::App>,
-    /// The proxy listener.
+    /// The proxy listener (as bound).
     pub proxy: SocketAddr,
-    /// The admin listener.
+    /// The admin listener (as bound).
     pub admin: SocketAddr,
     /// The config file (reloads read it).
     pub config_path: PathBuf,
 }
 
 impl Weir {
-    /// Starts weir with `toml`, in which `@PROXY@` and `@ADMIN@` are replaced with free
-    /// addresses. Panics with weir's own error if it cannot start.
+    /// Starts weir with `toml`, in which `@PROXY@` and `@ADMIN@` become `127.0.0.1:0` (weir
+    /// binds free ports; [`Weir::proxy`] and [`Weir::admin`] are the bound ones). Panics with
+    /// weir's own error if it cannot start.
     pub fn start(toml: &str) -> Weir {
         Weir::try_start(toml).unwrap_or_else(|e| panic!("weir did not start: {e:#}"))
     }
@@ -77,22 +70,18 @@ impl Weir {
         }
         static LOG: std::sync::OnceLock<weir::logging::LogGuard> = std::sync::OnceLock::new();
         LOG.get_or_init(weir::logging::init);
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let dir = scratch_dir("weir");
         let config_path = dir.join("weir.toml");
-        std::fs::write(&config_path, Weir::expand(toml, proxy, admin))?;
+        std::fs::write(&config_path, expand(toml, any_port(), any_port()))?;
         let app = weir::app::App::start(&config_path, weir::app::AppOptions::default())?;
+        let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
         Ok(Weir { app: Some(app), proxy, admin, config_path })
     }
 
-    fn expand(toml: &str, proxy: SocketAddr, admin: SocketAddr) -> String {
-        toml.replace("@PROXY@", &proxy.to_string()).replace("@ADMIN@", &admin.to_string())
-    }
-
-    /// Rewrites the config file with `toml` (same placeholders) and reloads it.
+    /// Rewrites the config file with `toml` (same placeholders, so the listeners stay as they
+    /// are) and reloads it.
     pub fn reload(&self, toml: &str) -> Result<(), String> {
-        std::fs::write(&self.config_path, Weir::expand(toml, self.proxy, self.admin)).expect("write config");
+        replace_config(&self.config_path, &expand(toml, any_port(), any_port()));
         self.control().reload()
     }
 
@@ -148,67 +137,37 @@ impl Drop for Weir {
     }
 }
 
-/// Resident memory of process `pid` (VmRSS), KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("read /proc/PID/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// The value of `sample` in a metrics text, 0 when absent.
-pub fn metric_value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().expect("numeric sample"))
-        .unwrap_or(0.0)
-}
-
 /// weir as a separate process (the `weir-cli` binary), for tests of signals, crashes and
 /// cgroup membership.
+#[derive(Debug)]
 pub struct WeirProcess {
     child: std::process::Child,
     /// The child has been waited for: its pid may belong to someone else now.
     reaped: bool,
-    /// The proxy listener.
+    /// The proxy listener (as bound).
     pub proxy: SocketAddr,
-    /// The admin listener.
+    /// The admin listener (as bound).
     pub admin: SocketAddr,
     /// The config file.
     pub config_path: PathBuf,
+    /// What `@PROXY@` and `@ADMIN@` stood for at start.
+    configured: (SocketAddr, SocketAddr),
 }
 
 impl WeirProcess {
     /// Starts `bin run --config` with `toml` (placeholders as in [`Weir::start`]), optionally
-    /// inside `cgroup`, and waits for `/ready`.
+    /// inside `cgroup`, and waits until it is ready.
     pub fn start(bin: &str, toml: &str, cgroup: Option<&std::path::Path>) -> WeirProcess {
-        use std::os::unix::process::CommandExt;
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        WeirProcess::start_on(bin, toml, cgroup, proxy, admin, |cmd, cg| {
+        WeirProcess::start_on(bin, toml, cgroup, any_port(), any_port(), |cmd, cg| {
             if let Some(cg) = cg {
-                use std::os::unix::ffi::OsStrExt;
-                let procs = std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
-                // SAFETY: only async-signal-safe calls between fork and exec (open, write,
-                // close) on a path built before the fork; no allocation.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        libc::close(fd);
-                        Ok(())
-                    });
-                }
+                weir_testkit::cgroup::join_on_exec(cmd, &cg);
             }
         })
     }
 
-    /// Like [`WeirProcess::start`] on given addresses.
+    /// Like [`WeirProcess::start`] with `@PROXY@` and `@ADMIN@` set to `proxy` and `admin`
+    /// (e.g. the addresses of an earlier run, to take its pinned links over), and `prepare`
+    /// run on the command before it is spawned.
     pub fn start_on(
         bin: &str,
         toml: &str,
@@ -219,27 +178,40 @@ impl WeirProcess {
     ) -> WeirProcess {
         let dir = scratch_dir("weirproc");
         let config_path = dir.join("weir.toml");
-        std::fs::write(&config_path, Weir::expand(toml, proxy, admin)).expect("write config");
+        let ready_file = dir.join("ready.json");
+        std::fs::write(&config_path, expand(toml, proxy, admin)).expect("write config");
         let mut cmd = std::process::Command::new(bin);
-        cmd.args(["run", "--config"]).arg(&config_path).env("RUST_LOG", "warn");
+        cmd.args(["run", "--config"]).arg(&config_path).arg("--ready-file").arg(&ready_file).env("RUST_LOG", "warn");
         prepare(&mut cmd, cgroup.map(|c| c.to_path_buf()));
-        let child = cmd.spawn().expect("spawn weir");
-        let mut p = WeirProcess { child, reaped: false, proxy, admin, config_path };
-        p.wait_ready();
-        p
-    }
-
-    fn wait_ready(&mut self) {
-        let admin = self.admin;
-        let child = &mut self.child;
-        eventually(Duration::from_secs(20), "weir /ready", || {
+        let mut child = cmd.spawn().expect("spawn weir");
+        // weir writes the file (whole, then renamed into place) once it is ready.
+        let ready = eventually(Duration::from_secs(20), "weir's ready file", || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("weir exited during start: {status}");
             }
-            let mut c = Client::try_connect(admin).ok()?;
-            c.send_raw(b"GET /ready HTTP/1.1\r\nhost: admin\r\n\r\n");
-            (c.read_response(false).ok()?.status == 200).then_some(())
+            std::fs::read_to_string(&ready_file).ok()
         });
+        let v: serde_json::Value = serde_json::from_str(&ready).expect("the ready file is JSON");
+        let addr = |k: &str| -> SocketAddr {
+            v[k].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no {k} address in {ready}"))
+        };
+        let p = WeirProcess {
+            child,
+            reaped: false,
+            proxy: addr("proxy"),
+            admin: addr("admin"),
+            config_path,
+            configured: (proxy, admin),
+        };
+        let r = weir_testkit::client::get_once(p.admin, "admin", "/ready", Duration::from_secs(5)).expect("GET /ready");
+        assert_eq!(r.status, 200, "weir wrote its ready file but /ready answers {}", r.status);
+        p
+    }
+
+    /// Rewrites the config file with `toml` (placeholders as at start, so the listeners stay);
+    /// SIGHUP applies it.
+    pub fn write_config(&self, toml: &str) {
+        replace_config(&self.config_path, &expand(toml, self.configured.0, self.configured.1));
     }
 
     /// The process id.
@@ -249,7 +221,8 @@ impl WeirProcess {
 
     /// Sends `signal`.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
+        // SAFETY: kill(2) on our own child, not reaped (it is reaped only by methods that
+        // consume `self`).
         unsafe { libc::kill(self.pid(), signal) };
     }
 
@@ -263,37 +236,22 @@ impl WeirProcess {
     /// SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
+        match weir_testkit::proc::wait_exit(&mut self.child, timeout) {
+            Some(s) => {
                 self.reaped = true;
-                return s;
+                s
             }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("weir did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            None => panic!("weir did not exit within {timeout:?} of SIGTERM"),
         }
     }
 }
 
 impl Drop for WeirProcess {
     fn drop(&mut self) {
-        if self.reaped {
-            return;
+        if !self.reaped {
+            // SIGTERM first, so weir detaches and unpins what it attached; SIGKILL only if it
+            // does not exit.
+            weir_testkit::proc::terminate(&mut self.child, Duration::from_secs(10));
         }
-        // SIGTERM first, so weir detaches and unpins what it attached; SIGKILL only if it
-        // does not exit.
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -1,71 +1,28 @@
-//! Helpers for the root tier: cgroups the test creates and removes, and running the
-//! `weir-probe` client inside one. A root test that cannot do what it tests fails loudly.
+//! Helpers for the root tier: running the `weir-probe` client inside a cgroup, reading what a
+//! weir left pinned in bpffs (its heartbeat, `weir steer status` from the pins), and the
+//! cgroup handles of weir-testkit (whose cgroup v2 root comes from /proc/self/mountinfo). A
+//! root test that cannot do what it tests fails loudly.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The cgroup v2 mount on these machines.
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+pub use weir_testkit::cgroup::{Cgroup, Cgroup2Mount, cgroup2_root};
 
-/// Panics unless running as root: eBPF and cgroup tests must not pass by skipping.
+/// Panics unless running as root with cgroup v2 mounted: eBPF and cgroup tests must not pass
+/// by skipping.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("this test needs root (eBPF, cgroups, netns); run the suite with `sudo -E cargo xtask test`");
+    if !weir_testkit::proc::is_root() {
+        panic!(
+            "this test needs root (eBPF, cgroups, netns); run the suite with `sudo -E cargo xtask test`, \
+             or `cargo xtask test --unprivileged` for the tests that do not"
+        );
     }
-    assert!(
-        Path::new(CGROUP2_ROOT).join("cgroup.procs").exists(),
-        "cgroup v2 is not mounted at {CGROUP2_ROOT}: the steering tests cannot run here"
-    );
-}
-
-/// A cgroup v2 directory created for one test; removed (after killing what is left in it)
-/// on drop.
-pub struct Cgroup {
-    /// Its directory.
-    pub path: PathBuf,
-}
-
-impl Cgroup {
-    /// Creates `weir-test-TAG-PID-N` under the cgroup v2 root.
-    pub fn create(tag: &str) -> Cgroup {
-        static N: AtomicU64 = AtomicU64::new(0);
-        require_root();
-        let path = PathBuf::from(CGROUP2_ROOT).join(format!(
-            "weir-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
-        Cgroup { path }
-    }
-
-    /// Pids in the cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            for pid in self.pids() {
-                // SAFETY: kill(2) on processes this test started in its own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: could not remove cgroup {}", self.path.display());
-    }
+    let root = cgroup2_root().unwrap_or_else(|e| panic!("the steering tests cannot run here: {e}"));
+    assert!(root.join("cgroup.procs").exists(), "{} is not a cgroup v2 root (no cgroup.procs)", root.display());
 }
 
 /// What `weir-probe` reported.
@@ -103,4 +60,97 @@ pub fn probe(bin: &str, cgroup: Option<&Cgroup>, args: &[&str]) -> ProbeReport {
         panic!("weir-probe printed no JSON ({e}); status {}; stdout {stdout:?}; stderr {stderr}", out.status)
     });
     ProbeReport { json, stderr }
+}
+
+/// The pin directory of the weir whose proxy listens on `proxy` (default `pin_dir`).
+pub fn pin_dir_of(proxy: std::net::SocketAddr) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/weir/listen-{}-{}", proxy.ip().to_string().replace('.', "_"), proxy.port()))
+}
+
+/// `union bpf_attr` for `BPF_OBJ_GET`, padded to the size the kernel accepts.
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: [u8; 44],
+}
+
+/// `union bpf_attr` for `BPF_MAP_LOOKUP_ELEM`.
+#[repr(C)]
+struct LookupAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+    _rest: [u8; 32],
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// How long ago the weir that owns the pin directory `pins` wrote its heartbeat
+/// (CLOCK_MONOTONIC, as the kernel programs compare it), read from the pinned heartbeat map;
+/// `None` when there is no readable heartbeat there.
+pub fn heartbeat_age(pins: &Path) -> Option<Duration> {
+    let path = pins.join(format!("map-{}", weir_ebpf_common::MAP_HEARTBEAT));
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut get = ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: [0; 44] };
+    // SAFETY: bpf(2) BPF_OBJ_GET reads the attr (its size passed) and a NUL-terminated path
+    // that outlives the call; it returns a new fd, owned from here on.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut get as *mut ObjGetAttr, size_of::<ObjGetAttr>() as u32)
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh map fd nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let (key, mut value) = (0u32, 0u64);
+    let mut lookup = LookupAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &mut value as *mut u64 as u64,
+        flags: 0,
+        _rest: [0; 32],
+    };
+    // SAFETY: BPF_MAP_LOOKUP_ELEM reads a 4-byte key and writes the 8-byte value of an array
+    // map of u64 (the heartbeat map) through pointers valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut lookup as *mut LookupAttr,
+            size_of::<LookupAttr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    Some(Duration::from_nanos(now_ns.saturating_sub(value)))
+}
+
+/// The kernel counters of the instance pinned at `pins`, as `weir steer status` reads them from
+/// the pins (`bin` is the weir binary; its admin API at `admin` is expected not to answer).
+pub fn counters_from_pins(bin: &str, admin: std::net::SocketAddr, pins: &Path) -> serde_json::Value {
+    let out = Command::new(bin)
+        .args(["steer", "status", "--admin", &admin.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin} steer status: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "weir steer status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("steer status JSON ({e}): {text}"));
+    v["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["pins"].as_str() == Some(&*pins.to_string_lossy())))
+        .map(|i| i["counters"].clone())
+        .unwrap_or_else(|| panic!("no instance pinned at {} in {text}", pins.display()))
 }

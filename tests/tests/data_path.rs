@@ -122,13 +122,15 @@ fn connection_close_is_honoured_and_http10_works() {
 #[test]
 fn tcp_service_relays_both_ways_with_half_close() {
     let echo = TcpEcho::start("e1");
-    let port = weir_tests::free_port();
+    // The service's own listener, on a port held for weir (it binds it with SO_REUSEADDR).
+    let port = weir_tests::ReservedPort::loopback().expect("reserve a port");
     let svc = format!(
-        "[[service]]\nname = \"db\"\nvip = \"127.10.1.10:5432\"\nlisten = \"127.0.0.1:{port}\"\nprotocol = \"tcp\"\nendpoints = [\"{}\"]\n",
+        "[[service]]\nname = \"db\"\nvip = \"127.10.1.10:5432\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nendpoints = [\"{}\"]\n",
+        port.addr(),
         echo.addr
     );
     let weir = Weir::start(&config(&svc));
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the service listener");
+    let mut s = TcpStream::connect(port.addr()).expect("connect to the service listener");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     for i in 0..3 {

@@ -141,7 +141,10 @@ fn over_the_pending_limit_requests_are_shed_with_retry_after() {
     let weir = Weir::start(&toml);
     let proxy = weir.proxy;
     let first = std::thread::spawn(move || Client::connect(proxy).get("/", "s").status);
-    std::thread::sleep(Duration::from_millis(200));
+    // The first request is pending once the endpoint has it (it answers after 800 ms).
+    weir_tests::eventually(Duration::from_secs(5), "the first request at the endpoint", || {
+        (ep.requests() == 1).then_some(())
+    });
     let r = Client::connect(weir.proxy).get("/", "s");
     assert_eq!((r.status, r.header("x-weir-error")), (503, Some("overloaded")));
     assert_eq!(r.header("retry-after"), Some("1"));

@@ -1,6 +1,5 @@
 //! weir's integration tests, one binary with a module per area. The loopback tier runs
-//! unprivileged; the `steering` module is the root tier (eBPF, cgroups) and fails loudly
-//! without root.
+//! unprivileged; `root_tier` (eBPF, cgroups) needs root and fails loudly without it.
 
 mod cli;
 mod data_path;
@@ -8,13 +7,12 @@ mod deploy;
 mod errors;
 mod http11;
 mod http11_interop;
-mod kubernetes;
 mod last_words;
 mod logging;
-mod memory;
 mod observability;
 mod operations;
 mod raw;
 mod resilience;
+mod root_tier;
+mod scale;
 mod soak;
-mod steering;

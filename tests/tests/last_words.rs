@@ -21,9 +21,8 @@ fn config(services: &str, drain_timeout_ms: u64) -> String {
 fn start_logged(toml: &str) -> (WeirProcess, std::path::PathBuf) {
     let log = weir_tests::scratch_dir("lastwords").join("stderr.log");
     let file = std::fs::File::create(&log).expect("create stderr log");
-    let proxy = format!("127.0.0.1:{}", weir_tests::free_port()).parse().expect("addr");
-    let admin = format!("127.0.0.1:{}", weir_tests::free_port()).parse().expect("addr");
-    let weir = WeirProcess::start_on(WEIR, toml, None, proxy, admin, |cmd, _| {
+    let any: std::net::SocketAddr = weir_tests::ANY_PORT.parse().expect("addr");
+    let weir = WeirProcess::start_on(WEIR, toml, None, any, any, |cmd, _| {
         cmd.env("RUST_LOG", "info").stderr(file);
     });
     (weir, log)

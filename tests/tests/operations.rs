@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use weir_tests::{Behavior, Client, Endpoint, Weir};
+use weir_tests::{Behavior, Client, Endpoint, Weir, eventually};
 
 use crate::data_path::{config, service};
 
@@ -47,6 +47,12 @@ fn reloads_under_load_fail_no_request() {
         })
         .collect();
     for i in 0..20 {
+        // Every reload lands while requests flow: wait until the load has moved on since the
+        // last one.
+        let seen = ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(10), "requests between two reloads", || {
+            (ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= seen + 10).then_some(())
+        });
         let eps: &[&Endpoint] = if i % 2 == 0 { &[&a] } else { &[&a, &b] };
         weir.reload(&config(&service(
             "s",
@@ -55,7 +61,6 @@ fn reloads_under_load_fail_no_request() {
             &format!("[service.timeouts]\nconnect_ms = {}\n", 500 + i),
         )))
         .expect("reload");
-        std::thread::sleep(Duration::from_millis(25));
     }
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
@@ -72,13 +77,15 @@ fn drain_finishes_in_flight_requests() {
     let weir = Weir::start(&config(&service("s", "127.10.6.3:80", &[&slow], "")));
     let proxy = weir.proxy;
     let inflight: Vec<_> = (0..4).map(|_| std::thread::spawn(move || Client::connect(proxy).get("/", "s"))).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // In flight: all four reached the endpoint, which answers after 700 ms.
+    eventually(Duration::from_secs(5), "four requests in flight", || (slow.requests() == 4).then_some(()));
     let admin = weir.admin;
     let drained = std::thread::spawn(move || weir.shutdown());
-    std::thread::sleep(Duration::from_millis(100));
-    // Not ready while draining, and new connections are no longer accepted.
-    let mut c = Client::connect(admin);
-    assert_eq!(c.get("/ready", "admin").status, 503);
+    // Not ready once the drain has begun, while the requests are still in flight.
+    eventually(Duration::from_secs(5), "/ready answering 503 during the drain", || {
+        (Client::connect(admin).get("/ready", "admin").status == 503).then_some(())
+    });
+    assert!(inflight.iter().all(|h| !h.is_finished()), "the in-flight requests ended before the drain began");
     for h in inflight {
         let r = h.join().expect("in-flight request");
         assert_eq!(r.status, 200, "an in-flight request failed during drain");
@@ -105,15 +112,22 @@ fn a_change_of_the_config_file_is_picked_up_without_a_signal() {
         (c.get("/", "w").header("x-endpoint") == Some("b")).then_some(())
     });
     assert_eq!(weir.control().reloads_ok.load(Ordering::Relaxed), 1);
+    let age_after_reload = weir.metric("weir_config_snapshot_age_seconds");
+    let since = std::time::Instant::now();
     // An unreadable or invalid file keeps the running config (static stability).
+    let failed = || weir.control().reloads_failed.load(Ordering::Relaxed);
     std::fs::write(&weir.config_path, "this is [not toml").expect("write garbage");
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(Duration::from_secs(5), "the watcher rejects the invalid file", || (failed() >= 1).then_some(()));
     assert_eq!(c.get("/", "w").header("x-endpoint"), Some("b"));
-    assert!(weir.control().reloads_failed.load(Ordering::Relaxed) >= 1);
+    let after_invalid = failed();
     std::fs::remove_file(&weir.config_path).expect("remove the config");
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(Duration::from_secs(5), "the watcher finds the file gone", || (failed() > after_invalid).then_some(()));
     assert_eq!(c.get("/", "w").header("x-endpoint"), Some("b"), "a missing config file stopped traffic");
-    assert!(weir.metric("weir_config_snapshot_age_seconds") >= 0.5);
+    assert_eq!(weir.control().reloads_ok.load(Ordering::Relaxed), 1, "a bad config source was applied");
+    // The snapshot kept aging all along: the failed attempts did not count as loads.
+    let elapsed = since.elapsed().as_secs_f64();
+    let age = weir.metric("weir_config_snapshot_age_seconds");
+    assert!(age >= age_after_reload + elapsed, "snapshot age went from {age_after_reload} to {age} in {elapsed} s");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_tests::{Behavior, Client, Endpoint, Weir};
+use weir_tests::{Behavior, Client, Endpoint, Weir, eventually};
 
 use crate::data_path::{config, service};
 
@@ -93,6 +93,7 @@ fn the_ejection_cap_holds_with_three_of_four_failing() {
     });
     let mut max_seen = 0;
     while !worker.is_finished() {
+        // Sampling pace of the observation, not a wait for anything.
         max_seen = max_seen.max(ejected(&weir).len());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -127,13 +128,14 @@ fn an_endpoint_killed_under_load_fails_no_idempotent_request_and_repeats_no_post
     let (a, b) = (Endpoint::start("a"), Endpoint::start("b"));
     let weir = Weir::start(&config(&service("kill", "127.10.7.4:80", &[&a, &b], "")));
     let proxy = weir.proxy;
-    let failed = Arc::new(AtomicU64::new(0));
+    const PER_LOADER: u64 = 300;
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let loaders: Vec<_> = (0..4)
         .map(|_| {
-            let failed = failed.clone();
+            let (done, failed) = (done.clone(), failed.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(proxy);
-                for _ in 0..300 {
+                for _ in 0..PER_LOADER {
                     match c.request("GET", "/", "kill", b"") {
                         Ok(r) if r.status == 200 => {}
                         _ => {
@@ -141,15 +143,27 @@ fn an_endpoint_killed_under_load_fails_no_idempotent_request_and_repeats_no_post
                             c = Client::connect(proxy);
                         }
                     }
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
+    // Kill `a` once both endpoints are serving the load, well before it ends.
+    eventually(Duration::from_secs(10), "both endpoints serving the load", || {
+        (a.requests() >= 20 && b.requests() >= 20).then_some(())
+    });
+    let at_kill = done.load(Ordering::Relaxed);
     a.kill();
     for l in loaders {
         l.join().expect("loader");
     }
+    let total = done.load(Ordering::Relaxed);
+    assert_eq!(total, 4 * PER_LOADER);
+    assert!(
+        total - at_kill >= 300,
+        "the kill came too late: only {} of {total} requests ran after it",
+        total - at_kill
+    );
     assert_eq!(failed.load(Ordering::Relaxed), 0, "idempotent requests failed when an endpoint died");
 
     // POSTs already sent to a dying endpoint fail with 502 and are not sent again.
@@ -165,7 +179,12 @@ fn an_endpoint_killed_under_load_fails_no_idempotent_request_and_repeats_no_post
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
+    // Kill c1 while it holds POSTs: all six have reached the endpoints, which answer only
+    // after 400 ms.
+    eventually(Duration::from_secs(5), "every POST received by an endpoint", || {
+        (c1.requests() + c2.requests() == 6).then_some(())
+    });
+    assert!(c1.requests() > 0, "no POST went to c1");
     c1.kill();
     let statuses: Vec<u16> = posts.into_iter().map(|p| p.join().expect("post").expect("an answer")).collect();
     let failed_posts = statuses.iter().filter(|s| **s == 502).count() as u64;
@@ -188,7 +207,8 @@ fn endpoints_closing_idle_connections_cause_no_client_errors() {
     for i in 0..12 {
         let r = c.get("/", "race");
         assert_eq!(r.status, 200, "request {i} failed: {:?}", r.header("x-weir-error"));
-        // Land the next request right around the endpoint's idle close.
+        // Land the next request right around the endpoint's idle close (the timing is the
+        // behaviour under test).
         std::thread::sleep(Duration::from_millis(980 + (i % 5) * 10));
     }
     assert!(ep.connections() > 1, "the endpoint never closed an idle connection");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use weir_tests::{Client, Endpoint, WeirProcess};
+use weir_tests::{Client, Endpoint, WeirProcess, eventually};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
@@ -52,7 +52,7 @@ fn soak_with_flapping_endpoints_and_reloads() {
                     let Ok(mut c) = Client::try_connect(proxy) else {
                         failed.fetch_add(1, Ordering::Relaxed);
                         failures.lock().push("connect to weir failed".into());
-                        std::thread::sleep(interval);
+                        std::thread::sleep(interval); // the client's pace
                         continue;
                     };
                     connections.fetch_add(1, Ordering::Relaxed);
@@ -81,13 +81,16 @@ fn soak_with_flapping_endpoints_and_reloads() {
         })
         .collect();
 
-    std::thread::sleep(Duration::from_secs(2));
+    // Warm up (pools, buffers, every client connected) before the RSS baseline.
+    eventually(Duration::from_secs(20), "the warm-up requests", || {
+        (ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= RATE).then_some(())
+    });
     let rss_start = weir_tests::rss_kib(pid as u32);
     let start = Instant::now();
     let (mut next_flap, mut next_reload) = (start + flap_every, start + reload_every);
     let (mut flaps, mut reloads, mut victim) = (0, 0, 0usize);
     while start.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100)); // the soak's tick
         let now = Instant::now();
         if now >= next_flap {
             // Kill one endpoint (listener closed, connections reset), bring it back half a
@@ -97,7 +100,7 @@ fn soak_with_flapping_endpoints_and_reloads() {
             e.lock().kill();
             let back = flap_every / 2;
             std::thread::spawn(move || {
-                std::thread::sleep(back);
+                std::thread::sleep(back); // the endpoint's downtime
                 *e.lock() = Endpoint::start_at(&format!("e{}", addr.port()), addr);
             });
             victim += 1;
@@ -105,10 +108,7 @@ fn soak_with_flapping_endpoints_and_reloads() {
             next_flap += flap_every;
         }
         if now >= next_reload {
-            let text = soak_config(&addrs, 1000 + reloads * 10)
-                .replace("@PROXY@", &weir.proxy.to_string())
-                .replace("@ADMIN@", &weir.admin.to_string());
-            std::fs::write(&weir.config_path, text).expect("write config");
+            weir.write_config(&soak_config(&addrs, 1000 + reloads * 10));
             weir.signal(libc::SIGHUP);
             reloads += 1;
             next_reload += reload_every;
@@ -125,6 +125,16 @@ fn soak_with_flapping_endpoints_and_reloads() {
         connections.load(Ordering::Relaxed)
     );
     assert!(flaps >= 2 && reloads >= 2, "the soak did too little: {flaps} flaps, {reloads} reloads");
+    // Every reload was applied (a listener on port 0 reads back as unchanged); the file watcher
+    // may apply a change once more besides the SIGHUP.
+    let reloaded = |result: &str| {
+        let metrics = Client::connect(weir.admin).get("/metrics", "admin").body_string();
+        weir_tests::metric_value(&metrics, &format!("weir_config_reloads_total{{result=\"{result}\"}}"))
+    };
+    eventually(Duration::from_secs(5), "every SIGHUP reload applied", || {
+        (reloaded("success") >= reloads as f64).then_some(())
+    });
+    assert_eq!(reloaded("failure"), 0.0, "a reload was rejected");
     assert_eq!(failed, 0, "idempotent requests failed: {:?}", failures.lock().iter().take(10).collect::<Vec<_>>());
     assert!(ok >= RATE * seconds / 2, "too few requests: {ok}");
     assert!(rss_end.saturating_sub(rss_start) < 16 * 1024, "RSS grew from {rss_start} KiB to {rss_end} KiB");

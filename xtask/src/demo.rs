@@ -1,12 +1,14 @@
 //! `cargo xtask demo`: weir end to end on this machine. Starts three demo endpoints on
 //! loopback, weir with the bundled config (deploy/examples/demo.toml), and a demo workload in
-//! its own cgroup that dials the service VIP 127.10.0.1:80; eBPF steers it through weir. Prints
-//! one line per second (requests, errors, p50/p99, which endpoint answered) until Ctrl-C or
-//! `--duration`, then stops weir and removes the cgroup.
+//! its own cgroup (under the cgroup v2 mount found in /proc/self/mountinfo) that dials the
+//! service VIP 127.10.0.1:80; eBPF steers it through weir. Prints one line per second
+//! (requests, errors, p50/p99, which endpoint answered) until Ctrl-C or `--duration`, then
+//! stops weir and removes the cgroup. Endpoints, client, cgroup and process handling come from
+//! weir-testkit. With `--kubernetes` the service comes from the test Kubernetes API server
+//! instead ([`crate::demo_k8s`]).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use weir_testkit::client::get_once;
+use weir_testkit::{Behavior, Cgroup, Client, Endpoint, proc, wait_until};
 
 use crate::{is_root, root, run, setup};
 
@@ -53,32 +57,24 @@ pub struct ClientArgs {
     rate: u32,
 }
 
-/// Removes the demo cgroup and stops child processes however the demo ends.
+/// Stops child processes and then removes the demo cgroup however the demo ends.
 struct Cleanup {
-    cgroup: PathBuf,
     children: Vec<Child>,
+    _cgroup: Cgroup,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for c in &mut self.children {
             // SIGTERM first, so weir drains and detaches; SIGKILL if it does not exit.
-            // SAFETY: kill(2) on a child pid we own.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(25);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            proc::terminate(c, Duration::from_secs(25));
         }
-        if self.cgroup.exists() && std::fs::remove_dir(&self.cgroup).is_err() {
-            eprintln!("demo: could not remove {}", self.cgroup.display());
-        }
+        // Then the cgroup (a field, dropped after this).
     }
+}
+
+fn admin() -> SocketAddr {
+    ADMIN.parse().expect("a socket address")
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -105,16 +101,20 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         ctrlc_handler(move || stop.store(true, Ordering::SeqCst))?;
     }
-    let failing = Arc::new(AtomicBool::new(false));
-    for (i, addr) in ENDPOINTS.iter().enumerate() {
-        let listener = TcpListener::bind(addr).with_context(|| format!("demo endpoint {addr} is in use"))?;
-        let failing = (i == 2).then(|| failing.clone());
-        std::thread::spawn(move || serve_endpoint(listener, i + 1, failing));
-    }
+    let endpoints = ENDPOINTS
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let addr: SocketAddr = addr.parse()?;
+            Endpoint::try_start_at(&(i + 1).to_string(), addr)
+                .map(Arc::new)
+                .with_context(|| format!("demo endpoint {addr} is in use"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/weir-demo-{}", std::process::id()));
-    std::fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
-    let mut cleanup = Cleanup { cgroup: cgroup.clone(), children: Vec::new() };
+    let cgroup = Cgroup::try_create(&format!("weir-demo-{}", std::process::id()))?;
+    let cgroup_path = cgroup.path.clone();
+    let mut cleanup = Cleanup { children: Vec::new(), _cgroup: cgroup };
 
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir)?;
@@ -122,7 +122,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let access_log = dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
     let mut config = CONFIG
-        .replace("@DEMO_CGROUP@", &cgroup.display().to_string())
+        .replace("@DEMO_CGROUP@", &cgroup_path.display().to_string())
         .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display()));
     let mut cluster = None;
     if args.kubernetes {
@@ -146,38 +146,37 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     wait_ready(cleanup.children.last_mut().context("weir")?, ready_body)?;
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
-    eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup.display(), args.rate);
+    eprintln!("demo: workload in {} dials http://{VIP}/ at {} req/s", cgroup_path.display(), args.rate);
     let mut client = Command::new(std::env::current_exe()?)
         .args(["demo-client", "--vip", VIP, "--cgroup"])
-        .arg(&cgroup)
+        .arg(&cgroup_path)
         .args(["--duration", &duration.to_string(), "--rate", &args.rate.to_string()])
         .stdout(Stdio::inherit())
         .spawn()
         .context("starting the demo workload")?;
     eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
     {
-        let (stop, failing) = (stop.clone(), failing.clone());
+        let (stop, failing) = (stop.clone(), endpoints[2].clone());
         let chaos_at = if args.kubernetes { 0 } else { args.chaos_at };
         let service = if args.kubernetes { crate::demo_k8s::SERVICE } else { "checkout" };
-        std::thread::spawn(move || monitor(stop, failing, chaos_at, service));
+        std::thread::spawn(move || monitor(stop, &failing, chaos_at, service));
     }
     if let Some(cluster) = cluster.take() {
         let stop = stop.clone();
         std::thread::spawn(move || cluster.script(stop));
     }
+    // Until Ctrl-C, or the workload ends (its --duration).
     let status = loop {
         if stop.load(Ordering::SeqCst) {
-            // SAFETY: kill(2) on our child.
-            unsafe { libc::kill(client.id() as i32, libc::SIGTERM) };
-            break client.wait()?;
+            break proc::terminate(&mut client, Duration::from_secs(5)).0.context("the demo workload")?;
         }
-        if let Some(s) = client.try_wait()? {
+        if let Some(s) = proc::wait_exit(&mut client, Duration::from_millis(100)) {
             break s;
         }
-        std::thread::sleep(Duration::from_millis(50));
     };
     eprintln!("demo: stopping weir");
     drop(cleanup);
+    drop(endpoints);
     if !status.success() && !stop.load(Ordering::SeqCst) {
         bail!("the demo workload failed: {status}");
     }
@@ -194,47 +193,39 @@ fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (at most 20 s) until weir's `/ready` answers 200 with `body_has` in its body; fails if
+/// weir exits first.
 fn wait_ready(weir: &mut Child, body_has: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = weir.try_wait()? {
-            bail!("weir exited during start: {status}");
-        }
-        if let Ok((200, body)) = http_get(ADMIN.parse()?, "/ready")
-            && body.contains(body_has)
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("weir did not become ready within 20 s")
-}
-
-/// A minimal blocking GET (one request, connection closed) for the admin API.
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).context("bad status line")?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let ready = wait_until(Duration::from_secs(20), || match weir.try_wait() {
+        Ok(Some(status)) => Some(Err(anyhow::anyhow!("weir exited during start: {status}"))),
+        Err(e) => Some(Err(e.into())),
+        Ok(None) => get_once(admin(), "admin", "/ready", Duration::from_secs(1))
+            .ok()
+            .filter(|r| r.status == 200 && r.body_string().contains(body_has))
+            .map(|_| Ok(())),
+    });
+    ready.unwrap_or_else(|| Err(anyhow::anyhow!("weir did not become ready within 20 s")))
 }
 
 /// Once a second: weir's own RED for the service, from `/metrics` (rate and errors from the
 /// counters, p50/p99 from the histogram buckets' deltas), endpoint states and retries. At
-/// `chaos_at` seconds, endpoint 3 starts failing.
-fn monitor(stop: Arc<AtomicBool>, failing: Arc<AtomicBool>, chaos_at: u64, service: &str) {
+/// `chaos_at` seconds, endpoint 3 (`failing`) starts answering 503.
+fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64, service: &str) {
     let start = Instant::now();
     let mut prev: Option<Red> = None;
+    let mut chaos = false;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_secs(1));
-        if chaos_at > 0 && start.elapsed().as_secs() == chaos_at && !failing.swap(true, Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(1)); // the report's pace
+        if chaos_at > 0 && start.elapsed().as_secs() >= chaos_at && !chaos {
+            chaos = true;
+            failing.set(Behavior::Status(503));
             println!("demo: endpoint 3 now answers 503 to everything: watch weir retry and eject it");
         }
-        let Ok((200, text)) = http_get(ADMIN.parse().expect("admin addr"), "/metrics") else { continue };
-        let red = Red::parse(&text, service);
+        let Ok(r) = get_once(admin(), "admin", "/metrics", Duration::from_secs(5)) else { continue };
+        if r.status != 200 {
+            continue;
+        }
+        let red = Red::parse(&r.body_string(), service);
         if let Some(p) = &prev {
             let n = red.requests - p.requests;
             let q =
@@ -330,68 +321,13 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> 
     None
 }
 
-/// A demo endpoint: HTTP/1.1 keep-alive, answers every request with its number (or 503 while
-/// `failing` is set).
-fn serve_endpoint(listener: TcpListener, n: usize, failing: Option<Arc<AtomicBool>>) {
-    for conn in listener.incoming().flatten() {
-        let failing = failing.clone();
-        std::thread::spawn(move || {
-            let _ = conn.set_nodelay(true);
-            let mut reader = BufReader::new(match conn.try_clone() {
-                Ok(c) => c,
-                Err(_) => return,
-            });
-            let mut writer = conn;
-            loop {
-                let mut line = String::new();
-                let mut content_length = 0usize;
-                let mut via_weir = false;
-                loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        content_length = v.trim().parse().unwrap_or(0);
-                    }
-                    if lower.starts_with("via:") && lower.contains("weir") {
-                        via_weir = true;
-                    }
-                }
-                let mut body = vec![0; content_length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let down = failing.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
-                let (status, reply) = if down {
-                    ("503 Service Unavailable", format!("endpoint {n} is down\n"))
-                } else {
-                    ("200 OK", format!("hello from endpoint {n}\n"))
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-demo-endpoint: {n}\r\nx-demo-via-weir: {via_weir}\r\n\r\n{reply}",
-                    reply.len()
-                );
-                if writer.write_all(resp.as_bytes()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 /// The demo workload: moves itself into the cgroup, then sends `rate` requests per second on
 /// a keep-alive connection to the VIP and prints a line per second.
 pub fn client(args: ClientArgs) -> anyhow::Result<()> {
-    join_cgroup(&args.cgroup)?;
+    weir_testkit::cgroup::join(&args.cgroup)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let end = Instant::now() + Duration::from_secs(args.duration);
-    let mut conn: Option<(BufReader<TcpStream>, TcpStream)> = None;
+    let mut conn: Option<Client> = None;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
     let (mut ok, mut errors, mut via_weir, mut by_endpoint) = (0u64, 0u64, 0u64, [0u64; 4]);
     let start = Instant::now();
@@ -400,7 +336,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     while Instant::now() < end {
         let now = Instant::now();
         if now < next_send {
-            std::thread::sleep(next_send - now);
+            std::thread::sleep(next_send - now); // the workload's request rate
         }
         next_send += interval;
         let t0 = Instant::now();
@@ -442,43 +378,18 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves the calling process into `cgroup` (cgroup v2: write 0 to cgroup.procs).
-pub fn join_cgroup(cgroup: &Path) -> anyhow::Result<()> {
-    std::fs::write(cgroup.join("cgroup.procs"), "0").with_context(|| format!("joining cgroup {}", cgroup.display()))
-}
-
-fn request(conn: &mut Option<(BufReader<TcpStream>, TcpStream)>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
+/// One GET on the kept connection (opened first if needed): which endpoint answered
+/// (`x-endpoint`), and whether the request went through weir (the endpoint echoes weir's `via`).
+fn request(conn: &mut Option<Client>, vip: SocketAddr) -> anyhow::Result<(usize, bool)> {
     if conn.is_none() {
-        let s =
-            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).with_context(|| format!("connecting to {vip}"))?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        *conn = Some((BufReader::new(s.try_clone()?), s));
+        let c = Client::try_connect_timeout(vip, Duration::from_secs(2), Duration::from_secs(5))
+            .with_context(|| format!("connecting to {vip}"))?;
+        *conn = Some(c);
     }
-    let (reader, writer) = conn.as_mut().context("connection")?;
-    write!(writer, "GET / HTTP/1.1\r\nhost: checkout\r\n\r\n")?;
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 200") {
-        bail!("unexpected status line {line:?}");
+    let r = conn.as_mut().context("connection")?.request("GET", "/", "checkout", b"")?;
+    if r.status != 200 {
+        bail!("status {} ({})", r.status, r.body_string().trim());
     }
-    let (mut len, mut endpoint, mut weir) = (0usize, 0usize, false);
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse()?;
-        } else if let Some(v) = lower.strip_prefix("x-demo-endpoint:") {
-            endpoint = v.trim().parse()?;
-        } else if let Some(v) = lower.strip_prefix("x-demo-via-weir:") {
-            weir = v.trim() == "true";
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    Ok((endpoint, weir))
+    let endpoint = r.header("x-endpoint").and_then(|e| e.parse().ok()).context("no x-endpoint in the response")?;
+    Ok((endpoint, r.header("x-seen-via").is_some_and(|v| v.contains("weir"))))
 }

@@ -28,6 +28,10 @@ enum Task {
     Setup,
     /// Run every test (unprivileged and root tiers) after setup and build.
     Test {
+        /// Only the tests that need no root: leaves out the root tier (`root_tier::`, eBPF and
+        /// cgroups), for contributors without root.
+        #[arg(long)]
+        unprivileged: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::setup(),
-        Task::Test { args } => test::test(&args),
+        Task::Test { unprivileged, args } => test::test(unprivileged, &args),
         Task::Demo(args) => demo::demo(args),
         Task::DemoClient(args) => demo::client(args),
         Task::Fuzz(args) => fuzz::fuzz(args),
@@ -91,8 +95,4 @@ pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use weir_testkit::proc::is_root;

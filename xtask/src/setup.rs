@@ -93,6 +93,13 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         eprintln!("  present");
         return Ok(());
     }
+    if !crate::is_root() {
+        bail!(
+            "missing {}: install them as root (`sudo apt-get install {}`), then run this again",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
     eprintln!("  installing {}", missing.join(" "));
     apt_install(&missing)
 }

@@ -49,7 +49,7 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
     if let Some(dir) = value(&args, "--cgroup") {
-        loadgen::join_cgroup(&PathBuf::from(dir))?;
+        weir_testkit::cgroup::join(&PathBuf::from(dir))?;
     }
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack: 1 ns, so the
     // open loop wakes when asked to rather than up to 50 µs later.

@@ -213,30 +213,9 @@ pub fn idle(addr: SocketAddr, request: &[u8], count: usize, hold: Duration) -> a
 
 /// Raises RLIMIT_NOFILE to at least `want` (root may raise the hard limit too).
 pub fn raise_nofile(want: u64) -> anyhow::Result<()> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        anyhow::bail!("getrlimit: {}", std::io::Error::last_os_error());
-    }
-    if lim.rlim_cur >= want {
-        return Ok(());
-    }
-    let new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
-    // SAFETY: `new` is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        anyhow::bail!(
-            "cannot raise the open-files limit to {want} (hard limit {}): {}; run as root or raise `ulimit -n`",
-            lim.rlim_max,
-            std::io::Error::last_os_error()
-        );
-    }
+    weir_testkit::proc::raise_nofile(Some(want))
+        .map_err(|e| anyhow::anyhow!("{e}; run as root or raise `ulimit -n`"))?;
     Ok(())
-}
-
-/// Moves this process into the cgroup v2 directory `dir` (write 0 to cgroup.procs), so eBPF
-/// steering attached there applies to its connections.
-pub fn join_cgroup(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| anyhow::anyhow!("joining cgroup {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! connections in parallel; `tcp` sends one line per connection and reads the echo.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use weir_testkit::Client;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
@@ -18,10 +20,11 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(cg) = arg(&args, "--cgroup") {
-        std::fs::write(std::path::Path::new(&cg).join("cgroup.procs"), "0").expect("join cgroup");
+        weir_testkit::cgroup::join(std::path::Path::new(&cg)).expect("join cgroup");
     }
     if let Some(cpu) = arg(&args, "--cpu") {
-        pin_to_cpu(cpu.parse().expect("--cpu N"));
+        let cpu: usize = cpu.parse().expect("--cpu N");
+        weir_testkit::proc::pin_to_cpu(cpu).unwrap_or_else(|e| panic!("pin to CPU {cpu}: {e}"));
     }
     let addr: SocketAddr = arg(&args, "--addr").expect("--addr").parse().expect("--addr is IP:PORT");
     let requests: usize = arg(&args, "--requests").map_or(1, |v| v.parse().expect("--requests"));
@@ -72,16 +75,6 @@ fn main() {
     );
 }
 
-/// Pins the whole process (all its threads, present and future) to one CPU.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: sched_setaffinity on this process with a zero-initialised, then filled cpu_set_t.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}");
-    }
-}
-
 #[derive(Default)]
 struct Session {
     ok: u64,
@@ -93,46 +86,49 @@ struct Session {
     peers: BTreeMap<String, u64>,
 }
 
-fn connect(addr: SocketAddr, s: &mut Session) -> Option<(BufReader<TcpStream>, TcpStream)> {
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-        Ok(c) => {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-            if let Ok(p) = c.peer_addr() {
-                *s.peers.entry(p.to_string()).or_default() += 1;
-            }
-            let r = BufReader::new(c.try_clone().ok()?);
-            Some((r, c))
-        }
-        Err(e) => {
-            s.errors.push(format!("connect {addr}: {e}"));
-            None
-        }
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts where a new connection ended up (getpeername: the proxy when steered).
+fn count_peer(s: &mut Session, peer: std::io::Result<SocketAddr>) {
+    if let Ok(p) = peer {
+        *s.peers.entry(p.to_string()).or_default() += 1;
     }
 }
 
 fn http_session(addr: SocketAddr, host: &str, n: usize, hold: Option<std::time::Duration>) -> Session {
     let mut s = Session::default();
-    let mut conn = None;
+    let mut conn: Option<Client> = None;
     for i in 0..n {
         if let Some(h) = hold
             && i == n / 2
         {
+            // The behaviour under test: the connection stays open, idle, for this long.
             std::thread::sleep(h);
         }
         if conn.is_none() {
-            conn = connect(addr, &mut s);
+            match Client::try_connect_timeout(addr, CONNECT_TIMEOUT, READ_TIMEOUT) {
+                Ok(c) => {
+                    count_peer(&mut s, c.peer_addr());
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    s.errors.push(format!("connect {addr}: {e}"));
+                    continue;
+                }
+            }
         }
-        let Some((reader, writer)) = conn.as_mut() else { continue };
-        match exchange(reader, writer, host) {
-            Ok((status, endpoint, seen_via)) => {
-                *s.statuses.entry(status.to_string()).or_default() += 1;
-                if status == 200 {
+        let Some(c) = conn.as_mut() else { continue };
+        match c.request("GET", "/probe", host, b"") {
+            Ok(r) => {
+                *s.statuses.entry(r.status.to_string()).or_default() += 1;
+                if r.status == 200 {
                     s.ok += 1;
                 }
-                if let Some(e) = endpoint {
-                    *s.endpoints.entry(e).or_default() += 1;
+                if let Some(e) = r.header("x-endpoint") {
+                    *s.endpoints.entry(e.to_string()).or_default() += 1;
                 }
-                s.via += u64::from(seen_via);
+                s.via += u64::from(r.header("x-seen-via").is_some_and(|v| v.contains("weir")));
             }
             Err(e) => {
                 s.errors.push(format!("request: {e}"));
@@ -143,42 +139,19 @@ fn http_session(addr: SocketAddr, host: &str, n: usize, hold: Option<std::time::
     s
 }
 
-fn exchange(
-    reader: &mut BufReader<TcpStream>,
-    writer: &mut TcpStream,
-    host: &str,
-) -> std::io::Result<(u16, Option<String>, bool)> {
-    write!(writer, "GET /probe HTTP/1.1\r\nhost: {host}\r\n\r\n")?;
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-    }
-    let status: u16 = line.get(9..12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let (mut len, mut endpoint, mut via) = (0usize, None, false);
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let Some((n, v)) = l.split_once(':') else { continue };
-        match n.trim().to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().unwrap_or(0),
-            "x-endpoint" => endpoint = Some(v.trim().to_string()),
-            "x-seen-via" => via = v.contains("weir"),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    Ok((status, endpoint, via))
-}
-
 fn tcp_session(addr: SocketAddr, n: usize) -> Session {
     let mut s = Session::default();
     for i in 0..n {
-        let Some((mut reader, mut writer)) = connect(addr, &mut s) else { continue };
+        let mut writer = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                s.errors.push(format!("connect {addr}: {e}"));
+                continue;
+            }
+        };
+        count_peer(&mut s, writer.peer_addr());
+        let _ = writer.set_read_timeout(Some(READ_TIMEOUT));
+        let Ok(mut reader) = writer.try_clone().map(BufReader::new) else { continue };
         let msg = format!("ping {i}\n");
         let mut back = String::new();
         match writer.write_all(msg.as_bytes()).and_then(|_| reader.read_line(&mut back)) {

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -62,15 +63,34 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Application protocol of a service.
+/// Application protocol of a service: what weir speaks to its endpoints. Clients may speak
+/// HTTP/1.1 or HTTP/2 (h2c) to any HTTP service; weir translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
-    /// HTTP/1.1, parsed, balanced per request, retried.
+    /// HTTP/1.1 to the endpoints, balanced per request, retried.
     #[default]
     Http,
+    /// HTTP/2 with prior knowledge (h2c) to the endpoints, over pooled multiplexed
+    /// connections, balanced per request (stream).
+    Http2,
+    /// gRPC: HTTP/2 to the endpoints with gRPC's semantics (trailers, `grpc-status` retries,
+    /// `grpc-timeout`, weir's own failures as `grpc-status` trailers-only responses).
+    Grpc,
     /// Plain TCP, balanced per connection, relayed byte for byte.
     Tcp,
+}
+
+impl Protocol {
+    /// Requests are parsed and balanced one by one (every protocol but TCP).
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// The endpoints speak HTTP/2.
+    pub fn upstream_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 pub use crate::balance::LbPolicy;
@@ -126,8 +146,9 @@ pub struct Config {
     /// Service discovery from the Kubernetes API.
     pub kubernetes: KubernetesConfig,
     /// Services, in file order (then the discovered ones, by name); a service's index is its
-    /// id in the steering map.
-    pub services: Vec<ServiceConfig>,
+    /// id in the steering map. Shared, so that a new config can keep the unchanged services of
+    /// the previous one as they are.
+    pub services: Vec<Arc<ServiceConfig>>,
 }
 
 /// `[kubernetes]`: Services and EndpointSlices from the Kubernetes API become services beside
@@ -169,8 +190,11 @@ pub struct ProxyConfig {
     /// A write to a client that makes no progress for this long (the client stopped reading)
     /// closes the client connection and the upstream one behind it. Default 60 s.
     pub downstream_write_timeout: Duration,
-    /// Largest request head, else 431. Default 60 KiB.
+    /// Largest request head, else 431. Default 60 KiB. Also the largest HTTP/2 header list a
+    /// client may send.
     pub max_request_head_bytes: usize,
+    /// HTTP/2 streams a client connection may have open at once. Default 100.
+    pub http2_max_concurrent_streams: u32,
     /// Most request headers, else 431. Default 100.
     pub max_headers: usize,
     /// Longest request target, else 414. Default 8 KiB.
@@ -359,6 +383,9 @@ pub struct RetryConfig {
     pub on_server_error: bool,
     /// Retry a 429 (replayable body; honours `Retry-After`). Default false.
     pub on_rate_limited: bool,
+    /// gRPC services: retry a response whose `grpc-status` (trailers-only, before anything was
+    /// relayed) is one of these codes (replayable body). Default `["unavailable"]`.
+    pub on_grpc_status: crate::grpc::CodeSet,
 }
 
 /// `[service.outlier]`.
@@ -393,7 +420,7 @@ impl ServiceConfig {
         let r = &self.retry;
         crate::retry::RetryPolicy {
             attempts: r.attempts,
-            retry_on: crate::retry::RetryOn::with(r.on_server_error, r.on_rate_limited),
+            retry_on: crate::retry::RetryOn::with(r.on_server_error, r.on_rate_limited, r.on_grpc_status),
             backoff_base: r.backoff_base,
             backoff_max: r.backoff_max,
             per_attempt_timeout: self.timeouts.attempt,
@@ -443,9 +470,25 @@ impl Config {
         validate(raw).map_err(|problems| ConfigError { file: file.to_path_buf(), issues: locate(src, problems) })
     }
 
-    /// The service with this name.
+    /// The service with this name (a linear search: for tools and tests; the data path uses
+    /// the snapshot's index).
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
-        self.services.iter().find(|s| s.name == name)
+        self.services.iter().find(|s| s.name == name).map(|s| &**s)
+    }
+
+    /// Makes every service equal to one of `previous`'s (same name, same value) share
+    /// `previous`'s value, so that what already runs is recognised as unchanged by pointer
+    /// and the duplicate is freed.
+    pub fn share_unchanged(&mut self, previous: &Config) {
+        let by_name: std::collections::HashMap<&str, &Arc<ServiceConfig>> =
+            previous.services.iter().map(|s| (s.name.as_str(), s)).collect();
+        for s in &mut self.services {
+            if let Some(p) = by_name.get(s.name.as_str())
+                && (Arc::ptr_eq(p, s) || ***p == **s)
+            {
+                *s = Arc::clone(p);
+            }
+        }
     }
 }
 

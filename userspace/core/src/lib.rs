@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod balance;
 pub mod config;
+pub mod grpc;
 pub mod outcome;
 pub mod outlier;
 pub mod retry;

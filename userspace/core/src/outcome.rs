@@ -30,6 +30,12 @@ pub enum Outcome {
         /// HTTP status code as received.
         status: u16,
     },
+    /// A gRPC endpoint answered with a non-OK `grpc-status` before anything of the response was
+    /// relayed (a trailers-only response): a response, but one the policy may retry.
+    Grpc {
+        /// The `grpc-status` code (1..=16).
+        code: u8,
+    },
     /// The endpoint refused the connection (RST, unreachable, ...). Nothing was sent.
     ConnectFailure,
     /// The connect did not complete within the connect timeout (default 1 s). Nothing was sent.
@@ -65,6 +71,7 @@ impl Outcome {
     pub const fn is_gateway_failure(&self) -> bool {
         match *self {
             Outcome::Response { status } => matches!(status, 502..=504),
+            Outcome::Grpc { code } => code == crate::grpc::UNAVAILABLE,
             Outcome::ConnectFailure
             | Outcome::ConnectTimeout
             | Outcome::ResetAfterWrite
@@ -79,6 +86,7 @@ impl Outcome {
     pub const fn as_str(&self) -> &'static str {
         match self {
             Outcome::Response { .. } => "response",
+            Outcome::Grpc { .. } => "grpc-status",
             Outcome::ConnectFailure => "connect-failure",
             Outcome::ConnectTimeout => "connect-timeout",
             Outcome::ResetBeforeWrite => "reset-before-write",
@@ -252,7 +260,7 @@ impl ErrorReason {
     /// closes the downstream connection, and the access log records [`Outcome::as_str`]).
     pub const fn from_outcome(outcome: &Outcome) -> Option<ErrorReason> {
         match outcome {
-            Outcome::Response { .. } | Outcome::ResetAfterResponseStarted => None,
+            Outcome::Response { .. } | Outcome::Grpc { .. } | Outcome::ResetAfterResponseStarted => None,
             // Nothing reached the endpoint: for the client this is a failed connect.
             Outcome::ConnectFailure | Outcome::ConnectTimeout | Outcome::ResetBeforeWrite => {
                 Some(ErrorReason::ConnectFailure)
@@ -270,7 +278,7 @@ impl ErrorReason {
     /// the last was an endpoint's response discarded for a retry that then found no endpoint.
     pub const fn for_failed_request(last: Option<&Outcome>) -> ErrorReason {
         match last {
-            None | Some(Outcome::Response { .. }) => ErrorReason::NoHealthyEndpoint,
+            None | Some(Outcome::Response { .. } | Outcome::Grpc { .. }) => ErrorReason::NoHealthyEndpoint,
             Some(o) => match ErrorReason::from_outcome(o) {
                 Some(r) => r,
                 None => ErrorReason::UpstreamReset,
@@ -289,7 +297,8 @@ impl fmt::Display for ErrorReason {
 mod tests {
     use super::*;
 
-    const ALL_OUTCOMES: [Outcome; 10] = [
+    const ALL_OUTCOMES: [Outcome; 11] = [
+        Outcome::Grpc { code: 14 },
         Outcome::Response { status: 200 },
         Outcome::ConnectFailure,
         Outcome::ConnectTimeout,

@@ -40,12 +40,23 @@ pub struct RetryOn {
     /// No response head within the per-attempt timeout; idempotent and replayable only (unless
     /// no request byte was written). Default: true.
     pub timeout: bool,
+    /// gRPC statuses retried (a trailers-only response), replayable body only. Default:
+    /// `unavailable`.
+    pub grpc: crate::grpc::CodeSet,
 }
 
 impl RetryOn {
-    /// What is always retried; `server_error` and `rate_limited` come from the config.
-    pub const fn with(server_error: bool, rate_limited: bool) -> RetryOn {
-        RetryOn { connect_failure: true, unavailable: true, rate_limited, server_error, reset: true, timeout: true }
+    /// What is always retried; `server_error`, `rate_limited` and `grpc` come from the config.
+    pub const fn with(server_error: bool, rate_limited: bool, grpc: crate::grpc::CodeSet) -> RetryOn {
+        RetryOn {
+            connect_failure: true,
+            unavailable: true,
+            rate_limited,
+            server_error,
+            reset: true,
+            timeout: true,
+            grpc,
+        }
     }
 }
 
@@ -208,6 +219,8 @@ pub fn retry_decision(policy: &RetryPolicy, outcome: &Outcome, attempt: u32, ctx
         Outcome::Response { status: 429 } => (on.rate_limited, Safety::Replayable),
         Outcome::Response { status: 500..=599 } => (on.server_error, Safety::IdempotentReplayable),
         Outcome::Response { .. } => return Decision::Stop(StopReason::Completed),
+        Outcome::Grpc { code } if on.grpc.contains(code) => (true, Safety::Replayable),
+        Outcome::Grpc { .. } => return Decision::Stop(StopReason::NotEnabled),
         Outcome::ConnectFailure | Outcome::ConnectTimeout => (on.connect_failure, Safety::NothingSent),
         Outcome::ResetBeforeWrite => {
             if ctx.reused_connection && !ctx.fresh_connection_retried {
@@ -338,7 +351,7 @@ pub fn next_step(
 ) -> Next {
     let last = |budget_exhausted| {
         let step = match a.outcome {
-            Outcome::Response { .. } => Step::Respond,
+            Outcome::Response { .. } | Outcome::Grpc { .. } => Step::Respond,
             ref o => Step::Fail(ErrorReason::for_failed_request(Some(o))),
         };
         Next { step, budget_exhausted }

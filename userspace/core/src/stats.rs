@@ -1,9 +1,15 @@
 //! RED stats (rate, errors, duration) per service, as one worker's single-writer shard.
 //! Owns: what is counted per request, the duration histogram (exact Prometheus buckets for
-//! `/metrics` plus an HDR histogram for percentiles, and an exact sum and count), and merging
-//! shards for a scrape. Must not: be written by more than one thread, lock, or allocate on the
-//! record path (a service's slot is created when a snapshot introduces it, off the request
-//! path).
+//! `/metrics` plus an HDR histogram for percentiles, and an exact sum and count), publishing a
+//! shard for the admin thread, and merging published shards for a scrape. Must not: be written
+//! by more than one thread, or lock.
+//!
+//! Memory follows traffic, not the size of the table: a service's slot (its name) is created
+//! when a snapshot introduces it, but its [`ServiceStats`] (about 400 bytes) only when it is
+//! first counted on that worker, and its HDR histogram (about 21 KiB) on its first recorded
+//! duration; a service idle for [`HDR_IDLE_PUBLISHES`] publications gives its histogram back
+//! (its counters stay: they are monotonic). Publishing copies only the services counted since
+//! the last publication; the others share their previous copy.
 //!
 //! The exact buckets exist beside the HDR histogram because HDR's 2-significant-digit
 //! buckets straddle Prometheus bucket bounds: a 50.2 ms request must count in `le="0.1"`, not
@@ -48,17 +54,20 @@ pub enum RetryReason {
     Status503,
     /// The endpoint answered another 5xx (idempotent only).
     Status5xx,
+    /// A gRPC endpoint answered a retryable `grpc-status` (trailers-only).
+    GrpcStatus,
 }
 
 impl RetryReason {
     /// Every reason, in label order.
-    pub const ALL: [RetryReason; 6] = [
+    pub const ALL: [RetryReason; 7] = [
         RetryReason::ConnectFailure,
         RetryReason::KeepaliveRace,
         RetryReason::Reset,
         RetryReason::Timeout,
         RetryReason::Status503,
         RetryReason::Status5xx,
+        RetryReason::GrpcStatus,
     ];
 
     /// Why a retry after `outcome` is made (the one mapping from an outcome to a retry reason).
@@ -69,6 +78,7 @@ impl RetryReason {
             Outcome::Timeout => RetryReason::Timeout,
             Outcome::Response { status: 503 } => RetryReason::Status503,
             Outcome::Response { .. } => RetryReason::Status5xx,
+            Outcome::Grpc { .. } => RetryReason::GrpcStatus,
             Outcome::ResetAfterWrite
             | Outcome::ResetAfterResponseStarted
             | Outcome::ProtocolError
@@ -86,6 +96,7 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Status503 => "status-503",
             RetryReason::Status5xx => "status-5xx",
+            RetryReason::GrpcStatus => "grpc-status",
         }
     }
 }
@@ -103,11 +114,14 @@ pub struct RequestRecord {
     pub panic: bool,
 }
 
+/// A service idle for this many publications (seconds) releases its HDR histogram.
+pub const HDR_IDLE_PUBLISHES: u32 = 600;
+
 /// One service's counters on one worker.
 #[derive(Debug, Clone)]
 pub struct ServiceStats {
-    /// Requests by status code; index 0..600 (0 = no status: TCP or no response).
-    pub codes: Box<[u64; 600]>,
+    /// Requests by status code (0 = no status: TCP or no response), only codes seen, sorted.
+    codes: Vec<(u16, u64)>,
     /// Errors weir generated itself, by [`ErrorReason`] (index as in `ErrorReason::ALL`).
     pub errors: [u64; ErrorReason::ALL.len()],
     /// Retries by [`RetryReason`].
@@ -126,14 +140,15 @@ pub struct ServiceStats {
     pub duration_sum_ns: u128,
     /// Exact count of durations.
     pub duration_count: u64,
-    /// Durations in microseconds, 2 significant digits, for percentiles.
-    pub hdr: Histogram<u64>,
+    /// Durations in microseconds, 2 significant digits, for percentiles (from the first
+    /// recorded duration; released after a long idle time).
+    hdr: Option<Box<Histogram<u64>>>,
 }
 
 impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
-            codes: Box::new([0; 600]),
+            codes: Vec::new(),
             errors: [0; ErrorReason::ALL.len()],
             retries: [0; RetryReason::ALL.len()],
             budget_exhausted: 0,
@@ -143,7 +158,7 @@ impl Default for ServiceStats {
             buckets: [0; DURATION_BUCKETS_SECONDS.len() + 1],
             duration_sum_ns: 0,
             duration_count: 0,
-            hdr: Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds are valid"),
+            hdr: None,
         }
     }
 }
@@ -155,8 +170,8 @@ fn reason_index(reason: ErrorReason) -> usize {
 impl ServiceStats {
     /// Counts one finished request. Allocation-free.
     pub fn record(&mut self, r: &RequestRecord) {
-        let code = r.status.map_or(0, usize::from);
-        self.codes[if code < 600 { code } else { 0 }] += 1;
+        let code = r.status.filter(|c| *c < 600).unwrap_or(0);
+        self.count_code(code, 1);
         if let Some(e) = r.error {
             self.errors[reason_index(e)] += 1;
         }
@@ -168,7 +183,32 @@ impl ServiceStats {
         self.buckets[slot] += 1;
         self.duration_sum_ns += u128::from(ns);
         self.duration_count += 1;
-        self.hdr.saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+        self.hdr
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
+            .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    fn count_code(&mut self, code: u16, n: u64) {
+        match self.codes.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.codes[i].1 += n,
+            Err(i) => self.codes.insert(i, (code, n)),
+        }
+    }
+
+    /// Requests by status code (0 = no status), codes seen only, in order.
+    pub fn codes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.codes.iter().copied()
+    }
+
+    /// Requests counted with `code`.
+    pub fn code(&self, code: u16) -> u64 {
+        self.codes.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
+    }
+
+    /// Bytes this value holds on the heap (for the memory accounting in the docs and tests).
+    pub fn heap_bytes(&self) -> usize {
+        self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
+            + self.hdr.as_ref().map_or(0, |_| std::mem::size_of::<Histogram<u64>>() + hdr_counts_bytes())
     }
 
     /// Counts a retry.
@@ -180,8 +220,8 @@ impl ServiceStats {
 
     /// Adds `other` into `self` (for a scrape).
     pub fn merge(&mut self, other: &ServiceStats) {
-        for (a, b) in self.codes.iter_mut().zip(other.codes.iter()) {
-            *a += b;
+        for &(code, n) in &other.codes {
+            self.count_code(code, n);
         }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -198,7 +238,14 @@ impl ServiceStats {
         }
         self.duration_sum_ns += other.duration_sum_ns;
         self.duration_count += other.duration_count;
-        let _ = self.hdr.add(&other.hdr);
+        if let Some(h) = &other.hdr {
+            match &mut self.hdr {
+                Some(mine) => {
+                    let _ = mine.add(&**h);
+                }
+                None => self.hdr = Some(h.clone()),
+            }
+        }
     }
 
     /// Errors weir generated itself, by reason.
@@ -224,24 +271,47 @@ impl ServiceStats {
 
     /// Duration at quantile `q` (0..=1) from the HDR histogram; zero when empty.
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.hdr.is_empty() {
-            return Duration::ZERO;
+        match &self.hdr {
+            Some(h) if !h.is_empty() => Duration::from_micros(h.value_at_quantile(q)),
+            _ => Duration::ZERO,
         }
-        Duration::from_micros(self.hdr.value_at_quantile(q))
     }
 
     /// Total requests counted.
     pub fn requests(&self) -> u64 {
-        self.codes.iter().sum()
+        self.codes.iter().map(|(_, n)| n).sum()
     }
 }
 
+/// Heap bytes of one HDR histogram's counts (the same for every one: the bounds are fixed).
+fn hdr_counts_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let h = Histogram::<u64>::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds");
+        h.distinct_values() * std::mem::size_of::<u64>()
+    })
+}
+
+/// One service's place in a worker's shard.
+#[derive(Debug)]
+struct Slot {
+    name: Arc<str>,
+    /// Allocated when the service is first counted on this worker.
+    stats: Option<Box<ServiceStats>>,
+    /// The copy last published, shared until the stats change again.
+    published: Option<Arc<ServiceStats>>,
+    /// Counted since the last publication.
+    dirty: bool,
+    /// Publications since the service was last counted.
+    idle: u32,
+}
+
 /// All services' stats of one worker, keyed by service name (names survive reloads; indexes
-/// do not).
-#[derive(Debug, Clone, Default)]
+/// do not). Written by that worker alone.
+#[derive(Debug, Default)]
 pub struct StatsShard {
-    /// Per-service stats. Slots are never removed, so counters stay monotonic for Prometheus.
-    pub services: Vec<(Arc<str>, ServiceStats)>,
+    /// Slots are never removed, so counters stay monotonic for Prometheus.
+    slots: Vec<Slot>,
     index: HashMap<Arc<str>, usize>,
     /// Downstream connections refused at the connection limit.
     pub connections_refused: u64,
@@ -253,36 +323,143 @@ pub struct StatsShard {
 }
 
 impl StatsShard {
-    /// The slot of `service`, created on first use. Call when a snapshot arrives, not per
-    /// request: creation allocates.
+    /// The slot of `service`, created on first use (a name, no stats yet). Call when a
+    /// snapshot arrives, not per request.
     pub fn slot(&mut self, service: &str) -> usize {
         if let Some(&i) = self.index.get(service) {
             return i;
         }
         let name: Arc<str> = Arc::from(service);
-        self.services.push((name.clone(), ServiceStats::default()));
-        self.index.insert(name, self.services.len() - 1);
-        self.services.len() - 1
+        self.slots.push(Slot { name: name.clone(), stats: None, published: None, dirty: false, idle: 0 });
+        self.index.insert(name, self.slots.len() - 1);
+        self.slots.len() - 1
     }
 
-    /// The stats in slot `i`.
+    /// The stats in slot `i`, allocated on the service's first use on this worker.
     pub fn service_mut(&mut self, i: usize) -> &mut ServiceStats {
-        &mut self.services[i].1
+        let slot = &mut self.slots[i];
+        slot.dirty = true;
+        slot.stats.get_or_insert_with(Box::default)
     }
 
-    /// Merges shards into per-service totals (for a scrape).
-    pub fn merge_all<'a>(shards: impl IntoIterator<Item = &'a StatsShard>) -> StatsShard {
-        let mut out = StatsShard::default();
+    /// Sets slot `i`'s upstream-connection gauge, without allocating or marking anything
+    /// changed when the value is what it already was (0 for a service never counted).
+    pub fn set_upstream_connections(&mut self, i: usize, value: i64) {
+        let current = self.service(i).map_or(0, |s| s.upstream_connections);
+        if current != value {
+            self.service_mut(i).upstream_connections = value;
+        }
+    }
+
+    /// The stats in slot `i`, if the service was ever counted here.
+    pub fn service(&self, i: usize) -> Option<&ServiceStats> {
+        self.slots.get(i).and_then(|s| s.stats.as_deref())
+    }
+
+    /// A copy for the admin thread: every service counted so far, sharing the previous copy of
+    /// those not counted since. Also releases the HDR histogram of services idle for
+    /// [`HDR_IDLE_PUBLISHES`] publications.
+    pub fn publish(&mut self) -> Published {
+        let mut services = Vec::new();
+        for slot in &mut self.slots {
+            let Some(stats) = slot.stats.as_deref_mut() else { continue };
+            if slot.dirty {
+                slot.dirty = false;
+                slot.idle = 0;
+            } else {
+                slot.idle = slot.idle.saturating_add(1);
+                if slot.idle == HDR_IDLE_PUBLISHES && stats.hdr.take().is_some() {
+                    slot.published = None;
+                }
+            }
+            let copy = match &slot.published {
+                Some(p) if !slot.dirty && slot.idle > 0 => p.clone(),
+                _ => {
+                    let p = Arc::new(stats.clone());
+                    slot.published = Some(p.clone());
+                    p
+                }
+            };
+            services.push((slot.name.clone(), copy));
+        }
+        Published {
+            services,
+            connections_refused: self.connections_refused,
+            unrouted: self.unrouted,
+            downstream_write_timeouts: self.downstream_write_timeouts,
+        }
+    }
+
+    /// Services with a slot (counted or not).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no service has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Heap bytes held by the counted services' stats (for the memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.stats.as_deref())
+            .map(|s| std::mem::size_of::<ServiceStats>() + s.heap_bytes())
+            .sum()
+    }
+}
+
+/// One worker's stats as the admin thread sees them (published once a second).
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Every service counted on the worker so far.
+    pub services: Vec<(Arc<str>, Arc<ServiceStats>)>,
+    /// As in [`StatsShard`].
+    pub connections_refused: u64,
+    /// As in [`StatsShard`].
+    pub unrouted: u64,
+    /// As in [`StatsShard`].
+    pub downstream_write_timeouts: u64,
+}
+
+/// Every worker's published stats merged by service (a scrape).
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    services: Vec<(Arc<str>, ServiceStats)>,
+    index: HashMap<Arc<str>, usize>,
+    /// Summed over workers.
+    pub connections_refused: u64,
+    /// Summed over workers.
+    pub unrouted: u64,
+    /// Summed over workers.
+    pub downstream_write_timeouts: u64,
+}
+
+impl Merged {
+    /// Merges published shards into per-service totals.
+    pub fn merge<'a>(shards: impl IntoIterator<Item = &'a Published>) -> Merged {
+        let mut out = Merged::default();
         for shard in shards {
             for (name, stats) in &shard.services {
-                let i = out.slot(name);
-                out.services[i].1.merge(stats);
+                match out.index.get(name) {
+                    Some(&i) => out.services[i].1.merge(stats),
+                    None => {
+                        out.index.insert(name.clone(), out.services.len());
+                        out.services.push((name.clone(), (**stats).clone()));
+                    }
+                }
             }
             out.connections_refused += shard.connections_refused;
             out.unrouted += shard.unrouted;
             out.downstream_write_timeouts += shard.downstream_write_timeouts;
         }
         out
+    }
+
+    /// Every counted service, in the order first seen.
+    pub fn services(&self) -> impl Iterator<Item = (&Arc<str>, &ServiceStats)> {
+        self.services.iter().map(|(n, s)| (n, s))
     }
 
     /// Stats of a service by name.
@@ -310,8 +487,9 @@ mod tests {
             duration: Duration::from_millis(2),
             panic: true,
         });
-        assert_eq!(s.codes[200], 2);
-        assert_eq!(s.codes[503], 1);
+        assert_eq!(s.code(200), 2);
+        assert_eq!(s.code(503), 1);
+        assert_eq!(s.codes().collect::<Vec<_>>(), vec![(200, 2), (503, 1)]);
         assert_eq!(s.requests(), 3);
         assert_eq!(s.errors_by_reason().find(|(r, _)| *r == ErrorReason::ConnectFailure).map(|x| x.1), Some(1));
         assert_eq!(s.duration_count, 3);
@@ -358,10 +536,34 @@ mod tests {
         a.service_mut(ay).record(&rec(500, 1));
         b.service_mut(bx).record(&rec(200, 1));
         b.service_mut(by).retry(RetryReason::Status503);
-        let m = StatsShard::merge_all([&a, &b]);
-        assert_eq!(m.get("x").map(|s| s.codes[200]), Some(2));
-        assert_eq!(m.get("y").map(|s| s.codes[500]), Some(1));
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
+        assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
         assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn a_service_costs_a_name_until_it_is_counted_and_publishing_copies_only_what_changed() {
+        let mut shard = StatsShard::default();
+        let slots: Vec<usize> = (0..1000).map(|i| shard.slot(&format!("svc-{i}"))).collect();
+        assert_eq!((shard.len(), shard.heap_bytes()), (1000, 0), "slots alone hold no stats");
+        assert!(shard.publish().services.is_empty(), "an uncounted service is not published");
+        shard.service_mut(slots[7]).record(&rec(200, 1));
+        let first = shard.publish();
+        assert_eq!(first.services.len(), 1);
+        let second = shard.publish();
+        assert!(Arc::ptr_eq(&first.services[0].1, &second.services[0].1), "an unchanged service shares its copy");
+        shard.service_mut(slots[7]).record(&rec(200, 1));
+        let third = shard.publish();
+        assert_eq!(third.services[0].1.code(200), 2, "a counted service is copied again");
+        // A long idle time gives the HDR histogram back; the counters stay.
+        let with_hdr = shard.heap_bytes();
+        for _ in 0..HDR_IDLE_PUBLISHES {
+            shard.publish();
+        }
+        assert!(shard.heap_bytes() + 20_000 < with_hdr, "{} vs {with_hdr}", shard.heap_bytes());
+        let last = shard.publish();
+        assert_eq!((last.services[0].1.code(200), last.services[0].1.quantile(0.5)), (2, Duration::ZERO));
     }
 
     #[test]

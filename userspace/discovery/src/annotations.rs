@@ -67,7 +67,7 @@ pub fn policy(annotations: &BTreeMap<String, String>) -> (Option<Arc<ServiceConf
         }
     }
     match parse(&kept) {
-        Ok(s) => (Some(Arc::new(s)), rejected),
+        Ok(s) => (Some(s), rejected),
         Err(_) => (None, rejected),
     }
 }
@@ -83,7 +83,7 @@ fn literal(value: &str) -> String {
     }
 }
 
-fn parse(fields: &[(&str, Option<&str>, &str, String)]) -> Result<ServiceConfig, String> {
+fn parse(fields: &[(&str, Option<&str>, &str, String)]) -> Result<Arc<ServiceConfig>, String> {
     let mut doc = String::from("[[service]]\nname = \"annotations\"\nvip = \"127.0.0.1:1\"\n");
     for (_, table, name, value) in fields.iter().filter(|f| f.1.is_none()) {
         let _ = table;

@@ -27,7 +27,9 @@ pub struct Cluster {
     slices: HashMap<ObjectKey, (SliceRecord, u32)>,
     /// Service key → its slices' keys.
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
-    resolved: BTreeMap<ObjectKey, Vec<ServiceConfig>>,
+    /// Shared values: an unchanged weir service stays the same `Arc` from one publication to
+    /// the next, so the snapshot and the workers recognise it by pointer and keep its state.
+    resolved: BTreeMap<ObjectKey, Vec<Arc<ServiceConfig>>>,
     dirty: HashSet<ObjectKey>,
     /// This node's zone (`topology.kubernetes.io/zone`), once known.
     zone: Option<Arc<str>>,
@@ -165,19 +167,33 @@ impl Cluster {
             };
             let changed = if services.is_empty() {
                 self.resolved.remove(&key).is_some()
-            } else if self.resolved.get(&key) == Some(&services) {
-                false
             } else {
-                self.resolved.insert(key, services);
-                true
+                let old = self.resolved.get(&key);
+                if old
+                    .is_some_and(|old| old.len() == services.len() && old.iter().zip(&services).all(|(o, n)| **o == *n))
+                {
+                    false
+                } else {
+                    // Ports whose weir service did not change keep their value.
+                    let shared = services
+                        .into_iter()
+                        .map(|n| match old.and_then(|old| old.iter().find(|o| ***o == n)) {
+                            Some(o) => Arc::clone(o),
+                            None => Arc::new(n),
+                        })
+                        .collect();
+                    self.resolved.insert(key, shared);
+                    true
+                }
             };
             out.changed |= changed;
         }
         out
     }
 
-    /// Every weir service, in Service key order (`namespace/name`), ports in Service order.
-    pub fn services(&self) -> Vec<ServiceConfig> {
+    /// Every weir service, in Service key order (`namespace/name`), ports in Service order; an
+    /// unchanged one is the same `Arc` as in the previous call.
+    pub fn services(&self) -> Vec<Arc<ServiceConfig>> {
         self.resolved.values().flatten().cloned().collect()
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use weir_core::config::{Config, ServiceConfig};
 
@@ -19,13 +20,14 @@ pub struct Composed {
     pub conflicts: Vec<String>,
 }
 
-/// The file's config (`file`, as validated) with `discovered` added.
-pub fn compose(file: &Config, discovered: &[ServiceConfig]) -> Composed {
+/// The file's config (`file`, as validated) with `discovered` added. Services are shared, not
+/// copied: the composed config holds the very `Arc`s it was given.
+pub fn compose(file: &Config, discovered: &[Arc<ServiceConfig>]) -> Composed {
     let mut conflicts = Vec::new();
     let mut names: HashMap<&str, &str> = HashMap::with_capacity(discovered.len());
     let mut vips: HashMap<SocketAddr, &str> = HashMap::with_capacity(discovered.len());
     let reserved = [file.proxy.listen, file.admin.listen];
-    let mut kept: Vec<&ServiceConfig> = Vec::with_capacity(discovered.len());
+    let mut kept: Vec<&Arc<ServiceConfig>> = Vec::with_capacity(discovered.len());
     for d in discovered {
         if let Some(v) = d.vips().find(|v| reserved.contains(v)) {
             conflicts.push(format!(
@@ -67,8 +69,14 @@ pub fn compose(file: &Config, discovered: &[ServiceConfig]) -> Composed {
         }
     }
     services.extend(kept.into_iter().cloned());
-    let mut config = Config { services: Vec::new(), ..file.clone() };
-    config.services = services;
+    let config = Config {
+        proxy: file.proxy.clone(),
+        admin: file.admin.clone(),
+        steering: file.steering.clone(),
+        access_log: file.access_log.clone(),
+        kubernetes: file.kubernetes.clone(),
+        services,
+    };
     Composed { config, conflicts }
 }
 
@@ -78,8 +86,8 @@ mod tests {
 
     use super::*;
 
-    fn discovered(name: &str, vip: &str) -> ServiceConfig {
-        ServiceConfig { name: name.into(), vip: vip.parse().expect("vip"), ..ServiceConfig::defaults() }
+    fn discovered(name: &str, vip: &str) -> Arc<ServiceConfig> {
+        Arc::new(ServiceConfig { name: name.into(), vip: vip.parse().expect("vip"), ..ServiceConfig::defaults() })
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub struct Discovery {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Resolved services, handed to the caller after each batch (on the discovery thread).
-pub type Publish = Box<dyn FnMut(Vec<ServiceConfig>) + Send>;
+/// Resolved services, handed to the caller after each batch (on the discovery thread); a
+/// service unchanged since the previous batch is the same `Arc`.
+pub type Publish = Box<dyn FnMut(Vec<Arc<ServiceConfig>>) + Send>;
 
 impl Discovery {
     /// Loads the credentials (an error here is a configuration problem: weir does not start)

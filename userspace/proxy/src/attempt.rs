@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::{Either, select};
 use weir_core::outcome::Outcome;
@@ -17,56 +17,9 @@ use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, RequestHead, ResponseHead, Status, Version};
 use crate::io::{Conn, Wait};
-use crate::plan::{Call, Downstream, Plan};
+use crate::plan::{AttemptResult, Call, ClientFault, Downstream, Plan};
 use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope};
-
-/// What happened to one attempt.
-#[derive(Debug)]
-pub(crate) struct AttemptResult {
-    pub outcome: Outcome,
-    /// The connection, when a final response head was read from it (into [`Bufs`]).
-    pub conn: Option<UpConn>,
-    /// A pooled connection was used.
-    pub reused: bool,
-    /// Request bytes may have reached the endpoint's application.
-    pub written: bool,
-    /// Time from the request write to the response head.
-    pub latency: Option<Duration>,
-    /// The response came before the request body was sent in full, and says the endpoint
-    /// does not want it (an error status, or `Connection: close`): the client's request stream
-    /// is not consumed, so its connection closes after the response.
-    pub early: bool,
-    /// Request body bytes sent.
-    pub body_bytes: u64,
-    /// A failure on the client's side.
-    pub client: ClientFault,
-}
-
-/// A failure on the client's side of an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClientFault {
-    None,
-    /// The client closed, reset or stalled while sending its body: nothing to answer.
-    Gone,
-    /// The client's chunked body was malformed: 400.
-    Malformed,
-}
-
-impl AttemptResult {
-    fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult {
-        AttemptResult {
-            outcome,
-            conn: None,
-            reused,
-            written,
-            latency: None,
-            early: false,
-            body_bytes: 0,
-            client: ClientFault::None,
-        }
-    }
-}
 
 /// The buffers of an exchange, reused across its attempts (and taken from the worker's pool).
 #[derive(Debug)]
@@ -77,6 +30,8 @@ pub(crate) struct Bufs {
     pub ubuf: Vec<u8>,
     /// The parsed response head (spans into `ubuf`).
     pub resp: ResponseHead,
+    /// The request is held whole (replayable).
+    pub replayable: bool,
 }
 
 /// How much of the request body went to the endpoint.
@@ -99,7 +54,7 @@ pub(crate) async fn run(
     picked: &Picked,
     fresh_only: bool,
     bufs: &mut Bufs,
-) -> AttemptResult {
+) -> AttemptResult<UpConn> {
     let Call { ctx, scope, plan } = call;
     let deadline = plan.attempt_deadline(Instant::now());
     let (mut up, reused) = match connection(ctx, scope, plan, picked, fresh_only, deadline).await {
@@ -193,7 +148,7 @@ enum HeadRead {
 }
 
 /// One outcome from how the head read and the body send ended.
-fn classify(read: HeadRead, sent: BodySent, reused: bool) -> AttemptResult {
+fn classify(read: HeadRead, sent: BodySent, reused: bool) -> AttemptResult<UpConn> {
     let mut r = AttemptResult::failed(Outcome::ResetAfterWrite, reused, true);
     match (read, sent) {
         (_, BodySent::Failed(n, PumpError::Source | PumpError::SourceTimeout)) => {
@@ -242,7 +197,7 @@ async fn send_body_and_read_head(
     let mut client_writer = down.conn.try_clone();
     let out = if head.body == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
     let waits = Waits { src: Wait::Until(deadline), dst: Wait::Until(deadline) };
-    let Bufs { wbuf, ubuf, resp } = bufs;
+    let Bufs { wbuf, ubuf, resp, .. } = bufs;
     let (read, sent) = {
         let src = Source { conn: &mut down.conn, buf: &mut down.buf, base: head.head_len };
         let mut pump = pin!(body::pump(src, &mut up.conn, head.body, out, waits, wbuf, &moved));

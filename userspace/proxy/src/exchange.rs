@@ -6,20 +6,22 @@
 //! response with its no-progress write timeout. Must not: block the worker, hold the state
 //! borrow across an `.await`, or forward a byte it did not parse.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, METHOD_BYTES, PATH_BYTES};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::retry::{self, Attempted, RequestCtx, Step};
 use weir_core::stats::RetryReason;
 
-use crate::attempt::{self, AttemptResult, Bufs, ClientFault};
+use crate::attempt::{self, Bufs};
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, Method, RequestHead};
 use crate::io::Wait;
-use crate::plan::{Call, Downstream, Plan, via};
+use crate::plan::{AttemptResult, Call, ClientFault, Downstream, Plan, via};
+use crate::pool::UpConn;
 use crate::respond::{self, Reply};
 use crate::state::{Picked, Scope, Tried};
 
@@ -64,13 +66,142 @@ pub(crate) struct Exchange {
 }
 
 /// How the attempt loop ended.
-enum End {
+pub(crate) enum End<U> {
     /// Stream this response to the client.
-    Respond(AttemptResult, Picked),
+    Respond(AttemptResult<U>, Picked),
     /// Answer with weir's own error.
     Fail(ErrorReason, Option<&'static str>),
     /// The client broke off; nothing to answer.
     Abandon,
+}
+
+/// The codec-specific side of a request's attempts: how one attempt is made, and what its
+/// response says about waiting before a retry. The loop ([`attempts`]) does not care which
+/// codec carried the request or speaks to the endpoint.
+pub(crate) trait Attempter {
+    /// What a response-bearing attempt holds (a connection, an HTTP/2 stream).
+    type Up;
+
+    /// Runs one attempt against `picked` (`fresh`: not on a pooled connection).
+    fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> impl Future<Output = AttemptResult<Self::Up>>;
+
+    /// The wait the endpoint asked for before a retry (`Retry-After` on a 503 or 429, gRPC's
+    /// pushback); `Duration::MAX` when it asked not to be retried.
+    fn retry_after(&self, r: &AttemptResult<Self::Up>) -> Option<Duration>;
+
+    /// Whether the request can still be sent again whole.
+    fn replayable(&self) -> bool;
+}
+
+/// The attempt loop: one result per attempt, one report, one decision.
+pub(crate) async fn attempts<A: Attempter>(call: Call<'_>, a: &mut A, ex: &mut Exchange) -> End<A::Up> {
+    let Call { ctx, scope, plan } = call;
+    let mut tried = Tried::default();
+    let mut attempt: u32 = 0;
+    let mut fresh = false;
+    let mut fresh_retried = false;
+    let mut last: Option<Outcome> = None;
+    loop {
+        let now = Instant::now();
+        if now >= plan.deadline {
+            return End::Fail(last.map_or(ErrorReason::Timeout, |o| ErrorReason::for_failed_request(Some(&o))), None);
+        }
+        let picked = {
+            let mut state = ctx.state.borrow_mut();
+            match (fresh, ex.endpoint) {
+                (true, Some(addr)) => state.repick(scope, addr),
+                _ => state.pick(scope, &tried, now, ctx.now_ms()),
+            }
+        };
+        let Some(picked) = picked else {
+            return End::Fail(ErrorReason::for_failed_request(last.as_ref()), None);
+        };
+        if !fresh {
+            attempt += 1;
+        }
+        ex.attempts = ex.attempts.saturating_add(1);
+        ex.endpoint = Some(picked.addr);
+        ex.panic |= picked.panic;
+
+        let r = a.run(call, &picked, fresh).await;
+        ctx.state.borrow_mut().report(scope, &picked, &r.outcome, r.latency, Instant::now(), ctx.now_ms());
+        ex.bytes_in = r.body_bytes;
+        ex.upstream_us = r.latency.map_or(0, |l| l.as_micros() as u64);
+        last = Some(r.outcome);
+        match r.client {
+            ClientFault::None => {}
+            ClientFault::Gone => return End::Abandon,
+            ClientFault::Malformed => {
+                return End::Fail(ErrorReason::BadRequest, Some("malformed chunked request body"));
+            }
+        }
+        if r.early {
+            return End::Respond(r, picked);
+        }
+        let attempted = Attempted {
+            outcome: r.outcome,
+            attempt,
+            ctx: RequestCtx {
+                idempotent: plan.idempotent,
+                replayable: a.replayable(),
+                request_bytes_written: r.written,
+                reused_connection: r.reused,
+                fresh_connection_retried: fresh_retried,
+            },
+            retry_after: a.retry_after(&r),
+        };
+        let now = Instant::now();
+        let next =
+            ctx.state.borrow_mut().next_step(scope, &attempted, plan.deadline.saturating_duration_since(now), now);
+        fresh = false;
+        match next.step {
+            Step::Respond => return End::Respond(r, picked),
+            Step::Fail(reason) => return End::Fail(reason, None),
+            Step::RetryFresh => {
+                count_retry(ctx, scope, RetryReason::KeepaliveRace);
+                fresh = true;
+                fresh_retried = true;
+            }
+            Step::Retry { delay, reason } => {
+                count_retry(ctx, scope, reason);
+                tried.add(picked.addr);
+                drop(r); // a discarded response goes with its connection
+                if !delay.is_zero() {
+                    crate::io::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 client's request, attempted over HTTP/1.1.
+struct H1<'a> {
+    down: &'a mut Downstream,
+    head: &'a RequestHead,
+    bufs: &'a mut Bufs,
+}
+
+impl Attempter for H1<'_> {
+    type Up = UpConn;
+
+    async fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> AttemptResult<UpConn> {
+        attempt::run(call, self.down, self.head, picked, fresh, self.bufs).await
+    }
+
+    fn retry_after(&self, r: &AttemptResult<UpConn>) -> Option<Duration> {
+        match r.outcome {
+            Outcome::Response { status: 503 | 429 } => self
+                .bufs
+                .resp
+                .header(&self.bufs.ubuf, b"retry-after")
+                .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
+            _ => None,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.bufs.replayable
+    }
 }
 
 /// Proxies one request whose head is parsed in `down.buf[..head.head_len]`.
@@ -105,11 +236,12 @@ pub(crate) async fn exchange(
     let mut bufs = {
         let mut state = ctx.state.borrow_mut();
         state.record_request(scope, Instant::now());
-        Bufs { wbuf: state.take_buf(), ubuf: state.take_buf(), resp: state.take_head() }
+        Bufs { wbuf: state.take_buf(), ubuf: state.take_buf(), resp: state.take_head(), replayable: plan.buffered_body }
     };
     let mut ex = Exchange::default();
     let call = Call { ctx, scope, plan: &plan };
-    match attempts(call, down, head, &mut bufs, &mut ex).await {
+    let end = attempts(call, &mut H1 { down, head, bufs: &mut bufs }, &mut ex).await;
+    match end {
         End::Respond(r, picked) => stream_response(call, down, r, &picked, &mut bufs, &mut ex).await,
         End::Fail(reason, detail) => {
             // After a streamed body the request's framing is unknown: close.
@@ -137,100 +269,6 @@ pub(crate) async fn exchange(
     let consumed = if plan.buffered_body { head_len + plan.body_len as usize } else { head_len };
     down.buf.drain(..consumed.min(down.buf.len()));
     ex
-}
-
-/// The attempt loop: one result per attempt, one report, one decision.
-async fn attempts(
-    call: Call<'_>,
-    down: &mut Downstream,
-    head: &RequestHead,
-    bufs: &mut Bufs,
-    ex: &mut Exchange,
-) -> End {
-    let Call { ctx, scope, plan } = call;
-    let mut tried = Tried::default();
-    let mut attempt: u32 = 0;
-    let mut fresh = false;
-    let mut fresh_retried = false;
-    let mut last: Option<Outcome> = None;
-    loop {
-        let now = Instant::now();
-        if now >= plan.deadline {
-            return End::Fail(last.map_or(ErrorReason::Timeout, |o| ErrorReason::for_failed_request(Some(&o))), None);
-        }
-        let picked = {
-            let mut state = ctx.state.borrow_mut();
-            match (fresh, ex.endpoint) {
-                (true, Some(addr)) => state.repick(scope, addr),
-                _ => state.pick(scope, &tried, now, ctx.now_ms()),
-            }
-        };
-        let Some(picked) = picked else {
-            return End::Fail(ErrorReason::for_failed_request(last.as_ref()), None);
-        };
-        if !fresh {
-            attempt += 1;
-        }
-        ex.attempts = ex.attempts.saturating_add(1);
-        ex.endpoint = Some(picked.addr);
-        ex.panic |= picked.panic;
-
-        let r = attempt::run(call, down, head, &picked, fresh, bufs).await;
-        ctx.state.borrow_mut().report(scope, &picked, &r.outcome, r.latency, Instant::now(), ctx.now_ms());
-        ex.bytes_in = r.body_bytes;
-        ex.upstream_us = r.latency.map_or(0, |l| l.as_micros() as u64);
-        last = Some(r.outcome);
-        match r.client {
-            ClientFault::None => {}
-            ClientFault::Gone => return End::Abandon,
-            ClientFault::Malformed => {
-                return End::Fail(ErrorReason::BadRequest, Some("malformed chunked request body"));
-            }
-        }
-        if r.early {
-            return End::Respond(r, picked);
-        }
-        let retry_after = match r.outcome {
-            Outcome::Response { status: 503 | 429 } => bufs
-                .resp
-                .header(&bufs.ubuf, b"retry-after")
-                .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
-            _ => None,
-        };
-        let attempted = Attempted {
-            outcome: r.outcome,
-            attempt,
-            ctx: RequestCtx {
-                idempotent: plan.idempotent,
-                replayable: plan.buffered_body,
-                request_bytes_written: r.written,
-                reused_connection: r.reused,
-                fresh_connection_retried: fresh_retried,
-            },
-            retry_after,
-        };
-        let now = Instant::now();
-        let next =
-            ctx.state.borrow_mut().next_step(scope, &attempted, plan.deadline.saturating_duration_since(now), now);
-        fresh = false;
-        match next.step {
-            Step::Respond => return End::Respond(r, picked),
-            Step::Fail(reason) => return End::Fail(reason, None),
-            Step::RetryFresh => {
-                count_retry(ctx, scope, RetryReason::KeepaliveRace);
-                fresh = true;
-                fresh_retried = true;
-            }
-            Step::Retry { delay, reason } => {
-                count_retry(ctx, scope, reason);
-                tried.add(picked.addr);
-                drop(r); // a discarded response goes with its connection
-                if !delay.is_zero() {
-                    crate::io::sleep(delay).await;
-                }
-            }
-        }
-    }
 }
 
 fn count_retry(ctx: &Ctx, scope: &Scope, reason: RetryReason) {
@@ -264,14 +302,14 @@ async fn read_body_fully(down: &mut Downstream, total: usize, deadline: Instant)
 async fn stream_response(
     call: Call<'_>,
     down: &mut Downstream,
-    r: AttemptResult,
+    r: AttemptResult<UpConn>,
     picked: &Picked,
     bufs: &mut Bufs,
     ex: &mut Exchange,
 ) {
     let Call { ctx, scope, plan } = call;
     let Some(mut up) = r.conn else { return };
-    let Bufs { wbuf, ubuf, resp } = bufs;
+    let Bufs { wbuf, ubuf, resp, .. } = bufs;
     // An early answer leaves the client's request stream unread: close after it.
     let close = !plan.client_keep_alive || ctx.draining() || r.early;
     wbuf.clear();

@@ -241,6 +241,11 @@ impl Conn {
         self.inner.set_zero_linger()
     }
 
+    /// The connection as a readiness-based stream for codecs that poll (HTTP/2): see [`PollIo`].
+    pub fn into_poll_io(self) -> io::Result<PollIo> {
+        Ok(PollIo { fd: self.inner.to_poll_fd()? })
+    }
+
     /// Another handle to the same socket (to read and write it from two futures at once).
     pub fn try_clone(&self) -> Conn {
         Conn { inner: self.inner.clone(), sent: 0 }
@@ -353,5 +358,93 @@ impl Runtime {
     /// Which driver is in use (`io-uring` or `polling`), for logs.
     pub fn driver_name(&self) -> &'static str {
         if self.inner.driver_type().is_polling() { "epoll" } else { "io_uring" }
+    }
+}
+
+/// A connection driven by readiness instead of completions, for codecs written against
+/// tokio's `AsyncRead`/`AsyncWrite` (h2): each read or write is a non-blocking `recv`/`send`
+/// (`MSG_DONTWAIT`, so the socket's own blocking mode does not matter); on `EAGAIN` it waits for
+/// readiness with an io_uring poll (`PollFd`), then tries again — a readiness that turns out
+/// spurious just waits again. Never mixed with completion-based operations on the same socket.
+#[derive(Debug)]
+pub struct PollIo {
+    fd: compio::runtime::fd::PollFd<socket2::Socket>,
+}
+
+impl PollIo {
+    fn raw(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+}
+
+impl tokio::io::AsyncRead for PollIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            let unfilled = buf.initialize_unfilled();
+            // SAFETY: recv writes at most `unfilled.len()` bytes into the initialised slice.
+            let n = unsafe { libc::recv(self.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                buf.advance(n as usize);
+                return Poll::Ready(Ok(()));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => match self.fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PollIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        loop {
+            // SAFETY: send reads at most `data.len()` bytes from `data`.
+            let n = unsafe {
+                libc::send(self.raw(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => match self.fd.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        // SAFETY: shutdown(2) on the fd this value holds.
+        let rc = unsafe { libc::shutdown(self.raw(), libc::SHUT_WR) };
+        std::task::Poll::Ready(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
     }
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use weir_core::config::ForwardedHeaders;
+use weir_core::outcome::Outcome;
 
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
@@ -179,6 +180,54 @@ pub(crate) struct Call<'a> {
     pub ctx: &'a Ctx,
     pub scope: &'a Scope,
     pub plan: &'a Plan,
+}
+
+/// What happened to one attempt.
+#[derive(Debug)]
+pub(crate) struct AttemptResult<U> {
+    pub outcome: Outcome,
+    /// The upstream side holding a final response head (a connection, an HTTP/2 stream).
+    pub conn: Option<U>,
+    /// A pooled connection was used.
+    pub reused: bool,
+    /// Request bytes may have reached the endpoint's application.
+    pub written: bool,
+    /// Time from the request write to the response head.
+    pub latency: Option<Duration>,
+    /// The response came before the request body was sent in full, and says the endpoint
+    /// does not want it (an error status, or `Connection: close`): the client's request stream
+    /// is not consumed, so its connection closes after the response.
+    pub early: bool,
+    /// Request body bytes sent.
+    pub body_bytes: u64,
+    /// A failure on the client's side.
+    pub client: ClientFault,
+}
+
+/// A failure on the client's side of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    None,
+    /// The client closed, reset or stalled while sending its body: nothing to answer.
+    Gone,
+    /// The client's chunked body was malformed: 400.
+    Malformed,
+}
+
+impl<U> AttemptResult<U> {
+    /// A result without a response.
+    pub fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult<U> {
+        AttemptResult {
+            outcome,
+            conn: None,
+            reused,
+            written,
+            latency: None,
+            early: false,
+            body_bytes: 0,
+            client: ClientFault::None,
+        }
+    }
 }
 
 #[cfg(test)]

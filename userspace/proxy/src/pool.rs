@@ -116,7 +116,6 @@ impl Pool {
     }
 
     /// Idle connections held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.idle.len()
     }

@@ -66,16 +66,28 @@ impl Service {
 }
 
 impl Snapshot {
-    /// Builds a snapshot; state of services and endpoints that also exist in `previous` is
-    /// carried over (an ejected endpoint stays ejected across a reload).
-    pub fn build(config: Config, workers: usize, previous: Option<&Snapshot>) -> Snapshot {
+    /// Builds a snapshot incrementally from `previous`: a service whose config is unchanged
+    /// keeps its derived state and its config value as they are (the same `Arc`s, so workers
+    /// keep their state for it untouched and the duplicate just parsed is freed); a changed one
+    /// is derived again, its outlier state carried over by endpoint address (an ejected
+    /// endpoint stays ejected across a reload).
+    pub fn build(mut config: Config, workers: usize, previous: Option<&Snapshot>) -> Snapshot {
         let mut services = Vec::with_capacity(config.services.len());
-        let mut by_vip = HashMap::new();
-        let mut by_host = HashMap::new();
+        let mut by_vip = HashMap::with_capacity(config.services.len());
+        let mut by_host = HashMap::with_capacity(config.services.len() * 4);
         let mut by_name = HashMap::with_capacity(config.services.len());
-        for (i, s) in config.services.iter().enumerate() {
-            let old = previous.and_then(|p| p.service_index(&s.name).map(|j| &*p.services[j]));
-            let service = Arc::new(Service::new(s, workers, old));
+        for i in 0..config.services.len() {
+            let s = &config.services[i];
+            let old = previous.and_then(|p| p.service_index(&s.name).map(|j| (p, j)));
+            let service = match old {
+                Some((p, j)) if Arc::ptr_eq(&p.config.services[j], s) || *p.config.services[j] == **s => {
+                    config.services[i] = p.config.services[j].clone();
+                    p.services[j].clone()
+                }
+                Some((p, j)) => Arc::new(Service::new(s, workers, Some(&p.services[j]))),
+                None => Arc::new(Service::new(s, workers, None)),
+            };
+            let s = &config.services[i];
             by_name.insert(service.name.clone(), i);
             services.push(service);
             by_vip.insert(s.vip, i);

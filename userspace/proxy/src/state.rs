@@ -1,8 +1,14 @@
 //! One worker's own mutable state, knowing nothing of the worker thread: per service its
 //! balancer, idle pools, pending count, retry budget, stats slot and upstream-connection
-//! gauge; the worker's RNG, buffer and head pools, and its telemetry outputs. Rebuilt from each
-//! new snapshot (pools, latency estimates, budgets and gauges carried over by service name and
-//! endpoint address). Owns: picking an endpoint and recording what an attempt says about it.
+//! gauge; the worker's RNG, buffer and head pools, and its telemetry outputs. Owns: picking an
+//! endpoint and recording what an attempt says about it.
+//!
+//! A service costs little until it is used on this worker: its balancer and pools
+//! ([`Active`]) are built on its first request and dropped again after [`IDLE_RELEASE`]
+//! without requests, once nothing is pooled or in flight. A new snapshot is applied
+//! incrementally: a service whose derived state the snapshot kept (the same `Arc<Service>`)
+//! keeps its state untouched; a changed one is rebuilt with its pools, latency estimates,
+//! budget and gauge carried over by endpoint address.
 //! Must not: do I/O (beyond closing pooled sockets it drops), be shared between threads, or be
 //! borrowed across an `.await` (it lives in a `RefCell`; clippy denies holding the borrow).
 
@@ -92,12 +98,53 @@ impl Tried {
     }
 }
 
-/// Per-service state on one worker.
+/// A service's state that exists only while it is in use on this worker.
 #[derive(Debug)]
-pub(crate) struct ServiceState {
+pub(crate) struct Active {
     balancer: Balancer,
     /// Idle connections per endpoint (index-aligned with the service's endpoints).
     pools: Vec<Pool>,
+    /// When a request last picked an endpoint.
+    last_pick: Instant,
+}
+
+/// A service unused this long on a worker (nothing pooled, nothing in flight) gives its
+/// balancer and pools back.
+pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(600);
+
+impl Active {
+    fn new(cfg: &ServiceConfig, seed: u64, now: Instant) -> Box<Active> {
+        let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
+        Box::new(Active {
+            balancer: Balancer::new(cfg.lb, &weights, seed),
+            pools: (0..cfg.endpoints.len()).map(|_| Pool::default()).collect(),
+            last_pick: now,
+        })
+    }
+
+    /// A new state for `cfg` with what `prev` (for `prev_cfg`) knew, matched by address.
+    fn carried(cfg: &ServiceConfig, seed: u64, prev_cfg: &ServiceConfig, mut prev: Box<Active>) -> Box<Active> {
+        let mut next = Active::new(cfg, seed, prev.last_pick);
+        next.balancer.carry_latency_from(&prev.balancer, |new_i| {
+            prev_cfg.endpoints.iter().position(|e| e.addr == cfg.endpoints[new_i].addr)
+        });
+        for (k, e) in prev_cfg.endpoints.iter().enumerate() {
+            if let Some(n) = cfg.endpoints.iter().position(|n| n.addr == e.addr) {
+                next.pools[n] = std::mem::take(&mut prev.pools[k]);
+            }
+        }
+        // Pools of endpoints that are gone close with `prev`.
+        next
+    }
+}
+
+/// Per-service state on one worker.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    /// Balancer and pools, while the service is in use here.
+    active: Option<Box<Active>>,
+    /// Seeds this service's balancer on this worker.
+    seed: u64,
     /// Requests in flight on this worker.
     pending: u32,
     budget: RetryBudget,
@@ -162,41 +209,40 @@ impl WorkerState {
         let mut old: Vec<Option<ServiceState>> = std::mem::take(&mut self.services).into_iter().map(Some).collect();
         let old_snapshot = std::mem::replace(&mut self.snapshot, Rc::new(snapshot));
         let snapshot = self.snapshot.clone();
+        self.services.reserve(snapshot.services.len());
         for (i, (cfg, svc)) in snapshot.config.services.iter().zip(&snapshot.services).enumerate() {
-            let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
-            let seed = (self.worker as u64) << 32 | i as u64;
-            let mut state = ServiceState {
-                balancer: Balancer::new(cfg.lb, &weights, seed ^ snapshot.generation),
-                pools: (0..cfg.endpoints.len()).map(|_| Pool::default()).collect(),
-                pending: 0,
-                budget: RetryBudget::new(svc.budget, workers),
-                stats: self.telemetry.shard.slot(&cfg.name),
-                gauge: Gauge::default(),
-            };
             let previous = old_snapshot.service_index(&cfg.name).and_then(|j| Some((j, old.get_mut(j)?.take()?)));
-            if let Some((j, mut prev)) = previous {
-                let prev_cfg = &old_snapshot.config.services[j];
-                state.balancer.carry_latency_from(&prev.balancer, |new_i| {
-                    prev_cfg.endpoints.iter().position(|e| e.addr == cfg.endpoints[new_i].addr)
-                });
-                for (k, e) in prev_cfg.endpoints.iter().enumerate() {
-                    if let Some(n) = cfg.endpoints.iter().position(|n| n.addr == e.addr) {
-                        state.pools[n] = std::mem::take(&mut prev.pools[k]);
+            let state = match previous {
+                // Unchanged: kept exactly as it was.
+                Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
+                Some((j, prev)) => {
+                    let prev_cfg = &old_snapshot.config.services[j];
+                    let budget = if old_snapshot.services[j].budget == svc.budget {
+                        prev.budget
+                    } else {
+                        RetryBudget::new(svc.budget, workers)
+                    };
+                    ServiceState {
+                        active: prev.active.map(|a| Active::carried(cfg, prev.seed, prev_cfg, a)),
+                        budget,
+                        // Requests in flight and open connections stay counted.
+                        ..prev
                     }
                 }
-                if old_snapshot.services[j].budget == svc.budget {
-                    state.budget = prev.budget.clone();
-                }
-                state.pending = prev.pending;
-                // Connections still open (pooled or in flight) stay counted in the service's
-                // gauge; pools of endpoints that are gone close with `prev`.
-                state.gauge = prev.gauge.clone();
-            }
+                None => ServiceState {
+                    active: None,
+                    seed: (self.worker as u64) << 32 ^ (i as u64) ^ snapshot.generation.rotate_left(17),
+                    pending: 0,
+                    budget: RetryBudget::new(svc.budget, workers),
+                    stats: self.telemetry.shard.slot(&cfg.name),
+                    gauge: Gauge::default(),
+                },
+            };
             self.services.push(state);
         }
         // Services that are gone: their idle connections close now, and their gauge reads 0.
         for gone in old.into_iter().flatten() {
-            self.telemetry.shard.service_mut(gone.stats).upstream_connections = 0;
+            self.telemetry.shard.set_upstream_connections(gone.stats, 0);
         }
     }
 
@@ -269,7 +315,10 @@ impl WorkerState {
         let health = &*snapshot.services[index].health;
         let eligibility = health.eligibility();
         let avoid = tried.last().and_then(|a| cfg.endpoints.iter().position(|e| e.addr == a));
-        let state = self.services.get_mut(index)?;
+        let service = self.services.get_mut(index)?;
+        let seed = service.seed;
+        let state = service.active.get_or_insert_with(|| Active::new(cfg, seed, now));
+        state.last_pick = now;
         let mut excluded: Option<usize> = None;
         for _ in 0..3 {
             let usable = |i: usize| Some(i) != excluded && (eligibility.panic || health.is_eligible(i, now_ms));
@@ -297,7 +346,7 @@ impl WorkerState {
         let i = self.current_index(scope)?;
         let snapshot = self.snapshot.clone();
         let index = snapshot.config.services[i].endpoints.iter().position(|e| e.addr == addr)?;
-        self.services.get_mut(i)?.balancer.on_start(index);
+        self.services.get_mut(i)?.active.as_mut()?.balancer.on_start(index);
         Some(Picked { index, addr, panic: false, generation: snapshot.generation })
     }
 
@@ -307,7 +356,7 @@ impl WorkerState {
             return None;
         }
         let max_idle = scope.config().timeouts.upstream_idle;
-        self.service_mut(scope)?.pools.get_mut(picked.index)?.take(now, max_idle)
+        self.service_mut(scope)?.active.as_mut()?.pools.get_mut(picked.index)?.take(now, max_idle)
     }
 
     /// Returns a connection whose exchange completed cleanly to `picked`'s pool (dropped, and
@@ -317,7 +366,7 @@ impl WorkerState {
             return;
         }
         let cap = scope.service().max_idle_per_endpoint;
-        if let Some(pool) = self.service_mut(scope).and_then(|s| s.pools.get_mut(picked.index)) {
+        if let Some(pool) = self.service_mut(scope).and_then(|s| s.active.as_mut()?.pools.get_mut(picked.index)) {
             pool.put(up, now, cap);
         }
     }
@@ -334,11 +383,11 @@ impl WorkerState {
         now_ms: u64,
     ) {
         if self.snapshot.generation == picked.generation
-            && let Some(s) = self.service_mut(scope)
+            && let Some(a) = self.service_mut(scope).and_then(|s| s.active.as_mut())
         {
             match latency {
-                Some(l) => s.balancer.on_finish(picked.index, l, now),
-                None => s.balancer.on_cancel(picked.index),
+                Some(l) => a.balancer.on_finish(picked.index, l, now),
+                None => a.balancer.on_cancel(picked.index),
             }
         }
         self.report_health(scope, picked, outcome, now_ms);
@@ -394,15 +443,23 @@ impl WorkerState {
         next
     }
 
-    /// Once a second: closes pooled connections idle past their service's timeout and copies
-    /// the upstream-connection gauges into the stats shard.
+    /// Once a second: closes pooled connections idle past their service's timeout, gives back
+    /// the balancer and pools of services unused for [`IDLE_RELEASE`], and copies the
+    /// upstream-connection gauges into the stats shard.
     pub fn housekeeping(&mut self, now: Instant) {
         let snapshot = self.snapshot.clone();
         for (s, cfg) in self.services.iter_mut().zip(&snapshot.config.services) {
-            for pool in &mut s.pools {
-                pool.expire(now, cfg.timeouts.upstream_idle);
+            if let Some(a) = &mut s.active {
+                let mut pooled = 0;
+                for pool in &mut a.pools {
+                    pool.expire(now, cfg.timeouts.upstream_idle);
+                    pooled += pool.len();
+                }
+                if pooled == 0 && s.pending == 0 && now.saturating_duration_since(a.last_pick) >= IDLE_RELEASE {
+                    s.active = None;
+                }
             }
-            self.telemetry.shard.service_mut(s.stats).upstream_connections = s.gauge.get();
+            self.telemetry.shard.set_upstream_connections(s.stats, s.gauge.get());
         }
     }
 

@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use weir_core::accesslog::LogRecord;
-use weir_core::stats::StatsShard;
+use weir_core::stats::{Published, StatsShard};
 
 /// One worker's telemetry handles.
 #[derive(Debug, Default)]
 pub struct WorkerTelemetry {
     /// The live shard; only this worker writes it.
     pub shard: StatsShard,
-    published: Option<Arc<ArcSwap<StatsShard>>>,
+    published: Option<Arc<ArcSwap<Published>>>,
     log: Option<rtrb::Producer<LogRecord>>,
     log_dropped: Arc<AtomicU64>,
 }
@@ -25,7 +25,7 @@ pub struct WorkerTelemetry {
 #[derive(Debug)]
 pub struct TelemetryHub {
     /// Each worker's last published shard.
-    pub shards: Vec<Arc<ArcSwap<StatsShard>>>,
+    pub shards: Vec<Arc<ArcSwap<Published>>>,
     /// Each worker's access-log ring (consumer) and its drop counter. Empty when logging is off.
     pub logs: Vec<LogSource>,
 }
@@ -47,7 +47,7 @@ pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTele
     let mut out = Vec::with_capacity(workers);
     let mut hub = TelemetryHub { shards: Vec::with_capacity(workers), logs: Vec::new() };
     for _ in 0..workers {
-        let published = Arc::new(ArcSwap::from_pointee(StatsShard::default()));
+        let published = Arc::new(ArcSwap::from_pointee(Published::default()));
         hub.shards.push(published.clone());
         let dropped = Arc::new(AtomicU64::new(0));
         let log = ring_records.map(|cap| {
@@ -81,7 +81,7 @@ impl WorkerTelemetry {
     /// Publishes a copy of the shard for the admin thread (once a second, and at exit).
     pub fn flush(&mut self) {
         if let Some(p) = &self.published {
-            p.store(Arc::new(self.shard.clone()));
+            p.store(Arc::new(self.shard.publish()));
         }
     }
 

@@ -257,7 +257,9 @@ fn spawn_connection(worker: Rc<Worker>, conn: Conn, peer: SocketAddr, protocol: 
             // Boxed: a relay's state is large, and an HTTP connection (the common case) should
             // not carry its size while idle.
             Protocol::Tcp => Box::pin(crate::tcp::relay(&worker.ctx, conn, peer, route)).await,
-            Protocol::Http => crate::conn::serve(&worker.ctx, conn, peer, route).await,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+                crate::conn::serve(&worker.ctx, conn, peer, route).await
+            }
         }
         worker.connections.set(worker.connections.get() - 1);
         worker.task_done();
@@ -293,7 +295,7 @@ fn shed_connection(worker: Rc<Worker>, conn: Conn, protocol: Protocol) {
     worker.task_started();
     crate::io::spawn(async move {
         let timeout = worker.ctx.downstream_write_timeout();
-        crate::respond::shed(conn, protocol == Protocol::Http, timeout).await;
+        crate::respond::shed(conn, protocol.is_http(), timeout).await;
         worker.task_done();
     });
 }

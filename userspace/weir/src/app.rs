@@ -3,6 +3,7 @@
 //! which things start and stop. Must not: run on a worker core's path; reloads build the new
 //! snapshot here and publish it in one atomic swap.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use weir_core::config::Config;
-use weir_core::stats::StatsShard;
+use weir_core::stats::Published;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
 use crate::shipper::Shipper;
@@ -34,6 +35,13 @@ pub enum LoadError {
     /// The file was read but is not a valid config.
     #[error(transparent)]
     Invalid(#[from] weir_core::config::ConfigError),
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish() | 1 // never 0, the "nothing applied yet" value
 }
 
 /// Reads `path` and validates it ([`Config::parse`]): the one place weir reads its config file.
@@ -61,14 +69,18 @@ pub struct Control {
     pub shared: Arc<Shared>,
     /// eBPF steering, when enabled.
     pub steering: Mutex<Option<Steering>>,
-    /// Serialises reloads (SIGHUP and file watch may race).
-    reload_lock: Mutex<()>,
+    /// Serialises reloads (SIGHUP and file watch may race), and holds a hash of the file text
+    /// last applied: reloading the same text again is a no-op.
+    reload_lock: Mutex<u64>,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads (the old config kept serving).
     pub reloads_failed: AtomicU64,
     /// Unix time (s) of the last successful load.
     pub last_reload_unix: AtomicU64,
+    /// How long the last reload that changed the running config took, from reading the file
+    /// to the new snapshot published (µs).
+    pub last_reload_us: AtomicU64,
     /// When the active snapshot was loaded.
     pub snapshot_loaded: Mutex<Instant>,
     /// The last reload error, for /config.
@@ -80,16 +92,46 @@ pub struct Control {
     /// Worker count.
     pub workers: AtomicUsize,
     /// Each worker's last published stats shard.
-    pub stats: Vec<Arc<ArcSwap<StatsShard>>>,
+    pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
+    /// The listen addresses as configured and as bound.
+    pub listens: Listens,
     /// The config file's config as last validated (a snapshot's config also holds the
     /// discovered services).
     pub file_config: Mutex<Config>,
     /// Kubernetes discovery, when `[kubernetes] enabled`.
     pub kubernetes: Option<crate::kubernetes::KubernetesState>,
+}
+
+/// `[proxy] listen` and `[admin] listen` as the file says and as bound. Port 0 in the file means
+/// any free port: weir binds one at start and runs on it (the snapshot, steering, `/config`
+/// and the "weir is ready" line carry the bound address).
+#[derive(Debug, Clone, Copy)]
+pub struct Listens {
+    /// `[proxy] listen` in the file.
+    pub proxy_configured: SocketAddr,
+    /// The address the workers listen on.
+    pub proxy: SocketAddr,
+    /// `[admin] listen` in the file.
+    pub admin_configured: SocketAddr,
+    /// The address the admin API listens on.
+    pub admin: SocketAddr,
+}
+
+impl Listens {
+    /// Puts the bound addresses into a config read from the file, where the file still says
+    /// what it said at start (e.g. port 0), so a reload compares like with like.
+    fn apply(&self, config: &mut Config) {
+        if config.proxy.listen == self.proxy_configured {
+            config.proxy.listen = self.proxy;
+        }
+        if config.admin.listen == self.admin_configured {
+            config.admin.listen = self.admin;
+        }
+    }
 }
 
 impl Control {
@@ -104,9 +146,23 @@ impl Control {
     /// Reads, validates and applies the config file. On any error the running snapshot and
     /// the kernel's service map stay as they were.
     pub fn reload(&self) -> Result<(), String> {
-        let _serial = self.reload_lock.lock();
-        let result = load_config(&self.config_path).map_err(|e| e.to_string()).and_then(|config| {
-            let fixed = restart_only_changes(&self.file_config.lock(), &config);
+        let mut applied = self.reload_lock.lock();
+        let started = Instant::now();
+        let mut published = false;
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|source| LoadError::Read { file: self.config_path.clone(), source }.to_string());
+        let hash = text.as_ref().map_or(0, |t| text_hash(t));
+        let result = text.and_then(|text| {
+            if hash == *applied {
+                return Ok(()); // the text already running
+            }
+            let mut config = Config::parse(&text, &self.config_path).map_err(|e| e.to_string())?;
+            self.listens.apply(&mut config);
+            let file = self.file_config.lock().clone();
+            if config == file {
+                return Ok(()); // the same config, written differently: nothing to publish
+            }
+            let fixed = restart_only_changes(&file, &config);
             if !fixed.is_empty() {
                 return Err(format!(
                     "{}: {} cannot change while weir runs; restart weir to apply (nothing was applied)",
@@ -114,12 +170,20 @@ impl Control {
                     fixed.join(", ")
                 ));
             }
+            // Unchanged services keep the values already running (the duplicates just parsed
+            // are freed), so the snapshot sees them as the same and keeps their state.
+            config.share_unchanged(&file);
             self.publish(&config)?;
             *self.file_config.lock() = config;
+            published = true;
             Ok(())
         });
         match &result {
             Ok(()) => {
+                *applied = hash;
+                if published {
+                    self.last_reload_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
                 *self.snapshot_loaded.lock() = Instant::now();
@@ -186,6 +250,27 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// For a listen address with port 0: a socket bound to a free port on its IP, with the options
+/// the workers' listeners use (SO_REUSEADDR, SO_REUSEPORT), so that they can all bind that
+/// concrete port while this holds it and nobody else can take it meanwhile. Never listens.
+fn reserve_any_port(listen: SocketAddr) -> std::io::Result<Option<socket2::Socket>> {
+    if listen.port() != 0 {
+        return Ok(None);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&listen.into())?;
+    Ok(Some(socket))
+}
+
+fn bound_addr(socket: &socket2::Socket) -> anyhow::Result<SocketAddr> {
+    socket.local_addr()?.as_socket().context("the reserved proxy port has no IP address")
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -224,7 +309,7 @@ impl App {
     }
 
     /// Starts from an already validated config; `config_path` is what reloads read.
-    pub fn start_with(config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
+    pub fn start_with(mut config: Config, config_path: &Path, options: AppOptions) -> anyhow::Result<App> {
         let workers = resolve_workers(&config);
         // A memory limit too small for the config stops weir here, not hours later at the
         // first burst of traffic.
@@ -233,6 +318,16 @@ impl App {
         // before it touches the kernel.
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("binding the admin address {} (is another weir running?)", config.admin.listen))?;
+        // Port 0: hold a free port until the workers listen on it.
+        let proxy_port = reserve_any_port(config.proxy.listen)
+            .with_context(|| format!("binding the proxy address {}", config.proxy.listen))?;
+        let listens = Listens {
+            proxy_configured: config.proxy.listen,
+            proxy: proxy_port.as_ref().map_or(Ok(config.proxy.listen), bound_addr)?,
+            admin_configured: config.admin.listen,
+            admin: admin_listener.local_addr()?,
+        };
+        listens.apply(&mut config);
         let steering = if config.steering.enabled && !config.steering.cgroups.is_empty() {
             Some(Steering::load(&config).context("loading eBPF steering")?)
         } else {
@@ -269,6 +364,7 @@ impl App {
         });
         let started = Workers::start(shared.clone(), StartOptions { workers, pin: true, telemetry, on_thread_start })
             .context("starting proxy workers")?;
+        drop(proxy_port);
         let mut steering = steering;
         if let Some(s) = steering.as_mut() {
             s.attach_links(&config).context("attaching eBPF steering")?;
@@ -280,9 +376,10 @@ impl App {
             config_path: config_path.to_path_buf(),
             shared,
             steering: Mutex::new(steering),
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            last_reload_us: AtomicU64::new(0),
             last_reload_unix: AtomicU64::new(unix_now()),
             snapshot_loaded: Mutex::new(Instant::now()),
             last_error: Mutex::new(None),
@@ -292,6 +389,7 @@ impl App {
             stats: hub.shards,
             shipper: Mutex::new(shipper),
             memory,
+            listens,
             file_config: Mutex::new(config.clone()),
             kubernetes: config.kubernetes.enabled.then(crate::kubernetes::KubernetesState::new),
         });
@@ -320,9 +418,14 @@ impl App {
         Ok(App { control, workers: started, admin, discovery })
     }
 
-    /// The proxy address.
-    pub fn proxy_addr(&self) -> std::net::SocketAddr {
+    /// The proxy address (as bound: the free port picked for a configured port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
         self.workers.addr()
+    }
+
+    /// The admin API address (as bound).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.control.listens.admin
     }
 
     /// Waits for signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit.

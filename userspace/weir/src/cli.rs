@@ -22,6 +22,11 @@ enum Command {
         /// Config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Once ready, write the bound addresses here as JSON (`{"proxy": "IP:PORT", "admin":
+        /// "IP:PORT"}`; written whole, then renamed into place): how a supervisor or a test
+        /// learns the ports weir picked for a `listen` address with port 0.
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a config file and exit: 0 when valid, 1 with every problem listed otherwise.
     Check {
@@ -80,10 +85,18 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, ready_file } => {
             let log = crate::logging::init_without_privileges();
+            crate::allocator::start_background_purge();
             let code = match App::start(&config, crate::app::AppOptions { least_privilege: true }) {
-                Ok(app) => app.run_until_signal(),
+                Ok(app) => match ready_file.as_deref().map(|path| (path, write_ready_file(path, &app))) {
+                    Some((path, Err(e))) => {
+                        eprintln!("weir: cannot write {}: {e}", path.display());
+                        app.shutdown();
+                        ExitCode::FAILURE
+                    }
+                    _ => app.run_until_signal(),
+                },
                 Err(e) => {
                     eprintln!("weir: cannot start: {e:#}");
                     ExitCode::FAILURE
@@ -117,4 +130,14 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes the bound addresses of a ready weir to `path` (to a temporary file first, renamed
+/// into place, so a reader never sees half of it).
+fn write_ready_file(path: &std::path::Path, app: &App) -> std::io::Result<()> {
+    let text = serde_json::json!({ "proxy": app.proxy_addr().to_string(), "admin": app.admin_addr().to_string() });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{text}\n"))?;
+    std::fs::rename(&tmp, path)
 }

@@ -21,7 +21,7 @@ pub struct KubernetesState {
     /// Counters and sync state, written by the discovery thread.
     pub stats: Arc<Stats>,
     /// The discovered services; `None` until both watches have listed once.
-    discovered: Mutex<Option<Arc<Vec<ServiceConfig>>>>,
+    discovered: Mutex<Option<Arc<Vec<Arc<ServiceConfig>>>>>,
     /// File services left out of the last publication, and why.
     pub conflicts: Mutex<Vec<String>>,
 }
@@ -74,7 +74,7 @@ pub fn start(control: &Arc<Control>) -> anyhow::Result<Option<Discovery>> {
         options.batch = Duration::from_millis(ms);
     }
     let weak = Arc::downgrade(control);
-    let publish = Box::new(move |services: Vec<ServiceConfig>| {
+    let publish = Box::new(move |services: Vec<Arc<ServiceConfig>>| {
         let Some(control) = weak.upgrade() else { return };
         let Some(state) = &control.kubernetes else { return };
         let first = state.discovered.lock().replace(Arc::new(services)).is_none();

@@ -4,6 +4,7 @@
 //! integration tests can run weir in-process.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 mod bpf_sys;
 pub mod cli;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use weir_core::outlier::EndpointState;
-use weir_core::stats::StatsShard;
+use weir_core::stats::Merged;
 
 use crate::app::Control;
 
@@ -35,6 +35,7 @@ pub mod names {
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
+    pub const RELOAD_DURATION: &str = "weir_config_last_reload_duration_seconds";
     pub const SNAPSHOT_AGE: &str = "weir_config_snapshot_age_seconds";
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
@@ -88,9 +89,9 @@ impl Out {
 }
 
 /// The merged stats of every worker.
-pub fn merged(control: &Control) -> StatsShard {
+pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    StatsShard::merge_all(shards.iter().map(|s| &**s))
+    Merged::merge(shards.iter().map(|s| &**s))
 }
 
 /// Renders `/metrics`.
@@ -101,15 +102,15 @@ pub fn render(control: &Control) -> String {
     use names::*;
 
     o.family(REQUESTS, "counter", "Requests (HTTP) and connections (TCP) handled, by service and status code (\"tcp\" for TCP, \"none\" when no status was sent).");
-    for (name, s) in &stats.services {
-        for (code, n) in s.codes.iter().enumerate().filter(|(_, n)| **n > 0) {
-            let code = if code == 0 { "none".to_string() } else { code.to_string() };
-            let code = if code == "none"
-                && snapshot.config.service(name).is_some_and(|c| c.protocol == weir_core::config::Protocol::Tcp)
-            {
-                "tcp".to_string()
-            } else {
-                code
+    for (name, s) in stats.services() {
+        let tcp = snapshot
+            .service_index(name)
+            .is_some_and(|i| snapshot.config.services[i].protocol == weir_core::config::Protocol::Tcp);
+        for (code, n) in s.codes() {
+            let code = match code {
+                0 if tcp => "tcp".to_string(),
+                0 => "none".to_string(),
+                c => c.to_string(),
             };
             o.sample(REQUESTS, &[("service", name), ("code", &code)], n);
         }
@@ -119,7 +120,7 @@ pub fn render(control: &Control) -> String {
         "histogram",
         "Time from request head to the end of the response (HTTP) or connection lifetime (TCP).",
     );
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         for (le, n) in s.cumulative_buckets() {
             let le = if le.is_infinite() { "+Inf".to_string() } else { format!("{le}") };
             o.sample(&format!("{DURATION}_bucket"), &[("service", name), ("le", &le)], n);
@@ -132,27 +133,27 @@ pub fn render(control: &Control) -> String {
         "counter",
         "Requests weir answered itself, or whose response the endpoint cut, by reason (the x-weir-error value).",
     );
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         for (reason, n) in s.errors_by_reason() {
             o.sample(ERRORS, &[("service", name), ("reason", reason.as_str())], n);
         }
     }
     o.family(RETRIES, "counter", "Retries made, by reason.");
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         for (reason, n) in s.retries_by_reason() {
             o.sample(RETRIES, &[("service", name), ("reason", reason.as_str())], n);
         }
     }
     o.family(BUDGET_EXHAUSTED, "counter", "Retries not made because the retry budget was empty.");
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         o.sample(BUDGET_EXHAUSTED, &[("service", name)], s.budget_exhausted);
     }
     o.family(EJECTIONS, "counter", "Endpoints ejected by outlier detection.");
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         o.sample(EJECTIONS, &[("service", name)], s.ejections);
     }
     o.family(PANIC, "counter", "Requests balanced over all endpoints because too few were healthy (panic mode).");
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         o.sample(PANIC, &[("service", name)], s.panic_requests);
     }
     o.family(ENDPOINTS, "gauge", "Endpoints of each service by state (active, ejected, probation).");
@@ -166,16 +167,22 @@ pub fn render(control: &Control) -> String {
                 EndpointState::Probation => probation += 1,
             }
         }
+        // `active` always; the other states only when an endpoint is in them, so that a large
+        // table of healthy services costs one series each.
         o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "active")], active);
-        o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "ejected")], ejected);
-        o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "probation")], probation);
+        if ejected > 0 {
+            o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "ejected")], ejected);
+        }
+        if probation > 0 {
+            o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "probation")], probation);
+        }
     }
     o.family(
         UPSTREAM_CONNECTIONS,
         "gauge",
         "Open connections from weir to the service's endpoints (pooled and in use).",
     );
-    for (name, s) in &stats.services {
+    for (name, s) in stats.services() {
         o.sample(UPSTREAM_CONNECTIONS, &[("service", name)], s.upstream_connections.max(0));
     }
     o.family(DOWNSTREAM_CONNECTIONS, "gauge", "Open client connections.");
@@ -203,6 +210,12 @@ pub fn render(control: &Control) -> String {
     o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
+    o.family(
+        RELOAD_DURATION,
+        "gauge",
+        "How long the last reload that changed the running config took, from reading the config file to the new snapshot published.",
+    );
+    o.sample(RELOAD_DURATION, &[], control.last_reload_us.load(Ordering::Relaxed) as f64 / 1e6);
     o.family(
         SNAPSHOT_AGE,
         "gauge",

@@ -105,7 +105,7 @@ fn snapshot(r: &Running) -> anyhow::Result<Snapshot> {
         serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("/steering answered {body:?}: {e}"))?;
     let counters = v.get("counters").cloned().ok_or_else(|| anyhow::anyhow!("/steering has no counters: {body}"))?;
     let mut workers = Vec::new();
-    for t in r.proc.as_ref().map(|p| procs::threads(p.pid)).unwrap_or_default() {
+    for t in r.proc.as_ref().map(|p| weir_testkit::proc::threads(p.pid)).unwrap_or_default() {
         if let Some(i) = t.name.strip_prefix("weir-worker-").and_then(|n| n.parse::<usize>().ok()) {
             if workers.len() <= i {
                 workers.resize(i + 1, (0.0, String::new()));

@@ -15,11 +15,15 @@ use crate::root;
 pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
     let (p, c) = (&env.proxy_cpu, &env.client_cpu);
     let lg = "target/release/weir-loadgen";
+    // The steered client's cgroup, under the cgroup v2 mount this run found.
+    let cg_root =
+        env.cgroup.as_ref().ok().and_then(|p| p.parent()).map_or("CGROUP2_ROOT".into(), |r| r.display().to_string());
+    let cg = format!("{cg_root}/weir-bench-PID");
     vec![
         format!("{command}    # everything below, then this file"),
         "cargo build --release -p weir --bin weir -p weir-benches --bin weir-loadgen".into(),
         format!("taskset -c {c} nginx -p target/bench/nginx-upstream -c target/bench/configs/upstream-nginx.conf    # upstream"),
-        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir.toml    # path: weir (RUST_LOG=warn)"),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir.toml --ready-file FILE    # path: weir (RUST_LOG=warn); FILE: the ports it bound"),
         format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-steered.toml    # path: weir + eBPF steering"),
         format!("taskset -c {p} nginx -p target/bench/nginx-proxy -c target/bench/configs/nginx.conf"),
         format!("taskset -c {p} haproxy -f target/bench/configs/haproxy.cfg -db"),
@@ -46,11 +50,11 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
             plan.sat_warmup_s
         ),
         format!("taskset -c {c} {lg} idle --addr ADDR --host {SERVICE} --count {} --hold 90    # RSS from /proc/PID/status", plan.idle_connections),
-        format!("# steered path: ADDR = {VIP} and every weir-loadgen command gets --cgroup /sys/fs/cgroup/unified/weir-bench-PID"),
+        format!("# steered path: ADDR = {VIP} and every weir-loadgen command gets --cgroup {cg}"),
         format!("taskset -c {c},{p} target/release/weir run --config target/bench/configs/weir-affinity-on.toml    # CPU-affine accept: 2 workers, cpu_affinity = true, VIP 127.10.0.2:80"),
         format!("taskset -c {c},{p} target/release/weir run --config target/bench/configs/weir-affinity-off.toml    # cpu_affinity = false, VIP 127.10.0.3:80"),
         format!(
-            "taskset -c {c} {lg} open --addr VIP --host {SERVICE} --rate {:.0} --duration {} --warmup {} --connections {} --cgroup /sys/fs/cgroup/unified/weir-bench-PID    # {} rounds, alternating VIPs",
+            "taskset -c {c} {lg} open --addr VIP --host {SERVICE} --rate {:.0} --duration {} --warmup {} --connections {} --cgroup {cg}    # {} rounds, alternating VIPs",
             plan.affinity_rate, plan.affinity_s, plan.open_warmup_s, plan.affinity_connections, plan.affinity_rounds
         ),
         "curl http://ADMIN/steering    # each weir's kernel counters (affine_accept, affine_miss), before and after the rounds".into(),

@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
+use weir_testkit::{LineSink, StalledSink};
 
 use super::measure::{self, OpenRun, Plan, Saturation};
 use super::peers::{self, Env, Running};
-use super::procs::{self, LogSink, Proc};
+use super::procs::{self, Proc};
 
 /// One weir variant's results.
 #[derive(Debug, Clone, Serialize)]
@@ -51,8 +52,8 @@ fn log_counts(admin: Option<SocketAddr>) -> (u64, u64) {
 
 /// Runs the access-log comparison against `upstream`.
 pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -> anyhow::Result<Vec<Variant>> {
-    let healthy = LogSink::start(true)?;
-    let stalled = LogSink::start(false)?;
+    let healthy = LineSink::counting()?;
+    let stalled = StalledSink::start()?;
     let specs = [
         ("weir-log-off", "weir, access log off", "off".to_string()),
         ("weir-log-tcp", "weir, access log → TCP sink that reads", format!("tcp:{}", healthy.addr)),
@@ -80,7 +81,12 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
     eprintln!("bench: features: stalling the never-reading sink");
     let stall_plan = Plan { sat_warmup_s: 0.2, sat_s: if plan.quick { 1.5 } else { 4.0 }, ..plan.clone() };
     measure::saturate(env, &stall_plan, &running[2].1, upstream, stall_plan.sat_s)?;
-    std::thread::sleep(Duration::from_millis(600));
+    let stuck = weir_testkit::wait_until(Duration::from_secs(10), || {
+        (stalled.accepted() > 0 && log_counts(running[2].1.admin).1 > 0).then_some(())
+    });
+    if stuck.is_none() {
+        eprintln!("bench: features: warning: the never-reading sink did not make weir drop records");
+    }
     for round in 0..plan.feature_rounds {
         for (v, r) in &mut running {
             eprintln!(

@@ -257,18 +257,11 @@ fn loadgen<T: for<'de> Deserialize<'de>>(
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
     procs::track(&mut child)?;
     let pid = child.id();
-    let deadline = Instant::now() + bound + Duration::from_secs(15);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() <= deadline => std::thread::sleep(Duration::from_millis(10)),
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                procs::untrack(pid);
-                bail!("{shown} overran its time bound and was killed ({other:?})");
-            }
-        }
+    let Some(status) = weir_testkit::proc::wait_exit(&mut child, bound + Duration::from_secs(15)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        procs::untrack(pid);
+        bail!("{shown} overran its time bound and was killed");
     };
     let out = child.wait_with_output();
     procs::untrack(pid);
@@ -399,8 +392,7 @@ pub fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) 
         if out.errors > 0 {
             eprintln!("bench:   {} of the idle connections failed: {}", out.errors, out.error_samples.join("; "));
         }
-        std::thread::sleep(Duration::from_millis(500));
-        let loaded = proxy.rss_bytes();
+        let loaded = settled_rss(proxy);
         Ok(Memory {
             rss_idle_bytes: rss_idle,
             rss_before_bytes: before,
@@ -410,15 +402,28 @@ pub fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) 
         })
     })();
     drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if weir_testkit::proc::wait_exit(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
     }
     let _ = child.wait();
     procs::untrack(child.id());
     result
+}
+
+/// The proxy's RSS once it has settled after the idle connections opened: the same reading
+/// 100 ms apart (at most 5 s; then the last reading).
+fn settled_rss(proxy: &Proc) -> u64 {
+    let mut last = (Instant::now(), proxy.rss_bytes());
+    weir_testkit::wait_until(Duration::from_secs(5), || {
+        if last.0.elapsed() < Duration::from_millis(100) {
+            return None;
+        }
+        let now = proxy.rss_bytes();
+        if now == last.1 {
+            return Some(now);
+        }
+        last = (Instant::now(), now);
+        None
+    })
+    .unwrap_or(last.1)
 }

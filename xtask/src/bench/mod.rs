@@ -27,17 +27,18 @@ mod plot;
 mod procs;
 mod report;
 mod rounds;
+mod scale;
 
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 
 use crate::{capture, is_root, root, setup};
 use measure::{Memory, OpenRun, PerHop, Plan, Saturation};
 use peers::{Env, PathId};
-use procs::Cgroup;
+use procs::BenchCgroup;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -50,6 +51,10 @@ pub struct BenchArgs {
     /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
+    /// Run only one section (`scale`: large service tables), print it and write
+    /// target/bench/SECTION.{md,json}; docs/BENCHMARKS.md is left alone.
+    #[arg(long, value_parser = ["scale"])]
+    only: Option<String>,
 }
 
 /// Everything measured on one path.
@@ -114,7 +119,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
     let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
     let cgroup_guard = if is_root() {
-        Cgroup::create().map_err(|e| format!("{e:#}"))
+        BenchCgroup::create().map_err(|e| format!("{e:#}"))
     } else {
         Err("needs root (eBPF, cgroups)".into())
     };
@@ -126,13 +131,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nginx,
         haproxy,
         envoy,
-        cgroup: cgroup_guard.as_ref().map(|c| c.path.clone()).map_err(Clone::clone),
+        cgroup: cgroup_guard.as_ref().map(|c| c.cgroup.path.clone()).map_err(Clone::clone),
         proxy_cpu: proxy_cpu.into(),
         client_cpu: client_cpu.into(),
     };
-    let nofile = procs::raise_nofile();
+    let nofile = weir_testkit::proc::raise_nofile(None).unwrap_or(0);
     // This process (and the access-log sink threads it runs) stays off the proxy's core.
-    procs::pin_self(client_cpu.parse()?)?;
+    weir_testkit::proc::pin_to_cpu(client_cpu.parse()?).context("pinning the benchmark to the client CPU")?;
     let plan = Plan::new(args.quick);
     eprintln!(
         "bench: {} CPUs ({}), proxy on CPU {proxy_cpu}, load generator + upstream on CPU {client_cpu}, open files limit {nofile}",
@@ -143,6 +148,33 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let measuring = Instant::now();
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
+    if args.only.as_deref() == Some("scale") {
+        let s = scale::run(&env, &plan, upstream_addr);
+        drop(upstream);
+        let md = scale::markdown(&s);
+        let goals = report::scale_goals(&s);
+        let mut out = md.clone();
+        for g in &goals {
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "- {}: {} (target {}): {}\n",
+                    g.name,
+                    g.measured,
+                    g.target,
+                    match g.met {
+                        Some(true) => "met",
+                        Some(false) => "MISSED",
+                        None => "not measured",
+                    }
+                ),
+            );
+        }
+        std::fs::write(dir.join("scale.md"), &out)?;
+        std::fs::write(dir.join("scale.json"), serde_json::to_string_pretty(&s)?)?;
+        println!("{out}");
+        return Ok(());
+    }
     let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream);
     eprintln!("bench: access-log cost (weir variants)");
     let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
@@ -151,6 +183,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     });
     eprintln!("bench: CPU-affine accept (2 workers, steered, client on CPU {client_cpu})");
     let affinity = affinity::run(&env, &plan, upstream_addr);
+    eprintln!("bench: large service tables (1 000 to 100 000 services)");
+    let scale = scale::run(&env, &plan, upstream_addr);
     drop(upstream);
     drop(cgroup_guard);
     if procs::stopping() {
@@ -177,6 +211,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         paths,
         features,
         affinity,
+        scale,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
     };

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use weir_testkit::ReservedPort;
 
 use super::procs::{self, Proc};
 
@@ -140,7 +141,9 @@ worker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; }}\nhttp {{\n  
 /// Starts the upstream on the client CPU.
 pub fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
     let nginx = env.nginx.clone().map_err(anyhow::Error::msg).context("the upstream is nginx")?;
-    let addr = procs::free_addr()?;
+    // A port held for nginx while it runs (it binds with SO_REUSEADDR).
+    let port = ReservedPort::loopback()?;
+    let addr = port.addr();
     let prefix = env.dir.join("nginx-upstream");
     std::fs::create_dir_all(prefix.join("logs"))?;
     let conf = env.write_config("upstream-nginx.conf", &upstream_conf(env, addr))?;
@@ -151,7 +154,8 @@ pub fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
         &["-p", &s(&prefix), "-c", &s(&conf)],
         &[],
         &env.log_path("upstream"),
-    )?;
+    )?
+    .holding(port);
     procs::wait_ready(&mut p, addr, "upstream", "/")?;
     Ok((p, addr))
 }
@@ -179,8 +183,9 @@ pub struct WeirSpec<'a> {
     pub cpus: &'a str,
 }
 
-/// weir's config for `spec`: the upstream as the only endpoint of service `bench`.
-pub fn weir_toml(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, spec: &WeirSpec) -> String {
+/// weir's config for `spec`: the upstream as the only endpoint of service `bench`, both
+/// listeners on any free port (`127.0.0.1:0`; weir reports the ones it bound).
+pub fn weir_toml(upstream: SocketAddr, spec: &WeirSpec) -> String {
     let WeirSpec { sink, cgroup, workers, vip, cpu_affinity, .. } = *spec;
     let mut steering = match cgroup {
         Some(cg) => format!("enabled = true\ncgroups = [\"{}\"]", cg.display()),
@@ -190,8 +195,8 @@ pub fn weir_toml(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, sp
         let _ = write!(steering, "\ncpu_affinity = {on}");
     }
     format!(
-        "[proxy]\nlisten = \"{listen}\"\nworkers = {workers}\nmax_connections = 12000\ndownstream_idle_timeout_ms = 300000\n\n\
-[admin]\nlisten = \"{admin}\"\n\n[steering]\n{steering}\n\n[access_log]\nsink = \"{sink}\"\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\nmax_connections = 12000\ndownstream_idle_timeout_ms = 300000\n\n\
+[admin]\nlisten = \"127.0.0.1:0\"\n\n[steering]\n{steering}\n\n[access_log]\nsink = \"{sink}\"\n\n\
 [[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\nendpoints = [\"{upstream}\"]\n\n\
 [service.timeouts]\nupstream_idle_ms = 60000\n"
     )
@@ -210,18 +215,21 @@ pub fn start_weir(
     start_weir_spec(env, &spec, upstream)
 }
 
-/// Starts weir as `spec` says; ready once its admin API and its listener answer.
+/// Starts weir as `spec` says; ready once it has written its ready file (the ports it bound)
+/// and its admin API and listener answer.
 pub fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
-    let (listen, admin) = (procs::free_addr()?, procs::free_addr()?);
-    let conf = env.write_config(&format!("{}.toml", spec.name), &weir_toml(listen, admin, upstream, spec))?;
+    let conf = env.write_config(&format!("{}.toml", spec.name), &weir_toml(upstream, spec))?;
+    let ready_file = env.dir.join("logs").join(format!("{}.ready.json", spec.name));
+    let _ = std::fs::remove_file(&ready_file);
     let mut p = Proc::spawn(
         spec.name,
         spec.cpus,
         &env.weir,
-        &["run", "--config", &s(&conf)],
+        &["run", "--config", &s(&conf), "--ready-file", &s(&ready_file)],
         &[("RUST_LOG", "warn")],
         &env.log_path(spec.name),
     )?;
+    let (listen, admin) = procs::wait_ready_file(&mut p, &ready_file)?;
     procs::wait_ready(&mut p, admin, "admin", "/ready")?;
     procs::wait_ready(&mut p, listen, SERVICE, "/")?;
     let (addr, cgroup) = match spec.cgroup {
@@ -233,7 +241,9 @@ pub fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyh
 
 /// Starts the proxy of path `id` (nothing for `Direct`).
 pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Running> {
-    let listen = procs::free_addr()?;
+    // A port held for the peer while it runs (nginx, HAProxy and Envoy bind with SO_REUSEADDR).
+    let port = ReservedPort::loopback()?;
+    let listen = port.addr();
     let bin = |r: &Result<PathBuf, String>| r.clone().map_err(anyhow::Error::msg);
     let (mut p, host) = match id {
         PathId::Direct => {
@@ -277,6 +287,7 @@ pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Runn
             (p, SERVICE)
         }
     };
+    p = p.holding(port);
     procs::wait_ready(&mut p, listen, host, "/")?;
     Ok(Running { proc: Some(p), addr: listen, host: host.into(), cgroup: None, admin: None })
 }

@@ -13,6 +13,7 @@ use super::features::Variant;
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
 use super::peers::Env;
+use super::scale::{self, Scale};
 use super::{PathResult, docs, plot};
 
 /// Per-hop goal: added µs.
@@ -65,6 +66,8 @@ pub struct Run {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off.
     pub affinity: Affinity,
+    /// Large service tables.
+    pub scale: Scale,
     /// Other load.
     pub background: Background,
     /// Wall time, seconds.
@@ -94,6 +97,8 @@ pub struct Results {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off (two workers, steered).
     pub affinity: Affinity,
+    /// Large service tables.
+    pub scale: Scale,
     /// Goals judged on this run.
     pub goals: Vec<Goal>,
     /// Commands that reproduce each measurement.
@@ -105,7 +110,7 @@ pub struct Results {
 impl Results {
     /// Assembles the results and judges the goals.
     pub fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, background, elapsed_s } = run;
+        let Run { command, machine, plan, paths, features, affinity, scale, background, elapsed_s } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -136,6 +141,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             paths,
             features,
             affinity,
+            scale,
             goals: Vec::new(),
             configs,
         };
@@ -239,6 +245,61 @@ fn goals(r: &Results) -> Vec<Goal> {
             format!("{s:.0} µs vs {h:.0} µs ({:+.1}%)", (s / h.max(1e-9) - 1.0) * 100.0)
         }),
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
+    });
+    out.extend(scale_goals(&r.scale));
+    out
+}
+
+/// The scale goals (issue: 10 000 services × 10 endpoints, 2 workers).
+pub fn scale_goals(s: &Scale) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let t10k = s.tables.iter().find(|t| t.services == 10_000);
+    let extra = t10k.map(|t| t.rss_settled_mib - s.baseline_mib);
+    out.push(Goal {
+        name: "RSS with 10 000 services × 10 endpoints above a one-service weir (settled, no traffic)".into(),
+        target: format!("≤ {} MiB", scale::GOAL_EXTRA_MIB),
+        measured: extra.map_or("not measured".into(), |e| format!("{e:+.1} MiB (baseline {:.1} MiB)", s.baseline_mib)),
+        met: extra.map(|e| e <= scale::GOAL_EXTRA_MIB),
+    });
+    let ratchet = t10k.map(|t| t.rss_after_reloads_mib / t.rss_settled_mib);
+    out.push(Goal {
+        name: format!(
+            "RSS after {} one-service reloads of the 10 000-service table vs settled",
+            t10k.map_or(0, |t| t.reloads)
+        ),
+        target: "within 10%".into(),
+        measured: t10k.map_or("not measured".into(), |t| {
+            format!(
+                "{:.1} vs {:.1} MiB ({:+.1}%)",
+                t.rss_after_reloads_mib,
+                t.rss_settled_mib,
+                (t.rss_after_reloads_mib / t.rss_settled_mib - 1.0) * 100.0
+            )
+        }),
+        met: ratchet.map(|r| r <= 1.10),
+    });
+    out.push(Goal {
+        name: "a one-service change of the 10 000-service table is live (file read → snapshot published, max)".into(),
+        target: format!("≤ {} ms", scale::GOAL_RELOAD_MS),
+        measured: t10k
+            .map_or("not measured".into(), |t| format!("p50 {:.1} ms, max {:.1} ms", t.reload_p50_ms, t.reload_max_ms)),
+        met: t10k.map(|t| t.reload_max_ms <= scale::GOAL_RELOAD_MS),
+    });
+    out.push(Goal {
+        name: "RSS after reloading the 10 000-service table to one service vs the one-service baseline".into(),
+        target: "≤ 2×".into(),
+        measured: t10k
+            .map_or("not measured".into(), |t| format!("{:.1} vs {:.1} MiB", t.rss_shrunk_mib, s.baseline_mib)),
+        met: t10k.map(|t| t.rss_shrunk_mib <= 2.0 * s.baseline_mib),
+    });
+    let (sp50, _) = scale::latency_medians(&s.latency_small);
+    let (bp50, _) = scale::latency_medians(&s.latency_big);
+    let lat = sp50.zip(bp50);
+    out.push(Goal {
+        name: "per-request latency with the 10 000-service table vs one service (p50, median of rounds)".into(),
+        target: "equal within noise (≤ 1.10×)".into(),
+        measured: lat.map_or("not measured".into(), |(a, b)| format!("{b:.1} vs {a:.1} µs ({:.2}×)", b / a)),
+        met: lat.map(|(a, b)| b <= a * 1.10),
     });
     out
 }
@@ -482,6 +543,8 @@ pub fn tables(r: &Results) -> String {
     }
 
     md.push_str(&affinity::table(&r.affinity, &r.plan));
+    md.push('\n');
+    md.push_str(&scale::markdown(&r.scale));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
     let _ = writeln!(md, "| goal | target | measured | result |");
@@ -612,6 +675,13 @@ mod tests {
             ],
             features: vec![],
             affinity: Affinity::not_run("unavailable", "needs root".into()),
+            scale: Scale {
+                baseline_mib: 10.0,
+                tables: Vec::new(),
+                latency_small: Vec::new(),
+                latency_big: Vec::new(),
+                problems: Vec::new(),
+            },
             goals: vec![],
             commands: vec![],
             configs: vec![],

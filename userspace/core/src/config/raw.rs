@@ -42,6 +42,7 @@ struct RawProxy {
     tcp_idle_timeout_ms: u64,
     downstream_write_timeout_ms: u64,
     max_request_head_bytes: usize,
+    http2_max_concurrent_streams: u32,
     max_headers: usize,
     max_uri_bytes: usize,
 }
@@ -58,6 +59,7 @@ impl Default for RawProxy {
             tcp_idle_timeout_ms: 3_600_000,
             downstream_write_timeout_ms: 60_000,
             max_request_head_bytes: 60 * 1024,
+            http2_max_concurrent_streams: 100,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
         }
@@ -207,6 +209,7 @@ struct RawRetry {
     budget_min_per_sec: u32,
     on_server_error: bool,
     on_rate_limited: bool,
+    on_grpc_status: crate::grpc::CodeSet,
 }
 
 impl Default for RawRetry {
@@ -221,6 +224,7 @@ impl Default for RawRetry {
             budget_min_per_sec: 10,
             on_server_error: true,
             on_rate_limited: false,
+            on_grpc_status: crate::grpc::CodeSet::of(crate::grpc::UNAVAILABLE),
         }
     }
 }
@@ -285,6 +289,7 @@ impl From<&RawRetry> for RetryConfig {
             budget_min_per_sec: r.budget_min_per_sec,
             on_server_error: r.on_server_error,
             on_rate_limited: r.on_rate_limited,
+            on_grpc_status: r.on_grpc_status,
         }
     }
 }
@@ -338,8 +343,20 @@ impl Checker {
     }
 
     fn addr(&mut self, path: &[PathPart], value: &str, example: &str) -> Option<SocketAddr> {
+        self.addr_or_any_port(path, value, example, false)
+    }
+
+    /// An address weir binds itself: port 0 (any free port, read back once bound) is allowed
+    /// when `any_port`.
+    fn addr_or_any_port(
+        &mut self,
+        path: &[PathPart],
+        value: &str,
+        example: &str,
+        any_port: bool,
+    ) -> Option<SocketAddr> {
         match value.parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => Some(a),
+            Ok(a) if a.port() != 0 || any_port => Some(a),
             Ok(_) => {
                 self.problem(path, format!("{value:?}: port 0 is not allowed (e.g. {example:?})"));
                 None
@@ -370,7 +387,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
     let RawConfig { proxy, admin, steering, access_log, kubernetes, services } = raw;
 
-    let listen = c.addr(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001");
+    // Port 0 for the proxy and admin listeners: weir binds any free port and reports it (tests).
+    let listen = c.addr_or_any_port(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001", true);
     if proxy.max_connections == 0 {
         c.problem(&[Key("proxy"), Key("max_connections")], "must be at least 1".into());
     }
@@ -395,6 +413,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             format!("{} is outside 1024..=1048576", proxy.max_request_head_bytes),
         );
     }
+    if !(1..=10_000).contains(&proxy.http2_max_concurrent_streams) {
+        c.problem(
+            &[Key("proxy"), Key("http2_max_concurrent_streams")],
+            format!("{} is outside 1..=10000", proxy.http2_max_concurrent_streams),
+        );
+    }
     if !(1..=1000).contains(&proxy.max_headers) {
         c.problem(&[Key("proxy"), Key("max_headers")], format!("{} is outside 1..=1000", proxy.max_headers));
     }
@@ -405,7 +429,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         );
     }
 
-    let admin_listen = c.addr(&[Key("admin"), Key("listen")], &admin.listen, "127.0.0.1:15000");
+    let admin_listen = c.addr_or_any_port(&[Key("admin"), Key("listen")], &admin.listen, "127.0.0.1:15000", true);
     if let Some(a) = admin_listen
         && !is_loopback(a.ip())
         && !admin.allow_non_loopback
@@ -417,6 +441,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     if let (Some(a), Some(l)) = (admin_listen, listen)
         && a == l
+        && a.port() != 0
     {
         c.problem(&[Key("admin"), Key("listen")], format!("{a} is also [proxy] listen; use another port"));
     }
@@ -592,7 +617,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             );
         }
 
-        out_services.push(ServiceConfig {
+        out_services.push(std::sync::Arc::new(ServiceConfig {
             name: s.name,
             vip: vip.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             listen: service_listen,
@@ -605,7 +630,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             limits: (&s.limits).into(),
             forwarded_headers,
             aliases: ServiceAliases::default(),
-        });
+        }));
     }
 
     if !c.problems.is_empty() {
@@ -626,6 +651,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             tcp_idle_timeout: ms(proxy.tcp_idle_timeout_ms),
             downstream_write_timeout: ms(proxy.downstream_write_timeout_ms),
             max_request_head_bytes: proxy.max_request_head_bytes,
+            http2_max_concurrent_streams: proxy.http2_max_concurrent_streams,
             max_headers: proxy.max_headers,
             max_uri_bytes: proxy.max_uri_bytes,
         },

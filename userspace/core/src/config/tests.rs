@@ -133,6 +133,17 @@ fn every_problem_is_reported_not_just_the_first() {
 }
 
 #[test]
+fn port_0_is_allowed_only_for_the_listeners_weir_binds_itself() {
+    let c = parse("[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n").expect("any free port");
+    assert_eq!((c.proxy.listen.port(), c.admin.listen.port()), (0, 0));
+    let issue = only_issue("[[service]]\nname = \"a\"\nvip = \"127.10.0.1:0\"\n");
+    assert_eq!(issue.field, "service[0].vip");
+    assert!(issue.message.contains("port 0"), "{}", issue.message);
+    let issue = only_issue("[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:0\"\n");
+    assert_eq!(issue.field, "service[0].listen");
+}
+
+#[test]
 fn non_loopback_admin_needs_explicit_consent() {
     let issue = only_issue("[admin]\nlisten = \"0.0.0.0:15000\"\n");
     assert_eq!(issue.field, "admin.listen");

@@ -45,8 +45,10 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
             .expect("connect");
         let gauge = state.gauge(&a);
         let e2_picked = Picked { index: 1, addr: e2.parse().expect("addr"), panic: false, generation: 1 };
+        assert!(state.services[0].active.is_none(), "no balancer or pools before the first request");
+        state.pick(&a, &Tried::default(), t0, 0).expect("a pick builds the service's state");
         state.put_pooled(&a, &e2_picked, UpConn::new(conn, &gauge), t0);
-        state.services[0].balancer.on_start(1);
+        state.services[0].active.as_mut().expect("active").balancer.on_start(1);
         state.report(&a, &e2_picked, &Outcome::Response { status: 200 }, Some(Duration::from_millis(40)), t0, 0);
         assert!(state.services[0].budget.try_withdraw(t0), "a new budget holds one second of floor");
         let budget_before = state.services[0].budget.available(t0);
@@ -59,8 +61,15 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
         swap(&mut state, snapshot(&v2, Some(&s1)));
         let a2 = state.scope(0);
         assert_eq!(state.snapshot().generation, 2);
-        assert_eq!(state.services[0].balancer.latency_estimate(0, t0), Some(Duration::from_millis(40)));
-        assert_eq!(state.services[0].balancer.latency_estimate(1, t0), None, "a new endpoint starts unknown");
+        assert_eq!(
+            state.services[0].active.as_mut().expect("active").balancer.latency_estimate(0, t0),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(
+            state.services[0].active.as_mut().expect("active").balancer.latency_estimate(1, t0),
+            None,
+            "a new endpoint starts unknown"
+        );
         assert_eq!(state.services[0].budget.available(t0), budget_before, "same policy: the budget is carried");
         assert_eq!(state.gauge(&a2).get(), 1, "the pooled connection is still counted");
         let moved = Picked { index: 0, addr: e2.parse().expect("addr"), panic: false, generation: 2 };
@@ -137,4 +146,31 @@ fn ejected_endpoints_are_skipped_and_come_back_on_probation_one_request_at_a_tim
         state.report(&a, &p, &Outcome::Response { status: 200 }, Some(Duration::from_millis(1)), now, later + 1);
     }
     assert!(picked_again, "a successful probe returns the endpoint to rotation");
+}
+
+#[test]
+fn an_unchanged_service_keeps_its_state_and_an_idle_one_gives_it_back() {
+    let v1 = service("a", "127.10.0.1:80", &["127.0.0.1:1"], "") + &service("b", "127.10.0.2:80", &["127.0.0.1:2"], "");
+    let s1 = snapshot(&v1, None);
+    let mut state = WorkerState::new(s1.clone(), 0, WorkerTelemetry::default());
+    let t0 = Instant::now();
+    for i in 0..2 {
+        let scope = state.scope(i);
+        state.pick(&scope, &Tried::default(), t0, 0).expect("pick");
+    }
+    let a_before: *const Active = &**state.services[0].active.as_ref().expect("active");
+    let b_before: *const Active = &**state.services[1].active.as_ref().expect("active");
+    // Only b changes: a's snapshot entry is shared, so its state is moved, not rebuilt.
+    let v2 = service("a", "127.10.0.1:80", &["127.0.0.1:1"], "") + &service("b", "127.10.0.2:80", &["127.0.0.1:3"], "");
+    let s2 = snapshot(&v2, Some(&s1));
+    assert!(Arc::ptr_eq(&s1.services[0], &s2.services[0]), "the snapshot kept a's derived state");
+    assert!(!Arc::ptr_eq(&s1.services[1], &s2.services[1]));
+    swap(&mut state, s2);
+    assert!(std::ptr::eq(&**state.services[0].active.as_ref().expect("active"), a_before), "a was rebuilt");
+    assert!(!std::ptr::eq(&**state.services[1].active.as_ref().expect("active"), b_before), "b was not rebuilt");
+    // Idle past IDLE_RELEASE with nothing pooled or pending: the balancer and pools go.
+    state.housekeeping(t0 + IDLE_RELEASE - Duration::from_secs(1));
+    assert!(state.services[0].active.is_some());
+    state.housekeeping(t0 + IDLE_RELEASE);
+    assert!(state.services.iter().all(|s| s.active.is_none()), "idle services kept their balancers");
 }

@@ -10,20 +10,25 @@ use serde_json::json;
 use weir_tests::kube_api::FakeApi;
 use weir_tests::kube_objects::{Ep, service, slice};
 use weir_tests::root::{Cgroup, probe, require_root};
-use weir_tests::{Client, Endpoint, Weir, WeirProcess, eventually, free_port, scratch_dir};
+use weir_tests::{Client, Endpoint, Weir, WeirProcess, eventually, scratch_dir};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-/// Endpoints on 127.0.0.{2,3,…} sharing one port, as pods share a targetPort.
+/// Endpoints on 127.0.0.{2,3,…} sharing one port, as pods share a targetPort: the first binds
+/// port 0, the others bind the port it got (another one when that is taken on their address).
 fn endpoints(names: &[&str]) -> (Vec<Endpoint>, u16) {
-    let port = free_port();
-    let eps = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Endpoint::start_at(n, format!("127.0.0.{}:{port}", i + 2).parse().expect("addr")))
-        .collect();
-    (eps, port)
+    let addr = |i: usize, port: u16| format!("127.0.0.{}:{port}", i + 2).parse().expect("addr");
+    for _ in 0..20 {
+        let first = Endpoint::start_at(names[0], addr(0, 0));
+        let port = first.addr.port();
+        let rest: Result<Vec<Endpoint>, _> =
+            names.iter().enumerate().skip(1).map(|(i, n)| Endpoint::try_start_at(n, addr(i, port))).collect();
+        if let Ok(rest) = rest {
+            return (std::iter::once(first).chain(rest).collect(), port);
+        }
+    }
+    panic!("no port free on 127.0.0.2..{} in 20 tries", names.len() + 1)
 }
 
 fn ip(e: &Endpoint) -> String {
@@ -357,14 +362,22 @@ fn the_last_good_state_serves_while_the_api_server_fails_and_a_new_history_is_re
                 &["--addr", "127.10.20.31:80", "--requests", "400", "--connections", "4", "--hold-ms", "1500"],
             )
         });
+        // Down until weir has seen its watches fail, then back with a new history.
+        let errors = weir.metric("weir_kubernetes_events_total{kind=\"endpointslice\",result=\"error\"}");
         api.stop();
-        std::thread::sleep(Duration::from_millis(300));
+        eventually(Duration::from_secs(30), "weir saw the API server go", || {
+            (weir.metric("weir_kubernetes_events_total{kind=\"endpointslice\",result=\"error\"}") > errors)
+                .then_some(())
+        });
         api.restart();
         api.apply_slice(slice("shop", "inv-1", "inv", &[("", port)], &[Ep::ready(&ip(&eps[1]))]));
         load.join().expect("load")
     });
     assert_eq!(load.num("ok"), 400, "requests failed across the API server's restart: {:?}", load.json);
-    serves(&cg, "127.10.20.31:80", &["b"], Duration::from_secs(30));
+    // The relist comes after the watch's back-off, which the failures above have grown (up to
+    // 30 s): the new history's slice is routed then.
+    routed_within(&weir, "inv.shop", &[eps[1].addr], Duration::from_secs(60));
+    serves(&cg, "127.10.20.31:80", &["b"], Duration::from_secs(10));
     assert!(weir.metric("weir_kubernetes_relists_total{kind=\"endpointslice\"}") > relists, "no relist after 410");
 }
 
@@ -410,8 +423,8 @@ fn weirs_own_api_connections_are_never_steered() {
     // weir runs inside the steered cgroup, and the API server listens on an address that is
     // also a service VIP: unmarked, weir's own watch connections would be steered into weir.
     let cg = Cgroup::create("k8s-mark");
-    let api_addr: std::net::SocketAddr = format!("127.10.20.200:{}", free_port()).parse().expect("addr");
-    let api = FakeApi::start_on(api_addr);
+    let api = FakeApi::start_on("127.10.20.200:0".parse().expect("addr"));
+    let api_addr = api.addr;
     let (eps, port) = endpoints(&["a"]);
     api.apply_service(service("shop", "seen", &["127.10.20.201"], &[("http", 80)]));
     api.apply_slice(slice("shop", "seen-1", "seen", &[("http", port)], &[Ep::ready(&ip(&eps[0]))]));

@@ -3,14 +3,12 @@
 //! commits its rings at start (RSS right after start includes them) and a bounded load with
 //! idle keep-alive clients neither grows it past a bound nor gets it OOM-killed.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weir_tests::memcg::MemoryCgroup;
-use weir_tests::{Client, Endpoint, WeirProcess, eventually, rss_kib};
+use weir_tests::{ANY_PORT, Client, Endpoint, LineSink, WeirProcess, eventually, rss_kib};
 
 use crate::data_path::service;
 
@@ -27,53 +25,32 @@ fn config(sink: &str, ring_records: Option<usize>, services: &str) -> String {
     )
 }
 
-/// Accepts access-log connections and counts the lines it reads.
-fn counting_sink() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("sink");
-    let addr = listener.local_addr().expect("addr");
-    let lines = Arc::new(AtomicU64::new(0));
-    let counted = lines.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let lines = counted.clone();
-            std::thread::spawn(move || {
-                for _ in BufReader::new(conn).lines().map_while(Result::ok) {
-                    lines.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    (addr, lines)
-}
-
 #[test]
 fn a_memory_limit_too_small_for_explicit_rings_stops_weir_at_start_with_the_numbers() {
     let cg = MemoryCgroup::create("small", 64 * MIB);
     let ep = Endpoint::start("e");
-    let (sink, _) = counting_sink();
+    let sink = LineSink::counting().expect("sink");
     let dir = weir_tests::scratch_dir("memsmall");
     let path = dir.join("weir.toml");
-    let toml = config(&format!("tcp:{sink}"), Some(65_536), &service("m", "127.10.12.1:80", &[&ep], ""))
-        .replace("@PROXY@", &format!("127.0.0.1:{}", weir_tests::free_port()))
-        .replace("@ADMIN@", &format!("127.0.0.1:{}", weir_tests::free_port()));
+    let toml = config(&format!("tcp:{}", sink.addr), Some(65_536), &service("m", "127.10.12.1:80", &[&ep], ""))
+        .replace("@PROXY@", ANY_PORT)
+        .replace("@ADMIN@", ANY_PORT);
     std::fs::write(&path, toml).expect("write config");
     let mut cmd = std::process::Command::new(WEIR);
     cmd.args(["run", "--config"]).arg(&path).env("RUST_LOG", "warn");
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     cg.join_on_exec(&mut cmd);
     let child = cmd.spawn().expect("spawn weir");
-    let pid = child.id();
+    let pid = child.id() as i32;
     // Bounded: a weir that does not refuse keeps running; stop it after 20 s.
     let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if weir_tests::wait_until(Duration::from_secs(20), || weir_tests::testkit::proc::exited(pid).then_some(()))
+            .is_some()
+        {
+            return false;
         }
         // SAFETY: kill(2) on our own child, still unreaped (wait_with_output below reaps it).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid, libc::SIGKILL) };
         true
     });
     let out = child.wait_with_output().expect("wait for weir");
@@ -109,10 +86,10 @@ fn a_memory_limit_too_small_for_explicit_rings_stops_weir_at_start_with_the_numb
 fn with_rings_sized_from_a_64_mib_limit_weir_commits_them_at_start_and_survives_load() {
     let cg = MemoryCgroup::create("fits", 64 * MIB);
     let ep = Endpoint::start("e");
-    let (sink, shipped) = counting_sink();
+    let sink = LineSink::counting().expect("sink");
     let weir = WeirProcess::start(
         WEIR,
-        &config(&format!("tcp:{sink}"), None, &service("m", "127.10.12.2:80", &[&ep], "")),
+        &config(&format!("tcp:{}", sink.addr), None, &service("m", "127.10.12.2:80", &[&ep], "")),
         Some(cg.dir()),
     );
     let pid = weir.pid() as u32;
@@ -174,7 +151,7 @@ fn with_rings_sized_from_a_64_mib_limit_weir_commits_them_at_start_and_survives_
                 if let Some(u) = std::fs::read_to_string(&usage_file).ok().and_then(|u| u.trim().parse::<u64>().ok()) {
                     peak_usage.fetch_max(u, Ordering::Relaxed);
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20)); // the sampling pace
             }
         })
     };
@@ -230,9 +207,7 @@ fn with_rings_sized_from_a_64_mib_limit_weir_commits_them_at_start_and_survives_
         peak < rss_start + 16 * MIB,
         "RSS grew from {rss_start} B at start to {peak} B under load (bound: +16 MiB)"
     );
-    eventually(Duration::from_secs(10), "access-log lines shipped", || {
-        (shipped.load(Ordering::Relaxed) > 0).then_some(())
-    });
+    eventually(Duration::from_secs(10), "access-log lines shipped", || (sink.lines() > 0).then_some(()));
     drop(idle);
     let status = weir.terminate(Duration::from_secs(30));
     assert!(status.success(), "weir exited with {status}");

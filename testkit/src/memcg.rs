@@ -1,12 +1,12 @@
 //! Memory cgroups for the root tier: a child cgroup with a memory limit that a test starts
 //! weir in, and what the kernel says about it (usage, peak, OOM kills). cgroup v2's memory
-//! controller when the host offers it (enabling `+memory` in the parent's
-//! `cgroup.subtree_control` if needed), else cgroup v1's memory hierarchy. A host with neither
-//! fails the test loudly: it never passes by skipping.
+//! controller when the host offers it (enabling `+memory` in the v2 root's
+//! `cgroup.subtree_control` if needed; the root found by [`crate::cgroup2_root`]), else cgroup
+//! v1's memory hierarchy. A host with neither fails the test loudly: it never passes by
+//! skipping.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// Which memory controller a [`MemoryCgroup`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,7 @@ pub enum MemcgVersion {
 
 /// A cgroup with a memory limit, created for one test and removed (after killing what is
 /// left in it) on drop.
+#[derive(Debug)]
 pub struct MemoryCgroup {
     /// Its directory.
     pub path: PathBuf,
@@ -63,7 +64,7 @@ impl MemoryCgroup {
     /// cgroup v1, under this process's own memory cgroup. Panics with what was tried when
     /// neither works.
     pub fn create(tag: &str, limit: u64) -> MemoryCgroup {
-        crate::root::require_root();
+        assert!(crate::proc::is_root(), "memory cgroup tests need root; run the suite as root");
         let mut tried = Vec::new();
         match MemoryCgroup::create_v2(tag, limit) {
             Ok(cg) => return cg,
@@ -77,7 +78,7 @@ impl MemoryCgroup {
     }
 
     fn create_v2(tag: &str, limit: u64) -> Result<MemoryCgroup, String> {
-        let root = mounts("cgroup2").into_iter().next().map(|(p, _)| p).ok_or("no cgroup2 mount")?;
+        let root = crate::cgroup2_root().map_err(|e| e.to_string())?;
         let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
             .map_err(|e| format!("{}/cgroup.controllers: {e}", root.display()))?;
         if !controllers.split_whitespace().any(|c| c == "memory") {
@@ -150,21 +151,7 @@ impl MemoryCgroup {
 
     /// Makes `cmd`'s process join this cgroup between fork and exec.
     pub fn join_on_exec(&self, cmd: &mut std::process::Command) {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::process::CommandExt;
-        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes()).expect("path");
-        // SAFETY: only async-signal-safe calls between fork and exec (open, write, close) on a
-        // path built before the fork; no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
+        crate::cgroup::join_on_exec(cmd, &self.path);
     }
 
     /// Processes the kernel's OOM killer killed in this cgroup.
@@ -182,11 +169,7 @@ impl MemoryCgroup {
 
     /// Pids in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        crate::cgroup::pids(&self.path)
     }
 
     /// The cgroup directory, for [`crate::WeirProcess::start`].
@@ -197,16 +180,8 @@ impl MemoryCgroup {
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
-        for _ in 0..100 {
-            for pid in self.pids() {
-                // SAFETY: kill(2) on processes this test started in its own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !crate::cgroup::remove(&self.path) {
+            eprintln!("warning: could not remove cgroup {}", self.path.display());
         }
-        eprintln!("warning: could not remove cgroup {}", self.path.display());
     }
 }

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use weir_tests::root::{Cgroup, probe, require_root};
-use weir_tests::{Endpoint, TcpEcho, Weir, WeirProcess, eventually};
+use weir_tests::root::{Cgroup, counters_from_pins, heartbeat_age, pin_dir_of, probe, require_root};
+use weir_tests::{Endpoint, LineSink, ReservedPort, TcpEcho, Weir, WeirProcess, eventually};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-fn steered_config(cgroup: &Cgroup, services: &str) -> String {
+pub fn steered_config(cgroup: &Cgroup, services: &str) -> String {
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\ncgroups = [\"{}\"]\n[access_log]\nsink = \"off\"\n{services}",
         cgroup.path.display()
@@ -133,12 +133,17 @@ fn reload_adds_and_removes_steered_services() {
     assert_eq!(moved.by_endpoint("a"), 3, "{:?}", moved.json);
 
     // A connection open across a reload (that adds and removes other services) keeps working.
+    let before_held = b.requests();
     let during = std::thread::scope(|s| {
         let held =
             s.spawn(|| probe(PROBE, Some(&cg), &["--addr", "127.10.4.6:80", "--requests", "10", "--hold-ms", "800"]));
-        std::thread::sleep(Duration::from_millis(300));
+        // The probe holds its connection after the first half of its requests: reload then.
+        eventually(Duration::from_secs(10), "the held probe's first five requests answered", || {
+            (b.requests() >= before_held + 5).then_some(())
+        });
         weir.reload(&steered_config(&cg, &two.replace("127.10.4.5:80", "127.10.4.18:80")))
             .expect("reload during a held connection");
+        assert!(b.requests() < before_held + 10, "the reload came after the held connection's pause");
         held.join().expect("held probe")
     });
     assert_eq!((during.num("ok"), during.by_endpoint("b")), (10, 10), "{:?}", during.json);
@@ -173,14 +178,6 @@ fn nothing_stays_attached_after_weir_stops() {
     }
 }
 
-fn pin_dir_of(proxy: std::net::SocketAddr) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/weir/listen-{}-{}",
-        proxy.ip().to_string().replace('.', "_"),
-        proxy.port()
-    ))
-}
-
 #[test]
 fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
     require_root();
@@ -202,20 +199,20 @@ fn kill_9_leaves_steering_failing_closed_and_a_restart_takes_over() {
         .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-")))
         .count();
     assert_eq!(links, 3, "connect4, connect6 and sockops links must stay pinned");
-    // ... and once the heartbeat is stale, connects to the VIP fail closed, at once.
-    std::thread::sleep(Duration::from_millis(1500));
+    // ... and once the heartbeat is stale (older than fail_after_ms), connects to the VIP fail
+    // closed, at once.
+    eventually(Duration::from_secs(10), "the dead weir's heartbeat older than fail_after_ms", || {
+        heartbeat_age(&pins).filter(|age| *age > Duration::from_millis(1000))
+    });
+    // `weir steer status` still answers, from the pins; its counters say who refused.
+    let fail_closed = || counters_from_pins(WEIR, admin, &pins)["fail_closed"].as_u64().expect("fail_closed counter");
+    let before = fail_closed();
     let t = std::time::Instant::now();
     let down = probe(PROBE, Some(&cg), &["--addr", "127.10.4.11:80"]);
     assert_eq!(down.num("ok"), 0);
     assert!(down.json["errors"][0].as_str().is_some_and(|e| e.contains("refused")), "{:?}", down.json);
     assert!(t.elapsed() < Duration::from_secs(2), "a connect hung while weir was down");
-    // `weir steer status` still answers, from the pins.
-    let out = std::process::Command::new(WEIR)
-        .args(["steer", "status", "--admin", &admin.to_string()])
-        .output()
-        .expect("steer status");
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && status.contains("fail_closed"), "{status}");
+    assert_eq!(fail_closed(), before + 1, "the refusal did not come from the fail-closed verdict");
 
     // A restart on the same addresses takes the pinned links over and steering resumes.
     let weir = WeirProcess::start_on(WEIR, &toml, None, proxy, admin, |_, _| {});
@@ -251,7 +248,9 @@ fn fail_open_and_fail_to_endpoint_while_weir_is_down() {
         let up = probe(PROBE, Some(&cg), &["--addr", "127.10.4.12:8080", "--requests", "2"]);
         assert_eq!((up.num("via"), up.by_endpoint("direct")), (2, 2), "{mode}: {:?}", up.json);
         weir.kill9();
-        std::thread::sleep(Duration::from_millis(1500));
+        eventually(Duration::from_secs(10), "the dead weir's heartbeat older than fail_after_ms", || {
+            heartbeat_age(&pins).filter(|age| *age > Duration::from_millis(1000))
+        });
         let down = probe(PROBE, Some(&cg), &["--addr", "127.10.4.12:8080", "--requests", "2"]);
         assert_eq!(
             (down.num("ok"), down.num("via"), down.by_endpoint(want)),
@@ -271,20 +270,8 @@ fn connections_are_accepted_by_the_worker_on_the_clients_cpu() {
     assert!(cpus >= 2, "this test needs two CPUs, found {cpus}");
     let cg = Cgroup::create("affinity");
     let a = Endpoint::start("a");
-    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("log sink");
-    let sink_addr = sink.local_addr().expect("addr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for c in sink.incoming().flatten() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for l in std::io::BufReader::new(c).lines().map_while(Result::ok) {
-                    let _ = tx.send(l);
-                }
-            });
-        }
-    });
+    let (sink, rx) = LineSink::start().expect("log sink");
+    let sink_addr = sink.addr;
     let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.13:80\"\nendpoints = [\"{}\"]\n", a.addr);
     let toml = steered_config(&cg, &svc).replace("sink = \"off\"", &format!("sink = \"tcp:{sink_addr}\""));
     let weir = Weir::start(&toml);
@@ -324,20 +311,13 @@ fn ipv4_mapped_ipv6_connects_are_steered() {
 const RUNTIME_CAPS: u64 = (1 << 12) | (1 << 39);
 
 fn thread_caps(pid: i32) -> Vec<(String, u64, u64)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
+    let threads = weir_tests::testkit::proc::threads(pid);
+    assert!(!threads.is_empty(), "no threads of {pid} in /proc");
+    threads
+        .into_iter()
         .map(|t| {
-            let status = std::fs::read_to_string(t.path().join("status")).expect("status");
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex caps"))
-                    .expect("cap field")
-            };
-            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
-            (name, field("CapEff:"), field("CapBnd:"))
+            let caps = (t.hex_field("CapEff:").expect("CapEff"), t.hex_field("CapBnd:").expect("CapBnd"));
+            (t.name, caps.0, caps.1)
         })
         .collect()
 }
@@ -367,19 +347,17 @@ fn after_start_every_thread_keeps_only_net_admin_and_bpf_and_pins_are_root_only(
     // clean exit that unpins.
     assert_eq!(probe(PROBE, Some(&cg), &["--addr", "127.10.4.15:80", "--requests", "3"]).num("via"), 3);
     let two = format!("{one}[[service]]\nname = \"beta\"\nvip = \"127.10.4.16:80\"\nendpoints = [\"{}\"]\n", b.addr);
-    std::fs::write(
-        &weir.config_path,
-        steered_config(&cg, &two)
-            .replace("@PROXY@", &weir.proxy.to_string())
-            .replace("@ADMIN@", &weir.admin.to_string())
-            .replace("sink = \"off\"", "sink = \"stdout\""),
-    )
-    .expect("config");
+    weir.write_config(&steered_config(&cg, &two).replace("sink = \"off\"", "sink = \"stdout\""));
     weir.signal(libc::SIGHUP);
     eventually(Duration::from_secs(5), "beta steered after SIGHUP", || {
         (probe(PROBE, Some(&cg), &["--addr", "127.10.4.16:80"]).by_endpoint("b") == 1).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(2500));
+    // The workers keep writing the heartbeat without the capabilities they dropped at start:
+    // one written after this point, long after the drop, is fresher than the time since then.
+    let since = std::time::Instant::now();
+    eventually(Duration::from_secs(5), "a heartbeat written after the capability drop", || {
+        heartbeat_age(&pins).filter(|age| *age < since.elapsed())
+    });
     assert_eq!(
         probe(PROBE, Some(&cg), &["--addr", "127.10.4.15:80"]).num("via"),
         1,
@@ -397,20 +375,28 @@ fn steering_keeps_working_while_the_config_source_is_unreadable() {
     let a = Endpoint::start("a");
     let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.4.17:80\"\nendpoints = [\"{}\"]\n", a.addr);
     let weir = WeirProcess::start(WEIR, &steered_config(&cg, &svc), None);
+    let failures = || {
+        let metrics = weir_tests::Client::connect(weir.admin).get("/metrics", "admin").body_string();
+        weir_tests::metric_value(&metrics, "weir_config_reloads_total{result=\"failure\"}")
+    };
     std::fs::set_permissions(&weir.config_path, std::fs::Permissions::from_mode(0o000)).expect("chmod");
     weir.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    // weir runs without CAP_DAC_OVERRIDE after start, so even as root it cannot read a 000 file.
+    eventually(Duration::from_secs(5), "the reload of an unreadable file rejected", || {
+        (failures() >= 1.0).then_some(())
+    });
     std::fs::write(weir.config_path.with_extension("tmp"), "garbage [").expect("write");
     std::fs::rename(weir.config_path.with_extension("tmp"), &weir.config_path).expect("swap in an invalid config");
     weir.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    // The file watcher may count the swap too: at least one more failure, no success.
+    eventually(Duration::from_secs(5), "the reload of an invalid file rejected", || (failures() >= 2.0).then_some(()));
     let r = probe(PROBE, Some(&cg), &["--addr", "127.10.4.17:80", "--requests", "20", "--connections", "4"]);
     assert_eq!((r.num("ok"), r.num("via")), (20, 20), "steered traffic stopped with a bad config source: {:?}", r.json);
-    let mut admin = weir_tests::Client::connect(weir.admin);
-    let metrics = admin.get("/metrics", "admin").body_string();
-    assert!(
-        weir_tests::metric_value(&metrics, "weir_config_reloads_total{result=\"failure\"}") >= 2.0,
-        "reload failures not counted"
+    let metrics = weir_tests::Client::connect(weir.admin).get("/metrics", "admin").body_string();
+    assert_eq!(
+        weir_tests::metric_value(&metrics, "weir_config_reloads_total{result=\"success\"}"),
+        0.0,
+        "a bad config source was applied"
     );
 }
 
@@ -426,9 +412,12 @@ fn the_pins_of_a_weir_that_never_came_back_are_removed() {
     let old_pins = pin_dir_of(old.proxy);
     old.kill9();
     assert!(old_pins.exists());
-    // Five fail_after periods later that weir is gone for good; a weir on another listen
-    // address removes its pins (whose links would otherwise keep refusing VIP connects).
-    std::thread::sleep(Duration::from_millis(5_500));
+    // Five fail_after periods after its last heartbeat that weir is gone for good; a weir on
+    // another listen address removes its pins (whose links would otherwise keep refusing VIP
+    // connects).
+    eventually(Duration::from_secs(15), "the dead weir's heartbeat older than 5 × fail_after_ms", || {
+        heartbeat_age(&old_pins).filter(|age| *age > Duration::from_millis(5_000))
+    });
     let new = WeirProcess::start(WEIR, &toml, None);
     assert!(!old_pins.exists(), "stale pins of a dead weir remain: {}", old_pins.display());
     let r = probe(PROBE, Some(&cg), &["--addr", "127.10.4.19:80", "--requests", "3"]);
@@ -441,10 +430,10 @@ fn native_ipv6_vips_are_steered() {
     require_root();
     let cg = Cgroup::create("v6native");
     let a = Endpoint::start("a");
-    // An IPv6 VIP on the loopback address (nothing listens on its port), so that even an
-    // unsteered connect stays on this machine.
-    let port = weir_tests::free_port();
-    let vip = format!("[::1]:{port}");
+    // An IPv6 VIP on the loopback address, on a port held but not listening (connects are
+    // refused), so that even an unsteered connect stays on this machine.
+    let port = ReservedPort::on("::1".parse().expect("ip")).expect("reserve a port on [::1]");
+    let vip = port.addr().to_string();
     let svc = format!("[[service]]\nname = \"alpha6\"\nvip = \"{vip}\"\nendpoints = [\"{}\"]\n", a.addr);
     let _weir = Weir::start(&steered_config(&cg, &svc));
     let r = probe(PROBE, Some(&cg), &["--addr", &vip, "--requests", "5"]);

@@ -1,6 +1,8 @@
-//! A small blocking HTTP/1.1 client for tests: raw writes (so malformed requests can be sent
-//! on purpose) and a response reader that understands Content-Length, chunked and
-//! close-delimited bodies.
+//! The one blocking HTTP/1.1 client of the tests, the demo and the bench's control side: raw
+//! writes (so malformed requests can be sent on purpose), a response reader that understands
+//! Content-Length, chunked and close-delimited bodies and interim 1xx responses, and
+//! [`get_once`] for one-off requests to an admin API. Must not: measure latency for a report
+//! (the load generator in `benches` has its own zero-copy parser for that).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,23 +32,34 @@ impl Response {
 }
 
 /// One client connection.
+#[derive(Debug)]
 pub struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl Client {
-    /// Connects to `addr` (5 s read timeout).
+    /// Connects to `addr` (5 s connect timeout, 20 s read timeout); panics on failure.
     pub fn connect(addr: SocketAddr) -> Client {
         Client::try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
     }
 
     /// Connects, returning the error.
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Client::try_connect_timeout(addr, Duration::from_secs(5), Duration::from_secs(20))
+    }
+
+    /// Connects within `connect`, with `read` as the read timeout.
+    pub fn try_connect_timeout(addr: SocketAddr, connect: Duration, read: Duration) -> std::io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr, connect)?;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_read_timeout(Some(read))?;
         Ok(Client { reader: BufReader::new(s.try_clone()?), writer: s })
+    }
+
+    /// The address the connection ended up connected to (after any eBPF rewrite).
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.writer.peer_addr()
     }
 
     /// Sets the read timeout.
@@ -64,7 +77,7 @@ impl Client {
         let _ = self.writer.shutdown(std::net::Shutdown::Write);
     }
 
-    /// `GET path` with `Host: host`.
+    /// `GET path` with `Host: host`; panics when no response comes.
     pub fn get(&mut self, path: &str, host: &str) -> Response {
         self.send_raw(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes());
         self.read_response(false).expect("response")
@@ -149,6 +162,36 @@ impl Client {
     }
 }
 
+/// One `GET path` with `Host: host` and `Connection: close` on a fresh connection, everything
+/// bounded by `timeout` (connect, and each read).
+pub fn get_once(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> std::io::Result<Response> {
+    let mut c = Client::try_connect_timeout(addr, timeout, timeout)?;
+    c.writer.write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())?;
+    c.read_response(false)
+}
+
 fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed response line {what:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Behavior, Endpoint};
+
+    #[test]
+    fn reads_length_chunked_and_one_off_responses() {
+        let ep = Endpoint::start("t");
+        let mut c = Client::connect(ep.addr);
+        let r = c.get("/", "t");
+        assert_eq!((r.status, r.header("x-endpoint"), r.body_string().as_str()), (200, Some("t"), "hello from t\n"));
+        let r = c.get("/chunked/70000", "t");
+        assert_eq!((r.header("transfer-encoding"), r.body.len()), (Some("chunked"), 70_000));
+        assert_eq!(c.request("POST", "/", "t", b"abc").expect("post").header("x-body-bytes"), Some("3"));
+        assert_eq!(c.peer_addr().expect("peer"), ep.addr);
+        ep.set(Behavior::Status(503));
+        let r = get_once(ep.addr, "t", "/bytes/10", Duration::from_secs(5)).expect("one-off GET");
+        assert_eq!((r.status, r.body.len()), (503, 10));
+        assert_eq!(ep.requests(), 4);
+    }
 }

@@ -5,15 +5,14 @@
 //!
 //! Paths: `/bytes/N` answers N bytes (Content-Length), `/chunked/N` answers N bytes chunked;
 //! anything else answers a short text. Every response carries `x-endpoint: NAME` and echoes
-//! the request's `via` as `x-seen-via` and body length as `x-body-bytes`.
+//! the request's `via` as `x-seen-via` and body length as `x-body-bytes`. The demo serves its
+//! endpoints with it too, and the load generator's tests run against it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 /// What the endpoint does with the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +33,22 @@ pub enum Behavior {
     CloseIdleAfter(Duration),
     /// Answer with a malformed response head.
     Malformed,
+    /// 200, but every `every`-th request (counted over all connections) waits `stall` first.
+    StallEvery {
+        /// Which requests stall (every n-th).
+        every: u64,
+        /// How long.
+        stall: Duration,
+    },
 }
 
+/// Locks `m`, ignoring poisoning (a panicking connection thread must not take the endpoint
+/// down with it).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
 struct State {
     behavior: Mutex<Behavior>,
     requests: AtomicU64,
@@ -46,11 +59,13 @@ struct State {
 }
 
 /// A running test endpoint.
+#[derive(Debug)]
 pub struct Endpoint {
     /// Its address.
     pub addr: SocketAddr,
     state: Arc<State>,
-    listener: Mutex<Option<TcpListener>>,
+    /// The accept thread (it owns the listener); taken by `kill`.
+    accept: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Endpoint {
@@ -60,10 +75,16 @@ impl Endpoint {
         Endpoint::serve(name, listener)
     }
 
-    /// Starts an endpoint on `addr`.
+    /// Starts an endpoint on `addr`; panics if it cannot bind.
     pub fn start_at(name: &str, addr: SocketAddr) -> Endpoint {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind endpoint {addr}: {e}"));
-        Endpoint::serve(name, listener)
+        Endpoint::try_start_at(name, addr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts an endpoint on `addr`, returning the bind error.
+    pub fn try_start_at(name: &str, addr: SocketAddr) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind endpoint {name} on {addr}: {e}")))?;
+        Ok(Endpoint::serve(name, listener))
     }
 
     fn serve(name: &str, listener: TcpListener) -> Endpoint {
@@ -76,30 +97,29 @@ impl Endpoint {
             open: Mutex::new(Vec::new()),
             name: name.to_string(),
         });
-        let accept = listener.try_clone().expect("clone listener");
-        {
+        let accept = {
             let state = state.clone();
             std::thread::spawn(move || {
-                for conn in accept.incoming() {
+                for conn in listener.incoming() {
                     if state.stop.load(Ordering::SeqCst) {
-                        return;
+                        return; // drops the listener: connects are refused from now on
                     }
                     let Ok(conn) = conn else { continue };
                     state.connections.fetch_add(1, Ordering::Relaxed);
                     if let Ok(c) = conn.try_clone() {
-                        state.open.lock().push(c);
+                        lock(&state.open).push(c);
                     }
                     let state = state.clone();
                     std::thread::spawn(move || handle(conn, &state));
                 }
-            });
-        }
-        Endpoint { addr, state, listener: Mutex::new(Some(listener)) }
+            })
+        };
+        Endpoint { addr, state, accept: Mutex::new(Some(accept)) }
     }
 
     /// Changes the behaviour for the next requests.
     pub fn set(&self, b: Behavior) {
-        *self.state.behavior.lock() = b;
+        *lock(&self.state.behavior) = b;
     }
 
     /// Requests received (complete heads).
@@ -112,19 +132,18 @@ impl Endpoint {
         self.state.connections.load(Ordering::Relaxed)
     }
 
-    /// Kills the endpoint: stops listening (new connects are refused) and resets every open
-    /// connection.
+    /// Kills the endpoint: stops listening (new connects are refused once this returns) and
+    /// ends every open connection.
     pub fn kill(&self) {
         self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(l) = self.listener.lock().take() {
-            // Wake the accept loop so it sees `stop` and drops its listener clone.
-            let addr = l.local_addr().ok();
-            drop(l);
-            if let Some(a) = addr {
-                let _ = TcpStream::connect_timeout(&a, Duration::from_millis(100));
+        if let Some(t) = lock(&self.accept).take() {
+            // Wake the accept loop so it sees `stop` and closes the listener; wait for that.
+            let woken = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
+            if woken || t.is_finished() {
+                let _ = t.join();
             }
         }
-        for c in self.state.open.lock().drain(..) {
+        for c in lock(&self.state.open).drain(..) {
             reset(&c);
         }
     }
@@ -159,7 +178,7 @@ fn handle(conn: TcpStream, state: &State) {
     let mut reader = BufReader::new(read_half);
     let mut writer = conn;
     loop {
-        if let Behavior::CloseIdleAfter(d) = *state.behavior.lock() {
+        if let Behavior::CloseIdleAfter(d) = *lock(&state.behavior) {
             let _ = writer.set_read_timeout(Some(d));
         } else {
             let _ = writer.set_read_timeout(None);
@@ -172,8 +191,8 @@ fn handle(conn: TcpStream, state: &State) {
             reset(&writer);
             return;
         }
-        state.requests.fetch_add(1, Ordering::Relaxed);
-        let behavior = *state.behavior.lock();
+        let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let behavior = *lock(&state.behavior);
         // Generated bodies are streamed from one static block, never held whole.
         let (body_len, text) = match req.path.as_str() {
             p if p.starts_with("/bytes/") || p.starts_with("/chunked/") => {
@@ -198,6 +217,7 @@ fn handle(conn: TcpStream, state: &State) {
                 return;
             }
             Behavior::Delay(d) => std::thread::sleep(d),
+            Behavior::StallEvery { every, stall } if every > 0 && n.is_multiple_of(every) => std::thread::sleep(stall),
             Behavior::Malformed => {
                 let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!");
                 continue;
@@ -222,7 +242,9 @@ fn handle(conn: TcpStream, state: &State) {
         if behavior == Behavior::ResetMidResponse {
             let _ = write_body(&mut writer, text.as_deref(), body_len / 2, false);
             let _ = writer.flush();
-            std::thread::sleep(Duration::from_millis(20));
+            // The half body must reach the peer before the reset, which discards what is
+            // still unsent: wait until the socket's send queue is empty.
+            crate::wait_until(Duration::from_secs(2), || (crate::net::unsent_bytes(&writer) == Some(0)).then_some(()));
             reset(&writer);
             return;
         }
@@ -261,6 +283,7 @@ fn write_body(w: &mut TcpStream, text: Option<&[u8]>, len: usize, chunked: bool)
 
 /// A TCP echo endpoint: answers each line with `echo:NAME:LINE`; passes on half-close (after
 /// the client's FIN it writes `bye:NAME` and closes).
+#[derive(Debug)]
 pub struct TcpEcho {
     /// Its address.
     pub addr: SocketAddr,
@@ -356,4 +379,59 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         }
     }
     Some(Request { path, via, body_len, close })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Client;
+    use std::time::Instant;
+
+    #[test]
+    fn stall_every_delays_only_every_nth_request() {
+        let ep = Endpoint::start("s");
+        ep.set(Behavior::StallEvery { every: 3, stall: Duration::from_millis(200) });
+        let mut c = Client::connect(ep.addr);
+        let took: Vec<Duration> = (0..6)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(c.get("/", "s").status, 200);
+                t.elapsed()
+            })
+            .collect();
+        let slow: Vec<usize> = (0..6).filter(|&i| took[i] >= Duration::from_millis(200)).collect();
+        assert_eq!(slow, [2, 5], "request latencies {took:?}");
+    }
+
+    #[test]
+    fn reset_mid_response_delivers_half_the_body_then_ends_the_connection() {
+        let ep = Endpoint::start("r");
+        ep.set(Behavior::ResetMidResponse);
+        let mut s = TcpStream::connect(ep.addr).expect("connect");
+        s.write_all(b"GET /bytes/100000 HTTP/1.1\r\nhost: r\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 65536];
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("after {} bytes: {e}", got.len()),
+            }
+        }
+        let head = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head") + 4;
+        assert_eq!(got.len() - head, 50_000, "the half body arrives before the connection ends");
+    }
+
+    #[test]
+    fn a_killed_endpoint_refuses_and_resets() {
+        let ep = Endpoint::start("k");
+        let mut c = Client::connect(ep.addr);
+        assert_eq!(c.get("/", "k").status, 200);
+        ep.kill();
+        assert!(c.is_closed(Duration::from_secs(2)), "an open connection survived the kill");
+        assert!(TcpStream::connect(ep.addr).is_err(), "a killed endpoint still accepts");
+        assert_eq!((ep.requests(), ep.connections()), (1, 1));
+    }
 }
