@@ -1,7 +1,7 @@
 //! API objects to records, at once, as each arrives: the Service and EndpointSlice fields weir
 //! routes on and nothing else. Owns the per-object rules: which Services are skipped (headless,
 //! ExternalName, another proxy's, `default/kubernetes`, excluded namespaces), a port's protocol
-//! (`appProtocol`, then the name's prefix, then the default), an endpoint's conditions (missing
+//! (`appProtocol`, then the name's prefix, then the default: HTTP/1.1, HTTP/2, gRPC or TCP), an endpoint's conditions (missing
 //! ready means ready), and which node and zones it is for. Must not: combine objects (that is
 //! `cluster`), or keep the object.
 
@@ -100,19 +100,34 @@ pub fn service(svc: &Service, settings: &Settings) -> Option<(ObjectKey, Service
     Some((key(namespace, name), record, rejected))
 }
 
-/// A port's protocol: `appProtocol` (`http` → HTTP; `tcp`, `kubernetes.io/h2c`, `grpc` and any
-/// other named protocol → TCP, relayed byte for byte, since weir's HTTP path is HTTP/1.1), else
-/// the name (`http`, `http-…` → HTTP; `tcp`, `tcp-…`, `grpc`, `grpc-…` → TCP), else `default`.
+/// A port's protocol: `appProtocol`, else the port name's protocol prefix (Istio's
+/// `PROTOCOL[-SUFFIX]` convention), else `default`.
+///
+/// | | HTTP/1.1 | HTTP/2 (h2c) | gRPC | TCP |
+/// |---|---|---|---|---|
+/// | `appProtocol` | `http` | `kubernetes.io/h2c`, `h2c`, `http2` | `grpc` | `tcp` and any other |
+/// | port name | `http`, `http-…`, `grpc-web…` | `http2`, `h2c` (and `-…`) | `grpc`, `grpc-…` | `tcp`, `tcp-…` |
+///
+/// Any other `appProtocol` (`https`, `kubernetes.io/ws`, `mysql`, …) is relayed byte for byte:
+/// weir cannot speak it, and a relay is always safe. gRPC-Web is HTTP to weir (its clients
+/// speak HTTP/1.1 or HTTP/2 with gRPC-Web bodies, not gRPC's framing).
 pub fn protocol(app_protocol: Option<&str>, port_name: &str, default: Protocol) -> Protocol {
-    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
-        Some("http") => return Protocol::Http,
-        Some(_) => return Protocol::Tcp,
-        None => {}
+    if let Some(app) = app_protocol {
+        return match app.to_ascii_lowercase().as_str() {
+            "http" => Protocol::Http,
+            "kubernetes.io/h2c" | "h2c" | "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        };
     }
-    let prefix = port_name.split('-').next().unwrap_or_default();
-    match prefix {
+    if port_name == "grpc-web" || port_name.starts_with("grpc-web-") {
+        return Protocol::Http;
+    }
+    match port_name.split('-').next().unwrap_or_default() {
         "http" => Protocol::Http,
-        "tcp" | "grpc" => Protocol::Tcp,
+        "http2" | "h2c" => Protocol::Http2,
+        "grpc" => Protocol::Grpc,
+        "tcp" => Protocol::Tcp,
         _ => default,
     }
 }
@@ -215,16 +230,64 @@ mod tests {
     }
 
     #[test]
+    fn a_services_ports_get_their_protocols_from_app_protocol_and_names() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!(
+                "{}/../../tests/fixtures/kubernetes/service-two-ports.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("fixture"),
+        )
+        .expect("JSON");
+        v["spec"]["clusterIP"] = serde_json::json!("127.10.0.9");
+        v["spec"]["ports"] = serde_json::json!([
+            {"name": "api", "port": 50051, "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "h2c-internal", "port": 8081, "protocol": "TCP"},
+            {"name": "web", "port": 80, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+            {"name": "grpc-health", "port": 8082, "protocol": "TCP"},
+            {"name": "metrics", "port": 9090, "protocol": "TCP"},
+        ]);
+        let svc: Service = serde_json::from_value(v).expect("a Service");
+        let (_, rec, _) = service(&svc, &settings()).expect("converts");
+        let got: Vec<(&str, Protocol)> = rec.ports.iter().map(|p| (&*p.name, p.protocol)).collect();
+        assert_eq!(
+            got,
+            [
+                ("api", Protocol::Grpc),
+                ("h2c-internal", Protocol::Http2),
+                ("web", Protocol::Http2),
+                ("grpc-health", Protocol::Grpc),
+                ("metrics", Protocol::Tcp),
+            ]
+        );
+    }
+
+    #[test]
     fn the_protocol_comes_from_app_protocol_then_the_name_then_the_default() {
         let d = Protocol::Tcp;
         assert_eq!(protocol(Some("http"), "tcp-x", d), Protocol::Http);
-        assert_eq!(protocol(Some("kubernetes.io/h2c"), "http", d), Protocol::Tcp);
-        assert_eq!(protocol(Some("grpc"), "", d), Protocol::Tcp);
+        assert_eq!(protocol(Some("HTTP"), "", d), Protocol::Http);
+        assert_eq!(protocol(Some("kubernetes.io/h2c"), "http", d), Protocol::Http2);
+        assert_eq!(protocol(Some("h2c"), "", d), Protocol::Http2);
+        assert_eq!(protocol(Some("http2"), "tcp", d), Protocol::Http2);
+        assert_eq!(protocol(Some("grpc"), "", d), Protocol::Grpc);
+        assert_eq!(protocol(Some("tcp"), "http", Protocol::Http), Protocol::Tcp);
+        for other in ["https", "kubernetes.io/ws", "kubernetes.io/wss", "mysql", "grpc-web"] {
+            assert_eq!(protocol(Some(other), "http", Protocol::Http), Protocol::Tcp, "appProtocol {other}");
+        }
         assert_eq!(protocol(None, "http-web", d), Protocol::Http);
         assert_eq!(protocol(None, "http", d), Protocol::Http);
-        assert_eq!(protocol(None, "grpc-api", Protocol::Http), Protocol::Tcp);
+        assert_eq!(protocol(None, "http2", d), Protocol::Http2);
+        assert_eq!(protocol(None, "http2-api", d), Protocol::Http2);
+        assert_eq!(protocol(None, "h2c", d), Protocol::Http2);
+        assert_eq!(protocol(None, "grpc", d), Protocol::Grpc);
+        assert_eq!(protocol(None, "grpc-api", Protocol::Http), Protocol::Grpc);
+        assert_eq!(protocol(None, "grpc-web", d), Protocol::Http);
+        assert_eq!(protocol(None, "grpc-web-ui", d), Protocol::Http);
+        assert_eq!(protocol(None, "grpcx", d), Protocol::Tcp);
+        assert_eq!(protocol(None, "tcp-db", Protocol::Http), Protocol::Tcp);
         assert_eq!(protocol(None, "web", d), Protocol::Tcp);
-        assert_eq!(protocol(None, "web", Protocol::Http), Protocol::Http);
+        assert_eq!(protocol(None, "web", Protocol::Grpc), Protocol::Grpc);
         assert_eq!(protocol(None, "httpx", d), Protocol::Tcp);
     }
 }
