@@ -124,6 +124,40 @@ fn a_service_whose_last_slice_is_gone_keeps_nothing() {
     assert!(c.services().is_empty() && c.resolved.is_empty());
 }
 
+#[test]
+fn an_unchanged_service_is_handed_over_as_the_same_value() {
+    let mut c = Cluster::new();
+    c.apply_service(key("ns", "a"), svc("a", &["127.10.0.1"], &[("", 80)]));
+    c.apply_slice(key("ns", "a-1"), slice("a", &[("", 80)], vec![ep("10.0.0.1", true, true, false)]));
+    c.apply_service(key("ns", "b"), svc("b", &["127.10.0.2"], &[("web", 80), ("admin", 9000)]));
+    c.apply_slice(
+        key("ns", "b-1"),
+        slice("b", &[("web", 8080), ("admin", 9001)], vec![ep("10.0.0.2", true, true, false)]),
+    );
+    c.resolve();
+    let before = c.services();
+    // b's web port moves; a, b's admin port stay.
+    c.apply_slice(
+        key("ns", "b-1"),
+        slice("b", &[("web", 8081), ("admin", 9001)], vec![ep("10.0.0.2", true, true, false)]),
+    );
+    // A relist that lists a again unchanged.
+    c.begin_service_relist();
+    c.apply_service(key("ns", "a"), svc("a", &["127.10.0.1"], &[("", 80)]));
+    c.apply_service(key("ns", "b"), svc("b", &["127.10.0.2"], &[("web", 80), ("admin", 9000)]));
+    c.end_service_relist();
+    assert!(c.resolve().changed);
+    let after = c.services();
+    let same = |name: &str| {
+        let find = |v: &[Arc<ServiceConfig>]| v.iter().find(|s| s.name == name).cloned().expect("service");
+        Arc::ptr_eq(&find(&before), &find(&after))
+    };
+    assert!(same("a.ns"), "an unchanged Service keeps its value");
+    assert!(same("b.ns:admin"), "an unchanged port of a changed Service keeps its value");
+    assert!(!same("b.ns:web"), "the changed port is a new value");
+    assert!(!c.resolve().changed, "nothing left to resolve");
+}
+
 /// One random change to a small cluster: Services and slices come, change and go, and relists
 /// happen.
 fn random_change(rng: &mut SmallRng, c: &mut Cluster) {
