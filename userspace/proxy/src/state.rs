@@ -240,9 +240,11 @@ impl WorkerState {
             };
             self.services.push(state);
         }
-        // Services that are gone: their idle connections close now, and their gauge reads 0.
+        // Services that are gone: their idle connections close now, and their stats slot is
+        // given back (nothing counts into it any more: a request still in flight for a
+        // removed service finds no state for it).
         for gone in old.into_iter().flatten() {
-            self.telemetry.shard.set_upstream_connections(gone.stats, 0);
+            self.telemetry.shard.release(gone.stats);
         }
     }
 
