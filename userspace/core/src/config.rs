@@ -145,9 +145,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Service discovery from the Kubernetes API.
     pub kubernetes: KubernetesConfig,
-    /// Services, in file order (then the discovered ones, by name); a service's index is its
-    /// id in the steering map. Shared, so that a new config can keep the unchanged services of
-    /// the previous one as they are.
+    /// Services, in file order (then the discovered ones, by name). Shared, so that a new
+    /// config can keep the unchanged services of the previous one as they are.
     pub services: Vec<Arc<ServiceConfig>>,
 }
 

@@ -33,6 +33,8 @@ use weir_proxy::OriginalDst;
 
 use crate::bpf_sys;
 
+mod ids;
+
 /// The kernel programs, compiled by build.rs (aya-build) for bpfel-unknown-none.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
 
@@ -50,6 +52,8 @@ pub struct Steering {
     cgroups: Vec<PathBuf>,
     links: Vec<(PathBuf, PinnedLink)>,
     services: StdHashMap<ServiceKey, ServiceValue>,
+    /// Each service's `service_id`, stable while the service exists.
+    ids: ids::ServiceIds,
     hooks: Arc<KernelHooks>,
     /// Links taken over from a previous run at start.
     pub taken_over: usize,
@@ -197,6 +201,7 @@ impl Steering {
             cgroups: steering.cgroups.clone(),
             links: Vec::new(),
             services: StdHashMap::new(),
+            ids: ids::ServiceIds::default(),
             hooks,
             taken_over: 0,
         };
@@ -310,16 +315,18 @@ impl Steering {
     }
 
     /// Makes the kernel's service map equal to `config`'s services: adds and updates entries
-    /// first, then removes the ones that are gone. Nothing is detached.
+    /// first, then removes the ones that are gone; entries that did not change are not
+    /// written (a service keeps its id while it exists). Nothing is detached.
     pub fn sync_services(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut want = StdHashMap::new();
-        for (id, s) in config.services.iter().enumerate() {
+        let ids = self.ids.assign(config.services.iter().map(|s| s.name.as_str()));
+        let mut want = StdHashMap::with_capacity(config.services.len());
+        for (id, s) in ids.into_iter().zip(&config.services) {
             let (fallback_addr, fallback_port) =
                 s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
             for vip in s.vips() {
                 want.insert(
                     service_key(vip),
-                    ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+                    ServiceValue { service_id: id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
                 );
             }
         }
