@@ -12,8 +12,9 @@ use crate::outcome::ErrorReason;
 pub const PATH_BYTES: usize = 160;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes).
-pub const SERVICE_BYTES: usize = 64;
+/// Longest service name kept: a file service's name is at most 63 bytes; a discovered one is
+/// `NAME.NAMESPACE:PORTNAME`, at most 63 + 1 + 63 + 1 + 15 = 143 bytes (Kubernetes' limits).
+pub const SERVICE_BYTES: usize = 144;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 
@@ -94,6 +95,9 @@ pub struct LogRecord {
     /// TCP relay rather than HTTP.
     pub tcp: bool,
 }
+
+// The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
+const _: () = assert!(std::mem::size_of::<LogRecord>() == 512);
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
@@ -245,6 +249,19 @@ mod tests {
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);
         assert_eq!(v["authority"], "ev\u{1}il\u{ff}");
+    }
+
+    #[test]
+    fn the_longest_discovered_service_name_is_kept_whole() {
+        // NAME.NAMESPACE:PORTNAME at Kubernetes' limits (63, 63 and 15 characters).
+        let name = format!("{}.{}:{}", "n".repeat(63), "s".repeat(63), "p".repeat(15));
+        let mut r = record();
+        r.service = InlineStr::new(name.as_bytes());
+        assert!(!r.service.truncated());
+        let mut out = Vec::new();
+        r.write_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["service"].as_str(), Some(name.as_str()));
     }
 
     #[test]
