@@ -211,7 +211,12 @@ impl WorkerState {
         let snapshot = self.snapshot.clone();
         self.services.reserve(snapshot.services.len());
         for (i, (cfg, svc)) in snapshot.config.services.iter().zip(&snapshot.services).enumerate() {
-            let previous = old_snapshot.service_index(&cfg.name).and_then(|j| Some((j, old.get_mut(j)?.take()?)));
+            // The same position first (no hashing: the common case), then by name.
+            let j = match old_snapshot.config.services.get(i) {
+                Some(o) if Arc::ptr_eq(o, cfg) || o.name == cfg.name => Some(i),
+                _ => old_snapshot.service_index(&cfg.name),
+            };
+            let previous = j.and_then(|j| Some((j, old.get_mut(j)?.take()?)));
             let state = match previous {
                 // Unchanged: kept exactly as it was.
                 Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
