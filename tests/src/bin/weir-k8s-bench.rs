@@ -220,6 +220,11 @@ fn main() {
     let mut changes = lat.lock().clone();
     changes.sort();
     let missed = *missed.lock();
+    // What the changes left: right after, and once idle connections, pools and freed pages
+    // have had time to go (upstream_idle 3 s, jemalloc's decay 1 s).
+    let rss_after_changes = rss_kib(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let rss_changes_settled = rss_kib(pid);
 
     // 4. A relist of everything: the history is compacted and every watch gets 410 Gone.
     let rss_before_relist = rss_kib(pid);
@@ -298,6 +303,11 @@ fn main() {
         mib(growth),
         mib(rss_peak_load),
         verdict(growth <= 64 * 1024)
+    );
+    println!(
+        "| weir RSS after the {total} changes: right after → 5 s later (the 100 changed services now have traffic state) | {} → {} | — | |",
+        mib(rss_after_changes),
+        mib(rss_changes_settled)
     );
     println!("| weir RSS right after an initial sync of the big cluster | {} | — | |", mib(rss_fresh));
     println!(
