@@ -95,7 +95,13 @@ pub fn run_pick(b: &mut Balancer, now: Instant) -> usize {
 
 /// A successful request record (the common case).
 pub fn request_record(i: u64) -> RequestRecord {
-    RequestRecord { status: Some(200), error: None, duration: Duration::from_micros(80 + (i % 400)), panic: false }
+    RequestRecord {
+        status: Some(200),
+        error: None,
+        duration: Duration::from_micros(80 + (i % 400)),
+        panic: false,
+        grpc: None,
+    }
 }
 
 /// Records one request into `stats`.
@@ -123,7 +129,8 @@ pub fn log_record() -> LogRecord {
         duration_us: 180,
         upstream_us: 150,
         worker: 0,
-        tcp: false,
+        protocol: weir_core::accesslog::LogProtocol::Http,
+        grpc_status: None,
     }
 }
 

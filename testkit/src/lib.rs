@@ -13,6 +13,7 @@ pub mod memcg;
 pub mod net;
 pub mod proc;
 pub mod sink;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

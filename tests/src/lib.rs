@@ -5,6 +5,7 @@
 //! `weir-testkit` (shared with the benches and xtask) and are re-exported here under the names
 //! tests use. Must not: be used by product code.
 
+pub mod clients;
 pub mod kube_api;
 pub mod kube_objects;
 pub mod root;
@@ -120,6 +121,14 @@ impl Weir {
         });
     }
 
+    /// Waits until `sample` is at least `min` (stats are published once a second); its value.
+    pub fn wait_metric_at_least(&self, sample: &str, min: f64) -> f64 {
+        eventually(Duration::from_secs(5), &format!("{sample} >= {min}"), || {
+            let v = self.metric(sample);
+            (v >= min).then_some(v)
+        })
+    }
+
     /// Drains and stops; returns whether the drain finished in time.
     pub fn shutdown(mut self) -> bool {
         self.app.take().map(|a| a.shutdown()).unwrap_or(true)
@@ -231,6 +240,13 @@ impl WeirProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.reaped = true;
+    }
+
+    /// Waits (at most `timeout`) for the process to exit by itself; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = weir_testkit::proc::wait_exit(&mut self.child, timeout);
+        self.reaped |= status.is_some();
+        status
     }
 
     /// SIGTERM and wait for the exit status (at most `timeout`).

@@ -131,11 +131,16 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     });
     assert!(tolerates_all, "weir must tolerate every taint");
     assert_eq!(at(ds, &["spec", "updateStrategy", "type"]).as_str(), Some("RollingUpdate"));
-    assert_eq!(at(ds, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]).as_u64(), Some(1));
+    // A node's weir is replaced by a takeover: the new pod beside the old one, never none.
+    assert_eq!(
+        at(ds, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]).as_u64(),
+        Some(0),
+        "a node must never be without its weir during an update"
+    );
     assert_eq!(
         at(ds, &["spec", "updateStrategy", "rollingUpdate", "maxSurge"]).as_u64(),
-        Some(0),
-        "two weirs cannot share a node"
+        Some(1),
+        "the new pod must run beside the old one to take it over"
     );
 
     for list in ["containers", "initContainers"] {
@@ -193,7 +198,18 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
 
     // The config file is the ConfigMap's, where weir is told to read it.
     let args: Vec<&str> = at(weir, &["args"]).as_sequence().expect("args").iter().filter_map(Yaml::as_str).collect();
-    assert_eq!(args, ["run", "--config", "/etc/weir/weir.toml"]);
+    assert_eq!(args, ["run", "--config", "/etc/weir/weir.toml", "--takeover"]);
+    // A hostPort would keep the new pod of an update off the node while the old one runs.
+    let host_ports: Vec<u64> = at(weir, &["ports"])
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("hostPort").and_then(Yaml::as_u64))
+        .collect();
+    assert!(
+        host_ports.is_empty(),
+        "the weir container declares hostPorts {host_ports:?}: the surge pod cannot schedule"
+    );
     let mount = |name: &str| at(weir, &["volumeMounts", &format!("[{name}]")]);
     let volume = |name: &str| at(pod, &["volumes", &format!("[{name}]")]);
     assert_eq!(at(mount("config"), &["mountPath"]).as_str(), Some("/etc/weir"));
@@ -451,11 +467,20 @@ fn the_systemd_unit_starts_reloads_and_drains_weir() {
         let values = service.get(key).unwrap_or_else(|| panic!("weir.service has no {key}"));
         values.last().expect("a value")
     };
-    assert_eq!(one("Type"), "simple", "weir does not sd_notify");
+    assert_eq!(one("Type"), "simple");
+    // The weir a reload starts tells systemd it is the main process (MAINPID=).
+    assert_eq!(one("NotifyAccess"), "all", "the weir started by ExecReload must be allowed to send MAINPID=");
     assert_eq!(one("ExecStart"), "/usr/local/bin/weir run --config /etc/weir/weir.toml");
-    assert!(
-        service.get("ExecReload").is_some_and(|v| v.iter().any(|c| c == "/bin/kill -HUP $MAINPID")),
-        "ExecReload must send SIGHUP"
+    // `systemctl reload weir`: validate, then a takeover that returns once the new weir serves.
+    assert_eq!(
+        service.get("ExecReload").map(Vec::as_slice),
+        Some(
+            &[
+                "/usr/local/bin/weir check --config /etc/weir/weir.toml".to_string(),
+                "/usr/local/bin/weir run --config /etc/weir/weir.toml --takeover --detach".to_string(),
+            ][..]
+        ),
+        "ExecReload must validate, then take over"
     );
     assert_eq!(one("KillSignal"), "SIGTERM");
     let host = Config::parse(&read("deploy/systemd/weir.toml"), Path::new("weir.toml")).expect("host config");
@@ -624,7 +649,7 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// A service that also sets every optional field that defaults to unset, so that each of them
 /// serialises as a value whose shape names it (an unset `Option<Duration>` would not say it is
 /// an `_ms` field).
-const ALL_SET: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
+const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
                        endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
                        [access_log]\nring_records = 1024\n\
                        [kubernetes]\nkubeconfig = \"/etc/weir/kubeconfig\"\nnode_name = \"node-a\"\n";
@@ -777,7 +802,8 @@ fn operating_md_documents_every_access_log_field() {
         duration_us: 3,
         upstream_us: 4,
         worker: 1,
-        tcp: false,
+        protocol: weir_core::accesslog::LogProtocol::Http2,
+        grpc_status: Some(14),
     };
     let mut line = Vec::new();
     record.write_json(7, &mut line);

@@ -142,9 +142,8 @@ fn absolute_form_targets_are_rewritten_to_origin_form() {
 fn every_error_body_says_what_was_wrong() {
     let ep = echo_target();
     let weir = Weir::start(&one_service(36, &[ep.addr], "", ""));
-    let cases: [(&[u8], u16, &str, &str); 5] = [
+    let cases: [(&[u8], u16, &str, &str); 4] = [
         (b"CONNECT s:443 HTTP/1.1\r\nhost: s:443\r\n\r\n", 501, "not-implemented", "CONNECT"),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "version-not-supported", "HTTP/2"),
         (b"GET / HTTP/3.0\r\nhost: s\r\n\r\n", 505, "version-not-supported", "version"),
         (b"GET / HTTP/1.1\r\nhost: s\r\nexpect: 200-ok\r\n\r\n", 417, "expectation-failed", "Expect"),
         (
@@ -162,6 +161,13 @@ fn every_error_body_says_what_was_wrong() {
         assert_eq!((r.status, r.header("x-weir-error")), (status, Some(reason)), "{what}");
         assert!(r.body_string().contains(says), "{what}: body {:?} does not say {says:?}", r.body_string());
     }
+    // The HTTP/2 preface opens an HTTP/2 connection; after an HTTP/1.1 request it is an error.
+    let mut c = Client::connect(weir.proxy);
+    c.send_raw(b"GET / HTTP/1.1\r\nhost: s\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_eq!(c.read_response(false).expect("the GET answered").status, 200);
+    let r = c.read_response(false).expect("the preface answered");
+    assert_eq!((r.status, r.header("x-weir-error")), (505, Some("version-not-supported")));
+    assert!(r.body_string().contains("HTTP/2"), "{}", r.body_string());
 }
 
 #[test]
@@ -250,4 +256,25 @@ fn hop_by_hop_fields_are_stripped_both_ways_and_http10_clients_never_get_chunked
     s.read_to_string(&mut got).expect("read");
     assert!(!got.to_ascii_lowercase().contains("transfer-encoding"), "{got}");
     assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}
+
+#[test]
+fn transfer_parameters_and_obs_text_values_are_forwarded() {
+    let ep = RawEndpoint::start(|mut c: RawConn| {
+        while let Some(head) = c.read_head() {
+            let Some(n) = c.read_body(&head) else { return };
+            c.ok(&n.to_string());
+        }
+    });
+    let weir = Weir::start(&one_service(32, &[ep.addr], "", ""));
+    let mut c = Client::connect(weir.proxy);
+    c.send_raw(
+        "POST /p HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked;ext=1\r\nx-name: caf\u{e9} \u{1f600}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .as_bytes(),
+    );
+    let r = c.read_response(false).expect("answer");
+    assert_eq!((r.status, r.body_string()), (200, "5".to_string()), "{:?}", r.header("x-weir-error"));
+    let head = &ep.heads()[0];
+    assert_eq!(head.header("x-name"), Some("caf\u{e9} \u{1f600}"), "obs-text reaches the endpoint unchanged");
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
 }

@@ -4,9 +4,12 @@
 mod cli;
 mod data_path;
 mod deploy;
+mod descriptors;
 mod errors;
 mod http11;
 mod http11_interop;
+mod http2;
+mod http2_abuse;
 mod last_words;
 mod logging;
 mod observability;
@@ -16,3 +19,4 @@ mod resilience;
 mod root_tier;
 mod scale;
 mod soak;
+mod takeover;

@@ -6,6 +6,8 @@
 
 mod cgroup_mounts;
 mod full_disk;
+mod grpc;
 mod kubernetes;
 mod memory;
 mod steering;
+mod takeover;

@@ -1,9 +1,11 @@
-//! `cargo xtask demo --kubernetes`: the demo's service comes from a Kubernetes API server
+//! `cargo xtask demo --kubernetes`: the demo's services come from a Kubernetes API server
 //! instead of the config file. The test API server (`weir-fake-kube-api`, from the tests
-//! package) serves the Service `checkout` in namespace `demo` on ClusterIP 127.10.0.1:80 and
-//! one EndpointSlice per demo endpoint (each endpoint has its own port); weir reaches it through
-//! a kubeconfig file. While the demo runs, endpoint 3 is scaled up (a new slice) and endpoint 1
-//! terminated (terminating, then gone), and the per-second lines show weir following.
+//! package) serves the Service `checkout` in namespace `demo` on ClusterIP 127.10.0.1:80 with
+//! one EndpointSlice per demo endpoint (each endpoint has its own port), and the Service
+//! `greeter` (port `appProtocol: grpc`) on 127.10.0.2:80 with one slice for the three gRPC
+//! servers; weir reaches it through a kubeconfig file. While the demo runs, HTTP endpoint 3 is
+//! scaled up (a new slice) and endpoint 1 terminated (terminating, then gone), and the
+//! per-second lines show weir following.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
@@ -19,12 +21,15 @@ use crate::root;
 
 /// The test API server binary (package weir-tests).
 pub const FAKE_API: &str = "weir-fake-kube-api";
-/// The discovered service's name.
-pub const SERVICE: &str = "checkout.demo";
+/// The discovered HTTP service's name.
+pub const HTTP_SERVICE: &str = "checkout.demo";
+/// The discovered gRPC service's name.
+pub const GRPC_SERVICE: &str = "greeter.demo";
 
 const SERVICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/service-clusterip.json");
 const SLICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/endpointslice.json");
 const PORTS: [u16; 3] = [18081, 18082, 18083];
+const GRPC_PORTS: [u16; 3] = [18084, 18085, 18086];
 
 /// The pipe that changes the test API server's cluster.
 pub struct Cluster {
@@ -38,6 +43,28 @@ fn service() -> Value {
     s["spec"]["clusterIP"] = json!("127.10.0.1");
     s["spec"]["clusterIPs"] = json!(["127.10.0.1"]);
     s["spec"]["ports"] = json!([{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]);
+    s
+}
+
+/// The gRPC Service: its port says `appProtocol: grpc`, so weir balances every call over
+/// HTTP/2.
+fn greeter() -> Value {
+    let mut s = service();
+    s["metadata"]["name"] = json!("greeter");
+    s["spec"]["clusterIP"] = json!("127.10.0.2");
+    s["spec"]["clusterIPs"] = json!(["127.10.0.2"]);
+    s["spec"]["ports"] =
+        json!([{"name": "api", "protocol": "TCP", "port": 80, "targetPort": 50051, "appProtocol": "grpc"}]);
+    s
+}
+
+/// The slice of gRPC server `n` (1..=3): the servers share 127.0.0.1 on ports of their own, and
+/// a slice has one port per name, so each is a slice of its own (as the HTTP endpoints are).
+fn greeter_slice(n: usize) -> Value {
+    let mut s = slice(1, false);
+    s["metadata"]["name"] = json!(format!("greeter-{n}"));
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!("greeter");
+    s["ports"] = json!([{"name": "api", "protocol": "TCP", "port": GRPC_PORTS[n - 1]}]);
     s
 }
 
@@ -79,6 +106,10 @@ impl Cluster {
         cluster.send(json!({"op": "apply", "object": service()}))?;
         cluster.send(json!({"op": "apply", "object": slice(1, false)}))?;
         cluster.send(json!({"op": "apply", "object": slice(2, false)}))?;
+        cluster.send(json!({"op": "apply", "object": greeter()}))?;
+        for n in 1..=3 {
+            cluster.send(json!({"op": "apply", "object": greeter_slice(n)}))?;
+        }
         let table = format!(
             "[kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nnode_name = \"demo-node\"\ndefault_protocol = \"http\"\n",
             kubeconfig.display()

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: installs what building and testing weir needs and the machine may lack:
 //! rustfmt, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
-//! nightly's own libLLVM, and the Debian packages the tests use. Idempotent: every step checks
+//! nightly's own libLLVM, the Debian packages the tests use, and the pinned Python and Node
+//! clients the tests drive weir with (in target/test-tools, see `weir_testkit::tools`). Idempotent: every step checks
 //! first, prints what it does, and skips what is present. Must not: install benchmark peers
 //! (that is `bench`'s own setup) or anything the tests do not use.
 
@@ -14,8 +15,11 @@ use crate::{capture, run};
 /// The bpf-linker release that works with aya-build 0.2.0 and nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the test suite uses: `ip` (netns/veth), promtool (metrics exposition check).
-pub const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("prometheus", "promtool")];
+/// Debian packages the test suite uses: `ip` (netns/veth), promtool (metrics exposition check),
+/// h2load and nghttp (HTTP/2 clients), nghttpd (an HTTP/2 server), node and npm (a second gRPC
+/// client).
+pub const TEST_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ip"), ("prometheus", "promtool"), ("nghttp2-client", "h2load"), ("nodejs", "node"), ("npm", "npm")];
 
 pub fn setup() -> anyhow::Result<()> {
     step("rustfmt (`cargo xtask test` checks formatting)", ensure_rustfmt)?;
@@ -23,6 +27,8 @@ pub fn setup() -> anyhow::Result<()> {
     step("rust-src for nightly", ensure_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), ensure_bpf_linker)?;
     step("Debian packages for the tests", || ensure_packages(TEST_PACKAGES))?;
+    step("Python test clients (grpcio, h2, websockets) in target/test-tools", ensure_python_tools)?;
+    step("Node gRPC client (@grpc/grpc-js) in target/test-tools", ensure_node_tools)?;
     Ok(())
 }
 
@@ -84,6 +90,51 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
         .args(["--no-default-features", "--features", &format!("llvm-{major},no-llvm-linking")])
         .env("RUSTFLAGS", rustflags))
+}
+
+/// A stamp naming what was installed, so that a present install is recognised (and a changed
+/// pin reinstalls).
+fn stamped(dir: &std::path::Path, packages: &[&str]) -> bool {
+    std::fs::read_to_string(dir.join(".weir-installed")).is_ok_and(|s| s == packages.join("\n"))
+}
+
+fn stamp(dir: &std::path::Path, packages: &[&str]) -> anyhow::Result<()> {
+    std::fs::write(dir.join(".weir-installed"), packages.join("\n")).context("writing the install stamp")
+}
+
+fn ensure_python_tools() -> anyhow::Result<()> {
+    use weir_testkit::tools::{PYTHON_PACKAGES, venv};
+    let venv = venv();
+    if venv.join("bin/python").is_file() && stamped(&venv, PYTHON_PACKAGES) {
+        eprintln!("  present");
+        return Ok(());
+    }
+    let python = which("python3").context("python3 is missing: install it (`apt-get install python3`)")?;
+    if Command::new(&python).args(["-m", "venv", "--help"]).output().map_or(true, |o| !o.status.success()) {
+        apt_install(&["python3-venv"])?;
+    }
+    eprintln!("  installing {} into {}", PYTHON_PACKAGES.join(" "), venv.display());
+    run(Command::new(&python).arg("-m").arg("venv").arg("--clear").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))?;
+    stamp(&venv, PYTHON_PACKAGES)
+}
+
+fn ensure_node_tools() -> anyhow::Result<()> {
+    use weir_testkit::tools::{NODE_PACKAGES, node_prefix};
+    let prefix = node_prefix();
+    if stamped(&prefix, NODE_PACKAGES) {
+        eprintln!("  present");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    eprintln!("  installing {} into {}", NODE_PACKAGES.join(" "), prefix.display());
+    run(Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&prefix)
+        .args(NODE_PACKAGES))?;
+    stamp(&prefix, NODE_PACKAGES)
 }
 
 /// Installs the Debian packages whose command is missing.

@@ -25,13 +25,38 @@ pub const MAP_CONFIG: &str = "WEIR_CONFIG";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "WEIR_COUNTERS";
 /// Map: index 0 → `u64` CLOCK_MONOTONIC nanoseconds of weir's last sign of life, written by
-/// every worker once a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
+/// every worker four times a second. When it is older than [`SteerConfig::fail_after_ns`], weir is
 /// considered down and connects to a VIP follow [`SteerConfig::fail_mode`].
 pub const MAP_HEARTBEAT: &str = "WEIR_HEARTBEAT";
 /// REUSEPORT_SOCKARRAY: CPU id → the listener of the worker pinned to that CPU.
 pub const MAP_LISTENERS: &str = "WEIR_LISTENERS";
 /// Capacity of [`MAP_LISTENERS`] (CPU ids above it use the kernel's default selection).
 pub const MAX_CPUS: u32 = 1024;
+
+/// Maps that outlive one weir process: pinned, and reused by the next weir on the same pins
+/// (one taking over, or one restarted after a crash) instead of created anew. A connection's
+/// record spans both processes (connect and sock_ops may run different programs, accept a
+/// different process), listeners stay registered for CPU-affine accept (a socket can be in
+/// one such map only), and the kernel counters continue.
+pub const SHARED_MAPS: [&str; 4] = [MAP_SOCK_ORIG, MAP_CONN_ORIG, MAP_LISTENERS, MAP_COUNTERS];
+
+/// Layout version of [`SHARED_MAPS`]. Bump it with any change of their key or value types, map
+/// types or capacities (including [`COUNTER_SLOTS`]): a weir never reuses, or takes over from
+/// a weir with, maps of another layout version. [`shared_maps_abi`] adds the sizes, so a
+/// forgotten bump of a size change still shows.
+pub const SHARED_MAPS_ABI: u32 = 1;
+
+/// [`SHARED_MAPS_ABI`] and the sizes and capacities it covers, for comparing two builds.
+pub const fn shared_maps_abi() -> [u32; 6] {
+    [
+        SHARED_MAPS_ABI,
+        core::mem::size_of::<OrigDst>() as u32,
+        core::mem::size_of::<ConnKey>() as u32,
+        COUNTER_SLOTS,
+        MAX_PENDING_CONNS,
+        MAX_CPUS,
+    ]
+}
 
 /// What connects to a VIP do while weir is down (see [`SteerConfig::fail_mode`]).
 pub mod fail_mode {

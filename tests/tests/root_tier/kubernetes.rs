@@ -14,6 +14,7 @@ use weir_tests::{Client, Endpoint, Weir, WeirProcess, eventually, scratch_dir};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_weir-workload");
 
 /// Endpoints on 127.0.0.{2,3,…} sharing one port, as pods share a targetPort: the first binds
 /// port 0, the others bind the port it got (another one when that is taken on their address).
@@ -444,4 +445,69 @@ fn weirs_own_api_connections_are_never_steered() {
     // ... but weir's own watches reach the API server itself, so the Service is discovered.
     serves(&cg, "127.10.20.201:80", &["a"], Duration::from_secs(20));
     assert!(api.requests("watch") >= 2, "weir never watched the API server");
+}
+
+#[test]
+fn a_takeover_serves_the_discovered_services_from_the_swap_on() {
+    require_root();
+    // The new weir lists the cluster before it takes over, so the ClusterIP stays steered and
+    // served across the hand-off: a workload dialing it never fails.
+    let cg = Cgroup::create("k8s-takeover");
+    let api = FakeApi::start();
+    let (eps, port) = endpoints(&["a", "b"]);
+    api.apply_service(service("shop", "kept", &["127.10.20.51"], &[("http", 80)]));
+    let ready = [Ep::ready(&ip(&eps[0])), Ep::ready(&ip(&eps[1]))];
+    api.apply_slice(slice("shop", "kept-1", "kept", &[("http", port)], &ready));
+    let kubeconfig = api.kubeconfig(&scratch_dir("kubeconfig"));
+    let toml = format!(
+        "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\ndrain_timeout_ms = 3000\n[admin]\nlisten = \"@ADMIN@\"\n\
+         [steering]\ncgroups = [\"{}\"]\n[access_log]\nsink = \"off\"\n\
+         [kubernetes]\nenabled = true\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\ndefault_protocol = \"http\"\n",
+        cg.path.display(),
+        kubeconfig.display()
+    );
+    let old = WeirProcess::start(WEIR, &toml, None);
+    serves(&cg, "127.10.20.51:80", &["a", "b"], Duration::from_secs(15));
+    let stop = scratch_dir("k8s-takeover").join("stop");
+    let mut workload = std::process::Command::new(WORKLOAD)
+        .args(["--cgroup", &cg.path.display().to_string()])
+        .args(["--http", "127.10.20.51:80", "--rate", "300", "--keepalive", "2", "--fresh", "2"])
+        .args(["--duration-ms", "60000", "--max-requests", "100000"])
+        .arg("--stop-file")
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start weir-workload");
+    let before = eps[0].requests() + eps[1].requests();
+    eventually(Duration::from_secs(10), "the workload's requests arrive", || {
+        (eps[0].requests() + eps[1].requests() >= before + 100).then_some(())
+    });
+    let new = WeirProcess::start_on(WEIR, &toml, None, old.proxy, old.admin, |cmd, _| {
+        cmd.arg("--takeover");
+    });
+    let pid = |admin| {
+        let r = weir_tests::testkit::client::get_once(admin, "admin", "/config", Duration::from_secs(2)).ok()?;
+        serde_json::from_str::<serde_json::Value>(&r.body_string()).ok()?["pid"].as_i64()
+    };
+    eventually(Duration::from_secs(20), "the new weir serves", || {
+        (pid(old.admin) == Some(new.pid() as i64)).then_some(())
+    });
+    // Traffic after the hand-off reaches the endpoints through the new weir.
+    let after = eps[0].requests() + eps[1].requests();
+    eventually(Duration::from_secs(10), "requests after the takeover", || {
+        (eps[0].requests() + eps[1].requests() >= after + 300).then_some(())
+    });
+    std::fs::write(&stop, "").expect("stop the workload");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut workload.stdout.take().expect("stdout"), &mut out).expect("workload output");
+    assert!(workload.wait().expect("workload").success(), "weir-workload failed");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("workload JSON");
+    assert_eq!((report["failed"].as_u64(), report["resets"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert!(report["ok"].as_u64().unwrap_or(0) >= 400, "{report}");
+    let (_, ready) = weir_tests::testkit::client::get_once(new.admin, "admin", "/ready", Duration::from_secs(2))
+        .map(|r| (r.status, r.body_string()))
+        .expect("/ready");
+    assert!(ready.contains("kubernetes: synced; 1 discovered services"), "{ready}");
+    serves(&cg, "127.10.20.51:80", &["a", "b"], Duration::from_secs(10));
+    drop(old);
 }

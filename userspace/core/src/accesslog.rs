@@ -18,38 +18,45 @@ pub const SERVICE_BYTES: usize = 144;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 
-/// A bounded inline string.
+/// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
+    /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
+    /// keeps a record within its 512 bytes.
     len: u16,
-    truncated: bool,
     bytes: [u8; N],
 }
 
+/// The bit of [`InlineStr`]'s length that says it was cut.
+const TRUNCATED: u16 = 1 << 15;
+
 impl<const N: usize> InlineStr<N> {
+    const FITS: () = assert!(N < TRUNCATED as usize, "the length and the truncated bit share a u16");
+
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
-        let mut out = InlineStr { len: 0, truncated: s.len() > N, bytes: [0; N] };
+        let () = Self::FITS;
+        let mut out = InlineStr { len: 0, bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16;
+        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
         out
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        &self.bytes[..usize::from(self.len & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.truncated
+        self.len & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, truncated: false, bytes: [0; N] }
+        InlineStr { len: 0, bytes: [0; N] }
     }
 }
 
@@ -92,8 +99,34 @@ pub struct LogRecord {
     pub upstream_us: u64,
     /// Worker that served it.
     pub worker: u16,
-    /// TCP relay rather than HTTP.
-    pub tcp: bool,
+    /// What the client spoke.
+    pub protocol: LogProtocol,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc_status: Option<u8>,
+}
+
+/// What a client spoke, as the access log names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LogProtocol {
+    /// HTTP/1.x (`http`).
+    #[default]
+    Http,
+    /// HTTP/2 (`http2`).
+    Http2,
+    /// A TCP relay (`tcp`).
+    Tcp,
+}
+
+impl LogProtocol {
+    /// The JSON value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogProtocol::Http => "http",
+            LogProtocol::Http2 => "http2",
+            LogProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 // The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
@@ -138,7 +171,7 @@ impl LogRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"protocol\":");
-        out.extend_from_slice(if self.tcp { b"\"tcp\"" } else { b"\"http\"" });
+        json_str(out, self.protocol.as_str().as_bytes());
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_bytes());
         out.extend_from_slice(b",\"authority\":");
@@ -164,6 +197,9 @@ impl LogRecord {
             self.upstream_us as f64 / 1000.0,
             self.worker
         );
+        if let Some(code) = self.grpc_status {
+            let _ = write!(out, ",\"grpc_status\":{code}");
+        }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
         }
@@ -209,7 +245,8 @@ mod tests {
             duration_us: 1500,
             upstream_us: 0,
             worker: 1,
-            tcp: false,
+            protocol: LogProtocol::Http,
+            grpc_status: None,
         }
     }
 

@@ -14,6 +14,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
+/// How much faster (estimate ratio) an endpoint must be to win a P2C tie on latency.
+const LATENCY_TIE_RATIO: f64 = 1.25;
+
 /// Time constant of the latency estimate's exponential decay. Default: 10 s (Linkerd's
 /// peak-EWMA default).
 pub const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -26,7 +29,7 @@ const SAMPLE_TRIES: u32 = 8;
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Power of two choices: sample two distinct endpoints by weight, take the one with fewer
-    /// outstanding requests per unit of weight; on a tie, the lower latency estimate.
+    /// outstanding requests per unit of weight; on a tie, a clearly (25 %) lower latency estimate, else the first pick.
     #[default]
     P2c,
     /// Smooth weighted round robin (nginx): exact weighted interleaving.
@@ -235,8 +238,11 @@ impl Balancer {
         if cost_a != cost_b {
             return Some(if cost_a < cost_b { a } else { b });
         }
+        // Only a clearly faster endpoint wins a tie; between near-equals the random first pick
+        // stands, so that equal endpoints share sequential load instead of the one measured
+        // last losing every tie until its estimate decays.
         let (ewma_a, ewma_b) = (self.loads[a].estimate(now), self.loads[b].estimate(now));
-        Some(if ewma_b < ewma_a { b } else { a })
+        Some(if ewma_b * LATENCY_TIE_RATIO < ewma_a { b } else { a })
     }
 
     /// nginx smooth weighted round robin over the candidates of this call: every candidate gains
@@ -402,6 +408,18 @@ mod tests {
         // Each pair resolves to its faster member: 1 wins both its pairs, 2 wins against 0.
         assert_eq!(c[0], 0, "slowest never wins a tie: {c:?}");
         assert!(c[1] > c[2], "fastest wins most: {c:?}");
+    }
+
+    #[test]
+    fn p2c_near_equal_latencies_share_sequential_load() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(LbPolicy::P2c, &[1, 1], 9);
+        for (idx, ms) in [(0, 10), (1, 11)] {
+            b.on_start(idx);
+            b.on_finish(idx, Duration::from_millis(ms), t0);
+        }
+        let c = counts(&mut b, 2_000, t0 + Duration::from_millis(10));
+        assert!(c[0] > 700 && c[1] > 700, "a 10 % difference is noise, not a reason to starve one: {c:?}");
     }
 
     #[test]

@@ -176,8 +176,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Worker threads; 0 = one per CPU. Default 0.
     pub workers: usize,
-    /// Downstream connections across all workers before new ones are refused. Default 10 000.
-    pub max_connections: u32,
+    /// Downstream connections across all workers before new ones are refused. Unset: derived
+    /// at start from the descriptor limit (10 000, or fewer when the limit cannot hold them).
+    pub max_connections: Option<u32>,
     /// Longest a SIGTERM drain waits for in-flight requests. Default 20 s.
     pub drain_timeout: Duration,
     /// A client must send a whole request head within this, else 408. Default 10 s.

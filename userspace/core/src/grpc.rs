@@ -48,6 +48,20 @@ pub fn name_of(code: u8) -> &'static str {
     NAMES.get(usize::from(code)).copied().unwrap_or("other")
 }
 
+/// The `grpc-status` weir answers a gRPC call with when it answers itself: `UNAVAILABLE` when
+/// no endpoint could take the call (connect, overload, no endpoint, drain, a reset),
+/// `DEADLINE_EXCEEDED` for its timeouts, and the nearest code otherwise.
+pub const fn status_for(reason: crate::outcome::ErrorReason) -> u8 {
+    use crate::outcome::ErrorReason as R;
+    match reason {
+        R::Timeout | R::HeaderReadTimeout => DEADLINE_EXCEEDED,
+        R::ConnectFailure | R::NoHealthyEndpoint | R::Overloaded | R::Draining | R::UpstreamReset => UNAVAILABLE,
+        R::NoRoute | R::NotImplemented | R::VersionNotSupported => 12, // UNIMPLEMENTED
+        R::HeadTooLarge | R::UriTooLong => RESOURCE_EXHAUSTED,
+        R::BadRequest | R::ExpectationFailed | R::UpstreamProtocolError | R::InternalError => INTERNAL,
+    }
+}
+
 /// Parses a `grpc-status` value.
 pub fn parse_status(v: &[u8]) -> Option<u8> {
     std::str::from_utf8(v).ok()?.trim().parse::<u8>().ok()

@@ -281,9 +281,10 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
 
 /// How long to wait before a retry that [`retry_decision`] allowed, or `None` to not retry.
 ///
-/// On a 503 or 429 with a `Retry-After` (`retry_after`, from [`parse_retry_after`]) the wait is
-/// that value; otherwise `backoff` (from [`backoff`]). The retry happens only if the wait ends
-/// before the request deadline (`time_left`, strictly).
+/// On a 503 or 429 with a `Retry-After` (`retry_after`, from [`parse_retry_after`]), or a gRPC
+/// status with `grpc-retry-pushback-ms` (gRFC A6; `Duration::MAX` when the pushback says not
+/// to retry), the wait is that value; otherwise `backoff` (from [`backoff`]). The retry happens
+/// only if the wait ends before the request deadline (`time_left`, strictly).
 pub fn retry_delay(
     outcome: &Outcome,
     retry_after: Option<Duration>,
@@ -291,7 +292,7 @@ pub fn retry_delay(
     time_left: Duration,
 ) -> Option<Duration> {
     let wait = match (outcome, retry_after) {
-        (Outcome::Response { status: 503 | 429 }, Some(after)) => after,
+        (Outcome::Response { status: 503 | 429 } | Outcome::Grpc { .. }, Some(after)) => after,
         _ => backoff,
     };
     (wait < time_left).then_some(wait)

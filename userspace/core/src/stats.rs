@@ -104,6 +104,41 @@ impl RetryReason {
     }
 }
 
+/// Why weir closed an HTTP/2 client connection for its behaviour (the `reason` label of
+/// `weir_http2_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Http2Close {
+    /// The frame-rate guard: too many frames that do no work (PING, SETTINGS, RST_STREAM,
+    /// PRIORITY, empty DATA, implausible WINDOW_UPDATE).
+    ControlFlood,
+    /// The HTTP/2 server's own abuse limits (`ENHANCE_YOUR_CALM`): streams reset before they
+    /// were accepted (rapid reset), too many CONTINUATION frames, too many streams reset for
+    /// the client's errors, a header list far over the limit.
+    EnhanceYourCalm,
+    /// Any other connection error the client caused (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
+    /// `COMPRESSION_ERROR`, `FRAME_SIZE_ERROR`, …).
+    ProtocolError,
+    /// The client did not take its GOAWAY (or answer its PING) in time after weir began to
+    /// close the connection: it was closed without waiting any longer.
+    GoawayTimeout,
+}
+
+impl Http2Close {
+    /// Every reason, in label order.
+    pub const ALL: [Http2Close; 4] =
+        [Http2Close::ControlFlood, Http2Close::EnhanceYourCalm, Http2Close::ProtocolError, Http2Close::GoawayTimeout];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Http2Close::ControlFlood => "control-flood",
+            Http2Close::EnhanceYourCalm => "enhance-your-calm",
+            Http2Close::ProtocolError => "protocol-error",
+            Http2Close::GoawayTimeout => "goaway-timeout",
+        }
+    }
+}
+
 /// What one finished request reports, whatever its protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
@@ -115,6 +150,8 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// The request was balanced in panic mode (too few healthy endpoints).
     pub panic: bool,
+    /// gRPC: the call's final `grpc-status`.
+    pub grpc: Option<u8>,
 }
 
 /// A service idle for this many publications (seconds) releases its HDR histogram.
@@ -125,6 +162,8 @@ pub const HDR_IDLE_PUBLISHES: u32 = 600;
 pub struct ServiceStats {
     /// Requests by status code (0 = no status: TCP or no response), only codes seen, sorted.
     codes: Vec<(u16, u64)>,
+    /// gRPC calls by final `grpc-status`, only codes seen, sorted.
+    grpc: Vec<(u8, u64)>,
     /// Errors weir generated itself, by [`ErrorReason`] (index as in `ErrorReason::ALL`).
     pub errors: [u64; ErrorReason::ALL.len()],
     /// Retries by [`RetryReason`].
@@ -152,6 +191,7 @@ impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
             codes: Vec::new(),
+            grpc: Vec::new(),
             errors: [0; ErrorReason::ALL.len()],
             retries: [0; RetryReason::ALL.len()],
             budget_exhausted: 0,
@@ -175,6 +215,9 @@ impl ServiceStats {
     pub fn record(&mut self, r: &RequestRecord) {
         let code = r.status.filter(|c| *c < 600).unwrap_or(0);
         self.count_code(code, 1);
+        if let Some(g) = r.grpc {
+            self.count_grpc(g, 1);
+        }
         if let Some(e) = r.error {
             self.errors[reason_index(e)] += 1;
         }
@@ -189,6 +232,43 @@ impl ServiceStats {
         self.hdr
             .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
             .saturating_record((ns / 1000).clamp(1, HDR_MAX_US));
+    }
+
+    /// Adds `n` calls that ended with gRPC status `code` (counters handed over by another weir).
+    pub fn add_grpc(&mut self, code: u8, n: u64) {
+        self.count_grpc(code, n);
+    }
+
+    /// Adds `n` requests answered with `code` (0 = no status).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        self.count_code(code.min(599), n);
+    }
+
+    /// The latency histogram's recorded values (µs) and their counts.
+    pub fn hdr_recorded(&self) -> Vec<(u64, u64)> {
+        self.hdr
+            .as_ref()
+            .map(|h| h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `n` latencies of `value_us` into the histogram.
+    pub fn record_hdr_n(&mut self, value_us: u64, n: u64) {
+        self.hdr
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, HDR_MAX_US, 2).expect("static HDR bounds")))
+            .saturating_record_n(value_us.clamp(1, HDR_MAX_US), n);
+    }
+
+    fn count_grpc(&mut self, code: u8, n: u64) {
+        match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.grpc[i].1 += n,
+            Err(i) => self.grpc.insert(i, (code, n)),
+        }
+    }
+
+    /// gRPC calls by final `grpc-status`, codes seen only, in order.
+    pub fn grpc_codes(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.grpc.iter().copied()
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
@@ -225,6 +305,9 @@ impl ServiceStats {
     pub fn merge(&mut self, other: &ServiceStats) {
         for &(code, n) in &other.codes {
             self.count_code(code, n);
+        }
+        for &(code, n) in &other.grpc {
+            self.count_grpc(code, n);
         }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -320,6 +403,13 @@ pub struct StatsShard {
     index: HashMap<Arc<str>, usize>,
     /// Released slots, reused first.
     free: Vec<usize>,
+    /// The worker's counters that belong to no service.
+    pub counters: WorkerCounters,
+}
+
+/// A worker's counters that belong to no service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
     /// Downstream connections refused at the connection limit.
     pub connections_refused: u64,
     /// Requests that matched no service.
@@ -327,9 +417,36 @@ pub struct StatsShard {
     /// Client connections closed because a write to them made no progress for the downstream
     /// write timeout (the client stopped reading).
     pub downstream_write_timeouts: u64,
+    /// Connects to endpoints that failed on weir's own limits (descriptors, memory, ports):
+    /// answered `overloaded`, never blamed on the endpoint.
+    pub local_connect_errors: u64,
+    /// Accepts that failed (descriptors, memory); the listener backs off.
+    pub accept_errors: u64,
+    /// HTTP/2 client connections weir closed for their behaviour, by [`Http2Close`] (index:
+    /// the reason's place in [`Http2Close::ALL`]).
+    pub http2_closed: [u64; Http2Close::ALL.len()],
+}
+
+impl WorkerCounters {
+    /// Adds `other` (another worker's) to these.
+    pub fn add(&mut self, other: &WorkerCounters) {
+        self.connections_refused += other.connections_refused;
+        self.unrouted += other.unrouted;
+        self.downstream_write_timeouts += other.downstream_write_timeouts;
+        self.local_connect_errors += other.local_connect_errors;
+        self.accept_errors += other.accept_errors;
+        for (a, b) in self.http2_closed.iter_mut().zip(other.http2_closed) {
+            *a += b;
+        }
+    }
 }
 
 impl StatsShard {
+    /// Counts an HTTP/2 connection closed for `reason`.
+    pub fn http2_closed(&mut self, reason: Http2Close) {
+        self.counters.http2_closed[reason as usize] += 1;
+    }
+
     /// The slot of `service`, created on first use (a name, no stats yet). Call when a
     /// snapshot arrives, not per request.
     pub fn slot(&mut self, service: &str) -> usize {
@@ -410,12 +527,7 @@ impl StatsShard {
             };
             services.push((name.clone(), copy));
         }
-        Published {
-            services,
-            connections_refused: self.connections_refused,
-            unrouted: self.unrouted,
-            downstream_write_timeouts: self.downstream_write_timeouts,
-        }
+        Published { services, counters: self.counters }
     }
 
     /// Services with a slot (counted or not).
@@ -449,11 +561,7 @@ pub struct Published {
     /// Every service counted on the worker so far.
     pub services: Vec<(Arc<str>, Arc<ServiceStats>)>,
     /// As in [`StatsShard`].
-    pub connections_refused: u64,
-    /// As in [`StatsShard`].
-    pub unrouted: u64,
-    /// As in [`StatsShard`].
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 /// Every worker's published stats merged by service (a scrape).
@@ -462,11 +570,7 @@ pub struct Merged {
     services: Vec<(Arc<str>, ServiceStats)>,
     index: HashMap<Arc<str>, usize>,
     /// Summed over workers.
-    pub connections_refused: u64,
-    /// Summed over workers.
-    pub unrouted: u64,
-    /// Summed over workers.
-    pub downstream_write_timeouts: u64,
+    pub counters: WorkerCounters,
 }
 
 impl Merged {
@@ -483,9 +587,7 @@ impl Merged {
                     }
                 }
             }
-            out.connections_refused += shard.connections_refused;
-            out.unrouted += shard.unrouted;
-            out.downstream_write_timeouts += shard.downstream_write_timeouts;
+            out.counters.add(&shard.counters);
         }
         out
     }
@@ -506,7 +608,13 @@ mod tests {
     use super::*;
 
     fn rec(status: u16, ms: u64) -> RequestRecord {
-        RequestRecord { status: Some(status), error: None, duration: Duration::from_millis(ms), panic: false }
+        RequestRecord {
+            status: Some(status),
+            error: None,
+            duration: Duration::from_millis(ms),
+            panic: false,
+            grpc: None,
+        }
     }
 
     #[test]
@@ -519,6 +627,7 @@ mod tests {
             error: Some(ErrorReason::ConnectFailure),
             duration: Duration::from_millis(2),
             panic: true,
+            grpc: None,
         });
         assert_eq!(s.code(200), 2);
         assert_eq!(s.code(503), 1);
@@ -538,6 +647,7 @@ mod tests {
             error: None,
             duration: Duration::from_micros(50_200),
             panic: false,
+            grpc: None,
         });
         let b = s.cumulative_buckets();
         let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
@@ -545,7 +655,13 @@ mod tests {
         assert_eq!(le(0.1), 1);
         assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
         // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&RequestRecord { status: Some(200), error: None, duration: Duration::from_millis(50), panic: false });
+        s.record(&RequestRecord {
+            status: Some(200),
+            error: None,
+            duration: Duration::from_millis(50),
+            panic: false,
+            grpc: None,
+        });
         let b = s.cumulative_buckets();
         assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
     }
@@ -573,6 +689,21 @@ mod tests {
         assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
         assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
         assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
+    }
+
+    #[test]
+    fn http2_closes_are_counted_by_reason_and_summed_over_workers() {
+        let (mut a, mut b) = (StatsShard::default(), StatsShard::default());
+        a.http2_closed(Http2Close::ControlFlood);
+        a.http2_closed(Http2Close::GoawayTimeout);
+        b.http2_closed(Http2Close::ControlFlood);
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        let counts: Vec<_> =
+            Http2Close::ALL.iter().map(|r| (r.as_str(), m.counters.http2_closed[*r as usize])).collect();
+        assert_eq!(
+            counts,
+            [("control-flood", 2), ("enhance-your-calm", 0), ("protocol-error", 0), ("goaway-timeout", 1)]
+        );
     }
 
     #[test]

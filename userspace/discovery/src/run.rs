@@ -60,8 +60,9 @@ pub struct Discovery {
 }
 
 /// Resolved services, handed to the caller after each batch (on the discovery thread); a
-/// service unchanged since the previous batch is the same `Arc`.
-pub type Publish = Box<dyn FnMut(Vec<Arc<ServiceConfig>>) + Send>;
+/// service unchanged since the previous batch is the same `Arc`. `false`: the caller cannot
+/// take them now; they are offered again (the latest set) after the next batch window.
+pub type Publish = Box<dyn FnMut(Vec<Arc<ServiceConfig>>) -> bool + Send>;
 
 impl Discovery {
     /// Loads the credentials (an error here is a configuration problem: weir does not start)
@@ -164,6 +165,8 @@ async fn run(
     let mut relisting = [false, false];
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut published = false;
+    // A set the caller could not take yet.
+    let mut pending = false;
     // While the watches run without error, discovery is in step with the API even when
     // nothing changes: the sync time moves on every tick.
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -192,10 +195,14 @@ async fn run(
                 let resolved = cluster.resolve();
                 stats.services.store(cluster.served_count() as u64, Ordering::Relaxed);
                 stats.endpoints.store(cluster.endpoint_count() as u64, Ordering::Relaxed);
-                if resolved.changed || !published {
-                    publish(cluster.services());
-                    published = true;
-                    stats.synced.store(true, Ordering::Relaxed);
+                if resolved.changed || !published || pending {
+                    pending = !publish(cluster.services());
+                    if pending {
+                        deadline = Some(tokio::time::Instant::now() + options.batch);
+                    } else {
+                        published = true;
+                        stats.synced.store(true, Ordering::Relaxed);
+                    }
                 }
                 stats.last_sync_unix.store(unix_now(), Ordering::Relaxed);
             }

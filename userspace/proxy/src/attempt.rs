@@ -6,18 +6,21 @@
 //! deadline. The result is one [`AttemptResult`]. Must not: decide retries, report to the
 //! balancer, or write anything to the client but interim heads.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::Instant;
 
 use futures_util::future::{Either, select};
 use weir_core::outcome::Outcome;
 
 use crate::body::{self, OutFraming, PumpError, Source, Waits};
+use crate::bridge::{ReqParts, Sink};
 use crate::ctx::Ctx;
+use crate::h2up::{H2Body, send_h2_body};
 use crate::http::{self, BodyFraming, RequestHead, ResponseHead, Status, Version};
 use crate::io::{Conn, Wait};
-use crate::plan::{AttemptResult, Call, ClientFault, Downstream, Plan};
+use crate::plan::{AttemptResult, Attempter, Call, ClientFault, Downstream, Plan};
 use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope};
 
@@ -83,7 +86,7 @@ pub(crate) async fn run(
 
     bufs.ubuf.clear();
     let (read, sent) = if plan.buffered_body {
-        let read = read_head(&mut up.conn, bufs, plan, deadline, &mut down.conn).await;
+        let read = read_head(&mut up.conn, bufs, plan, deadline, Some(&mut down.conn)).await;
         (read, BodySent::Whole(plan.body_len))
     } else {
         send_body_and_read_head(&mut up, down, head, plan, deadline, bufs).await
@@ -201,7 +204,7 @@ async fn send_body_and_read_head(
     let (read, sent) = {
         let src = Source { conn: &mut down.conn, buf: &mut down.buf, base: head.head_len };
         let mut pump = pin!(body::pump(src, &mut up.conn, head.body, out, waits, wbuf, &moved));
-        let read = pin!(read_head_parts(&mut up_reader, ubuf, resp, plan, deadline, &mut client_writer));
+        let read = pin!(read_head_parts(&mut up_reader, ubuf, resp, plan, deadline, Some(&mut client_writer)));
         match select(pump.as_mut(), read).await {
             Either::Left((Ok(n), read)) => (read.await, BodySent::Whole(n)),
             // The endpoint stopped taking the body: it may have answered first.
@@ -234,7 +237,13 @@ async fn send_body_and_read_head(
 
 /// Reads the final response head into `bufs`, relaying interim 1xx heads to an HTTP/1.1
 /// client (a `100 Continue` is swallowed when weir already sent its own).
-async fn read_head(up: &mut Conn, bufs: &mut Bufs, plan: &Plan, deadline: Instant, client: &mut Conn) -> HeadRead {
+async fn read_head(
+    up: &mut Conn,
+    bufs: &mut Bufs,
+    plan: &Plan,
+    deadline: Instant,
+    client: Option<&mut Conn>,
+) -> HeadRead {
     read_head_parts(up, &mut bufs.ubuf, &mut bufs.resp, plan, deadline, client).await
 }
 
@@ -244,19 +253,28 @@ async fn read_head_parts(
     resp: &mut ResponseHead,
     plan: &Plan,
     deadline: Instant,
-    client: &mut Conn,
+    client: Option<&mut Conn>,
 ) -> HeadRead {
+    let mut client = client;
     loop {
         if !ubuf.is_empty() {
             match http::parse_response(ubuf, &plan.response_limits, plan.is_head, resp) {
                 Ok(Status::Complete(n)) if resp.is_interim() => {
-                    if plan.client_version == Version::Http11 && !(resp.code == 100 && plan.swallow_100) {
+                    // Interim heads go to an HTTP/1.1 client (never to an HTTP/2 one: `None`).
+                    if let Some(client) = client.as_deref_mut()
+                        && plan.client_version == Version::Http11
+                        && !(resp.code == 100 && plan.swallow_100)
+                    {
                         let mut out = Vec::with_capacity(64 + n);
                         http::write_response_head(resp, ubuf, &mut out, &[], plan.client_version, false);
                         let _ = client.write_all_by(out, Wait::Idle(plan.write_timeout)).await;
                     }
                     ubuf.drain(..n);
                     continue;
+                }
+                // A switch nobody asked for would hand the client a stream it cannot read.
+                Ok(Status::Complete(_)) if resp.is_switch() && plan.upgrade.is_none() => {
+                    return HeadRead::Failed(Outcome::ProtocolError);
                 }
                 Ok(Status::Complete(_)) => return HeadRead::Final { code: resp.code, keep_alive: resp.keep_alive },
                 Ok(Status::Partial) => {}
@@ -276,5 +294,117 @@ async fn read_head_parts(
                 }
             }
         }
+    }
+}
+
+/// An HTTP/2 client's request attempted over HTTP/1.1: the head written from its parts, a held
+/// body sent with it, a streamed one pumped (chunked) while the response head is read.
+pub(crate) struct ToH1<'a> {
+    pub req: &'a ReqParts,
+    pub body: Option<Rc<RefCell<H2Body>>>,
+    pub bufs: &'a mut Bufs,
+}
+
+impl Attempter for ToH1<'_> {
+    type Up = UpConn;
+
+    async fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> AttemptResult<UpConn> {
+        let Call { ctx, scope, plan } = call;
+        let deadline = plan.attempt_deadline(Instant::now());
+        let (mut up, reused) = match connection(ctx, scope, plan, picked, fresh, deadline).await {
+            Ok(c) => c,
+            Err(outcome) => return AttemptResult::failed(outcome, false, false),
+        };
+        let sent_before = up.conn.sent();
+        let (framing, held) = match &self.body {
+            None => (BodyFraming::None, true),
+            Some(b) => {
+                let b = b.borrow();
+                if b.replay.complete && b.replay.trailers.is_none() {
+                    (BodyFraming::ContentLength(b.replay.held_bytes()), true)
+                } else {
+                    (BodyFraming::Chunked, false)
+                }
+            }
+        };
+        let bufs = &mut *self.bufs;
+        bufs.wbuf.clear();
+        self.req.write_h1(picked.addr, framing, &mut bufs.wbuf);
+        if let (true, Some(b)) = (held, &self.body) {
+            for chunk in b.borrow().replay.held() {
+                bufs.wbuf.extend_from_slice(chunk);
+            }
+        }
+        let t_sent = Instant::now();
+        let (res, b) = up.conn.write_all_by(std::mem::take(&mut bufs.wbuf), Wait::Until(deadline)).await;
+        bufs.wbuf = b;
+        bufs.wbuf.clear();
+        if let Err(e) = res {
+            let outcome = match e.kind() {
+                std::io::ErrorKind::TimedOut => Outcome::Timeout,
+                _ if reused => Outcome::ResetBeforeWrite,
+                _ => Outcome::ResetAfterWrite,
+            };
+            up.abort();
+            return AttemptResult::failed(outcome, reused, outcome != Outcome::ResetBeforeWrite);
+        }
+        bufs.ubuf.clear();
+        let (read, sent) = match (&self.body, held) {
+            (Some(body), false) => {
+                let moved = Cell::new(0);
+                let mut up_reader = up.conn.try_clone();
+                let Bufs { wbuf, ubuf, resp, .. } = bufs;
+                let wait = Wait::Until(deadline);
+                let mut sink = Sink::H1 { conn: &mut up.conn, out: OutFraming::Chunked, wait, scratch: wbuf };
+                let pump = pin!(send_h2_body(body, &mut sink, wait, &moved));
+                let read = pin!(read_head_parts(&mut up_reader, ubuf, resp, plan, deadline, None));
+                match select(pump, read).await {
+                    Either::Left((Ok(()), read)) => (read.await, BodySent::Whole(moved.get())),
+                    Either::Left((Err(PumpError::Destination), read)) => {
+                        (read.await, BodySent::Failed(moved.get(), PumpError::Destination))
+                    }
+                    Either::Left((Err(e), _)) => {
+                        (HeadRead::Failed(Outcome::LocalError), BodySent::Failed(moved.get(), e))
+                    }
+                    Either::Right((read, _)) => (read, BodySent::Unfinished(moved.get())),
+                }
+            }
+            _ => {
+                let read = read_head(&mut up.conn, bufs, plan, deadline, None).await;
+                let n = self.body.as_ref().map_or(0, |b| b.borrow().replay.held_bytes());
+                (read, BodySent::Whole(n))
+            }
+        };
+        let mut r = classify(read, sent, reused);
+        if matches!(r.outcome, Outcome::Response { .. }) {
+            r.latency = Some(t_sent.elapsed());
+            r.conn = Some(up);
+            return r;
+        }
+        let untouched = held || r.body_bytes == 0;
+        if r.outcome == Outcome::ResetAfterWrite && reused && bufs.ubuf.is_empty() && untouched {
+            let safe = (plan.idempotent && held) || up.conn.unacked_since(sent_before);
+            if safe {
+                r.outcome = Outcome::ResetBeforeWrite;
+                r.written = false;
+            }
+        }
+        up.abort();
+        r
+    }
+
+    fn retry_after(&self, r: &AttemptResult<UpConn>) -> Option<std::time::Duration> {
+        match r.outcome {
+            Outcome::Response { status: 503 | 429 } => self
+                .bufs
+                .resp
+                .header(&self.bufs.ubuf, b"retry-after")
+                .and_then(|v| weir_core::retry::parse_retry_after(v, std::time::SystemTime::now())),
+            _ => None,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.as_ref().is_none_or(|b| b.borrow().replay.replayable())
     }
 }

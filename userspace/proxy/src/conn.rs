@@ -1,4 +1,5 @@
-//! One downstream HTTP/1.1 connection, read top to bottom: read a request head (idle and
+//! One downstream HTTP/1.1 connection, read top to bottom (a connection that opens with the
+//! HTTP/2 preface is handed to [`crate::h2down`]): read a request head (idle and
 //! header-read timeouts), parse it strictly, route it to its service once, admit it under the
 //! service's pending limit, hand it to [`crate::exchange`], account for it, and loop while the
 //! connection stays keep-alive. Pipelined requests are answered in order because the next head
@@ -8,19 +9,19 @@
 //! parsing.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use weir_core::accesslog::{InlineStr, LogRecord};
 use weir_core::outcome::ErrorReason;
-use weir_core::stats::RequestRecord;
 
 use crate::ctx::{ConnRoute, Ctx};
-use crate::exchange::{self, Exchange, RequestInfo};
+use crate::exchange;
+use crate::h2down;
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
+use crate::record::{RequestInfo, account};
 use crate::respond::{self, Reply};
-use crate::state::Scope;
+use crate::retry_loop::Exchange;
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
@@ -51,12 +52,24 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         let started = match read_head(ctx, &mut down, &mut head, first).await {
             HeadRead::Ready(t) => t,
             HeadRead::Closed => break Close::Quiet,
+            HeadRead::Idle => break Close::Linger,
+            HeadRead::Http2 => {
+                // h2c with prior knowledge: the connection is HTTP/2 from here on, the preface
+                // (already read) read again by the HTTP/2 server.
+                let Downstream { conn, buf, peer } = down;
+                match conn.into_poll_io_after(buf) {
+                    // Boxed: an HTTP/1.1 connection must not carry the HTTP/2 server's state.
+                    Ok(io) => Box::pin(crate::h2down::serve(ctx, io, peer, route)).await,
+                    Err(e) => tracing::warn!(%peer, "cannot serve HTTP/2 on this connection: {e}"),
+                }
+                return;
+            }
             HeadRead::Failed(reason, detail) => {
                 let t0 = Instant::now();
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
                 respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
                 let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
-                account(ctx, None, &down, t0, &RequestInfo::default(), &ex);
+                account(ctx, None, down.peer, t0, &RequestInfo::default(), &ex);
                 break Close::Linger;
             }
         };
@@ -67,7 +80,11 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         if ex.abort {
             break Close::Abort;
         }
-        if !ex.keep_alive || ctx.draining() {
+        // A response sent without `Connection: close` promised the client another request:
+        // even when drain started since, the next one is read (drain closes the connection
+        // only when no request comes, after its grace), never met with a close it could not see
+        // coming.
+        if !ex.keep_alive {
             break Close::Linger;
         }
         if down.buf.capacity() > SHRINK_ABOVE_BYTES {
@@ -84,15 +101,21 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
 enum HeadRead {
     /// A complete head is parsed; the request started at this instant.
     Ready(Instant),
-    /// The client closed (or went idle past the timeout, or drain) between requests.
+    /// The client closed between requests.
     Closed,
+    /// No request came: idle past the timeout between requests, or drain. weir closes, in
+    /// stages, so that a request the client sends meanwhile meets a FIN, never a reset.
+    Idle,
+    /// The first bytes are the HTTP/2 prior-knowledge preface.
+    Http2,
     /// Answer this error (with this body text), then close.
     Failed(ErrorReason, &'static str),
 }
 
 /// Reads until `head` is complete. Between requests the downstream idle timeout applies (and
 /// drain closes the connection); from the first byte of a head (or from accept, for the first
-/// request) the header read timeout applies, then 408.
+/// request) the header read timeout applies, then 408. Until the first byte of a head arrives,
+/// the worker's drain token closes the connection (the drain cancels it after its grace).
 async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, first: bool) -> HeadRead {
     let (limits, idle, header_timeout) = {
         let state = ctx.state.borrow();
@@ -112,24 +135,26 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
                 head_deadline = Some(Instant::now() + header_timeout);
                 started = Instant::now();
             }
-            match http::parse_request(&down.buf, &limits, head) {
-                Ok(Status::Complete(_)) => return HeadRead::Ready(started),
-                Ok(Status::Partial) => {}
-                Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
+            if first && h2down::is_preface(&down.buf) {
+                if down.buf.len() >= h2down::PREFACE.len() {
+                    return HeadRead::Http2;
+                }
+            } else {
+                match http::parse_request(&down.buf, &limits, head) {
+                    Ok(Status::Complete(_)) => return HeadRead::Ready(started),
+                    Ok(Status::Partial) => {}
+                    Err(e) => return HeadRead::Failed(e.error_reason(), e.detail()),
+                }
             }
-        } else if ctx.draining() {
-            return HeadRead::Closed;
         }
         if down.buf.len() == down.buf.capacity() {
             down.buf.reserve(down.buf.capacity().max(READ_BUF_BYTES));
         }
+        // Between requests: the idle timeout. Within a head (or from accept, for the first):
+        // the header read timeout, then 408. Drain closes a connection with no head begun.
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + idle);
+        let cancel = down.buf.is_empty().then_some(&ctx.drain);
         let buf = std::mem::take(&mut down.buf);
-        // Between requests: the idle timeout, and drain closes the connection. Within a head:
-        // the header read timeout, then 408.
-        let (deadline, cancel) = match head_deadline {
-            Some(d) => (d, None),
-            None => (Instant::now() + idle, Some(&ctx.drain)),
-        };
         match crate::io::read_until(&mut down.conn, buf, deadline, cancel).await {
             ReadUntil::TimedOut if head_deadline.is_some() => {
                 // The read was cancelled with its buffer; what was already parsed is lost,
@@ -137,7 +162,7 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
                 let reason = ErrorReason::HeaderReadTimeout;
                 return HeadRead::Failed(reason, reason.message());
             }
-            ReadUntil::TimedOut | ReadUntil::Cancelled => return HeadRead::Closed,
+            ReadUntil::TimedOut | ReadUntil::Cancelled => return HeadRead::Idle,
             // EOF or an error, between requests or within a head: nothing to answer to.
             ReadUntil::Done(Ok(0) | Err(_), _) => return HeadRead::Closed,
             ReadUntil::Done(Ok(_), buf) => down.buf = buf,
@@ -168,7 +193,7 @@ async fn handle(
         };
         match index.map(|i| state.scope(i)) {
             None => {
-                state.telemetry.shard.unrouted += 1;
+                state.telemetry.shard.counters.unrouted += 1;
                 Err((None, ErrorReason::NoRoute))
             }
             Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
@@ -179,7 +204,7 @@ async fn handle(
         Ok(scope) => {
             let ex = exchange::exchange(ctx, down, head, &scope, started).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), down, started, &info, &ex);
+            account(ctx, Some(&scope), down.peer, started, &info, &ex);
             ex
         }
         // Unknown service (404) or over the service's pending limit (503): the request's body
@@ -195,50 +220,8 @@ async fn handle(
                 keep_alive: written && !reply.closes(),
                 ..Exchange::default()
             };
-            account(ctx, scope.as_ref(), down, started, &info, &ex);
+            account(ctx, scope.as_ref(), down.peer, started, &info, &ex);
             ex
         }
-    }
-}
-
-/// Counts a finished request in the worker's stats shard and access log.
-fn account(ctx: &Ctx, scope: Option<&Scope>, down: &Downstream, started: Instant, info: &RequestInfo, ex: &Exchange) {
-    let duration = started.elapsed();
-    let mut state = ctx.state.borrow_mut();
-    if ex.write_timeout {
-        state.telemetry.shard.downstream_write_timeouts += 1;
-    }
-    if let Some(stats) = scope.and_then(|s| state.stats(s)) {
-        stats.record(&RequestRecord {
-            status: (ex.status != 0).then_some(ex.status),
-            error: ex.error,
-            duration,
-            panic: ex.panic,
-        });
-    }
-    let t = &mut state.telemetry;
-    if t.logging() {
-        let start_unix_us = SystemTime::now()
-            .checked_sub(duration)
-            .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
-        t.log(LogRecord {
-            start_unix_us,
-            service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
-            endpoint: ex.endpoint,
-            client: Some(down.peer),
-            method: info.method,
-            authority: info.authority,
-            path: info.path,
-            status: ex.status,
-            error: ex.error,
-            attempts: ex.attempts,
-            bytes_in: ex.bytes_in,
-            bytes_out: ex.bytes_out,
-            duration_us: duration.as_micros() as u64,
-            upstream_us: ex.upstream_us,
-            worker: ctx.worker as u16,
-            tcp: false,
-        });
     }
 }

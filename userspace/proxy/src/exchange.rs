@@ -1,178 +1,26 @@
-//! One proxied HTTP/1.1 exchange, as one loop of attempts read top to bottom: pick an endpoint,
-//! run an attempt ([`crate::attempt::run`]: one result), report it once, let the pure
-//! [`weir_core::retry::next_step`] decide (respond / retry after a delay / retry fresh / fail),
-//! then stream the endpoint's response or answer with weir's own error. Owns the request plan
+//! One proxied HTTP/1.1 exchange, read top to bottom: the plan, a held body, the attempts
+//! ([`crate::retry_loop::attempts`] with HTTP/1.1 attempts from [`crate::attempt::run`], or
+//! [`crate::h1_to_h2`] for an HTTP/2 service), then the endpoint's response streamed or weir's
+//! own error answered. Owns the request plan
 //! (what does not change between attempts), holding a replayable body, and streaming the
 //! response with its no-progress write timeout. Must not: block the worker, hold the state
 //! borrow across an `.await`, or forward a byte it did not parse.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, METHOD_BYTES, PATH_BYTES};
 use weir_core::outcome::{ErrorReason, Outcome};
-use weir_core::retry::{self, Attempted, RequestCtx, Step};
-use weir_core::stats::RetryReason;
+use weir_core::retry::{self};
 
 use crate::attempt::{self, Bufs};
-use crate::body::{self, OutFraming, PumpError, Source, Waits};
+use crate::body::{self, OutFraming, Source, Waits};
 use crate::ctx::Ctx;
-use crate::http::{self, BodyFraming, Method, RequestHead};
+use crate::http::{self, BodyFraming, RequestHead};
 use crate::io::Wait;
-use crate::plan::{AttemptResult, Call, ClientFault, Downstream, Plan, via};
+use crate::plan::{AttemptResult, Attempter, Call, Downstream, Plan, via};
 use crate::pool::UpConn;
 use crate::respond::{self, Reply};
-use crate::state::{Picked, Scope, Tried};
-
-/// What the access log needs of a request, copied out of the head (bounded, no heap).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RequestInfo {
-    pub method: InlineStr<METHOD_BYTES>,
-    pub authority: InlineStr<AUTHORITY_BYTES>,
-    pub path: InlineStr<PATH_BYTES>,
-    pub is_head: bool,
-}
-
-impl RequestInfo {
-    pub fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
-        RequestInfo {
-            method: InlineStr::new(head.method_span.get(src)),
-            authority: InlineStr::new(head.host.map_or(&b""[..], |h| h.get(src))),
-            path: InlineStr::new(head.target.get(src)),
-            is_head: head.method == Method::Head,
-        }
-    }
-}
-
-/// How an exchange ended, for the connection loop, stats and the access log.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Exchange {
-    /// Status sent to the client (0 = none: the connection was cut).
-    pub status: u16,
-    pub error: Option<ErrorReason>,
-    pub endpoint: Option<SocketAddr>,
-    /// The downstream connection may carry another request.
-    pub keep_alive: bool,
-    /// Close the downstream connection with a reset (a cut response must not look whole).
-    pub abort: bool,
-    /// A write to the client made no progress for the write timeout.
-    pub write_timeout: bool,
-    pub attempts: u8,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub upstream_us: u64,
-    pub panic: bool,
-}
-
-/// How the attempt loop ended.
-pub(crate) enum End<U> {
-    /// Stream this response to the client.
-    Respond(AttemptResult<U>, Picked),
-    /// Answer with weir's own error.
-    Fail(ErrorReason, Option<&'static str>),
-    /// The client broke off; nothing to answer.
-    Abandon,
-}
-
-/// The codec-specific side of a request's attempts: how one attempt is made, and what its
-/// response says about waiting before a retry. The loop ([`attempts`]) does not care which
-/// codec carried the request or speaks to the endpoint.
-pub(crate) trait Attempter {
-    /// What a response-bearing attempt holds (a connection, an HTTP/2 stream).
-    type Up;
-
-    /// Runs one attempt against `picked` (`fresh`: not on a pooled connection).
-    fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> impl Future<Output = AttemptResult<Self::Up>>;
-
-    /// The wait the endpoint asked for before a retry (`Retry-After` on a 503 or 429, gRPC's
-    /// pushback); `Duration::MAX` when it asked not to be retried.
-    fn retry_after(&self, r: &AttemptResult<Self::Up>) -> Option<Duration>;
-
-    /// Whether the request can still be sent again whole.
-    fn replayable(&self) -> bool;
-}
-
-/// The attempt loop: one result per attempt, one report, one decision.
-pub(crate) async fn attempts<A: Attempter>(call: Call<'_>, a: &mut A, ex: &mut Exchange) -> End<A::Up> {
-    let Call { ctx, scope, plan } = call;
-    let mut tried = Tried::default();
-    let mut attempt: u32 = 0;
-    let mut fresh = false;
-    let mut fresh_retried = false;
-    let mut last: Option<Outcome> = None;
-    loop {
-        let now = Instant::now();
-        if now >= plan.deadline {
-            return End::Fail(last.map_or(ErrorReason::Timeout, |o| ErrorReason::for_failed_request(Some(&o))), None);
-        }
-        let picked = {
-            let mut state = ctx.state.borrow_mut();
-            match (fresh, ex.endpoint) {
-                (true, Some(addr)) => state.repick(scope, addr),
-                _ => state.pick(scope, &tried, now, ctx.now_ms()),
-            }
-        };
-        let Some(picked) = picked else {
-            return End::Fail(ErrorReason::for_failed_request(last.as_ref()), None);
-        };
-        if !fresh {
-            attempt += 1;
-        }
-        ex.attempts = ex.attempts.saturating_add(1);
-        ex.endpoint = Some(picked.addr);
-        ex.panic |= picked.panic;
-
-        let r = a.run(call, &picked, fresh).await;
-        ctx.state.borrow_mut().report(scope, &picked, &r.outcome, r.latency, Instant::now(), ctx.now_ms());
-        ex.bytes_in = r.body_bytes;
-        ex.upstream_us = r.latency.map_or(0, |l| l.as_micros() as u64);
-        last = Some(r.outcome);
-        match r.client {
-            ClientFault::None => {}
-            ClientFault::Gone => return End::Abandon,
-            ClientFault::Malformed => {
-                return End::Fail(ErrorReason::BadRequest, Some("malformed chunked request body"));
-            }
-        }
-        if r.early {
-            return End::Respond(r, picked);
-        }
-        let attempted = Attempted {
-            outcome: r.outcome,
-            attempt,
-            ctx: RequestCtx {
-                idempotent: plan.idempotent,
-                replayable: a.replayable(),
-                request_bytes_written: r.written,
-                reused_connection: r.reused,
-                fresh_connection_retried: fresh_retried,
-            },
-            retry_after: a.retry_after(&r),
-        };
-        let now = Instant::now();
-        let next =
-            ctx.state.borrow_mut().next_step(scope, &attempted, plan.deadline.saturating_duration_since(now), now);
-        fresh = false;
-        match next.step {
-            Step::Respond => return End::Respond(r, picked),
-            Step::Fail(reason) => return End::Fail(reason, None),
-            Step::RetryFresh => {
-                count_retry(ctx, scope, RetryReason::KeepaliveRace);
-                fresh = true;
-                fresh_retried = true;
-            }
-            Step::Retry { delay, reason } => {
-                count_retry(ctx, scope, reason);
-                tried.add(picked.addr);
-                drop(r); // a discarded response goes with its connection
-                if !delay.is_zero() {
-                    crate::io::sleep(delay).await;
-                }
-            }
-        }
-    }
-}
+use crate::retry_loop::{self, End, Exchange, attempts};
+use crate::state::{Picked, Scope};
 
 /// An HTTP/1.1 client's request, attempted over HTTP/1.1.
 struct H1<'a> {
@@ -233,6 +81,22 @@ pub(crate) async fn exchange(
             }
         }
     }
+    if scope.config().protocol.upstream_h2() {
+        // An HTTP/2 endpoint cannot be asked to say 100 for us: weir says it, then streams.
+        if head.expect_continue {
+            head.remove_header(&down.buf, b"expect");
+            if !plan.buffered_body
+                && down.buf.len() == head_len
+                && !respond::continue_100(&mut down.conn, plan.write_timeout).await
+            {
+                return Exchange::default();
+            }
+        }
+        ctx.state.borrow_mut().record_request(scope, Instant::now());
+        let (ex, consumed) = crate::h1_to_h2::exchange(Call { ctx, scope, plan: &plan }, down, head).await;
+        down.buf.drain(..consumed);
+        return ex;
+    }
     let mut bufs = {
         let mut state = ctx.state.borrow_mut();
         state.record_request(scope, Instant::now());
@@ -241,8 +105,10 @@ pub(crate) async fn exchange(
     let mut ex = Exchange::default();
     let call = Call { ctx, scope, plan: &plan };
     let end = attempts(call, &mut H1 { down, head, bufs: &mut bufs }, &mut ex).await;
+    // The request (and a held body) is consumed; a streamed body was consumed by the pump.
+    let consumed = if plan.buffered_body { head_len + plan.body_len as usize } else { head_len };
     match end {
-        End::Respond(r, picked) => stream_response(call, down, r, &picked, &mut bufs, &mut ex).await,
+        End::Respond(r, picked) => stream_response(call, down, r, &picked, &mut bufs, consumed, &mut ex).await,
         End::Fail(reason, detail) => {
             // After a streamed body the request's framing is unknown: close.
             let close = !plan.client_keep_alive || !plan.buffered_body;
@@ -265,16 +131,8 @@ pub(crate) async fn exchange(
         state.put_buf(bufs.ubuf);
         state.put_head(bufs.resp);
     }
-    // The request (and a held body) is consumed; a streamed body was consumed by the pump.
-    let consumed = if plan.buffered_body { head_len + plan.body_len as usize } else { head_len };
     down.buf.drain(..consumed.min(down.buf.len()));
     ex
-}
-
-fn count_retry(ctx: &Ctx, scope: &Scope, reason: RetryReason) {
-    if let Some(s) = ctx.state.borrow_mut().stats(scope) {
-        s.retry(reason);
-    }
 }
 
 /// Reads until `down.buf` holds `total` bytes (head + a replayable body), by `deadline`.
@@ -305,17 +163,24 @@ async fn stream_response(
     r: AttemptResult<UpConn>,
     picked: &Picked,
     bufs: &mut Bufs,
+    consumed: usize,
     ex: &mut Exchange,
 ) {
     let Call { ctx, scope, plan } = call;
     let Some(mut up) = r.conn else { return };
+    if bufs.resp.is_switch() {
+        return tunnel(call, down, up, bufs, consumed, ex).await;
+    }
     let Bufs { wbuf, ubuf, resp, .. } = bufs;
     // An early answer leaves the client's request stream unread: close after it.
     let close = !plan.client_keep_alive || ctx.draining() || r.early;
     wbuf.clear();
     let framing = http::write_response_head(resp, ubuf, wbuf, &[(b"via", via(resp.minor))], plan.client_version, close);
     ex.status = resp.code;
-    let reusable = resp.keep_alive && resp.body != BodyFraming::CloseDelimited && !r.early;
+    // Not after a HEAD: an endpoint that wrongly sends the body anyway, a moment later, would
+    // have it read as the next client's response (a peek before reuse cannot see bytes that are
+    // still on their way).
+    let reusable = resp.keep_alive && resp.body != BodyFraming::CloseDelimited && !r.early && !plan.is_head;
     let mut upstream_framing = resp.body;
     ubuf.drain(..resp.head_len);
     // A small body that already arrived with the head goes out in the same write.
@@ -355,29 +220,41 @@ async fn stream_response(
             ex.bytes_out += moved.get();
             ex.keep_alive = false;
             up.abort();
-            cut(ctx, scope, picked, e, ex);
+            retry_loop::cut(ctx, scope, picked, e, ex);
         }
     }
 }
 
-/// A response broken off after its head: an endpoint failure the client must see as a cut
-/// (its connection is reset, never closed cleanly), or a client that stopped reading.
-fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, ex: &mut Exchange) {
-    match e {
-        PumpError::Destination => {}
-        PumpError::DestinationTimeout => {
-            ex.write_timeout = true;
-            ex.abort = true;
-        }
-        PumpError::Source | PumpError::SourceTimeout | PumpError::Framing => {
-            ex.abort = true;
-            ex.error = Some(match e {
-                PumpError::SourceTimeout => ErrorReason::Timeout,
-                PumpError::Framing => ErrorReason::UpstreamProtocolError,
-                _ => ErrorReason::UpstreamReset,
-            });
-            let outcome = Outcome::ResetAfterResponseStarted;
-            ctx.state.borrow_mut().report_health(scope, picked, &outcome, ctx.now_ms());
-        }
+/// An upgrade the endpoint accepted (`101`): the head goes to the client, then both
+/// connections are joined byte for byte until both sides are done (or idle for the TCP idle
+/// timeout). Counted when it closes; never pooled.
+async fn tunnel(
+    call: Call<'_>,
+    down: &mut Downstream,
+    up: UpConn,
+    bufs: &mut Bufs,
+    consumed: usize,
+    ex: &mut Exchange,
+) {
+    let Call { scope, plan, .. } = call;
+    let Bufs { wbuf, ubuf, resp, .. } = bufs;
+    ex.status = 101;
+    ex.keep_alive = false;
+    wbuf.clear();
+    let protocol = resp.header(ubuf, b"upgrade").unwrap_or(b"");
+    let extra: [(&[u8], &[u8]); 3] = [(b"via", via(resp.minor)), (b"connection", b"upgrade"), (b"upgrade", protocol)];
+    http::write_response_head(resp, ubuf, wbuf, &extra, plan.client_version, false);
+    let (res, b) = down.conn.write_all_by(std::mem::take(wbuf), Wait::Idle(plan.write_timeout)).await;
+    *wbuf = b;
+    if res.is_err() {
+        up.abort();
+        return;
     }
+    // What either side sent after its head already belongs to the new protocol.
+    let upstream_read = ubuf.split_off(resp.head_len);
+    let client_read = down.buf.split_off(consumed.min(down.buf.len()));
+    let idle = scope.snapshot().config.proxy.tcp_idle_timeout;
+    let (bytes_in, bytes_out) = crate::tunnel::pipe(down.conn.try_clone(), client_read, up, upstream_read, idle).await;
+    ex.bytes_in += bytes_in;
+    ex.bytes_out = bytes_out;
 }

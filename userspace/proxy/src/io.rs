@@ -35,16 +35,13 @@ impl Listener {
     /// Binds `addr` with SO_REUSEPORT, so that every worker has its own accept queue on the
     /// same address. Must be called on a worker's runtime thread.
     pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(false)?;
-        }
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(backlog)?;
-        Ok(Listener { inner: TcpListener::from_std(socket.into())? })
+        Listener::from_std(bind_reuseport(addr, Some(backlog))?)
+    }
+
+    /// Serves an already listening socket (bound here, or received from another process).
+    /// Must be called on a worker's runtime thread.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
+        Ok(Listener { inner: TcpListener::from_std(listener)? })
     }
 
     /// Accepts one connection.
@@ -54,9 +51,40 @@ impl Listener {
         Ok((Conn { inner: stream, sent: 0 }, peer))
     }
 
+    /// Accepts one connection unless `stop` is cancelled first: `None` once stopped. Stopping
+    /// cancels the pending accept in the kernel and waits for the answer, so a connection the
+    /// kernel hands over while the stop is on its way is returned, never dropped: what is not
+    /// accepted stays in the socket's queue for whoever else holds the socket.
+    pub async fn accept_unless(&self, stop: &CancelToken) -> Option<io::Result<(Conn, SocketAddr)>> {
+        use compio::runtime::FutureExt as _;
+        if stop.is_cancelled() {
+            return None;
+        }
+        match self.inner.accept().with_cancel(stop.clone()).await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                Some(Ok((Conn { inner: stream, sent: 0 }, peer)))
+            }
+            Err(_) if stop.is_cancelled() => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+
+    /// Makes the socket listen (if it does already, only the backlog is set again). A bound
+    /// SO_REUSEPORT socket joins its address's group, and can be handed connections, only
+    /// from here on.
+    pub fn listen(&self, backlog: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on a valid socket fd.
+        if unsafe { libc::listen(self.inner.as_raw_fd(), backlog) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The raw fd (for SO_REUSEPORT socket-array registration by the steering layer).
@@ -64,6 +92,25 @@ impl Listener {
         use std::os::fd::AsRawFd;
         self.inner.as_raw_fd()
     }
+}
+
+/// A socket bound to `addr` with SO_REUSEPORT (and TCP_NODELAY, which accepted sockets
+/// inherit), listening with `backlog` (or not yet, with `None`: see [`Listener::listen`]), not
+/// yet served by any runtime: bind anywhere, serve with [`Listener::from_std`] on a worker
+/// thread.
+pub fn bind_reuseport(addr: SocketAddr, backlog: Option<i32>) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    if let Some(backlog) = backlog {
+        socket.listen(backlog)?;
+    }
+    Ok(socket.into())
 }
 
 /// How long an operation may wait.
@@ -236,6 +283,14 @@ impl Conn {
         drop(self);
     }
 
+    /// Shuts the write side down now, for every handle (sends FIN after the queued bytes): the
+    /// peer reads the end of the stream, while reads on this side go on.
+    pub fn shutdown_write_ref(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a valid fd owned by this socket.
+        unsafe { libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_WR) };
+    }
+
     /// Makes the final close a reset (SO_LINGER 0) instead of a FIN after queued bytes.
     pub fn set_zero_linger(&self) -> io::Result<()> {
         self.inner.set_zero_linger()
@@ -243,7 +298,13 @@ impl Conn {
 
     /// The connection as a readiness-based stream for codecs that poll (HTTP/2): see [`PollIo`].
     pub fn into_poll_io(self) -> io::Result<PollIo> {
-        Ok(PollIo { fd: self.inner.to_poll_fd()? })
+        self.into_poll_io_after(Vec::new())
+    }
+
+    /// Like [`Conn::into_poll_io`], for a connection whose first bytes (`read`) were already
+    /// read: they are read again first.
+    pub fn into_poll_io_after(self, read: Vec<u8>) -> io::Result<PollIo> {
+        Ok(PollIo { fd: self.inner.to_poll_fd()?, replay: read, replayed: 0 })
     }
 
     /// Another handle to the same socket (to read and write it from two futures at once).
@@ -319,6 +380,14 @@ pub async fn read_until(conn: &mut Conn, buf: Vec<u8>, deadline: Instant, cancel
     }
 }
 
+/// Waits until `deadline`, or until `cancel` fires; `true` when cancelled.
+pub async fn wait_until(deadline: Instant, cancel: &CancelToken) -> bool {
+    use futures_util::future::{Either, select};
+    let timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    let cancelled = std::pin::pin!(cancel.clone().wait());
+    matches!(select(timer, cancelled).await, Either::Right(_))
+}
+
 /// The drain signal of a worker: cancelled once, when drain starts.
 pub use compio::runtime::CancelToken;
 
@@ -369,6 +438,9 @@ impl Runtime {
 #[derive(Debug)]
 pub struct PollIo {
     fd: compio::runtime::fd::PollFd<socket2::Socket>,
+    /// Bytes read before the hand-over, returned by the first reads.
+    replay: Vec<u8>,
+    replayed: usize,
 }
 
 impl PollIo {
@@ -385,10 +457,21 @@ impl tokio::io::AsyncRead for PollIo {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         use std::task::Poll;
+        let this = self.get_mut();
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let unfilled = buf.initialize_unfilled();
             // SAFETY: recv writes at most `unfilled.len()` bytes into the initialised slice.
-            let n = unsafe { libc::recv(self.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe { libc::recv(this.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
                 buf.advance(n as usize);
                 return Poll::Ready(Ok(()));
@@ -396,7 +479,7 @@ impl tokio::io::AsyncRead for PollIo {
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => match self.fd.poll_read_ready(cx) {
+                io::ErrorKind::WouldBlock => match this.fd.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,

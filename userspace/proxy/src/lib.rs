@@ -8,19 +8,27 @@
 
 mod attempt;
 mod body;
+mod bridge;
 mod conn;
 mod ctx;
 mod exchange;
+mod h1_to_h2;
+mod h2down;
+mod h2guard;
+mod h2up;
 pub mod http;
 pub mod io;
 mod plan;
 mod pool;
+mod record;
 mod respond;
+mod retry_loop;
 mod shared;
 mod snapshot;
 mod state;
 mod tcp;
 mod telemetry;
+mod tunnel;
 mod worker;
 
 pub use shared::{OriginalDst, Shared};

@@ -3,6 +3,7 @@
 //! forwarding headers, how the head is written), and the bundle every step reads ([`Call`]).
 //! Must not: do I/O or touch per-worker state.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use weir_core::outcome::Outcome;
 use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
 use crate::io::Conn;
-use crate::state::Scope;
+use crate::state::{Picked, Scope};
 
 /// `Via` values by the minor version received (`1.0 weir` … `1.9 weir`).
 const VIA: [&[u8]; 10] = [
@@ -62,6 +63,10 @@ pub(crate) struct Plan {
     pub is_head: bool,
     /// weir answered `Expect: 100-continue` itself: the endpoint's 100 is not relayed.
     pub swallow_100: bool,
+    /// The protocols an upgrade request offers (`Upgrade`, forwarded with `Connection:
+    /// upgrade`): a `101` answer turns the exchange into a tunnel. `None` for other requests,
+    /// and for offers weir does not carry (`h2c` alone, HTTP/1.0, non-HTTP/1.1 services).
+    pub upgrade: Option<Vec<u8>>,
     via: &'static [u8],
     forwarded: ForwardedHeaders,
     /// Values of the forwarding headers (X-Forwarded-For, Forwarded), when configured.
@@ -101,6 +106,7 @@ impl Plan {
             client_keep_alive: head.keep_alive,
             is_head: head.method == Method::Head,
             swallow_100: false,
+            upgrade: upgrade_offer(head, src, cfg.protocol),
             via: via(head.minor),
             forwarded: cfg.forwarded_headers,
             fwd: Vec::new(),
@@ -110,7 +116,74 @@ impl Plan {
         if plan.forwarded.any() {
             plan.forwarding_values(head, src, peer);
         }
+        if plan.upgrade.is_some() {
+            // Once sent, an upgrade may have switched the endpoint's connection: never resent.
+            plan.idempotent = false;
+        }
         plan
+    }
+
+    /// The plan of an HTTP/2 client's request (`method`; its body, if any, streams and is kept
+    /// for replay up to the service's limit).
+    pub fn for_h2(scope: &Scope, method: &::http::Method, started: Instant) -> Plan {
+        let cfg = scope.config();
+        let proxy = &scope.snapshot().config.proxy;
+        let retry = &scope.service().retry;
+        Plan {
+            deadline: started + cfg.timeouts.request,
+            attempt_timeout: retry.per_attempt_timeout,
+            connect_timeout: cfg.timeouts.connect,
+            response_idle: cfg.timeouts.request,
+            write_timeout: proxy.downstream_write_timeout,
+            response_limits: HeadLimits {
+                max_head_bytes: proxy.max_request_head_bytes.max(64 * 1024),
+                max_headers: http::MAX_HEADERS_CAP,
+                max_uri_bytes: usize::MAX,
+            },
+            buffered_body: true,
+            body_len: 0,
+            idempotent: weir_core::retry::is_idempotent_method(method.as_str().as_bytes()),
+            client_version: Version::Http11,
+            client_keep_alive: true,
+            is_head: method == ::http::Method::HEAD,
+            swallow_100: false,
+            upgrade: None,
+            via: b"2 weir",
+            forwarded: cfg.forwarded_headers,
+            fwd: Vec::new(),
+            fwd_split: 0,
+            xfp: false,
+        }
+    }
+
+    /// The headers weir adds to a request it forwards that did not come over HTTP/1.1 (`via`,
+    /// and the forwarding headers the service asks for, computed from `existing` values).
+    pub fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
+        let mut out: Vec<(&'static [u8], Vec<u8>)> = vec![(b"via", self.via.to_vec())];
+        let ip = peer.ip().to_canonical();
+        let join = |name: &str, add: String| -> Vec<u8> {
+            let mut v: Vec<u8> = Vec::new();
+            for x in existing.get_all(name) {
+                v.extend_from_slice(x.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(add.as_bytes());
+            v
+        };
+        if self.forwarded.x_forwarded_for {
+            out.push((b"x-forwarded-for", join("x-forwarded-for", ip.to_string())));
+        }
+        if self.forwarded.forwarded {
+            let me = match ip {
+                std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            };
+            out.push((b"forwarded", join("forwarded", me)));
+        }
+        if self.forwarded.x_forwarded_proto && existing.get("x-forwarded-proto").is_none() {
+            out.push((b"x-forwarded-proto", b"http".to_vec()));
+        }
+        out
     }
 
     /// X-Forwarded-For and Forwarded: the client's values (every field line, in order) with the
@@ -145,14 +218,19 @@ impl Plan {
         self.attempt_timeout.map_or(self.deadline, |t| self.deadline.min(now + t))
     }
 
-    /// Writes the request head for `endpoint` (and a held body) into `out`.
-    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
-        let host_value;
-        let mut extra: [(&[u8], &[u8]); 5] = [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
+    /// The fields weir adds to a forwarded HTTP/1.1 request (`via`, and the forwarding
+    /// headers the service asks for); `host` for `endpoint` when the request has none.
+    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 7], usize) {
+        let mut extra: [(&[u8], &[u8]); 7] =
+            [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
+        if let Some(offer) = &self.upgrade {
+            extra[n] = (b"connection", b"upgrade");
+            extra[n + 1] = (b"upgrade", offer);
+            n += 2;
+        }
         if head.host.is_none() {
-            host_value = endpoint.to_string();
-            extra[n] = (b"host", host_value.as_bytes());
+            extra[n] = (b"host", host.as_bytes());
             n += 1;
         }
         if self.forwarded.x_forwarded_for {
@@ -167,11 +245,30 @@ impl Plan {
             extra[n] = (b"x-forwarded-proto", b"http");
             n += 1;
         }
+        (extra, n)
+    }
+
+    /// Writes the request head for `endpoint` (and a held body) into `out`.
+    pub fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
+        let host = if head.host.is_none() { endpoint.to_string() } else { String::new() };
+        let (extra, n) = self.added_fields(head, &host);
         http::write_request_head(head, src, out, &extra[..n]);
         if self.buffered_body && self.body_len > 0 {
             out.extend_from_slice(&src[head.head_len..head.head_len + self.body_len as usize]);
         }
     }
+}
+
+/// The upgrade a request offers that weir carries: an HTTP/1.1 request to an HTTP/1.1 service
+/// with `Upgrade` listed in `Connection`, offering something other than `h2c` (weir does not
+/// perform h2c upgrades: the request goes on without the offer).
+fn upgrade_offer(head: &RequestHead, src: &[u8], protocol: weir_core::config::Protocol) -> Option<Vec<u8>> {
+    if !head.upgrade || head.version != Version::Http11 || protocol != weir_core::config::Protocol::Http {
+        return None;
+    }
+    let offer = head.header(src, b"upgrade")?;
+    let only_h2c = offer.split(|b| *b == b',').all(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!only_h2c).then(|| offer.to_vec())
 }
 
 /// What every step of one exchange reads: the worker, the request's service and its plan.
@@ -228,6 +325,24 @@ impl<U> AttemptResult<U> {
             client: ClientFault::None,
         }
     }
+}
+
+/// The codec-specific side of a request's attempts: how one attempt is made, and what its
+/// response says about waiting before a retry. The loop ([`attempts`]) does not care which
+/// codec carried the request or speaks to the endpoint.
+pub(crate) trait Attempter {
+    /// What a response-bearing attempt holds (a connection, an HTTP/2 stream).
+    type Up;
+
+    /// Runs one attempt against `picked` (`fresh`: not on a pooled connection).
+    fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> impl Future<Output = AttemptResult<Self::Up>>;
+
+    /// The wait the endpoint asked for before a retry (`Retry-After` on a 503 or 429, gRPC's
+    /// pushback); `Duration::MAX` when it asked not to be retried.
+    fn retry_after(&self, r: &AttemptResult<Self::Up>) -> Option<Duration>;
+
+    /// Whether the request can still be sent again whole.
+    fn replayable(&self) -> bool;
 }
 
 #[cfg(test)]

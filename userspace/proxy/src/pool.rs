@@ -6,8 +6,11 @@
 //! kept, and the rule that a connection on which the endpoint sent anything (or closed) while
 //! it was idle is never reused: with no request outstanding, those bytes are not a response to
 //! anyone (RFC 9112 9.2), and parsing them as the next request's response would hand it to the
-//! wrong client. Must not: be shared between workers or do I/O of its own beyond a
-//! non-blocking staleness peek.
+//! wrong client. For HTTP/2 endpoints the pool holds multiplexed connections instead
+//! ([`H2Pool`]): a request takes a stream on one that has room under the endpoint's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`, and another connection is opened when every one is full.
+//! Must not: be shared between workers, or do I/O of its own beyond a non-blocking staleness
+//! peek and opening connections.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -73,6 +76,129 @@ fn connect_outcome(e: &std::io::Error) -> Outcome {
         _ if e.kind() == std::io::ErrorKind::TimedOut => Outcome::ConnectTimeout,
         _ => Outcome::ConnectFailure,
     }
+}
+
+/// Counts one connection in a gauge until dropped (for connections held by a codec).
+#[derive(Debug)]
+pub(crate) struct Counted(Gauge);
+
+impl Counted {
+    /// Counts one more in `gauge`.
+    pub fn new(gauge: &Gauge) -> Counted {
+        gauge.set(gauge.get() + 1);
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// One multiplexed HTTP/2 connection to an endpoint: the handle requests are sent through.
+/// Its connection task (driving the socket) ends when the endpoint closes it or every handle
+/// is dropped.
+#[derive(Debug)]
+pub(crate) struct H2Conn {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    /// Set by the connection task when the connection is gone.
+    dead: Rc<Cell<bool>>,
+    /// Streams weir has open on it (counted by the leases).
+    active: Rc<Cell<usize>>,
+    /// When a request last took a stream on it.
+    last_used: Instant,
+}
+
+/// A stream's claim on an HTTP/2 connection: the handle to send on, counted in the
+/// connection's open streams until dropped.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub send: h2::client::SendRequest<bytes::Bytes>,
+    active: Rc<Cell<usize>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+impl H2Conn {
+    /// A lease on this connection (for a request that cannot pool it).
+    pub fn lease(&self) -> Lease {
+        self.active.set(self.active.get() + 1);
+        Lease { send: self.send.clone(), active: self.active.clone() }
+    }
+
+    /// Whether it can take one more stream now (under the endpoint's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    fn has_room(&self) -> bool {
+        !self.dead.get() && self.active.get() < self.send.current_max_send_streams()
+    }
+}
+
+/// The HTTP/2 connections to one endpoint, on one worker.
+#[derive(Debug, Default)]
+pub(crate) struct H2Pool {
+    conns: Vec<H2Conn>,
+}
+
+impl H2Pool {
+    /// A lease on a connection with room for one more stream, if there is one.
+    pub fn take(&mut self, now: Instant) -> Option<Lease> {
+        self.conns.retain(|c| !c.dead.get());
+        let c = self.conns.iter_mut().find(|c| c.has_room())?;
+        c.last_used = now;
+        Some(c.lease())
+    }
+
+    /// Adds a new connection.
+    pub fn put(&mut self, conn: H2Conn) {
+        self.conns.push(conn);
+    }
+
+    /// Drops connections with no stream in flight, idle for `max_idle` or longer; returns how
+    /// many are left.
+    pub fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
+        self.conns
+            .retain(|c| !c.dead.get() && (c.active.get() > 0 || now.saturating_duration_since(c.last_used) < max_idle));
+        self.conns.len()
+    }
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection to `addr`, counted in `gauge` while its
+/// connection task runs. A failure is classified like [`connect`]'s; a failed handshake is a
+/// protocol error of the endpoint.
+pub(crate) async fn connect_h2(
+    addr: SocketAddr,
+    opts: ConnectOptions,
+    timeout: Duration,
+    gauge: &Gauge,
+) -> Result<H2Conn, Outcome> {
+    let conn = Conn::connect(addr, opts, timeout).await.map_err(|e| connect_outcome(&e))?;
+    let io = conn.into_poll_io().map_err(|_| Outcome::LocalResource)?;
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_reset_streams(64)
+        .handshake::<_, bytes::Bytes>(io);
+    let (send, connection) = match crate::io::until(Instant::now() + timeout, handshake).await {
+        None => return Err(Outcome::ConnectTimeout),
+        Some(Err(_)) => return Err(Outcome::ProtocolError),
+        Some(Ok(pair)) => pair,
+    };
+    let dead = Rc::new(Cell::new(false));
+    let counted = Counted::new(gauge);
+    {
+        let dead = dead.clone();
+        crate::io::spawn(async move {
+            let _ = connection.await;
+            dead.set(true);
+            drop(counted);
+        });
+    }
+    Ok(H2Conn { send, dead, active: Rc::new(Cell::new(0)), last_used: Instant::now() })
 }
 
 /// Idle connections to one endpoint, on one worker.

@@ -1,9 +1,13 @@
 //! Every response weir writes itself, in one place: errors (status, `x-weir-error` reason, a
-//! body saying what was wrong), `100 Continue`, and the answer to a connection over the limit.
+//! body saying what was wrong) over HTTP/1.1 and HTTP/2 (a gRPC call gets a trailers-only
+//! answer with `grpc-status` and `grpc-message` instead), `100 Continue`, and the answer to a
+//! connection over the limit.
 //! Must not: decide *whether* to answer (callers do) or touch per-worker state.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use weir_core::grpc;
 use weir_core::outcome::{DEFAULT_SHED_RETRY_AFTER_SECS, ErrorReason};
 
 use crate::http::ErrorResponse;
@@ -59,6 +63,60 @@ pub(crate) async fn error(conn: &mut Conn, reply: Reply<'_>, write_timeout: Dura
     conn.write_all_by(out, Wait::Idle(write_timeout)).await.0.is_ok()
 }
 
+/// Answers an HTTP/2 stream with weir's own error: an HTTP status with `x-weir-error` and a
+/// body saying what was wrong, or for a gRPC call a trailers-only response (`:status 200`,
+/// `grpc-status` from [`grpc::status_for`], `grpc-message`). Returns the `grpc-status` sent.
+pub(crate) fn h2_error(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    reason: ErrorReason,
+    detail: Option<&str>,
+    grpc_call: bool,
+    head_request: bool,
+) -> Option<u8> {
+    let detail = detail.unwrap_or(reason.message());
+    let mut head = http::Response::new(());
+    if !grpc_call {
+        *head.status_mut() = http::StatusCode::from_u16(reason.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    }
+    let h = head.headers_mut();
+    h.insert("x-weir-error", http::HeaderValue::from_static(reason.as_str()));
+    if grpc_call {
+        let code = grpc::status_for(reason);
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", http::HeaderValue::from(u16::from(code)));
+        if let Ok(v) = http::HeaderValue::from_str(&grpc_message(detail)) {
+            h.insert("grpc-message", v);
+        }
+        let _ = respond.send_response(head, true);
+        return Some(code);
+    }
+    let body = format!("{detail}\n");
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    if reason.sets_retry_after() {
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(DEFAULT_SHED_RETRY_AFTER_SECS));
+    }
+    if head_request {
+        let _ = respond.send_response(head, true);
+    } else if let Ok(mut send) = respond.send_response(head, false) {
+        let _ = send.send_data(Bytes::from(body), true);
+    }
+    None
+}
+
+/// `text` percent-encoded as `grpc-message` wants it (everything outside printable ASCII, and `%`).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.trim_end().bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Writes `100 Continue`; returns whether it was written.
 pub(crate) async fn continue_100(conn: &mut Conn, write_timeout: Duration) -> bool {
     conn.write_all_by(CONTINUE_100.to_vec(), Wait::Idle(write_timeout)).await.0.is_ok()
@@ -93,5 +151,11 @@ mod tests {
         assert!(t.contains("retry-after: 1\r\n") && !t.contains("connection: close"), "{t}");
         let t = text(Reply { head_request: true, ..Reply::new(ErrorReason::NoRoute) });
         assert!(t.ends_with("\r\n\r\n") && t.contains("content-length: "), "a HEAD answer has no body: {t}");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("no endpoint: 100% busy\n"), "no endpoint: 100%25 busy");
+        assert_eq!(grpc_message("caf\u{e9}"), "caf%C3%A9");
     }
 }

@@ -23,7 +23,7 @@ pub trait OriginalDst: Send + Sync + std::fmt::Debug {
     /// accept). `cpu` is the CPU the worker is pinned to, if any.
     fn register_listener(&self, _worker: usize, _cpu: Option<usize>, _fd: std::os::fd::RawFd) {}
 
-    /// Called by every worker once a second: the worker is alive. Steering treats weir as
+    /// Called by every worker four times a second: the worker is alive. Steering treats weir as
     /// down (and applies its fail mode) when no worker has called this for a while.
     fn heartbeat(&self) {}
 }

@@ -27,7 +27,7 @@ use weir_core::retry::{Attempted, Next, RetryBudget};
 use weir_core::stats::ServiceStats;
 
 use crate::http::ResponseHead;
-use crate::pool::{Gauge, Pool, UpConn};
+use crate::pool::{Gauge, H2Conn, H2Pool, Lease, Pool, UpConn};
 use crate::snapshot::{Service, Snapshot};
 use crate::telemetry::WorkerTelemetry;
 
@@ -104,6 +104,8 @@ pub(crate) struct Active {
     balancer: Balancer,
     /// Idle connections per endpoint (index-aligned with the service's endpoints).
     pools: Vec<Pool>,
+    /// HTTP/2 connections per endpoint (HTTP/2 and gRPC services; empty otherwise).
+    h2: Vec<H2Pool>,
     /// When a request last picked an endpoint.
     last_pick: Instant,
 }
@@ -115,9 +117,11 @@ pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(600);
 impl Active {
     fn new(cfg: &ServiceConfig, seed: u64, now: Instant) -> Box<Active> {
         let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
+        let h2 = if cfg.protocol.upstream_h2() { cfg.endpoints.len() } else { 0 };
         Box::new(Active {
             balancer: Balancer::new(cfg.lb, &weights, seed),
             pools: (0..cfg.endpoints.len()).map(|_| Pool::default()).collect(),
+            h2: (0..h2).map(|_| H2Pool::default()).collect(),
             last_pick: now,
         })
     }
@@ -131,6 +135,9 @@ impl Active {
         for (k, e) in prev_cfg.endpoints.iter().enumerate() {
             if let Some(n) = cfg.endpoints.iter().position(|n| n.addr == e.addr) {
                 next.pools[n] = std::mem::take(&mut prev.pools[k]);
+                if let (Some(to), Some(from)) = (next.h2.get_mut(n), prev.h2.get_mut(k)) {
+                    *to = std::mem::take(from);
+                }
             }
         }
         // Pools of endpoints that are gone close with `prev`.
@@ -366,6 +373,28 @@ impl WorkerState {
         self.service_mut(scope)?.active.as_mut()?.pools.get_mut(picked.index)?.take(now, max_idle)
     }
 
+    /// A handle on an HTTP/2 connection to `picked` with room for one more stream.
+    pub fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
+        if self.snapshot.generation != picked.generation {
+            return None;
+        }
+        self.service_mut(scope)?.active.as_mut()?.h2.get_mut(picked.index)?.take(now)
+    }
+
+    /// Adds a new HTTP/2 connection to `picked`'s pool and returns a handle on it (the
+    /// connection is dropped, and the handle is the only one, when the endpoint is gone).
+    pub fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
+        let same = self.snapshot.generation == picked.generation;
+        let pool = self.service_mut(scope).and_then(|s| s.active.as_mut()?.h2.get_mut(picked.index)).filter(|_| same);
+        match pool {
+            Some(pool) => {
+                pool.put(conn);
+                pool.take(now)
+            }
+            None => Some(conn.lease()),
+        }
+    }
+
     /// Returns a connection whose exchange completed cleanly to `picked`'s pool (dropped, and
     /// so closed, when the endpoint is gone).
     pub fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
@@ -396,6 +425,9 @@ impl WorkerState {
                 Some(l) => a.balancer.on_finish(picked.index, l, now),
                 None => a.balancer.on_cancel(picked.index),
             }
+        }
+        if *outcome == Outcome::LocalResource {
+            self.telemetry.local_connect_error(scope.name(), picked.addr, now);
         }
         self.report_health(scope, picked, outcome, now_ms);
     }
@@ -461,6 +493,9 @@ impl WorkerState {
                 for pool in &mut a.pools {
                     pool.expire(now, cfg.timeouts.upstream_idle);
                     pooled += pool.len();
+                }
+                for pool in &mut a.h2 {
+                    pooled += pool.expire(now, cfg.timeouts.upstream_idle);
                 }
                 if pooled == 0 && s.pending == 0 && now.saturating_duration_since(a.last_pick) >= IDLE_RELEASE {
                     s.active = None;

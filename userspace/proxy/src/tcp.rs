@@ -1,24 +1,20 @@
-//! TCP services: balance per connection, then relay bytes both ways until both sides are done.
-//! Owns: connect with retries on another endpoint (nothing was sent, so it is safe), half-close
-//! (a FIN from one side is passed on as a FIN while the other direction keeps flowing), the
-//! idle timeout, and the per-connection stats and access-log record. Must not: parse or buffer
-//! the stream beyond one read.
+//! TCP services: balance per connection, then relay bytes both ways ([`crate::tunnel`]) until
+//! both sides are done. Owns: connect with retries on another endpoint (nothing was sent, so
+//! it is safe), and the per-connection stats and access-log record. Must not: parse or buffer
+//! the stream.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{InlineStr, LogRecord};
+use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason};
 
 use crate::ctx::{ConnRoute, Ctx};
-use crate::io::{Conn, until};
+use crate::io::Conn;
 use crate::pool::{self, UpConn};
 use crate::state::{Picked, Scope, Tried};
-
-const RELAY_BUF_BYTES: usize = 16 * 1024;
+use crate::tunnel;
 
 /// Serves one downstream connection of a TCP service.
 pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: ConnRoute) {
@@ -32,7 +28,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
     };
     let Some((scope, idle)) = resolved else {
         // Unknown destination: a TCP client gets its connection closed.
-        ctx.state.borrow_mut().telemetry.shard.unrouted += 1;
+        ctx.state.borrow_mut().telemetry.shard.counters.unrouted += 1;
         return;
     };
     let (attempts, connect_timeout) = (scope.config().retry.attempts, scope.config().timeouts.connect);
@@ -80,7 +76,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
     if let Some((up, picked)) = connected {
         error = None;
         endpoint = Some(picked.addr);
-        (bytes_in, bytes_out) = pipe(client, up, idle).await;
+        (bytes_in, bytes_out) = tunnel::pipe(client, Vec::new(), up, Vec::new(), idle).await;
     }
     let duration = started.elapsed();
     record(ctx, &scope, error, duration);
@@ -99,7 +95,8 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             bytes_out,
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
-            tcp: true,
+            protocol: LogProtocol::Tcp,
+            grpc_status: None,
             ..LogRecord::default()
         });
     }
@@ -107,64 +104,6 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
 
 fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration) {
     if let Some(s) = ctx.state.borrow_mut().stats(scope) {
-        s.record(&RequestRecord { status: None, error, duration, panic: false });
-    }
-}
-
-/// Relays both directions until each has seen EOF (or an error, or `idle` without traffic in
-/// either direction). Returns bytes client→endpoint and endpoint→client.
-async fn pipe(client: Conn, upstream: UpConn, idle: Duration) -> (u64, u64) {
-    let last_activity = Rc::new(Cell::new(Instant::now()));
-    let (c_read, c_write) = (client.try_clone(), client);
-    let (u_read, u_write) = (upstream.conn.try_clone(), upstream.conn.try_clone());
-    let up = copy(c_read, u_write, idle, last_activity.clone());
-    let down = copy(u_read, c_write, idle, last_activity);
-    let (a, b) = futures_util::future::join(up, down).await;
-    drop(upstream);
-    (a, b)
-}
-
-/// Copies `from` → `to` until EOF, then passes the EOF on (shutdown of the write side).
-async fn copy(mut from: Conn, mut to: Conn, idle: Duration, last: Rc<Cell<Instant>>) -> u64 {
-    let mut buf = Vec::with_capacity(RELAY_BUF_BYTES);
-    let mut total = 0u64;
-    loop {
-        buf.clear();
-        let deadline = last.get() + idle;
-        let read = match until(deadline, from.read(buf)).await {
-            Some(r) => r,
-            None => {
-                // Idle here; if the other direction moved meanwhile, keep waiting.
-                if last.get() + idle > Instant::now() {
-                    buf = Vec::with_capacity(RELAY_BUF_BYTES);
-                    continue;
-                }
-                to.abort_ref();
-                from.abort_ref();
-                return total;
-            }
-        };
-        let (res, b) = read;
-        buf = b;
-        match res {
-            Ok(0) => {
-                let _ = to.shutdown_write().await;
-                return total;
-            }
-            Ok(n) => {
-                total += n as u64;
-                last.set(Instant::now());
-                let (res, b) = to.write_all(buf).await;
-                buf = b;
-                if res.is_err() {
-                    from.abort_ref();
-                    return total;
-                }
-            }
-            Err(_) => {
-                to.abort_ref();
-                return total;
-            }
-        }
+        s.record(&RequestRecord { status: None, error, duration, panic: false, grpc: None });
     }
 }

@@ -19,6 +19,8 @@ pub struct WorkerTelemetry {
     published: Option<Arc<ArcSwap<Published>>>,
     log: Option<rtrb::Producer<LogRecord>>,
     log_dropped: Arc<AtomicU64>,
+    local_warn: WarnLimiter,
+    accept_warn: WarnLimiter,
 }
 
 /// The reading side of every worker's telemetry, for the admin thread and the log shipper.
@@ -61,6 +63,8 @@ pub fn telemetry(workers: usize, ring_records: Option<usize>) -> (Vec<WorkerTele
             published: Some(published),
             log,
             log_dropped: dropped,
+            local_warn: WarnLimiter::default(),
+            accept_warn: WarnLimiter::default(),
         });
     }
     (out, hub)
@@ -87,7 +91,29 @@ impl WorkerTelemetry {
 
     /// Counts a connection refused at the limit.
     pub fn connection_refused(&mut self) {
-        self.shard.connections_refused += 1;
+        self.shard.counters.connections_refused += 1;
+    }
+
+    /// Counts a connect that failed on weir's own limits, and warns (at most every 10 s,
+    /// saying how many were not logged).
+    pub fn local_connect_error(&mut self, service: &str, endpoint: std::net::SocketAddr, now: std::time::Instant) {
+        self.shard.counters.local_connect_errors += 1;
+        if let Some(quiet) = self.local_warn.due(now) {
+            tracing::warn!(
+                %service,
+                %endpoint,
+                not_logged = quiet,
+                "a connect failed on weir's own limits (file descriptors, memory or local ports): answered 503 overloaded, the endpoint is not blamed"
+            );
+        }
+    }
+
+    /// Counts a failed accept, and warns (at most every 10 s).
+    pub fn accept_error(&mut self, worker: usize, error: &std::io::Error, now: std::time::Instant) {
+        self.shard.counters.accept_errors += 1;
+        if let Some(quiet) = self.accept_warn.due(now) {
+            tracing::warn!(worker, not_logged = quiet, "accept failed: {error}; backing off");
+        }
     }
 
     /// Whether access logging is on (so callers can skip building records).
@@ -107,9 +133,48 @@ impl WorkerTelemetry {
     }
 }
 
+/// A warning that repeats: logged the first time, then at most once per [`WARN_EVERY`], with the
+/// count of those not logged in between.
+#[derive(Debug, Default)]
+pub(crate) struct WarnLimiter {
+    last: Option<std::time::Instant>,
+    quiet: u64,
+}
+
+/// How often a repeated warning is logged at most.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WarnLimiter {
+    /// `Some(not logged since the last one)` when a warning is due now.
+    pub fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < WARN_EVERY => {
+                self.quiet += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.quiet))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_warnings_are_logged_once_per_period_with_the_count_left_out() {
+        let t0 = std::time::Instant::now();
+        let mut w = WarnLimiter::default();
+        assert_eq!(w.due(t0), Some(0));
+        for i in 1..=100 {
+            assert_eq!(w.due(t0 + std::time::Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(w.due(t0 + WARN_EVERY), Some(100));
+        assert_eq!(w.due(t0 + WARN_EVERY), None);
+    }
 
     #[test]
     fn a_committed_ring_is_empty_and_takes_its_full_capacity() {

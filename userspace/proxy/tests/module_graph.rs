@@ -33,7 +33,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(&f).expect("read source");
         let deps = g.entry(module.clone()).or_default();
         for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let name: String = text[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
             if !name.is_empty() && name != module {
                 deps.insert(name);
             }

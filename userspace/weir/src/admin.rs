@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::app::Control;
@@ -22,8 +23,8 @@ use crate::app::Control;
 /// The running admin server.
 #[derive(Debug)]
 pub struct AdminServer {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl AdminServer {
@@ -45,15 +46,17 @@ impl AdminServer {
                 rt.block_on(serve(listener, control, stop_rx, watch));
             })
             .context("starting the admin thread")?;
-        Ok(AdminServer { stop: Some(stop_tx), thread: Some(thread) })
+        Ok(AdminServer { stop: Mutex::new(Some(stop_tx)), thread: Mutex::new(Some(thread)) })
     }
 
-    /// Stops serving and waits up to `timeout` for the thread.
-    pub fn stop(mut self, timeout: Duration) {
-        if let Some(tx) = self.stop.take() {
+    /// Stops accepting, lets the requests in progress finish (idle connections are closed),
+    /// and waits up to `timeout` for the thread. Connections not yet accepted stay queued on
+    /// the socket (for a weir that took this one over and serves the same socket).
+    pub fn stop(&self, timeout: Duration) {
+        if let Some(tx) = self.stop.lock().take() {
             let _ = tx.send(());
         }
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.thread.lock().take() {
             let deadline = std::time::Instant::now() + timeout;
             while !t.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -64,6 +67,9 @@ impl AdminServer {
         }
     }
 }
+
+/// How long a stopping admin server lets the requests in progress finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 async fn serve(
     listener: std::net::TcpListener,
@@ -81,24 +87,38 @@ async fn serve(
     if let Some(w) = watch {
         tokio::spawn(w.run());
     }
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let control = control.clone();
-                tokio::spawn(async move {
+                let mut closing = closing_rx.clone();
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let control = control.clone();
                         async move { Ok::<_, std::convert::Infallible>(route(&control, req)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = closing.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         }
     }
+    // Readiness-based accept: nothing was taken off the queue that is not served.
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let _ = tokio::time::timeout(STOP_GRACE, async { while connections.join_next().await.is_some() {} }).await;
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -144,6 +164,7 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "generation": snapshot.generation,
                 "loaded_seconds_ago": control.snapshot_loaded.lock().elapsed().as_secs_f64(),
                 "last_reload_error": *control.last_error.lock(),
+                "pid": std::process::id(),
                 "config": &*snapshot.config,
                 "memory": &control.memory,
                 "kubernetes": control.kubernetes.as_ref().map(|k| serde_json::json!({

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use weir_core::config::{Config, ServiceConfig};
 use weir_discovery::{Discovery, Options, Stats};
 
@@ -24,6 +24,8 @@ pub struct KubernetesState {
     discovered: Mutex<Option<Arc<Vec<Arc<ServiceConfig>>>>>,
     /// File services left out of the last publication, and why.
     pub conflicts: Mutex<Vec<String>>,
+    /// Signalled once the first discovered set has been published.
+    first_published: Condvar,
 }
 
 impl KubernetesState {
@@ -46,6 +48,18 @@ impl KubernetesState {
         }
         self.stats.conflicts.store(conflicts.len() as u64, Ordering::Relaxed);
         composed.config
+    }
+
+    /// Waits up to `timeout` until the first discovered set is published; whether it is.
+    pub fn wait_synced(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut published = self.discovered.lock();
+        while published.is_none() {
+            if self.first_published.wait_until(&mut published, deadline).timed_out() {
+                break;
+            }
+        }
+        published.is_some()
     }
 
     /// The line `/ready` adds: whether discovered services are served.
@@ -75,18 +89,34 @@ pub fn start(control: &Arc<Control>) -> anyhow::Result<Option<Discovery>> {
     }
     let weak = Arc::downgrade(control);
     let publish = Box::new(move |services: Vec<Arc<ServiceConfig>>| {
-        let Some(control) = weak.upgrade() else { return };
-        let Some(state) = &control.kubernetes else { return };
-        let first = state.discovered.lock().replace(Arc::new(services)).is_none();
+        let Some(control) = weak.upgrade() else { return true };
+        let Some(state) = &control.kubernetes else { return true };
+        let previous = state.discovered.lock().replace(Arc::new(services));
         match control.republish() {
-            Ok(()) if first => tracing::info!(
-                services = state.stats.services.load(Ordering::Relaxed),
-                "kubernetes: synced with the API server; discovered services are served"
-            ),
-            Ok(()) => {}
-            Err(e) => tracing::error!(
-                "kubernetes: publishing the discovered services failed, the previous ones keep serving: {e}"
-            ),
+            Ok(true) => {
+                if previous.is_none() {
+                    tracing::info!(
+                        services = state.stats.services.load(Ordering::Relaxed),
+                        "kubernetes: synced with the API server; discovered services are served"
+                    );
+                    state.first_published.notify_all();
+                }
+                true
+            }
+            Ok(false) => {
+                // Not now (this weir is being taken over): offered again after the next batch.
+                *state.discovered.lock() = previous;
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    "kubernetes: publishing the discovered services failed, the previous ones keep serving: {e}"
+                );
+                if previous.is_none() {
+                    state.first_published.notify_all();
+                }
+                true
+            }
         }
     });
     Ok(Some(Discovery::start(options, state.stats.clone(), publish)?))

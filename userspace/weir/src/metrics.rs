@@ -20,6 +20,7 @@ use crate::app::Control;
 /// Metric names, in one place.
 pub mod names {
     pub const REQUESTS: &str = "weir_requests_total";
+    pub const GRPC: &str = "weir_grpc_responses_total";
     pub const DURATION: &str = "weir_request_duration_seconds";
     pub const ERRORS: &str = "weir_request_errors_total";
     pub const RETRIES: &str = "weir_retries_total";
@@ -32,6 +33,8 @@ pub mod names {
     pub const CONNECTIONS_REFUSED: &str = "weir_downstream_connections_refused_total";
     pub const UNROUTED: &str = "weir_unrouted_requests_total";
     pub const WRITE_TIMEOUTS: &str = "weir_downstream_write_timeouts_total";
+    pub const LOCAL_RESOURCE: &str = "weir_local_resource_errors_total";
+    pub const HTTP2_CLOSED: &str = "weir_http2_connections_closed_total";
     pub const ACCESS_LOG: &str = "weir_access_log_records_total";
     pub const RELOADS: &str = "weir_config_reloads_total";
     pub const LAST_RELOAD: &str = "weir_config_last_reload_timestamp_seconds";
@@ -40,6 +43,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
     pub const STEERING: &str = "weir_steering_kernel_events_total";
+    pub const TAKEOVERS: &str = "weir_takeovers_total";
     pub const K8S_SYNCED: &str = "weir_kubernetes_synced";
     pub const K8S_LAST_SYNC: &str = "weir_kubernetes_last_sync_timestamp_seconds";
     pub const K8S_EVENTS: &str = "weir_kubernetes_events_total";
@@ -88,10 +92,12 @@ impl Out {
     }
 }
 
-/// The merged stats of every worker.
+/// The merged stats of every worker, plus those inherited from the weir this one took over:
+/// counters continue across a takeover.
 pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    Merged::merge(shards.iter().map(|s| &**s))
+    let inherited = control.inherited.load();
+    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&inherited.stats)))
 }
 
 /// Renders `/metrics`.
@@ -113,6 +119,12 @@ pub fn render(control: &Control) -> String {
                 c => c.to_string(),
             };
             o.sample(REQUESTS, &[("service", name), ("code", &code)], n);
+        }
+    }
+    o.family(GRPC, "counter", "gRPC calls finished, by service and final grpc-status (lower snake_case name).");
+    for (name, s) in stats.services() {
+        for (code, n) in s.grpc_codes() {
+            o.sample(GRPC, &[("service", name), ("grpc_code", weir_core::grpc::name_of(code))], n);
         }
     }
     o.family(
@@ -188,15 +200,30 @@ pub fn render(control: &Control) -> String {
     o.family(DOWNSTREAM_CONNECTIONS, "gauge", "Open client connections.");
     o.sample(DOWNSTREAM_CONNECTIONS, &[], control.shared.downstream_connections.load(Ordering::Relaxed));
     o.family(CONNECTIONS_REFUSED, "counter", "Client connections closed at once because max_connections was reached.");
-    o.sample(CONNECTIONS_REFUSED, &[], stats.connections_refused);
+    o.sample(CONNECTIONS_REFUSED, &[], stats.counters.connections_refused);
     o.family(UNROUTED, "counter", "Requests or connections that matched no service.");
-    o.sample(UNROUTED, &[], stats.unrouted);
+    o.sample(UNROUTED, &[], stats.counters.unrouted);
     o.family(
         WRITE_TIMEOUTS,
         "counter",
         "Client connections closed (with their upstream connection) because a write to the client made no progress for downstream_write_timeout_ms.",
     );
-    o.sample(WRITE_TIMEOUTS, &[], stats.downstream_write_timeouts);
+    o.sample(WRITE_TIMEOUTS, &[], stats.counters.downstream_write_timeouts);
+    o.family(
+        LOCAL_RESOURCE,
+        "counter",
+        "Connects and accepts that failed on weir's own limits (file descriptors, memory, local ports), by operation; never counted against an endpoint.",
+    );
+    o.sample(LOCAL_RESOURCE, &[("op", "connect")], stats.counters.local_connect_errors);
+    o.sample(LOCAL_RESOURCE, &[("op", "accept")], stats.counters.accept_errors);
+    o.family(
+        HTTP2_CLOSED,
+        "counter",
+        "HTTP/2 client connections weir closed for their behaviour: control-frame floods, its HTTP/2 abuse limits (ENHANCE_YOUR_CALM), other protocol errors, a GOAWAY the client never took.",
+    );
+    for reason in weir_core::stats::Http2Close::ALL {
+        o.sample(HTTP2_CLOSED, &[("reason", reason.as_str())], stats.counters.http2_closed[reason as usize]);
+    }
     let (shipped, dropped) = control.access_log_counts();
     o.family(
         ACCESS_LOG,
@@ -205,9 +232,18 @@ pub fn render(control: &Control) -> String {
     );
     o.sample(ACCESS_LOG, &[("result", "shipped")], shipped);
     o.sample(ACCESS_LOG, &[("result", "dropped")], dropped);
+    let inherited = control.inherited.load();
+    let own = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     o.family(RELOADS, "counter", "Config reloads by result (a failed reload keeps the previous config).");
-    o.sample(RELOADS, &[("result", "success")], control.reloads_ok.load(Ordering::Relaxed));
-    o.sample(RELOADS, &[("result", "failure")], control.reloads_failed.load(Ordering::Relaxed));
+    o.sample(RELOADS, &[("result", "success")], own(&control.reloads_ok) + inherited.totals.reloads_ok);
+    o.sample(RELOADS, &[("result", "failure")], own(&control.reloads_failed) + inherited.totals.reloads_failed);
+    o.family(
+        TAKEOVERS,
+        "counter",
+        "Takeovers of the running weir by a new one (weir run --takeover), by result: success (counted by the new weir) or failure (refused or failed; the running weir served on).",
+    );
+    o.sample(TAKEOVERS, &[("result", "success")], own(&control.takeovers_ok) + inherited.totals.takeovers_ok);
+    o.sample(TAKEOVERS, &[("result", "failure")], own(&control.takeovers_failed) + inherited.totals.takeovers_failed);
     o.family(LAST_RELOAD, "gauge", "Unix time of the last successful config load.");
     o.sample(LAST_RELOAD, &[], control.last_reload_unix.load(Ordering::Relaxed));
     o.family(

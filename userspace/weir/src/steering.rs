@@ -9,6 +9,15 @@
 //! next `weir run` finds the pins and swaps its own programs into the existing links with
 //! `BPF_LINK_UPDATE` (atomic: steering never stops), and removes pins the new config does not
 //! use. A clean exit removes every pin, which detaches everything.
+//!
+//! The maps that outlive one process (`SHARED_MAPS`: original destinations, the listener
+//! array, the kernel counters) are pinned by layout version and reused by the next weir, so a
+//! connection half-recorded by one weir's programs is found by the next, and the counters
+//! continue. A takeover swaps the links in two steps: before the old weir stops, the new one
+//! only puts its programs into the existing links, with the old weir's service table
+//! ([`Steering::take_over_links`]); after, it applies its own config
+//! ([`Steering::finish_takeover`]). If the new weir fails in between, the old one puts its
+//! programs back ([`Steering::reassert`]).
 
 use std::collections::HashMap as StdHashMap;
 use std::fs::File;
@@ -27,7 +36,7 @@ use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
-    ServiceKey, ServiceValue, SteerConfig, fail_mode,
+    SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
 use weir_proxy::OriginalDst;
 
@@ -41,8 +50,56 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 /// Programs attached to each steered cgroup.
 const CGROUP_PROGRAMS: [&str; 3] = ["steer_connect4", "steer_connect6", "steer_sockops"];
 const REUSEPORT_PROGRAM: &str = "steer_reuseport";
-/// Maps pinned for inspection (`weir steer status` while weir is down, bpftool).
-const PINNED_MAPS: [&str; 3] = [MAP_COUNTERS, MAP_SERVICES, MAP_HEARTBEAT];
+/// Maps of one process pinned for inspection (`weir steer status` while weir is down,
+/// bpftool, the heartbeat of a weir that is gone); the shared ones are pinned as they are made.
+const PINNED_MAPS: [&str; 2] = [MAP_SERVICES, MAP_HEARTBEAT];
+
+/// Where a shared map is pinned: by name and layout version (bpffs allows no `.` in names).
+fn shared_pin(pin_root: &Path, name: &str) -> PathBuf {
+    pin_root.join(format!("map-{name}-abi{SHARED_MAPS_ABI}"))
+}
+
+/// A pin of a shared map of another layout version (a weir of another build left it).
+fn is_foreign_shared_pin(file_name: &str) -> bool {
+    file_name.starts_with("map-")
+        && file_name.contains("-abi")
+        && !file_name.ends_with(&format!("-abi{SHARED_MAPS_ABI}"))
+}
+
+/// One entry of the kernel's service table, as a weir hands it to the one taking it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ServiceEntry {
+    /// What workloads dial.
+    pub vip: SocketAddr,
+    /// The service's index in the config that wrote the entry.
+    pub service_id: u32,
+    /// Where fail mode `endpoint` sends connects.
+    pub fallback: Option<SocketAddr>,
+}
+
+fn socket_addr(addr: [u8; 16], port: u16) -> SocketAddr {
+    let ip = Ipv6Addr::from(addr);
+    let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+    SocketAddr::new(ip, port)
+}
+
+impl ServiceEntry {
+    fn from_kernel(k: &ServiceKey, v: &ServiceValue) -> ServiceEntry {
+        ServiceEntry {
+            vip: socket_addr(k.addr, k.port),
+            service_id: v.service_id,
+            fallback: (v.fallback_port != 0).then(|| socket_addr(v.fallback_addr, v.fallback_port)),
+        }
+    }
+
+    fn to_kernel(&self) -> (ServiceKey, ServiceValue) {
+        let (fallback_addr, fallback_port) = self.fallback.map_or(([0; 16], 0), |f| (addr16(f.ip()), f.port()));
+        (
+            service_key(self.vip),
+            ServiceValue { service_id: self.service_id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+        )
+    }
+}
 
 /// Loaded steering. Dropping it without [`Steering::detach`] leaves the pinned links in place
 /// (that is what a crash does); `detach` removes them.
@@ -140,16 +197,30 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 }
 
 impl Steering {
-    /// Loads the programs into the kernel and fills their maps for `config`, without
-    /// attaching anything yet (see [`Steering::attach_links`]).
-    pub fn load(config: &Config) -> anyhow::Result<Steering> {
+    /// Loads the programs into the kernel (reusing the shared maps a previous weir pinned) and
+    /// fills their maps for `config`, without attaching anything yet (see
+    /// [`Steering::attach_links`]). `services`: the service table to start with instead of
+    /// `config`'s (that of a weir being taken over, until it has stopped).
+    pub fn load(config: &Config, services: Option<&[ServiceEntry]>) -> anyhow::Result<Steering> {
         let steering = &config.steering;
         for cg in &steering.cgroups {
             check_cgroup_dir(cg)?;
         }
         check_bpffs(&steering.pin_dir)?;
-        remove_dead_instances(&steering.pin_dir, &pin_root(config), steering.fail_after * DEAD_AFTER_FAILS);
-        let mut ebpf = Ebpf::load(PROGRAMS).context("loading weir's eBPF object")?;
+        let root = pin_root(config);
+        remove_dead_instances(&steering.pin_dir, &root, steering.fail_after * DEAD_AFTER_FAILS);
+        create_pin_root(&root)?;
+        let mut loader = aya::EbpfLoader::new();
+        for name in SHARED_MAPS {
+            loader.map_pin_path(name, shared_pin(&root, name));
+        }
+        let mut ebpf = loader.load(PROGRAMS).context("loading weir's eBPF object")?;
+        for name in SHARED_MAPS {
+            use std::os::unix::fs::PermissionsExt;
+            let path = shared_pin(&root, name);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", path.display()))?;
+        }
         let target = proxy_target(config.proxy.listen);
         let (proxy_ip4_be, proxy_ip6) = match target.ip() {
             IpAddr::V4(v4) => (u32::from_ne_bytes(v4.octets()), v4.to_ipv6_mapped().octets()),
@@ -205,34 +276,41 @@ impl Steering {
             hooks,
             taken_over: 0,
         };
-        me.sync_services(config)?;
+        match services {
+            Some(entries) => me.set_services(entries.iter().map(ServiceEntry::to_kernel).collect())?,
+            None => {
+                me.sync_services(config)?;
+                // The instance directory shows a live heartbeat from now on, so that a weir
+                // starting on another address never takes it for one that is gone. (Taking
+                // over, the running weir's stays pinned until it has stopped.)
+                me.pin_maps(&[MAP_HEARTBEAT])?;
+            }
+        }
         Ok(me)
     }
 
     /// Attaches the programs to every configured cgroup, taking over the pinned links of a
     /// previous run atomically where they exist, and pins links and maps. From here on,
-    /// connects from those cgroups to a service VIP reach the proxy.
+    /// connects from those cgroups to a service VIP reach the proxy. Links this process already
+    /// holds (taken over from a running weir) are kept; pins the config does not use are
+    /// removed, which detaches them once no process holds them.
     ///
     /// New links use attach mode `Single` ("no flags"): cgroup bpf_links always coexist with
     /// other programs on the same cgroup.
     pub fn attach_links(&mut self, _config: &Config) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.pin_root)
-            .with_context(|| format!("creating the pin directory {}", self.pin_root.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        // Root only: the maps hold the service table and the steering switch.
-        std::fs::set_permissions(&self.pin_root, std::fs::Permissions::from_mode(0o700))?;
         let mut wanted = Vec::new();
         for cg in self.cgroups.clone() {
             let tag = cgroup_tag(&cg);
             for name in CGROUP_PROGRAMS {
                 let path = self.pin_root.join(format!("link-{tag}-{name}"));
+                wanted.push(path.clone());
+                if self.links.iter().any(|(p, _)| *p == path) {
+                    continue;
+                }
                 let link = match PinnedLink::from_pin(&path) {
                     Ok(old) => {
                         // A previous weir's link: swap our program in, atomically.
-                        let prog_fd = self.program_fd(name)?;
-                        let link_fd = bpf_sys::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
-                        bpf_sys::link_update(link_fd.as_raw_fd(), prog_fd.as_raw_fd())
-                            .with_context(|| format!("taking over {}", path.display()))?;
+                        self.update_link(&path, name)?;
                         self.taken_over += 1;
                         old
                     }
@@ -244,19 +322,32 @@ impl Steering {
                         fd_link.pin(&path).with_context(|| format!("pinning {}", path.display()))?
                     }
                 };
-                wanted.push(path.clone());
                 self.links.push((path, link));
             }
         }
-        // Pins of a previous run that this config does not use (a cgroup removed): drop them.
-        for entry in std::fs::read_dir(&self.pin_root)?.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link-") && !wanted.contains(&path) {
+        // Links of a previous run that this config does not use (a cgroup removed): drop them.
+        let (keep, drop): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.links).into_iter().partition(|(p, _)| wanted.contains(p));
+        self.links = keep;
+        for (path, link) in drop {
+            if link.unpin().is_err() {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        for name in PINNED_MAPS {
+        for entry in std::fs::read_dir(&self.pin_root)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (name.starts_with("link-") && !wanted.contains(&path)) || is_foreign_shared_pin(&name) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.pin_maps(&PINNED_MAPS)
+    }
+
+    /// Pins this weir's own maps `names` for inspection (in place of what was pinned there).
+    fn pin_maps(&self, names: &[&str]) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for name in names {
             let path = self.pin_root.join(format!("map-{name}"));
             let _ = std::fs::remove_file(&path);
             if let Some(m) = self.ebpf.map(name) {
@@ -271,6 +362,73 @@ impl Steering {
             }
         }
         Ok(())
+    }
+
+    /// A takeover, before the old weir stops: puts this weir's programs into every link the
+    /// old weir pinned (atomically, one link at a time), and nothing else. The service table
+    /// is still the old weir's ([`Steering::load`] with its entries), so every connect is
+    /// steered as the old weir would, whichever weir accepts it. Returns the links taken over.
+    pub fn take_over_links(&mut self) -> anyhow::Result<usize> {
+        // Fresh, so that steering cannot fail over between now and the first worker tick.
+        self.hooks.heartbeat();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.pin_root)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if !file.starts_with("link-") {
+                continue;
+            }
+            if let Some(name) = CGROUP_PROGRAMS.into_iter().find(|n| file.ends_with(&format!("-{n}"))) {
+                found.push((entry.path(), name));
+            }
+        }
+        found.sort();
+        for (path, name) in found {
+            let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            self.update_link(&path, name)?;
+            self.taken_over += 1;
+            self.links.push((path, link));
+        }
+        Ok(self.taken_over)
+    }
+
+    /// A takeover, once the old weir has stopped: this weir's own service table, links for the
+    /// cgroups the old weir did not steer, and the pins of the cgroups this config dropped
+    /// removed.
+    pub fn finish_takeover(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.sync_services(config)?;
+        self.attach_links(config)
+    }
+
+    /// A takeover that failed after the new weir put its programs into this weir's links:
+    /// puts this weir's programs back, link by link.
+    pub fn reassert(&mut self) -> anyhow::Result<()> {
+        let links: Vec<PathBuf> = self.links.iter().map(|(p, _)| p.clone()).collect();
+        for path in links {
+            let name = CGROUP_PROGRAMS
+                .into_iter()
+                .find(|n| path.to_string_lossy().ends_with(&format!("-{n}")))
+                .ok_or_else(|| anyhow!("{} is not a link weir pins", path.display()))?;
+            self.update_link(&path, name)?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of steering without detaching anything: a weir that took this one over owns
+    /// the links and pins now. (Dropping this weir's handles leaves the pins in place.)
+    pub fn forget(self) {}
+
+    /// The kernel's service table, for a weir taking this one over.
+    pub fn exported_services(&self) -> Vec<ServiceEntry> {
+        let mut out: Vec<ServiceEntry> = self.services.iter().map(|(k, v)| ServiceEntry::from_kernel(k, v)).collect();
+        out.sort_by_key(|e| (e.service_id, e.vip));
+        out
+    }
+
+    fn update_link(&mut self, path: &Path, program_name: &str) -> anyhow::Result<()> {
+        let prog_fd = self.program_fd(program_name)?;
+        let link_fd = bpf_sys::obj_get(path).with_context(|| format!("opening {}", path.display()))?;
+        bpf_sys::link_update(link_fd.as_raw_fd(), prog_fd.as_raw_fd())
+            .with_context(|| format!("taking over {}", path.display()))
     }
 
     fn program_fd(&mut self, name: &str) -> anyhow::Result<OwnedFd> {
@@ -308,10 +466,7 @@ impl Steering {
                 }
             }
         }
-        for name in PINNED_MAPS {
-            let _ = std::fs::remove_file(self.pin_root.join(format!("map-{name}")));
-        }
-        let _ = std::fs::remove_dir(&self.pin_root);
+        remove_pins(&self.pin_root);
     }
 
     /// Makes the kernel's service map equal to `config`'s services: adds and updates entries
@@ -330,6 +485,10 @@ impl Steering {
                 );
             }
         }
+        self.set_services(want)
+    }
+
+    fn set_services(&mut self, want: StdHashMap<ServiceKey, ServiceValue>) -> anyhow::Result<()> {
         let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> =
             HashMap::try_from(map_data(&mut self.ebpf, MAP_SERVICES)?)?;
         for (k, v) in &want {
@@ -359,15 +518,7 @@ impl Steering {
             .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
             .map(|arr| read_counters(&arr))
             .unwrap_or_default();
-        let mut services: Vec<String> = self
-            .services
-            .keys()
-            .map(|k| {
-                let ip = Ipv6Addr::from(k.addr);
-                let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-                SocketAddr::new(ip, k.port).to_string()
-            })
-            .collect();
+        let mut services: Vec<String> = self.services.keys().map(|k| socket_addr(k.addr, k.port).to_string()).collect();
         services.sort();
         SteerStatus {
             cgroups: self.cgroups.clone(),
@@ -394,7 +545,7 @@ pub fn status_from_pins(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
             let name = f.file_name().to_string_lossy().into_owned();
             if name.starts_with("link-") {
                 links.push(name);
-            } else if name == format!("map-{MAP_COUNTERS}") {
+            } else if name == format!("map-{MAP_COUNTERS}-abi{SHARED_MAPS_ABI}") {
                 let data = MapData::from_pin(f.path())?;
                 let map = aya::maps::Map::PerCpuArray(data);
                 let arr = PerCpuArray::<_, u64>::try_from(map)?;
@@ -429,19 +580,40 @@ fn remove_dead_instances(pin_dir: &Path, own: &Path, dead_after: std::time::Dura
             .and_then(|a| a.get(&0, 0).ok());
         let dead = match heartbeat {
             Some(hb) => now.saturating_sub(hb) > dead_after.as_nanos() as u64,
-            // No heartbeat map: a half-written or emptied directory.
-            None => true,
+            // No heartbeat map: an emptied directory, or one a weir is starting in (it pins its
+            // shared maps before its heartbeat): dead once it has been so for long.
+            None => std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age > dead_after),
         };
         if dead {
             tracing::warn!("removing the steering pins of a weir that is gone: {}", dir.display());
-            if let Ok(files) = std::fs::read_dir(&dir) {
-                for f in files.flatten() {
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
+            remove_pins(&dir);
         }
     }
+}
+
+/// Removes every pin of an instance directory, links first (which detaches them once no
+/// process holds them), then its maps, then the directory.
+pub fn remove_pins(dir: &Path) {
+    let Ok(files) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+    files.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")));
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Creates an instance's pin directory, root only: the maps hold the service table and the
+/// steering switch.
+fn create_pin_root(root: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root).with_context(|| format!("creating the pin directory {}", root.display()))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting the pin directory {}", root.display()))
 }
 
 fn check_cgroup_dir(cg: &Path) -> anyhow::Result<()> {
@@ -518,9 +690,17 @@ impl OriginalDst for KernelHooks {
     fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {
         let Some(prog) = &self.reuseport_prog else { return };
         let Some(cpu) = cpu else { return };
-        if let Err(e) = bpf_sys::update(self.listeners.as_raw_fd(), &(cpu as u32), &(fd as u32)) {
-            tracing::warn!(worker, cpu, "CPU-affine accept unavailable: listener not registered: {e}");
-            return;
+        match bpf_sys::update(self.listeners.as_raw_fd(), &(cpu as u32), &(fd as u32)) {
+            Ok(()) => {}
+            // A socket can be in one listener map only, and the map is shared: a socket handed
+            // over by a weir this one took over is registered already.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::debug!(worker, cpu, "listener already registered (inherited)");
+            }
+            Err(e) => {
+                tracing::warn!(worker, cpu, "CPU-affine accept unavailable: listener not registered: {e}");
+                return;
+            }
         }
         // The program belongs to the whole SO_REUSEPORT group: attach it once.
         if !self.reuseport_attached.swap(true, Ordering::SeqCst) {

@@ -35,7 +35,7 @@ pub struct RawConfig {
 struct RawProxy {
     listen: String,
     workers: usize,
-    max_connections: u32,
+    max_connections: Option<u32>,
     drain_timeout_ms: u64,
     header_read_timeout_ms: u64,
     downstream_idle_timeout_ms: u64,
@@ -52,7 +52,7 @@ impl Default for RawProxy {
         RawProxy {
             listen: "127.0.0.1:15001".into(),
             workers: 0,
-            max_connections: 10_000,
+            max_connections: None,
             drain_timeout_ms: 20_000,
             header_read_timeout_ms: 10_000,
             downstream_idle_timeout_ms: 300_000,
@@ -389,7 +389,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
     // Port 0 for the proxy and admin listeners: weir binds any free port and reports it (tests).
     let listen = c.addr_or_any_port(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001", true);
-    if proxy.max_connections == 0 {
+    if proxy.max_connections == Some(0) {
         c.problem(&[Key("proxy"), Key("max_connections")], "must be at least 1".into());
     }
     if proxy.workers > 1024 {
@@ -460,7 +460,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if steering.fail_after_ms < 1_000 {
         c.problem(
             &[Key("steering"), Key("fail_after_ms")],
-            format!("{} is below 1000: workers refresh their heartbeat once a second", steering.fail_after_ms),
+            format!(
+                "{} is below 1000: weir counts as down after this, and a busy machine can delay its heartbeat",
+                steering.fail_after_ms
+            ),
         );
     }
     if !steering.pin_dir.starts_with('/') {

@@ -168,6 +168,11 @@ fn retry_after_is_honoured_only_before_the_deadline() {
     let r500 = Outcome::Response { status: 500 };
     assert_eq!(retry_delay(&r500, Some(ms(20_000)), ms(10), ms(15_000)), Some(ms(10)));
     assert_eq!(retry_delay(&Outcome::ConnectFailure, None, ms(10), ms(10)), None);
+    // gRPC pushback (gRFC A6): a wait, or "do not retry" (Duration::MAX).
+    let unavailable = Outcome::Grpc { code: 14 };
+    assert_eq!(retry_delay(&unavailable, Some(ms(300)), ms(10), ms(15_000)), Some(ms(300)));
+    assert_eq!(retry_delay(&unavailable, Some(Duration::MAX), ms(10), ms(15_000)), None);
+    assert_eq!(retry_delay(&unavailable, None, ms(10), ms(15_000)), Some(ms(10)));
 }
 
 /// Simulate `rate` original requests per second for `secs` seconds on one core, each wanting

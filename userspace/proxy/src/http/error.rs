@@ -131,7 +131,7 @@ impl HeadError {
             AsteriskTarget => "asterisk-form target is only allowed with OPTIONS",
             InvalidVersion => "malformed HTTP version",
             UnsupportedVersion => "HTTP version not supported (only HTTP/1.x)",
-            Http2Preface => "HTTP/2 with prior knowledge is not supported on this port: speak HTTP/1.1",
+            Http2Preface => "the HTTP/2 preface must open a connection: this one already spoke HTTP/1.1",
             HigherMinorVersion { .. } => "HTTP/1.x minor version (processed as HTTP/1.1)",
             InvalidHeaderName => "invalid header name, whitespace before a colon or first header, or obs-fold",
             InvalidHeaderValue => "control character in a header value",

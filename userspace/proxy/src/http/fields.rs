@@ -4,7 +4,7 @@
 //! Connection syntax. Must not: decide the final framing (that differs between requests and
 //! responses) or know statuses.
 
-use super::syntax::{ListIter, eq_ci, is_token, parse_content_length};
+use super::syntax::{ListIter, coding_name, eq_ci, is_token, parse_content_length};
 use super::{HeadError, HeaderField, Span};
 
 /// Most options one `Connection` field set may list; more is refused (bounds the hop-by-hop
@@ -125,10 +125,10 @@ pub(crate) fn scan(
             Known::TransferEncoding => {
                 let te = s.te.get_or_insert_with(TeSummary::default);
                 for (a, b) in ListIter::new(v) {
-                    let coding = &v[a..b];
-                    if !is_token(coding) {
+                    // Parameters are allowed (and ignored: weir removes only `chunked`).
+                    let Some(coding) = coding_name(&v[a..b]) else {
                         return Err(HeadError::InvalidTransferEncoding);
-                    }
+                    };
                     if eq_ci(coding, b"chunked") {
                         te.chunked_count += 1;
                         te.last_is_chunked = true;

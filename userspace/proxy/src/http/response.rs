@@ -18,7 +18,7 @@ pub struct ResponseHead {
     pub version: Version,
     /// The minor version digit received, for `Via`.
     pub minor: u8,
-    /// Status code, 100..=599 (101 is refused: weir never forwards an upgrade).
+    /// Status code, 100..=599 (101: the endpoint switched protocols, see [`ResponseHead::is_switch`]).
     pub code: u16,
     /// Reason phrase; empty if absent or if it held non-ASCII bytes.
     pub reason: Span,
@@ -56,7 +56,13 @@ impl ResponseHead {
     /// an HTTP/1.0 one), consume `head_len` bytes and parse the next head from the same
     /// connection. It has no body.
     pub fn is_interim(&self) -> bool {
-        (100..200).contains(&self.code)
+        (100..200).contains(&self.code) && self.code != 101
+    }
+
+    /// `101 Switching Protocols`: the end of HTTP on this connection (the caller accepts it only
+    /// for a request that asked to upgrade). It has no body; what follows is the new protocol.
+    pub fn is_switch(&self) -> bool {
+        self.code == 101
     }
 
     /// Value of the first field called `name` (case-insensitive), forwarded or not.
@@ -76,7 +82,7 @@ impl ResponseHead {
 /// Framing: none for 1xx, 204, 304 and HEAD; otherwise chunked when `Transfer-Encoding` is
 /// exactly `chunked`, else Content-Length, else close-delimited. Every malformed or ambiguous
 /// head (CL with TE, bad or repeated CL, a coding other than chunked, TE in HTTP/1.0, bare LF,
-/// a head over `max_head_bytes`, status outside 100..=599, 101) is
+/// a head over `max_head_bytes`, status outside 100..=599) is
 /// [`HeadError::UpstreamProtocol`] (502).
 pub fn parse_response(
     buf: &[u8],
@@ -88,8 +94,14 @@ pub fn parse_response(
     let view = buf.get(..max_head).unwrap_or(buf);
     // HTTP/1.2 and later 1.x are processed as 1.1 (RFC 9112 2.3): parse a copy that says 1.1
     // (rare; spans are offsets, so they hold for `buf` too).
+    // A head that ends right after the version digit (more to come) is read the same way, so
+    // that a prefix never says otherwise than the whole head.
     let minor = match view {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d, b' ', ..] if d.is_ascii_digit() && *d >= b'2' => Some(*d - b'0'),
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d, rest @ ..]
+            if d.is_ascii_digit() && *d >= b'2' && rest.first().is_none_or(|c| *c == b' ') =>
+        {
+            Some(*d - b'0')
+        }
         _ => None,
     };
     let res = match minor {
@@ -133,9 +145,6 @@ fn parse_inner(
     if !(100..=599).contains(&out.code) {
         return Err(HeadError::UpstreamProtocol("status code outside 100..=599"));
     }
-    if out.code == 101 {
-        return Err(HeadError::UpstreamProtocol("101 Switching Protocols without an upgrade"));
-    }
     out.reason = resp.reason.map_or(Span::EMPTY, |r| Span::of(buf, r.as_bytes()));
     if has_bare_lf(buf.get(..head_len).unwrap_or(buf)) {
         return Err(HeadError::InvalidLineEnding);
@@ -156,7 +165,7 @@ fn parse_inner(
     }
     out.content_length = fs.content_length;
     out.chunked = fs.te.is_some();
-    let no_body = method_was_head || out.is_interim() || out.code == 204 || out.code == 304;
+    let no_body = method_was_head || out.is_interim() || out.is_switch() || out.code == 204 || out.code == 304;
     out.body = if no_body {
         BodyFraming::None
     } else if out.chunked {

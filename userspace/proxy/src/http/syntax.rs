@@ -71,6 +71,29 @@ pub(crate) fn is_field_value(v: &[u8]) -> bool {
         && !v.last().is_some_and(|&b| is_ows(b))
 }
 
+/// The coding of one `transfer-coding` list element (RFC 9112 7: `token *( OWS ";" OWS
+/// transfer-parameter )`, a parameter being `token BWS "=" BWS ( token / quoted-string )`), or
+/// `None` when the element does not follow that grammar.
+pub(crate) fn coding_name(element: &[u8]) -> Option<&[u8]> {
+    let mut parts = element.split(|&b| b == b';');
+    let name = parts.next()?.trim_ascii();
+    if !is_token(name) {
+        return None;
+    }
+    for param in parts {
+        let (k, v) = param.split_at(param.iter().position(|&b| b == b'=')?);
+        let (k, v) = (k.trim_ascii(), v[1..].trim_ascii());
+        let quoted = v.len() >= 2
+            && v[0] == b'"'
+            && v[v.len() - 1] == b'"'
+            && v[1..v.len() - 1].iter().all(|&b| b != b'"' && b != b'\\' && is_field_vchar(b));
+        if !is_token(k) || !(is_token(v) || quoted) {
+            return None;
+        }
+    }
+    Some(name)
+}
+
 /// ASCII case-insensitive equality.
 #[inline]
 pub(crate) fn eq_ci(a: &[u8], b: &[u8]) -> bool {

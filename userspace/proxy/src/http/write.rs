@@ -81,7 +81,7 @@ pub fn write_response_head(
     let http11 = client == Version::Http11;
     let mut res = DownstreamBody { framing: head.body, close };
     match head.body {
-        _ if head.is_interim() => res = DownstreamBody { framing: BodyFraming::None, close: false },
+        _ if head.is_interim() || head.is_switch() => res = DownstreamBody { framing: BodyFraming::None, close: false },
         BodyFraming::None => {
             // HEAD and 304 responses keep their metadata; 204 must not carry Content-Length.
             if let Some(n) = head.content_length.filter(|_| head.code != 204) {
@@ -99,7 +99,7 @@ pub fn write_response_head(
             res = DownstreamBody { framing: BodyFraming::CloseDelimited, close: true };
         }
     }
-    if !head.is_interim() {
+    if !head.is_interim() && !head.is_switch() {
         if res.close {
             out.extend_from_slice(b"connection: close\r\n");
         } else if !http11 {

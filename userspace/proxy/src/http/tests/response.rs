@@ -83,8 +83,13 @@ fn interim_then_final_in_one_buffer() {
 }
 
 #[test]
-fn switching_protocols_is_refused() {
-    bad_resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+fn switching_protocols_ends_the_head_with_no_body_and_is_not_interim() {
+    let buf = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+    let h = ok_resp(buf, false);
+    assert!(h.is_switch() && !h.is_interim());
+    assert_eq!(h.body, BodyFraming::None);
+    assert_eq!(&buf[h.head_len..], b"\x81\x02hi", "the new protocol's bytes follow the head");
+    assert_eq!(h.header(buf, b"upgrade"), Some(&b"websocket"[..]));
 }
 
 #[test]
@@ -122,6 +127,14 @@ fn http_1_2_status_lines_are_read_as_1_1() {
     assert_eq!((h.code, h.version, h.minor, h.body), (200, Version::Http11, 2, BodyFraming::ContentLength(2)));
     assert_eq!(ok_resp(b"HTTP/1.0 200 OK\r\n\r\n", false).minor, 0);
     bad_resp(b"HTTP/2.0 200 OK\r\n\r\n");
+    // Every prefix of such a head is only incomplete (found by the http_response fuzz target:
+    // the prefix ending at the version digit was refused as a bad version).
+    let src = b"HTTP/1.5 503 \r\nRetryLength: 0\r\n\r\n";
+    let mut h = ResponseHead::default();
+    for end in 0..src.len() {
+        assert_eq!(parse_response(&src[..end], &HeadLimits::default(), false, &mut h), Ok(Status::Partial), "{end}");
+    }
+    assert_eq!(parse_response(src, &HeadLimits::default(), false, &mut h), Ok(Status::Complete(src.len())));
 }
 
 #[test]

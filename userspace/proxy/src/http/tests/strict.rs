@@ -173,7 +173,11 @@ fn transfer_encoding_chunked_twice_is_400() {
 
 #[test]
 fn malformed_transfer_encoding_is_400() {
-    for v in ["\"chunked\"", "chunked;q=1", "chunked,", ", chunked", "", "chun ked", "chunked/1"] {
+    for v in
+        ["\"chunked\"", "chunked,", ", chunked", "", "chun ked", "chunked/1", "chunked;", "chunked;=1", "chunked;a"]
+            .into_iter()
+            .chain(["chunked;a=\"x", "chunked;a=b c", ";a=b, chunked"])
+    {
         assert_eq!(
             err_req(&post_with(&[&format!("Transfer-Encoding: {v}")])),
             HeadError::InvalidTransferEncoding,
@@ -188,8 +192,12 @@ fn unimplemented_transfer_coding_is_501() {
         let e = err_req(&post_with(&[&format!("Transfer-Encoding: {v}")]));
         assert_eq!((e.status(), e.reason()), (501, "not-implemented"), "{v:?}");
     }
-    // Exactly chunked, in any case, with OWS, is the one coding weir implements.
-    for v in ["chunked", "Chunked", "CHUNKED", "\tchunked ", "chunked\t"] {
+    // Parameters do not make a coding unknown: still 501, not 400.
+    let e = err_req(&post_with(&["Transfer-Encoding: gzip;level=1, chunked"]));
+    assert_eq!(e.status(), 501);
+    // Exactly chunked, in any case, with OWS and transfer parameters (RFC 9112 7), is the one
+    // coding weir implements.
+    for v in ["chunked", "Chunked", "CHUNKED", "\tchunked ", "chunked\t", "chunked;ext=1", "chunked ; a=\"b c\" ;x=y"] {
         let h = ok_req(&post_with(&[&format!("Transfer-Encoding: {v}")]));
         assert_eq!(h.body, BodyFraming::Chunked, "{v:?}");
     }
