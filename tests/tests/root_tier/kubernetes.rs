@@ -447,17 +447,34 @@ fn weirs_own_api_connections_are_never_steered() {
     assert!(api.requests("watch") >= 2, "weir never watched the API server");
 }
 
+/// The sum of `weir_requests_total` of service `name` in the `/metrics` of the weir on `admin`
+/// (`None` when it does not answer).
+fn requests_of(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let r = weir_tests::testkit::client::get_once(admin, "admin", "/metrics", Duration::from_secs(2)).ok()?;
+    let prefix = format!("weir_requests_total{{service=\"{name}\"");
+    let text = r.body_string();
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum(),
+    )
+}
+
 #[test]
 fn a_takeover_serves_the_discovered_services_from_the_swap_on() {
     require_root();
     // The new weir lists the cluster before it takes over, so the ClusterIP stays steered and
-    // served across the hand-off: a workload dialing it never fails.
+    // served across the hand-off: a workload dialing it never fails. The discovered services'
+    // counters carry over, and those of a Service deleted after the takeover go with it.
     let cg = Cgroup::create("k8s-takeover");
     let api = FakeApi::start();
     let (eps, port) = endpoints(&["a", "b"]);
     api.apply_service(service("shop", "kept", &["127.10.20.51"], &[("http", 80)]));
     let ready = [Ep::ready(&ip(&eps[0])), Ep::ready(&ip(&eps[1]))];
     api.apply_slice(slice("shop", "kept-1", "kept", &[("http", port)], &ready));
+    api.apply_service(service("shop", "gone", &["127.10.20.52"], &[("http", 80)]));
+    api.apply_slice(slice("shop", "gone-1", "gone", &[("http", port)], &ready[..1]));
     let kubeconfig = api.kubeconfig(&scratch_dir("kubeconfig"));
     let toml = format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\ndrain_timeout_ms = 3000\n[admin]\nlisten = \"@ADMIN@\"\n\
@@ -468,6 +485,11 @@ fn a_takeover_serves_the_discovered_services_from_the_swap_on() {
     );
     let old = WeirProcess::start(WEIR, &toml, None);
     serves(&cg, "127.10.20.51:80", &["a", "b"], Duration::from_secs(15));
+    serves(&cg, "127.10.20.52:80", &["a"], Duration::from_secs(15));
+    // What the old weir counted for "gone" (only it ever serves "gone": no request after this).
+    let gone_before = eventually(Duration::from_secs(5), "the old weir counts gone.shop", || {
+        requests_of(old.admin, "gone.shop").filter(|&n| n >= 20.0)
+    });
     let stop = scratch_dir("k8s-takeover").join("stop");
     let mut workload = std::process::Command::new(WORKLOAD)
         .args(["--cgroup", &cg.path.display().to_string()])
@@ -507,7 +529,24 @@ fn a_takeover_serves_the_discovered_services_from_the_swap_on() {
     let (_, ready) = weir_tests::testkit::client::get_once(new.admin, "admin", "/ready", Duration::from_secs(2))
         .map(|r| (r.status, r.body_string()))
         .expect("/ready");
-    assert!(ready.contains("kubernetes: synced; 1 discovered services"), "{ready}");
+    assert!(ready.contains("kubernetes: synced; 2 discovered services"), "{ready}");
+    // Every request the workload made is counted once the old weir's last counters are in
+    // (more than the new weir served itself: at least 100 went through the old one).
+    let ok = report["ok"].as_u64().unwrap_or(0) as f64;
+    eventually(Duration::from_secs(15), "kept.shop's counters carried over", || {
+        requests_of(new.admin, "kept.shop").filter(|&n| n >= ok)
+    });
+    eventually(Duration::from_secs(15), "gone.shop's counters carried over", || {
+        requests_of(new.admin, "gone.shop").filter(|&n| n >= gone_before)
+    });
+    // Deleted after the takeover: its inherited counters go, as its own stats would.
+    api.delete_slice("shop", "gone-1");
+    api.delete_service("shop", "gone");
+    eventually(Duration::from_secs(15), "gone.shop's counters dropped", || {
+        let r = weir_tests::testkit::client::get_once(new.admin, "admin", "/metrics", Duration::from_secs(2)).ok()?;
+        (!r.body_string().contains("service=\"gone.shop\"")).then_some(())
+    });
+    assert!(requests_of(new.admin, "kept.shop").expect("/metrics") >= ok, "kept.shop lost its inherited counters");
     serves(&cg, "127.10.20.51:80", &["a", "b"], Duration::from_secs(10));
     drop(old);
 }

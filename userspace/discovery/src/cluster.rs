@@ -76,11 +76,11 @@ impl Cluster {
     /// Adds or replaces an EndpointSlice.
     pub fn apply_slice(&mut self, key: ObjectKey, record: SliceRecord) {
         let epoch = self.slice_epoch;
-        if let Some(old) = self.slices.get_mut(&key) {
-            if old.0 == record {
-                old.1 = epoch;
-                return;
-            }
+        if let Some(old) = self.slices.get_mut(&key)
+            && old.0 == record
+        {
+            old.1 = epoch;
+            return;
         }
         self.delete_slice(&key);
         self.dirty.insert(record.service.clone());

@@ -52,7 +52,7 @@ pub fn compose(file: &Config, discovered: &[Arc<ServiceConfig>]) -> Composed {
     let mut services = Vec::with_capacity(file.services.len() + kept.len());
     for (i, s) in file.services.iter().enumerate() {
         let clash = if names.contains_key(s.name.as_str()) {
-            Some(format!("its name is a discovered Kubernetes service's"))
+            Some("its name is a discovered Kubernetes service's".to_string())
         } else if let Some(other) = vips.get(&s.vip) {
             Some(format!("its vip {} is discovered Kubernetes service {other:?}'s", s.vip))
         } else {

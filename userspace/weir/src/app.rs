@@ -488,7 +488,7 @@ impl App {
                 started.resume();
                 control.takeovers_ok.store(1, Ordering::Relaxed);
                 if let Some((totals, until)) = pred.committed() {
-                    control.inherited.store(Arc::new(Inherited::new(totals)));
+                    control.inherit(totals);
                     drain_until = Some(until);
                 }
                 let finished = match control.steering.lock().as_mut() {

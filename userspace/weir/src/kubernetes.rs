@@ -50,6 +50,12 @@ impl KubernetesState {
         composed.config
     }
 
+    /// Whether the discovered services are part of what is published (both watches have
+    /// listed once): a composed config is then every service there is.
+    pub fn synced(&self) -> bool {
+        self.discovered.lock().is_some()
+    }
+
     /// Waits up to `timeout` until the first discovered set is published; whether it is.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;

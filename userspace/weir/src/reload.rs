@@ -3,8 +3,10 @@
 //! config, rejected whole when a restart-only field changed), and the one publication path
 //! that reloads and Kubernetes discovery share (`Control::publish`: the file's services with
 //! the discovered ones beside them, the kernel's service map, then the snapshot in one atomic
-//! swap). Must not: run on a worker core's path.
+//! swap), which also drops the counters inherited from a weir taken over for services since
+//! removed. Must not: run on a worker core's path.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +17,7 @@ use weir_proxy::Snapshot;
 
 use crate::app::{Control, unix_now};
 use crate::steering::Steering;
+use crate::takeover::{Inherited, Totals};
 
 /// Reading the config file failed before it could be checked, or it is not a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +46,6 @@ fn text_hash(text: &str) -> u64 {
 pub fn load_config(path: &Path) -> Result<Config, LoadError> {
     let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
     Ok(Config::parse(&src, path)?)
-}
-
-#[cfg(test)]
-mod load_tests {
-    #[test]
-    fn a_missing_file_is_named() {
-        let err = super::load_config(std::path::Path::new("/nonexistent/weir.toml")).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/weir.toml: cannot read config file"), "{err}");
-    }
 }
 
 impl Control {
@@ -133,9 +127,42 @@ impl Control {
         {
             steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
         }
-        let snapshot = Snapshot::build(config, old.workers, Some(&old));
-        self.shared.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(Snapshot::build(config, old.workers, Some(&old)));
+        self.shared.snapshot.store(snapshot.clone());
+        self.prune_inherited(&snapshot.config);
         Ok(())
+    }
+
+    /// Takes the counters of the weir this one took over (at the commit, then as it drains),
+    /// less those of services this weir no longer has.
+    pub(crate) fn inherit(&self, totals: Totals) {
+        let inherited = Arc::new(Inherited::new(totals));
+        let _serial = self.reload_lock.lock();
+        self.inherited.store(inherited);
+        self.prune_inherited(&self.shared.snapshot.load().config);
+    }
+
+    /// Drops the inherited counters of the services `config` (just published) does not have,
+    /// as the workers release a removed service's stats slot. Only once `config` is complete:
+    /// until discovery has synced, a discovered service missing from it may still exist, and
+    /// keeps what it inherited. Callers hold `reload_lock`, so that counters inherited
+    /// meanwhile are checked against the newest config.
+    fn prune_inherited(&self, config: &Config) {
+        if self.kubernetes.as_ref().is_some_and(|k| !k.synced()) {
+            return;
+        }
+        let inherited = self.inherited.load();
+        if inherited.totals.services.is_empty() {
+            return;
+        }
+        let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        if let Some(kept) = inherited.retain(|name| names.contains(name)) {
+            tracing::info!(
+                services = inherited.totals.services.len() - kept.totals.services.len(),
+                "dropped the inherited counters of services since removed"
+            );
+            self.inherited.store(Arc::new(kept));
+        }
     }
 
     /// Publishes the running file config with the discovered services as they are now (after
@@ -186,4 +213,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
     .collect()
+}
+
+#[cfg(test)]
+mod load_tests {
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = super::load_config(std::path::Path::new("/nonexistent/weir.toml")).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/weir.toml: cannot read config file"), "{err}");
+    }
 }

@@ -391,10 +391,15 @@ impl Steering {
         Ok(self.taken_over)
     }
 
-    /// A takeover, once the old weir has stopped: this weir's own service table, links for the
-    /// cgroups the old weir did not steer, and the pins of the cgroups this config dropped
+    /// A takeover, once the old weir has stopped: this weir's own service table (a service the
+    /// old weir steered keeps its id, so only the entries that changed are written), links for
+    /// the cgroups the old weir did not steer, and the pins of the cgroups this config dropped
     /// removed.
     pub fn finish_takeover(&mut self, config: &Config) -> anyhow::Result<()> {
+        let running = &self.services;
+        self.ids.seed(config.services.iter().filter_map(|s| {
+            s.vips().find_map(|vip| running.get(&service_key(vip))).map(|v| (s.name.as_str(), v.service_id))
+        }));
         self.sync_services(config)?;
         self.attach_links(config)
     }

@@ -191,10 +191,12 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, body: &[u8]) -> Result<T, Str
 }
 
 /// What a weir inherited: the counters of the weir it took over (and of the ones before it),
-/// added to its own in `/metrics`.
+/// added to its own in `/metrics`. A service's inherited counters last as long as the service:
+/// once a complete service table (the file's, and the discovered ones once synced) no longer
+/// has it, they are dropped ([`Inherited::retain`]), as a removed service's own stats slot is.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    /// As received.
+    /// As received (less the services since removed).
     pub totals: Totals,
     /// The stats part, ready to merge with the workers' shards.
     pub stats: Published,
@@ -205,6 +207,49 @@ impl Inherited {
     pub fn new(totals: Totals) -> Inherited {
         let stats = totals.to_published();
         Inherited { totals, stats }
+    }
+
+    /// `self` with only the services `keep` accepts; `None` when that is all of them.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Option<Inherited> {
+        if self.totals.services.iter().all(|s| keep(&s.name)) {
+            return None;
+        }
+        let mut totals = self.totals.clone();
+        totals.services.retain(|s| keep(&s.name));
+        let services = self.stats.services.iter().filter(|(name, _)| keep(name)).cloned().collect();
+        Some(Inherited { totals, stats: Published { services, counters: self.stats.counters } })
+    }
+}
+
+#[cfg(test)]
+mod inherited_tests {
+    use super::*;
+    use crate::takeover::totals::ServiceTotals;
+
+    #[test]
+    fn counters_of_removed_services_are_dropped_and_the_rest_kept() {
+        let service = |name: &str, n: u64| ServiceTotals {
+            name: name.into(),
+            codes: vec![(200, n)],
+            duration_sum_ns: "0".into(),
+            ..ServiceTotals::default()
+        };
+        let totals = Totals {
+            format: totals::FORMAT,
+            services: vec![service("kept.shop:http", 5), service("gone.shop:http", 7)],
+            unrouted: 3,
+            reloads_ok: 2,
+            ..Totals::default()
+        };
+        let inherited = Inherited::new(totals);
+        assert!(inherited.retain(|_| true).is_none(), "nothing to drop: nothing rebuilt");
+        let kept = inherited.retain(|name| name != "gone.shop:http").expect("one dropped");
+        let names: Vec<&str> = kept.stats.services.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["kept.shop:http"]);
+        assert_eq!(kept.totals.services.len(), 1);
+        assert_eq!(kept.stats.services[0].1.code(200), 5);
+        // Counters that are not per service stay whole.
+        assert_eq!((kept.stats.counters.unrouted, kept.totals.reloads_ok), (3, 2));
     }
 }
 
