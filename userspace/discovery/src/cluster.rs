@@ -267,7 +267,11 @@ fn endpoints<'a>(
     port_name: &str,
     zone: Option<&str>,
 ) -> Vec<EndpointConfig> {
-    // Merge the slices, de-duplicating by address and port; a duplicate that is ready wins.
+    // Merge the slices, de-duplicating by address and port. Of duplicates (an endpoint moving
+    // between slices, or a pod IP reused while the old pod terminates) the ready one wins, then
+    // the serving one, then the one not terminating (kube-proxy's preference); the rest of the
+    // record breaks ties, so the choice never depends on the order the slices are visited in.
+    let rank = |e: &'a crate::record::EndpointRecord| (e.ready, e.serving, !e.terminating, e.local, &e.zones);
     let mut merged: BTreeMap<SocketAddr, &crate::record::EndpointRecord> = BTreeMap::new();
     for slice in slices {
         let Some(&(_, port)) = slice.ports.iter().find(|(n, _)| &**n == port_name) else { continue };
@@ -279,7 +283,7 @@ fn endpoints<'a>(
             merged
                 .entry(addr)
                 .and_modify(|have| {
-                    if (e.ready, e.serving) > (have.ready, have.serving) {
+                    if rank(e) > rank(have) {
                         *have = e;
                     }
                 })

@@ -193,6 +193,38 @@ fn random_change(rng: &mut SmallRng, c: &mut Cluster) {
 }
 
 #[test]
+fn which_duplicate_wins_does_not_depend_on_the_order_of_the_slices() {
+    // The same address in two slices: serving and terminating in one, serving and not
+    // terminating (a new pod that reused the IP, not ready yet) in the other. The one not
+    // terminating wins whichever slice is visited first, so no endpoint is ready or serving
+    // while terminating: the service has none. Each cluster's slice set iterates in an order
+    // of its own, so many clusters visit the two slices both ways.
+    let zoned = |addr: &str, zone: &str| EndpointRecord {
+        zones: Some(vec![zone.into()].into()),
+        ..ep(addr, true, true, false)
+    };
+    for round in 0..64 {
+        let mut c = Cluster::new();
+        c.apply_service(key("ns", "web"), svc("web", &["127.10.0.1"], &[("http", 80)]));
+        let (a, b) = (ep("10.0.0.9", false, true, true), ep("10.0.0.9", false, true, false));
+        let (first, second) = if round % 2 == 0 { (a, b) } else { (b, a) };
+        c.apply_slice(key("ns", "web-a"), slice("web", &[("http", 8080)], vec![first]));
+        c.apply_slice(key("ns", "web-b"), slice("web", &[("http", 8080)], vec![second]));
+        c.resolve();
+        assert_eq!(addrs(&c, "web.ns"), Vec::<String>::new(), "round {round}");
+        // Ready duplicates that differ only in their hints: the same one wins every time (the
+        // larger zone list, here "z2"), so on this z1 node only the other endpoint is used.
+        let (z1, z2) = (zoned("10.0.0.8", "z1"), zoned("10.0.0.8", "z2"));
+        let (first, second) = if round % 2 == 0 { (z1, z2) } else { (z2, z1) };
+        c.apply_slice(key("ns", "web-a"), slice("web", &[("http", 8080)], vec![first, zoned("10.0.0.7", "z1")]));
+        c.apply_slice(key("ns", "web-b"), slice("web", &[("http", 8080)], vec![second]));
+        c.set_zone(Some("z1"));
+        c.resolve();
+        assert_eq!(addrs(&c, "web.ns"), ["10.0.0.7:8080"], "round {round}");
+    }
+}
+
+#[test]
 fn incremental_updates_equal_a_fresh_full_sync() {
     for seed in 0..200u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
