@@ -651,7 +651,7 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// an `_ms` field).
 const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
                        endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
-                       [access_log]\nring_records = 1024\n\
+                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
                        [kubernetes]\nkubeconfig = \"/etc/weir/kubeconfig\"\nnode_name = \"node-a\"\n";
 
 /// The configuration reference table: field → (default cell, row).
@@ -804,9 +804,10 @@ fn operating_md_documents_every_access_log_field() {
         worker: 1,
         protocol: weir_core::accesslog::LogProtocol::Http2,
         grpc_status: Some(14),
+        source_cgroup_id: 4242,
     };
     let mut line = Vec::new();
-    record.write_json(7, &mut line);
+    record.write_json_with(7, Some("shop/web"), &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");
@@ -820,4 +821,24 @@ fn operating_md_documents_every_error_reason_with_its_status() {
         .collect();
     let actual: BTreeMap<String, u16> = ErrorReason::ALL.iter().map(|r| (r.as_str().to_string(), r.status())).collect();
     assert_eq!(documented, actual, "docs/OPERATING.md's x-weir-error table differs from ErrorReason");
+}
+
+#[test]
+fn operating_md_documents_every_admin_endpoint_and_each_answers() {
+    let documented: BTreeSet<String> = table_rows(&read("docs/OPERATING.md"), "Admin API")
+        .iter()
+        .filter_map(|row| code(&row[0]).map(String::from))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
+    ));
+    // The 404 lists what the admin server routes.
+    let (status, body) = weir.admin_get("/no-such-path");
+    assert_eq!(status, 404);
+    let routed: BTreeSet<String> = body.split_whitespace().filter(|w| w.starts_with('/')).map(String::from).collect();
+    assert_eq!(documented, routed, "docs/OPERATING.md's Admin API table differs from what weir serves");
+    for path in &documented {
+        assert_eq!(weir.admin_get(path).0, 200, "{path}");
+    }
 }

@@ -7,7 +7,9 @@
 mod cgroup_mounts;
 mod full_disk;
 mod grpc;
+mod identity;
 mod kubernetes;
 mod memory;
+mod prometheus;
 mod steering;
 mod takeover;

@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 use crate::root;
 
 /// The test API server binary (package weir-tests).
-pub const FAKE_API: &str = "weir-fake-kube-api";
+pub(crate) const FAKE_API: &str = "weir-fake-kube-api";
 /// The discovered HTTP service's name.
-pub const HTTP_SERVICE: &str = "checkout.demo";
+pub(crate) const HTTP_SERVICE: &str = "checkout.demo";
 /// The discovered gRPC service's name.
-pub const GRPC_SERVICE: &str = "greeter.demo";
+pub(crate) const GRPC_SERVICE: &str = "greeter.demo";
 
 const SERVICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/service-clusterip.json");
 const SLICE_FIXTURE: &str = include_str!("../../tests/fixtures/kubernetes/endpointslice.json");
@@ -32,7 +32,7 @@ const PORTS: [u16; 3] = [18081, 18082, 18083];
 const GRPC_PORTS: [u16; 3] = [18084, 18085, 18086];
 
 /// The pipe that changes the test API server's cluster.
-pub struct Cluster {
+pub(crate) struct Cluster {
     stdin: ChildStdin,
 }
 
@@ -88,7 +88,7 @@ impl Cluster {
     /// Starts the test API server with the Service and the slices of endpoints 1 and 2;
     /// returns its pipe, its process (stopped with the demo's other children) and the
     /// `[kubernetes]` table that points weir at it.
-    pub fn start(dir: &Path) -> anyhow::Result<(Cluster, Child, String)> {
+    pub(crate) fn start(dir: &Path) -> anyhow::Result<(Cluster, Child, String)> {
         let kubeconfig = dir.join("kubeconfig");
         let mut child = Command::new(root().join("target/debug").join(FAKE_API))
             .arg("--kubeconfig")
@@ -123,7 +123,7 @@ impl Cluster {
 
     /// The demo's story: endpoint 3 scaled up at 5 s, endpoint 1 terminating at 10 s and gone
     /// at 13 s.
-    pub fn script(mut self, stop: Arc<AtomicBool>) {
+    pub(crate) fn script(mut self, stop: Arc<AtomicBool>) {
         let start = Instant::now();
         let steps: [(u64, &str, Value); 3] = [
             (
@@ -162,7 +162,7 @@ impl Cluster {
 }
 
 /// The demo config without its file service, with `table` appended.
-pub fn config(base: &str, table: &str) -> String {
+pub(crate) fn config(base: &str, table: &str) -> String {
     let head = base.split("\n[[service]]").next().unwrap_or(base);
     format!("{head}\n{table}")
 }

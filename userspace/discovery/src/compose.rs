@@ -75,6 +75,8 @@ pub fn compose(file: &Config, discovered: &[Arc<ServiceConfig>]) -> Composed {
         steering: file.steering.clone(),
         access_log: file.access_log.clone(),
         kubernetes: file.kubernetes.clone(),
+        tracing: file.tracing.clone(),
+        metrics: file.metrics.clone(),
         services,
     };
     Composed { config, conflicts }

@@ -100,9 +100,11 @@ impl Discovery {
     }
 }
 
-/// One event of either watch, as it comes off the merged stream (moved once, into the match
-/// that converts it: not worth a box per event).
-#[allow(clippy::large_enum_variant)]
+/// One event of either watch, as it comes off the merged stream.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "each event is moved once, into the match that converts it: not worth a box per event"
+)]
 enum Step {
     Service(Result<Event<Service>, watcher::Error>),
     Slice(Result<Event<EndpointSlice>, watcher::Error>),

@@ -63,6 +63,10 @@ pub struct Control {
     pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
+    /// The span exporter, when tracing is on.
+    pub exporter: Mutex<Option<crate::otlp::Exporter>>,
+    /// The caller identity thread, when steering is on.
+    pub identity: Mutex<Option<crate::identity::Identity>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
     /// The listen addresses as configured and as bound.
@@ -391,6 +395,7 @@ impl App {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
+            callers: weir_proxy::caller::Callers::default(),
             draining: AtomicBool::new(false),
             ready_workers: AtomicUsize::new(0),
             downstream_connections: AtomicUsize::new(0),
@@ -398,11 +403,34 @@ impl App {
         });
         // The rings are committed here, whole: their memory is resident from now on.
         let ring = memory.ring_records;
-        let (telemetry, hub) = weir_proxy::telemetry(workers, ring);
+        let (telemetry, hub) = weir_proxy::telemetry(workers, ring, memory.span_ring_records);
         let shipper = match ring {
             Some(_) => Some(
-                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege)
+                Shipper::start(config.access_log.sink.clone(), hub.logs, shared.clone(), options.least_privilege)
                     .context("starting the access-log shipper")?,
+            ),
+            None => None,
+        };
+        let exporter = match config.tracing.traces_target() {
+            Some(target) => Some(
+                crate::otlp::Exporter::start(target, hub.spans, options.least_privilege)
+                    .context("starting the span exporter")?,
+            ),
+            None => None,
+        };
+        let identity = match &steering {
+            Some(_) => Some(
+                crate::identity::Identity::start(
+                    crate::identity::Inputs {
+                        roots: config.steering.cgroups.clone(),
+                        max_sources: config.metrics.max_sources,
+                        data: shared.clone(),
+                        counts: hub.callers,
+                        stats: hub.shards.clone(),
+                    },
+                    options.least_privilege,
+                )
+                .context("starting the caller identity thread")?,
             ),
             None => None,
         };
@@ -423,6 +451,8 @@ impl App {
             workers: AtomicUsize::new(workers),
             stats: hub.shards,
             shipper: Mutex::new(shipper),
+            exporter: Mutex::new(exporter),
+            identity: Mutex::new(identity),
             memory,
             listens,
             inherited: ArcSwap::from_pointee(Inherited::default()),
@@ -662,6 +692,12 @@ impl App {
         }
         if let Some(s) = self.control.shipper.lock().take() {
             s.stop(Duration::from_secs(2));
+        }
+        if let Some(e) = self.control.exporter.lock().take() {
+            e.stop(Duration::from_secs(2));
+        }
+        if let Some(i) = self.control.identity.lock().take() {
+            i.stop();
         }
         self.admin.stop(Duration::from_secs(2));
         self.control.admin_socket.lock().take();

@@ -134,8 +134,13 @@ impl Control {
     }
 
     /// Takes the counters of the weir this one took over (at the commit, then as it drains),
-    /// less those of services this weir no longer has.
+    /// less those of services this weir no longer has, in place of what it sent before; once
+    /// the identity thread has given the `source` names the old weir gave, so that each
+    /// caller's series continues under its name and none is missing from a scrape.
     pub(crate) fn inherit(&self, totals: Totals) {
+        if let Some(identity) = self.identity.lock().as_ref() {
+            identity.adopt(totals.source_names.clone());
+        }
         let inherited = Arc::new(Inherited::new(totals));
         let _serial = self.reload_lock.lock();
         self.inherited.store(inherited);
@@ -207,6 +212,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[admin] allow_non_loopback", old.admin.allow_non_loopback != new.admin.allow_non_loopback),
         ("[steering]", old.steering != new.steering),
         ("[access_log]", old.access_log != new.access_log),
+        ("[tracing] otlp_endpoint", old.tracing.otlp_endpoint != new.tracing.otlp_endpoint),
+        ("[metrics]", old.metrics != new.metrics),
         ("[kubernetes]", old.kubernetes != new.kubernetes),
         ("a service's `listen`", service_listens(old) != service_listens(new)),
     ]
