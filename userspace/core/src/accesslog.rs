@@ -12,8 +12,10 @@ use crate::outcome::ErrorReason;
 pub const PATH_BYTES: usize = 160;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes, so none is cut).
-pub const SERVICE_BYTES: usize = 63;
+/// Longest service name kept: a file service's name is at most 63 bytes; a discovered one is
+/// `NAME.NAMESPACE:PORTNAME`, at most 63 + 1 + 63 + 1 + 15 = 143 bytes (Kubernetes' limits),
+/// so that none is cut.
+pub const SERVICE_BYTES: usize = 143;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 /// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
@@ -25,7 +27,7 @@ pub const SOURCE_DIRECT: &str = "direct";
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
     /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
-    /// keeps a record within its 432 bytes. Kept as bytes, so that the string is aligned to
+    /// keeps a record within its 512 bytes. Kept as bytes, so that the string is aligned to
     /// one byte and an odd `N` costs no padding.
     len: [u8; 2],
     bytes: [u8; N],
@@ -140,6 +142,9 @@ impl LogProtocol {
         }
     }
 }
+
+// The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
+const _: () = assert!(std::mem::size_of::<LogRecord>() == 512);
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
@@ -280,9 +285,9 @@ mod tests {
     }
 
     #[test]
-    fn a_record_stays_432_bytes() {
+    fn a_record_stays_512_bytes() {
         // The memory budget and docs/OPERATING.md count rings in these.
-        assert_eq!(std::mem::size_of::<LogRecord>(), 432);
+        assert_eq!(std::mem::size_of::<LogRecord>(), 512);
     }
 
     #[test]
@@ -337,6 +342,24 @@ mod tests {
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);
         assert_eq!(v["authority"], "ev\u{1}il\u{ff}");
+    }
+
+    #[test]
+    fn the_longest_discovered_service_name_is_kept_whole() {
+        // NAME.NAMESPACE:PORTNAME at Kubernetes' limits (63, 63 and 15 characters).
+        let name = format!("{}.{}:{}", "n".repeat(63), "s".repeat(63), "p".repeat(15));
+        let mut r = record();
+        r.service = InlineStr::new(name.as_bytes());
+        assert!(!r.service.truncated());
+        let mut out = Vec::new();
+        r.write_json_with(0, Some("shop/web"), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["service"].as_str(), Some(name.as_str()));
+        // Beside the caller's fields, in the same 512-byte record.
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
+        // One byte more than Kubernetes allows would be cut (and said so).
+        let longer = format!("{name}x");
+        assert!(InlineStr::<SERVICE_BYTES>::new(longer.as_bytes()).truncated());
     }
 
     #[test]

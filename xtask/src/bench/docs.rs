@@ -203,6 +203,11 @@ PNG: [benchmarks/latency.png](benchmarks/latency.png). Plots for every rate are 
         let _ =
             writeln!(md, "<details><summary>{name}</summary>\n\n```{lang}\n{}\n```\n\n</details>\n", text.trim_end());
     }
+    // The Kubernetes discovery section has its own command (cargo xtask bench-kubernetes): keep it.
+    let previous = std::fs::read_to_string(docs.join("BENCHMARKS.md")).unwrap_or_default();
+    if let Some(k8s) = crate::k8s_bench::section_of(&previous) {
+        let _ = writeln!(md, "{k8s}");
+    }
     std::fs::write(docs.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote docs/BENCHMARKS.md");
     Ok(())
