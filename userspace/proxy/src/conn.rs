@@ -189,22 +189,7 @@ async fn handle(
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
         down.trace = trace::decide(&state.snapshot().config.tracing, head, &down.buf);
-        let index = if route.unknown {
-            None
-        } else {
-            match route.dialed {
-                Some(d) => state.snapshot().by_vip(d),
-                None => head.host.and_then(|h| state.snapshot().by_host(h.get(&down.buf))),
-            }
-        };
-        match index.map(|i| state.scope(i)) {
-            None => {
-                state.telemetry.shard.counters.unrouted += 1;
-                Err((None, ErrorReason::NoRoute))
-            }
-            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
-            Some(scope) => Ok(scope),
-        }
+        route.resolve(&mut state, head.host.map(|h| h.get(&down.buf)))
     };
     match routed {
         Ok(scope) => {

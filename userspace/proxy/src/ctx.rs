@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::caller::{CallerCounts, Source};
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
-use crate::state::WorkerState;
+use crate::state::{Scope, WorkerState};
+use weir_core::outcome::ErrorReason;
 
 /// How a new downstream connection is routed (decided once, at accept).
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +24,31 @@ pub(crate) struct ConnRoute {
     pub unknown: bool,
     /// The caller's cgroup id, for a steered connection (`None`: dialled to weir directly).
     pub caller: Option<u64>,
+}
+
+impl ConnRoute {
+    /// The service of a request on this connection (by the address dialed, else by `host`),
+    /// admitted under its pending limit; else why not: unknown service (counted as unrouted)
+    /// or overloaded (with its scope).
+    pub(crate) fn resolve(
+        &self,
+        state: &mut WorkerState,
+        host: Option<&[u8]>,
+    ) -> Result<Scope, (Option<Scope>, ErrorReason)> {
+        let index = match (self.unknown, self.dialed) {
+            (true, _) => None,
+            (false, Some(d)) => state.snapshot().by_vip(d),
+            (false, None) => host.and_then(|h| state.snapshot().by_host(h)),
+        };
+        match index.map(|i| state.scope(i)) {
+            None => {
+                state.telemetry.shard.counters.unrouted += 1;
+                Err((None, ErrorReason::NoRoute))
+            }
+            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
+            Some(scope) => Ok(scope),
+        }
+    }
 }
 
 /// What every task of one worker shares.

@@ -182,27 +182,12 @@ async fn stream(
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
         who.trace = trace::decide_h2(&state.snapshot().config.tracing, &parts.headers);
-        let index = if route.unknown {
-            None
-        } else {
-            match route.dialed {
-                Some(d) => state.snapshot().by_vip(d),
-                None => {
-                    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes().to_vec());
-                    let host =
-                        authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
-                    host.and_then(|h| state.snapshot().by_host(&h))
-                }
-            }
-        };
-        match index.map(|i| state.scope(i)) {
-            None => {
-                state.telemetry.shard.counters.unrouted += 1;
-                Err((None, ErrorReason::NoRoute))
-            }
-            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
-            Some(scope) => Ok(scope),
-        }
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+        route.resolve(&mut state, host)
     };
     match routed {
         Ok(scope) => {
