@@ -100,6 +100,8 @@ pub fn request_record(i: u64) -> RequestRecord {
         error: None,
         duration: Duration::from_micros(80 + (i % 400)),
         panic: false,
+        source: weir_core::stats::SOURCE_DIRECT,
+        exemplar: None,
         grpc: None,
     }
 }
@@ -131,6 +133,7 @@ pub fn log_record() -> LogRecord {
         worker: 0,
         protocol: weir_core::accesslog::LogProtocol::Http,
         grpc_status: None,
+        source_cgroup_id: 0,
     }
 }
 

@@ -250,6 +250,46 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     );
 }
 
+#[test]
+fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_and_nothing_else() {
+    let docs = k8s_docs();
+    let config = configmap_config(&docs);
+    assert!(config.kubernetes.enabled, "the ConfigMap does not enable Kubernetes discovery");
+    let role = the(&docs, "ClusterRole");
+    let mut granted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for rule in at(role, &["rules"]).as_sequence().expect("rules") {
+        for group in strings(at(rule, &["apiGroups"])) {
+            for resource in strings(at(rule, &["resources"])) {
+                for verb in strings(at(rule, &["verbs"])) {
+                    granted.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String, String)> = [
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "nodes", "get"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(granted, want, "the ClusterRole must allow exactly what discovery uses");
+    let binding = the(&docs, "ClusterRoleBinding");
+    assert_eq!(at(binding, &["roleRef", "name"]).as_str(), at(role, &["metadata", "name"]).as_str());
+    let sa = the(&docs, "ServiceAccount");
+    let subject = at(binding, &["subjects"]).as_sequence().and_then(|s| s.first()).expect("a subject");
+    assert_eq!(at(subject, &["name"]).as_str(), at(sa, &["metadata", "name"]).as_str());
+    assert_eq!(at(subject, &["namespace"]).as_str(), at(sa, &["metadata", "namespace"]).as_str());
+    let pod = at(the(&docs, "DaemonSet"), &["spec", "template", "spec"]);
+    assert_eq!(at(pod, &["serviceAccountName"]).as_str(), at(sa, &["metadata", "name"]).as_str());
+    assert_ne!(at(pod, &["automountServiceAccountToken"]).as_bool(), Some(false), "the token is not mounted");
+    let env = at(pod, &["containers", "[weir]", "env", "[NODE_NAME]"]);
+    assert_eq!(at(env, &["valueFrom", "fieldRef", "fieldPath"]).as_str(), Some("spec.nodeName"));
+}
+
 /// `text` with its line breaks (and a YAML comment's `#` after them) read as single spaces, so a
 /// phrase is found wherever the text wraps.
 fn prose(text: &str) -> String {
@@ -611,7 +651,8 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// an `_ms` field).
 const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
                        endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
-                       [access_log]\nring_records = 1024\n";
+                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
+                       [kubernetes]\nkubeconfig = \"/etc/weir/kubeconfig\"\nnode_name = \"node-a\"\n";
 
 /// The configuration reference table: field → (default cell, row).
 fn documented_fields() -> BTreeMap<Field, String> {
@@ -706,8 +747,16 @@ fn operating_md_documents_every_metric_with_its_type() {
     let weir = Weir::start(&format!(
         "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
     ));
-    let exported: BTreeMap<String, String> = weir
-        .metrics()
+    // Discovery's families, exported only with [kubernetes] enabled: from a weir that watches
+    // the test API server.
+    let api = weir_tests::kube_api::FakeApi::start();
+    let kubeconfig = api.kubeconfig(&weir_tests::scratch_dir("deploy-kubeconfig"));
+    let discovering = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n\
+         [kubernetes]\nenabled = true\nkubeconfig = \"{}\"\n{MINIMAL}",
+        kubeconfig.display()
+    ));
+    let exported: BTreeMap<String, String> = (weir.metrics() + &discovering.metrics())
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_once(' '))
@@ -755,9 +804,10 @@ fn operating_md_documents_every_access_log_field() {
         worker: 1,
         protocol: weir_core::accesslog::LogProtocol::Http2,
         grpc_status: Some(14),
+        source_cgroup_id: 4242,
     };
     let mut line = Vec::new();
-    record.write_json(7, &mut line);
+    record.write_json_with(7, Some("shop/web"), &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");
@@ -771,4 +821,24 @@ fn operating_md_documents_every_error_reason_with_its_status() {
         .collect();
     let actual: BTreeMap<String, u16> = ErrorReason::ALL.iter().map(|r| (r.as_str().to_string(), r.status())).collect();
     assert_eq!(documented, actual, "docs/OPERATING.md's x-weir-error table differs from ErrorReason");
+}
+
+#[test]
+fn operating_md_documents_every_admin_endpoint_and_each_answers() {
+    let documented: BTreeSet<String> = table_rows(&read("docs/OPERATING.md"), "Admin API")
+        .iter()
+        .filter_map(|row| code(&row[0]).map(String::from))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
+    ));
+    // The 404 lists what the admin server routes.
+    let (status, body) = weir.admin_get("/no-such-path");
+    assert_eq!(status, 404);
+    let routed: BTreeSet<String> = body.split_whitespace().filter(|w| w.starts_with('/')).map(String::from).collect();
+    assert_eq!(documented, routed, "docs/OPERATING.md's Admin API table differs from what weir serves");
+    for path in &documented {
+        assert_eq!(weir.admin_get(path).0, 200, "{path}");
+    }
 }

@@ -20,3 +20,4 @@ mod root_tier;
 mod scale;
 mod soak;
 mod takeover;
+mod traces;

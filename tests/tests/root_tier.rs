@@ -7,7 +7,10 @@
 mod cgroup_mounts;
 mod full_disk;
 mod grpc;
+mod identity;
+mod kubernetes;
 mod memory;
+mod prometheus;
 mod redirect;
 mod steering;
 mod takeover;

@@ -32,7 +32,7 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
     for _ in 0..9 {
         assert_eq!(Client::connect(old.proxy).get("/", "t").status, 200);
     }
-    old.wait_metric("weir_requests_total{service=\"t\",code=\"200\"}", 10.0);
+    old.wait_metric("weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}", 10.0);
     // A request in flight across the takeover.
     a.set(Behavior::Delay(Duration::from_millis(800)));
     let proxy = old.proxy;
@@ -62,12 +62,15 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
         c.get("/metrics", "admin").body_string()
     };
     eventually(Duration::from_secs(10), "the old weir's counters are carried over", || {
-        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",code=\"200\"}");
+        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}");
         (v >= 13.0).then_some(())
     });
     let text = metrics(old.admin);
     assert_eq!(metric_value(&text, "weir_takeovers_total{result=\"success\"}"), 1.0);
-    assert!(metric_value(&text, "weir_request_duration_seconds_count{service=\"t\"}") >= 13.0, "{text}");
+    assert!(
+        metric_value(&text, "weir_request_duration_seconds_count{service=\"t\",source=\"direct\"}") >= 13.0,
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "weir_workers"), 1.0, "the new weir's own workers");
     assert!(new.shutdown());
     assert!(old.shutdown(), "a weir taken over exits cleanly");
@@ -86,10 +89,22 @@ fn the_hand_off_socket_refuses_an_incompatible_peer_and_the_weir_serves_on() {
             config.steering.pin_dir.display()
         )
     };
-    let abi = format!("{:?}", weir::takeover::shared_maps_abi());
+    let abi = weir::takeover::shared_maps_abi();
+    assert_eq!(&abi[..2], &[3, 32], "the layout this build shares changed: update this test's old layouts");
+    // A weir from before the socket-level redirect: layout version 2, the same 32-byte original
+    // destination, 11 counter slots and no socket map (its layout ends before its key size).
+    let mut before_redirect = abi[..6].to_vec();
+    before_redirect[0] = 2;
+    before_redirect[3] = 11;
+    // A weir from before caller identity: layout version 1, a 24-byte original destination
+    // (no cgroup id).
+    let mut before_callers = before_redirect.clone();
+    before_callers[..2].copy_from_slice(&[1, 24]);
     for (body, says) in [
-        (hello(999, &abi), "takeover protocol 999 is not one this weir"),
+        (hello(999, &format!("{abi:?}")), "takeover protocol 999 is not one this weir"),
         (hello(1, "[0,1,2,3,4,5]"), "the eBPF maps the two would share differ"),
+        (hello(1, &format!("{before_redirect:?}")), "the eBPF maps the two would share differ (layout [3, 32,"),
+        (hello(1, &format!("{before_callers:?}")), "the eBPF maps the two would share differ (layout [3, 32,"),
     ] {
         let mut chan = weir::takeover::wire::connect(&root).expect("connect").expect("a weir holds the socket");
         chan.send(1, body.as_bytes(), &[]).expect("hello");
@@ -100,7 +115,7 @@ fn the_hand_off_socket_refuses_an_incompatible_peer_and_the_weir_serves_on() {
         assert!(answer.fds.is_empty(), "a refusal hands nothing over");
     }
     assert_eq!(Client::connect(weir.proxy).get("/", "t").status, 200, "the weir stopped serving");
-    weir.wait_metric("weir_takeovers_total{result=\"failure\"}", 2.0);
+    weir.wait_metric("weir_takeovers_total{result=\"failure\"}", 4.0);
 }
 
 #[test]
@@ -130,4 +145,34 @@ fn takeover_starts_normally_alone_and_a_second_weir_without_it_is_refused() {
     let err = start_app(&moved, true).expect_err("a takeover changed [proxy] listen");
     assert!(format!("{err:#}").contains("these two cannot change across a takeover"), "{err:#}");
     assert!(first.shutdown());
+}
+
+#[test]
+fn grpc_calls_on_a_kept_http2_connection_never_fail_across_a_takeover() {
+    use weir_tests::clients::{grpc_py, grpc_server};
+    let server = grpc_server("g", &[]);
+    let toml = |admin: &str| {
+        format!(
+            "[proxy]\nlisten = \"@PROXY@\"\nworkers = 1\ndrain_timeout_ms = 3000\n[admin]\nlisten = \"{admin}\"\n\
+             [steering]\nenabled = false\n[access_log]\nsink = \"off\"\n\
+             [[service]]\nname = \"g\"\nvip = \"127.10.15.201:80\"\nprotocol = \"grpc\"\nendpoints = [\"{}\"]\n",
+            server.addr
+        )
+    };
+    let old = Weir::start(&toml("@ADMIN@"));
+    let proxy = old.proxy;
+    // One channel (one HTTP/2 connection) making calls back to back across the takeover.
+    let client = std::thread::spawn(move || grpc_py(proxy, "g", &["calls", "3000"]));
+    old.wait_metric_at_least("weir_grpc_responses_total{service=\"g\",grpc_code=\"ok\"}", 200.0);
+    let new_toml = toml(&old.admin.to_string()).replace("@PROXY@", &proxy.to_string());
+    let new = start_app(&new_toml, true).expect("takeover");
+    let out = client.join().expect("client");
+    assert_eq!(out["codes"]["OK"].as_u64(), Some(3000), "a call failed across the takeover: {out}");
+    // The channel moved to the new weir (the old one sent GOAWAY and drained).
+    eventually(Duration::from_secs(10), "the new weir served calls", || {
+        let text = Client::connect(new.admin_addr()).get("/metrics", "admin").body_string();
+        (metric_value(&text, "weir_grpc_responses_total{service=\"g\",grpc_code=\"ok\"}") >= 3000.0).then_some(())
+    });
+    assert!(new.shutdown());
+    assert!(old.shutdown());
 }

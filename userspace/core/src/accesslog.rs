@@ -12,17 +12,24 @@ use crate::outcome::ErrorReason;
 pub const PATH_BYTES: usize = 160;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes).
-pub const SERVICE_BYTES: usize = 64;
+/// Longest service name kept: a file service's name is at most 63 bytes; a discovered one is
+/// `NAME.NAMESPACE:PORTNAME`, at most 63 + 1 + 63 + 1 + 15 = 143 bytes (Kubernetes' limits),
+/// so that none is cut.
+pub const SERVICE_BYTES: usize = 143;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
+/// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
+pub const SOURCE_BYTES: usize = 64;
+/// `source_workload` of a connection weir did not steer (dialled to its listener directly).
+pub const SOURCE_DIRECT: &str = "direct";
 
 /// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
     /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
-    /// keeps a record within its 432 bytes.
-    len: u16,
+    /// keeps a record within its 512 bytes. Kept as bytes, so that the string is aligned to
+    /// one byte and an odd `N` costs no padding.
+    len: [u8; 2],
     bytes: [u8; N],
 }
 
@@ -35,27 +42,31 @@ impl<const N: usize> InlineStr<N> {
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
         let () = Self::FITS;
-        let mut out = InlineStr { len: 0, bytes: [0; N] };
+        let mut out = InlineStr { len: [0; 2], bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
+        out.len = (n as u16 | if s.len() > N { TRUNCATED } else { 0 }).to_ne_bytes();
         out
+    }
+
+    fn len_field(&self) -> u16 {
+        u16::from_ne_bytes(self.len)
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len & !TRUNCATED)]
+        &self.bytes[..usize::from(self.len_field() & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.len & TRUNCATED != 0
+        self.len_field() & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, bytes: [0; N] }
+        InlineStr { len: [0; 2], bytes: [0; N] }
     }
 }
 
@@ -102,6 +113,10 @@ pub struct LogRecord {
     pub protocol: LogProtocol,
     /// gRPC: the call's final `grpc-status`.
     pub grpc_status: Option<u8>,
+    /// The caller's cgroup v2 id; 0 for a connection weir did not steer ([`SOURCE_DIRECT`]).
+    /// (Its workload's name is looked up when the line is written, so that the record stays
+    /// small: see [`LogRecord::write_json_with`].)
+    pub source_cgroup_id: u64,
 }
 
 /// What a client spoke, as the access log names it.
@@ -128,6 +143,9 @@ impl LogProtocol {
     }
 }
 
+// The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
+const _: () = assert!(std::mem::size_of::<LogRecord>() == 512);
+
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     for &b in s {
@@ -149,8 +167,15 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 impl LogRecord {
     /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
     /// of the same worker dropped since the previous line was shipped; it appears only when
-    /// non-zero, so a consumer sees exactly where the gap was.
+    /// non-zero, so a consumer sees exactly where the gap was. A steered caller's workload is
+    /// written as `null`: see [`LogRecord::write_json_with`].
     pub fn write_json(&self, dropped_before: u64, out: &mut Vec<u8>) {
+        self.write_json_with(dropped_before, None, out)
+    }
+
+    /// [`LogRecord::write_json`] with the workload of a steered caller (`source_cgroup_id`),
+    /// `None` when it is not known.
+    pub fn write_json_with(&self, dropped_before: u64, source_workload: Option<&str>, out: &mut Vec<u8>) {
         let secs = self.start_unix_us / 1_000_000;
         let micros = self.start_unix_us % 1_000_000;
         let (date, time) = civil_from_unix(secs);
@@ -195,6 +220,18 @@ impl LogRecord {
         );
         if let Some(code) = self.grpc_status {
             let _ = write!(out, ",\"grpc_status\":{code}");
+        }
+        out.extend_from_slice(b",\"source_workload\":");
+        match (self.source_cgroup_id, source_workload) {
+            (0, _) => json_str(out, SOURCE_DIRECT.as_bytes()),
+            (_, Some(w)) => json_str(out, w.as_bytes()),
+            (_, None) => out.extend_from_slice(b"null"),
+        }
+        match self.source_cgroup_id {
+            0 => out.extend_from_slice(b",\"source_cgroup_id\":null"),
+            id => {
+                let _ = write!(out, ",\"source_cgroup_id\":{id}");
+            }
         }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
@@ -243,13 +280,20 @@ mod tests {
             worker: 1,
             protocol: LogProtocol::Http,
             grpc_status: None,
+            source_cgroup_id: 4242,
         }
+    }
+
+    #[test]
+    fn a_record_stays_512_bytes() {
+        // The memory budget and docs/OPERATING.md count rings in these.
+        assert_eq!(std::mem::size_of::<LogRecord>(), 512);
     }
 
     #[test]
     fn json_line_is_valid_and_complete() {
         let mut out = Vec::new();
-        record().write_json(0, &mut out);
+        record().write_json_with(0, Some("shop/web"), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
@@ -259,7 +303,23 @@ mod tests {
         assert_eq!(v["error"], "connect-failure");
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
         assert!(v.get("dropped_before").is_none());
+    }
+
+    #[test]
+    fn direct_and_unresolved_callers() {
+        let mut r = record();
+        r.source_cgroup_id = 0;
+        let mut out = Vec::new();
+        r.write_json_with(0, Some("ignored"), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].is_null()), (Some("direct"), true));
+        r.source_cgroup_id = 7;
+        out.clear();
+        r.write_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].is_null(), v["source_cgroup_id"].as_u64()), (true, Some(7)));
     }
 
     #[test]
@@ -282,6 +342,24 @@ mod tests {
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);
         assert_eq!(v["authority"], "ev\u{1}il\u{ff}");
+    }
+
+    #[test]
+    fn the_longest_discovered_service_name_is_kept_whole() {
+        // NAME.NAMESPACE:PORTNAME at Kubernetes' limits (63, 63 and 15 characters).
+        let name = format!("{}.{}:{}", "n".repeat(63), "s".repeat(63), "p".repeat(15));
+        let mut r = record();
+        r.service = InlineStr::new(name.as_bytes());
+        assert!(!r.service.truncated());
+        let mut out = Vec::new();
+        r.write_json_with(0, Some("shop/web"), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["service"].as_str(), Some(name.as_str()));
+        // Beside the caller's fields, in the same 512-byte record.
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
+        // One byte more than Kubernetes allows would be cut (and said so).
+        let longer = format!("{name}x");
+        assert!(InlineStr::<SERVICE_BYTES>::new(longer.as_bytes()).truncated());
     }
 
     #[test]

@@ -8,8 +8,16 @@
 //! when a snapshot introduces it, but its [`ServiceStats`] (about 400 bytes) only when it is
 //! first counted on that worker, and its HDR histogram (about 21 KiB) on its first recorded
 //! duration; a service idle for [`HDR_IDLE_PUBLISHES`] publications gives its histogram back
-//! (its counters stay: they are monotonic). Publishing copies only the services counted since
-//! the last publication; the others share their previous copy.
+//! (its counters stay: they are monotonic while the service exists). A service that leaves
+//! the snapshot gives its whole slot back ([`StatsShard::release`]) and the slot is reused, so a
+//! table that churns (Kubernetes Services come and go) does not grow the shard. Publishing
+//! copies only the services counted since the last publication; the others share their
+//! previous copy.
+//!
+//! Requests are also counted per caller (`source`): per service, a [`SourceStats`] (codes,
+//! exact buckets, and the trace id of a recent sampled request per bucket: an exemplar) for
+//! each source slot that called it, made on the pair's first request. Slots are small numbers
+//! ([`SourceSlot`]); which name a slot stands for is the binary's business, and never changes.
 //!
 //! The exact buckets exist beside the HDR histogram because HDR's 2-significant-digit
 //! buckets straddle Prometheus bucket bounds: a 50.2 ms request must count in `le="0.1"`, not
@@ -136,6 +144,25 @@ impl Http2Close {
     }
 }
 
+/// The `source` label value a request is counted under: [`SOURCE_DIRECT`], [`SOURCE_OTHER`], or
+/// a named caller (2 and up).
+pub type SourceSlot = u16;
+/// Slot of connections weir did not steer (`source="direct"`).
+pub const SOURCE_DIRECT: SourceSlot = 0;
+/// Slot of every steered caller without a name of its own (`source="other"`).
+pub const SOURCE_OTHER: SourceSlot = 1;
+
+/// A sampled request that a duration bucket points to (an OpenMetrics exemplar).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exemplar {
+    /// The request's trace id.
+    pub trace_id: [u8; 16],
+    /// Its duration, nanoseconds.
+    pub duration_ns: u64,
+    /// When it finished, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
 /// What one finished request reports, whatever its protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
@@ -147,8 +174,144 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// The request was balanced in panic mode (too few healthy endpoints).
     pub panic: bool,
+    /// Who called.
+    pub source: SourceSlot,
+    /// The trace of a sampled request (its `duration_ns` is filled in by `record`).
+    pub exemplar: Option<Exemplar>,
     /// gRPC: the call's final `grpc-status`.
     pub grpc: Option<u8>,
+}
+
+/// The bucket a duration falls in (index into the exact buckets; the last is +Inf).
+fn bucket_of(ns: u64) -> usize {
+    DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len())
+}
+
+const BUCKETS: usize = DURATION_BUCKETS_SECONDS.len() + 1;
+
+/// One caller's counters for one service on one worker: the `source` label's share of
+/// `weir_requests_total` and `weir_request_duration_seconds`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    /// Requests by status code (0 = no status), codes seen only, sorted.
+    codes: Vec<(u16, u64)>,
+    /// Exact bucket counts (non-cumulative) + the +Inf slot.
+    pub buckets: [u64; BUCKETS],
+    /// Exact sum of durations, nanoseconds.
+    pub duration_sum_ns: u128,
+    /// Exact count of durations.
+    pub duration_count: u64,
+    /// Per bucket, the latest sampled request that fell in it (from the first one on).
+    exemplars: Option<Box<[Option<Exemplar>; BUCKETS]>>,
+}
+
+impl SourceStats {
+    fn record(&mut self, code: u16, slot: usize, ns: u64, exemplar: Option<Exemplar>) {
+        count_code(&mut self.codes, code, 1);
+        self.buckets[slot] += 1;
+        self.duration_sum_ns += u128::from(ns);
+        self.duration_count += 1;
+        if let Some(e) = exemplar {
+            self.exemplars.get_or_insert_with(Default::default)[slot] = Some(Exemplar { duration_ns: ns, ..e });
+        }
+    }
+
+    fn merge(&mut self, other: &SourceStats) {
+        for &(code, n) in &other.codes {
+            count_code(&mut self.codes, code, n);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.duration_sum_ns += other.duration_sum_ns;
+        self.duration_count += other.duration_count;
+        if let Some(theirs) = &other.exemplars {
+            let mine = self.exemplars.get_or_insert_with(Default::default);
+            for (a, b) in mine.iter_mut().zip(theirs.iter()) {
+                if let Some(b) = b
+                    && a.is_none_or(|a| a.unix_ms < b.unix_ms)
+                {
+                    *a = Some(*b);
+                }
+            }
+        }
+    }
+
+    /// Requests by status code (0 = no status), codes seen only, in order.
+    pub fn codes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.codes.iter().copied()
+    }
+
+    /// Adds `n` requests with status `code` (counters handed over by a takeover).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        count_code(&mut self.codes, code, n);
+    }
+
+    /// Requests counted.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Requests that failed: a 5xx, or no status at all (weir's own errors are 4xx/5xx with
+    /// a status; a cut response or a client gone has none). TCP connections (code 0) count here
+    /// only when asked to.
+    pub fn failures(&self, no_status_fails: bool) -> u64 {
+        self.codes.iter().filter(|(c, _)| *c >= 500 || (*c == 0 && no_status_fails)).map(|(_, n)| n).sum()
+    }
+
+    /// Cumulative bucket counts paired with their upper bound (seconds), ending with +Inf.
+    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
+        cumulative(&self.buckets)
+    }
+
+    /// The exemplar of bucket `i` (index as in [`SourceStats::cumulative_buckets`]).
+    pub fn exemplar(&self, i: usize) -> Option<&Exemplar> {
+        self.exemplars.as_ref().and_then(|e| e.get(i)?.as_ref())
+    }
+
+    /// Duration at quantile `q` estimated from the exact buckets the way Prometheus'
+    /// `histogram_quantile` does (linear within a bucket; the highest finite bound for +Inf);
+    /// `None` when empty.
+    pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
+        let total = self.duration_count;
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let (mut lower, mut below) = (0.0, 0u64);
+        for (i, n) in self.buckets.iter().enumerate() {
+            let cum = below + n;
+            if cum as f64 >= rank && *n > 0 {
+                let Some(&upper) = DURATION_BUCKETS_SECONDS.get(i) else { return Some(lower) };
+                return Some(lower + (upper - lower) * ((rank - below as f64) / *n as f64));
+            }
+            below = cum;
+            lower = DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(lower);
+        }
+        Some(lower)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
+            + self.exemplars.as_ref().map_or(0, |_| std::mem::size_of::<[Option<Exemplar>; BUCKETS]>())
+    }
+}
+
+fn count_code(codes: &mut Vec<(u16, u64)>, code: u16, n: u64) {
+    match codes.binary_search_by_key(&code, |(c, _)| *c) {
+        Ok(i) => codes[i].1 += n,
+        Err(i) => codes.insert(i, (code, n)),
+    }
+}
+
+fn cumulative(buckets: &[u64; BUCKETS]) -> Vec<(f64, u64)> {
+    let mut acc = 0;
+    let mut out = Vec::with_capacity(buckets.len());
+    for (i, n) in buckets.iter().enumerate() {
+        acc += n;
+        out.push((DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc));
+    }
+    out
 }
 
 /// A service idle for this many publications (seconds) releases its HDR histogram.
@@ -182,6 +345,8 @@ pub struct ServiceStats {
     /// Durations in microseconds, 2 significant digits, for percentiles (from the first
     /// recorded duration; released after a long idle time).
     hdr: Option<Box<Histogram<u64>>>,
+    /// Per caller (source slot, sorted), from the pair's first request.
+    sources: Vec<(SourceSlot, Box<SourceStats>)>,
 }
 
 impl Default for ServiceStats {
@@ -199,6 +364,7 @@ impl Default for ServiceStats {
             duration_sum_ns: 0,
             duration_count: 0,
             hdr: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -208,7 +374,8 @@ fn reason_index(reason: ErrorReason) -> usize {
 }
 
 impl ServiceStats {
-    /// Counts one finished request. Allocation-free.
+    /// Counts one finished request. Allocation-free, but for the first request of a caller
+    /// (its [`SourceStats`]) and the first duration (the HDR histogram).
     pub fn record(&mut self, r: &RequestRecord) {
         let code = r.status.filter(|c| *c < 600).unwrap_or(0);
         self.count_code(code, 1);
@@ -222,7 +389,15 @@ impl ServiceStats {
             self.panic_requests += 1;
         }
         let ns = r.duration.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let slot = DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len());
+        let slot = bucket_of(ns);
+        let i = match self.sources.binary_search_by_key(&r.source, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                self.sources.insert(i, (r.source, Box::default()));
+                i
+            }
+        };
+        self.sources[i].1.record(code, slot, ns, r.exemplar);
         self.buckets[slot] += 1;
         self.duration_sum_ns += u128::from(ns);
         self.duration_count += 1;
@@ -269,10 +444,26 @@ impl ServiceStats {
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
-        match self.codes.binary_search_by_key(&code, |(c, _)| *c) {
-            Ok(i) => self.codes[i].1 += n,
-            Err(i) => self.codes.insert(i, (code, n)),
+        count_code(&mut self.codes, code, n);
+    }
+
+    /// Per caller: the source slots that called this service, in slot order.
+    pub fn sources(&self) -> impl Iterator<Item = (SourceSlot, &SourceStats)> + '_ {
+        self.sources.iter().map(|(s, st)| (*s, &**st))
+    }
+
+    /// Adds `stats` to caller `slot`'s (counters handed over by a takeover). Not on a worker:
+    /// it may allocate.
+    pub fn add_source(&mut self, slot: SourceSlot, stats: &SourceStats) {
+        match self.sources.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => self.sources[i].1.merge(stats),
+            Err(i) => self.sources.insert(i, (slot, Box::new(stats.clone()))),
         }
+    }
+
+    /// One caller's stats.
+    pub fn source(&self, slot: SourceSlot) -> Option<&SourceStats> {
+        self.sources.binary_search_by_key(&slot, |(s, _)| *s).ok().map(|i| &*self.sources[i].1)
     }
 
     /// Requests by status code (0 = no status), codes seen only, in order.
@@ -289,6 +480,8 @@ impl ServiceStats {
     pub fn heap_bytes(&self) -> usize {
         self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
             + self.hdr.as_ref().map_or(0, |_| std::mem::size_of::<Histogram<u64>>() + hdr_counts_bytes())
+            + self.sources.capacity() * std::mem::size_of::<(SourceSlot, Box<SourceStats>)>()
+            + self.sources.iter().map(|(_, s)| std::mem::size_of::<SourceStats>() + s.heap_bytes()).sum::<usize>()
     }
 
     /// Counts a retry.
@@ -321,6 +514,9 @@ impl ServiceStats {
         }
         self.duration_sum_ns += other.duration_sum_ns;
         self.duration_count += other.duration_count;
+        for (slot, theirs) in &other.sources {
+            self.add_source(*slot, theirs);
+        }
         if let Some(h) = &other.hdr {
             match &mut self.hdr {
                 Some(mine) => {
@@ -343,13 +539,7 @@ impl ServiceStats {
 
     /// Cumulative bucket counts paired with their upper bound (seconds), ending with +Inf.
     pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
-        let mut out = Vec::with_capacity(self.buckets.len());
-        for (i, n) in self.buckets.iter().enumerate() {
-            acc += n;
-            out.push((DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc));
-        }
-        out
+        cumulative(&self.buckets)
     }
 
     /// Duration at quantile `q` (0..=1) from the HDR histogram; zero when empty.
@@ -378,7 +568,8 @@ fn hdr_counts_bytes() -> usize {
 /// One service's place in a worker's shard.
 #[derive(Debug)]
 struct Slot {
-    name: Arc<str>,
+    /// `None`: released, on the free list.
+    name: Option<Arc<str>>,
     /// Allocated when the service is first counted on this worker.
     stats: Option<Box<ServiceStats>>,
     /// The copy last published, shared until the stats change again.
@@ -393,9 +584,12 @@ struct Slot {
 /// do not). Written by that worker alone.
 #[derive(Debug, Default)]
 pub struct StatsShard {
-    /// Slots are never removed, so counters stay monotonic for Prometheus.
+    /// A slot lives as long as its service is in the snapshot, so its counters are monotonic
+    /// for that long; released slots are reused.
     slots: Vec<Slot>,
     index: HashMap<Arc<str>, usize>,
+    /// Released slots, reused first.
+    free: Vec<usize>,
     /// The worker's counters that belong to no service.
     pub counters: WorkerCounters,
 }
@@ -447,9 +641,30 @@ impl StatsShard {
             return i;
         }
         let name: Arc<str> = Arc::from(service);
-        self.slots.push(Slot { name: name.clone(), stats: None, published: None, dirty: false, idle: 0 });
-        self.index.insert(name, self.slots.len() - 1);
-        self.slots.len() - 1
+        let slot = Slot { name: Some(name.clone()), stats: None, published: None, dirty: false, idle: 0 };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(name, i);
+        i
+    }
+
+    /// Gives slot `i` back: its service left the snapshot. Its stats are freed and no longer
+    /// published; the slot may be handed to another service. Call when a snapshot removes the
+    /// service, never while anything may still count into `i`.
+    pub fn release(&mut self, i: usize) {
+        let Some(slot) = self.slots.get_mut(i) else { return };
+        let Some(name) = slot.name.take() else { return };
+        self.index.remove(&name);
+        *slot = Slot { name: None, stats: None, published: None, dirty: false, idle: 0 };
+        self.free.push(i);
     }
 
     /// The stats in slot `i`, allocated on the service's first use on this worker.
@@ -479,7 +694,7 @@ impl StatsShard {
     pub fn publish(&mut self) -> Published {
         let mut services = Vec::new();
         for slot in &mut self.slots {
-            let Some(stats) = slot.stats.as_deref_mut() else { continue };
+            let (Some(name), Some(stats)) = (&slot.name, slot.stats.as_deref_mut()) else { continue };
             if slot.dirty {
                 slot.dirty = false;
                 slot.idle = 0;
@@ -497,19 +712,24 @@ impl StatsShard {
                     p
                 }
             };
-            services.push((slot.name.clone(), copy));
+            services.push((name.clone(), copy));
         }
         Published { services, counters: self.counters }
     }
 
     /// Services with a slot (counted or not).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.free.len()
     }
 
     /// Whether no service has a slot.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
+    }
+
+    /// Slots allocated, in use or free (the shard never shrinks below its largest table).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Heap bytes held by the counted services' stats (for the memory accounting).
@@ -580,6 +800,8 @@ mod tests {
             error: None,
             duration: Duration::from_millis(ms),
             panic: false,
+            source: SOURCE_DIRECT,
+            exemplar: None,
             grpc: None,
         }
     }
@@ -594,7 +816,7 @@ mod tests {
             error: Some(ErrorReason::ConnectFailure),
             duration: Duration::from_millis(2),
             panic: true,
-            grpc: None,
+            ..rec(0, 0)
         });
         assert_eq!(s.code(200), 2);
         assert_eq!(s.code(503), 1);
@@ -609,26 +831,14 @@ mod tests {
     #[test]
     fn a_50ms_request_lands_in_the_0_1_bucket_not_0_05() {
         let mut s = ServiceStats::default();
-        s.record(&RequestRecord {
-            status: Some(200),
-            error: None,
-            duration: Duration::from_micros(50_200),
-            panic: false,
-            grpc: None,
-        });
+        s.record(&RequestRecord { duration: Duration::from_micros(50_200), ..rec(200, 0) });
         let b = s.cumulative_buckets();
         let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
         assert_eq!(le(0.05), 0);
         assert_eq!(le(0.1), 1);
         assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
         // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&RequestRecord {
-            status: Some(200),
-            error: None,
-            duration: Duration::from_millis(50),
-            panic: false,
-            grpc: None,
-        });
+        s.record(&rec(200, 50));
         let b = s.cumulative_buckets();
         assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
     }
@@ -695,6 +905,73 @@ mod tests {
         assert!(shard.heap_bytes() + 20_000 < with_hdr, "{} vs {with_hdr}", shard.heap_bytes());
         let last = shard.publish();
         assert_eq!((last.services[0].1.code(200), last.services[0].1.quantile(0.5)), (2, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_released_slot_is_no_longer_published_and_is_reused() {
+        let mut shard = StatsShard::default();
+        let (a, b) = (shard.slot("a"), shard.slot("b"));
+        shard.service_mut(a).record(&RequestRecord { source: 5, ..rec(200, 1) });
+        shard.service_mut(b).record(&rec(200, 1));
+        assert_eq!(shard.publish().services.len(), 2);
+        shard.release(a);
+        shard.release(a); // twice: no effect
+        let p = shard.publish();
+        assert_eq!(p.services.iter().map(|(n, _)| &**n).collect::<Vec<_>>(), ["b"]);
+        assert_eq!((shard.len(), shard.capacity()), (1, 2));
+        // A new service takes the freed slot and starts from zero; "a" back is a new service too.
+        let c = shard.slot("c");
+        assert_eq!(c, a);
+        assert_eq!(shard.service(c).map(ServiceStats::requests), None);
+        shard.service_mut(c).record(&rec(200, 1));
+        let c_stats = shard.service(c).expect("counted");
+        assert!(c_stats.source(5).is_none(), "the freed slot's callers went with it");
+        assert_eq!(c_stats.source(SOURCE_DIRECT).map(SourceStats::requests), Some(1));
+        let a2 = shard.slot("a");
+        assert_eq!((a2, shard.len(), shard.capacity()), (2, 3, 3));
+        assert_eq!(shard.slot("b"), b, "a live service keeps its slot");
+        // Churn: services come and go, the shard stays as large as the largest table.
+        for round in 0..100 {
+            let s = shard.slot(&format!("churn-{round}"));
+            shard.service_mut(s).record(&rec(200, 1));
+            shard.release(s);
+        }
+        assert_eq!(shard.capacity(), 4);
+    }
+
+    #[test]
+    fn callers_are_counted_apart_and_merged_by_slot_with_the_latest_exemplar() {
+        let mut a = ServiceStats::default();
+        let mut b = ServiceStats::default();
+        let trace = |t: u8, unix_ms: u64| Some(Exemplar { trace_id: [t; 16], duration_ns: 0, unix_ms });
+        a.record(&RequestRecord { source: 5, exemplar: trace(1, 100), ..rec(200, 3) });
+        a.record(&RequestRecord { source: SOURCE_OTHER, ..rec(503, 3) });
+        b.record(&RequestRecord { source: 5, exemplar: trace(2, 200), ..rec(200, 3) });
+        b.record(&RequestRecord { source: SOURCE_DIRECT, ..rec(200, 40) });
+        a.merge(&b);
+        let slots: Vec<SourceSlot> = a.sources().map(|(s, _)| s).collect();
+        assert_eq!(slots, vec![SOURCE_DIRECT, SOURCE_OTHER, 5]);
+        let five = a.source(5).expect("slot 5");
+        assert_eq!((five.requests(), five.failures(true), five.duration_count), (2, 0, 2));
+        assert_eq!(a.source(SOURCE_OTHER).map(|s| s.failures(false)), Some(1));
+        let bucket = bucket_of(3_000_000);
+        let e = five.exemplar(bucket).expect("an exemplar in the 5 ms bucket");
+        assert_eq!((e.trace_id, e.duration_ns), ([2; 16], 3_000_000), "the latest sampled request wins");
+        assert!(five.exemplar(0).is_none());
+        assert_eq!(a.requests(), 4, "service totals still count everything");
+    }
+
+    #[test]
+    fn bucket_quantiles_interpolate_like_prometheus() {
+        let mut s = SourceStats::default();
+        assert_eq!(s.quantile_seconds(0.5), None);
+        for _ in 0..10 {
+            s.record(200, bucket_of(7_000_000), 7_000_000, None); // (0.005, 0.01]
+        }
+        let p50 = s.quantile_seconds(0.5).expect("p50");
+        assert!((p50 - 0.0075).abs() < 1e-9, "{p50}");
+        s.record(200, bucket_of(60_000_000_000), 60_000_000_000, None);
+        assert_eq!(s.quantile_seconds(1.0), Some(30.0), "+Inf answers the highest finite bound");
     }
 
     #[test]

@@ -19,9 +19,10 @@ use crate::h2down;
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
-use crate::record::{RequestInfo, account};
+use crate::record::{RequestInfo, Requester, account};
 use crate::respond::{self, Reply};
 use crate::retry_loop::Exchange;
+use crate::trace::{self, Trace};
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
@@ -45,7 +46,8 @@ enum Close {
 
 /// Serves HTTP on one accepted connection until it closes.
 pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRoute) {
-    let mut down = Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer };
+    let mut down =
+        Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer, caller: route.caller, trace: Trace::None };
     let mut head = RequestHead::default();
     let mut first = true;
     let close = loop {
@@ -56,7 +58,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
             HeadRead::Http2 => {
                 // h2c with prior knowledge: the connection is HTTP/2 from here on, the preface
                 // (already read) read again by the HTTP/2 server.
-                let Downstream { conn, buf, peer } = down;
+                let Downstream { conn, buf, peer, .. } = down;
                 match conn.into_poll_io_after(buf) {
                     // Boxed: an HTTP/1.1 connection must not carry the HTTP/2 server's state.
                     Ok(io) => Box::pin(crate::h2down::serve(ctx, io, peer, route)).await,
@@ -67,9 +69,12 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
             HeadRead::Failed(reason, detail) => {
                 let t0 = Instant::now();
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
-                respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
+                // Boxed, like the lingering close below: an idle connection's future must not
+                // carry the size of the states it ends in (1.6 and 2 KiB).
+                Box::pin(respond::error(&mut down.conn, reply, ctx.downstream_write_timeout())).await;
                 let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
-                account(ctx, None, down.peer, t0, &RequestInfo::default(), &ex);
+                down.trace = Trace::None;
+                account(ctx, None, &Requester::of(&down), t0, &RequestInfo::default(), &ex);
                 break Close::Linger;
             }
         };
@@ -93,7 +98,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
     };
     match close {
         Close::Quiet => {}
-        Close::Linger => down.conn.close_lingering(LINGER_TIME, LINGER_BYTES).await,
+        Close::Linger => Box::pin(down.conn.close_lingering(LINGER_TIME, LINGER_BYTES)).await,
         Close::Abort => down.conn.abort(),
     }
 }
@@ -183,28 +188,14 @@ async fn handle(
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
-        let index = if route.unknown {
-            None
-        } else {
-            match route.dialed {
-                Some(d) => state.snapshot().by_vip(d),
-                None => head.host.and_then(|h| state.snapshot().by_host(h.get(&down.buf))),
-            }
-        };
-        match index.map(|i| state.scope(i)) {
-            None => {
-                state.telemetry.shard.counters.unrouted += 1;
-                Err((None, ErrorReason::NoRoute))
-            }
-            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
-            Some(scope) => Ok(scope),
-        }
+        down.trace = trace::decide(&state.snapshot().config.tracing, head, &down.buf);
+        route.resolve(&mut state, head.host.map(|h| h.get(&down.buf)))
     };
     match routed {
         Ok(scope) => {
             let ex = exchange::exchange(ctx, down, head, &scope, started).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), down.peer, started, &info, &ex);
+            account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
         // Unknown service (404) or over the service's pending limit (503): the request's body
@@ -220,8 +211,26 @@ async fn handle(
                 keep_alive: written && !reply.closes(),
                 ..Exchange::default()
             };
-            account(ctx, scope.as_ref(), down.peer, started, &info, &ex);
+            account(ctx, scope.as_ref(), &Requester::of(down), started, &info, &ex);
             ex
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns (what every connection task allocates once).
+    fn future_size<'a, Fut: std::future::Future>(_: impl Fn(&'a Ctx, Conn, SocketAddr, ConnRoute) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn an_idle_connection_carries_a_small_future() {
+        // The request, the error answer and the lingering close are boxed when they happen:
+        // 10 000 idle keep-alive connections must not each hold their several KiB.
+        let size = future_size(serve);
+        assert!(size <= 1536, "a connection's future is {size} bytes");
     }
 }

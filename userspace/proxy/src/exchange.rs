@@ -60,7 +60,7 @@ pub(crate) async fn exchange(
     scope: &Scope,
     started: Instant,
 ) -> Exchange {
-    let mut plan = Plan::new(scope, head, &down.buf, down.peer, started);
+    let mut plan = Plan::new(scope, head, down, started);
     let head_len = head.head_len;
     if plan.buffered_body {
         // weir answers `Expect: 100-continue` itself for a body it holds, and does not forward

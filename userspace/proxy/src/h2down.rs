@@ -30,10 +30,11 @@ use crate::h2up::{H2Body, H2Up, ReqBody, ToH2};
 use crate::io::{PollIo, Wait};
 use crate::plan::{Call, Plan};
 use crate::pool::UpConn;
-use crate::record::{RequestInfo, account};
+use crate::record::{RequestInfo, Requester, account};
 use crate::respond;
 use crate::retry_loop::{End, Exchange, attempts};
 use crate::state::{Picked, Scope};
+use crate::trace::{self, Trace};
 
 /// The HTTP/2 connection preface a client with prior knowledge starts with.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -91,7 +92,16 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
                     Event::Quiet
                 } else {
-                    streams.next().await;
+                    // Every stream that can finish now does, before the connection is polled
+                    // (and flushed) again: their responses leave in one write, not one each.
+                    std::future::poll_fn(|cx| {
+                        let mut done = false;
+                        while let std::task::Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                            done = true;
+                        }
+                        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+                    })
+                    .await;
                     Event::StreamDone
                 }
             });
@@ -111,7 +121,9 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         match event {
             Event::Stream(req, mut respond) => {
                 if h2guard::admit(&mut respond, streams.len(), max_streams) {
-                    streams.push(stream(ctx, req, respond, peer, route));
+                    // Boxed: a stream's future is large (about 10 KB), and the set moves what it
+                    // is given into its own task allocation; a box moves as a pointer.
+                    streams.push(Box::pin(stream(ctx, req, respond, peer, route)));
                 }
             }
             Event::StreamDone => goaway_by = Instant::now() + write_timeout,
@@ -136,6 +148,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
 }
 
 /// What woke the connection loop.
+#[expect(clippy::large_enum_variant, reason = "one at a time, moved once: boxing would allocate per stream")]
 enum Event {
     Stream(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
     StreamDone,
@@ -154,50 +167,39 @@ async fn stream(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let info = RequestInfo::from_h2(&parts);
+    // The connection's caller (steered: its cgroup) is every stream's.
+    let mut who = Requester { peer, caller: route.caller, trace: Trace::None };
     let grpc_request =
         parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if parts.method == http::Method::CONNECT {
         // Tunnels (and RFC 8441's extended CONNECT) are not carried over HTTP/2.
         let ex =
             answer(&mut respond, ErrorReason::NotImplemented, Some("CONNECT is not supported"), grpc_request, false);
-        account(ctx, None, peer, started, &info, &ex);
+        account(ctx, None, &who, started, &info, &ex);
         return;
     }
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
-        let index = if route.unknown {
-            None
-        } else {
-            match route.dialed {
-                Some(d) => state.snapshot().by_vip(d),
-                None => {
-                    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes().to_vec());
-                    let host =
-                        authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
-                    host.and_then(|h| state.snapshot().by_host(&h))
-                }
-            }
-        };
-        match index.map(|i| state.scope(i)) {
-            None => {
-                state.telemetry.shard.counters.unrouted += 1;
-                Err((None, ErrorReason::NoRoute))
-            }
-            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
-            Some(scope) => Ok(scope),
-        }
+        who.trace = trace::decide_h2(&state.snapshot().config.tracing, &parts.headers);
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+        route.resolve(&mut state, host)
     };
     match routed {
         Ok(scope) => {
-            let ex = proxy(ctx, &scope, parts, body, &mut respond, peer, grpc_request, started).await;
+            let arrival = Arrival { started, grpc_request };
+            let ex = proxy(ctx, &scope, parts, body, &mut respond, &who, arrival).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), peer, started, &info, &ex);
+            account(ctx, Some(&scope), &who, started, &info, &ex);
         }
         Err((scope, reason)) => {
             let grpc = grpc_request || scope.as_ref().is_some_and(|s| s.config().protocol == Protocol::Grpc);
             let ex = answer(&mut respond, reason, None, grpc, info.is_head);
-            account(ctx, scope.as_ref(), peer, started, &info, &ex);
+            account(ctx, scope.as_ref(), &who, started, &info, &ex);
         }
     }
 }
@@ -220,28 +222,35 @@ fn answer(
     }
 }
 
+/// When a stream arrived, and whether it is a gRPC call (by its content-type).
+#[derive(Clone, Copy)]
+struct Arrival {
+    started: Instant,
+    grpc_request: bool,
+}
+
 /// Proxies one admitted stream.
-#[allow(clippy::too_many_arguments, reason = "one call site: a stream's parts, taken apart once")]
 async fn proxy(
     ctx: &Ctx,
     scope: &Scope,
     parts: http::request::Parts,
     body: h2::RecvStream,
     respond: &mut h2::server::SendResponse<Bytes>,
-    peer: SocketAddr,
-    grpc_request: bool,
-    started: Instant,
+    who: &Requester,
+    arrival: Arrival,
 ) -> Exchange {
+    let Arrival { started, grpc_request } = arrival;
     let protocol = scope.config().protocol;
     let grpc = grpc_request || protocol == Protocol::Grpc;
-    let plan = Plan::for_h2(scope, &parts.method, started);
+    let plan = Plan::for_h2(scope, &parts.method, started, who.trace);
     let client_deadline = if grpc {
         parts.headers.get("grpc-timeout").and_then(|v| grpc::parse_timeout(v.as_bytes())).map(|t| started + t)
     } else {
         None
     };
     let mut req = ReqParts::from_h2(&parts, &[]);
-    req.add_fields(&plan.extra_h2(peer, &parts.headers));
+    plan.retrace_h2(&mut req.headers);
+    req.add_fields(&plan.extra_h2(who.peer, &parts.headers));
     let limit = scope.service().retry.replay_buffer_bytes;
     let body = if body.is_end_stream() {
         None
@@ -418,7 +427,6 @@ fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, send: &mut h2::S
 
 /// Relays an HTTP/1.1 endpoint's response to an HTTP/2 client; the connection goes back to the
 /// pool when the exchange completed cleanly.
-#[allow(clippy::too_many_arguments, reason = "one call site: the exchange's parts, borrowed separately")]
 async fn relay_h1(
     call: Call<'_>,
     mut up: UpConn,

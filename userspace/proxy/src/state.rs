@@ -35,28 +35,29 @@ use crate::telemetry::WorkerTelemetry;
 /// there. Cheap to clone (a thread-local reference count, never the shared `Arc`'s).
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
+    #[expect(clippy::redundant_allocation, reason = "clones bump a thread-local count, not the Arc's atomic one")]
     snapshot: Rc<Arc<Snapshot>>,
     index: usize,
 }
 
 impl Scope {
     /// The service's derived state (policies, health).
-    pub fn service(&self) -> &Service {
+    pub(crate) fn service(&self) -> &Service {
         &self.snapshot.services[self.index]
     }
 
     /// The service's config.
-    pub fn config(&self) -> &ServiceConfig {
+    pub(crate) fn config(&self) -> &ServiceConfig {
         &self.snapshot.config.services[self.index]
     }
 
     /// The service name.
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.service().name
     }
 
     /// The snapshot the request was routed on.
-    pub fn snapshot(&self) -> &Snapshot {
+    pub(crate) fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 }
@@ -81,7 +82,7 @@ pub(crate) struct Tried {
 
 impl Tried {
     /// Notes an endpoint as tried.
-    pub fn add(&mut self, addr: SocketAddr) {
+    pub(crate) fn add(&mut self, addr: SocketAddr) {
         if !self.contains(addr) && self.len < self.addrs.len() {
             self.addrs[self.len] = Some(addr);
             self.len += 1;
@@ -93,7 +94,7 @@ impl Tried {
     }
 
     /// The most recently tried endpoint.
-    pub fn last(&self) -> Option<SocketAddr> {
+    pub(crate) fn last(&self) -> Option<SocketAddr> {
         self.len.checked_sub(1).and_then(|i| self.addrs[i])
     }
 }
@@ -127,7 +128,7 @@ impl Active {
     }
 
     /// A new state for `cfg` with what `prev` (for `prev_cfg`) knew, matched by address.
-    fn carried(cfg: &ServiceConfig, seed: u64, prev_cfg: &ServiceConfig, mut prev: Box<Active>) -> Box<Active> {
+    fn carried(cfg: &ServiceConfig, seed: u64, prev_cfg: &ServiceConfig, prev: &mut Active) -> Box<Active> {
         let mut next = Active::new(cfg, seed, prev.last_pick);
         next.balancer.carry_latency_from(&prev.balancer, |new_i| {
             prev_cfg.endpoints.iter().position(|e| e.addr == cfg.endpoints[new_i].addr)
@@ -140,7 +141,7 @@ impl Active {
                 }
             }
         }
-        // Pools of endpoints that are gone close with `prev`.
+        // Pools of endpoints that are gone close with `prev` (dropped by the caller).
         next
     }
 }
@@ -172,6 +173,7 @@ const MAX_POOLED_HEAD_FIELDS: usize = 256;
 /// A worker's view of the active snapshot and everything it owns.
 #[derive(Debug)]
 pub(crate) struct WorkerState {
+    #[expect(clippy::redundant_allocation, reason = "clones bump a thread-local count, not the Arc's atomic one")]
     snapshot: Rc<Arc<Snapshot>>,
     services: Vec<ServiceState>,
     rng: SmallRng,
@@ -183,7 +185,7 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub fn new(snapshot: Arc<Snapshot>, worker: usize, telemetry: WorkerTelemetry) -> WorkerState {
+    pub(crate) fn new(snapshot: Arc<Snapshot>, worker: usize, telemetry: WorkerTelemetry) -> WorkerState {
         let mut state = WorkerState {
             snapshot: Rc::new(snapshot.clone()),
             services: Vec::new(),
@@ -198,12 +200,12 @@ impl WorkerState {
     }
 
     /// The snapshot requests are routed on now.
-    pub fn snapshot(&self) -> &Snapshot {
+    pub(crate) fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 
     /// Moves to `latest` if it is newer. Cheap when nothing changed (one generation compare).
-    pub fn update(&mut self, latest: &arc_swap::ArcSwap<Snapshot>) {
+    pub(crate) fn update(&mut self, latest: &arc_swap::ArcSwap<Snapshot>) {
         let current = latest.load();
         if current.generation != self.snapshot.generation {
             self.rebuild(arc_swap::Guard::into_inner(current));
@@ -218,7 +220,12 @@ impl WorkerState {
         let snapshot = self.snapshot.clone();
         self.services.reserve(snapshot.services.len());
         for (i, (cfg, svc)) in snapshot.config.services.iter().zip(&snapshot.services).enumerate() {
-            let previous = old_snapshot.service_index(&cfg.name).and_then(|j| Some((j, old.get_mut(j)?.take()?)));
+            // The same position first (no hashing: the common case), then by name.
+            let j = match old_snapshot.config.services.get(i) {
+                Some(o) if Arc::ptr_eq(o, cfg) || o.name == cfg.name => Some(i),
+                _ => old_snapshot.service_index(&cfg.name),
+            };
+            let previous = j.and_then(|j| Some((j, old.get_mut(j)?.take()?)));
             let state = match previous {
                 // Unchanged: kept exactly as it was.
                 Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
@@ -230,7 +237,7 @@ impl WorkerState {
                         RetryBudget::new(svc.budget, workers)
                     };
                     ServiceState {
-                        active: prev.active.map(|a| Active::carried(cfg, prev.seed, prev_cfg, a)),
+                        active: prev.active.map(|mut a| Active::carried(cfg, prev.seed, prev_cfg, &mut a)),
                         budget,
                         // Requests in flight and open connections stay counted.
                         ..prev
@@ -247,14 +254,16 @@ impl WorkerState {
             };
             self.services.push(state);
         }
-        // Services that are gone: their idle connections close now, and their gauge reads 0.
+        // Services that are gone: their idle connections close now, and their stats slot is
+        // given back (nothing counts into it any more: a request still in flight for a
+        // removed service finds no state for it).
         for gone in old.into_iter().flatten() {
-            self.telemetry.shard.set_upstream_connections(gone.stats, 0);
+            self.telemetry.shard.release(gone.stats);
         }
     }
 
     /// A request's scope for service `index` of the current snapshot.
-    pub fn scope(&self, index: usize) -> Scope {
+    pub(crate) fn scope(&self, index: usize) -> Scope {
         Scope { snapshot: self.snapshot.clone(), index }
     }
 
@@ -275,13 +284,13 @@ impl WorkerState {
     }
 
     /// `scope`'s stats on this worker.
-    pub fn stats(&mut self, scope: &Scope) -> Option<&mut ServiceStats> {
+    pub(crate) fn stats(&mut self, scope: &Scope) -> Option<&mut ServiceStats> {
         let slot = self.service_mut(scope)?.stats;
         Some(self.telemetry.shard.service_mut(slot))
     }
 
     /// Admits a request to `scope` unless its pending limit is reached.
-    pub fn admit(&mut self, scope: &Scope) -> bool {
+    pub(crate) fn admit(&mut self, scope: &Scope) -> bool {
         let max = scope.service().max_pending_per_worker;
         match self.service_mut(scope) {
             Some(s) if s.pending < max => {
@@ -293,21 +302,21 @@ impl WorkerState {
     }
 
     /// A request admitted by [`WorkerState::admit`] finished.
-    pub fn release(&mut self, scope: &Scope) {
+    pub(crate) fn release(&mut self, scope: &Scope) {
         if let Some(s) = self.service_mut(scope) {
             s.pending = s.pending.saturating_sub(1);
         }
     }
 
     /// Deposits an original request into `scope`'s retry budget.
-    pub fn record_request(&mut self, scope: &Scope, now: Instant) {
+    pub(crate) fn record_request(&mut self, scope: &Scope, now: Instant) {
         if let Some(s) = self.service_mut(scope) {
             s.budget.record_request(now);
         }
     }
 
     /// The gauge an upstream connection of `scope` is counted in.
-    pub fn gauge(&mut self, scope: &Scope) -> Gauge {
+    pub(crate) fn gauge(&mut self, scope: &Scope) -> Gauge {
         self.service_mut(scope).map(|s| s.gauge.clone()).unwrap_or_default()
     }
 
@@ -315,7 +324,7 @@ impl WorkerState {
     /// when one is eligible, else any eligible one other than the last tried, else the last
     /// tried. An endpoint on probation admits one request at a time across all cores. `None`:
     /// no endpoint may be used now.
-    pub fn pick(&mut self, scope: &Scope, tried: &Tried, now: Instant, now_ms: u64) -> Option<Picked> {
+    pub(crate) fn pick(&mut self, scope: &Scope, tried: &Tried, now: Instant, now_ms: u64) -> Option<Picked> {
         let index = self.current_index(scope)?;
         let snapshot = self.snapshot.clone();
         let cfg = snapshot.config.services.get(index)?;
@@ -349,7 +358,7 @@ impl WorkerState {
     }
 
     /// The keep-alive race retry: the same endpoint again, for a fresh connection.
-    pub fn repick(&mut self, scope: &Scope, addr: SocketAddr) -> Option<Picked> {
+    pub(crate) fn repick(&mut self, scope: &Scope, addr: SocketAddr) -> Option<Picked> {
         let i = self.current_index(scope)?;
         let snapshot = self.snapshot.clone();
         let index = snapshot.config.services[i].endpoints.iter().position(|e| e.addr == addr)?;
@@ -358,7 +367,7 @@ impl WorkerState {
     }
 
     /// An idle pooled connection to `picked`, if one is fit for reuse.
-    pub fn take_pooled(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<UpConn> {
+    pub(crate) fn take_pooled(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<UpConn> {
         if self.snapshot.generation != picked.generation {
             return None;
         }
@@ -367,7 +376,7 @@ impl WorkerState {
     }
 
     /// A handle on an HTTP/2 connection to `picked` with room for one more stream.
-    pub fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
+    pub(crate) fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
         if self.snapshot.generation != picked.generation {
             return None;
         }
@@ -376,7 +385,7 @@ impl WorkerState {
 
     /// Adds a new HTTP/2 connection to `picked`'s pool and returns a handle on it (the
     /// connection is dropped, and the handle is the only one, when the endpoint is gone).
-    pub fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
+    pub(crate) fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
         let same = self.snapshot.generation == picked.generation;
         let pool = self.service_mut(scope).and_then(|s| s.active.as_mut()?.h2.get_mut(picked.index)).filter(|_| same);
         match pool {
@@ -390,7 +399,7 @@ impl WorkerState {
 
     /// Returns a connection whose exchange completed cleanly to `picked`'s pool (dropped, and
     /// so closed, when the endpoint is gone).
-    pub fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
+    pub(crate) fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
         if self.snapshot.generation != picked.generation {
             return;
         }
@@ -402,7 +411,7 @@ impl WorkerState {
 
     /// Reports an attempt: balancer load and latency (`latency` to the response head; `None`
     /// when there was no response), then what the outcome says about the endpoint's health.
-    pub fn report(
+    pub(crate) fn report(
         &mut self,
         scope: &Scope,
         picked: &Picked,
@@ -427,7 +436,7 @@ impl WorkerState {
 
     /// Records what an outcome says about the endpoint's health only (no balancer accounting):
     /// for a failure found after the attempt was reported (a response cut mid-body).
-    pub fn report_health(&mut self, scope: &Scope, picked: &Picked, outcome: &Outcome, now_ms: u64) {
+    pub(crate) fn report_health(&mut self, scope: &Scope, picked: &Picked, outcome: &Outcome, now_ms: u64) {
         let Some(i) = self.current_index(scope) else { return };
         let snapshot = self.snapshot.clone();
         let health = &*snapshot.services[i].health;
@@ -457,7 +466,13 @@ impl WorkerState {
 
     /// What follows an attempt ([`weir_core::retry::next_step`]), with this worker's budget and
     /// RNG; counts a retry the budget refused.
-    pub fn next_step(&mut self, scope: &Scope, attempted: &Attempted, time_left: Duration, now: Instant) -> Next {
+    pub(crate) fn next_step(
+        &mut self,
+        scope: &Scope,
+        attempted: &Attempted,
+        time_left: Duration,
+        now: Instant,
+    ) -> Next {
         let policy = &scope.service().retry;
         let Some(i) = self.current_index(scope) else {
             // The service is gone: no retry (it would have nowhere to go).
@@ -478,7 +493,7 @@ impl WorkerState {
     /// Once a second: closes pooled connections idle past their service's timeout, gives back
     /// the balancer and pools of services unused for [`IDLE_RELEASE`], and copies the
     /// upstream-connection gauges into the stats shard.
-    pub fn housekeeping(&mut self, now: Instant) {
+    pub(crate) fn housekeeping(&mut self, now: Instant) {
         let snapshot = self.snapshot.clone();
         for (s, cfg) in self.services.iter_mut().zip(&snapshot.config.services) {
             if let Some(a) = &mut s.active {
@@ -499,12 +514,12 @@ impl WorkerState {
     }
 
     /// An empty buffer from the worker's pool (or a new one).
-    pub fn take_buf(&mut self) -> Vec<u8> {
+    pub(crate) fn take_buf(&mut self) -> Vec<u8> {
         self.bufs.pop().unwrap_or_else(|| Vec::with_capacity(NEW_BUF_BYTES))
     }
 
     /// Returns a buffer to the pool.
-    pub fn put_buf(&mut self, mut buf: Vec<u8>) {
+    pub(crate) fn put_buf(&mut self, mut buf: Vec<u8>) {
         if self.bufs.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES && buf.capacity() > 0 {
             buf.clear();
             self.bufs.push(buf);
@@ -513,12 +528,12 @@ impl WorkerState {
 
     /// A response head from the worker's pool (or a new one); its contents are stale until
     /// the next parse, which resets it.
-    pub fn take_head(&mut self) -> ResponseHead {
+    pub(crate) fn take_head(&mut self) -> ResponseHead {
         self.heads.pop().unwrap_or_default()
     }
 
     /// Returns a response head to the pool.
-    pub fn put_head(&mut self, head: ResponseHead) {
+    pub(crate) fn put_head(&mut self, head: ResponseHead) {
         if self.heads.len() < MAX_POOLED_HEADS && head.headers.capacity() <= MAX_POOLED_HEAD_FIELDS {
             self.heads.push(head);
         }

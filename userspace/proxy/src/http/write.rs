@@ -33,10 +33,12 @@ pub struct DownstreamBody {
 pub fn write_request_head(head: &RequestHead, src: &[u8], out: &mut Vec<u8>, extra_headers: &[(&[u8], &[u8])]) {
     out.extend_from_slice(head.method_span.get(src));
     out.push(b' ');
-    match head.path.get(src) {
-        [] => out.push(b'/'),
-        path => out.extend_from_slice(path),
+    // An absolute-form target's path may be empty or start with its query (RFC 9112 3.2.2).
+    let path = head.path.get(src);
+    if path.first() != Some(&b'/') {
+        out.push(b'/');
     }
+    out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(&head.headers, src, out);
     if let Some(host) = head.host.filter(|_| head.host_from_target) {

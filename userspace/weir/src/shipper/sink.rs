@@ -141,8 +141,8 @@ impl Sink {
     }
 
     /// Formats `record` as the next line; `gap` is what its `dropped_before` reports.
-    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64) {
-        record.write_json(gap, &mut self.pending);
+    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64, source_workload: Option<&str>) {
+        record.write_json_with(gap, source_workload, &mut self.pending);
         self.lines.push((self.pending.len(), gap));
     }
 

@@ -57,6 +57,18 @@ fn request_keeps_expect_and_reframing_by_caller() {
 }
 
 #[test]
+fn absolute_form_is_forwarded_in_origin_form() {
+    for (target, origin) in [("http://svc/a?b", "/a?b"), ("http://svc", "/"), ("http://svc?q=1", "/?q=1")] {
+        let src = format!("GET {target} HTTP/1.1\r\nHost: svc\r\n\r\n");
+        let h = ok_req(src.as_bytes());
+        let mut out = Vec::new();
+        write_request_head(&h, src.as_bytes(), &mut out, &[]);
+        let again = ok_req(&out);
+        assert_eq!(again.target.get(&out), origin.as_bytes(), "{target}");
+    }
+}
+
+#[test]
 fn invalid_extra_headers_are_skipped() {
     let src = get_with(&[]);
     let bad: &[(&[u8], &[u8])] = &[(b"x-a", b"ok"), (b"bad name", b"v"), (b"x-b", b"a\r\nInjected: 1"), (b"", b"v")];
