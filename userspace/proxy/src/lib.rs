@@ -22,6 +22,7 @@ pub mod io;
 mod plan;
 mod pool;
 mod record;
+mod recycle;
 mod respond;
 mod retry_loop;
 mod shared;
