@@ -20,7 +20,6 @@ use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
 use crate::record::{RequestInfo, Requester, account};
-use crate::recycle::Recycled;
 use crate::respond::{self, Reply};
 use crate::retry_loop::Exchange;
 use crate::trace::{self, Trace};
@@ -81,9 +80,8 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
         };
         first = false;
         // The request's state machine (forwarding, retries, streaming) is several KiB; boxing it
-        // keeps an idle keep-alive connection down to its read buffer and a small future. The
-        // box is the worker's, reused from one request to the next (no allocation per request).
-        let ex = Recycled::new(handle(ctx, &mut down, &mut head, route, started)).await;
+        // keeps an idle keep-alive connection down to its read buffer and a small future.
+        let ex = Box::pin(handle(ctx, &mut down, &mut head, route, started)).await;
         if ex.abort {
             break Close::Abort;
         }

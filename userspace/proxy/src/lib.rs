@@ -22,7 +22,6 @@ pub mod io;
 mod plan;
 mod pool;
 mod record;
-mod recycle;
 mod respond;
 mod retry_loop;
 mod shared;

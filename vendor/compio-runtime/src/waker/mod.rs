@@ -1,5 +1,0 @@
-//! Waker related utilities.
-
-mod ext;
-
-pub(crate) use ext::*;
