@@ -755,9 +755,11 @@ fn operating_md_documents_every_access_log_field() {
         worker: 1,
         protocol: weir_core::accesslog::LogProtocol::Http2,
         grpc_status: Some(14),
+        route: 1,
+        backend: 0,
     };
     let mut line = Vec::new();
-    record.write_json(7, &mut line);
+    record.write_json(7, Some("canary"), &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");

@@ -3,8 +3,10 @@
 //! their bounds (long paths are truncated, never allocated) and the line format. Must not:
 //! allocate when a record is built, or block: the ring and the shipper live elsewhere.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use crate::outcome::ErrorReason;
 
@@ -102,6 +104,52 @@ pub struct LogRecord {
     pub protocol: LogProtocol,
     /// gRPC: the call's final `grpc-status`.
     pub grpc_status: Option<u8>,
+    /// The route taken (its index in the service's routes); [`NO_ID`] for a service without
+    /// routes, a TCP connection, or a request refused before routing. (Not an `Option`: the
+    /// record would outgrow its 432 bytes; a derived `Default` is 0, so set it.)
+    pub route: u16,
+    /// The backend chosen, as its id in [`Names`]; [`NO_ID`] as for `route`.
+    pub backend: u16,
+}
+
+/// A record's `route` or `backend` when there is none.
+pub const NO_ID: u16 = u16::MAX;
+
+// A record is what each ring slot holds, committed at start: its size is the memory budget's.
+const _: () = assert!(std::mem::size_of::<LogRecord>() == 432);
+
+/// Backend names by id: records carry the id (two bytes instead of a name), the shipper writes
+/// the name. Append-only, so an id means the same name whatever reloads come between a record
+/// and its line. Names are added when a snapshot is built (never on the request path) and read
+/// by the log shipper; at most 65 535 distinct names, later ones have no id.
+#[derive(Debug, Default)]
+pub struct Names {
+    inner: RwLock<(Vec<Arc<str>>, HashMap<Arc<str>, u16>)>,
+}
+
+impl Names {
+    /// The id of `name`, given it now if it has none.
+    pub fn id(&self, name: &str) -> u16 {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let (by_id, ids) = &mut *guard;
+        if let Some(&id) = ids.get(name) {
+            return id;
+        }
+        let id = match u16::try_from(by_id.len()) {
+            Ok(id) if id != NO_ID => id,
+            _ => return NO_ID,
+        };
+        let name: Arc<str> = Arc::from(name);
+        by_id.push(name.clone());
+        ids.insert(name, id);
+        id
+    }
+
+    /// The name with `id`.
+    pub fn get(&self, id: u16) -> Option<Arc<str>> {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        guard.0.get(usize::from(id)).cloned()
+    }
 }
 
 /// What a client spoke, as the access log names it.
@@ -149,8 +197,9 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 impl LogRecord {
     /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
     /// of the same worker dropped since the previous line was shipped; it appears only when
-    /// non-zero, so a consumer sees exactly where the gap was.
-    pub fn write_json(&self, dropped_before: u64, out: &mut Vec<u8>) {
+    /// non-zero, so a consumer sees exactly where the gap was. `backend` is the name of the
+    /// record's backend id (from [`Names`]).
+    pub fn write_json(&self, dropped_before: u64, backend: Option<&str>, out: &mut Vec<u8>) {
         let secs = self.start_unix_us / 1_000_000;
         let micros = self.start_unix_us % 1_000_000;
         let (date, time) = civil_from_unix(secs);
@@ -195,6 +244,17 @@ impl LogRecord {
         );
         if let Some(code) = self.grpc_status {
             let _ = write!(out, ",\"grpc_status\":{code}");
+        }
+        match self.route {
+            NO_ID => out.extend_from_slice(b",\"route\":null"),
+            r => {
+                let _ = write!(out, ",\"route\":{r}");
+            }
+        }
+        out.extend_from_slice(b",\"backend\":");
+        match backend.filter(|_| self.backend != NO_ID) {
+            Some(b) => json_str(out, b.as_bytes()),
+            None => out.extend_from_slice(b"null"),
         }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
@@ -243,13 +303,15 @@ mod tests {
             worker: 1,
             protocol: LogProtocol::Http,
             grpc_status: None,
+            route: NO_ID,
+            backend: NO_ID,
         }
     }
 
     #[test]
     fn json_line_is_valid_and_complete() {
         let mut out = Vec::new();
-        record().write_json(0, &mut out);
+        record().write_json(0, None, &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
@@ -260,12 +322,25 @@ mod tests {
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["duration_ms"], 1.5);
         assert!(v.get("dropped_before").is_none());
+        assert!(v["route"].is_null() && v["backend"].is_null());
+    }
+
+    #[test]
+    fn route_and_backend_are_an_index_and_a_name() {
+        let names = Names::default();
+        let (stable, canary) = (names.id("stable"), names.id("canary"));
+        assert_eq!((names.id("stable"), names.get(canary).as_deref()), (stable, Some("canary")));
+        let r = LogRecord { route: 1, backend: canary, ..record() };
+        let mut out = Vec::new();
+        r.write_json(0, names.get(r.backend).as_deref(), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["route"].as_u64(), v["backend"].as_str()), (Some(1), Some("canary")));
     }
 
     #[test]
     fn gap_count_appears_only_when_records_were_dropped() {
         let mut out = Vec::new();
-        record().write_json(42, &mut out);
+        record().write_json(42, None, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["dropped_before"], 42);
     }
@@ -277,7 +352,7 @@ mod tests {
         r.path = InlineStr::new(&long);
         r.authority = InlineStr::new(b"ev\x01il\xff");
         let mut out = Vec::new();
-        r.write_json(0, &mut out);
+        r.write_json(0, None, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);

@@ -23,6 +23,9 @@ use hdrhistogram::Histogram;
 
 use crate::outcome::{ErrorReason, Outcome};
 
+mod route;
+pub use route::{FaultKind, RouteStats};
+
 /// Upper bounds (seconds) of the `weir_request_duration_seconds` buckets: 100 µs to 30 s.
 pub const DURATION_BUCKETS_SECONDS: [f64; 17] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -182,6 +185,8 @@ pub struct ServiceStats {
     /// Durations in microseconds, 2 significant digits, for percentiles (from the first
     /// recorded duration; released after a long idle time).
     hdr: Option<Box<Histogram<u64>>>,
+    /// Per route and backend (services with routes only).
+    routes: Vec<RouteStats>,
 }
 
 impl Default for ServiceStats {
@@ -199,12 +204,39 @@ impl Default for ServiceStats {
             duration_sum_ns: 0,
             duration_count: 0,
             hdr: None,
+            routes: Vec::new(),
         }
     }
 }
 
 fn reason_index(reason: ErrorReason) -> usize {
     ErrorReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// The bucket slot of a duration (the last one is +Inf).
+fn bucket_of(ns: u64) -> usize {
+    DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len())
+}
+
+/// Adds `n` to `code`'s count in a sorted list of codes seen.
+fn count<C: Ord + Copy>(codes: &mut Vec<(C, u64)>, code: C, n: u64) {
+    match codes.binary_search_by_key(&code, |(c, _)| *c) {
+        Ok(i) => codes[i].1 += n,
+        Err(i) => codes.insert(i, (code, n)),
+    }
+}
+
+/// Cumulative counts of non-cumulative `buckets`, paired with their upper bound (seconds).
+fn cumulative(buckets: &[u64]) -> Vec<(f64, u64)> {
+    let mut acc = 0;
+    buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            acc += n;
+            (DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc)
+        })
+        .collect()
 }
 
 impl ServiceStats {
@@ -222,8 +254,7 @@ impl ServiceStats {
             self.panic_requests += 1;
         }
         let ns = r.duration.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let slot = DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len());
-        self.buckets[slot] += 1;
+        self.buckets[bucket_of(ns)] += 1;
         self.duration_sum_ns += u128::from(ns);
         self.duration_count += 1;
         self.hdr
@@ -257,10 +288,17 @@ impl ServiceStats {
     }
 
     fn count_grpc(&mut self, code: u8, n: u64) {
-        match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
-            Ok(i) => self.grpc[i].1 += n,
-            Err(i) => self.grpc.insert(i, (code, n)),
-        }
+        count(&mut self.grpc, code, n);
+    }
+
+    /// The counters of `route` and `backend`, made on their first use on this worker.
+    pub fn route_mut(&mut self, route: u16, backend: &Arc<str>) -> &mut RouteStats {
+        route::entry(&mut self.routes, route, backend)
+    }
+
+    /// Per route and backend, in the order first counted.
+    pub fn routes(&self) -> &[RouteStats] {
+        &self.routes
     }
 
     /// gRPC calls by final `grpc-status`, codes seen only, in order.
@@ -269,10 +307,7 @@ impl ServiceStats {
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
-        match self.codes.binary_search_by_key(&code, |(c, _)| *c) {
-            Ok(i) => self.codes[i].1 += n,
-            Err(i) => self.codes.insert(i, (code, n)),
-        }
+        count(&mut self.codes, code, n);
     }
 
     /// Requests by status code (0 = no status), codes seen only, in order.
@@ -289,6 +324,7 @@ impl ServiceStats {
     pub fn heap_bytes(&self) -> usize {
         self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
             + self.hdr.as_ref().map_or(0, |_| std::mem::size_of::<Histogram<u64>>() + hdr_counts_bytes())
+            + self.routes.iter().map(|r| std::mem::size_of::<RouteStats>() + r.heap_bytes()).sum::<usize>()
     }
 
     /// Counts a retry.
@@ -321,6 +357,9 @@ impl ServiceStats {
         }
         self.duration_sum_ns += other.duration_sum_ns;
         self.duration_count += other.duration_count;
+        for r in &other.routes {
+            self.route_mut(r.route, &r.backend).merge(r);
+        }
         if let Some(h) = &other.hdr {
             match &mut self.hdr {
                 Some(mine) => {
@@ -343,13 +382,7 @@ impl ServiceStats {
 
     /// Cumulative bucket counts paired with their upper bound (seconds), ending with +Inf.
     pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
-        let mut out = Vec::with_capacity(self.buckets.len());
-        for (i, n) in self.buckets.iter().enumerate() {
-            acc += n;
-            out.push((DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc));
-        }
-        out
+        cumulative(&self.buckets)
     }
 
     /// Duration at quantile `q` (0..=1) from the HDR histogram; zero when empty.
@@ -695,6 +728,29 @@ mod tests {
         assert!(shard.heap_bytes() + 20_000 < with_hdr, "{} vs {with_hdr}", shard.heap_bytes());
         let last = shard.publish();
         assert_eq!((last.services[0].1.code(200), last.services[0].1.quantile(0.5)), (2, Duration::ZERO));
+    }
+
+    #[test]
+    fn routes_are_counted_by_index_and_backend_name_and_merged() {
+        let (stable, canary): (Arc<str>, Arc<str>) = (Arc::from("stable"), Arc::from("canary"));
+        let mut a = StatsShard::default();
+        let mut b = StatsShard::default();
+        let (sa, sb) = (a.slot("shop"), b.slot("shop"));
+        for _ in 0..3 {
+            a.service_mut(sa).route_mut(1, &stable).record(&rec(200, 1));
+        }
+        a.service_mut(sa).route_mut(1, &canary).fault(FaultKind::Abort);
+        // Another worker's copy of the name (a reload made a new Arc): the same entry.
+        b.service_mut(sb).route_mut(1, &Arc::from("stable")).record(&rec(503, 40));
+        b.service_mut(sb).route_mut(0, &canary).record(&rec(200, 1));
+        let m = Merged::merge([&a.publish(), &b.publish()]);
+        let routes = m.get("shop").expect("counted").routes();
+        let of = |r: u16, n: &str| routes.iter().find(|x| x.route == r && &*x.backend == n).expect("entry");
+        assert_eq!(routes.len(), 3);
+        assert_eq!((of(1, "stable").code(200), of(1, "stable").code(503)), (3, 1));
+        assert_eq!(of(1, "stable").cumulative_buckets().last().map(|x| x.1), Some(4));
+        assert_eq!(of(1, "canary").faults, [1, 0]);
+        assert_eq!(of(0, "canary").duration_count, 1);
     }
 
     #[test]

@@ -49,6 +49,11 @@ impl Ctx {
         self.shared.now_ms()
     }
 
+    /// Nanoseconds since process start (rate limits' clock).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.now_ns()
+    }
+
     /// Moves the worker to the latest published snapshot, if it changed.
     pub fn refresh(&self) {
         self.state.borrow_mut().update(&self.shared.snapshot);

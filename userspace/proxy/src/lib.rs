@@ -19,6 +19,7 @@ mod h2up;
 pub mod http;
 pub mod io;
 mod plan;
+mod policy;
 mod pool;
 mod record;
 mod respond;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, PATH_BYTES};
+use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, NO_ID, PATH_BYTES};
 use weir_core::stats::RequestRecord;
 
 use crate::ctx::Ctx;
@@ -58,14 +58,20 @@ pub(crate) fn account(
     if ex.write_timeout {
         state.telemetry.shard.counters.downstream_write_timeouts += 1;
     }
+    let record = RequestRecord {
+        status: (ex.status != 0).then_some(ex.status),
+        error: ex.error,
+        duration,
+        panic: ex.panic,
+        grpc: ex.grpc,
+    };
+    // The route and backend a routed request took (services with routes only).
+    let routed = scope.and_then(|s| Some((s.route_index()?, s.backend())));
     if let Some(stats) = scope.and_then(|s| state.stats(s)) {
-        stats.record(&RequestRecord {
-            status: (ex.status != 0).then_some(ex.status),
-            error: ex.error,
-            duration,
-            panic: ex.panic,
-            grpc: ex.grpc,
-        });
+        stats.record(&record);
+        if let Some((route, backend)) = routed {
+            stats.route_mut(route, &backend.name).record(&record);
+        }
     }
     let t = &mut state.telemetry;
     if t.logging() {
@@ -91,6 +97,8 @@ pub(crate) fn account(
             worker: ctx.worker as u16,
             protocol: if ex.h2 { LogProtocol::Http2 } else { LogProtocol::Http },
             grpc_status: ex.grpc,
+            route: routed.map_or(NO_ID, |(r, _)| r),
+            backend: routed.map_or(NO_ID, |(_, b)| b.log_id),
         });
     }
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord};
+use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord, NO_ID};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason};
 
@@ -97,6 +97,8 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             worker: ctx.worker as u16,
             protocol: LogProtocol::Tcp,
             grpc_status: None,
+            route: NO_ID,
+            backend: NO_ID,
             ..LogRecord::default()
         });
     }

@@ -475,6 +475,7 @@ impl App {
         };
         let epoch = Instant::now();
         let snapshot = Snapshot::build(config.clone(), workers, None);
+        let names = snapshot.names.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
@@ -488,7 +489,7 @@ impl App {
         let (telemetry, hub) = weir_proxy::telemetry(workers, ring);
         let shipper = match ring {
             Some(_) => Some(
-                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege)
+                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege, names)
                     .context("starting the access-log shipper")?,
             ),
             None => None,

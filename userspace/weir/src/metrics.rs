@@ -160,15 +160,20 @@ pub fn render(control: &Control) -> String {
     for (name, s) in stats.services() {
         o.sample(PANIC, &[("service", name)], s.panic_requests);
     }
-    o.family(ENDPOINTS, "gauge", "Endpoints of each service by state (active, ejected, probation).");
+    o.family(
+        ENDPOINTS,
+        "gauge",
+        "Endpoints of each service by state (active, ejected, probation, unhealthy: failing active health checks).",
+    );
     let now_ms = control.shared.now_ms();
     for (cfg, shared) in snapshot.config.services.iter().zip(&snapshot.services) {
-        let (mut active, mut ejected, mut probation) = (0, 0, 0);
-        for e in shared.health.snapshot(now_ms) {
+        let (mut active, mut ejected, mut probation, mut unhealthy) = (0, 0, 0, 0);
+        for e in shared.backends.iter().flat_map(|b| b.health.snapshot(now_ms)) {
             match e.state {
                 EndpointState::Active => active += 1,
                 EndpointState::Ejected => ejected += 1,
                 EndpointState::Probation => probation += 1,
+                EndpointState::Unhealthy => unhealthy += 1,
             }
         }
         // `active` always; the other states only when an endpoint is in them, so that a large
@@ -179,6 +184,9 @@ pub fn render(control: &Control) -> String {
         }
         if probation > 0 {
             o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "probation")], probation);
+        }
+        if unhealthy > 0 {
+            o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "unhealthy")], unhealthy);
         }
     }
     o.family(
@@ -273,6 +281,8 @@ pub fn render(control: &Control) -> String {
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     address: String,
+    /// Its backend (`default` for a service's own `endpoints`).
+    backend: String,
     weight: u32,
     state: EndpointState,
     /// Seconds until an ejection ends (ejected only).
@@ -305,20 +315,20 @@ pub fn endpoints_view(control: &Control) -> Vec<ServiceView> {
         .iter()
         .zip(&snapshot.services)
         .map(|(cfg, shared)| {
-            let eligibility = shared.health.eligibility();
+            let eligibility: Vec<_> = shared.backends.iter().map(|b| b.health.eligibility()).collect();
             let s = stats.get(&cfg.name);
             ServiceView {
                 service: cfg.name.clone(),
                 vip: cfg.vip.to_string(),
-                panic: eligibility.panic,
-                healthy: eligibility.healthy_count,
+                panic: eligibility.iter().any(|e| e.panic),
+                healthy: eligibility.iter().map(|e| e.healthy_count).sum(),
                 endpoints: shared
-                    .health
-                    .snapshot(now_ms)
-                    .into_iter()
-                    .zip(&cfg.endpoints)
-                    .map(|(h, e)| EndpointView {
+                    .backends
+                    .iter()
+                    .flat_map(|b| b.health.snapshot(now_ms).into_iter().zip(&*b.endpoints).map(move |(h, e)| (b, h, e)))
+                    .map(|(b, h, e)| EndpointView {
                         address: h.address.to_string(),
+                        backend: b.name.to_string(),
                         weight: e.weight,
                         state: h.state,
                         ejected_for_seconds: match (h.state, h.ejected_until_ms) {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use weir_core::accesslog::{NO_ID, Names};
 use weir_core::config::LogSink;
 use weir_proxy::LogSource;
 
@@ -62,7 +63,13 @@ pub struct Shipper {
 impl Shipper {
     /// Starts shipping from `sources` to `sink`.
     /// `drop_caps`: the thread gives up every capability first (it needs none).
-    pub fn start(sink: LogSink, sources: Vec<LogSource>, drop_caps: bool) -> std::io::Result<Shipper> {
+    /// `names`: backend names by the ids records carry.
+    pub fn start(
+        sink: LogSink,
+        sources: Vec<LogSource>,
+        drop_caps: bool,
+        names: Arc<Names>,
+    ) -> std::io::Result<Shipper> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ShipperStats::default());
         let ring_dropped = sources.iter().map(|s| s.dropped.clone()).collect();
@@ -72,7 +79,7 @@ impl Shipper {
                 if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
                     tracing::warn!("log shipper: cannot drop capabilities: {e}");
                 }
-                run(sink, sources, stop, stats)
+                run(sink, sources, stop, stats, &names)
             })?
         };
         Ok(Shipper { stop, thread: Some(thread), stats, ring_dropped })
@@ -99,7 +106,7 @@ impl Shipper {
     }
 }
 
-fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>) {
+fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>, names: &Names) {
     let mut sink = Sink::new(kind);
     let mut seen_dropped = vec![0u64; sources.len()];
     // Lines lost at the sink since the last formatted line (reported by the next one).
@@ -126,7 +133,8 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats:
                     seen_dropped[i] = dropped_now;
                     taken += 1;
                     if step == Step::Write {
-                        sink.queue(&record, gap);
+                        let backend = (record.backend != NO_ID).then(|| names.get(record.backend)).flatten();
+                        sink.queue(&record, gap, backend.as_deref());
                         if sink.pending_bytes() >= MAX_PENDING_BYTES {
                             break 'sources;
                         }

@@ -141,8 +141,8 @@ impl Sink {
     }
 
     /// Formats `record` as the next line; `gap` is what its `dropped_before` reports.
-    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64) {
-        record.write_json(gap, &mut self.pending);
+    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64, backend: Option<&str>) {
+        record.write_json(gap, backend, &mut self.pending);
         self.lines.push((self.pending.len(), gap));
     }
 
