@@ -14,6 +14,7 @@ mod last_words;
 mod logging;
 mod observability;
 mod operations;
+mod policy;
 mod raw;
 mod resilience;
 mod root_tier;

@@ -234,6 +234,17 @@ impl ServiceHealth {
         }
     }
 
+    /// Endpoints under active health checks: all unhealthy until their first check passes
+    /// ([`ServiceHealth::mark_up_first`]), so none gets a request before it was checked.
+    pub fn new_checked(policy: OutlierPolicy, endpoints: &[SocketAddr]) -> ServiceHealth {
+        let h = ServiceHealth::new(policy, endpoints);
+        for cell in h.cells.iter() {
+            cell.word.store(TAG_DOWN, Ordering::Relaxed);
+        }
+        h.down.store(endpoints.len() as u32, Ordering::Release);
+        h
+    }
+
     /// The health of a reloaded endpoint list: endpoints of `old` that remain (matched by
     /// address) keep their state — ejected ones stay ejected until the same time, failure and
     /// ejection counts carry over — and new ones start active. If the service shrank, carried
@@ -242,7 +253,8 @@ impl ServiceHealth {
     /// without checks it returns through probation.
     /// Off the request path (allocates). Outcomes recorded on `old` after this call are lost.
     pub fn carry_over(old: &ServiceHealth, policy: OutlierPolicy, endpoints: &[SocketAddr], checked: bool) -> Self {
-        let new = ServiceHealth::new(policy, endpoints);
+        let new =
+            if checked { ServiceHealth::new_checked(policy, endpoints) } else { ServiceHealth::new(policy, endpoints) };
         let mut old_index = HashMap::with_capacity(old.addrs.len());
         for (i, addr) in old.addrs.iter().enumerate() {
             old_index.entry(*addr).or_insert(i);
@@ -250,24 +262,27 @@ impl ServiceHealth {
         let (mut ejected, mut down) = (0, 0);
         for (cell, addr) in new.cells.iter().zip(endpoints) {
             let Some(prev) = old_index.get(addr).map(|&i| &old.cells[i]) else {
+                // A new endpoint of a checked service waits for its first check.
+                down += u32::from(checked);
                 continue;
             };
             let word = prev.word.load(Ordering::Acquire);
-            match tag(word) {
+            let next = match tag(word) {
                 TAG_EJECTED => {
-                    cell.word.store(word, Ordering::Relaxed);
                     ejected += 1;
+                    word
                 }
                 TAG_DOWN if checked => {
-                    cell.word.store(word, Ordering::Relaxed);
                     down += 1;
+                    word
                 }
                 TAG_DOWN if policy.enabled => {
-                    cell.word.store(ejected_word(0), Ordering::Relaxed);
                     ejected += 1;
+                    ejected_word(0)
                 }
-                _ => {}
-            }
+                _ => WORD_ACTIVE,
+            };
+            cell.word.store(next, Ordering::Relaxed);
             let copy = |to: &AtomicU64, from: &AtomicU64| to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
             copy(&cell.healthy_since_ms, &prev.healthy_since_ms);
             copy(&cell.probe_deadline_ms, &prev.probe_deadline_ms);
@@ -326,6 +341,17 @@ impl ServiceHealth {
             TAG_EJECTED if now_ms >= until(word) => probe_free(cell, now_ms),
             _ => false,
         }
+    }
+
+    /// The first check of `endpoint` (unhealthy since [`ServiceHealth::new_checked`]) passed:
+    /// active at once (nothing failed yet, so no probation). Returns whether it changed.
+    pub fn mark_up_first(&self, endpoint: usize) -> bool {
+        let Some(cell) = self.cells.get(endpoint) else { return false };
+        if cell.word.compare_exchange(TAG_DOWN, WORD_ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.down.fetch_sub(1, Ordering::AcqRel);
+        true
     }
 
     /// Whether `endpoint` may get requests in panic mode: anything but failing its active

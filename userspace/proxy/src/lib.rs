@@ -16,6 +16,7 @@ mod h1_to_h2;
 mod h2down;
 mod h2guard;
 mod h2up;
+mod health;
 pub mod http;
 pub mod io;
 mod plan;
@@ -32,6 +33,7 @@ mod telemetry;
 mod tunnel;
 mod worker;
 
+pub use health::{CheckCounts, HealthChecker};
 pub use shared::{OriginalDst, Shared};
 pub use snapshot::{Service, Snapshot};
 pub use telemetry::{LogSource, TelemetryHub, WorkerTelemetry, telemetry};

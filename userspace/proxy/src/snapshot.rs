@@ -110,6 +110,7 @@ impl Service {
                 let old = previous.and_then(|(_, p)| p.backends.iter().find(|b| &*b.name == name));
                 let health = match old {
                     Some(old) => ServiceHealth::carry_over(&old.health, policy, &addrs, checked),
+                    None if checked => ServiceHealth::new_checked(policy, &addrs),
                     None => ServiceHealth::new(policy, &addrs),
                 };
                 Backend {

@@ -98,6 +98,8 @@ pub struct Control {
     pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
+    /// Active health checks (its thread idles while no service has `[service.health_check]`).
+    pub health: weir_proxy::HealthChecker,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
     /// The listen addresses as configured and as bound.
@@ -511,6 +513,7 @@ impl App {
             workers: AtomicUsize::new(workers),
             stats: hub.shards,
             shipper: Mutex::new(shipper),
+            health: weir_proxy::HealthChecker::start(shared.clone()).context("starting the health checker")?,
             memory,
             listens,
             inherited: ArcSwap::from_pointee(Inherited::default()),

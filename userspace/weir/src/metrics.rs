@@ -44,7 +44,14 @@ pub mod names {
     pub const WORKERS: &str = "weir_workers";
     pub const STEERING: &str = "weir_steering_kernel_events_total";
     pub const TAKEOVERS: &str = "weir_takeovers_total";
+    pub const ROUTE_REQUESTS: &str = "weir_route_requests_total";
+    pub const ROUTE_ERRORS: &str = "weir_route_request_errors_total";
+    pub const ROUTE_DURATION: &str = "weir_route_request_duration_seconds";
+    pub const FAULTS: &str = "weir_faults_injected_total";
+    pub const HEALTH_CHECKS: &str = "weir_health_checks_total";
 }
+
+mod policy;
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(v: &str) -> String {
@@ -189,6 +196,7 @@ pub fn render(control: &Control) -> String {
             o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "unhealthy")], unhealthy);
         }
     }
+    policy::render(&mut o, &stats, control);
     o.family(
         UPSTREAM_CONNECTIONS,
         "gauge",

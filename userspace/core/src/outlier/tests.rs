@@ -411,3 +411,18 @@ fn health_checks_work_without_outlier_detection_and_carry_over_reloads() {
     let unchecked = ServiceHealth::carry_over(&old, exact(), &addrs(2), false);
     assert_eq!(unchecked.snapshot(0)[1].state, EndpointState::Probation, "checks gone: back through probation");
 }
+
+#[test]
+fn checked_endpoints_wait_for_their_first_check_new_ones_too() {
+    let h = ServiceHealth::new_checked(exact(), &addrs(2));
+    assert_eq!(h.eligibility().healthy_count, 0);
+    assert!(!h.is_eligible(0, 0) && !h.is_usable(0), "not even in panic mode");
+    assert!(h.mark_up_first(0) && !h.mark_up_first(0));
+    assert!(h.is_eligible(0, 0), "a first pass is active at once, no probation");
+    assert_eq!(h.snapshot(0)[0].state, EndpointState::Active);
+    // A reload adds an endpoint: the checked one stays active, the new one waits.
+    let next = ServiceHealth::carry_over(&h, exact(), &addrs(3), true);
+    let states: Vec<_> = next.snapshot(0).into_iter().map(|e| e.state).collect();
+    assert_eq!(states, [EndpointState::Active, EndpointState::Unhealthy, EndpointState::Unhealthy]);
+    assert_eq!(next.eligibility().healthy_count, 1);
+}
