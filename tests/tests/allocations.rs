@@ -78,15 +78,42 @@ const MAX_ALLOCS_PER_REQUEST: f64 = 9.5;
 
 #[test]
 fn a_warm_worker_allocates_only_what_its_runtime_needs_per_request() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ep = Endpoint::start("a");
+    per_request_allocations(&format!("endpoints = [\"{}\"]\n", ep.addr));
+}
+
+/// The same bound with traffic policy: ten routes (nine prefixes that do not match and a
+/// regex, before the one that does) and a 90/10 split between two backends, header edits and
+/// a rate limit. Routing, splitting and the limit allocate nothing per request.
+#[test]
+fn routing_splitting_and_rate_limiting_allocate_nothing_per_request() {
+    let (a, b) = (Endpoint::start("a"), Endpoint::start("b"));
+    let mut policy = format!(
+        "[[service.backend]]\nname = \"stable\"\nendpoints = [\"{}\"]\n\
+         [[service.backend]]\nname = \"canary\"\nendpoints = [\"{}\"]\n",
+        a.addr, b.addr
+    );
+    for i in 0..9 {
+        policy += &format!("[[service.route]]\nmatch = {{ path_prefix = \"/v{i}/\" }}\nbackends = {{ canary = 1 }}\n");
+    }
+    policy += "[[service.route]]\nmatch = { path_regex = \"/users/[0-9]+\" }\nbackends = { canary = 1 }\n\
+               [[service.route]]\nbackends = { stable = 90, canary = 10 }\n\
+               request_headers = { set = { \"x-weir-route\" = \"default\" }, remove = [\"x-debug\"] }\n\
+               [service.rate_limit]\nrequests_per_second = 1000000\n";
+    per_request_allocations(&policy);
+    assert!(b.requests() > 0 && a.requests() > 8 * b.requests(), "the split ran: {} / {}", a.requests(), b.requests());
+}
+
+/// Warms a worker up on a service with `service_fields`, then measures its allocations per
+/// HTTP/1.1 request against [`MAX_ALLOCS_PER_REQUEST`].
+fn per_request_allocations(service_fields: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let weir = Weir::start(&format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 1\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n\
-         [access_log]\nsink = \"off\"\n[[service]]\nname = \"alloc\"\nvip = \"127.10.9.1:80\"\nendpoints = [\"{}\"]\n",
-        ep.addr
+         [access_log]\nsink = \"off\"\n[[service]]\nname = \"alloc\"\nvip = \"127.10.9.1:80\"\n{service_fields}"
     ));
     let mut c = Client::connect(weir.proxy);
-    // Warm up: pools, buffers, the balancer, the stats shard.
+    // Warm up: pools, buffers, the balancers, the stats shard (and its per-route entries).
     for _ in 0..500 {
         assert_eq!(c.get("/", "alloc").status, 200);
     }

@@ -35,9 +35,15 @@ impl PathRegex {
     /// Compiles `pattern`, which must match a whole path (it is anchored at both ends).
     pub fn new(pattern: &str) -> Result<PathRegex, String> {
         let regex = Regex::new(&format!(r"\A(?:{pattern})\z")).map_err(|e| {
-            // The syntax error's own text names the position within the pattern.
-            let e = e.to_string();
-            format!("{pattern:?} is not a valid regex: {}", e.trim())
+            // The syntax error's last line says what is wrong ("unclosed group"); its other
+            // lines draw the (wrapped) pattern.
+            let why = e.syntax_error().map(|s| s.to_string()).and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().trim_start_matches("error: ").to_string())
+            });
+            format!("{pattern:?} is not a valid regex: {}", why.unwrap_or_else(|| e.to_string()))
         })?;
         Ok(PathRegex { pattern: pattern.to_string(), regex })
     }
