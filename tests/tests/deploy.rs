@@ -547,6 +547,7 @@ impl Field {
         let set = format!("{} = {value}\n", self.key);
         match self.table.as_str() {
             "[[service]]" => format!("[[service]]\n{set}"),
+            t if t.starts_with("[[service.") => format!("[[service]]\n{t}\n{set}"),
             t if t.starts_with("[service.") => format!("[[service]]\n{t}\n{set}"),
             t => format!("{t}\n{set}"),
         }
@@ -582,7 +583,28 @@ fn fields_of(config: &Config) -> BTreeMap<Field, Json> {
             let services = value.as_array().expect("services");
             assert_eq!(services.len(), 1, "fields_of wants a config with one service");
             for (key, v) in services[0].as_object().expect("service object") {
-                if v.is_object() && !is_duration(v) && v.get("kind").is_none() {
+                if let (Some(items), true) = (v.as_array(), ["backend", "route"].contains(&key.as_str())) {
+                    // `[[service.backend]]` and `[[service.route]]`: their sub-tables (a
+                    // route's `match`, `timeouts`, `retry`, `request_headers`, `fault`) are
+                    // dotted keys (`match.path_prefix`); a field any element sets counts (ALL_SET
+                    // sets each optional one in some element: an unset one has no shape).
+                    let table = format!("[[service.{key}]]");
+                    for item in items {
+                        for (k, v) in item.as_object().expect("table") {
+                            let sub = v.is_object() && !is_duration(v) && k != "backends";
+                            let leaves: Vec<(String, &Json)> = match v.as_object() {
+                                Some(o) if sub => o.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2)).collect(),
+                                _ => vec![(k.clone(), v)],
+                            };
+                            for (k, v) in leaves {
+                                if !v.is_null() {
+                                    let (f, v) = leaf(&table, &k, v);
+                                    out.insert(f, v);
+                                }
+                            }
+                        }
+                    }
+                } else if v.is_object() && !is_duration(v) && v.get("kind").is_none() {
                     let table = format!("[service.{key}]");
                     for (k, v) in v.as_object().expect("sub-table") {
                         let (f, v) = leaf(&table, k, v);
@@ -610,7 +632,16 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// serialises as a value whose shape names it (an unset `Option<Duration>` would not say it is
 /// an `_ms` field).
 const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
-                       endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
+                       [service.timeouts]\nattempt_ms = 1000\n\
+                       [service.rate_limit]\nrequests_per_second = 100\nburst = 10\n\
+                       [service.health_check]\npath = \"/healthz\"\n\
+                       [[service.backend]]\nname = \"b\"\nendpoints = [\"127.0.0.1:18081\"]\n\
+                       [[service.route]]\nmatch = { path_prefix = \"/p/\", method = \"GET\" }\nbackends = { b = 1 }\n\
+                       timeouts = { request_ms = 2000, attempt_ms = 500 }\n\
+                       retry = { attempts = 2, backoff_base_ms = 10, backoff_max_ms = 20, on_server_error = false, \
+                       on_rate_limited = true, on_grpc_status = [\"unavailable\"] }\n\
+                       [[service.route]]\nmatch = { path_exact = \"/e\" }\nbackends = { b = 1 }\n\
+                       [[service.route]]\nmatch = { path_regex = \"/r/.*\" }\nbackends = { b = 1 }\n\
                        [access_log]\nring_records = 1024\n";
 
 /// The configuration reference table: field → (default cell, row).
