@@ -118,13 +118,16 @@ pub const NO_ID: u16 = u16::MAX;
 // A record is what each ring slot holds, committed at start: its size is the memory budget's.
 const _: () = assert!(std::mem::size_of::<LogRecord>() == 432);
 
+/// Names by id, and ids by name.
+type NameTable = (Vec<Arc<str>>, HashMap<Arc<str>, u16>);
+
 /// Backend names by id: records carry the id (two bytes instead of a name), the shipper writes
 /// the name. Append-only, so an id means the same name whatever reloads come between a record
 /// and its line. Names are added when a snapshot is built (never on the request path) and read
 /// by the log shipper; at most 65 535 distinct names, later ones have no id.
 #[derive(Debug, Default)]
 pub struct Names {
-    inner: RwLock<(Vec<Arc<str>>, HashMap<Arc<str>, u16>)>,
+    inner: RwLock<NameTable>,
 }
 
 impl Names {

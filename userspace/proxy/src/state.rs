@@ -217,7 +217,6 @@ impl WorkerState {
                 // Unchanged: kept exactly as it was.
                 Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
                 Some((j, prev)) => {
-                    let prev_cfg = &old_snapshot.config.services[j];
                     let budget = if old_snapshot.services[j].budget == svc.budget {
                         prev.budget
                     } else {
@@ -225,7 +224,7 @@ impl WorkerState {
                     };
                     let prev_svc = &old_snapshot.services[j];
                     ServiceState {
-                        active: prev.active.map(|a| Active::carried(cfg, svc, prev.seed, prev_cfg, prev_svc, a)),
+                        active: prev.active.map(|a| Active::carried(cfg, svc, prev.seed, prev_svc, *a)),
                         budget,
                         // Requests in flight and open connections stay counted.
                         ..prev

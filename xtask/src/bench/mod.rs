@@ -24,6 +24,7 @@ mod install;
 mod measure;
 mod peers;
 mod plot;
+mod policy;
 mod procs;
 mod report;
 mod rounds;
@@ -51,9 +52,10 @@ pub struct BenchArgs {
     /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
-    /// Run only one section (`scale`: large service tables), print it and write
-    /// target/bench/SECTION.{md,json}; docs/BENCHMARKS.md is left alone.
-    #[arg(long, value_parser = ["scale"])]
+    /// Run only one section (`scale`: large service tables; `policy`: what ten routes and a
+    /// split add per hop), print it and write target/bench/SECTION.{md,json};
+    /// docs/BENCHMARKS.md is left alone.
+    #[arg(long, value_parser = ["scale", "policy"])]
     only: Option<String>,
 }
 
@@ -148,6 +150,15 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let measuring = Instant::now();
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
+    if args.only.as_deref() == Some("policy") {
+        let c = policy::run(&env, &plan, upstream_addr, &upstream)?;
+        drop(upstream);
+        let md = policy::markdown(&c);
+        std::fs::write(dir.join("policy.md"), &md)?;
+        std::fs::write(dir.join("policy.json"), serde_json::to_string_pretty(&c)?)?;
+        println!("{md}");
+        return Ok(());
+    }
     if args.only.as_deref() == Some("scale") {
         let s = scale::run(&env, &plan, upstream_addr);
         drop(upstream);

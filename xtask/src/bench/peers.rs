@@ -218,7 +218,12 @@ pub fn start_weir(
 /// Starts weir as `spec` says; ready once it has written its ready file (the ports it bound)
 /// and its admin API and listener answer.
 pub fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
-    let conf = env.write_config(&format!("{}.toml", spec.name), &weir_toml(upstream, spec))?;
+    start_weir_toml(env, spec, &weir_toml(upstream, spec))
+}
+
+/// Starts weir as `spec` says with the config `toml` (the service is still [`SERVICE`]).
+pub fn start_weir_toml(env: &Env, spec: &WeirSpec, toml: &str) -> anyhow::Result<Running> {
+    let conf = env.write_config(&format!("{}.toml", spec.name), toml)?;
     let ready_file = env.dir.join("logs").join(format!("{}.ready.json", spec.name));
     let _ = std::fs::remove_file(&ready_file);
     let mut p = Proc::spawn(

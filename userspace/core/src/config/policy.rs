@@ -351,6 +351,9 @@ fn is_path(s: &str) -> bool {
     s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Checks an endpoint list at a path (the service's own endpoint checks).
+pub(super) type CheckEndpoints<'a> = dyn FnMut(&mut Checker, &[PathPart], &[RawEndpoint]) -> Vec<EndpointConfig> + 'a;
+
 /// Validates service `i`'s policy. `endpoints_given`: the service lists `endpoints` of its own.
 pub(super) fn validate(
     c: &mut Checker,
@@ -358,7 +361,7 @@ pub(super) fn validate(
     raw: RawPolicy,
     protocol: Protocol,
     endpoints_given: bool,
-    check_endpoints: &mut dyn FnMut(&mut Checker, &[PathPart], &[RawEndpoint]) -> Vec<EndpointConfig>,
+    check_endpoints: &mut CheckEndpoints<'_>,
 ) -> Policy {
     let at = |rest: &[PathPart]| -> Vec<PathPart> {
         let mut p = vec![Key("service"), Index(i)];

@@ -94,9 +94,8 @@ impl Active {
         cfg: &ServiceConfig,
         svc: &Service,
         seed: u64,
-        prev_cfg: &ServiceConfig,
         prev_svc: &Service,
-        mut prev: Box<Active>,
+        mut prev: Active,
     ) -> Box<Active> {
         let mut next = Active::new(cfg, svc, seed, prev.last_pick);
         for (i, b) in svc.backends.iter().enumerate() {
@@ -105,7 +104,6 @@ impl Active {
                 next.backends[i] = BackendActive::carried(cfg, b, seed, &prev_svc.backends[k], &mut prev.backends[k]);
             }
         }
-        let _ = prev_cfg;
         // Pools of endpoints that are gone close with `prev`.
         next
     }
