@@ -478,3 +478,66 @@ fn a_broken_policy_is_located_and_a_reload_keeps_the_running_one() {
         assert_eq!(Client::connect(weir.proxy).get("/", "k").status, 200);
     }
 }
+
+#[test]
+fn a_route_has_its_own_timeouts_and_a_reload_of_routes_drops_nothing_in_flight() {
+    let (slow, fast) = (Endpoint::start("slow"), Endpoint::start("fast"));
+    slow.set(weir_tests::Behavior::Delay(Duration::from_millis(1500)));
+    let routes = |weights: &str| {
+        format!(
+            "[[service]]\nname = \"t\"\nvip = \"127.10.60.9:80\"\n\
+             [[service.backend]]\nname = \"slow\"\nendpoints = [{}]\n\
+             [[service.backend]]\nname = \"fast\"\nendpoints = [{}]\n\
+             [[service.route]]\nmatch = {{ path_prefix = \"/short/\" }}\nbackends = {{ slow = 1 }}\n\
+             [service.route.timeouts]\nrequest_ms = 200\n\
+             [[service.route]]\nbackends = {{ {weights} }}\n",
+            list(&[slow.addr]),
+            list(&[fast.addr])
+        )
+    };
+    let weir = Weir::start(&config(1, &routes("slow = 1"), None));
+    // The route's request_ms (200 ms) ends a request the service's default (15 s) would wait for.
+    let r = Client::connect(weir.proxy).get("/short/x", "t");
+    assert_eq!((r.status, r.header("x-weir-error")), (504, Some("timeout")));
+    // A request in flight on the default route while a reload moves the route's traffic away.
+    let proxy = weir.proxy;
+    let before = slow.requests();
+    let inflight = std::thread::spawn(move || Client::connect(proxy).get("/long", "t"));
+    eventually(Duration::from_secs(10), "the request reached the slow endpoint", || {
+        (slow.requests() > before).then_some(())
+    });
+    weir.reload(&config(1, &routes("fast = 1"), None)).expect("reload");
+    assert_eq!(Client::connect(weir.proxy).get("/long", "t").header("x-endpoint"), Some("fast"), "the new split");
+    let r = inflight.join().expect("client");
+    assert_eq!((r.status, r.header("x-endpoint")), (200, Some("slow")), "the request in flight finished");
+}
+
+#[test]
+fn a_tcp_health_check_takes_out_an_endpoint_that_refuses_connections() {
+    let (up, down) = (Endpoint::start("up"), Endpoint::start("down"));
+    let services = format!(
+        "[[service]]\nname = \"tc\"\nvip = \"127.10.60.10:80\"\nendpoints = [{}]\n\
+         [service.health_check]\ntcp = true\ninterval_ms = 50\ntimeout_ms = 500\nunhealthy_after = 1\nhealthy_after = 1\n",
+        list(&[up.addr, down.addr])
+    );
+    let weir = Weir::start(&config(1, &services, None));
+    let state = |a: SocketAddr| {
+        let (_, body) = weir.admin_get("/endpoints");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let eps = v[0]["endpoints"].as_array().cloned().unwrap_or_default();
+        eps.iter().find(|e| e["address"] == a.to_string()).map(|e| e["state"].as_str().unwrap_or("").to_string())
+    };
+    eventually(Duration::from_secs(10), "both checked in", || {
+        (state(up.addr).as_deref() == Some("active") && state(down.addr).as_deref() == Some("active")).then_some(())
+    });
+    down.kill();
+    eventually(Duration::from_secs(10), "the refusing endpoint is out", || {
+        (state(down.addr).as_deref() == Some("unhealthy")).then_some(())
+    });
+    let before = down.requests();
+    let mut c = Client::connect(weir.proxy);
+    for _ in 0..50 {
+        assert_eq!(c.get("/", "tc").header("x-endpoint"), Some("up"));
+    }
+    assert_eq!(down.requests(), before);
+}
