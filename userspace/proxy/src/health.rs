@@ -26,6 +26,7 @@ use weir_core::config::HealthCheckConfig;
 
 use crate::io::{Conn, ConnectOptions, Runtime};
 use crate::shared::Shared;
+use crate::worker::ThreadHook;
 
 /// Check results per (service, backend): `[passed, failed]`. Written by the checker thread,
 /// read at scrape time.
@@ -61,15 +62,21 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    /// Starts checking what `shared`'s snapshots say, until stopped.
-    pub fn start(shared: Arc<Shared>) -> std::io::Result<HealthChecker> {
+    /// Starts checking what `shared`'s snapshots say, until stopped. `on_start` runs on the
+    /// thread first (as on a worker's: it drops capabilities).
+    pub fn start(shared: Arc<Shared>, on_start: Option<ThreadHook>) -> std::io::Result<HealthChecker> {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(CheckCounts::default());
         let thread = {
             let (stop, counts) = (stop.clone(), counts.clone());
-            std::thread::Builder::new().name("weir-health".into()).spawn(move || match Runtime::new() {
-                Ok(rt) => rt.block_on(run(shared, stop, counts)),
-                Err(e) => tracing::error!("health checks: cannot start a runtime: {e}"),
+            std::thread::Builder::new().name("weir-health".into()).spawn(move || {
+                if let Some(hook) = on_start {
+                    (hook.0)(usize::MAX);
+                }
+                match Runtime::new() {
+                    Ok(rt) => rt.block_on(run(shared, stop, counts)),
+                    Err(e) => tracing::error!("health checks: cannot start a runtime: {e}"),
+                }
             })?
         };
         Ok(HealthChecker { stop, thread: Some(thread), counts })

@@ -318,7 +318,8 @@ mod tests {
         assert_eq!((&*svc.routes[0].weights, &*svc.routes[1].weights), (&[0, 1][..], &[90, 10][..]));
         assert_eq!(svc.routes[0].request_timeout, Duration::from_secs(2));
         assert_eq!(s1.names.get(svc.backends[1].log_id).as_deref(), Some("canary"));
-        assert!(svc.backends[0].health.mark_down(1));
+        assert!(!svc.backends[0].health.is_usable(1), "checked endpoints wait for their first check");
+        assert!(svc.backends[0].health.mark_up_first(0));
         // Another split: the service is derived again, its rate limit and health state kept.
         let s2 = Snapshot::build(
             config(&shop.replace("stable = 90, canary = 10", "stable = 50, canary = 50")),
@@ -330,6 +331,7 @@ mod tests {
         assert_eq!(&*svc2.routes[1].weights, &[50, 50]);
         assert!(Arc::ptr_eq(svc.rate_limit.as_ref().expect("limit"), svc2.rate_limit.as_ref().expect("limit")));
         assert!(!svc2.backends[0].health.is_usable(1), "an unhealthy endpoint stays so");
+        assert!(svc2.backends[0].health.is_usable(0), "a checked one stays in");
         assert_eq!(svc2.backends[1].log_id, svc.backends[1].log_id);
         // A plain service: one backend, one route matching everything, nothing routed.
         let plain = Snapshot::build(config("[[service]]\nname = \"p\"\nvip = \"127.10.1.9:80\"\n"), 2, None);

@@ -497,6 +497,15 @@ impl App {
             None => None,
         };
         let runtime_caps = crate::privileges::runtime_caps(steering.is_some());
+        // Worker threads, and the health checker's, keep only the capabilities they need.
+        let on_thread_start = options.least_privilege.then(|| {
+            let keep = runtime_caps.clone();
+            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
+                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
+                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
+                }
+            }))
+        });
         let control = Arc::new(Control {
             config_path: config_path.to_path_buf(),
             shared: shared.clone(),
@@ -513,7 +522,8 @@ impl App {
             workers: AtomicUsize::new(workers),
             stats: hub.shards,
             shipper: Mutex::new(shipper),
-            health: weir_proxy::HealthChecker::start(shared.clone()).context("starting the health checker")?,
+            health: weir_proxy::HealthChecker::start(shared.clone(), on_thread_start.clone())
+                .context("starting the health checker")?,
             memory,
             listens,
             inherited: ArcSwap::from_pointee(Inherited::default()),
@@ -522,14 +532,6 @@ impl App {
             handoff: Handoff::default(),
             admin_socket: Mutex::new(Some(admin_listener.try_clone().context("the admin socket")?)),
             events: Mutex::new(None),
-        });
-        let on_thread_start = options.least_privilege.then(|| {
-            let keep = runtime_caps.clone();
-            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
-                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
-                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
-                }
-            }))
         });
         let started = Arc::new(
             Workers::start(
