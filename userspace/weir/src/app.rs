@@ -98,7 +98,8 @@ pub struct Control {
     pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
-    /// Active health checks (its thread idles while no service has `[service.health_check]`).
+    /// Active health checks (its thread looks at the snapshot every 50 ms to follow reloads, and
+    /// does nothing else while no service has `[service.health_check]`).
     pub health: weir_proxy::HealthChecker,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
