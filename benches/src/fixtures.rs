@@ -100,6 +100,8 @@ pub fn request_record(i: u64) -> RequestRecord {
         error: None,
         duration: Duration::from_micros(80 + (i % 400)),
         panic: false,
+        source: weir_core::stats::SOURCE_DIRECT,
+        exemplar: None,
         grpc: None,
     }
 }
@@ -133,6 +135,7 @@ pub fn log_record() -> LogRecord {
         grpc_status: None,
         route: weir_core::accesslog::NO_ID,
         backend: weir_core::accesslog::NO_ID,
+        source_cgroup_id: 0,
     }
 }
 
@@ -209,7 +212,7 @@ mod tests {
         }
         assert_eq!(dropped, 1);
         let mut line = Vec::new();
-        log_record().write_json(0, None, &mut line);
+        log_record().write_json(0, weir_core::accesslog::LineNames::default(), &mut line);
         assert!(line.starts_with(b"{"), "log line: {}", String::from_utf8_lossy(&line));
 
         let cfg = config(50, 4);

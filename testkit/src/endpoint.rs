@@ -56,6 +56,8 @@ struct State {
     stop: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
     name: String,
+    /// The field lines of the last request received.
+    last_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A running test endpoint.
@@ -96,6 +98,7 @@ impl Endpoint {
             stop: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
             name: name.to_string(),
+            last_headers: Mutex::new(Vec::new()),
         });
         let accept = {
             let state = state.clone();
@@ -120,6 +123,11 @@ impl Endpoint {
     /// Changes the behaviour for the next requests.
     pub fn set(&self, b: Behavior) {
         *lock(&self.state.behavior) = b;
+    }
+
+    /// The field lines of the last request received (names lower-cased, in order).
+    pub fn last_headers(&self) -> Vec<(String, String)> {
+        lock(&self.state.last_headers).clone()
     }
 
     /// Requests received (complete heads).
@@ -191,6 +199,7 @@ fn handle(conn: TcpStream, state: &State) {
             reset(&writer);
             return;
         }
+        *lock(&state.last_headers) = req.headers.clone();
         let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let behavior = *lock(&state.behavior);
         // Generated bodies are streamed from one static block, never held whole.
@@ -330,6 +339,8 @@ struct Request {
     via: Option<String>,
     body_len: u64,
     close: bool,
+    /// Every field line, names lower-cased, in order.
+    headers: Vec<(String, String)>,
 }
 
 /// Reads one request (head and body, Content-Length or chunked); `None` on EOF/error/timeout.
@@ -340,6 +351,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     }
     let path = line.split(' ').nth(1)?.to_string();
     let (mut cl, mut chunked, mut via, mut close) = (0u64, false, None, false);
+    let mut headers = Vec::new();
     loop {
         line.clear();
         reader.read_line(&mut line).ok()?;
@@ -349,6 +361,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         }
         let (n, v) = l.split_once(':')?;
         let (n, v) = (n.trim().to_ascii_lowercase(), v.trim());
+        headers.push((n.clone(), v.to_string()));
         match n.as_str() {
             "content-length" => cl = v.parse().ok()?,
             "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
@@ -378,7 +391,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             return None;
         }
     }
-    Some(Request { path, via, body_len, close })
+    Some(Request { path, via, body_len, close, headers })
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! weir's test kit: what the integration tests (`tests/`), the benches (`benches/`) and
 //! `xtask` (demo, bench) share to drive weir from the outside — a blocking HTTP/1.1 client, a
 //! scriptable test endpoint, a cgroup v2 handle whose root comes from /proc/self/mountinfo,
-//! access-log sinks (one that reads, one that never reads), /proc readings, loopback ports
+//! access-log sinks (one that reads, one that never reads), a recording OTLP/HTTP collector,
+//! /proc readings, loopback ports
 //! reserved by binding port 0, and polling helpers that wait on observable state instead of
 //! sleeping. Must not: depend on the weir crates (xtask and the benches use it without
 //! building weir), or be used by product code.
 
 pub mod cgroup;
 pub mod client;
+pub mod collector;
 pub mod endpoint;
 pub mod memcg;
 pub mod net;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use cgroup::{Cgroup, Cgroup2Mount, cgroup2_root};
 pub use client::{Client, Response};
+pub use collector::Collector;
 pub use endpoint::{Behavior, Endpoint, TcpEcho};
 pub use net::ReservedPort;
 pub use proc::rss_kib;
@@ -63,7 +66,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 }
 
 /// The value of `sample` in a Prometheus text exposition (exact name and label set as
-/// rendered, e.g. `weir_requests_total{service="a",code="200"}`), 0 when absent.
+/// rendered, e.g. `weir_requests_total{service="a",source="direct",code="200"}`), 0 when absent.
 pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -15,8 +15,8 @@ use std::time::Duration;
 pub use weir_testkit as testkit;
 pub use weir_testkit::memcg;
 pub use weir_testkit::{
-    Behavior, Client, Endpoint, LineSink, ReservedPort, Response, StalledSink, TcpEcho, client, endpoint, eventually,
-    metric_value, rss_kib, scratch_dir, wait_until,
+    Behavior, Client, Collector, Endpoint, LineSink, ReservedPort, Response, StalledSink, TcpEcho, client, endpoint,
+    eventually, metric_value, rss_kib, scratch_dir, wait_until,
 };
 
 /// What `@PROXY@` and `@ADMIN@` in a test config become: any free loopback port, which weir
@@ -104,7 +104,7 @@ impl Weir {
     }
 
     /// The value of one sample of `/metrics` (exact name and label set as rendered, e.g.
-    /// `weir_requests_total{service="a",code="200"}`), 0 when absent.
+    /// `weir_requests_total{service="a",source="direct",code="200"}`), 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics(), sample)
     }

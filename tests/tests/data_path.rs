@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use weir_tests::{Client, Endpoint, TcpEcho, Weir};
 
-pub fn config(services: &str) -> String {
+pub(crate) fn config(services: &str) -> String {
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n[access_log]\nsink = \"off\"\n{services}"
     )
 }
 
-pub fn service(name: &str, vip: &str, endpoints: &[&Endpoint], extra: &str) -> String {
+pub(crate) fn service(name: &str, vip: &str, endpoints: &[&Endpoint], extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{}\"", e.addr)).collect();
     format!("[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nendpoints = [{}]\n{extra}\n", eps.join(", "))
 }

@@ -13,7 +13,7 @@ use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use weir::memory::MemoryLimit;
-use weir_core::accesslog::{InlineStr, LogRecord};
+use weir_core::accesslog::{InlineStr, LineNames, LogRecord};
 use weir_core::config::Config;
 use weir_core::outcome::ErrorReason;
 use weir_tests::Weir;
@@ -642,7 +642,7 @@ const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\
                        on_rate_limited = true, on_grpc_status = [\"unavailable\"] }\n\
                        [[service.route]]\nmatch = { path_exact = \"/e\" }\nbackends = { b = 1 }\n\
                        [[service.route]]\nmatch = { path_regex = \"/r/.*\" }\nbackends = { b = 1 }\n\
-                       [access_log]\nring_records = 1024\n";
+                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n";
 
 /// The configuration reference table: field → (default cell, row).
 fn documented_fields() -> BTreeMap<Field, String> {
@@ -788,9 +788,11 @@ fn operating_md_documents_every_access_log_field() {
         grpc_status: Some(14),
         route: 1,
         backend: 0,
+        source_cgroup_id: 4242,
     };
     let mut line = Vec::new();
-    record.write_json(7, Some("canary"), &mut line);
+    let names = LineNames { backend: Some("canary"), source_workload: Some("shop/web") };
+    record.write_json(7, names, &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");
@@ -804,4 +806,24 @@ fn operating_md_documents_every_error_reason_with_its_status() {
         .collect();
     let actual: BTreeMap<String, u16> = ErrorReason::ALL.iter().map(|r| (r.as_str().to_string(), r.status())).collect();
     assert_eq!(documented, actual, "docs/OPERATING.md's x-weir-error table differs from ErrorReason");
+}
+
+#[test]
+fn operating_md_documents_every_admin_endpoint_and_each_answers() {
+    let documented: BTreeSet<String> = table_rows(&read("docs/OPERATING.md"), "Admin API")
+        .iter()
+        .filter_map(|row| code(&row[0]).map(String::from))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    let weir = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
+    ));
+    // The 404 lists what the admin server routes.
+    let (status, body) = weir.admin_get("/no-such-path");
+    assert_eq!(status, 404);
+    let routed: BTreeSet<String> = body.split_whitespace().filter(|w| w.starts_with('/')).map(String::from).collect();
+    assert_eq!(documented, routed, "docs/OPERATING.md's Admin API table differs from what weir serves");
+    for path in &documented {
+        assert_eq!(weir.admin_get(path).0, 200, "{path}");
+    }
 }

@@ -104,7 +104,7 @@ fn out_of_descriptors_is_weirs_own_overload_never_the_endpoints_failure() {
 fn the_soft_limit_is_raised_at_start_and_max_connections_fits_the_limit() {
     let ep = Endpoint::start("e");
     // Start weir with a soft limit of 256 under a hard one of 4096.
-    let mut cmd_limit = |cmd: &mut Command, _: Option<std::path::PathBuf>| {
+    let cmd_limit = |cmd: &mut Command, _: Option<std::path::PathBuf>| {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -118,7 +118,7 @@ fn the_soft_limit_is_raised_at_start_and_max_connections_fits_the_limit() {
         }
     };
     let any: std::net::SocketAddr = weir_tests::ANY_PORT.parse().expect("addr");
-    let weir = WeirProcess::start_on(WEIR, &config(&ep, ""), None, any, any, &mut cmd_limit);
+    let weir = WeirProcess::start_on(WEIR, &config(&ep, ""), None, any, any, cmd_limit);
     assert_eq!(hard_limit(weir.pid()), ("4096".to_string(), "4096".to_string()), "soft raised to hard");
     // `weir check` gives the budget, and warns about a configured value that cannot fit.
     let dir = weir_tests::scratch_dir("fds");

@@ -167,7 +167,7 @@ fn an_early_413_to_a_large_upload_is_relayed_and_is_not_an_endpoint_failure() {
     assert_eq!(field(&fields, "x-weir-error"), None);
     drop(c);
     upload.join().expect("upload thread");
-    weir.wait_metric("weir_requests_total{service=\"s\",code=\"413\"}", 1.0);
+    weir.wait_metric("weir_requests_total{service=\"s\",source=\"direct\",code=\"413\"}", 1.0);
     assert_eq!(weir.metric("weir_outlier_ejections_total{service=\"s\"}"), 0.0);
     assert_eq!(weir.metric("weir_request_errors_total{service=\"s\",reason=\"upstream-reset\"}"), 0.0);
 }
@@ -346,7 +346,7 @@ fn closing_after_a_response_with_a_pipelined_request_behind_it_loses_nothing() {
         // The client is slow: it starts reading only once weir has finished the exchange.
         let want = round as f64 + 1.0;
         eventually(Duration::from_secs(5), "weir finished the exchange", || {
-            (weir.metric("weir_requests_total{service=\"s\",code=\"200\"}") >= want).then_some(())
+            (weir.metric("weir_requests_total{service=\"s\",source=\"direct\",code=\"200\"}") >= want).then_some(())
         });
         let mut got = Vec::new();
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

@@ -301,7 +301,7 @@ fn websocket_echo_through_weir_with_large_messages_in_both_close_orders() {
         assert!(v["bytes_in"].as_u64().is_some_and(|b| b > 4 << 20), "{v}");
         assert!(v["bytes_out"].as_u64().is_some_and(|b| b > 4 << 20), "{v}");
     }
-    weir.wait_metric("weir_requests_total{service=\"ws\",code=\"101\"}", 2.0);
+    weir.wait_metric("weir_requests_total{service=\"ws\",source=\"direct\",code=\"101\"}", 2.0);
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn a_client_that_gives_up_cancels_the_upstream_attempt() {
     // weir drops the attempt at once instead of holding the endpoint for its 8 s.
     weir_tests::eventually(Duration::from_secs(4), "the upstream connection closed", || {
         (weir.metric("weir_upstream_connections{service=\"slow\"}") == 0.0
-            && weir.metric("weir_requests_total{service=\"slow\",code=\"none\"}") == 1.0)
+            && weir.metric("weir_requests_total{service=\"slow\",source=\"direct\",code=\"none\"}") == 1.0)
             .then_some(())
     });
 }

@@ -286,7 +286,7 @@ fn a_chatty_well_behaved_client_never_trips_the_guard() {
     // connection after every DATA frame and a PING per response.
     let r = h2_abuse(&["busy", &weir.proxy.to_string(), "s", "2000", "/bytes/65536"]);
     assert_eq!((r["ok"].as_str(), r["failed"].as_str(), r["goaway"].as_str()), ("2000", "0", "-"), "{r:?}");
-    weir.wait_metric("weir_requests_total{service=\"s\",code=\"200\"}", 2000.0);
+    weir.wait_metric("weir_requests_total{service=\"s\",source=\"direct\",code=\"200\"}", 2000.0);
     for reason in ["control-flood", "enhance-your-calm", "protocol-error", "goaway-timeout"] {
         assert_eq!(closed(&weir, reason), 0.0, "{reason}");
     }
@@ -337,7 +337,7 @@ fn an_idle_connection_is_closed_gracefully_and_not_counted() {
         ("status:200", "0", "True"),
         "{r:?}"
     );
-    weir.wait_metric("weir_requests_total{service=\"s\",code=\"200\"}", 1.0);
+    weir.wait_metric("weir_requests_total{service=\"s\",source=\"direct\",code=\"200\"}", 1.0);
     for reason in ["control-flood", "enhance-your-calm", "protocol-error", "goaway-timeout"] {
         assert_eq!(closed(&weir, reason), 0.0, "{reason}");
     }

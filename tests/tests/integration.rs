@@ -21,3 +21,4 @@ mod root_tier;
 mod scale;
 mod soak;
 mod takeover;
+mod traces;

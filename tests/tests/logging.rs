@@ -13,7 +13,7 @@ use crate::data_path::service;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-pub fn logged_config(sink: &str, ring: usize, services: &str) -> String {
+pub(crate) fn logged_config(sink: &str, ring: usize, services: &str) -> String {
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n[access_log]\nsink = \"{sink}\"\nring_records = {ring}\n{services}"
     )
@@ -162,7 +162,7 @@ fn sigusr1_reopens_the_log_file_after_rotation() {
 }
 
 /// Every line of `text` as JSON: panics naming the first line that is not (a partial record).
-pub fn json_lines(text: &str, what: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(text: &str, what: &str) -> Vec<serde_json::Value> {
     text.lines()
         .enumerate()
         .map(|(i, l)| {

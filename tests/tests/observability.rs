@@ -19,10 +19,13 @@ fn known_traffic_moves_counters_and_histogram_by_exactly_that_much() {
     for _ in 0..7 {
         assert_eq!(c.get("/", "red").status, 500);
     }
-    weir.wait_metric("weir_requests_total{service=\"red\",code=\"200\"}", 30.0);
-    weir.wait_metric("weir_requests_total{service=\"red\",code=\"500\"}", 7.0);
-    weir.wait_metric("weir_request_duration_seconds_count{service=\"red\"}", 37.0);
-    assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"red\",le=\"+Inf\"}"), 37.0);
+    weir.wait_metric("weir_requests_total{service=\"red\",source=\"direct\",code=\"200\"}", 30.0);
+    weir.wait_metric("weir_requests_total{service=\"red\",source=\"direct\",code=\"500\"}", 7.0);
+    weir.wait_metric("weir_request_duration_seconds_count{service=\"red\",source=\"direct\"}", 37.0);
+    assert_eq!(
+        weir.metric("weir_request_duration_seconds_bucket{service=\"red\",source=\"direct\",le=\"+Inf\"}"),
+        37.0
+    );
     // 500s from the endpoint are passed through, not weir's own errors.
     assert_eq!(weir.metric("weir_request_errors_total{service=\"red\",reason=\"connect-failure\"}"), 0.0);
 }
@@ -36,10 +39,10 @@ fn a_50ms_endpoint_lands_in_the_right_bucket() {
     for _ in 0..5 {
         assert_eq!(c.get("/", "lat").status, 200);
     }
-    weir.wait_metric("weir_request_duration_seconds_count{service=\"lat\"}", 5.0);
-    assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"lat\",le=\"0.05\"}"), 0.0);
-    assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"lat\",le=\"0.1\"}"), 5.0);
-    let sum = weir.metric("weir_request_duration_seconds_sum{service=\"lat\"}");
+    weir.wait_metric("weir_request_duration_seconds_count{service=\"lat\",source=\"direct\"}", 5.0);
+    assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"lat\",source=\"direct\",le=\"0.05\"}"), 0.0);
+    assert_eq!(weir.metric("weir_request_duration_seconds_bucket{service=\"lat\",source=\"direct\",le=\"0.1\"}"), 5.0);
+    let sum = weir.metric("weir_request_duration_seconds_sum{service=\"lat\",source=\"direct\"}");
     assert!((0.25..0.5).contains(&sum), "sum {sum}");
 }
 
@@ -54,7 +57,7 @@ fn errors_are_counted_by_reason() {
     }
     assert_eq!(c.get("/", "nope").status, 404);
     weir.wait_metric("weir_request_errors_total{service=\"err\",reason=\"connect-failure\"}", 3.0);
-    weir.wait_metric("weir_requests_total{service=\"err\",code=\"503\"}", 3.0);
+    weir.wait_metric("weir_requests_total{service=\"err\",source=\"direct\",code=\"503\"}", 3.0);
     weir.wait_metric("weir_unrouted_requests_total", 1.0);
 }
 
@@ -64,7 +67,7 @@ fn metrics_pass_promtool() {
     let weir = Weir::start(&config(&service("prom", "127.10.5.4:80", &[&ep], "")));
     let mut c = Client::connect(weir.proxy);
     assert_eq!(c.get("/", "prom").status, 200);
-    weir.wait_metric("weir_requests_total{service=\"prom\",code=\"200\"}", 1.0);
+    weir.wait_metric("weir_requests_total{service=\"prom\",source=\"direct\",code=\"200\"}", 1.0);
     let text = weir.metrics();
     for name in [
         "weir_requests_total",

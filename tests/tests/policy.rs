@@ -309,7 +309,7 @@ fn a_rate_limit_holds_node_wide_and_per_client() {
     assert!((ok + limited) as f64 >= 3.0 * allowed, "the clients did not offer 3× the limit: {ok} + {limited}");
     assert!((ok as f64 - allowed).abs() <= 0.1 * allowed, "{ok} passed in {secs:.2} s, {allowed:.0} allowed");
     weir.wait_metric("weir_request_errors_total{service=\"rl\",reason=\"rate-limited\"}", limited as f64);
-    weir.wait_metric("weir_requests_total{service=\"rl\",code=\"429\"}", limited as f64);
+    weir.wait_metric("weir_requests_total{service=\"rl\",source=\"direct\",code=\"429\"}", limited as f64);
 
     // Per client: a flood from 127.0.0.1 is limited, and a quiet client on 127.0.0.3 sending
     // within its own burst is not pushed over.

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 /// One request head as the endpoint read it.
 #[derive(Debug, Clone)]
-pub struct Head {
+pub(crate) struct Head {
     pub target: String,
     pub version: String,
     /// Field lines as received (name as sent, value trimmed).
@@ -21,17 +21,17 @@ pub struct Head {
 
 impl Head {
     /// First value of field `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Content-Length, 0 when absent.
-    pub fn content_length(&self) -> u64 {
+    pub(crate) fn content_length(&self) -> u64 {
         self.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
     /// Whether the body is chunked.
-    pub fn chunked(&self) -> bool {
+    pub(crate) fn chunked(&self) -> bool {
         self.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     }
 }
@@ -44,7 +44,7 @@ struct Counters {
 }
 
 /// One accepted connection, as the script sees it.
-pub struct RawConn {
+pub(crate) struct RawConn {
     reader: BufReader<TcpStream>,
     /// Write side (the same socket).
     pub stream: TcpStream,
@@ -53,7 +53,7 @@ pub struct RawConn {
 
 impl RawConn {
     /// Reads one request head; `None` at EOF or on an error.
-    pub fn read_head(&mut self) -> Option<Head> {
+    pub(crate) fn read_head(&mut self) -> Option<Head> {
         let mut line = String::new();
         if self.reader.read_line(&mut line).ok()? == 0 {
             return None;
@@ -76,7 +76,7 @@ impl RawConn {
     }
 
     /// Reads and discards the body `head` announces; returns its length.
-    pub fn read_body(&mut self, head: &Head) -> Option<u64> {
+    pub(crate) fn read_body(&mut self, head: &Head) -> Option<u64> {
         if head.chunked() {
             let mut total = 0;
             let mut line = String::new();
@@ -100,23 +100,23 @@ impl RawConn {
     }
 
     /// Writes `bytes` (errors ignored: the peer may be gone, which the test observes elsewhere).
-    pub fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
     }
 
     /// A complete 200 response with `body`.
-    pub fn ok(&mut self, body: &str) {
+    pub(crate) fn ok(&mut self, body: &str) {
         self.write(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
     }
 
     /// Graceful close (FIN).
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     /// Waits, without reading a byte, until the peer closes or resets the connection or `limit`
     /// passes; returns whether it did.
-    pub fn wait_peer_close_unread(&self, limit: std::time::Duration) -> bool {
+    pub(crate) fn wait_peer_close_unread(&self, limit: std::time::Duration) -> bool {
         use std::os::fd::AsRawFd;
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
@@ -132,14 +132,14 @@ impl RawConn {
 }
 
 /// A running raw endpoint.
-pub struct RawEndpoint {
+pub(crate) struct RawEndpoint {
     pub addr: SocketAddr,
     counters: Arc<Counters>,
 }
 
 impl RawEndpoint {
     /// Starts an endpoint that runs `script` on each accepted connection (one thread each).
-    pub fn start(script: impl Fn(RawConn) + Send + Sync + 'static) -> RawEndpoint {
+    pub(crate) fn start(script: impl Fn(RawConn) + Send + Sync + 'static) -> RawEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw endpoint");
         let addr = listener.local_addr().expect("addr");
         let counters = Arc::new(Counters::default());
@@ -165,19 +165,19 @@ impl RawEndpoint {
     }
 
     /// Connections whose script has returned (the socket is closed).
-    pub fn closed(&self) -> u64 {
+    pub(crate) fn closed(&self) -> u64 {
         self.counters.closed.load(Ordering::SeqCst)
     }
 
     /// Every request head read so far.
-    pub fn heads(&self) -> Vec<Head> {
+    pub(crate) fn heads(&self) -> Vec<Head> {
         self.counters.heads.lock().clone()
     }
 }
 
 /// weir's config with one HTTP service `s` (VIP 127.10.19.x:80) over `endpoints`, 1 worker (so
 /// that every client shares one upstream pool), access log off; `extra` goes into the service.
-pub fn one_service(vip_last: u8, endpoints: &[SocketAddr], proxy_extra: &str, extra: &str) -> String {
+pub(crate) fn one_service(vip_last: u8, endpoints: &[SocketAddr], proxy_extra: &str, extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 1\n{proxy_extra}\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\nenabled = false\n\
@@ -186,8 +186,12 @@ pub fn one_service(vip_last: u8, endpoints: &[SocketAddr], proxy_extra: &str, ex
     )
 }
 
+/// A final response as [`RawClient::read_response`] reads it: status, fields (names lowercased),
+/// body.
+pub(crate) type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A client-side reader for tests that drive the socket by hand.
-pub struct RawClient {
+pub(crate) struct RawClient {
     reader: BufReader<TcpStream>,
     /// Write side (the same socket).
     pub stream: TcpStream,
@@ -195,19 +199,19 @@ pub struct RawClient {
 
 impl RawClient {
     /// Connects to `addr` (10 s read timeout).
-    pub fn connect(addr: SocketAddr) -> RawClient {
+    pub(crate) fn connect(addr: SocketAddr) -> RawClient {
         let s = TcpStream::connect(addr).expect("connect to weir");
         s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
         RawClient { reader: BufReader::new(s.try_clone().expect("clone")), stream: s }
     }
 
     /// Writes `bytes`.
-    pub fn send(&mut self, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
 
     /// Reads one head (interim ones included): status and fields (names lower-cased).
-    pub fn read_head(&mut self) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    pub(crate) fn read_head(&mut self) -> std::io::Result<(u16, Vec<(String, String)>)> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a head"));
@@ -228,7 +232,7 @@ impl RawClient {
     }
 
     /// Reads a final response with a Content-Length body: status, fields, body.
-    pub fn read_response(&mut self) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    pub(crate) fn read_response(&mut self) -> std::io::Result<Response> {
         loop {
             let (status, fields) = self.read_head()?;
             if (100..200).contains(&status) {
@@ -244,6 +248,6 @@ impl RawClient {
 }
 
 /// Value of `name` in `fields`.
-pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }

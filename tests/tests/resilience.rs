@@ -119,7 +119,7 @@ fn when_every_endpoint_fails_retries_stop_at_the_budget() {
     let bound = 500.0 * 1.2 + 10.0 * seconds;
     assert!(seen <= bound, "endpoints saw {seen} requests for 500 (budget bound {bound}): retry storm");
     assert!(started.elapsed() < Duration::from_secs(20), "503s were slow: {:?}", started.elapsed());
-    weir.wait_metric("weir_requests_total{service=\"down\",code=\"503\"}", 500.0);
+    weir.wait_metric("weir_requests_total{service=\"down\",source=\"direct\",code=\"503\"}", 500.0);
     assert!(weir.metric("weir_retry_budget_exhausted_total{service=\"down\"}") > 0.0, "the budget never ran out");
 }
 

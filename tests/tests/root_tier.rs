@@ -7,6 +7,8 @@
 mod cgroup_mounts;
 mod full_disk;
 mod grpc;
+mod identity;
 mod memory;
+mod prometheus;
 mod steering;
 mod takeover;

@@ -32,7 +32,7 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
     for _ in 0..9 {
         assert_eq!(Client::connect(old.proxy).get("/", "t").status, 200);
     }
-    old.wait_metric("weir_requests_total{service=\"t\",code=\"200\"}", 10.0);
+    old.wait_metric("weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}", 10.0);
     // A request in flight across the takeover.
     a.set(Behavior::Delay(Duration::from_millis(800)));
     let proxy = old.proxy;
@@ -62,12 +62,15 @@ fn in_process_a_takeover_moves_sockets_config_and_counters_and_the_old_weir_clos
         c.get("/metrics", "admin").body_string()
     };
     eventually(Duration::from_secs(10), "the old weir's counters are carried over", || {
-        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",code=\"200\"}");
+        let v = metric_value(&metrics(old.admin), "weir_requests_total{service=\"t\",source=\"direct\",code=\"200\"}");
         (v >= 13.0).then_some(())
     });
     let text = metrics(old.admin);
     assert_eq!(metric_value(&text, "weir_takeovers_total{result=\"success\"}"), 1.0);
-    assert!(metric_value(&text, "weir_request_duration_seconds_count{service=\"t\"}") >= 13.0, "{text}");
+    assert!(
+        metric_value(&text, "weir_request_duration_seconds_count{service=\"t\",source=\"direct\"}") >= 13.0,
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "weir_workers"), 1.0, "the new weir's own workers");
     assert!(new.shutdown());
     assert!(old.shutdown(), "a weir taken over exits cleanly");
@@ -86,10 +89,16 @@ fn the_hand_off_socket_refuses_an_incompatible_peer_and_the_weir_serves_on() {
             config.steering.pin_dir.display()
         )
     };
-    let abi = format!("{:?}", weir::takeover::shared_maps_abi());
+    let abi = weir::takeover::shared_maps_abi();
+    // A weir from before caller identity: layout version 1, a 24-byte original destination
+    // (no cgroup id), everything else alike.
+    let mut before_callers = abi.clone();
+    before_callers[..2].copy_from_slice(&[1, 24]);
+    assert_eq!(&abi[..2], &[2, 32], "the layout this build shares changed: update this test's old layout");
     for (body, says) in [
-        (hello(999, &abi), "takeover protocol 999 is not one this weir"),
+        (hello(999, &format!("{abi:?}")), "takeover protocol 999 is not one this weir"),
         (hello(1, "[0,1,2,3,4,5]"), "the eBPF maps the two would share differ"),
+        (hello(1, &format!("{before_callers:?}")), "the eBPF maps the two would share differ (layout [2, 32,"),
     ] {
         let mut chan = weir::takeover::wire::connect(&root).expect("connect").expect("a weir holds the socket");
         chan.send(1, body.as_bytes(), &[]).expect("hello");
@@ -100,7 +109,7 @@ fn the_hand_off_socket_refuses_an_incompatible_peer_and_the_weir_serves_on() {
         assert!(answer.fds.is_empty(), "a refusal hands nothing over");
     }
     assert_eq!(Client::connect(weir.proxy).get("/", "t").status, 200, "the weir stopped serving");
-    weir.wait_metric("weir_takeovers_total{result=\"failure\"}", 2.0);
+    weir.wait_metric("weir_takeovers_total{result=\"failure\"}", 3.0);
 }
 
 #[test]

@@ -32,7 +32,7 @@ const GRPC_VIP: &str = "127.10.0.2:80";
 const ADMIN: &str = "127.0.0.1:15000";
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -50,7 +50,7 @@ pub struct DemoArgs {
 }
 
 #[derive(Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     #[arg(long)]
     vip: SocketAddr,
     #[arg(long)]
@@ -81,7 +81,7 @@ fn admin() -> SocketAddr {
     ADMIN.parse().expect("a socket address")
 }
 
-pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs and creates a cgroup: run it as root (`sudo -E cargo xtask demo`)");
     }
@@ -467,7 +467,7 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> 
 
 /// The demo workload: moves itself into the cgroup, then sends `rate` requests per second on
 /// a keep-alive connection to the VIP and prints a line per second.
-pub fn client(args: ClientArgs) -> anyhow::Result<()> {
+pub(crate) fn client(args: ClientArgs) -> anyhow::Result<()> {
     weir_testkit::cgroup::join(&args.cgroup)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let end = Instant::now() + Duration::from_secs(args.duration);

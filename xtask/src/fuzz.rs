@@ -16,7 +16,7 @@ use clap::Args;
 use crate::{capture, root, run};
 
 #[derive(Args)]
-pub struct FuzzArgs {
+pub(crate) struct FuzzArgs {
     /// How long to fuzz each target, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
@@ -26,12 +26,12 @@ pub struct FuzzArgs {
 
 impl FuzzArgs {
     /// Every target for `seconds` each.
-    pub fn all_for(seconds: u64) -> FuzzArgs {
+    pub(crate) fn all_for(seconds: u64) -> FuzzArgs {
         FuzzArgs { seconds, targets: Vec::new() }
     }
 }
 
-pub fn fuzz(args: FuzzArgs) -> anyhow::Result<()> {
+pub(crate) fn fuzz(args: FuzzArgs) -> anyhow::Result<()> {
     let root = root();
     ensure_tools()?;
     let available = list_targets(&root)?;

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what building and testing weir needs and the machine may lack:
-//! rustfmt, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
+//! rustfmt and clippy, the nightly toolchain's rust-src (for `-Z build-std=core`), bpf-linker linked against the
 //! nightly's own libLLVM, the Debian packages the tests use, and the pinned Python and Node
 //! clients the tests drive weir with (in target/test-tools, see `weir_testkit::tools`). Idempotent: every step checks
 //! first, prints what it does, and skips what is present. Must not: install benchmark peers
@@ -18,11 +18,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite uses: `ip` (netns/veth), promtool (metrics exposition check),
 /// h2load and nghttp (HTTP/2 clients), nghttpd (an HTTP/2 server), node and npm (a second gRPC
 /// client).
-pub const TEST_PACKAGES: &[(&str, &str)] =
+pub(crate) const TEST_PACKAGES: &[(&str, &str)] =
     &[("iproute2", "ip"), ("prometheus", "promtool"), ("nghttp2-client", "h2load"), ("nodejs", "node"), ("npm", "npm")];
 
-pub fn setup() -> anyhow::Result<()> {
-    step("rustfmt (`cargo xtask test` checks formatting)", ensure_rustfmt)?;
+pub(crate) fn setup() -> anyhow::Result<()> {
+    step("rustfmt (`cargo xtask test` checks formatting)", || ensure_component("fmt", "rustfmt"))?;
+    step("clippy (`cargo xtask test` runs the lint gate)", || ensure_component("clippy", "clippy"))?;
     step("nightly toolchain", ensure_nightly)?;
     step("rust-src for nightly", ensure_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), ensure_bpf_linker)?;
@@ -46,12 +47,13 @@ fn ensure_nightly() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
 }
 
-fn ensure_rustfmt() -> anyhow::Result<()> {
-    if capture(Command::new("cargo").args(["fmt", "--version"])).is_ok() {
+/// The rustup component that provides `cargo <subcommand>`.
+fn ensure_component(subcommand: &str, component: &str) -> anyhow::Result<()> {
+    if capture(Command::new("cargo").args([subcommand, "--version"])).is_ok() {
         eprintln!("  present");
         return Ok(());
     }
-    run(Command::new("rustup").args(["component", "add", "rustfmt"]))
+    run(Command::new("rustup").args(["component", "add", component]))
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
@@ -138,7 +140,7 @@ fn ensure_node_tools() -> anyhow::Result<()> {
 }
 
 /// Installs the Debian packages whose command is missing.
-pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().filter(|(_, cmd)| which(cmd).is_none()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         eprintln!("  present");
@@ -156,7 +158,7 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 /// `apt-get install` of `packages` (an `apt-get update` first only if the install fails).
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if which("apt-get").is_none() {
         bail!("missing {} and no apt-get to install them with", packages.join(", "));
     }
@@ -173,7 +175,7 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Finds `cmd` on PATH (or in the sbin directories, which a non-login root shell may lack).
-pub fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])

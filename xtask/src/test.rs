@@ -1,6 +1,6 @@
-//! `cargo xtask test`: setup, a formatting check, build everything, then every test of the
-//! workspace: the unprivileged tier and the root tier (eBPF, cgroups, netns), which needs root
-//! and fails loudly without it; then a short run of every fuzz target (60 s each,
+//! `cargo xtask test`: setup, a formatting check, the clippy gate (warnings are errors), build
+//! everything, then every test of the workspace: the unprivileged tier and the root tier (eBPF,
+//! cgroups, netns), which needs root and fails loudly without it; then a short run of every fuzz target (60 s each,
 //! `WEIR_FUZZ_SECONDS` to change, 0 to skip) so that parser regressions surface.
 //! `--unprivileged` runs everything that needs no root: the root tier's tests all live under
 //! the `root_tier::` module of the integration tests, and are skipped by that name.
@@ -10,9 +10,13 @@ use std::process::Command;
 use crate::{is_root, root, run, setup};
 
 /// The module path every root-tier test lives under (tests/tests/root_tier.rs).
-pub const ROOT_TIER: &str = "root_tier::";
+pub(crate) const ROOT_TIER: &str = "root_tier::";
 
-pub fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
+/// The lint gate: the workspace lints (Cargo.toml `[workspace.lints]`) and clippy's defaults,
+/// every warning an error.
+pub(crate) const CLIPPY: &[&str] = &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"];
+
+pub(crate) fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     if unprivileged {
         eprintln!("test: --unprivileged: leaving out the root tier (tests under `{ROOT_TIER}`)");
@@ -24,6 +28,8 @@ pub fn test(unprivileged: bool, extra: &[String]) -> anyhow::Result<()> {
     }
     eprintln!("test: formatting (cargo fmt --all --check; run `cargo fmt --all` to fix)");
     run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    eprintln!("test: linting (cargo clippy --workspace --all-targets -- -D warnings)");
+    run(Command::new("cargo").current_dir(root()).args(CLIPPY))?;
     eprintln!("test: building");
     run(Command::new("cargo").current_dir(root()).args(["build", "--workspace", "--all-targets"]))?;
     eprintln!("test: running");

@@ -15,11 +15,22 @@
 pub const MAP_SERVICES: &str = "WEIR_SERVICES";
 /// Map: socket cookie of a workload's steered socket → [`OrigDst`], between `connect()` and
 /// the moment the connection is established. LRU, so abandoned connects age out.
-pub const MAP_SOCK_ORIG: &str = "WEIR_SOCK_ORIG";
+///
+/// Shared-map layout version 2 ([`SHARED_MAPS_ABI`]; the name says it too): [`OrigDst`]
+/// carries the caller's cgroup id since then. Version 1 (`WEIR_SOCK_ORIG`, `WEIR_CONN_ORIG`)
+/// held a 24-byte value. The map is shared ([`SHARED_MAPS`]), pinned by name and layout
+/// version, so a weir never reuses a version-1 pin, and a takeover between the two versions is
+/// refused by the hello (their [`shared_maps_abi`] differ). The name changed with the layout
+/// and the old one is retired ([`LEGACY_MAPS`]): nothing that looks a map up by name (bpftool)
+/// reads one layout as the other.
+pub const MAP_SOCK_ORIG: &str = "WEIR_SOCK_ORIG2";
 /// Map: [`ConnKey`] (the connection as the proxy sees it) → [`OrigDst`]. Filled when the
 /// workload's connection is established, consumed (lookup-and-delete) by the proxy on accept.
-/// LRU, so entries of connections the proxy never accepted age out.
-pub const MAP_CONN_ORIG: &str = "WEIR_CONN_ORIG";
+/// LRU, so entries of connections the proxy never accepted age out. ABI version 2, as
+/// [`MAP_SOCK_ORIG`].
+pub const MAP_CONN_ORIG: &str = "WEIR_CONN_ORIG2";
+/// Map names of earlier ABI versions, never to be used again for another layout.
+pub const LEGACY_MAPS: [&str; 2] = ["WEIR_SOCK_ORIG", "WEIR_CONN_ORIG"];
 /// Map: index 0 → [`SteerConfig`], the proxy address and the socket mark of weir's own sockets.
 pub const MAP_CONFIG: &str = "WEIR_CONFIG";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
@@ -43,8 +54,8 @@ pub const SHARED_MAPS: [&str; 4] = [MAP_SOCK_ORIG, MAP_CONN_ORIG, MAP_LISTENERS,
 /// Layout version of [`SHARED_MAPS`]. Bump it with any change of their key or value types, map
 /// types or capacities (including [`COUNTER_SLOTS`]): a weir never reuses, or takes over from
 /// a weir with, maps of another layout version. [`shared_maps_abi`] adds the sizes, so a
-/// forgotten bump of a size change still shows.
-pub const SHARED_MAPS_ABI: u32 = 1;
+/// forgotten bump of a size change still shows. Version 2: [`OrigDst`] gained `cgroup_id`.
+pub const SHARED_MAPS_ABI: u32 = 2;
 
 /// [`SHARED_MAPS_ABI`] and the sizes and capacities it covers, for comparing two builds.
 pub const fn shared_maps_abi() -> [u32; 6] {
@@ -192,7 +203,8 @@ pub struct SteerConfig {
 }
 const _: () = assert!(core::mem::size_of::<SteerConfig>() == 48);
 
-/// The address a workload dialed (value of [`MAP_SOCK_ORIG`] and [`MAP_CONN_ORIG`]).
+/// The address a workload dialed, and who dialed it (value of [`MAP_SOCK_ORIG`] and
+/// [`MAP_CONN_ORIG`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrigDst {
@@ -203,8 +215,13 @@ pub struct OrigDst {
     pub _pad: u16,
     /// [`ServiceValue::service_id`] at connect time.
     pub service_id: u32,
+    /// cgroup v2 id of the task that called `connect()` (`bpf_get_current_cgroup_id`: the
+    /// inode number of its cgroup directory). Recorded at connect, where the caller is the
+    /// current task; sock_ops may run in softirq context, where it is not.
+    pub cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
+const _: () = assert!(core::mem::align_of::<OrigDst>() == 8);
 
 /// Key of [`MAP_CONN_ORIG`]: one TCP connection, named as the proxy's accepted socket sees it.
 #[repr(C)]
@@ -296,7 +313,8 @@ pub fn weir_alive(now_ns: u64, heartbeat_ns: u64, fail_after_ns: u64) -> bool {
 ///
 /// `config` is `None` until userspace has configured steering; `sock_mark` is the socket's
 /// `SO_MARK`; `service` is the lookup result for the dialed VIP:port; `alive` says whether
-/// weir's heartbeat is fresh ([`weir_alive`]).
+/// weir's heartbeat is fresh ([`weir_alive`]); `cgroup_id` is the caller's cgroup, recorded
+/// with a redirect.
 #[inline(always)]
 pub fn connect_verdict(
     config: Option<&SteerConfig>,
@@ -304,6 +322,7 @@ pub fn connect_verdict(
     dialed: &ServiceKey,
     service: Option<&ServiceValue>,
     alive: bool,
+    cgroup_id: u64,
 ) -> ConnectVerdict {
     let Some(config) = config else {
         return ConnectVerdict::Pass(Counter::Passed);
@@ -323,6 +342,7 @@ pub fn connect_verdict(
             port: dialed.port,
             _pad: 0,
             service_id: service.service_id,
+            cgroup_id,
         });
     }
     match config.fail_mode {
@@ -412,42 +432,56 @@ mod tests {
 
     #[test]
     fn known_vip_is_redirected_with_its_origin() {
-        match connect_verdict(Some(&config()), 0, &vip(), Some(&svc(7)), true) {
+        match connect_verdict(Some(&config()), 0, &vip(), Some(&svc(7)), true, 42) {
             ConnectVerdict::Redirect(orig) => {
                 assert_eq!(orig.addr, vip().addr);
                 assert_eq!(orig.port, 80);
                 assert_eq!(orig.service_id, 7);
+                assert_eq!(orig.cgroup_id, 42, "the caller's cgroup travels with the redirect");
             }
             other => panic!("expected a redirect, got {other:?}"),
         }
     }
 
     #[test]
+    fn the_abi_changed_names_with_its_layout() {
+        for legacy in LEGACY_MAPS {
+            assert_ne!(legacy, MAP_SOCK_ORIG);
+            assert_ne!(legacy, MAP_CONN_ORIG);
+        }
+        // Kernel object names are at most 15 bytes (BPF_OBJ_NAME_LEN 16 with the NUL).
+        assert!(MAP_SOCK_ORIG.len() <= 15 && MAP_CONN_ORIG.len() <= 15);
+    }
+
+    #[test]
     fn unknown_destination_passes() {
-        assert_eq!(connect_verdict(Some(&config()), 0, &vip(), None, true), ConnectVerdict::Pass(Counter::Passed));
+        assert_eq!(connect_verdict(Some(&config()), 0, &vip(), None, true, 42), ConnectVerdict::Pass(Counter::Passed));
     }
 
     #[test]
     fn weirs_own_sockets_are_never_steered() {
         assert_eq!(
-            connect_verdict(Some(&config()), 0x5745, &vip(), Some(&svc(1)), true),
+            connect_verdict(Some(&config()), 0x5745, &vip(), Some(&svc(1)), true, 42),
             ConnectVerdict::Pass(Counter::OwnSocket)
         );
         // Also while weir is down: its own sockets are never touched.
         let mut closed = config();
         closed.fail_mode = fail_mode::CLOSED;
         assert_eq!(
-            connect_verdict(Some(&closed), 0x5745, &vip(), Some(&svc(1)), false),
+            connect_verdict(Some(&closed), 0x5745, &vip(), Some(&svc(1)), false, 42),
             ConnectVerdict::Pass(Counter::OwnSocket)
         );
     }
 
     #[test]
     fn nothing_is_steered_before_userspace_configures() {
-        assert_eq!(connect_verdict(None, 0, &vip(), Some(&svc(1)), true), ConnectVerdict::Pass(Counter::Passed));
+        assert_eq!(connect_verdict(None, 0, &vip(), Some(&svc(1)), true, 42), ConnectVerdict::Pass(Counter::Passed));
         let mut off = config();
         off.enabled = 0;
-        assert_eq!(connect_verdict(Some(&off), 0, &vip(), Some(&svc(1)), true), ConnectVerdict::Pass(Counter::Passed));
+        assert_eq!(
+            connect_verdict(Some(&off), 0, &vip(), Some(&svc(1)), true, 42),
+            ConnectVerdict::Pass(Counter::Passed)
+        );
     }
 
     #[test]
@@ -462,20 +496,26 @@ mod tests {
     #[test]
     fn fail_modes_while_weir_is_down() {
         let mut c = config();
-        assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&svc(1)), false), ConnectVerdict::Pass(Counter::FailOpen));
+        assert_eq!(
+            connect_verdict(Some(&c), 0, &vip(), Some(&svc(1)), false, 42),
+            ConnectVerdict::Pass(Counter::FailOpen)
+        );
         c.fail_mode = fail_mode::CLOSED;
-        assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&svc(1)), false), ConnectVerdict::Refuse);
+        assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&svc(1)), false, 42), ConnectVerdict::Refuse);
         c.fail_mode = fail_mode::ENDPOINT;
         let s = svc(1);
         assert_eq!(
-            connect_verdict(Some(&c), 0, &vip(), Some(&s), false),
+            connect_verdict(Some(&c), 0, &vip(), Some(&s), false, 42),
             ConnectVerdict::Direct(s.fallback_addr, 18081)
         );
         // A service without endpoints has nowhere to go: open.
         let mut empty = svc(1);
         empty.fallback_port = 0;
-        assert_eq!(connect_verdict(Some(&c), 0, &vip(), Some(&empty), false), ConnectVerdict::Pass(Counter::FailOpen));
+        assert_eq!(
+            connect_verdict(Some(&c), 0, &vip(), Some(&empty), false, 42),
+            ConnectVerdict::Pass(Counter::FailOpen)
+        );
         // Non-VIP destinations are untouched whatever the mode.
-        assert_eq!(connect_verdict(Some(&c), 0, &vip(), None, false), ConnectVerdict::Pass(Counter::Passed));
+        assert_eq!(connect_verdict(Some(&c), 0, &vip(), None, false, 42), ConnectVerdict::Pass(Counter::Passed));
     }
 }

@@ -3,7 +3,8 @@
 //! or fail closed by accident (every error path returns the named `ALLOW`/`SOCK_OPS_OK`).
 //!
 //! - `steer_connect4` / `steer_connect6` (`cgroup/connect4|6`): a connect to a service VIP is
-//!   rewritten to the local proxy, and the dialed address is remembered by socket cookie.
+//!   rewritten to the local proxy, and the dialed address is remembered by socket cookie with
+//!   the caller's cgroup id (who dialed: the workload).
 //! - `steer_sockops` (`sockops`): when a steered connection is established, its four-tuple is
 //!   recorded with the dialed address, for the proxy to look up (and delete) on accept.
 //! - `steer_reuseport` (`sk_reuseport`): a new connection to the proxy goes to the listener of
@@ -21,7 +22,7 @@ mod programs {
     use aya_ebpf::{
         EbpfContext,
         bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr, sk_action::SK_PASS},
-        helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        helpers::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
         macros::{cgroup_sock_addr, map, sk_reuseport, sock_ops},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray},
         programs::{SkReuseportContext, SockAddrContext, SockOpsContext},
@@ -43,10 +44,10 @@ mod programs {
     #[map(name = "WEIR_SERVICES")]
     static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-    #[map(name = "WEIR_SOCK_ORIG")]
+    #[map(name = "WEIR_SOCK_ORIG2")]
     static SOCK_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
-    #[map(name = "WEIR_CONN_ORIG")]
+    #[map(name = "WEIR_CONN_ORIG2")]
     static CONN_ORIG: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
     #[map(name = "WEIR_CONFIG")]
@@ -91,7 +92,10 @@ mod programs {
             (Some(c), Some(hb)) => weir_alive(unsafe { bpf_ktime_get_ns() }, *hb, c.fail_after_ns),
             _ => false,
         };
-        match connect_verdict(config, mark, dialed, service, alive) {
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions; in a connect hook the
+        // current task is the caller.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        match connect_verdict(config, mark, dialed, service, alive, cgroup_id) {
             ConnectVerdict::Pass(counter) => {
                 count(counter);
                 None

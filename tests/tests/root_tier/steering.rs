@@ -11,7 +11,7 @@ use weir_tests::{Endpoint, LineSink, ReservedPort, TcpEcho, Weir, WeirProcess, e
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
 const WEIR: &str = env!("CARGO_BIN_EXE_weir-cli");
 
-pub fn steered_config(cgroup: &Cgroup, services: &str) -> String {
+pub(super) fn steered_config(cgroup: &Cgroup, services: &str) -> String {
     format!(
         "[proxy]\nlisten = \"@PROXY@\"\nworkers = 2\n[admin]\nlisten = \"@ADMIN@\"\n[steering]\ncgroups = [\"{}\"]\n[access_log]\nsink = \"off\"\n{services}",
         cgroup.path.display()

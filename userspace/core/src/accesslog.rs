@@ -10,21 +10,27 @@ use std::sync::{Arc, RwLock};
 
 use crate::outcome::ErrorReason;
 
-/// Longest path kept in a record; longer ones are truncated and marked.
-pub const PATH_BYTES: usize = 160;
+/// Longest path kept in a record; longer ones are truncated and marked. (156 keeps a record at
+/// 432 bytes beside its route, backend and caller.)
+pub const PATH_BYTES: usize = 156;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes).
-pub const SERVICE_BYTES: usize = 64;
+/// Longest service name (config validation caps names at 63 bytes, so none is cut).
+pub const SERVICE_BYTES: usize = 63;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
+/// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
+pub const SOURCE_BYTES: usize = 64;
+/// `source_workload` of a connection weir did not steer (dialled to its listener directly).
+pub const SOURCE_DIRECT: &str = "direct";
 
 /// A bounded inline string (`N` < 32 768).
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
     /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
-    /// keeps a record within its 432 bytes.
-    len: u16,
+    /// keeps a record within its 432 bytes. Kept as bytes, so that the string is aligned to
+    /// one byte and an odd `N` costs no padding.
+    len: [u8; 2],
     bytes: [u8; N],
 }
 
@@ -37,27 +43,31 @@ impl<const N: usize> InlineStr<N> {
     /// Copies at most `N` bytes of `s`.
     pub fn new(s: &[u8]) -> Self {
         let () = Self::FITS;
-        let mut out = InlineStr { len: 0, bytes: [0; N] };
+        let mut out = InlineStr { len: [0; 2], bytes: [0; N] };
         let n = s.len().min(N);
         out.bytes[..n].copy_from_slice(&s[..n]);
-        out.len = n as u16 | if s.len() > N { TRUNCATED } else { 0 };
+        out.len = (n as u16 | if s.len() > N { TRUNCATED } else { 0 }).to_ne_bytes();
         out
+    }
+
+    fn len_field(&self) -> u16 {
+        u16::from_ne_bytes(self.len)
     }
 
     /// The kept bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len & !TRUNCATED)]
+        &self.bytes[..usize::from(self.len_field() & !TRUNCATED)]
     }
 
     /// Whether the original was longer than `N`.
     pub fn truncated(&self) -> bool {
-        self.len & TRUNCATED != 0
+        self.len_field() & TRUNCATED != 0
     }
 }
 
 impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        InlineStr { len: 0, bytes: [0; N] }
+        InlineStr { len: [0; 2], bytes: [0; N] }
     }
 }
 
@@ -110,6 +120,10 @@ pub struct LogRecord {
     pub route: u16,
     /// The backend chosen, as its id in [`Names`]; [`NO_ID`] as for `route`.
     pub backend: u16,
+    /// The caller's cgroup v2 id; 0 for a connection weir did not steer ([`SOURCE_DIRECT`]).
+    /// (Its workload's name is looked up when the line is written, so that the record stays
+    /// small: see [`LineNames`].)
+    pub source_cgroup_id: u64,
 }
 
 /// A record's `route` or `backend` when there is none.
@@ -153,6 +167,17 @@ impl Names {
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
         guard.0.get(usize::from(id)).cloned()
     }
+}
+
+/// The names a line gives to what its record holds as ids, looked up by the shipper when it
+/// writes the line (never on a worker): `None` writes `null`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineNames<'a> {
+    /// The name of the record's `backend` id (from [`Names`]).
+    pub backend: Option<&'a str>,
+    /// The workload of the record's steered caller (`source_cgroup_id`); a direct caller is
+    /// written as [`SOURCE_DIRECT`] whatever this is.
+    pub source_workload: Option<&'a str>,
 }
 
 /// What a client spoke, as the access log names it.
@@ -200,9 +225,10 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 impl LogRecord {
     /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
     /// of the same worker dropped since the previous line was shipped; it appears only when
-    /// non-zero, so a consumer sees exactly where the gap was. `backend` is the name of the
-    /// record's backend id (from [`Names`]).
-    pub fn write_json(&self, dropped_before: u64, backend: Option<&str>, out: &mut Vec<u8>) {
+    /// non-zero, so a consumer sees exactly where the gap was. `names` are what the record
+    /// holds as ids: its backend's name and its steered caller's workload.
+    pub fn write_json(&self, dropped_before: u64, names: LineNames<'_>, out: &mut Vec<u8>) {
+        let LineNames { backend, source_workload } = names;
         let secs = self.start_unix_us / 1_000_000;
         let micros = self.start_unix_us % 1_000_000;
         let (date, time) = civil_from_unix(secs);
@@ -259,6 +285,18 @@ impl LogRecord {
             Some(b) => json_str(out, b.as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
+        out.extend_from_slice(b",\"source_workload\":");
+        match (self.source_cgroup_id, source_workload) {
+            (0, _) => json_str(out, SOURCE_DIRECT.as_bytes()),
+            (_, Some(w)) => json_str(out, w.as_bytes()),
+            (_, None) => out.extend_from_slice(b"null"),
+        }
+        match self.source_cgroup_id {
+            0 => out.extend_from_slice(b",\"source_cgroup_id\":null"),
+            id => {
+                let _ = write!(out, ",\"source_cgroup_id\":{id}");
+            }
+        }
         if dropped_before > 0 {
             let _ = write!(out, ",\"dropped_before\":{dropped_before}");
         }
@@ -308,13 +346,20 @@ mod tests {
             grpc_status: None,
             route: NO_ID,
             backend: NO_ID,
+            source_cgroup_id: 4242,
         }
+    }
+
+    #[test]
+    fn a_record_stays_432_bytes() {
+        // The memory budget and docs/OPERATING.md count rings in these.
+        assert_eq!(std::mem::size_of::<LogRecord>(), 432);
     }
 
     #[test]
     fn json_line_is_valid_and_complete() {
         let mut out = Vec::new();
-        record().write_json(0, None, &mut out);
+        record().write_json(0, LineNames { backend: None, source_workload: Some("shop/web") }, &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
@@ -324,6 +369,7 @@ mod tests {
         assert_eq!(v["error"], "connect-failure");
         assert_eq!(v["attempts"], 3);
         assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
         assert!(v.get("dropped_before").is_none());
         assert!(v["route"].is_null() && v["backend"].is_null());
     }
@@ -335,15 +381,31 @@ mod tests {
         assert_eq!((names.id("stable"), names.get(canary).as_deref()), (stable, Some("canary")));
         let r = LogRecord { route: 1, backend: canary, ..record() };
         let mut out = Vec::new();
-        r.write_json(0, names.get(r.backend).as_deref(), &mut out);
+        let backend = names.get(r.backend);
+        r.write_json(0, LineNames { backend: backend.as_deref(), source_workload: None }, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!((v["route"].as_u64(), v["backend"].as_str()), (Some(1), Some("canary")));
     }
 
     #[test]
+    fn direct_and_unresolved_callers() {
+        let mut r = record();
+        r.source_cgroup_id = 0;
+        let mut out = Vec::new();
+        r.write_json(0, LineNames { backend: None, source_workload: Some("ignored") }, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].is_null()), (Some("direct"), true));
+        r.source_cgroup_id = 7;
+        out.clear();
+        r.write_json(0, LineNames::default(), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["source_workload"].is_null(), v["source_cgroup_id"].as_u64()), (true, Some(7)));
+    }
+
+    #[test]
     fn gap_count_appears_only_when_records_were_dropped() {
         let mut out = Vec::new();
-        record().write_json(42, None, &mut out);
+        record().write_json(42, LineNames::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["dropped_before"], 42);
     }
@@ -355,7 +417,7 @@ mod tests {
         r.path = InlineStr::new(&long);
         r.authority = InlineStr::new(b"ev\x01il\xff");
         let mut out = Vec::new();
-        r.write_json(0, None, &mut out);
+        r.write_json(0, LineNames::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);

@@ -147,6 +147,10 @@ pub struct Config {
     pub steering: SteeringConfig,
     /// Access-log shipping.
     pub access_log: AccessLogConfig,
+    /// Distributed tracing (W3C trace context, OTLP/HTTP export).
+    pub tracing: TracingConfig,
+    /// Metric label bounds.
+    pub metrics: MetricsConfig,
     /// Services, in file order; a service's index is its id in the steering map. Shared, so
     /// that a new config can keep the unchanged services of the previous one as they are.
     pub services: Vec<Arc<ServiceConfig>>,
@@ -236,6 +240,94 @@ pub struct AccessLogConfig {
     /// Capacity of each worker's record ring. Unset (the default): weir sizes the rings from
     /// its memory limit at start, at most [`DEFAULT_RING_RECORDS`] each.
     pub ring_records: Option<usize>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingConfig {
+    /// Percentage (0..=100) of requests that arrive without a trace context for which weir
+    /// starts a sampled trace. Default 0: weir only takes part in traces its callers started.
+    pub sample_percent: f64,
+    /// Base URL of the OTLP/HTTP collector (`http://HOST:PORT`, spans are POSTed to
+    /// `/v1/traces` under it). Unset (the default): tracing is off and trace headers pass
+    /// through untouched.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TracingConfig {
+    /// Whether weir makes spans (an OTLP endpoint is configured).
+    pub fn enabled(&self) -> bool {
+        self.otlp_endpoint.is_some()
+    }
+
+    /// Where spans go: host (name or IP), port and request path, from a validated endpoint.
+    pub fn traces_target(&self) -> Option<OtlpTarget> {
+        self.otlp_endpoint.as_deref().and_then(|e| OtlpTarget::parse(e).ok())
+    }
+}
+
+/// A parsed `[tracing] otlp_endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// Port (4318 when the URL names none).
+    pub port: u16,
+    /// Request path: the URL's path with `/v1/traces` appended, unless it already ends so.
+    pub path: String,
+}
+
+impl OtlpTarget {
+    /// Parses `http://HOST[:PORT][/PATH]`.
+    pub fn parse(url: &str) -> Result<OtlpTarget, String> {
+        let hint = "expected \"http://HOST:PORT\" (OTLP over HTTP/protobuf, e.g. \"http://127.0.0.1:4318\")";
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(format!(
+                    "{url:?}: https is not supported; send to a collector on the node or in the cluster over http ({hint})"
+                ));
+            }
+            _ => return Err(format!("{url:?} is not an http URL: {hint}")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed `[` in the host: {hint}"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() || host.contains(['@', ' ', '?', '#']) {
+            return Err(format!("{url:?} has no valid host: {hint}"));
+        }
+        let port = match port {
+            None => 4318,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{url:?}: {p:?} is not a port: {hint}"))?,
+        };
+        if path.contains(['?', '#', ' ']) {
+            return Err(format!("{url:?}: a query or fragment is not allowed: {hint}"));
+        }
+        let path = if path.ends_with("/v1/traces") { path.to_string() } else { format!("{path}/v1/traces") };
+        Ok(OtlpTarget { host: host.to_string(), port, path })
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsConfig {
+    /// Callers that get their own `source` label value (the busiest first, kept for the life
+    /// of the process); the rest are `other`. Default 50; 1..=1000.
+    pub max_sources: usize,
 }
 
 /// Capacity of each worker's access-log ring when `ring_records` is unset and no memory limit

@@ -5,6 +5,8 @@
 //! clock (time is an argument), or depend on a runtime. Everything here is unit-tested
 //! unprivileged.
 
+#![forbid(unsafe_code)]
+
 pub mod accesslog;
 pub mod balance;
 pub mod config;

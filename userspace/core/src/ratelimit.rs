@@ -18,8 +18,8 @@
 //! evicted client starts again with a full bucket (the limit errs towards letting through).
 //! Each worker keeps its batches for recent clients in a small direct-mapped array.
 //!
-//! Callers are keyed by [`Caller`], today the peer's IP address; a workload identity (a
-//! cgroup id) can be fed in the same way. Time is `now_ns`, nanoseconds since an epoch all
+//! Callers are keyed by [`Caller`]: the workload identity (the caller's cgroup id) of a
+//! steered connection, else the peer's IP address. Time is `now_ns`, nanoseconds since an epoch all
 //! workers share. Must not: lock, allocate on the request path, or read the clock.
 
 use std::net::IpAddr;
@@ -33,7 +33,7 @@ use crate::config::{RateLimitConfig, RateLimitPer};
 pub enum Caller {
     /// The peer's address (the calling workload's IP).
     Addr(IpAddr),
-    /// A workload identity, such as the caller's cgroup id.
+    /// A workload identity: the caller's cgroup v2 id, for a connection weir steered.
     Workload(u64),
 }
 

@@ -11,6 +11,11 @@
 //! (its counters stay: they are monotonic). Publishing copies only the services counted since
 //! the last publication; the others share their previous copy.
 //!
+//! Requests are also counted per caller (`source`): per service, a [`SourceStats`] (codes,
+//! exact buckets, and the trace id of a recent sampled request per bucket: an exemplar) for
+//! each source slot that called it, made on the pair's first request. Slots are small numbers
+//! ([`SourceSlot`]); which name a slot stands for is the binary's business, and never changes.
+//!
 //! The exact buckets exist beside the HDR histogram because HDR's 2-significant-digit
 //! buckets straddle Prometheus bucket bounds: a 50.2 ms request must count in `le="0.1"`, not
 //! in `le="0.05"`, and only an exact comparison guarantees it.
@@ -139,6 +144,25 @@ impl Http2Close {
     }
 }
 
+/// The `source` label value a request is counted under: [`SOURCE_DIRECT`], [`SOURCE_OTHER`], or
+/// a named caller (2 and up).
+pub type SourceSlot = u16;
+/// Slot of connections weir did not steer (`source="direct"`).
+pub const SOURCE_DIRECT: SourceSlot = 0;
+/// Slot of every steered caller without a name of its own (`source="other"`).
+pub const SOURCE_OTHER: SourceSlot = 1;
+
+/// A sampled request that a duration bucket points to (an OpenMetrics exemplar).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exemplar {
+    /// The request's trace id.
+    pub trace_id: [u8; 16],
+    /// Its duration, nanoseconds.
+    pub duration_ns: u64,
+    /// When it finished, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
 /// What one finished request reports, whatever its protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord {
@@ -150,8 +174,127 @@ pub struct RequestRecord {
     pub duration: Duration,
     /// The request was balanced in panic mode (too few healthy endpoints).
     pub panic: bool,
+    /// Who called.
+    pub source: SourceSlot,
+    /// The trace of a sampled request (its `duration_ns` is filled in by `record`).
+    pub exemplar: Option<Exemplar>,
     /// gRPC: the call's final `grpc-status`.
     pub grpc: Option<u8>,
+}
+
+/// The bucket a duration falls in (index into the exact buckets; the last is +Inf).
+fn bucket_of(ns: u64) -> usize {
+    DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len())
+}
+
+const BUCKETS: usize = DURATION_BUCKETS_SECONDS.len() + 1;
+
+/// One caller's counters for one service on one worker: the `source` label's share of
+/// `weir_requests_total` and `weir_request_duration_seconds`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    /// Requests by status code (0 = no status), codes seen only, sorted.
+    codes: Vec<(u16, u64)>,
+    /// Exact bucket counts (non-cumulative) + the +Inf slot.
+    pub buckets: [u64; BUCKETS],
+    /// Exact sum of durations, nanoseconds.
+    pub duration_sum_ns: u128,
+    /// Exact count of durations.
+    pub duration_count: u64,
+    /// Per bucket, the latest sampled request that fell in it (from the first one on).
+    exemplars: Option<Box<[Option<Exemplar>; BUCKETS]>>,
+}
+
+impl SourceStats {
+    fn record(&mut self, code: u16, slot: usize, ns: u64, exemplar: Option<Exemplar>) {
+        count(&mut self.codes, code, 1);
+        self.buckets[slot] += 1;
+        self.duration_sum_ns += u128::from(ns);
+        self.duration_count += 1;
+        if let Some(e) = exemplar {
+            self.exemplars.get_or_insert_with(Default::default)[slot] = Some(Exemplar { duration_ns: ns, ..e });
+        }
+    }
+
+    fn merge(&mut self, other: &SourceStats) {
+        for &(code, n) in &other.codes {
+            count(&mut self.codes, code, n);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.duration_sum_ns += other.duration_sum_ns;
+        self.duration_count += other.duration_count;
+        if let Some(theirs) = &other.exemplars {
+            let mine = self.exemplars.get_or_insert_with(Default::default);
+            for (a, b) in mine.iter_mut().zip(theirs.iter()) {
+                if let Some(b) = b
+                    && a.is_none_or(|a| a.unix_ms < b.unix_ms)
+                {
+                    *a = Some(*b);
+                }
+            }
+        }
+    }
+
+    /// Requests by status code (0 = no status), codes seen only, in order.
+    pub fn codes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.codes.iter().copied()
+    }
+
+    /// Adds `n` requests with status `code` (counters handed over by a takeover).
+    pub fn add_code(&mut self, code: u16, n: u64) {
+        count(&mut self.codes, code, n);
+    }
+
+    /// Requests counted.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Requests that failed: a 5xx, or no status at all (weir's own errors are 4xx/5xx with
+    /// a status; a cut response or a client gone has none). TCP connections (code 0) count here
+    /// only when asked to.
+    pub fn failures(&self, no_status_fails: bool) -> u64 {
+        self.codes.iter().filter(|(c, _)| *c >= 500 || (*c == 0 && no_status_fails)).map(|(_, n)| n).sum()
+    }
+
+    /// Cumulative bucket counts paired with their upper bound (seconds), ending with +Inf.
+    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
+        cumulative(&self.buckets)
+    }
+
+    /// The exemplar of bucket `i` (index as in [`SourceStats::cumulative_buckets`]).
+    pub fn exemplar(&self, i: usize) -> Option<&Exemplar> {
+        self.exemplars.as_ref().and_then(|e| e.get(i)?.as_ref())
+    }
+
+    /// Duration at quantile `q` estimated from the exact buckets the way Prometheus'
+    /// `histogram_quantile` does (linear within a bucket; the highest finite bound for +Inf);
+    /// `None` when empty.
+    pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
+        let total = self.duration_count;
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let (mut lower, mut below) = (0.0, 0u64);
+        for (i, n) in self.buckets.iter().enumerate() {
+            let cum = below + n;
+            if cum as f64 >= rank && *n > 0 {
+                let Some(&upper) = DURATION_BUCKETS_SECONDS.get(i) else { return Some(lower) };
+                return Some(lower + (upper - lower) * ((rank - below as f64) / *n as f64));
+            }
+            below = cum;
+            lower = DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(lower);
+        }
+        Some(lower)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
+            + self.exemplars.as_ref().map_or(0, |_| std::mem::size_of::<[Option<Exemplar>; BUCKETS]>())
+    }
 }
 
 /// A service idle for this many publications (seconds) releases its HDR histogram.
@@ -187,6 +330,8 @@ pub struct ServiceStats {
     hdr: Option<Box<Histogram<u64>>>,
     /// Per route and backend (services with routes only).
     routes: Vec<RouteStats>,
+    /// Per caller (source slot, sorted), from the pair's first request.
+    sources: Vec<(SourceSlot, Box<SourceStats>)>,
 }
 
 impl Default for ServiceStats {
@@ -205,17 +350,13 @@ impl Default for ServiceStats {
             duration_count: 0,
             hdr: None,
             routes: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
 
 fn reason_index(reason: ErrorReason) -> usize {
     ErrorReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
-}
-
-/// The bucket slot of a duration (the last one is +Inf).
-fn bucket_of(ns: u64) -> usize {
-    DURATION_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(DURATION_BUCKETS_NS.len())
 }
 
 /// Adds `n` to `code`'s count in a sorted list of codes seen.
@@ -240,7 +381,8 @@ fn cumulative(buckets: &[u64]) -> Vec<(f64, u64)> {
 }
 
 impl ServiceStats {
-    /// Counts one finished request. Allocation-free.
+    /// Counts one finished request. Allocation-free, but for the first request of a caller
+    /// (its [`SourceStats`]) and the first duration (the HDR histogram).
     pub fn record(&mut self, r: &RequestRecord) {
         let code = r.status.filter(|c| *c < 600).unwrap_or(0);
         self.count_code(code, 1);
@@ -254,7 +396,16 @@ impl ServiceStats {
             self.panic_requests += 1;
         }
         let ns = r.duration.as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.buckets[bucket_of(ns)] += 1;
+        let slot = bucket_of(ns);
+        let i = match self.sources.binary_search_by_key(&r.source, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                self.sources.insert(i, (r.source, Box::default()));
+                i
+            }
+        };
+        self.sources[i].1.record(code, slot, ns, r.exemplar);
+        self.buckets[slot] += 1;
         self.duration_sum_ns += u128::from(ns);
         self.duration_count += 1;
         self.hdr
@@ -310,6 +461,25 @@ impl ServiceStats {
         count(&mut self.codes, code, n);
     }
 
+    /// Per caller: the source slots that called this service, in slot order.
+    pub fn sources(&self) -> impl Iterator<Item = (SourceSlot, &SourceStats)> + '_ {
+        self.sources.iter().map(|(s, st)| (*s, &**st))
+    }
+
+    /// Adds `stats` to caller `slot`'s (counters handed over by a takeover). Not on a worker:
+    /// it may allocate.
+    pub fn add_source(&mut self, slot: SourceSlot, stats: &SourceStats) {
+        match self.sources.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => self.sources[i].1.merge(stats),
+            Err(i) => self.sources.insert(i, (slot, Box::new(stats.clone()))),
+        }
+    }
+
+    /// One caller's stats.
+    pub fn source(&self, slot: SourceSlot) -> Option<&SourceStats> {
+        self.sources.binary_search_by_key(&slot, |(s, _)| *s).ok().map(|i| &*self.sources[i].1)
+    }
+
     /// Requests by status code (0 = no status), codes seen only, in order.
     pub fn codes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
         self.codes.iter().copied()
@@ -325,6 +495,8 @@ impl ServiceStats {
         self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
             + self.hdr.as_ref().map_or(0, |_| std::mem::size_of::<Histogram<u64>>() + hdr_counts_bytes())
             + self.routes.iter().map(|r| std::mem::size_of::<RouteStats>() + r.heap_bytes()).sum::<usize>()
+            + self.sources.capacity() * std::mem::size_of::<(SourceSlot, Box<SourceStats>)>()
+            + self.sources.iter().map(|(_, s)| std::mem::size_of::<SourceStats>() + s.heap_bytes()).sum::<usize>()
     }
 
     /// Counts a retry.
@@ -359,6 +531,9 @@ impl ServiceStats {
         self.duration_count += other.duration_count;
         for r in &other.routes {
             self.route_mut(r.route, &r.backend).merge(r);
+        }
+        for (slot, theirs) in &other.sources {
+            self.add_source(*slot, theirs);
         }
         if let Some(h) = &other.hdr {
             match &mut self.hdr {
@@ -613,6 +788,8 @@ mod tests {
             error: None,
             duration: Duration::from_millis(ms),
             panic: false,
+            source: SOURCE_DIRECT,
+            exemplar: None,
             grpc: None,
         }
     }
@@ -627,7 +804,7 @@ mod tests {
             error: Some(ErrorReason::ConnectFailure),
             duration: Duration::from_millis(2),
             panic: true,
-            grpc: None,
+            ..rec(0, 0)
         });
         assert_eq!(s.code(200), 2);
         assert_eq!(s.code(503), 1);
@@ -642,26 +819,14 @@ mod tests {
     #[test]
     fn a_50ms_request_lands_in_the_0_1_bucket_not_0_05() {
         let mut s = ServiceStats::default();
-        s.record(&RequestRecord {
-            status: Some(200),
-            error: None,
-            duration: Duration::from_micros(50_200),
-            panic: false,
-            grpc: None,
-        });
+        s.record(&RequestRecord { duration: Duration::from_micros(50_200), ..rec(200, 0) });
         let b = s.cumulative_buckets();
         let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
         assert_eq!(le(0.05), 0);
         assert_eq!(le(0.1), 1);
         assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
         // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&RequestRecord {
-            status: Some(200),
-            error: None,
-            duration: Duration::from_millis(50),
-            panic: false,
-            grpc: None,
-        });
+        s.record(&rec(200, 50));
         let b = s.cumulative_buckets();
         assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
     }
@@ -751,6 +916,41 @@ mod tests {
         assert_eq!(of(1, "stable").cumulative_buckets().last().map(|x| x.1), Some(4));
         assert_eq!(of(1, "canary").faults, [1, 0]);
         assert_eq!(of(0, "canary").duration_count, 1);
+    }
+
+    #[test]
+    fn callers_are_counted_apart_and_merged_by_slot_with_the_latest_exemplar() {
+        let mut a = ServiceStats::default();
+        let mut b = ServiceStats::default();
+        let trace = |t: u8, unix_ms: u64| Some(Exemplar { trace_id: [t; 16], duration_ns: 0, unix_ms });
+        a.record(&RequestRecord { source: 5, exemplar: trace(1, 100), ..rec(200, 3) });
+        a.record(&RequestRecord { source: SOURCE_OTHER, ..rec(503, 3) });
+        b.record(&RequestRecord { source: 5, exemplar: trace(2, 200), ..rec(200, 3) });
+        b.record(&RequestRecord { source: SOURCE_DIRECT, ..rec(200, 40) });
+        a.merge(&b);
+        let slots: Vec<SourceSlot> = a.sources().map(|(s, _)| s).collect();
+        assert_eq!(slots, vec![SOURCE_DIRECT, SOURCE_OTHER, 5]);
+        let five = a.source(5).expect("slot 5");
+        assert_eq!((five.requests(), five.failures(true), five.duration_count), (2, 0, 2));
+        assert_eq!(a.source(SOURCE_OTHER).map(|s| s.failures(false)), Some(1));
+        let bucket = bucket_of(3_000_000);
+        let e = five.exemplar(bucket).expect("an exemplar in the 5 ms bucket");
+        assert_eq!((e.trace_id, e.duration_ns), ([2; 16], 3_000_000), "the latest sampled request wins");
+        assert!(five.exemplar(0).is_none());
+        assert_eq!(a.requests(), 4, "service totals still count everything");
+    }
+
+    #[test]
+    fn bucket_quantiles_interpolate_like_prometheus() {
+        let mut s = SourceStats::default();
+        assert_eq!(s.quantile_seconds(0.5), None);
+        for _ in 0..10 {
+            s.record(200, bucket_of(7_000_000), 7_000_000, None); // (0.005, 0.01]
+        }
+        let p50 = s.quantile_seconds(0.5).expect("p50");
+        assert!((p50 - 0.0075).abs() < 1e-9, "{p50}");
+        s.record(200, bucket_of(60_000_000_000), 60_000_000_000, None);
+        assert_eq!(s.quantile_seconds(1.0), Some(30.0), "+Inf answers the highest finite bound");
     }
 
     #[test]

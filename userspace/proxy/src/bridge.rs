@@ -30,7 +30,7 @@ pub(crate) struct ReqParts {
 
 impl ReqParts {
     /// The request of an HTTP/1.1 client, its end-to-end fields only, with `extra` added.
-    pub fn from_h1(head: &RequestHead, src: &[u8], extra: &[(&[u8], &[u8])]) -> Option<ReqParts> {
+    pub(crate) fn from_h1(head: &RequestHead, src: &[u8], extra: &[(&[u8], &[u8])]) -> Option<ReqParts> {
         let method = http::Method::from_bytes(head.method_span.get(src)).ok()?;
         let path = match head.path.get(src) {
             p if p.first() == Some(&b'/') => Bytes::copy_from_slice(p),
@@ -64,7 +64,7 @@ impl ReqParts {
 
     /// The request of an HTTP/2 client, with `extra` added (HTTP/2 never carries
     /// connection-specific fields; a `host` field is folded into `:authority`).
-    pub fn from_h2(parts: &http::request::Parts, extra: &[(&[u8], &[u8])]) -> ReqParts {
+    pub(crate) fn from_h2(parts: &http::request::Parts, extra: &[(&[u8], &[u8])]) -> ReqParts {
         let path = parts
             .uri
             .path_and_query()
@@ -81,7 +81,7 @@ impl ReqParts {
     }
 
     /// This request for an HTTP/2 endpoint.
-    pub fn to_h2(&self, endpoint: std::net::SocketAddr) -> Option<http::Request<()>> {
+    pub(crate) fn to_h2(&self, endpoint: std::net::SocketAddr) -> Option<http::Request<()>> {
         let authority: &[u8] = if self.authority.is_empty() { b"" } else { &self.authority };
         let uri = if authority.is_empty() {
             http::Uri::builder()
@@ -99,7 +99,7 @@ impl ReqParts {
     }
 
     /// This request as an HTTP/1.1 head for an endpoint (framing: `body`).
-    pub fn write_h1(&self, endpoint: std::net::SocketAddr, body: BodyFraming, out: &mut Vec<u8>) {
+    pub(crate) fn write_h1(&self, endpoint: std::net::SocketAddr, body: BodyFraming, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(&self.path);
@@ -135,7 +135,7 @@ impl ReqParts {
 
     /// Adds the fields weir computed (`via`, forwarding headers), replacing the client's own
     /// `x-forwarded-for` and `forwarded` (whose values the computed ones already include).
-    pub fn add_fields(&mut self, fields: &[(&'static [u8], Vec<u8>)]) {
+    pub(crate) fn add_fields(&mut self, fields: &[(&'static [u8], Vec<u8>)]) {
         for (n, v) in fields {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
                 if n == "x-forwarded-for" || n == header::FORWARDED {
@@ -270,7 +270,7 @@ pub(crate) enum H1Left {
 
 impl H1Left {
     /// The state for a body framed as `framing`.
-    pub fn of(framing: BodyFraming) -> H1Left {
+    pub(crate) fn of(framing: BodyFraming) -> H1Left {
         match framing {
             BodyFraming::None | BodyFraming::ContentLength(0) => H1Left::Done,
             BodyFraming::ContentLength(n) => H1Left::Length(n),
@@ -282,7 +282,7 @@ impl H1Left {
 
 impl Source<'_> {
     /// The next chunk; `None` at the end of the body.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, PumpError> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, PumpError> {
         match self {
             Source::H2 { stream, wait } => {
                 let data = match stream.data_by(*wait).await {
@@ -355,7 +355,7 @@ impl Source<'_> {
     }
 
     /// The trailers after the end of an HTTP/2 body (an HTTP/1.1 body's are not kept).
-    pub async fn trailers(&mut self) -> Option<HeaderMap> {
+    pub(crate) async fn trailers(&mut self) -> Option<HeaderMap> {
         match self {
             Source::H2 { stream, .. } => stream.trailers().await.ok().flatten(),
             Source::H1 { .. } => None,
@@ -391,7 +391,7 @@ pub(crate) enum Sink<'a> {
 
 impl Sink<'_> {
     /// Sends one chunk.
-    pub async fn send(&mut self, chunk: Bytes) -> Result<(), PumpError> {
+    pub(crate) async fn send(&mut self, chunk: Bytes) -> Result<(), PumpError> {
         match self {
             Sink::H1 { conn, out, wait, scratch } => {
                 scratch.clear();
@@ -408,7 +408,7 @@ impl Sink<'_> {
     }
 
     /// Ends the body, with `trailers` where the sink can carry them (HTTP/2).
-    pub async fn finish(&mut self, trailers: Option<HeaderMap>) -> Result<(), PumpError> {
+    pub(crate) async fn finish(&mut self, trailers: Option<HeaderMap>) -> Result<(), PumpError> {
         match self {
             Sink::H1 { conn, out, wait, scratch } => {
                 if *out == OutFraming::Chunked {
@@ -488,27 +488,27 @@ pub(crate) struct Replay {
 
 impl Replay {
     /// An empty replay buffer keeping up to `limit` bytes.
-    pub fn new(limit: u64, complete: bool) -> Replay {
+    pub(crate) fn new(limit: u64, complete: bool) -> Replay {
         Replay { held: Vec::new(), held_bytes: 0, limit, overflowed: false, complete, trailers: None }
     }
 
     /// Whether everything read so far is held.
-    pub fn replayable(&self) -> bool {
+    pub(crate) fn replayable(&self) -> bool {
         !self.overflowed
     }
 
     /// Bytes held.
-    pub fn held_bytes(&self) -> u64 {
+    pub(crate) fn held_bytes(&self) -> u64 {
         self.held_bytes
     }
 
     /// The chunks held, in order.
-    pub fn held(&self) -> &[Bytes] {
+    pub(crate) fn held(&self) -> &[Bytes] {
         &self.held
     }
 
     /// Keeps a copy of `chunk` (just read from the client) while the body fits the limit.
-    pub fn keep(&mut self, chunk: &Bytes) {
+    pub(crate) fn keep(&mut self, chunk: &Bytes) {
         if !self.overflowed && self.held_bytes + chunk.len() as u64 <= self.limit {
             self.held_bytes += chunk.len() as u64;
             self.held.push(chunk.clone());
@@ -519,7 +519,7 @@ impl Replay {
     }
 
     /// A complete body held whole.
-    pub fn whole(body: Bytes) -> Replay {
+    pub(crate) fn whole(body: Bytes) -> Replay {
         let held_bytes = body.len() as u64;
         let held = if body.is_empty() { Vec::new() } else { vec![body] };
         Replay { held, held_bytes, limit: held_bytes, overflowed: false, complete: true, trailers: None }
@@ -527,7 +527,7 @@ impl Replay {
 
     /// Sends the body to `dst`: what is held first, then the rest from `src` (kept while it
     /// fits). `moved` counts the bytes sent.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         src: &mut Source<'_>,
         dst: &mut Sink<'_>,

@@ -20,9 +20,10 @@ use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
 use crate::policy;
-use crate::record::{RequestInfo, account};
+use crate::record::{RequestInfo, Requester, account};
 use crate::respond::{self, Reply};
 use crate::retry_loop::Exchange;
+use crate::trace::{self, Trace};
 
 /// Initial capacity of a connection's read buffer; it grows for large heads and bodies and
 /// shrinks back after a request, so an idle keep-alive connection holds little memory.
@@ -46,7 +47,8 @@ enum Close {
 
 /// Serves HTTP on one accepted connection until it closes.
 pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRoute) {
-    let mut down = Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer };
+    let mut down =
+        Downstream { conn, buf: Vec::with_capacity(READ_BUF_BYTES), peer, caller: route.caller, trace: Trace::None };
     let mut head = RequestHead::default();
     let mut first = true;
     let close = loop {
@@ -57,7 +59,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
             HeadRead::Http2 => {
                 // h2c with prior knowledge: the connection is HTTP/2 from here on, the preface
                 // (already read) read again by the HTTP/2 server.
-                let Downstream { conn, buf, peer } = down;
+                let Downstream { conn, buf, peer, .. } = down;
                 match conn.into_poll_io_after(buf) {
                     // Boxed: an HTTP/1.1 connection must not carry the HTTP/2 server's state.
                     Ok(io) => Box::pin(crate::h2down::serve(ctx, io, peer, route)).await,
@@ -70,7 +72,8 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
                 respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
                 let ex = Exchange { status: reply.reason.status(), error: Some(reply.reason), ..Exchange::default() };
-                account(ctx, None, down.peer, t0, &RequestInfo::default(), &ex);
+                down.trace = Trace::None;
+                account(ctx, None, &Requester::of(&down), t0, &RequestInfo::default(), &ex);
                 break Close::Linger;
             }
         };
@@ -184,6 +187,7 @@ async fn handle(
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
+        down.trace = trace::decide(&state.snapshot().config.tracing, head, &down.buf);
         let index = if route.unknown {
             None
         } else {
@@ -203,14 +207,14 @@ async fn handle(
     let Some(mut scope) = routed else {
         // Unknown service (404): the request's body (if any) is not read.
         let ex = exchange::refuse(ctx, down, head, Reply::new(ErrorReason::NoRoute)).await;
-        account(ctx, None, down.peer, started, &info, &ex);
+        account(ctx, None, &Requester::of(down), started, &info, &ex);
         return ex;
     };
-    match policy::admit(ctx, &scope, down.peer) {
+    match policy::admit(ctx, &scope, &Requester::of(down)) {
         Ok(()) => {
             let ex = exchange::exchange(ctx, down, head, &mut scope, started).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), down.peer, started, &info, &ex);
+            account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
         // Over the service's rate limit (429) or pending limit (503): the request's body (if
@@ -218,7 +222,7 @@ async fn handle(
         Err(refused) => {
             let reply = Reply { retry_after: refused.retry_after, ..Reply::new(refused.reason) };
             let ex = exchange::refuse(ctx, down, head, reply).await;
-            account(ctx, Some(&scope), down.peer, started, &info, &ex);
+            account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
     }

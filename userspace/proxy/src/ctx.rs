@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::caller::{CallerCounts, Source};
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
 use crate::state::WorkerState;
@@ -20,6 +21,8 @@ pub(crate) struct ConnRoute {
     pub dialed: Option<SocketAddr>,
     /// The connection was steered/dialed to an address that no longer names a service.
     pub unknown: bool,
+    /// The caller's cgroup id, for a steered connection (`None`: dialled to weir directly).
+    pub caller: Option<u64>,
 }
 
 /// What every task of one worker shares.
@@ -35,46 +38,52 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(worker: usize, state: WorkerState, shared: Arc<Shared>) -> Ctx {
+    pub(crate) fn new(worker: usize, state: WorkerState, shared: Arc<Shared>) -> Ctx {
         Ctx { worker, state: RefCell::new(state), drain: CancelToken::new(), shared }
     }
 
     /// Whether weir is draining.
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
     }
 
     /// Milliseconds since process start (outlier detection's clock).
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.shared.now_ms()
     }
 
     /// Nanoseconds since process start (rate limits' clock).
-    pub fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         self.shared.now_ns()
     }
 
     /// Moves the worker to the latest published snapshot, if it changed.
-    pub fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         self.state.borrow_mut().update(&self.shared.snapshot);
     }
 
     /// The steering seam, when weir steers.
-    pub fn orig_dst(&self) -> Option<&Arc<dyn OriginalDst>> {
+    pub(crate) fn orig_dst(&self) -> Option<&Arc<dyn OriginalDst>> {
         self.shared.orig_dst.as_ref()
+    }
+
+    /// Who called, for a connection whose caller cgroup is `cgroup` (`None`: not steered);
+    /// counts the request in `counts`, this worker's per-caller counters.
+    pub(crate) fn source(&self, cgroup: Option<u64>, counts: &CallerCounts) -> Source {
+        Source::of(&self.shared.callers, cgroup, counts)
     }
 
     /// How weir opens connections to endpoints: marked so that steering never redirects them
     /// (only when steering is on: setting the mark needs CAP_NET_ADMIN, which weir drops when
     /// it has no use for it).
-    pub fn connect_options(&self) -> ConnectOptions {
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
         let state = self.state.borrow();
         let s = &state.snapshot().config.steering;
         ConnectOptions { mark: if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 } }
     }
 
     /// How long a write to a client may make no progress.
-    pub fn downstream_write_timeout(&self) -> Duration {
+    pub(crate) fn downstream_write_timeout(&self) -> Duration {
         self.state.borrow().snapshot().config.proxy.downstream_write_timeout
     }
 }

@@ -88,7 +88,7 @@ pub(crate) async fn exchange(
         return refuse(ctx, down, head, Reply { status: Some(status), ..Reply::new(ErrorReason::FaultInjected) }).await;
     }
     // A delay injected is not the endpoint's time: the request's deadline starts after it.
-    let mut plan = Plan::new(scope, head, &down.buf, down.peer, fault.delayed.unwrap_or(started));
+    let mut plan = Plan::new(scope, head, down, fault.delayed.unwrap_or(started));
     let head_len = head.head_len;
     if plan.buffered_body {
         // weir answers `Expect: 100-continue` itself for a body it holds, and does not forward

@@ -31,10 +31,11 @@ use crate::io::{PollIo, Wait};
 use crate::plan::{Call, Plan};
 use crate::policy::{self, H2Input};
 use crate::pool::UpConn;
-use crate::record::{RequestInfo, account};
+use crate::record::{RequestInfo, Requester, account};
 use crate::respond::{self, Reply};
 use crate::retry_loop::{End, Exchange, attempts};
 use crate::state::{Picked, Scope};
+use crate::trace::{self, Trace};
 
 /// The HTTP/2 connection preface a client with prior knowledge starts with.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -137,6 +138,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
 }
 
 /// What woke the connection loop.
+#[expect(clippy::large_enum_variant, reason = "one at a time, moved once: boxing would allocate per stream")]
 enum Event {
     Stream(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
     StreamDone,
@@ -155,18 +157,21 @@ async fn stream(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let info = RequestInfo::from_h2(&parts);
+    // The connection's caller (steered: its cgroup) is every stream's.
+    let mut who = Requester { peer, caller: route.caller, trace: Trace::None };
     let grpc_request =
         parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if parts.method == http::Method::CONNECT {
         // Tunnels (and RFC 8441's extended CONNECT) are not carried over HTTP/2.
         let reply = Reply { detail: Some("CONNECT is not supported"), ..Reply::new(ErrorReason::NotImplemented) };
         let ex = answer(&mut respond, reply, grpc_request);
-        account(ctx, None, peer, started, &info, &ex);
+        account(ctx, None, &who, started, &info, &ex);
         return;
     }
     let routed = {
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
+        who.trace = trace::decide_h2(&state.snapshot().config.tracing, &parts.headers);
         let index = if route.unknown {
             None
         } else {
@@ -189,21 +194,22 @@ async fn stream(
     let Some(mut scope) = routed else {
         let reply = Reply { head_request: info.is_head, ..Reply::new(ErrorReason::NoRoute) };
         let ex = answer(&mut respond, reply, grpc_request);
-        account(ctx, None, peer, started, &info, &ex);
+        account(ctx, None, &who, started, &info, &ex);
         return;
     };
-    match policy::admit(ctx, &scope, peer) {
+    match policy::admit(ctx, &scope, &who) {
         Ok(()) => {
-            let ex = proxy(ctx, &mut scope, parts, body, &mut respond, peer, grpc_request, started).await;
+            let arrival = Arrival { started, grpc_request };
+            let ex = proxy(ctx, &mut scope, parts, body, &mut respond, &who, arrival).await;
             ctx.state.borrow_mut().release(&scope);
-            account(ctx, Some(&scope), peer, started, &info, &ex);
+            account(ctx, Some(&scope), &who, started, &info, &ex);
         }
         Err(refused) => {
             let grpc = grpc_request || scope.config().protocol == Protocol::Grpc;
             let reply =
                 Reply { head_request: info.is_head, retry_after: refused.retry_after, ..Reply::new(refused.reason) };
             let ex = answer(&mut respond, reply, grpc);
-            account(ctx, Some(&scope), peer, started, &info, &ex);
+            account(ctx, Some(&scope), &who, started, &info, &ex);
         }
     }
 }
@@ -220,18 +226,24 @@ fn answer(respond: &mut h2::server::SendResponse<Bytes>, reply: Reply<'_>, grpc:
     }
 }
 
+/// When a stream arrived, and whether it is a gRPC call (by its content-type).
+#[derive(Clone, Copy)]
+struct Arrival {
+    started: Instant,
+    grpc_request: bool,
+}
+
 /// Proxies one admitted stream.
-#[allow(clippy::too_many_arguments, reason = "one call site: a stream's parts, taken apart once")]
 async fn proxy(
     ctx: &Ctx,
     scope: &mut Scope,
     mut parts: http::request::Parts,
     body: h2::RecvStream,
     respond: &mut h2::server::SendResponse<Bytes>,
-    peer: SocketAddr,
-    grpc_request: bool,
-    started: Instant,
+    who: &Requester,
+    arrival: Arrival,
 ) -> Exchange {
+    let Arrival { started, grpc_request } = arrival;
     let protocol = scope.config().protocol;
     let grpc = grpc_request || protocol == Protocol::Grpc;
     let is_head = parts.method == http::Method::HEAD;
@@ -247,14 +259,15 @@ async fn proxy(
         return answer(respond, reply, grpc);
     }
     // A delay injected is not the endpoint's time: the request's deadline starts after it.
-    let plan = Plan::for_h2(scope, &parts.method, fault.delayed.unwrap_or(started));
+    let plan = Plan::for_h2(scope, &parts.method, fault.delayed.unwrap_or(started), who.trace);
     let client_deadline = if grpc {
         parts.headers.get("grpc-timeout").and_then(|v| grpc::parse_timeout(v.as_bytes())).map(|t| started + t)
     } else {
         None
     };
     let mut req = ReqParts::from_h2(&parts, &[]);
-    req.add_fields(&plan.extra_h2(peer, &parts.headers));
+    plan.retrace_h2(&mut req.headers);
+    req.add_fields(&plan.extra_h2(who.peer, &parts.headers));
     let limit = scope.retry().replay_buffer_bytes;
     let body = if body.is_end_stream() {
         None
@@ -431,7 +444,6 @@ fn cut(ctx: &Ctx, scope: &Scope, picked: &Picked, e: PumpError, send: &mut h2::S
 
 /// Relays an HTTP/1.1 endpoint's response to an HTTP/2 client; the connection goes back to the
 /// pool when the exchange completed cleanly.
-#[allow(clippy::too_many_arguments, reason = "one call site: the exchange's parts, borrowed separately")]
 async fn relay_h1(
     call: Call<'_>,
     mut up: UpConn,

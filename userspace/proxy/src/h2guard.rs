@@ -99,18 +99,18 @@ pub(crate) struct FrameTracker {
 
 impl FrameTracker {
     /// A tracker for what a client sends: the connection preface, then frames.
-    pub fn client_to_server() -> FrameTracker {
+    pub(crate) fn client_to_server() -> FrameTracker {
         FrameTracker { skip: PREFACE_LEN as u64, ..FrameTracker::server_to_client() }
     }
 
     /// A tracker for what the server sends: frames from the first byte.
-    pub fn server_to_client() -> FrameTracker {
+    pub(crate) fn server_to_client() -> FrameTracker {
         FrameTracker { skip: 0, head: [0; HEADER_LEN], have: 0, awaiting_pad: None }
     }
 
     /// Passes `bytes` (the next ones of the stream), calling `on_frame` for each frame whose
     /// header (and, for padded DATA, pad length) completes in them.
-    pub fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
         while !bytes.is_empty() {
             if let Some(mut f) = self.awaiting_pad.take() {
                 let pad = u32::from(bytes[0]);
@@ -192,7 +192,7 @@ const TOKEN_TIME: Duration = Duration::from_nanos(1_000_000_000 / RATE_PER_SEC a
 
 impl Bucket {
     /// Takes a token at `now`; false when the bucket is empty.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let full_at = self.full_at.map_or(now, |t| t.max(now)) + TOKEN_TIME;
         if full_at > now + TOKEN_TIME * BURST {
             return false;
@@ -215,13 +215,13 @@ pub(crate) struct Budget {
 
 impl Budget {
     /// The budget of a connection allowing `max_streams` concurrent streams.
-    pub fn new(max_streams: u32) -> Budget {
+    pub(crate) fn new(max_streams: u32) -> Budget {
         Budget { bucket: Bucket::default(), credit: 0, resets: 0, resets_max: max_streams }
     }
 
     /// Charges the client's frame `f`; false when it is over the limit. `now` is read once, and
     /// only when a token is needed.
-    pub fn charge(&mut self, f: &Frame, now: &mut impl FnMut() -> Instant) -> bool {
+    pub(crate) fn charge(&mut self, f: &Frame, now: &mut impl FnMut() -> Instant) -> bool {
         if f.kind == HEADERS {
             self.resets = (self.resets + 1).min(self.resets_max);
         }
@@ -240,7 +240,7 @@ impl Budget {
     }
 
     /// Credits weir's frame `f`.
-    pub fn earn(&mut self, f: &Frame) {
+    pub(crate) fn earn(&mut self, f: &Frame) {
         if earns(f) {
             self.credit = (self.credit + CREDIT_PER_FRAME).min(CREDIT_MAX);
         }
@@ -254,7 +254,7 @@ pub(crate) struct Verdict(Rc<Cell<bool>>);
 
 impl Verdict {
     /// Whether the client flooded the connection.
-    pub fn flooded(&self) -> bool {
+    pub(crate) fn flooded(&self) -> bool {
         self.0.get()
     }
 }
@@ -311,7 +311,7 @@ pub(crate) struct Guarded {
 impl Guarded {
     /// Guards `io` (which starts with the client's preface) of a connection allowing
     /// `max_streams` concurrent streams; `verdict` learns if it trips.
-    pub fn new(io: PollIo, max_streams: u32, verdict: Verdict) -> Guarded {
+    pub(crate) fn new(io: PollIo, max_streams: u32, verdict: Verdict) -> Guarded {
         Guarded {
             io,
             inbound: FrameTracker::client_to_server(),

@@ -29,12 +29,15 @@ use crate::plan::{AttemptResult, Attempter, Call, ClientFault};
 use crate::pool;
 use crate::state::Picked;
 
+/// The rest of a request body still being sent to the endpoint.
+pub(crate) type BodyPump = Pin<Box<dyn Future<Output = Result<(), PumpError>>>>;
+
 /// The response of an HTTP/2 attempt, and what is left of the request body (still being sent:
 /// the endpoint answered before the client finished, as streaming calls do).
 pub(crate) struct H2Up {
     pub head: http::response::Parts,
     pub body: h2::RecvStream,
-    pub rest: Option<Pin<Box<dyn Future<Output = Result<(), PumpError>>>>>,
+    pub rest: Option<BodyPump>,
     /// The request stream towards the endpoint (kept so it is not reset before the response
     /// is relayed; reset with NO_ERROR afterwards if the client never finished).
     pub send: Option<h2::SendStream<Bytes>>,
@@ -119,6 +122,7 @@ async fn pump_h2_body(
 }
 
 /// Where the request body comes from.
+#[expect(clippy::large_enum_variant, reason = "one per attempt, on its stack: boxing would allocate per request")]
 pub(crate) enum ReqBody<'a> {
     /// No body.
     Empty,
@@ -143,7 +147,7 @@ pub(crate) struct ToH2<'a> {
 }
 
 impl<'a> ToH2<'a> {
-    pub fn new(req: &'a ReqParts, body: ReqBody<'a>, grpc: bool, client_deadline: Option<Instant>) -> ToH2<'a> {
+    pub(crate) fn new(req: &'a ReqParts, body: ReqBody<'a>, grpc: bool, client_deadline: Option<Instant>) -> ToH2<'a> {
         ToH2 { req, body, grpc, client_deadline, attempts: 0, pushback: None }
     }
 
@@ -165,7 +169,7 @@ impl<'a> ToH2<'a> {
     }
 
     /// Whether the client's body has been read to its end.
-    pub fn body_complete(&self) -> bool {
+    pub(crate) fn body_complete(&self) -> bool {
         match &self.body {
             ReqBody::Empty => true,
             ReqBody::H1 { replay, .. } => replay.complete,
@@ -262,8 +266,7 @@ impl Attempter for ToH2<'_> {
                     },
                     // Full duplex: the rest of the body goes on while the response streams.
                     Either::Right((head, _)) => {
-                        let rest: Pin<Box<dyn Future<Output = Result<(), PumpError>>>> =
-                            Box::pin(async move { pump.await.map(drop) });
+                        let rest: BodyPump = Box::pin(async move { pump.await.map(drop) });
                         (head, Some(rest), None)
                     }
                 }

@@ -9,6 +9,7 @@
 mod attempt;
 mod body;
 mod bridge;
+pub mod caller;
 mod conn;
 mod ctx;
 mod exchange;
@@ -30,11 +31,12 @@ mod snapshot;
 mod state;
 mod tcp;
 mod telemetry;
+pub mod trace;
 mod tunnel;
 mod worker;
 
 pub use health::{CheckCounts, HealthChecker};
-pub use shared::{OriginalDst, Shared};
+pub use shared::{OriginalDst, Shared, Steered};
 pub use snapshot::{Service, Snapshot};
-pub use telemetry::{LogSource, TelemetryHub, WorkerTelemetry, telemetry};
+pub use telemetry::{LogSource, SpanSource, TelemetryHub, WorkerTelemetry, telemetry};
 pub use worker::{StartOptions, ThreadHook, Workers};

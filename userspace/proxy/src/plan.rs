@@ -1,7 +1,8 @@
-//! What one HTTP/1.1 request carries through its attempts: the client side ([`Downstream`]),
-//! the plan of what does not change between attempts ([`Plan`]: deadlines, body handling,
-//! forwarding headers, how the head is written), and the bundle every step reads ([`Call`]).
-//! Must not: do I/O or touch per-worker state.
+//! What one HTTP/1.1 request carries through its attempts: the client side ([`Downstream`]:
+//! the connection, its caller and the request's trace decision), the plan of what does not
+//! change between attempts ([`Plan`]: deadlines, body handling, forwarding headers including
+//! the `traceparent` naming weir's span, how the head is written), and the bundle every step
+//! reads ([`Call`]). Must not: do I/O or touch per-worker state.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use crate::ctx::Ctx;
 use crate::http::{self, BodyFraming, HeadLimits, Method, RequestHead, Version};
 use crate::io::Conn;
 use crate::state::{Picked, Scope};
+use crate::trace::{TRACEPARENT_LEN, Trace};
 
 /// `Via` values by the minor version received (`1.0 weir` … `1.9 weir`).
 const VIA: [&[u8]; 10] = [
@@ -40,6 +42,10 @@ pub(crate) struct Downstream {
     pub conn: Conn,
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
+    /// The caller's cgroup id, for a steered connection.
+    pub caller: Option<u64>,
+    /// The current request's trace decision (`crate::trace::decide`).
+    pub trace: Trace,
 }
 
 /// What does not change between a request's attempts.
@@ -73,10 +79,19 @@ pub(crate) struct Plan {
     fwd: Vec<u8>,
     fwd_split: usize,
     xfp: bool,
+    /// The `traceparent` forwarded in place of the client's, when weir makes a span.
+    traceparent: Option<[u8; TRACEPARENT_LEN]>,
+    /// weir started the trace: the client's `tracestate` (of no trace it joined) is not
+    /// forwarded.
+    drop_tracestate: bool,
 }
 
+/// Up to eight `(name, value)` fields weir adds to a forwarded request; the count in use beside it.
+pub(crate) type AddedFields<'a> = [(&'a [u8], &'a [u8]); 8];
+
 impl Plan {
-    pub fn new(scope: &Scope, head: &mut RequestHead, src: &[u8], peer: SocketAddr, started: Instant) -> Plan {
+    pub(crate) fn new(scope: &Scope, head: &mut RequestHead, down: &Downstream, started: Instant) -> Plan {
+        let (src, peer) = (&down.buf[..], down.peer);
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
         let retry = scope.retry();
@@ -112,9 +127,21 @@ impl Plan {
             fwd: Vec::new(),
             fwd_split: 0,
             xfp: false,
+            traceparent: None,
+            drop_tracestate: false,
         };
         if plan.forwarded.any() {
             plan.forwarding_values(head, src, peer);
+        }
+        // weir's span becomes the parent of what the endpoint does. A trace weir started has
+        // no business carrying another trace's vendor state.
+        if let Trace::Span(span) = down.trace {
+            head.remove_header(src, b"traceparent");
+            if span.started_here() {
+                head.remove_header(src, b"tracestate");
+            }
+            plan.traceparent = Some(span.traceparent());
+            plan.drop_tracestate = span.started_here();
         }
         if plan.upgrade.is_some() {
             // Once sent, an upgrade may have switched the endpoint's connection: never resent.
@@ -124,8 +151,8 @@ impl Plan {
     }
 
     /// The plan of an HTTP/2 client's request (`method`; its body, if any, streams and is kept
-    /// for replay up to the service's limit).
-    pub fn for_h2(scope: &Scope, method: &::http::Method, started: Instant) -> Plan {
+    /// for replay up to the service's limit; `trace`: its trace decision, `trace::decide_h2`).
+    pub(crate) fn for_h2(scope: &Scope, method: &::http::Method, started: Instant, trace: Trace) -> Plan {
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
         let retry = scope.retry();
@@ -153,13 +180,22 @@ impl Plan {
             fwd: Vec::new(),
             fwd_split: 0,
             xfp: false,
+            traceparent: match trace {
+                Trace::Span(span) => Some(span.traceparent()),
+                Trace::None => None,
+            },
+            drop_tracestate: matches!(trace, Trace::Span(span) if span.started_here()),
         }
     }
 
     /// The headers weir adds to a request it forwards that did not come over HTTP/1.1 (`via`,
-    /// and the forwarding headers the service asks for, computed from `existing` values).
-    pub fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
+    /// the forwarding headers the service asks for, computed from `existing` values, and the
+    /// `traceparent` naming weir's span, in place of the client's: see [`Plan::retrace_h2`]).
+    pub(crate) fn extra_h2(&self, peer: SocketAddr, existing: &::http::HeaderMap) -> Vec<(&'static [u8], Vec<u8>)> {
         let mut out: Vec<(&'static [u8], Vec<u8>)> = vec![(b"via", self.via.to_vec())];
+        if let Some(tp) = &self.traceparent {
+            out.push((b"traceparent", tp.to_vec()));
+        }
         let ip = peer.ip().to_canonical();
         let join = |name: &str, add: String| -> Vec<u8> {
             let mut v: Vec<u8> = Vec::new();
@@ -184,6 +220,18 @@ impl Plan {
             out.push((b"x-forwarded-proto", b"http".to_vec()));
         }
         out
+    }
+
+    /// Removes from an HTTP/2 client's fields what weir's span replaces: its `traceparent`
+    /// (when weir makes a span; [`Plan::extra_h2`] adds weir's) and, for a trace weir started,
+    /// its `tracestate`. An unsampled trace passes untouched.
+    pub(crate) fn retrace_h2(&self, headers: &mut ::http::HeaderMap) {
+        if self.traceparent.is_some() {
+            headers.remove("traceparent");
+            if self.drop_tracestate {
+                headers.remove("tracestate");
+            }
+        }
     }
 
     /// X-Forwarded-For and Forwarded: the client's values (every field line, in order) with the
@@ -214,15 +262,15 @@ impl Plan {
     }
 
     /// The deadline of an attempt starting at `now`.
-    pub fn attempt_deadline(&self, now: Instant) -> Instant {
+    pub(crate) fn attempt_deadline(&self, now: Instant) -> Instant {
         self.attempt_timeout.map_or(self.deadline, |t| self.deadline.min(now + t))
     }
 
     /// The fields weir adds to a forwarded HTTP/1.1 request (`via`, and the forwarding
     /// headers the service asks for); `host` for `endpoint` when the request has none.
-    pub fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> ([(&'a [u8], &'a [u8]); 7], usize) {
-        let mut extra: [(&[u8], &[u8]); 7] =
-            [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
+    pub(crate) fn added_fields<'a>(&'a self, head: &RequestHead, host: &'a str) -> (AddedFields<'a>, usize) {
+        let mut extra: [(&[u8], &[u8]); 8] =
+            [(b"via", self.via), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b""), (b"", b"")];
         let mut n = 1;
         if let Some(offer) = &self.upgrade {
             extra[n] = (b"connection", b"upgrade");
@@ -245,12 +293,16 @@ impl Plan {
             extra[n] = (b"x-forwarded-proto", b"http");
             n += 1;
         }
+        if let Some(tp) = &self.traceparent {
+            extra[n] = (b"traceparent", tp);
+            n += 1;
+        }
         (extra, n)
     }
 
     /// Writes the request head for `endpoint` (and a held body) into `out`, with the fields
     /// the route sets (`set`).
-    pub fn write_head(
+    pub(crate) fn write_head(
         &self,
         head: &RequestHead,
         src: &[u8],
@@ -321,7 +373,7 @@ pub(crate) enum ClientFault {
 
 impl<U> AttemptResult<U> {
     /// A result without a response.
-    pub fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult<U> {
+    pub(crate) fn failed(outcome: Outcome, reused: bool, written: bool) -> AttemptResult<U> {
         AttemptResult {
             outcome,
             conn: None,

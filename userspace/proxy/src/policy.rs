@@ -5,7 +5,6 @@
 //! per route and backend. Must not: write to the client, allocate on the HTTP/1.1 path, or
 //! hold the state borrow across an `.await`.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use weir_core::config::HeaderEdits;
@@ -16,6 +15,7 @@ use weir_core::stats::FaultKind;
 
 use crate::ctx::Ctx;
 use crate::http::RequestHead;
+use crate::record::Requester;
 use crate::state::Scope;
 
 /// An HTTP/1.1 request head, as routing reads it.
@@ -70,11 +70,17 @@ pub(crate) struct Refused {
     pub retry_after: Option<u32>,
 }
 
-/// Admits a request from `peer` to `scope`'s service: its rate limit, then its pending
-/// limit (a request admitted here is released by the caller when it finishes).
-pub(crate) fn admit(ctx: &Ctx, scope: &Scope, peer: SocketAddr) -> Result<(), Refused> {
+/// Who a rate limit counts a request against: the caller's cgroup when weir steered its
+/// connection (so that workloads sharing an address are told apart), else its peer address.
+pub(crate) fn caller(who: &Requester) -> Caller {
+    who.caller.map_or(Caller::Addr(who.peer.ip()), Caller::Workload)
+}
+
+/// Admits a request from `who` to `scope`'s service: its rate limit, then its pending limit
+/// (a request admitted here is released by the caller when it finishes).
+pub(crate) fn admit(ctx: &Ctx, scope: &Scope, who: &Requester) -> Result<(), Refused> {
     let mut state = ctx.state.borrow_mut();
-    if let Err(limited) = state.rate_limit(scope, Caller::Addr(peer.ip()), ctx.now_ns()) {
+    if let Err(limited) = state.rate_limit(scope, caller(who), ctx.now_ns()) {
         return Err(Refused { reason: ErrorReason::RateLimited, retry_after: Some(limited.retry_after_secs()) });
     }
     if !state.admit(scope) {

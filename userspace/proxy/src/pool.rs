@@ -33,7 +33,7 @@ pub(crate) struct UpConn {
 
 impl UpConn {
     /// Counts `conn` in `gauge` until it is dropped.
-    pub fn new(conn: Conn, gauge: &Gauge) -> UpConn {
+    pub(crate) fn new(conn: Conn, gauge: &Gauge) -> UpConn {
         gauge.set(gauge.get() + 1);
         UpConn { conn, gauge: gauge.clone() }
     }
@@ -42,7 +42,7 @@ impl UpConn {
 impl UpConn {
     /// Closes with a reset: for a connection abandoned mid-request or mid-response, whose
     /// queued bytes nobody will read (a graceful close could wait on them indefinitely).
-    pub fn abort(self) {
+    pub(crate) fn abort(self) {
         let _ = self.conn.set_zero_linger();
     }
 }
@@ -84,7 +84,7 @@ pub(crate) struct Counted(Gauge);
 
 impl Counted {
     /// Counts one more in `gauge`.
-    pub fn new(gauge: &Gauge) -> Counted {
+    pub(crate) fn new(gauge: &Gauge) -> Counted {
         gauge.set(gauge.get() + 1);
         Counted(gauge.clone())
     }
@@ -126,7 +126,7 @@ impl Drop for Lease {
 
 impl H2Conn {
     /// A lease on this connection (for a request that cannot pool it).
-    pub fn lease(&self) -> Lease {
+    pub(crate) fn lease(&self) -> Lease {
         self.active.set(self.active.get() + 1);
         Lease { send: self.send.clone(), active: self.active.clone() }
     }
@@ -146,7 +146,7 @@ pub(crate) struct H2Pool {
 
 impl H2Pool {
     /// A lease on a connection with room for one more stream, if there is one.
-    pub fn take(&mut self, now: Instant) -> Option<Lease> {
+    pub(crate) fn take(&mut self, now: Instant) -> Option<Lease> {
         self.conns.retain(|c| !c.dead.get());
         let c = self.conns.iter_mut().find(|c| c.has_room())?;
         c.last_used = now;
@@ -154,13 +154,13 @@ impl H2Pool {
     }
 
     /// Adds a new connection.
-    pub fn put(&mut self, conn: H2Conn) {
+    pub(crate) fn put(&mut self, conn: H2Conn) {
         self.conns.push(conn);
     }
 
     /// Drops connections with no stream in flight, idle for `max_idle` or longer; returns how
     /// many are left.
-    pub fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
+    pub(crate) fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
         self.conns
             .retain(|c| !c.dead.get() && (c.active.get() > 0 || now.saturating_duration_since(c.last_used) < max_idle));
         self.conns.len()
@@ -211,7 +211,7 @@ impl Pool {
     /// A reusable connection, if one is idle and younger than `max_idle`. Every candidate is
     /// checked before reuse (one non-blocking peek): one the endpoint closed, reset or wrote
     /// to while it was idle is dropped on the way.
-    pub fn take(&mut self, now: Instant, max_idle: Duration) -> Option<UpConn> {
+    pub(crate) fn take(&mut self, now: Instant, max_idle: Duration) -> Option<UpConn> {
         while let Some((up, since)) = self.idle.pop() {
             let idle = now.saturating_duration_since(since);
             if idle >= max_idle || up.conn.is_stale() {
@@ -224,7 +224,7 @@ impl Pool {
 
     /// Returns a connection after a complete exchange. Keeps at most `cap` idle connections,
     /// dropping the oldest.
-    pub fn put(&mut self, up: UpConn, now: Instant, cap: usize) {
+    pub(crate) fn put(&mut self, up: UpConn, now: Instant, cap: usize) {
         if cap == 0 {
             return;
         }
@@ -235,14 +235,14 @@ impl Pool {
     }
 
     /// Closes connections idle for `max_idle` or longer. Returns how many were closed.
-    pub fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
+    pub(crate) fn expire(&mut self, now: Instant, max_idle: Duration) -> usize {
         let before = self.idle.len();
         self.idle.retain(|(_, since)| now.saturating_duration_since(*since) < max_idle);
         before - self.idle.len()
     }
 
     /// Idle connections held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.idle.len()
     }
 }

@@ -1,17 +1,20 @@
 //! How a finished HTTP request is counted, whatever its codec: the worker's RED stats shard
-//! and its access-log ring, from what the exchange reported. Must not: block, lock, or allocate
+//! (under the caller's `source`), its access-log ring and, for a traced request, its span
+//! ring, from what the exchange reported. Must not: block, lock, or allocate
 //! (the log record is fixed-size).
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, NO_ID, PATH_BYTES};
-use weir_core::stats::RequestRecord;
+use weir_core::stats::{Exemplar, RequestRecord};
 
 use crate::ctx::Ctx;
 use crate::http::{Method, RequestHead};
+use crate::plan::Downstream;
 use crate::retry_loop::Exchange;
 use crate::state::Scope;
+use crate::trace::{SpanRecord, Trace};
 
 /// What the access log needs of a request, copied out of the head (bounded, no heap).
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,7 +27,7 @@ pub(crate) struct RequestInfo {
 
 impl RequestInfo {
     /// From an HTTP/2 request's parts.
-    pub fn from_h2(parts: &http::request::Parts) -> RequestInfo {
+    pub(crate) fn from_h2(parts: &http::request::Parts) -> RequestInfo {
         let authority = parts.uri.authority().map_or(&b""[..], |a| a.as_str().as_bytes());
         RequestInfo {
             method: InlineStr::new(parts.method.as_str().as_bytes()),
@@ -34,7 +37,7 @@ impl RequestInfo {
         }
     }
 
-    pub fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
+    pub(crate) fn from_head(head: &RequestHead, src: &[u8]) -> RequestInfo {
         RequestInfo {
             method: InlineStr::new(head.method_span.get(src)),
             authority: InlineStr::new(head.host.map_or(&b""[..], |h| h.get(src))),
@@ -44,25 +47,55 @@ impl RequestInfo {
     }
 }
 
-/// Counts a finished request in the worker's stats shard and access log.
+/// Who sent a request, as its accounting reports it: the client's address, the caller's
+/// cgroup (a steered connection's, shared by every request and HTTP/2 stream on it) and the
+/// request's trace decision.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Requester {
+    pub peer: SocketAddr,
+    /// The caller's cgroup id, for a steered connection.
+    pub caller: Option<u64>,
+    pub trace: Trace,
+}
+
+impl Requester {
+    /// The current request of an HTTP/1.1 connection.
+    pub(crate) fn of(down: &Downstream) -> Requester {
+        Requester { peer: down.peer, caller: down.caller, trace: down.trace }
+    }
+}
+
+/// Counts a finished request in the worker's stats shard (under its caller's `source`), its
+/// access log and, when weir makes a span for it, its span ring.
 pub(crate) fn account(
     ctx: &Ctx,
     scope: Option<&Scope>,
-    peer: SocketAddr,
+    who: &Requester,
     started: Instant,
     info: &RequestInfo,
     ex: &Exchange,
 ) {
     let duration = started.elapsed();
     let mut state = ctx.state.borrow_mut();
+    let source = ctx.source(who.caller, &state.telemetry.callers);
     if ex.write_timeout {
         state.telemetry.shard.counters.downstream_write_timeouts += 1;
     }
+    let wall = (state.telemetry.logging() || who.trace != Trace::None).then(|| {
+        let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        (end.saturating_sub(duration), end)
+    });
     let record = RequestRecord {
         status: (ex.status != 0).then_some(ex.status),
         error: ex.error,
         duration,
         panic: ex.panic,
+        source: source.slot,
+        exemplar: who.trace.trace_id().map(|trace_id| Exemplar {
+            trace_id,
+            duration_ns: 0,
+            unix_ms: wall.map_or(0, |(_, end)| end.as_millis() as u64),
+        }),
         grpc: ex.grpc,
     };
     // The route and backend a routed request took (services with routes only).
@@ -74,16 +107,30 @@ pub(crate) fn account(
         }
     }
     let t = &mut state.telemetry;
+    let (start, _) = wall.unwrap_or_default();
+    if let Trace::Span(span) = who.trace {
+        t.span(SpanRecord {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            flags: span.flags,
+            start_unix_ns: start.as_nanos() as u64,
+            duration_ns: duration.as_nanos() as u64,
+            service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
+            method: info.method,
+            endpoint: ex.endpoint,
+            attempts: ex.attempts,
+            status: ex.status,
+            error: ex.error,
+            source: source.workload,
+        });
+    }
     if t.logging() {
-        let start_unix_us = SystemTime::now()
-            .checked_sub(duration)
-            .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
         t.log(LogRecord {
-            start_unix_us,
+            start_unix_us: start.as_micros() as u64,
             service: InlineStr::new(scope.map_or(&b""[..], |s| s.name().as_bytes())),
             endpoint: ex.endpoint,
-            client: Some(peer),
+            client: Some(who.peer),
             method: info.method,
             authority: info.authority,
             path: info.path,
@@ -99,6 +146,7 @@ pub(crate) fn account(
             grpc_status: ex.grpc,
             route: routed.map_or(NO_ID, |(r, _)| r),
             backend: routed.map_or(NO_ID, |(_, b)| b.log_id),
+            source_cgroup_id: source.cgroup_id.unwrap_or(0),
         });
     }
 }

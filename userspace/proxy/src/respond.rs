@@ -39,17 +39,17 @@ pub(crate) struct Reply<'a> {
 
 impl Reply<'_> {
     /// An answer with `reason`'s own message, kept open unless the reason closes.
-    pub fn new(reason: ErrorReason) -> Reply<'static> {
+    pub(crate) fn new(reason: ErrorReason) -> Reply<'static> {
         Reply { reason, detail: None, close: false, head_request: false, status: None, retry_after: None }
     }
 
     /// Whether the connection closes after this answer.
-    pub fn closes(&self) -> bool {
+    pub(crate) fn closes(&self) -> bool {
         self.close || self.reason.closes_connection()
     }
 
     /// The status sent.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.status.unwrap_or(self.reason.status())
     }
 

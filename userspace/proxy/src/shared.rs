@@ -1,5 +1,5 @@
 //! What crosses threads into the data path: the published snapshot, the steering seam
-//! ([`OriginalDst`]), the drain flag and a few process-wide gauges. Written by the control
+//! ([`OriginalDst`]), the caller table, the drain flag and a few process-wide gauges. Written by the control
 //! thread (and counted by workers with relaxed atomics); read by workers without locks. Must
 //! not: hold anything a worker mutates per request.
 
@@ -12,12 +12,22 @@ use arc_swap::ArcSwap;
 
 use crate::snapshot::Snapshot;
 
+/// A steered connection, as the kernel recorded it when the workload called `connect()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steered {
+    /// The service address the workload dialed.
+    pub dialed: SocketAddr,
+    /// The caller's cgroup v2 id (who dialed).
+    pub cgroup_id: u64,
+}
+
 /// What the data path asks of the steering layer: which service address did the workload
-/// dial, for a connection accepted from `peer` on `local`? Implemented by the weir binary over
-/// the eBPF original-destination map; `None` when the connection was not steered.
+/// dial, and from which cgroup, for a connection accepted from `peer` on `local`? Implemented
+/// by the weir binary over the eBPF original-destination map; `None` when the connection was
+/// not steered.
 pub trait OriginalDst: Send + Sync + std::fmt::Debug {
     /// Looks the connection up and forgets it (each connection is asked about once).
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Steered>;
 
     /// Called by each worker once its listener is bound (e.g. to register it for CPU-affine
     /// accept). `cpu` is the CPU the worker is pinned to, if any.
@@ -35,6 +45,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Original-destination lookups for steered connections.
     pub orig_dst: Option<Arc<dyn OriginalDst>>,
+    /// Who the steered callers are (published by the binary's identity thread).
+    pub callers: crate::caller::Callers,
     /// Set once by drain: workers stop accepting and close idle connections.
     pub draining: AtomicBool,
     /// Workers whose listener is bound and accepting.

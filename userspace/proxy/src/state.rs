@@ -39,6 +39,7 @@ pub(crate) use active::{Active, IDLE_RELEASE};
 /// thread-local reference count, never the shared `Arc`'s).
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
+    #[expect(clippy::redundant_allocation, reason = "clones bump a thread-local count, not the Arc's atomic one")]
     snapshot: Rc<Arc<Snapshot>>,
     index: usize,
     /// The route taken; [`NOT_ROUTED`] before routing (the service's first route applies).
@@ -51,49 +52,49 @@ const NOT_ROUTED: u16 = u16::MAX;
 
 impl Scope {
     /// The service's derived state (policies, backends, routes).
-    pub fn service(&self) -> &Service {
+    pub(crate) fn service(&self) -> &Service {
         &self.snapshot.services[self.index]
     }
 
     /// The route the request takes (the service's first before routing: for a service
     /// without routes, the one that matches everything).
-    pub fn route(&self) -> &Route {
+    pub(crate) fn route(&self) -> &Route {
         let routes = &self.service().routes;
         routes.get(usize::from(self.route)).unwrap_or(&routes[0])
     }
 
     /// The route's index, once the request was routed on a service with routes.
-    pub fn route_index(&self) -> Option<u16> {
+    pub(crate) fn route_index(&self) -> Option<u16> {
         (self.route != NOT_ROUTED && self.service().routed).then_some(self.route)
     }
 
     /// The backend the request goes to.
-    pub fn backend(&self) -> &Backend {
+    pub(crate) fn backend(&self) -> &Backend {
         &self.service().backends[usize::from(self.backend)]
     }
 
     /// The retry policy in force (the route's).
-    pub fn retry(&self) -> &RetryPolicy {
+    pub(crate) fn retry(&self) -> &RetryPolicy {
         &self.route().retry
     }
 
     /// The whole-request timeout in force (the route's).
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         self.route().request_timeout
     }
 
     /// The service's config.
-    pub fn config(&self) -> &ServiceConfig {
+    pub(crate) fn config(&self) -> &ServiceConfig {
         &self.snapshot.config.services[self.index]
     }
 
     /// The service name.
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.service().name
     }
 
     /// The snapshot the request was routed on.
-    pub fn snapshot(&self) -> &Snapshot {
+    pub(crate) fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 }
@@ -120,7 +121,7 @@ pub(crate) struct Tried {
 
 impl Tried {
     /// Notes an endpoint as tried.
-    pub fn add(&mut self, addr: SocketAddr) {
+    pub(crate) fn add(&mut self, addr: SocketAddr) {
         if !self.contains(addr) && self.len < self.addrs.len() {
             self.addrs[self.len] = Some(addr);
             self.len += 1;
@@ -132,7 +133,7 @@ impl Tried {
     }
 
     /// The most recently tried endpoint.
-    pub fn last(&self) -> Option<SocketAddr> {
+    pub(crate) fn last(&self) -> Option<SocketAddr> {
         self.len.checked_sub(1).and_then(|i| self.addrs[i])
     }
 }
@@ -166,6 +167,7 @@ const MAX_POOLED_HEAD_FIELDS: usize = 256;
 /// A worker's view of the active snapshot and everything it owns.
 #[derive(Debug)]
 pub(crate) struct WorkerState {
+    #[expect(clippy::redundant_allocation, reason = "clones bump a thread-local count, not the Arc's atomic one")]
     snapshot: Rc<Arc<Snapshot>>,
     services: Vec<ServiceState>,
     rng: SmallRng,
@@ -177,7 +179,7 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub fn new(snapshot: Arc<Snapshot>, worker: usize, telemetry: WorkerTelemetry) -> WorkerState {
+    pub(crate) fn new(snapshot: Arc<Snapshot>, worker: usize, telemetry: WorkerTelemetry) -> WorkerState {
         let mut state = WorkerState {
             snapshot: Rc::new(snapshot.clone()),
             services: Vec::new(),
@@ -192,12 +194,12 @@ impl WorkerState {
     }
 
     /// The snapshot requests are routed on now.
-    pub fn snapshot(&self) -> &Snapshot {
+    pub(crate) fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 
     /// Moves to `latest` if it is newer. Cheap when nothing changed (one generation compare).
-    pub fn update(&mut self, latest: &arc_swap::ArcSwap<Snapshot>) {
+    pub(crate) fn update(&mut self, latest: &arc_swap::ArcSwap<Snapshot>) {
         let current = latest.load();
         if current.generation != self.snapshot.generation {
             self.rebuild(arc_swap::Guard::into_inner(current));
@@ -249,7 +251,7 @@ impl WorkerState {
     }
 
     /// A request's scope for service `index` of the current snapshot (not routed yet).
-    pub fn scope(&self, index: usize) -> Scope {
+    pub(crate) fn scope(&self, index: usize) -> Scope {
         Scope { snapshot: self.snapshot.clone(), index, route: NOT_ROUTED, backend: 0 }
     }
 
@@ -270,14 +272,14 @@ impl WorkerState {
     }
 
     /// `scope`'s stats on this worker.
-    pub fn stats(&mut self, scope: &Scope) -> Option<&mut ServiceStats> {
+    pub(crate) fn stats(&mut self, scope: &Scope) -> Option<&mut ServiceStats> {
         let slot = self.service_mut(scope)?.stats;
         Some(self.telemetry.shard.service_mut(slot))
     }
 
     /// Lets a request of `caller` through `scope`'s rate limit (when it has one), with this
     /// worker's tokens; `Err` says when the next one would pass.
-    pub fn rate_limit(&mut self, scope: &Scope, caller: Caller, now_ns: u64) -> Result<(), Limited> {
+    pub(crate) fn rate_limit(&mut self, scope: &Scope, caller: Caller, now_ns: u64) -> Result<(), Limited> {
         let Some(limit) = &scope.service().rate_limit else { return Ok(()) };
         let Some(s) = self.service_mut(scope) else { return Ok(()) };
         let tokens = match &mut s.tokens {
@@ -288,12 +290,12 @@ impl WorkerState {
     }
 
     /// Whether a request falls in `percent` (0..=100) of all, by this worker's RNG.
-    pub fn roll(&mut self, percent: f64) -> bool {
+    pub(crate) fn roll(&mut self, percent: f64) -> bool {
         percent > 0.0 && self.rng.random::<f64>() * 100.0 < percent
     }
 
     /// Admits a request to `scope` unless its pending limit is reached.
-    pub fn admit(&mut self, scope: &Scope) -> bool {
+    pub(crate) fn admit(&mut self, scope: &Scope) -> bool {
         let max = scope.service().max_pending_per_worker;
         match self.service_mut(scope) {
             Some(s) if s.pending < max => {
@@ -305,27 +307,33 @@ impl WorkerState {
     }
 
     /// A request admitted by [`WorkerState::admit`] finished.
-    pub fn release(&mut self, scope: &Scope) {
+    pub(crate) fn release(&mut self, scope: &Scope) {
         if let Some(s) = self.service_mut(scope) {
             s.pending = s.pending.saturating_sub(1);
         }
     }
 
     /// Deposits an original request into `scope`'s retry budget.
-    pub fn record_request(&mut self, scope: &Scope, now: Instant) {
+    pub(crate) fn record_request(&mut self, scope: &Scope, now: Instant) {
         if let Some(s) = self.service_mut(scope) {
             s.budget.record_request(now);
         }
     }
 
     /// The gauge an upstream connection of `scope` is counted in.
-    pub fn gauge(&mut self, scope: &Scope) -> Gauge {
+    pub(crate) fn gauge(&mut self, scope: &Scope) -> Gauge {
         self.service_mut(scope).map(|s| s.gauge.clone()).unwrap_or_default()
     }
 
     /// What follows an attempt ([`weir_core::retry::next_step`]), with this worker's budget and
     /// RNG; counts a retry the budget refused.
-    pub fn next_step(&mut self, scope: &Scope, attempted: &Attempted, time_left: Duration, now: Instant) -> Next {
+    pub(crate) fn next_step(
+        &mut self,
+        scope: &Scope,
+        attempted: &Attempted,
+        time_left: Duration,
+        now: Instant,
+    ) -> Next {
         let policy = scope.retry();
         let Some(i) = self.current_index(scope) else {
             // The service is gone: no retry (it would have nowhere to go).
@@ -346,7 +354,7 @@ impl WorkerState {
     /// Once a second: closes pooled connections idle past their service's timeout, gives back
     /// the balancers, pools and route state of services unused for [`IDLE_RELEASE`], and
     /// copies the upstream-connection gauges into the stats shard.
-    pub fn housekeeping(&mut self, now: Instant) {
+    pub(crate) fn housekeeping(&mut self, now: Instant) {
         let snapshot = self.snapshot.clone();
         for (s, cfg) in self.services.iter_mut().zip(&snapshot.config.services) {
             if let Some(a) = &mut s.active {
@@ -360,12 +368,12 @@ impl WorkerState {
     }
 
     /// An empty buffer from the worker's pool (or a new one).
-    pub fn take_buf(&mut self) -> Vec<u8> {
+    pub(crate) fn take_buf(&mut self) -> Vec<u8> {
         self.bufs.pop().unwrap_or_else(|| Vec::with_capacity(NEW_BUF_BYTES))
     }
 
     /// Returns a buffer to the pool.
-    pub fn put_buf(&mut self, mut buf: Vec<u8>) {
+    pub(crate) fn put_buf(&mut self, mut buf: Vec<u8>) {
         if self.bufs.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES && buf.capacity() > 0 {
             buf.clear();
             self.bufs.push(buf);
@@ -374,12 +382,12 @@ impl WorkerState {
 
     /// A response head from the worker's pool (or a new one); its contents are stale until
     /// the next parse, which resets it.
-    pub fn take_head(&mut self) -> ResponseHead {
+    pub(crate) fn take_head(&mut self) -> ResponseHead {
         self.heads.pop().unwrap_or_default()
     }
 
     /// Returns a response head to the pool.
-    pub fn put_head(&mut self, head: ResponseHead) {
+    pub(crate) fn put_head(&mut self, head: ResponseHead) {
         if self.heads.len() < MAX_POOLED_HEADS && head.headers.capacity() <= MAX_POOLED_HEAD_FIELDS {
             self.heads.push(head);
         }

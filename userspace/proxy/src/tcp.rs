@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord, NO_ID};
 use weir_core::outcome::{ErrorReason, Outcome};
-use weir_core::stats::{RequestRecord, RetryReason};
+use weir_core::stats::{RequestRecord, RetryReason, SourceSlot};
 
 use crate::ctx::{ConnRoute, Ctx};
 use crate::io::Conn;
@@ -79,7 +79,8 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
         (bytes_in, bytes_out) = tunnel::pipe(client, Vec::new(), up, Vec::new(), idle).await;
     }
     let duration = started.elapsed();
-    record(ctx, &scope, error, duration);
+    let source = ctx.source(route.caller, &ctx.state.borrow().telemetry.callers);
+    record(ctx, &scope, error, duration, source.slot);
     let mut state = ctx.state.borrow_mut();
     let t = &mut state.telemetry;
     if t.logging() {
@@ -99,13 +100,14 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             grpc_status: None,
             route: NO_ID,
             backend: NO_ID,
+            source_cgroup_id: source.cgroup_id.unwrap_or(0),
             ..LogRecord::default()
         });
     }
 }
 
-fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration) {
+fn record(ctx: &Ctx, scope: &Scope, error: Option<ErrorReason>, duration: Duration, source: SourceSlot) {
     if let Some(s) = ctx.state.borrow_mut().stats(scope) {
-        s.record(&RequestRecord { status: None, error, duration, panic: false, grpc: None });
+        s.record(&RequestRecord { status: None, error, duration, panic: false, source, exemplar: None, grpc: None });
     }
 }

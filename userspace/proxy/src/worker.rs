@@ -530,8 +530,8 @@ fn spawn_connection(worker: Rc<Worker>, conn: Conn, peer: SocketAddr, protocol: 
 }
 
 /// How a new connection is served: by its steered original destination (looked up, and
-/// forgotten, in the kernel map), else by the listener it came in on; over HTTP unless that
-/// names a TCP service.
+/// forgotten, in the kernel map, with the caller's cgroup), else by the listener it came in
+/// on; over HTTP unless that names a TCP service.
 fn route_of(ctx: &Ctx, conn: &Conn, peer: SocketAddr) -> (Protocol, ConnRoute) {
     let local = conn.local_addr().ok();
     let steered = match (ctx.orig_dst(), local) {
@@ -542,12 +542,13 @@ fn route_of(ctx: &Ctx, conn: &Conn, peer: SocketAddr) -> (Protocol, ConnRoute) {
     let state = ctx.state.borrow();
     let snapshot = state.snapshot();
     // A connection to a service's own listener is for that service.
-    let dialed = steered.or_else(|| local.filter(|l| *l != snapshot.config.proxy.listen));
+    let dialed = steered.map(|s| s.dialed).or_else(|| local.filter(|l| *l != snapshot.config.proxy.listen));
+    let caller = steered.map(|s| s.cgroup_id);
     match dialed {
-        None => (Protocol::Http, ConnRoute { dialed: None, unknown: false }),
+        None => (Protocol::Http, ConnRoute { dialed: None, unknown: false, caller }),
         Some(d) => match snapshot.by_vip(d) {
-            Some(i) => (snapshot.config.services[i].protocol, ConnRoute { dialed: Some(d), unknown: false }),
-            None => (Protocol::Http, ConnRoute { dialed: Some(d), unknown: true }),
+            Some(i) => (snapshot.config.services[i].protocol, ConnRoute { dialed: Some(d), unknown: false, caller }),
+            None => (Protocol::Http, ConnRoute { dialed: Some(d), unknown: true, caller }),
         },
     }
 }

@@ -1,5 +1,7 @@
 //! The admin HTTP server, on its own thread with a tokio current-thread runtime, never on a
-//! worker core: `/ready`, `/metrics`, `/config`, `/endpoints`, `/steering`. A scrape merges
+//! worker core: `/ready`, `/metrics` (0.0.4 text, or OpenMetrics with exemplars when the
+//! scraper's `Accept` asks for `application/openmetrics-text`), `/config`, `/endpoints`,
+//! `/callers`, `/steering`. A scrape merges
 //! the workers' published stats shards here, so it never adds latency to the data path. Must
 //! not: take a lock a worker takes, or block the config watcher for long.
 
@@ -163,8 +165,15 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/endpoints" => json(&crate::metrics::endpoints_view(control)),
         "/metrics" => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(control))
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            let kind = if openmetrics { crate::metrics::OPENMETRICS } else { crate::metrics::TEXT_004 };
+            respond(StatusCode::OK, kind, crate::metrics::render(control, openmetrics))
         }
+        "/callers" => json(&crate::metrics::callers_view(control)),
         "/steering" => match control.steering.lock().as_ref() {
             Some(s) => json(&s.status()),
             None => json(&serde_json::json!({ "enabled": false })),
@@ -172,7 +181,7 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /ready /metrics /config /endpoints /steering\n",
+            "not found; try /ready /metrics /config /endpoints /callers /steering\n",
         ),
     }
 }

@@ -101,6 +101,10 @@ pub struct Control {
     /// Active health checks (its thread looks at the snapshot every 50 ms to follow reloads, and
     /// does nothing else while no service has `[service.health_check]`).
     pub health: weir_proxy::HealthChecker,
+    /// The span exporter, when tracing is on.
+    pub exporter: Mutex<Option<crate::otlp::Exporter>>,
+    /// The caller identity thread, when steering is on.
+    pub identity: Mutex<Option<crate::identity::Identity>>,
     /// The memory budget weir started with (the rings' size, the cgroup limit).
     pub memory: crate::memory::MemoryPlan,
     /// The listen addresses as configured and as bound.
@@ -255,6 +259,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[admin] allow_non_loopback", old.admin.allow_non_loopback != new.admin.allow_non_loopback),
         ("[steering]", old.steering != new.steering),
         ("[access_log]", old.access_log != new.access_log),
+        ("[tracing] otlp_endpoint", old.tracing.otlp_endpoint != new.tracing.otlp_endpoint),
+        ("[metrics]", old.metrics != new.metrics),
         ("a service's `listen`", service_listens(old) != service_listens(new)),
     ]
     .into_iter()
@@ -482,6 +488,7 @@ impl App {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
+            callers: weir_proxy::caller::Callers::default(),
             draining: AtomicBool::new(false),
             ready_workers: AtomicUsize::new(0),
             downstream_connections: AtomicUsize::new(0),
@@ -489,11 +496,40 @@ impl App {
         });
         // The rings are committed here, whole: their memory is resident from now on.
         let ring = memory.ring_records;
-        let (telemetry, hub) = weir_proxy::telemetry(workers, ring);
+        let (telemetry, hub) = weir_proxy::telemetry(workers, ring, memory.span_ring_records);
         let shipper = match ring {
             Some(_) => Some(
-                Shipper::start(config.access_log.sink.clone(), hub.logs, options.least_privilege, names)
-                    .context("starting the access-log shipper")?,
+                Shipper::start(
+                    config.access_log.sink.clone(),
+                    hub.logs,
+                    shared.clone(),
+                    options.least_privilege,
+                    names,
+                )
+                .context("starting the access-log shipper")?,
+            ),
+            None => None,
+        };
+        let exporter = match config.tracing.traces_target() {
+            Some(target) => Some(
+                crate::otlp::Exporter::start(target, hub.spans, options.least_privilege)
+                    .context("starting the span exporter")?,
+            ),
+            None => None,
+        };
+        let identity = match &steering {
+            Some(_) => Some(
+                crate::identity::Identity::start(
+                    crate::identity::Inputs {
+                        roots: config.steering.cgroups.clone(),
+                        max_sources: config.metrics.max_sources,
+                        data: shared.clone(),
+                        counts: hub.callers,
+                        stats: hub.shards.clone(),
+                    },
+                    options.least_privilege,
+                )
+                .context("starting the caller identity thread")?,
             ),
             None => None,
         };
@@ -525,6 +561,8 @@ impl App {
             shipper: Mutex::new(shipper),
             health: weir_proxy::HealthChecker::start(shared.clone(), on_thread_start.clone())
                 .context("starting the health checker")?,
+            exporter: Mutex::new(exporter),
+            identity: Mutex::new(identity),
             memory,
             listens,
             inherited: ArcSwap::from_pointee(Inherited::default()),
@@ -564,7 +602,7 @@ impl App {
                 started.resume();
                 control.takeovers_ok.store(1, Ordering::Relaxed);
                 if let Some((totals, until)) = pred.committed() {
-                    control.inherited.store(Arc::new(Inherited::new(totals)));
+                    crate::takeover::inherit(&control, totals);
                     drain_until = Some(until);
                 }
                 let finished = match control.steering.lock().as_mut() {
@@ -728,6 +766,12 @@ impl App {
         }
         if let Some(s) = self.control.shipper.lock().take() {
             s.stop(Duration::from_secs(2));
+        }
+        if let Some(e) = self.control.exporter.lock().take() {
+            e.stop(Duration::from_secs(2));
+        }
+        if let Some(i) = self.control.identity.lock().take() {
+            i.stop();
         }
         self.admin.stop(Duration::from_secs(2));
         self.control.admin_socket.lock().take();

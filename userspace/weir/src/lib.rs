@@ -1,7 +1,7 @@
 //! The weir binary's library: reading the config, eBPF steering, proxy workers, reloads (from
 //! the main thread's signal loop and the admin thread's file watcher), the admin server, the
-//! access-log shipper, and takeovers of one running weir by another. Exposed as a library so
-//! integration tests can run weir in-process.
+//! access-log shipper, caller identity, the span exporter, and takeovers of one running weir
+//! by another. Exposed as a library so integration tests can run weir in-process.
 
 pub mod admin;
 pub mod allocator;
@@ -9,10 +9,12 @@ pub mod app;
 mod bpf_sys;
 pub mod cli;
 pub mod fds;
+pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod otlp;
 pub mod privileges;
 pub mod shipper;
 pub mod steering;

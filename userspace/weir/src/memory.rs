@@ -1,5 +1,5 @@
 //! weir's memory budget: what the process holds whatever the traffic (the access-log rings,
-//! each worker's pools and runtime, the process itself) against the memory limit of its own
+//! the span rings when tracing is on, each worker's pools and runtime, the process itself) against the memory limit of its own
 //! cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes` where the memory controller is
 //! mounted as v1; the smallest limit on the way up to the hierarchy's root). When
 //! `[access_log] ring_records` is unset the rings are sized from the limit; a config whose
@@ -17,6 +17,8 @@ use weir_core::config::{Config, DEFAULT_RING_RECORDS, LogSink};
 const MIB: u64 = 1024 * 1024;
 /// Bytes of one access-log ring slot.
 pub const RECORD_BYTES: u64 = std::mem::size_of::<LogRecord>() as u64;
+/// Bytes of one span ring slot (tracing on: [`crate::otlp::RING_SPANS`] per worker).
+pub const SPAN_BYTES: u64 = std::mem::size_of::<weir_proxy::trace::SpanRecord>() as u64;
 /// Per worker, besides its ring: the I/O buffer pool (256 buffers of 16 KiB once the worker has
 /// served that many exchanges at once), the response-head pool (256 heads), the io_uring rings,
 /// the stats shard and the thread's stack.
@@ -57,6 +59,10 @@ pub struct MemoryPlan {
     pub ring_records_sized: bool,
     /// All rings.
     pub rings_bytes: u64,
+    /// Each worker's span ring capacity; `None` when tracing is off.
+    pub span_ring_records: Option<usize>,
+    /// All span rings.
+    pub span_rings_bytes: u64,
     /// All workers' pools and state.
     pub workers_bytes: u64,
     /// The process itself.
@@ -68,7 +74,7 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Fixed memory plus headroom.
     pub fn needed_bytes(&self) -> u64 {
-        self.rings_bytes + self.workers_bytes + self.process_bytes + self.headroom_bytes
+        self.rings_bytes + self.span_rings_bytes + self.workers_bytes + self.process_bytes + self.headroom_bytes
     }
 
     /// One line for logs and `weir check`.
@@ -100,6 +106,13 @@ impl MemoryPlan {
                 "access-log rings {} workers × {n} records × {RECORD_BYTES} B = {}",
                 self.workers,
                 mib(self.rings_bytes)
+            ));
+        }
+        if let Some(n) = self.span_ring_records {
+            parts.push(format!(
+                "span rings {} workers × {n} spans × {SPAN_BYTES} B = {}",
+                self.workers,
+                mib(self.span_rings_bytes)
             ));
         }
         parts.push(format!(
@@ -181,11 +194,14 @@ fn min_limit(fixed: u64) -> u64 {
 /// What `config` with `workers` workers holds, checked against `limit`. Sizes the rings when
 /// `[access_log] ring_records` is unset: a quarter of the limit for all rings, at most what
 /// fits beside the rest, at most [`DEFAULT_RING_RECORDS`] each (that default without a limit).
+#[expect(clippy::result_large_err, reason = "called once per start or check; the shortfall is the report")]
 pub fn plan(config: &Config, workers: usize, limit: Option<MemoryLimit>) -> Result<MemoryPlan, MemoryShortfall> {
     let workers = workers.max(1);
     let w = workers as u64;
     let workers_bytes = w * WORKER_BYTES;
-    let other = workers_bytes + PROCESS_BYTES;
+    let span_ring_records = config.tracing.enabled().then_some(crate::otlp::RING_SPANS);
+    let span_rings_bytes = span_ring_records.map_or(0, |n| w * n as u64 * SPAN_BYTES);
+    let other = workers_bytes + span_rings_bytes + PROCESS_BYTES;
     let limit_bytes = limit.as_ref().map(|l| l.bytes);
     let headroom_bytes = limit_bytes.map_or(0, headroom);
     let logging = config.access_log.sink != LogSink::Off;
@@ -207,6 +223,8 @@ pub fn plan(config: &Config, workers: usize, limit: Option<MemoryLimit>) -> Resu
         ring_records,
         ring_records_sized: sized,
         rings_bytes,
+        span_ring_records,
+        span_rings_bytes,
         workers_bytes,
         process_bytes: PROCESS_BYTES,
         headroom_bytes,

@@ -1,19 +1,22 @@
-//! `/metrics` (Prometheus text exposition 0.0.4) and `/endpoints` (JSON), built at scrape time
-//! on the admin thread from the workers' published stats shards, the shared outlier state and
-//! the control counters. Owns every metric name and help text. Must not: run on a worker, or
-//! emit a label value that is not bounded (services come from config, reasons and codes from
-//! fixed sets; never paths or client addresses).
+//! `/metrics` (Prometheus text exposition 0.0.4, or OpenMetrics 1.0 with exemplars when the
+//! scraper asks for `application/openmetrics-text`) and `/endpoints` (JSON), built at scrape
+//! time on the admin thread from the workers' published stats shards, the shared outlier state
+//! and the control counters. Owns every metric name and help text. Must not: run on a worker,
+//! or emit a label value that is not bounded (services come from config, reasons and codes
+//! from fixed sets, `source` from the caller table's at most `max_sources` + 2 names; never
+//! paths or client addresses).
 //!
 //! Written by hand rather than with prometheus-client: that crate's encoder emits OpenMetrics
-//! (`# EOF`, `_total` appended to counter families, `# UNIT`), while weir serves the classic
-//! text format that `promtool check metrics` validates; the format is small and tested here.
+//! only, while weir serves the classic text format by default (`promtool check metrics`
+//! validates it) and OpenMetrics on request (for exemplars: the trace id of a recent sampled
+//! request on each latency bucket); both are small and tested here.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use weir_core::outlier::EndpointState;
-use weir_core::stats::Merged;
+use weir_core::stats::{Exemplar, Merged};
 
 use crate::app::Control;
 
@@ -43,6 +46,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "weir_build_info";
     pub const WORKERS: &str = "weir_workers";
     pub const STEERING: &str = "weir_steering_kernel_events_total";
+    pub const SPANS: &str = "weir_spans_total";
     pub const TAKEOVERS: &str = "weir_takeovers_total";
     pub const ROUTE_REQUESTS: &str = "weir_route_requests_total";
     pub const ROUTE_ERRORS: &str = "weir_route_request_errors_total";
@@ -52,6 +56,11 @@ pub mod names {
 }
 
 mod policy;
+
+/// The OpenMetrics content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic text format's content type.
+pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(v: &str) -> String {
@@ -67,27 +76,58 @@ fn label(v: &str) -> String {
     out
 }
 
-struct Out(String);
+struct Out {
+    text: String,
+    /// OpenMetrics rather than 0.0.4.
+    om: bool,
+}
 
 impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        // OpenMetrics names a counter family without the `_total` its samples carry.
+        let name = if self.om && kind == "counter" { name.strip_suffix("_total").unwrap_or(name) } else { name };
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)]) {
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", label(v));
+            }
+            self.text.push('}');
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", label(v));
+        self.text.push_str(name);
+        self.labels(labels);
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A bucket sample with its exemplar (OpenMetrics only): `# {trace_id="…"} VALUE TIMESTAMP`.
+    fn bucket(&mut self, name: &str, labels: &[(&str, &str)], value: u64, exemplar: Option<&Exemplar>) {
+        self.text.push_str(name);
+        self.labels(labels);
+        let _ = write!(self.text, " {value}");
+        if let (true, Some(e)) = (self.om, exemplar) {
+            let mut id = String::with_capacity(32);
+            for b in e.trace_id {
+                let _ = write!(id, "{b:02x}");
             }
-            self.0.push('}');
+            let _ = write!(
+                self.text,
+                " # {{trace_id=\"{id}\"}} {} {}.{:03}",
+                e.duration_ns as f64 / 1e9,
+                e.unix_ms / 1000,
+                e.unix_ms % 1000
+            );
         }
-        let _ = writeln!(self.0, " {value}");
+        self.text.push('\n');
     }
 }
 
@@ -95,29 +135,33 @@ impl Out {
 /// counters continue across a takeover.
 pub fn merged(control: &Control) -> Merged {
     let shards: Vec<_> = control.stats.iter().map(|s| s.load_full()).collect();
-    let inherited = control.inherited.load();
-    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&inherited.stats)))
+    let inherited = control.inherited.load().stats(&control.shared.callers.table.load());
+    Merged::merge(shards.iter().map(|s| &**s).chain(std::iter::once(&*inherited)))
 }
 
-/// Renders `/metrics`.
-pub fn render(control: &Control) -> String {
+/// Renders `/metrics`: Prometheus text 0.0.4, or OpenMetrics with exemplars when `openmetrics`.
+pub fn render(control: &Control, openmetrics: bool) -> String {
     let stats = merged(control);
     let snapshot = control.shared.snapshot.load_full();
-    let mut o = Out(String::with_capacity(16 * 1024));
+    let callers = control.shared.callers.table.load_full();
+    let mut o = Out { text: String::with_capacity(16 * 1024), om: openmetrics };
     use names::*;
 
-    o.family(REQUESTS, "counter", "Requests (HTTP) and connections (TCP) handled, by service and status code (\"tcp\" for TCP, \"none\" when no status was sent).");
+    o.family(REQUESTS, "counter", "Requests (HTTP) and connections (TCP) handled, by service, caller (source) and status code (\"tcp\" for TCP, \"none\" when no status was sent).");
     for (name, s) in stats.services() {
         let tcp = snapshot
             .service_index(name)
             .is_some_and(|i| snapshot.config.services[i].protocol == weir_core::config::Protocol::Tcp);
-        for (code, n) in s.codes() {
-            let code = match code {
-                0 if tcp => "tcp".to_string(),
-                0 => "none".to_string(),
-                c => c.to_string(),
-            };
-            o.sample(REQUESTS, &[("service", name), ("code", &code)], n);
+        for (slot, src) in s.sources() {
+            let source = callers.source_name(slot);
+            for (code, n) in src.codes() {
+                let code = match code {
+                    0 if tcp => "tcp".to_string(),
+                    0 => "none".to_string(),
+                    c => c.to_string(),
+                };
+                o.sample(REQUESTS, &[("service", name), ("source", source), ("code", &code)], n);
+            }
         }
     }
     o.family(GRPC, "counter", "gRPC calls finished, by service and final grpc-status (lower snake_case name).");
@@ -129,15 +173,20 @@ pub fn render(control: &Control) -> String {
     o.family(
         DURATION,
         "histogram",
-        "Time from request head to the end of the response (HTTP) or connection lifetime (TCP).",
+        "Time from request head to the end of the response (HTTP) or connection lifetime (TCP), by service and caller (source).",
     );
     for (name, s) in stats.services() {
-        for (le, n) in s.cumulative_buckets() {
-            let le = if le.is_infinite() { "+Inf".to_string() } else { format!("{le}") };
-            o.sample(&format!("{DURATION}_bucket"), &[("service", name), ("le", &le)], n);
+        for (slot, src) in s.sources() {
+            let source = callers.source_name(slot);
+            for (i, (le, n)) in src.cumulative_buckets().into_iter().enumerate() {
+                let le = if le.is_infinite() { "+Inf".to_string() } else { format!("{le}") };
+                let labels = [("service", &**name), ("source", source), ("le", &le)];
+                o.bucket(&format!("{DURATION}_bucket"), &labels, n, src.exemplar(i));
+            }
+            let labels = [("service", &**name), ("source", source)];
+            o.sample(&format!("{DURATION}_sum"), &labels, src.duration_sum_ns as f64 / 1e9);
+            o.sample(&format!("{DURATION}_count"), &labels, src.duration_count);
         }
-        o.sample(&format!("{DURATION}_sum"), &[("service", name)], s.duration_sum_ns as f64 / 1e9);
-        o.sample(&format!("{DURATION}_count"), &[("service", name)], s.duration_count);
     }
     o.family(
         ERRORS,
@@ -280,9 +329,21 @@ pub fn render(control: &Control) -> String {
             o.sample(STEERING, &[("event", event)], n);
         }
     }
+    let (exported, ring_full, export_failed) = control.exporter.lock().as_ref().map_or((0, 0, 0), |e| e.counts());
+    o.family(
+        SPANS,
+        "counter",
+        "Spans of sampled requests: exported to the OTLP collector, or dropped because a worker's span ring was full or the collector failed.",
+    );
+    o.sample(SPANS, &[("result", "exported")], exported);
+    o.sample(SPANS, &[("result", "ring_full")], ring_full);
+    o.sample(SPANS, &[("result", "export_failed")], export_failed);
     o.family(BUILD_INFO, "gauge", "Build information.");
     o.sample(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
-    o.0
+    if o.om {
+        o.text.push_str("# EOF\n");
+    }
+    o.text
 }
 
 /// One endpoint in `/endpoints`.
@@ -353,4 +414,64 @@ pub fn endpoints_view(control: &Control) -> Vec<ServiceView> {
             }
         })
         .collect()
+}
+
+/// One caller of one service in `/callers`.
+#[derive(Debug, Serialize)]
+pub struct CallerView {
+    /// The `source` label value.
+    source: String,
+    /// Requests since weir started.
+    requests: u64,
+    /// Requests per second over the last 10 s.
+    rate_per_second: f64,
+    /// Failed requests (a 5xx, or no response) since weir started.
+    errors: u64,
+    /// Failed requests per second over the last 10 s.
+    errors_per_second: f64,
+    /// Median duration, from the latency buckets (as `histogram_quantile` computes it).
+    p50_seconds: Option<f64>,
+    /// 99th percentile, likewise.
+    p99_seconds: Option<f64>,
+}
+
+/// `/callers`: per service, per caller (`source`), rate, errors and p50/p99; then every
+/// workload weir knows, with its label and cgroups.
+pub fn callers_view(control: &Control) -> serde_json::Value {
+    let stats = merged(control);
+    let snapshot = control.shared.snapshot.load_full();
+    let table = control.shared.callers.table.load_full();
+    let identity = control.identity.lock();
+    let rates = identity.as_ref().map(|i| i.shared.rates()).unwrap_or_default();
+    let mut services = Vec::new();
+    for (name, s) in stats.services() {
+        let tcp = snapshot
+            .service_index(name)
+            .is_some_and(|i| snapshot.config.services[i].protocol == weir_core::config::Protocol::Tcp);
+        let mut callers: Vec<CallerView> = s
+            .sources()
+            .map(|(slot, src)| {
+                let (rate, err_rate) = rates.get(&(name.clone(), slot)).copied().unwrap_or((0.0, 0.0));
+                CallerView {
+                    source: table.source_name(slot).to_string(),
+                    requests: src.requests(),
+                    rate_per_second: rate,
+                    errors: src.failures(!tcp),
+                    errors_per_second: err_rate,
+                    p50_seconds: src.quantile_seconds(0.5),
+                    p99_seconds: src.quantile_seconds(0.99),
+                }
+            })
+            .collect();
+        callers.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.source.cmp(&b.source)));
+        services.push(serde_json::json!({ "service": &**name, "callers": callers }));
+    }
+    let workloads = identity.as_ref().map(|i| i.shared.workloads.lock().clone()).unwrap_or_default();
+    serde_json::json!({
+        "max_sources": snapshot.config.metrics.max_sources,
+        "named_sources": table.sources.len().saturating_sub(2),
+        "rate_window_seconds": crate::identity::RATE_WINDOW.as_secs(),
+        "services": services,
+        "workloads": workloads,
+    })
 }

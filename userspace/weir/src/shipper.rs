@@ -9,6 +9,8 @@
 //! that only a sink taking lines resets; while there is no sink to write to, records are
 //! drained and counted, not formatted. So a stalled sink costs the node neither CPU nor
 //! megabytes of loopback traffic.
+//! A steered caller's workload (`source_workload`) is looked up here, by the record's cgroup
+//! id in the published caller table, so that the record a worker writes stays small.
 //! Must not: make a worker wait: a slow, dead or never-reading sink only stalls this thread,
 //! and the rings absorb or drop.
 
@@ -19,9 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use weir_core::accesslog::{NO_ID, Names};
+use weir_core::accesslog::{LineNames, NO_ID, Names};
 use weir_core::config::LogSink;
-use weir_proxy::LogSource;
+use weir_proxy::caller::Callers;
+use weir_proxy::{LogSource, Shared};
 
 use sink::{Settled, Sink, Step};
 
@@ -61,12 +64,13 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// Starts shipping from `sources` to `sink`.
+    /// Starts shipping from `sources` to `sink`, naming callers from `data`'s caller table.
     /// `drop_caps`: the thread gives up every capability first (it needs none).
     /// `names`: backend names by the ids records carry.
     pub fn start(
         sink: LogSink,
         sources: Vec<LogSource>,
+        data: Arc<Shared>,
         drop_caps: bool,
         names: Arc<Names>,
     ) -> std::io::Result<Shipper> {
@@ -79,7 +83,7 @@ impl Shipper {
                 if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
                     tracing::warn!("log shipper: cannot drop capabilities: {e}");
                 }
-                run(sink, sources, stop, stats, &names)
+                run(sink, sources, &data.callers, stop, stats, &names)
             })?
         };
         Ok(Shipper { stop, thread: Some(thread), stats, ring_dropped })
@@ -106,7 +110,14 @@ impl Shipper {
     }
 }
 
-fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>, names: &Names) {
+fn run(
+    kind: LogSink,
+    mut sources: Vec<LogSource>,
+    callers: &Callers,
+    stop: Arc<AtomicBool>,
+    stats: Arc<ShipperStats>,
+    names: &Names,
+) {
     let mut sink = Sink::new(kind);
     let mut seen_dropped = vec![0u64; sources.len()];
     // Lines lost at the sink since the last formatted line (reported by the next one).
@@ -120,6 +131,7 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats:
         let step = sink.next_step(&mut settled);
         let mut taken = 0u64;
         if step != Step::Hold {
+            let table = callers.table.load();
             'sources: for (i, src) in sources.iter_mut().enumerate() {
                 let n = src.consumer.slots().min(BATCH_RECORDS);
                 if n == 0 {
@@ -134,7 +146,11 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, stop: Arc<AtomicBool>, stats:
                     taken += 1;
                     if step == Step::Write {
                         let backend = (record.backend != NO_ID).then(|| names.get(record.backend)).flatten();
-                        sink.queue(&record, gap, backend.as_deref());
+                        let source_workload = table
+                            .by_cgroup
+                            .get(&record.source_cgroup_id)
+                            .and_then(|c| std::str::from_utf8(c.workload.as_bytes()).ok());
+                        sink.queue(&record, gap, LineNames { backend: backend.as_deref(), source_workload });
                         if sink.pending_bytes() >= MAX_PENDING_BYTES {
                             break 'sources;
                         }

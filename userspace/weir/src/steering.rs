@@ -38,9 +38,9 @@ use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, OrigDst,
     SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
 };
-use weir_proxy::OriginalDst;
+use weir_proxy::{OriginalDst, Steered};
 
-use crate::bpf_sys;
+use crate::bpf_sys::{self, TypedMap};
 
 /// The kernel programs, compiled by build.rs (aya-build) for bpfel-unknown-none.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
@@ -178,14 +178,15 @@ fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::m
     ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))
 }
 
-fn map_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+/// A map of weir's object as a [`TypedMap`], its key and value sizes checked against `K`, `V`.
+fn map_fd<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> anyhow::Result<TypedMap<K, V>> {
     use aya::maps::Map;
     let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from weir's eBPF object"))?;
     let data = match map {
         Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::ReusePortSockArray(d) | Map::PerCpuArray(d) => d,
         other => bail!("map {name} has unexpected type {other:?}"),
     };
-    Ok(data.fd().as_fd().try_clone_to_owned()?)
+    Ok(TypedMap::new(data.fd().as_fd().try_clone_to_owned()?, name)?)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
@@ -656,32 +657,31 @@ fn check_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
 /// heartbeat. Raw map syscalls on dup'ed fds, so workers need no lock and no aya object.
 #[derive(Debug)]
 struct KernelHooks {
-    conn_orig: OwnedFd,
-    heartbeat: OwnedFd,
-    listeners: OwnedFd,
+    conn_orig: TypedMap<ConnKey, OrigDst>,
+    heartbeat: TypedMap<u32, u64>,
+    listeners: TypedMap<u32, u32>,
     reuseport_prog: Option<OwnedFd>,
     reuseport_attached: AtomicBool,
 }
 
 impl OriginalDst for KernelHooks {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Steered> {
         let key = ConnKey {
             peer_addr: addr16(peer.ip()),
             local_addr: addr16(local.ip()),
             peer_port: peer.port(),
             local_port: local.port(),
         };
-        let mut value = OrigDst { addr: [0; 16], port: 0, _pad: 0, service_id: 0 };
-        bpf_sys::lookup_and_delete(self.conn_orig.as_raw_fd(), &key, &mut value).ok()?;
+        let value = self.conn_orig.lookup_and_delete(&key).ok()?;
         let ip = Ipv6Addr::from(value.addr);
         let ip: IpAddr = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        Some(SocketAddr::new(ip, value.port))
+        Some(Steered { dialed: SocketAddr::new(ip, value.port), cgroup_id: value.cgroup_id })
     }
 
     fn register_listener(&self, worker: usize, cpu: Option<usize>, fd: RawFd) {
         let Some(prog) = &self.reuseport_prog else { return };
         let Some(cpu) = cpu else { return };
-        match bpf_sys::update(self.listeners.as_raw_fd(), &(cpu as u32), &(fd as u32)) {
+        match self.listeners.update(&(cpu as u32), &(fd as u32)) {
             Ok(()) => {}
             // A socket can be in one listener map only, and the map is shared: a socket handed
             // over by a weir this one took over is registered already.
@@ -715,6 +715,6 @@ impl OriginalDst for KernelHooks {
     }
 
     fn heartbeat(&self) {
-        let _ = bpf_sys::update(self.heartbeat.as_raw_fd(), &0u32, &bpf_sys::monotonic_ns());
+        let _ = self.heartbeat.update(&0, &bpf_sys::monotonic_ns());
     }
 }

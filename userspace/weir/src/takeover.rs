@@ -42,11 +42,12 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weir_core::stats::Published;
+use weir_proxy::caller::CallerTable;
 
 use crate::app::Control;
 use crate::steering::ServiceEntry;
@@ -196,23 +197,49 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, body: &[u8]) -> Result<T, Str
 pub struct Inherited {
     /// As received.
     pub totals: Totals,
-    /// The stats part, ready to merge with the workers' shards.
-    pub stats: Published,
+    /// The stats part as last built, for the caller table of that generation.
+    stats: parking_lot::Mutex<Option<(u64, Arc<Published>)>>,
 }
 
 impl Inherited {
     /// From received totals.
     pub fn new(totals: Totals) -> Inherited {
-        let stats = totals.to_published();
-        Inherited { totals, stats }
+        Inherited { totals, stats: parking_lot::Mutex::new(None) }
     }
+
+    /// The stats part, ready to merge with the workers' shards: each caller's share under
+    /// the slot `callers` gives its name. A name `callers` does not have yet (the identity
+    /// thread gives the old weir's names soon after they arrive: [`inherit`]) is left out
+    /// until it has; one it will not give (fewer `max_sources` here) stays out.
+    pub fn stats(&self, callers: &CallerTable) -> Arc<Published> {
+        let mut cached = self.stats.lock();
+        match &*cached {
+            Some((generation, stats)) if *generation == callers.generation => stats.clone(),
+            _ => {
+                let stats = Arc::new(self.totals.to_published(callers));
+                *cached = Some((callers.generation, stats.clone()));
+                stats
+            }
+        }
+    }
+}
+
+/// Takes `totals` of the weir taken over as this weir's inheritance (in place of what it
+/// sent before), once the identity thread has given the `source` names the old weir gave:
+/// each caller's series continues under its name, and none is missing from a scrape.
+pub fn inherit(control: &Control, totals: Totals) {
+    if let Some(identity) = control.identity.lock().as_ref() {
+        identity.adopt(totals.source_names.clone());
+    }
+    control.inherited.store(Arc::new(Inherited::new(totals)));
 }
 
 /// Every counter of this weir, its own and inherited, as it would hand them over now.
 pub fn current_totals(control: &Control) -> Totals {
     use std::sync::atomic::Ordering::Relaxed;
     let inherited = control.inherited.load();
-    let mut t = Totals::from_merged(&crate::metrics::merged(control));
+    let callers = control.shared.callers.table.load();
+    let mut t = Totals::from_merged(&crate::metrics::merged(control), &callers);
     let (shipped, dropped) = control.access_log_counts();
     t.access_log_shipped = shipped;
     t.access_log_dropped = dropped;

@@ -29,7 +29,7 @@ const VARIANTS: [(bool, &str, &str, &str); 2] = [
 
 /// One weir variant's results.
 #[derive(Debug, Clone, Serialize)]
-pub struct AffinityVariant {
+pub(super) struct AffinityVariant {
     /// Stable key.
     pub key: String,
     /// What the report calls it.
@@ -69,7 +69,7 @@ pub struct AffinityVariant {
 
 /// The comparison.
 #[derive(Debug, Clone, Serialize)]
-pub struct Affinity {
+pub(super) struct Affinity {
     /// "ok", "unavailable" (no root/cgroup, or one CPU) or "failed".
     pub status: String,
     /// Why it is unavailable or failed.
@@ -82,12 +82,12 @@ pub struct Affinity {
 
 impl Affinity {
     /// A comparison that did not run.
-    pub fn not_run(status: &str, note: String) -> Affinity {
+    pub(super) fn not_run(status: &str, note: String) -> Affinity {
         Affinity { status: status.into(), note: Some(note), weir_cpus: String::new(), variants: Vec::new() }
     }
 
     /// The variant with `cpu_affinity == on`.
-    pub fn variant(&self, on: bool) -> Option<&AffinityVariant> {
+    pub(super) fn variant(&self, on: bool) -> Option<&AffinityVariant> {
         self.variants.iter().find(|v| v.cpu_affinity == on && !v.rounds.is_empty())
     }
 }
@@ -122,7 +122,7 @@ fn counter(s: &Snapshot, name: &str) -> u64 {
 
 /// Runs the comparison against the upstream at `upstream_addr`; never fails (the result says
 /// why it did not run).
-pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr) -> Affinity {
+pub(super) fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr) -> Affinity {
     let cgroup = match &env.cgroup {
         Ok(cg) => cg.clone(),
         Err(why) => return Affinity::not_run("unavailable", why.clone()),
@@ -260,7 +260,7 @@ fn times(v: Option<f64>) -> String {
 }
 
 /// The report section: what is measured, the table, and the gain.
-pub fn table(a: &Affinity, plan: &Plan) -> String {
+pub(super) fn table(a: &Affinity, plan: &Plan) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "\n### CPU-affine accept (2 workers, client on CPU 0)\n");
     let _ = writeln!(

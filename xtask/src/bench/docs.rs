@@ -12,7 +12,7 @@ use super::report::Results;
 use crate::root;
 
 /// The commands that reproduce each measurement (placeholders: ADDR, PROXY_CPU, CLIENT_CPU).
-pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
+pub(super) fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
     let (p, c) = (&env.proxy_cpu, &env.client_cpu);
     let lg = "target/release/weir-loadgen";
     // The steered client's cgroup, under the cgroup v2 mount this run found.
@@ -58,12 +58,15 @@ pub fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
             plan.affinity_rate, plan.affinity_s, plan.open_warmup_s, plan.affinity_connections, plan.affinity_rounds
         ),
         "curl http://ADMIN/steering    # each weir's kernel counters (affine_accept, affine_miss), before and after the rounds".into(),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-id-VARIANT.toml    # caller identity and tracing: off, identity (VIP 127.10.0.4:80), unsampled (.5), sampled (.6, OTLP collector on loopback)"),
+        format!("taskset -c {p} target/release/weir-featurecost    # the same steps in-process, ns per request"),
+        "cargo xtask bench --only identity    # that section alone; replaces its table in this file".into(),
         "cargo bench -p weir-benches    # criterion micro-benchmarks (not part of this report)".into(),
     ]
 }
 
 /// Writes docs/BENCHMARKS.md and copies the plot of `plot` (rate, file base) next to it.
-pub fn write(r: &Results, tables: &str, plot: Option<(f64, &Path)>) -> anyhow::Result<()> {
+pub(super) fn write(r: &Results, tables: &str, plot: Option<(f64, &Path)>) -> anyhow::Result<()> {
     let docs = root().join("docs");
     let mut md = String::new();
     let m = &r.machine;

@@ -16,7 +16,7 @@ use super::procs::{self, Proc};
 
 /// One weir variant's results.
 #[derive(Debug, Clone, Serialize)]
-pub struct Variant {
+pub(super) struct Variant {
     /// Stable key.
     pub key: String,
     /// What the report calls it.
@@ -51,7 +51,7 @@ fn log_counts(admin: Option<SocketAddr>) -> (u64, u64) {
 }
 
 /// Runs the access-log comparison against `upstream`.
-pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -> anyhow::Result<Vec<Variant>> {
+pub(super) fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -> anyhow::Result<Vec<Variant>> {
     let healthy = LineSink::counting()?;
     let stalled = StalledSink::start()?;
     let specs = [
@@ -122,7 +122,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
 }
 
 /// The median (mean of the middle two for an even count).
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -15,12 +15,12 @@ use crate::setup::{apt_install, ensure_packages, which};
 use crate::{capture, root, run};
 
 /// The font the PNG plot uses for text (Debian `fonts-dejavu-core`).
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+pub(super) const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// The machine the numbers come from.
 #[derive(Debug, Clone, Serialize)]
-pub struct Machine {
+pub(super) struct Machine {
     /// Online CPUs.
     pub nproc: usize,
     /// `model name` from /proc/cpuinfo.
@@ -78,7 +78,10 @@ fn apt_peer(pkg: &str, cmd: &str, install: bool) -> Result<PathBuf, String> {
 }
 
 /// nginx, haproxy, envoy (each `Ok(path)` or why not) and the plot font.
-pub fn peers(dir: &Path, install: bool) -> (Result<PathBuf, String>, Result<PathBuf, String>, Result<PathBuf, String>) {
+pub(super) fn peers(
+    dir: &Path,
+    install: bool,
+) -> (Result<PathBuf, String>, Result<PathBuf, String>, Result<PathBuf, String>) {
     let nginx = apt_peer("nginx", "nginx", install);
     let haproxy = apt_peer("haproxy", "haproxy", install);
     let envoy = envoy(dir, install);
@@ -121,8 +124,8 @@ fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
 }
 
 /// Builds weir and weir-loadgen in release; returns their paths.
-pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    eprintln!("bench: building weir and weir-loadgen (release)");
+pub(super) fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
+    eprintln!("bench: building weir, weir-loadgen and weir-featurecost (release)");
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
@@ -135,6 +138,8 @@ pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
         "weir-benches",
         "--bin",
         "weir-loadgen",
+        "--bin",
+        "weir-featurecost",
     ]))?;
     let dir = root().join("target/release");
     Ok((dir.join("weir"), dir.join("weir-loadgen")))
@@ -150,7 +155,7 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 /// nproc, CPU model, kernel, memory, OS, and the version of everything measured.
-pub fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Machine> {
+pub(super) fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Result<Machine> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()

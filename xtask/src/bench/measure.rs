@@ -18,7 +18,7 @@ use super::procs::{self, Proc};
 
 /// Durations, rates and sizes of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub(super) struct Plan {
     /// `--quick`.
     pub quick: bool,
     /// Open-loop rates, requests per second.
@@ -64,12 +64,12 @@ pub struct Plan {
 
 impl Plan {
     /// `total` (requests or seconds of the path measurements) split over the rounds.
-    pub fn per_round(&self, total: f64) -> f64 {
+    pub(super) fn per_round(&self, total: f64) -> f64 {
         total / self.rounds.max(1) as f64
     }
 
     /// The plan for `--quick` (about two minutes of measurement) or the full run.
-    pub fn new(quick: bool) -> Plan {
+    pub(super) fn new(quick: bool) -> Plan {
         if quick {
             Plan {
                 quick,
@@ -120,7 +120,7 @@ impl Plan {
 
 /// Latency summary as `weir-loadgen` prints it (µs).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Recorded requests.
     pub count: u64,
     /// Mean.
@@ -166,7 +166,7 @@ struct IdleOut {
 
 /// One open-loop run.
 #[derive(Debug, Clone, Serialize)]
-pub struct OpenRun {
+pub(crate) struct OpenRun {
     /// Intended rate.
     pub rate: f64,
     /// 2xx responses per recorded second.
@@ -186,7 +186,7 @@ pub struct OpenRun {
 
 /// The per-hop test.
 #[derive(Debug, Clone, Serialize)]
-pub struct PerHop {
+pub(crate) struct PerHop {
     /// Median round trip.
     pub p50_us: f64,
     /// 99th percentile.
@@ -201,7 +201,7 @@ pub struct PerHop {
 
 /// The saturated closed loop.
 #[derive(Debug, Clone, Serialize)]
-pub struct Saturation {
+pub(crate) struct Saturation {
     /// Requests per second.
     pub rps: f64,
     /// Requests completed.
@@ -225,7 +225,7 @@ pub struct Saturation {
 
 /// Memory of the proxy.
 #[derive(Debug, Clone, Serialize)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// RSS after start and a few requests.
     pub rss_idle_bytes: u64,
     /// RSS right before the idle connections were opened (after the load runs).
@@ -278,7 +278,7 @@ fn common(r: &Running) -> Vec<String> {
 }
 
 /// Open loop at `rate` for `secs` (after `warmup` s) from the client core.
-pub fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow::Result<OpenRun> {
+pub(super) fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow::Result<OpenRun> {
     let mut args = vec!["open".to_string()];
     args.extend(common(r));
     args.extend(
@@ -306,7 +306,7 @@ pub fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow
 }
 
 /// One connection, `requests` sequential requests, load generator on `cpus`.
-pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, requests: u64) -> anyhow::Result<PerHop> {
+pub(super) fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, requests: u64) -> anyhow::Result<PerHop> {
     let mut args = vec!["seq".to_string()];
     args.extend(common(r));
     args.extend(["--requests".into(), requests.to_string(), "--warmup-requests".into(), plan.seq_warmup.to_string()]);
@@ -326,7 +326,7 @@ pub fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, requests: u64) -
 
 /// Closed loop from the client core: a warm-up run, then a measured run of `secs` with CPU
 /// deltas of the proxy (if any) and the upstream.
-pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, secs: f64) -> anyhow::Result<Saturation> {
+pub(super) fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, secs: f64) -> anyhow::Result<Saturation> {
     let run = |secs: f64| -> anyhow::Result<LoopOut> {
         let mut args = vec!["closed".to_string()];
         args.extend(common(r));
@@ -358,7 +358,7 @@ pub fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, secs: f64)
 
 /// Opens `plan.idle_connections` keep-alive connections (one request each) and measures the
 /// proxy's RSS with them held, against its RSS just before.
-pub fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) -> anyhow::Result<Memory> {
+pub(super) fn memory(env: &Env, plan: &Plan, r: &Running, proxy: &Proc, rss_idle: u64) -> anyhow::Result<Memory> {
     let before = proxy.rss_bytes();
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &env.client_cpu]).arg(&env.loadgen).arg("idle").args(common(r));

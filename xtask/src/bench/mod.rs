@@ -7,8 +7,9 @@
 //! upstream and the generator onto CPU 1 too). Outputs: target/bench/results.{json,md},
 //! latency plots (SVG + PNG), and docs/BENCHMARKS.md regenerated.
 //!
-//! Then two scenarios of weir alone: the access-log cost, and the gain of CPU-affine accept
-//! (two workers, weir on both CPUs, the steered client and the upstream on CPU 0).
+//! Then scenarios of weir alone: the access-log cost, the gain of CPU-affine accept (two
+//! workers, weir on both CPUs, the steered client and the upstream on CPU 0), large service
+//! tables, and the per-request cost of caller identity and tracing (identity.rs).
 //!
 //! Files: install.rs (peers, builds, machine), peers.rs (configs, starting paths), procs.rs
 //! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), rounds.rs (the
@@ -20,6 +21,7 @@
 mod affinity;
 mod docs;
 mod features;
+mod identity;
 mod install;
 mod measure;
 mod peers;
@@ -42,7 +44,7 @@ use peers::{Env, PathId};
 use procs::BenchCgroup;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A ~2-minute run (shorter and fewer measurements) instead of the full ~12 minutes.
     #[arg(long)]
     quick: bool,
@@ -52,16 +54,17 @@ pub struct BenchArgs {
     /// Leave docs/BENCHMARKS.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
-    /// Run only one section (`scale`: large service tables; `policy`: what ten routes and a
-    /// split add per hop), print it and write target/bench/SECTION.{md,json};
-    /// docs/BENCHMARKS.md is left alone.
-    #[arg(long, value_parser = ["scale", "policy"])]
+    /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
+    /// (large service tables), `policy` (what ten routes and a split add per hop; for both
+    /// docs/BENCHMARKS.md is left alone) or `identity` (the cost of caller identity and
+    /// tracing; its table in docs/BENCHMARKS.md is replaced unless --no-docs).
+    #[arg(long, value_parser = ["scale", "policy", "identity"])]
     only: Option<String>,
 }
 
 /// Everything measured on one path.
 #[derive(Debug, Clone, Serialize)]
-pub struct PathResult {
+pub(crate) struct PathResult {
     /// Stable key.
     pub key: String,
     /// Report label.
@@ -98,7 +101,7 @@ impl PathResult {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     procs::cleanup_on_signal()?;
     let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
@@ -186,6 +189,34 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
+    if args.only.as_deref() == Some("identity") {
+        let s = identity::run(&env, &plan, upstream_addr, &upstream);
+        drop(upstream);
+        drop(cgroup_guard);
+        let md = identity::markdown(&s, &plan);
+        std::fs::write(dir.join("identity.md"), &md)?;
+        std::fs::write(dir.join("identity.json"), serde_json::to_string_pretty(&s)?)?;
+        println!("{md}");
+        if !args.no_docs {
+            let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
+            let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
+            let note = format!(
+                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run \
+named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
+are noisy when that is high; CPU per request is counted for weir alone._",
+                if args.quick { " --quick" } else { "" },
+                now_utc(),
+                capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default(),
+                share * 100.0,
+                top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
+            );
+            identity::splice_into_docs(&md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: identity section replaced");
+        }
+        return Ok(());
+    }
     let paths = rounds::run(&env, &plan, upstream_addr, &mut upstream);
     eprintln!("bench: access-log cost (weir variants)");
     let features = features::run(&env, &plan, upstream_addr, &upstream).unwrap_or_else(|e| {
@@ -196,6 +227,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let affinity = affinity::run(&env, &plan, upstream_addr);
     eprintln!("bench: large service tables (1 000 to 100 000 services)");
     let scale = scale::run(&env, &plan, upstream_addr);
+    eprintln!("bench: caller identity and tracing (4 weir variants)");
+    let identity = identity::run(&env, &plan, upstream_addr, &upstream);
     drop(upstream);
     drop(cgroup_guard);
     if procs::stopping() {
@@ -223,6 +256,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         features,
         affinity,
         scale,
+        identity,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
     };

@@ -15,13 +15,13 @@ use weir_testkit::ReservedPort;
 use super::procs::{self, Proc};
 
 /// The VIP the steered client dials (never served by anything but weir).
-pub const VIP: &str = "127.10.0.1:80";
+pub(super) const VIP: &str = "127.10.0.1:80";
 /// The service name weir routes by when a client dials it directly (Host header).
-pub const SERVICE: &str = "bench";
+pub(super) const SERVICE: &str = "bench";
 
 /// One path a request can take from the load generator to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathId {
+pub(super) enum PathId {
     /// Straight to the upstream.
     Direct,
     /// weir, one worker, client dialing weir's address (routed by Host).
@@ -38,11 +38,11 @@ pub enum PathId {
 
 impl PathId {
     /// Every path, in report order.
-    pub const ALL: [PathId; 6] =
+    pub(super) const ALL: [PathId; 6] =
         [PathId::Direct, PathId::Weir, PathId::WeirSteered, PathId::Nginx, PathId::Haproxy, PathId::Envoy];
 
     /// Stable key (JSON, file names).
-    pub fn key(self) -> &'static str {
+    pub(super) fn key(self) -> &'static str {
         match self {
             PathId::Direct => "direct",
             PathId::Weir => "weir",
@@ -54,7 +54,7 @@ impl PathId {
     }
 
     /// What the report calls it.
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             PathId::Direct => "direct (no proxy)",
             PathId::Weir => "weir",
@@ -68,7 +68,7 @@ impl PathId {
 
 /// Binaries and directories of one benchmark run.
 #[derive(Debug)]
-pub struct Env {
+pub(super) struct Env {
     /// target/bench.
     pub dir: PathBuf,
     /// Release weir.
@@ -108,7 +108,7 @@ impl Env {
 
 /// A started path: where the client dials, and the proxy process (none for direct).
 #[derive(Debug)]
-pub struct Running {
+pub(super) struct Running {
     /// The proxy (None on the direct path).
     pub proc: Option<Proc>,
     /// Address the load generator dials.
@@ -123,7 +123,7 @@ pub struct Running {
 
 /// The nginx config of the upstream: `return 200 "ok\n"`, one worker, keep-alive without
 /// a request limit.
-pub fn upstream_conf(env: &Env, listen: SocketAddr) -> String {
+pub(super) fn upstream_conf(env: &Env, listen: SocketAddr) -> String {
     let prefix = env.dir.join("nginx-upstream");
     nginx_conf(&prefix, &format!("server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}"))
 }
@@ -139,7 +139,7 @@ worker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; }}\nhttp {{\n  
 }
 
 /// Starts the upstream on the client CPU.
-pub fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
+pub(super) fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
     let nginx = env.nginx.clone().map_err(anyhow::Error::msg).context("the upstream is nginx")?;
     // A port held for nginx while it runs (it binds with SO_REUSEADDR).
     let port = ReservedPort::loopback()?;
@@ -166,7 +166,7 @@ fn s(p: &Path) -> String {
 
 /// How one weir process of the benchmark is set up.
 #[derive(Debug, Clone, Copy)]
-pub struct WeirSpec<'a> {
+pub(super) struct WeirSpec<'a> {
     /// Name for its config and log files.
     pub name: &'a str,
     /// `[access_log] sink`.
@@ -185,7 +185,7 @@ pub struct WeirSpec<'a> {
 
 /// weir's config for `spec`: the upstream as the only endpoint of service `bench`, both
 /// listeners on any free port (`127.0.0.1:0`; weir reports the ones it bound).
-pub fn weir_toml(upstream: SocketAddr, spec: &WeirSpec) -> String {
+pub(super) fn weir_toml(upstream: SocketAddr, spec: &WeirSpec) -> String {
     let WeirSpec { sink, cgroup, workers, vip, cpu_affinity, .. } = *spec;
     let mut steering = match cgroup {
         Some(cg) => format!("enabled = true\ncgroups = [\"{}\"]", cg.display()),
@@ -204,7 +204,7 @@ pub fn weir_toml(upstream: SocketAddr, spec: &WeirSpec) -> String {
 
 /// Starts weir (`name` for files) with access-log `sink`, one worker on the proxy's CPU,
 /// steered for `cgroup` if given.
-pub fn start_weir(
+pub(super) fn start_weir(
     env: &Env,
     name: &str,
     upstream: SocketAddr,
@@ -217,12 +217,22 @@ pub fn start_weir(
 
 /// Starts weir as `spec` says; ready once it has written its ready file (the ports it bound)
 /// and its admin API and listener answer.
-pub fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
-    start_weir_toml(env, spec, &weir_toml(upstream, spec))
+pub(super) fn start_weir_spec(env: &Env, spec: &WeirSpec, upstream: SocketAddr) -> anyhow::Result<Running> {
+    start_weir_with(env, spec, upstream, "")
+}
+
+/// [`start_weir_spec`] with `extra` TOML appended to the config (more tables).
+pub(super) fn start_weir_with(
+    env: &Env,
+    spec: &WeirSpec,
+    upstream: SocketAddr,
+    extra: &str,
+) -> anyhow::Result<Running> {
+    start_weir_toml(env, spec, &format!("{}{extra}", weir_toml(upstream, spec)))
 }
 
 /// Starts weir as `spec` says with the config `toml` (the service is still [`SERVICE`]).
-pub fn start_weir_toml(env: &Env, spec: &WeirSpec, toml: &str) -> anyhow::Result<Running> {
+pub(super) fn start_weir_toml(env: &Env, spec: &WeirSpec, toml: &str) -> anyhow::Result<Running> {
     let conf = env.write_config(&format!("{}.toml", spec.name), toml)?;
     let ready_file = env.dir.join("logs").join(format!("{}.ready.json", spec.name));
     let _ = std::fs::remove_file(&ready_file);
@@ -245,7 +255,7 @@ pub fn start_weir_toml(env: &Env, spec: &WeirSpec, toml: &str) -> anyhow::Result
 }
 
 /// Starts the proxy of path `id` (nothing for `Direct`).
-pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Running> {
+pub(super) fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Running> {
     // A port held for the peer while it runs (nginx, HAProxy and Envoy bind with SO_REUSEADDR).
     let port = ReservedPort::loopback()?;
     let listen = port.addr();
@@ -298,7 +308,7 @@ pub fn start(env: &Env, id: PathId, upstream: SocketAddr) -> anyhow::Result<Runn
 }
 
 /// nginx as a reverse proxy: 1 worker, HTTP/1.1 keep-alive pool to the upstream.
-pub fn nginx_proxy_conf(prefix: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+pub(super) fn nginx_proxy_conf(prefix: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     nginx_conf(
         prefix,
         &format!(
@@ -312,7 +322,7 @@ proxy_set_header Connection \"\";\n    }}\n  }}"
 /// HAProxy in http mode: 1 thread, keep-alive both sides, idle server connections shared
 /// (`http-reuse always`), no logging. The fd limit here may be below what maxconn asks for:
 /// `no strict-limits` lets it start with what it has.
-pub fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
+pub(super) fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         "global\n  nbthread 1\n  maxconn 11000\n  no strict-limits\n\n\
 defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n  http-reuse always\n\n\
@@ -322,7 +332,7 @@ frontend fe\n  bind {listen}\n  default_backend be\n\nbackend be\n  server up {u
 
 /// Envoy per its "how to benchmark Envoy" FAQ: circuit breakers out of the way, no request-id
 /// generation, no dynamic stats, all stats rejected, no access log; HTTP/1.1 both sides.
-pub fn envoy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
+pub(super) fn envoy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
     let big = 1_000_000_000u64;
     format!(
         r#"static_resources:

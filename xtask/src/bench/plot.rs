@@ -39,7 +39,7 @@ fn x_of(p: f64) -> f64 {
 }
 
 /// Draws `series` (label, `[percentile, µs]` points) into `svg` and `png`.
-pub fn plot(series: &[(String, Vec<(f64, f64)>)], title: &str, svg: &Path, png: &Path) -> anyhow::Result<()> {
+pub(super) fn plot(series: &[(String, Vec<(f64, f64)>)], title: &str, svg: &Path, png: &Path) -> anyhow::Result<()> {
     let text = font();
     draw(SVGBackend::new(svg, SIZE).into_drawing_area(), series, title, text).context("SVG plot")?;
     draw(BitMapBackend::new(png, SIZE).into_drawing_area(), series, title, text).context("PNG plot")?;

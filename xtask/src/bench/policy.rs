@@ -18,7 +18,7 @@ use super::procs::Proc;
 
 /// Both variants' per-hop rounds and the difference.
 #[derive(Debug, Clone, Serialize)]
-pub struct PolicyCost {
+pub(super) struct PolicyCost {
     /// Rounds of the plain service.
     pub plain: Vec<PerHop>,
     /// Rounds of the routed service.
@@ -53,7 +53,7 @@ fn routed_toml(plain: &str, upstream: SocketAddr) -> String {
 }
 
 /// Runs the comparison; the upstream is pinned to the proxy's core meanwhile.
-pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -> anyhow::Result<PolicyCost> {
+pub(super) fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -> anyhow::Result<PolicyCost> {
     let spec = |name| WeirSpec {
         name,
         sink: "off",
@@ -110,7 +110,7 @@ pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &Proc) -
 }
 
 /// The section as Markdown, with the goal's verdict.
-pub fn markdown(c: &PolicyCost) -> String {
+pub(super) fn markdown(c: &PolicyCost) -> String {
     let mut s = String::from(
         "### Traffic policy per hop\n\nOne connection, sequential requests, weir and the upstream on one core; \
          medians over alternating rounds of the same run. *Routed*: ten routes (nine prefixes and a regex that \

@@ -28,7 +28,7 @@ static CGROUP: Mutex<Option<PathBuf>> = Mutex::new(None);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// On SIGINT, SIGTERM or SIGHUP: stop every child still running, remove the cgroup, exit 130.
-pub fn cleanup_on_signal() -> anyhow::Result<()> {
+pub(super) fn cleanup_on_signal() -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -60,13 +60,13 @@ pub fn cleanup_on_signal() -> anyhow::Result<()> {
 }
 
 /// Whether a signal is ending the benchmark (its results must not be written).
-pub fn stopping() -> bool {
+pub(super) fn stopping() -> bool {
     STOPPING.load(Ordering::SeqCst)
 }
 
 /// Registers a short-lived child (a load generator run) for the signal handler; fails, after
 /// killing it, once a signal is ending the benchmark. Pair with [`untrack`].
-pub fn track(child: &mut Child) -> anyhow::Result<()> {
+pub(super) fn track(child: &mut Child) -> anyhow::Result<()> {
     let mut live = LIVE.lock().map_err(|_| anyhow::anyhow!("process registry poisoned"))?;
     if STOPPING.load(Ordering::SeqCst) {
         let _ = child.kill();
@@ -78,7 +78,7 @@ pub fn track(child: &mut Child) -> anyhow::Result<()> {
 }
 
 /// Forgets a child registered with [`track`] (after it was waited for).
-pub fn untrack(pid: u32) {
+pub(super) fn untrack(pid: u32) {
     if let Ok(mut live) = LIVE.lock() {
         live.retain(|&p| p != pid as i32);
     }
@@ -86,7 +86,7 @@ pub fn untrack(pid: u32) {
 
 /// A child process pinned with `taskset`, stopped (SIGTERM, then SIGKILL after 5 s) on drop.
 #[derive(Debug)]
-pub struct Proc {
+pub(super) struct Proc {
     /// What it is, for messages.
     pub name: String,
     /// Its pid (taskset execs the program, so this is the program's pid).
@@ -100,7 +100,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args` on `cpus` (a taskset list, e.g. "1"), output to `log`.
-    pub fn spawn(
+    pub(super) fn spawn(
         name: &str,
         cpus: &str,
         program: &Path,
@@ -134,13 +134,13 @@ impl Proc {
     }
 
     /// Keeps `port` reserved for as long as this process runs (it listens there).
-    pub fn holding(mut self, port: ReservedPort) -> Proc {
+    pub(super) fn holding(mut self, port: ReservedPort) -> Proc {
         self.ports.push(port);
         self
     }
 
     /// Fails with the tail of its log if it has exited.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(super) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}); its log ends with:\n{}", self.name, log_tail(&self.log));
         }
@@ -148,22 +148,22 @@ impl Proc {
     }
 
     /// This process and its descendants.
-    pub fn tree(&self) -> Vec<i32> {
+    pub(super) fn tree(&self) -> Vec<i32> {
         proc::process_tree(self.pid)
     }
 
     /// utime + stime of the whole tree, seconds.
-    pub fn cpu_seconds(&self) -> f64 {
+    pub(super) fn cpu_seconds(&self) -> f64 {
         self.tree().iter().map(|&p| proc::cpu_seconds(p)).sum()
     }
 
     /// RSS of the whole tree, bytes.
-    pub fn rss_bytes(&self) -> u64 {
+    pub(super) fn rss_bytes(&self) -> u64 {
         self.tree().iter().map(|&p| proc::rss_bytes(p)).sum()
     }
 
     /// Moves every thread of every process of the tree to `cpus`.
-    pub fn pin(&self, cpus: &str) -> anyhow::Result<()> {
+    pub(super) fn pin(&self, cpus: &str) -> anyhow::Result<()> {
         for pid in self.tree() {
             capture(Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]))?;
         }
@@ -189,7 +189,7 @@ impl Proc {
 }
 
 /// The last lines of a log file.
-pub fn log_tail(path: &Path) -> String {
+pub(super) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -197,12 +197,12 @@ pub fn log_tail(path: &Path) -> String {
 
 /// One `GET path` with `Host: host` on a fresh connection (500 ms to connect, 2 s to answer):
 /// the status code.
-pub fn http_status(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<u16> {
+pub(super) fn http_status(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<u16> {
     Ok(get_once_bounded(addr, host, path)?.status)
 }
 
 /// GET `path` on `addr` and return the body (for weir's admin API).
-pub fn http_body(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(super) fn http_body(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(get_once_bounded(addr, "admin", path)?.body_string())
 }
 
@@ -211,7 +211,7 @@ fn get_once_bounded(addr: SocketAddr, host: &str, path: &str) -> std::io::Result
 }
 
 /// Waits until `GET path` on `addr` answers 200 (within 20 s), or fails if `proc` exits.
-pub fn wait_ready(p: &mut Proc, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<()> {
+pub(super) fn wait_ready(p: &mut Proc, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<()> {
     let mut last = String::new();
     let ready = wait_until(Duration::from_secs(20), || {
         if let Err(e) = p.check_alive() {
@@ -235,7 +235,7 @@ pub fn wait_ready(p: &mut Proc, addr: SocketAddr, host: &str, path: &str) -> any
 
 /// Waits (at most 20 s) until weir, started with `--ready-file file`, has written it; the
 /// addresses it reports: (proxy, admin).
-pub fn wait_ready_file(p: &mut Proc, file: &Path) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+pub(super) fn wait_ready_file(p: &mut Proc, file: &Path) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let text = wait_until(Duration::from_secs(20), || {
         if let Err(e) = p.check_alive() {
             return Some(Err(e));
@@ -253,14 +253,14 @@ pub fn wait_ready_file(p: &mut Proc, file: &Path) -> anyhow::Result<(SocketAddr,
 /// The steered client's cgroup, `weir-bench-PID` under the cgroup v2 mount; the signal handler
 /// removes it too.
 #[derive(Debug)]
-pub struct BenchCgroup {
+pub(super) struct BenchCgroup {
     /// The cgroup.
     pub cgroup: Cgroup,
 }
 
 impl BenchCgroup {
     /// Creates it.
-    pub fn create() -> anyhow::Result<BenchCgroup> {
+    pub(super) fn create() -> anyhow::Result<BenchCgroup> {
         let cgroup = Cgroup::try_create(&format!("weir-bench-{}", std::process::id()))?;
         if let Ok(mut c) = CGROUP.lock() {
             *c = Some(cgroup.path.clone());
@@ -281,13 +281,13 @@ impl Drop for BenchCgroup {
 }
 
 /// CPU seconds so far of every process on the machine: pid → (name, seconds).
-pub fn cpu_snapshot() -> HashMap<i32, (String, f64)> {
+pub(super) fn cpu_snapshot() -> HashMap<i32, (String, f64)> {
     proc::cpu_snapshot()
 }
 
 /// CPU other processes used between two snapshots (present in both; this process and its
 /// ancestors excluded): total seconds and the largest users, descending.
-pub fn other_load(
+pub(super) fn other_load(
     before: &HashMap<i32, (String, f64)>,
     after: &HashMap<i32, (String, f64)>,
 ) -> (f64, Vec<(String, f64)>) {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::affinity::{self, Affinity};
 use super::features::Variant;
+use super::identity::{self, Identity};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
 use super::peers::Env;
@@ -29,7 +30,7 @@ const GOAL_STALL_RATIO: f64 = 1.05;
 
 /// One goal of the issue, judged in this run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Goal {
+pub(super) struct Goal {
     /// What.
     pub name: String,
     /// The target as text.
@@ -42,7 +43,7 @@ pub struct Goal {
 
 /// CPU that processes other than the benchmark's used while it measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct Background {
+pub(super) struct Background {
     /// CPU seconds.
     pub cpu_seconds: f64,
     /// Share of all CPUs over the measuring time.
@@ -53,7 +54,7 @@ pub struct Background {
 
 /// What the measuring part of a run hands over.
 #[derive(Debug)]
-pub struct Run {
+pub(super) struct Run {
     /// The command.
     pub command: String,
     /// The machine.
@@ -68,6 +69,8 @@ pub struct Run {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The cost of caller identity and tracing.
+    pub identity: Identity,
     /// Other load.
     pub background: Background,
     /// Wall time, seconds.
@@ -76,7 +79,7 @@ pub struct Run {
 
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize)]
-pub struct Results {
+pub(super) struct Results {
     /// The command that produced it.
     pub command: String,
     /// When (UTC).
@@ -99,6 +102,8 @@ pub struct Results {
     pub affinity: Affinity,
     /// Large service tables.
     pub scale: Scale,
+    /// The cost of caller identity and tracing.
+    pub identity: Identity,
     /// Goals judged on this run.
     pub goals: Vec<Goal>,
     /// Commands that reproduce each measurement.
@@ -109,8 +114,8 @@ pub struct Results {
 
 impl Results {
     /// Assembles the results and judges the goals.
-    pub fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, scale, background, elapsed_s } = run;
+    pub(super) fn new(run: Run, env: &Env) -> Results {
+        let Run { command, machine, plan, paths, features, affinity, scale, identity, background, elapsed_s } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -142,6 +147,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             features,
             affinity,
             scale,
+            identity,
             goals: Vec::new(),
             configs,
         };
@@ -150,22 +156,22 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
     }
 
     /// The path with `key`, if it produced results.
-    pub fn path(&self, key: &str) -> Option<&PathResult> {
+    pub(super) fn path(&self, key: &str) -> Option<&PathResult> {
         self.paths.iter().find(|p| p.key == key && p.status == "ok")
     }
 
     /// The open-loop run of path `key` at `rate`.
-    pub fn open(&self, key: &str, rate: f64) -> Option<&OpenRun> {
+    pub(super) fn open(&self, key: &str, rate: f64) -> Option<&OpenRun> {
         self.path(key)?.open.iter().find(|o| o.rate == rate)
     }
 
     /// The highest open-loop rate.
-    pub fn top_rate(&self) -> f64 {
+    pub(super) fn top_rate(&self) -> f64 {
         self.plan.rates.iter().copied().fold(0.0, f64::max)
     }
 
     /// Added latency per hop of `key` (its p50 minus the direct path's), µs.
-    pub fn added_us(&self, key: &str) -> Option<f64> {
+    pub(super) fn added_us(&self, key: &str) -> Option<f64> {
         let direct = self.path("direct")?.per_hop.as_ref()?.p50_us;
         Some(self.path(key)?.per_hop.as_ref()?.p50_us - direct)
     }
@@ -247,11 +253,12 @@ fn goals(r: &Results) -> Vec<Goal> {
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
     out.extend(scale_goals(&r.scale));
+    out.extend(identity::goals(&r.identity));
     out
 }
 
 /// The scale goals (issue: 10 000 services × 10 endpoints, 2 workers).
-pub fn scale_goals(s: &Scale) -> Vec<Goal> {
+pub(super) fn scale_goals(s: &Scale) -> Vec<Goal> {
     let mut out = Vec::new();
     let t10k = s.tables.iter().find(|t| t.services == 10_000);
     let extra = t10k.map(|t| t.rss_settled_mib - s.baseline_mib);
@@ -305,7 +312,7 @@ pub fn scale_goals(s: &Scale) -> Vec<Goal> {
 }
 
 /// µs with sensible precision.
-pub fn us(v: f64) -> String {
+pub(super) fn us(v: f64) -> String {
     if v < 10.0 {
         format!("{v:.2}")
     } else if v < 1000.0 {
@@ -336,7 +343,7 @@ fn unavailable_row(p: &PathResult, cols: usize) -> Option<String> {
 
 /// The markdown tables (summary, per hop, open loop, saturation, memory, access log, CPU-affine
 /// accept, goals).
-pub fn tables(r: &Results) -> String {
+pub(super) fn tables(r: &Results) -> String {
     let mut md = String::new();
     let top = r.top_rate();
     let sat = |k: &str| r.path(k).and_then(|p| p.saturation.clone());
@@ -545,6 +552,8 @@ pub fn tables(r: &Results) -> String {
     md.push_str(&affinity::table(&r.affinity, &r.plan));
     md.push('\n');
     md.push_str(&scale::markdown(&r.scale));
+    md.push('\n');
+    md.push_str(&identity::markdown(&r.identity, &r.plan));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
     let _ = writeln!(md, "| goal | target | measured | result |");
@@ -576,7 +585,7 @@ pub fn tables(r: &Results) -> String {
 
 /// Writes results.json, results.md and the plots under `dir`; regenerates docs/BENCHMARKS.md
 /// (and its plot files) when `docs` is set; prints the tables.
-pub fn write(r: &Results, dir: &Path, write_docs: bool) -> anyhow::Result<()> {
+pub(super) fn write(r: &Results, dir: &Path, write_docs: bool) -> anyhow::Result<()> {
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(r)?)?;
     let md = tables(r);
     std::fs::write(dir.join("results.md"), &md)?;
@@ -682,6 +691,7 @@ mod tests {
                 latency_big: Vec::new(),
                 problems: Vec::new(),
             },
+            identity: Identity::not_run("needs root".into()),
             goals: vec![],
             commands: vec![],
             configs: vec![],

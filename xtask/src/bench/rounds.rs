@@ -25,7 +25,7 @@ struct Live {
 }
 
 /// Measures every path of [`PathId::ALL`] against `upstream`.
-pub fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Proc) -> Vec<PathResult> {
+pub(super) fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &mut Proc) -> Vec<PathResult> {
     let mut done: Vec<PathResult> = Vec::new();
     let mut live: Vec<Live> = Vec::new();
     for id in PathId::ALL {

@@ -21,13 +21,13 @@ use super::procs::{self, Proc};
 use super::report::us;
 
 /// RSS goal above the one-service baseline at 10 000 services, MiB.
-pub const GOAL_EXTRA_MIB: f64 = 64.0;
+pub(super) const GOAL_EXTRA_MIB: f64 = 64.0;
 /// A one-service change is live within this, ms.
-pub const GOAL_RELOAD_MS: f64 = 100.0;
+pub(super) const GOAL_RELOAD_MS: f64 = 100.0;
 
 /// One table size.
 #[derive(Debug, Clone, Serialize)]
-pub struct Table {
+pub(super) struct Table {
     /// Services (10 endpoints each), plus the `bench` service.
     pub services: usize,
     /// Start to ready, seconds.
@@ -54,7 +54,7 @@ pub struct Table {
 
 /// The whole section.
 #[derive(Debug, Clone, Serialize)]
-pub struct Scale {
+pub(super) struct Scale {
     /// RSS of a one-service weir, settled, MiB.
     pub baseline_mib: f64,
     /// One row per table size.
@@ -199,7 +199,7 @@ fn table(env: &Env, services: usize, reloads: usize, upstream: SocketAddr) -> an
 }
 
 /// Runs the section.
-pub fn run(env: &Env, plan: &Plan, upstream: SocketAddr) -> Scale {
+pub(super) fn run(env: &Env, plan: &Plan, upstream: SocketAddr) -> Scale {
     let mut problems = Vec::new();
     let baseline_mib = match Weir::start(env, "weir-scale-1", &config(0, 0, upstream)) {
         Ok((w, _)) => w.settled_mib(),
@@ -260,14 +260,14 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 /// p50 and p99 medians over rounds, µs.
-pub fn latency_medians(runs: &[OpenRun]) -> (Option<f64>, Option<f64>) {
+pub(super) fn latency_medians(runs: &[OpenRun]) -> (Option<f64>, Option<f64>) {
     let mut p50: Vec<f64> = runs.iter().map(|r| r.latency.p50_us).collect();
     let mut p99: Vec<f64> = runs.iter().map(|r| r.latency.p99_us).collect();
     (median(&mut p50), median(&mut p99))
 }
 
 /// The section's markdown.
-pub fn markdown(s: &Scale) -> String {
+pub(super) fn markdown(s: &Scale) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,

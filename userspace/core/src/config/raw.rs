@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::{
     AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, ForwardedHeaders, LbPolicy, LimitsConfig, LogSink,
-    OutlierConfig, PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig, SteeringConfig, TimeoutConfig,
-    is_loopback, ms,
+    MetricsConfig, OtlpTarget, OutlierConfig, PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceConfig,
+    SteeringConfig, TimeoutConfig, TracingConfig, is_loopback, ms,
 };
 
 /// The whole file as written.
@@ -24,6 +24,10 @@ pub struct RawConfig {
     steering: RawSteering,
     #[serde(default)]
     access_log: RawAccessLog,
+    #[serde(default)]
+    tracing: RawTracing,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -113,6 +117,25 @@ struct RawAccessLog {
 impl Default for RawAccessLog {
     fn default() -> Self {
         RawAccessLog { sink: "stdout".into(), ring_records: None }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawTracing {
+    sample_percent: f64,
+    otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    max_sources: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics { max_sources: 50 }
     }
 }
 
@@ -400,7 +423,7 @@ fn check_endpoints(
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
-    let RawConfig { proxy, admin, steering, access_log, services } = raw;
+    let RawConfig { proxy, admin, steering, access_log, tracing, metrics, services } = raw;
 
     // Port 0 for the proxy and admin listeners: weir binds any free port and reports it (tests).
     let listen = c.addr_or_any_port(&[Key("proxy"), Key("listen")], &proxy.listen, "127.0.0.1:15001", true);
@@ -504,6 +527,32 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         && !(16..=1 << 24).contains(&n)
     {
         c.problem(&[Key("access_log"), Key("ring_records")], format!("{n} is outside 16..=16777216"));
+    }
+
+    if !(0.0..=100.0).contains(&tracing.sample_percent) || tracing.sample_percent.is_nan() {
+        c.problem(
+            &[Key("tracing"), Key("sample_percent")],
+            format!("{} is not a percentage (0.0..=100.0)", tracing.sample_percent),
+        );
+    } else if tracing.sample_percent > 0.0 && tracing.otlp_endpoint.is_none() {
+        c.problem(
+            &[Key("tracing"), Key("sample_percent")],
+            "starting traces needs somewhere to send them: set [tracing] otlp_endpoint, or sample_percent = 0".into(),
+        );
+    }
+    if let Some(e) = &tracing.otlp_endpoint
+        && let Err(why) = OtlpTarget::parse(e)
+    {
+        c.problem(&[Key("tracing"), Key("otlp_endpoint")], why);
+    }
+    if !(1..=1000).contains(&metrics.max_sources) {
+        c.problem(
+            &[Key("metrics"), Key("max_sources")],
+            format!(
+                "{} is outside 1..=1000 (callers with their own `source` label; the rest are `other`)",
+                metrics.max_sources
+            ),
+        );
     }
 
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -681,6 +730,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             cpu_affinity: steering.cpu_affinity,
         },
         access_log: AccessLogConfig { sink, ring_records: access_log.ring_records },
+        tracing: TracingConfig { sample_percent: tracing.sample_percent, otlp_endpoint: tracing.otlp_endpoint },
+        metrics: MetricsConfig { max_sources: metrics.max_sources },
         services: out_services,
     })
 }

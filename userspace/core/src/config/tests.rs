@@ -205,3 +205,48 @@ fn log_sinks_parse() {
     assert!(LogSink::parse("tcp:nohost").is_err());
     assert!(LogSink::parse("file:relative").is_err());
 }
+
+#[test]
+fn tracing_and_metrics_defaults_and_located_errors() {
+    let c = parse(GOOD).expect("valid config");
+    assert_eq!((c.tracing.sample_percent, c.tracing.otlp_endpoint.as_deref()), (0.0, None));
+    assert!(!c.tracing.enabled(), "no endpoint: tracing off");
+    assert_eq!(c.metrics.max_sources, 50);
+    let on = parse("[tracing]\nsample_percent = 12.5\notlp_endpoint = \"http://collector:4318\"\n").expect("valid");
+    assert_eq!(
+        on.tracing.traces_target(),
+        Some(OtlpTarget { host: "collector".into(), port: 4318, path: "/v1/traces".into() })
+    );
+    for (src, field, says) in [
+        (
+            "[tracing]\nsample_percent = 101.0\notlp_endpoint = \"http://c:4318\"\n",
+            "tracing.sample_percent",
+            "percentage",
+        ),
+        ("[tracing]\nsample_percent = 5.0\n", "tracing.sample_percent", "otlp_endpoint"),
+        ("[tracing]\notlp_endpoint = \"https://c:4318\"\n", "tracing.otlp_endpoint", "https"),
+        ("[tracing]\notlp_endpoint = \"c:4318\"\n", "tracing.otlp_endpoint", "http URL"),
+        ("[tracing]\notlp_endpoint = \"http://c:0\"\n", "tracing.otlp_endpoint", "port"),
+        ("[metrics]\nmax_sources = 0\n", "metrics.max_sources", "1..=1000"),
+        ("[metrics]\nmax_sources = 1001\n", "metrics.max_sources", "1..=1000"),
+    ] {
+        let issue = only_issue(src);
+        assert_eq!(issue.field, field, "for {src:?}");
+        assert!(issue.line > 0, "no line for {src:?}");
+        assert!(issue.message.contains(says), "{src:?}: {}", issue.message);
+    }
+}
+
+#[test]
+fn otlp_endpoints_parse() {
+    let t = |u: &str| OtlpTarget::parse(u).expect(u);
+    assert_eq!(t("http://127.0.0.1:4318").path, "/v1/traces");
+    assert_eq!(t("http://127.0.0.1:4318/").path, "/v1/traces");
+    assert_eq!(t("http://h/otlp").port, 4318);
+    assert_eq!(t("http://h/otlp").path, "/otlp/v1/traces");
+    assert_eq!(t("http://h:9/v1/traces").path, "/v1/traces");
+    let v6 = t("http://[::1]:4318");
+    assert_eq!((v6.host.as_str(), v6.port), ("::1", 4318));
+    assert!(OtlpTarget::parse("http://:4318").is_err());
+    assert!(OtlpTarget::parse("http://h:4318/v1/traces?x=1").is_err());
+}

@@ -128,7 +128,7 @@ impl WorkerState {
     /// Routes a request of `scope`'s service: the first of its routes that matches `req`, and
     /// a backend of that route's split (smooth weighted, per worker). The scope returned
     /// carries both; `None` when no route matches. A service without routes takes its one.
-    pub fn route(&mut self, scope: &Scope, req: &impl RouteInput, now: Instant) -> Option<Scope> {
+    pub(crate) fn route(&mut self, scope: &Scope, req: &impl RouteInput, now: Instant) -> Option<Scope> {
         if !scope.service().routed {
             return Some(Scope { route: 0, backend: 0, ..scope.clone() });
         }
@@ -167,7 +167,7 @@ impl WorkerState {
     /// the last tried. An endpoint on probation admits one request at a time across all
     /// cores; one failing its health checks gets none, not even in panic mode. `None`: no
     /// endpoint may be used now.
-    pub fn pick(&mut self, scope: &Scope, tried: &Tried, now: Instant, now_ms: u64) -> Option<Picked> {
+    pub(crate) fn pick(&mut self, scope: &Scope, tried: &Tried, now: Instant, now_ms: u64) -> Option<Picked> {
         let index = self.current_index(scope)?;
         let b = self.current_backend(scope, index)?;
         let snapshot = self.snapshot.clone();
@@ -208,7 +208,7 @@ impl WorkerState {
     }
 
     /// The keep-alive race retry: the same endpoint again, for a fresh connection.
-    pub fn repick(&mut self, scope: &Scope, addr: SocketAddr) -> Option<Picked> {
+    pub(crate) fn repick(&mut self, scope: &Scope, addr: SocketAddr) -> Option<Picked> {
         let i = self.current_index(scope)?;
         let b = self.current_backend(scope, i)?;
         let snapshot = self.snapshot.clone();
@@ -226,19 +226,19 @@ impl WorkerState {
     }
 
     /// An idle pooled connection to `picked`, if one is fit for reuse.
-    pub fn take_pooled(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<UpConn> {
+    pub(crate) fn take_pooled(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<UpConn> {
         let max_idle = scope.config().timeouts.upstream_idle;
         self.picked_mut(scope, picked)?.pools.get_mut(picked.index)?.take(now, max_idle)
     }
 
     /// A handle on an HTTP/2 connection to `picked` with room for one more stream.
-    pub fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
+    pub(crate) fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
         self.picked_mut(scope, picked)?.h2.get_mut(picked.index)?.take(now)
     }
 
     /// Adds a new HTTP/2 connection to `picked`'s pool and returns a handle on it (the
     /// connection is dropped, and the handle is the only one, when the endpoint is gone).
-    pub fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
+    pub(crate) fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
         match self.picked_mut(scope, picked).and_then(|b| b.h2.get_mut(picked.index)) {
             Some(pool) => {
                 pool.put(conn);
@@ -250,7 +250,7 @@ impl WorkerState {
 
     /// Returns a connection whose exchange completed cleanly to `picked`'s pool (dropped, and
     /// so closed, when the endpoint is gone).
-    pub fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
+    pub(crate) fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
         let cap = scope.service().max_idle_per_endpoint;
         if let Some(pool) = self.picked_mut(scope, picked).and_then(|b| b.pools.get_mut(picked.index)) {
             pool.put(up, now, cap);
@@ -259,7 +259,7 @@ impl WorkerState {
 
     /// Reports an attempt: balancer load and latency (`latency` to the response head; `None`
     /// when there was no response), then what the outcome says about the endpoint's health.
-    pub fn report(
+    pub(crate) fn report(
         &mut self,
         scope: &Scope,
         picked: &Picked,
@@ -282,7 +282,7 @@ impl WorkerState {
 
     /// Records what an outcome says about the endpoint's health only (no balancer accounting):
     /// for a failure found after the attempt was reported (a response cut mid-body).
-    pub fn report_health(&mut self, scope: &Scope, picked: &Picked, outcome: &Outcome, now_ms: u64) {
+    pub(crate) fn report_health(&mut self, scope: &Scope, picked: &Picked, outcome: &Outcome, now_ms: u64) {
         let Some(i) = self.current_index(scope) else { return };
         let snapshot = self.snapshot.clone();
         // Health state is keyed by backend and address: find the endpoint in the current snapshot.

@@ -12,9 +12,7 @@ use anyhow::{Context as _, anyhow, bail};
 use weir_core::config::Config;
 
 use super::wire::{self, Channel};
-use super::{
-    Committed, Hello, Inherited, Kind, Offer, PROTOCOL, Refuse, SUPPORTED, StatsUpdate, Totals, Who, json, parse,
-};
+use super::{Committed, Hello, Kind, Offer, PROTOCOL, Refuse, SUPPORTED, StatsUpdate, Totals, Who, json, parse};
 use crate::app::Control;
 use crate::steering::ServiceEntry;
 
@@ -172,7 +170,7 @@ impl Predecessor {
                 let kind = Kind::from_u8(frame.kind);
                 if let Some(Kind::Stats | Kind::Final) = kind {
                     match parse::<StatsUpdate>(Kind::Stats, &frame.body).and_then(|u| u.totals.checked()) {
-                        Ok(t) => control.inherited.store(Arc::new(Inherited::new(t))),
+                        Ok(t) => crate::takeover::inherit(&control, t),
                         Err(e) => tracing::warn!("counters of the old weir: {e}"),
                     }
                 }

@@ -1,16 +1,19 @@
 //! The counters a weir hands to the one that takes it over, so that every counter (and the
 //! duration histograms) continues where it was and `rate()` sees no reset. Gauges are not
 //! handed over: they start fresh. Owns: what is carried over and its wire form (JSON,
-//! `format` versioned; reasons travel by name, status codes by number, so that versions with
-//! other reasons or buckets still read each other). Must not: run on a worker.
+//! `format` versioned; reasons travel by name, status codes by number, callers by their
+//! `source` label value, so that versions with other reasons, buckets or caller slots still
+//! read each other). Must not: run on a worker.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use weir_core::outcome::ErrorReason;
 
 use weir_core::stats::{
-    DURATION_BUCKETS_SECONDS, Http2Close, Merged, Published, RetryReason, ServiceStats, WorkerCounters,
+    DURATION_BUCKETS_SECONDS, Http2Close, Merged, Published, RetryReason, SOURCE_DIRECT, SOURCE_OTHER, ServiceStats,
+    SourceSlot, SourceStats, WorkerCounters,
 };
+use weir_proxy::caller::CallerTable;
 
 /// Version of [`Totals`]' wire form.
 pub const FORMAT: u32 = 1;
@@ -22,6 +25,10 @@ pub struct Totals {
     pub format: u32,
     /// Per service.
     pub services: Vec<ServiceTotals>,
+    /// The `source` names the weir gave (beyond `direct` and `other`), in the order it gave
+    /// them: the weir taking over gives the same names (`identity::Naming::adopt`).
+    #[serde(default)]
+    pub source_names: Vec<String>,
     /// `weir_downstream_connections_refused_total`.
     pub connections_refused: u64,
     /// `weir_unrouted_requests_total`.
@@ -81,15 +88,35 @@ pub struct ServiceTotals {
     pub duration_count: u64,
     /// The HDR histogram's recorded values (µs) and counts.
     pub hdr_us: Vec<(u64, u64)>,
+    /// Each caller's share (`weir_requests_total` and `weir_request_duration_seconds` by
+    /// `source`), buckets as `bucket_bounds`.
+    #[serde(default)]
+    pub sources: Vec<SourceTotals>,
+}
+
+/// One caller's share of a service's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceTotals {
+    /// Its `source` label value.
+    pub source: String,
+    /// Requests by status code (0: none), only the codes seen.
+    pub codes: Vec<(u16, u64)>,
+    /// Non-cumulative bucket counts, +Inf last.
+    pub buckets: Vec<u64>,
+    /// Sum of durations in nanoseconds (decimal).
+    pub duration_sum_ns: String,
+    /// Count of durations.
+    pub duration_count: u64,
 }
 
 impl Totals {
-    /// The counters of `stats` (gauges left out).
-    pub fn from_merged(stats: &Merged) -> Totals {
+    /// The counters of `stats` (gauges left out), callers named by `callers`.
+    pub fn from_merged(stats: &Merged, callers: &CallerTable) -> Totals {
         let c = &stats.counters;
         Totals {
             format: FORMAT,
-            services: stats.services().map(|(name, s)| ServiceTotals::from_stats(name, s)).collect(),
+            services: stats.services().map(|(name, s)| ServiceTotals::from_stats(name, s, callers)).collect(),
+            source_names: callers.sources.iter().skip(2).map(|s| s.to_string()).collect(),
             connections_refused: c.connections_refused,
             unrouted: c.unrouted,
             downstream_write_timeouts: c.downstream_write_timeouts,
@@ -104,14 +131,23 @@ impl Totals {
         }
     }
 
-    /// The stats part as one published shard (gauges zero), to merge with the workers'.
-    pub fn to_published(&self) -> Published {
+    /// The stats part as one published shard (gauges zero), to merge with the workers', each
+    /// caller's share under the slot `callers` gives its name (a name it has not given is left
+    /// out).
+    pub fn to_published(&self, callers: &CallerTable) -> Published {
+        let slot_of = |name: &str| -> Option<SourceSlot> {
+            match name {
+                "direct" => Some(SOURCE_DIRECT),
+                "other" => Some(SOURCE_OTHER),
+                _ => callers.sources.iter().skip(2).position(|s| &**s == name).map(|i| (i + 2) as SourceSlot),
+            }
+        };
         let services = self
             .services
             .iter()
             .map(|s| {
                 let mut stats = ServiceStats::default();
-                s.add_to(&mut stats);
+                s.add_to(&mut stats, &slot_of);
                 (Arc::<str>::from(s.name.as_str()), Arc::new(stats))
             })
             .collect();
@@ -146,8 +182,18 @@ impl Totals {
 }
 
 impl ServiceTotals {
-    fn from_stats(name: &str, s: &ServiceStats) -> ServiceTotals {
+    fn from_stats(name: &str, s: &ServiceStats, callers: &CallerTable) -> ServiceTotals {
         ServiceTotals {
+            sources: s
+                .sources()
+                .map(|(slot, st)| SourceTotals {
+                    source: callers.source_name(slot).to_string(),
+                    codes: st.codes().filter(|(_, n)| *n > 0).collect(),
+                    buckets: st.buckets.to_vec(),
+                    duration_sum_ns: st.duration_sum_ns.to_string(),
+                    duration_count: st.duration_count,
+                })
+                .collect(),
             name: name.to_string(),
             codes: s.codes().filter(|(_, n)| *n > 0).collect(),
             grpc: s.grpc_codes().collect(),
@@ -164,7 +210,7 @@ impl ServiceTotals {
         }
     }
 
-    fn add_to(&self, s: &mut ServiceStats) {
+    fn add_to(&self, s: &mut ServiceStats, slot_of: &dyn Fn(&str) -> Option<SourceSlot>) {
         for &(code, n) in &self.codes {
             s.add_code(code, n);
         }
@@ -195,6 +241,20 @@ impl ServiceTotals {
         for &(value, count) in &self.hdr_us {
             s.record_hdr_n(value, count);
         }
+        let same_buckets = self.bucket_bounds == DURATION_BUCKETS_SECONDS;
+        for src in &self.sources {
+            let Some(slot) = slot_of(&src.source) else { continue };
+            let mut st = SourceStats::default();
+            for &(code, n) in &src.codes {
+                st.add_code(code, n);
+            }
+            if same_buckets && src.buckets.len() == st.buckets.len() {
+                st.buckets.copy_from_slice(&src.buckets);
+                st.duration_sum_ns = src.duration_sum_ns.parse::<u128>().unwrap_or(0);
+                st.duration_count = src.duration_count;
+            }
+            s.add_source(slot, &st);
+        }
     }
 }
 
@@ -221,6 +281,8 @@ mod tests {
                 error: None,
                 duration: Duration::from_millis(ms),
                 panic: false,
+                source: weir_core::stats::SOURCE_DIRECT,
+                exemplar: None,
                 grpc: Some(0),
             });
         }
@@ -229,6 +291,8 @@ mod tests {
             error: Some(ErrorReason::ConnectFailure),
             duration: Duration::from_millis(1),
             panic: true,
+            source: weir_core::stats::SOURCE_DIRECT,
+            exemplar: None,
             grpc: None,
         });
         s.retry(RetryReason::Status503);
@@ -237,8 +301,9 @@ mod tests {
         shard.counters.http2_closed[Http2Close::ALL[0] as usize] = 2;
         let published = shard.publish();
         let merged = Merged::merge([&published]);
-        let body = serde_json::to_vec(&Totals::from_merged(&merged)).expect("encode");
-        let back = Totals::decode(&body).expect("decode").to_published();
+        let table = CallerTable::default();
+        let body = serde_json::to_vec(&Totals::from_merged(&merged, &table)).expect("encode");
+        let back = Totals::decode(&body).expect("decode").to_published(&table);
         let (a, b) = (one(&published), one(&back));
         assert_eq!(a.codes().collect::<Vec<_>>(), b.codes().collect::<Vec<_>>());
         assert_eq!(a.grpc_codes().collect::<Vec<_>>(), b.grpc_codes().collect::<Vec<_>>());
@@ -262,8 +327,52 @@ mod tests {
             "reloads_failed":0,"takeovers_ok":1,"takeovers_failed":0}"#,
         )
         .expect("format 1");
-        let p = t.to_published();
+        let p = t.to_published(&CallerTable::default());
         let a = one(&p);
         assert_eq!((a.code(200), a.errors.iter().sum::<u64>(), a.duration_count), (5, 0, 0));
+    }
+
+    /// A caller table naming `names` (slots 2 and up, in order).
+    fn table(generation: u64, names: &[&str]) -> CallerTable {
+        let mut t = CallerTable { generation, ..CallerTable::default() };
+        t.sources.extend(names.iter().map(|n| Arc::<str>::from(*n)));
+        t
+    }
+
+    #[test]
+    fn callers_travel_by_name_into_the_slots_the_new_weir_gives_them() {
+        let mut shard = StatsShard::default();
+        let i = shard.slot("checkout");
+        let s = shard.service_mut(i);
+        let rec = |source, ms| RequestRecord {
+            status: Some(200),
+            error: None,
+            duration: Duration::from_millis(ms),
+            panic: false,
+            source,
+            exemplar: None,
+            grpc: None,
+        };
+        // The old weir: shop/web in slot 2, billing.service in slot 3.
+        for (slot, n) in [(2, 3), (3, 2), (SOURCE_DIRECT, 1), (SOURCE_OTHER, 4)] {
+            for _ in 0..n {
+                s.record(&rec(slot, 7));
+            }
+        }
+        let old = table(5, &["shop/web", "billing.service"]);
+        let totals = Totals::from_merged(&Merged::merge([&shard.publish()]), &old);
+        assert_eq!(totals.source_names, vec!["shop/web", "billing.service"]);
+        let totals = Totals::decode(&serde_json::to_vec(&totals).expect("encode")).expect("decode");
+        // The new weir gave the names in another order, and one is not given yet.
+        let new = table(9, &["billing.service"]);
+        let p = totals.to_published(&new);
+        let a = one(&p);
+        let requests = |slot| a.source(slot).map(|s| (s.requests(), s.duration_count));
+        assert_eq!(requests(2), Some((2, 2)), "billing.service under the new weir's slot 2");
+        assert_eq!((requests(SOURCE_DIRECT), requests(SOURCE_OTHER)), (Some((1, 1)), Some((4, 4))));
+        assert_eq!(requests(3), None, "shop/web left out until the new weir has given its name");
+        let given = table(10, &["billing.service", "shop/web"]);
+        assert_eq!(one(&totals.to_published(&given)).source(3).map(|s| s.requests()), Some(3));
+        assert_eq!(a.requests(), 10, "the service's own totals do not depend on the names");
     }
 }
