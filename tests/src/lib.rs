@@ -6,6 +6,8 @@
 //! tests use. Must not: be used by product code.
 
 pub mod clients;
+pub mod kube_api;
+pub mod kube_objects;
 pub mod root;
 
 use std::net::SocketAddr;

@@ -250,6 +250,46 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
     );
 }
 
+#[test]
+fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_and_nothing_else() {
+    let docs = k8s_docs();
+    let config = configmap_config(&docs);
+    assert!(config.kubernetes.enabled, "the ConfigMap does not enable Kubernetes discovery");
+    let role = the(&docs, "ClusterRole");
+    let mut granted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for rule in at(role, &["rules"]).as_sequence().expect("rules") {
+        for group in strings(at(rule, &["apiGroups"])) {
+            for resource in strings(at(rule, &["resources"])) {
+                for verb in strings(at(rule, &["verbs"])) {
+                    granted.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String, String)> = [
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "nodes", "get"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(granted, want, "the ClusterRole must allow exactly what discovery uses");
+    let binding = the(&docs, "ClusterRoleBinding");
+    assert_eq!(at(binding, &["roleRef", "name"]).as_str(), at(role, &["metadata", "name"]).as_str());
+    let sa = the(&docs, "ServiceAccount");
+    let subject = at(binding, &["subjects"]).as_sequence().and_then(|s| s.first()).expect("a subject");
+    assert_eq!(at(subject, &["name"]).as_str(), at(sa, &["metadata", "name"]).as_str());
+    assert_eq!(at(subject, &["namespace"]).as_str(), at(sa, &["metadata", "namespace"]).as_str());
+    let pod = at(the(&docs, "DaemonSet"), &["spec", "template", "spec"]);
+    assert_eq!(at(pod, &["serviceAccountName"]).as_str(), at(sa, &["metadata", "name"]).as_str());
+    assert_ne!(at(pod, &["automountServiceAccountToken"]).as_bool(), Some(false), "the token is not mounted");
+    let env = at(pod, &["containers", "[weir]", "env", "[NODE_NAME]"]);
+    assert_eq!(at(env, &["valueFrom", "fieldRef", "fieldPath"]).as_str(), Some("spec.nodeName"));
+}
+
 /// `text` with its line breaks (and a YAML comment's `#` after them) read as single spaces, so a
 /// phrase is found wherever the text wraps.
 fn prose(text: &str) -> String {
@@ -642,7 +682,8 @@ const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\
                        on_rate_limited = true, on_grpc_status = [\"unavailable\"] }\n\
                        [[service.route]]\nmatch = { path_exact = \"/e\" }\nbackends = { b = 1 }\n\
                        [[service.route]]\nmatch = { path_regex = \"/r/.*\" }\nbackends = { b = 1 }\n\
-                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n";
+                       [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
+                       [kubernetes]\nkubeconfig = \"/etc/weir/kubeconfig\"\nnode_name = \"node-a\"\n";
 
 /// The configuration reference table: field → (default cell, row).
 fn documented_fields() -> BTreeMap<Field, String> {
@@ -737,8 +778,16 @@ fn operating_md_documents_every_metric_with_its_type() {
     let weir = Weir::start(&format!(
         "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n{MINIMAL}"
     ));
-    let exported: BTreeMap<String, String> = weir
-        .metrics()
+    // Discovery's families, exported only with [kubernetes] enabled: from a weir that watches
+    // the test API server.
+    let api = weir_tests::kube_api::FakeApi::start();
+    let kubeconfig = api.kubeconfig(&weir_tests::scratch_dir("deploy-kubeconfig"));
+    let discovering = Weir::start(&format!(
+        "[proxy]\nlisten = \"@PROXY@\"\n[admin]\nlisten = \"@ADMIN@\"\n[access_log]\nsink = \"off\"\n\
+         [kubernetes]\nenabled = true\nkubeconfig = \"{}\"\n{MINIMAL}",
+        kubeconfig.display()
+    ));
+    let exported: BTreeMap<String, String> = (weir.metrics() + &discovering.metrics())
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_once(' '))

@@ -8,6 +8,7 @@ mod cgroup_mounts;
 mod full_disk;
 mod grpc;
 mod identity;
+mod kubernetes;
 mod memory;
 mod prometheus;
 mod steering;

@@ -8,7 +8,8 @@
 //! `--duration`, then stops weir and removes the cgroup. At `--takeover-at` seconds, and each
 //! time Enter is pressed, a new weir takes the running one over (`weir run --takeover`) while
 //! the workloads keep going: their lines show no error. Endpoints, client, cgroup and process handling come from
-//! weir-testkit.
+//! weir-testkit. With `--kubernetes` both services come from the test Kubernetes API server
+//! instead ([`crate::demo_k8s`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,13 +41,19 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 200)]
     rate: u32,
     /// After this many seconds endpoint 3 starts answering 503, to show retries and ejection
-    /// (0 = never).
+    /// (0 = never; not with --kubernetes).
     #[arg(long, default_value_t = 5)]
     chaos_at: u64,
     /// After this many seconds a new weir takes the running one over, live (0 = never; Enter
-    /// runs one at any time).
+    /// runs one at any time; not with --kubernetes, where Enter still does).
     #[arg(long, default_value_t = 10)]
     takeover_at: u64,
+    /// Learn the services from a (test) Kubernetes API server instead of the config file: the
+    /// Services `checkout` (HTTP) and `greeter` (`appProtocol: grpc`) in namespace `demo` on
+    /// ClusterIPs 127.10.0.1:80 and 127.10.0.2:80; HTTP endpoint 3 is scaled up after 5 s and
+    /// endpoint 1 terminated after 10 s.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +95,16 @@ pub(crate) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     setup::setup()?;
     eprintln!("demo: building weir");
     run(Command::new("cargo").current_dir(root()).args(["build", "--quiet", "-p", "weir"]))?;
+    if args.kubernetes {
+        run(Command::new("cargo").current_dir(root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "weir-tests",
+            "--bin",
+            crate::demo_k8s::FAKE_API,
+        ]))?;
+    }
     let weir = root().join("target/debug/weir");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,16 +139,23 @@ pub(crate) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config_path = dir.join("demo.toml");
     let access_log = dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
-    std::fs::write(
-        &config_path,
-        CONFIG
-            .replace("@DEMO_CGROUP@", &cgroup_path.display().to_string())
-            .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display())),
-    )?;
+    let mut config = CONFIG
+        .replace("@DEMO_CGROUP@", &cgroup_path.display().to_string())
+        .replace("sink = \"off\"", &format!("sink = \"file:{}\"", access_log.display()));
+    let mut cluster = None;
+    if args.kubernetes {
+        let (api, process, table) = crate::demo_k8s::Cluster::start(&dir)?;
+        config = crate::demo_k8s::config(&config, &table);
+        cluster = Some(api);
+        push(process);
+    }
+    std::fs::write(&config_path, config)?;
 
     eprintln!("demo: starting weir ({})", config_path.display());
     let mut weir_child = start_weir(&weir, &config_path, false)?;
-    wait_ready(&mut weir_child)?;
+    // With discovery, the workloads start once the discovered services are served.
+    let ready_body = if args.kubernetes { "kubernetes: synced" } else { "" };
+    wait_ready(&mut weir_child, ready_body)?;
     push(weir_child);
 
     let duration = args.duration.unwrap_or(u64::MAX / 4);
@@ -154,13 +178,24 @@ pub(crate) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("demo: access log in {}; RED below is read from http://{ADMIN}/metrics", access_log.display());
     {
         let (stop, failing) = (stop.clone(), endpoints[2].clone());
-        let chaos_at = args.chaos_at;
-        std::thread::spawn(move || monitor(stop, &failing, chaos_at));
+        let chaos_at = if args.kubernetes { 0 } else { args.chaos_at };
+        let services = if args.kubernetes {
+            (crate::demo_k8s::HTTP_SERVICE, crate::demo_k8s::GRPC_SERVICE)
+        } else {
+            ("checkout", "greeter")
+        };
+        std::thread::spawn(move || monitor(stop, &failing, chaos_at, services));
+    }
+    if let Some(cluster) = cluster.take() {
+        let stop = stop.clone();
+        std::thread::spawn(move || cluster.script(stop));
     }
     {
         // Takeovers: at --takeover-at, and whenever Enter is pressed.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        if args.takeover_at > 0 {
+        // With discovery a new weir serves the discovered services from its own first list:
+        // no scheduled takeover (docs/OPERATING.md, Kubernetes discovery).
+        if args.takeover_at > 0 && !args.kubernetes {
             let (tx, stop) = (tx.clone(), stop.clone());
             let at = Instant::now() + Duration::from_secs(args.takeover_at);
             std::thread::spawn(move || {
@@ -288,23 +323,26 @@ fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (at most 20 s) until weir's `/ready` answers 200; fails if weir exits first.
-fn wait_ready(weir: &mut Child) -> anyhow::Result<()> {
+/// Waits (at most 20 s) until weir's `/ready` answers 200 with `body_has` in its body; fails if
+/// weir exits first.
+fn wait_ready(weir: &mut Child, body_has: &str) -> anyhow::Result<()> {
     let ready = wait_until(Duration::from_secs(20), || match weir.try_wait() {
         Ok(Some(status)) => Some(Err(anyhow::anyhow!("weir exited during start: {status}"))),
         Err(e) => Some(Err(e.into())),
         Ok(None) => get_once(admin(), "admin", "/ready", Duration::from_secs(1))
             .ok()
-            .filter(|r| r.status == 200)
+            .filter(|r| r.status == 200 && r.body_string().contains(body_has))
             .map(|_| Ok(())),
     });
     ready.unwrap_or_else(|| Err(anyhow::anyhow!("weir did not become ready within 20 s")))
 }
 
-/// Once a second: weir's own RED for the service, from `/metrics` (rate and errors from the
-/// counters, p50/p99 from the histogram buckets' deltas), endpoint states and retries. At
-/// `chaos_at` seconds, endpoint 3 (`failing`) starts answering 503.
-fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
+/// Once a second: weir's own RED for the HTTP and the gRPC service (`services`), from
+/// `/metrics` (rate and errors from the counters, p50/p99 from the histogram buckets' deltas),
+/// endpoint states and retries. At `chaos_at` seconds, endpoint 3 (`failing`) starts answering
+/// 503.
+fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64, services: (&str, &str)) {
+    let (http_service, grpc_service) = services;
     let start = Instant::now();
     let mut prev: Option<Red> = None;
     let mut prev_grpc: Option<Grpc> = None;
@@ -321,14 +359,14 @@ fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
             continue;
         }
         let text = r.body_string();
-        let red = Red::parse(&text);
-        let grpc = Grpc::parse(&text);
+        let red = Red::parse(&text, http_service);
+        let grpc = Grpc::parse(&text, grpc_service);
         if let Some(p) = &prev {
             let n = red.requests - p.requests;
             let q =
                 |q: f64| quantile(&p.buckets, &red.buckets, q).map_or("-".into(), |s| format!("{:.2}ms", s * 1000.0));
             println!(
-                "weir   t={:>3}s  checkout: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
+                "weir   t={:>3}s  {http_service}: rate={n:<5} 5xx={:<3} weir-errors={:<3} p50≈{} p99≈{}  retries={} endpoints active={} ejected={}",
                 start.elapsed().as_secs(),
                 red.server_errors - p.server_errors,
                 red.weir_errors - p.weir_errors,
@@ -348,7 +386,7 @@ fn monitor(stop: Arc<AtomicBool>, failing: &Endpoint, chaos_at: u64) {
                 .map(|(c, n)| format!("{c}={n}"))
                 .collect();
             println!(
-                "weir   t={:>3}s  greeter (gRPC): grpc-status {}  retries={} endpoints active={} ejected={}",
+                "weir   t={:>3}s  {grpc_service} (gRPC): grpc-status {}  retries={} endpoints active={} ejected={}",
                 start.elapsed().as_secs(),
                 if codes.is_empty() { "-".to_string() } else { codes.join(" ") },
                 grpc.retries - g.retries,
@@ -370,9 +408,10 @@ struct Grpc {
 }
 
 impl Grpc {
-    fn parse(text: &str) -> Grpc {
+    fn parse(text: &str, service: &str) -> Grpc {
         let mut g = Grpc { codes: Vec::new(), retries: 0.0, active: 0.0, ejected: 0.0 };
-        for line in text.lines().filter(|l| l.contains("service=\"greeter\"")) {
+        let label = format!("service=\"{service}\"");
+        for line in text.lines().filter(|l| l.contains(&label)) {
             let Some((name, value)) = line.rsplit_once(' ') else { continue };
             let v: f64 = value.parse().unwrap_or(0.0);
             if let Some(code) =
@@ -391,7 +430,7 @@ impl Grpc {
     }
 }
 
-/// The checkout service's RED numbers from one scrape.
+/// The HTTP service's RED numbers from one scrape.
 struct Red {
     requests: f64,
     server_errors: f64,
@@ -404,7 +443,7 @@ struct Red {
 }
 
 impl Red {
-    fn parse(text: &str) -> Red {
+    fn parse(text: &str, service: &str) -> Red {
         let mut r = Red {
             requests: 0.0,
             server_errors: 0.0,
@@ -414,7 +453,8 @@ impl Red {
             ejected: 0.0,
             buckets: Vec::new(),
         };
-        for line in text.lines().filter(|l| l.contains("service=\"checkout\"")) {
+        let label = format!("service=\"{service}\"");
+        for line in text.lines().filter(|l| l.contains(&label)) {
             let Some((name, value)) = line.rsplit_once(' ') else { continue };
             let v: f64 = value.parse().unwrap_or(0.0);
             if name.starts_with("weir_requests_total") {

@@ -4,7 +4,9 @@
 
 mod bench;
 mod demo;
+mod demo_k8s;
 mod fuzz;
+mod k8s_bench;
 mod setup;
 mod test;
 
@@ -43,6 +45,9 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Measure weir against direct, nginx, HAProxy and Envoy; regenerate docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Measure Kubernetes discovery at scale (10 000 Services, 100 000 endpoints from the test
+    /// API server); rewrite that section of docs/BENCHMARKS.md.
+    BenchKubernetes(k8s_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Task::DemoClient(args) => demo::client(args),
         Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(args) => bench::bench(args),
+        Task::BenchKubernetes(args) => k8s_bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

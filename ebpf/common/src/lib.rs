@@ -166,7 +166,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Index of the service in the config snapshot that wrote this entry.
+    /// The service's id: stable while the service exists, reused after it is gone.
     pub service_id: u32,
     /// Reserved for per-service steering flags; 0 today.
     pub flags: u32,

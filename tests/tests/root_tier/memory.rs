@@ -74,7 +74,7 @@ fn a_memory_limit_too_small_for_explicit_rings_stops_weir_at_start_with_the_numb
     for needed in [
         "memory limit 64.0 MiB".to_string(),
         cg.limit_file().display().to_string(),
-        "2 workers × 65536 records × 432 B".to_string(),
+        "2 workers × 65536 records × 512 B".to_string(),
         "[access_log] ring_records".to_string(),
         "raise the memory limit to at least".to_string(),
     ] {

@@ -11,12 +11,14 @@ use std::sync::{Arc, RwLock};
 use crate::outcome::ErrorReason;
 
 /// Longest path kept in a record; longer ones are truncated and marked. (156 keeps a record at
-/// 432 bytes beside its route, backend and caller.)
+/// 512 bytes beside its route, backend, caller and a discovered service's name.)
 pub const PATH_BYTES: usize = 156;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
-/// Longest service name (config validation caps names at 63 bytes, so none is cut).
-pub const SERVICE_BYTES: usize = 63;
+/// Longest service name kept: a file service's name is at most 63 bytes; a discovered one is
+/// `NAME.NAMESPACE:PORTNAME`, at most 63 + 1 + 63 + 1 + 15 = 143 bytes (Kubernetes' limits),
+/// so that none is cut.
+pub const SERVICE_BYTES: usize = 143;
 /// Longest method kept.
 pub const METHOD_BYTES: usize = 16;
 /// Longest caller workload name kept (`namespace/owner`, a systemd unit, a cgroup path).
@@ -28,7 +30,7 @@ pub const SOURCE_DIRECT: &str = "direct";
 #[derive(Clone, Copy)]
 pub struct InlineStr<const N: usize> {
     /// Bytes kept, with [`TRUNCATED`] set when the original was longer: one field for both
-    /// keeps a record within its 432 bytes. Kept as bytes, so that the string is aligned to
+    /// keeps a record within its 512 bytes. Kept as bytes, so that the string is aligned to
     /// one byte and an odd `N` costs no padding.
     len: [u8; 2],
     bytes: [u8; N],
@@ -116,7 +118,7 @@ pub struct LogRecord {
     pub grpc_status: Option<u8>,
     /// The route taken (its index in the service's routes); [`NO_ID`] for a service without
     /// routes, a TCP connection, or a request refused before routing. (Not an `Option`: the
-    /// record would outgrow its 432 bytes; a derived `Default` is 0, so set it.)
+    /// record would outgrow its 512 bytes; a derived `Default` is 0, so set it.)
     pub route: u16,
     /// The backend chosen, as its id in [`Names`]; [`NO_ID`] as for `route`.
     pub backend: u16,
@@ -128,9 +130,6 @@ pub struct LogRecord {
 
 /// A record's `route` or `backend` when there is none.
 pub const NO_ID: u16 = u16::MAX;
-
-// A record is what each ring slot holds, committed at start: its size is the memory budget's.
-const _: () = assert!(std::mem::size_of::<LogRecord>() == 432);
 
 /// Names by id, and ids by name.
 type NameTable = (Vec<Arc<str>>, HashMap<Arc<str>, u16>);
@@ -203,6 +202,10 @@ impl LogProtocol {
         }
     }
 }
+
+// A record is what each ring slot holds, committed at start: its size is the memory budget's.
+// The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
+const _: () = assert!(std::mem::size_of::<LogRecord>() == 512);
 
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
@@ -351,9 +354,9 @@ mod tests {
     }
 
     #[test]
-    fn a_record_stays_432_bytes() {
+    fn a_record_stays_512_bytes() {
         // The memory budget and docs/OPERATING.md count rings in these.
-        assert_eq!(std::mem::size_of::<LogRecord>(), 432);
+        assert_eq!(std::mem::size_of::<LogRecord>(), 512);
     }
 
     #[test]
@@ -422,6 +425,24 @@ mod tests {
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);
         assert_eq!(v["authority"], "ev\u{1}il\u{ff}");
+    }
+
+    #[test]
+    fn the_longest_discovered_service_name_is_kept_whole() {
+        // NAME.NAMESPACE:PORTNAME at Kubernetes' limits (63, 63 and 15 characters).
+        let name = format!("{}.{}:{}", "n".repeat(63), "s".repeat(63), "p".repeat(15));
+        let mut r = record();
+        r.service = InlineStr::new(name.as_bytes());
+        assert!(!r.service.truncated());
+        let mut out = Vec::new();
+        r.write_json(0, LineNames { backend: None, source_workload: Some("shop/web") }, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["service"].as_str(), Some(name.as_str()));
+        // Beside the caller's fields, in the same 512-byte record.
+        assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
+        // One byte more than Kubernetes allows would be cut (and said so).
+        let longer = format!("{name}x");
+        assert!(InlineStr::<SERVICE_BYTES>::new(longer.as_bytes()).truncated());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub use policy::{
     BackendConfig, DEFAULT_HEALTH_PATH, FaultConfig, HeaderEdits, HealthCheckConfig, RateLimitConfig, RateLimitPer,
     RouteConfig, RouteRetry, RouteTimeouts,
 };
+pub mod selector;
 pub use raw::RawConfig;
 
 /// One thing wrong with a config, and where.
@@ -147,13 +148,34 @@ pub struct Config {
     pub steering: SteeringConfig,
     /// Access-log shipping.
     pub access_log: AccessLogConfig,
+    /// Service discovery from the Kubernetes API.
+    pub kubernetes: KubernetesConfig,
     /// Distributed tracing (W3C trace context, OTLP/HTTP export).
     pub tracing: TracingConfig,
     /// Metric label bounds.
     pub metrics: MetricsConfig,
-    /// Services, in file order; a service's index is its id in the steering map. Shared, so
-    /// that a new config can keep the unchanged services of the previous one as they are.
+    /// Services, in file order (then the discovered ones, by name). Shared, so that a new
+    /// config can keep the unchanged services of the previous one as they are.
     pub services: Vec<Arc<ServiceConfig>>,
+}
+
+/// `[kubernetes]`: Services and EndpointSlices from the Kubernetes API become services beside
+/// the file's own. Read once at start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesConfig {
+    /// Watch the API. Default false.
+    pub enabled: bool,
+    /// A kubeconfig file; unset: the in-cluster service account, then `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (for `internalTrafficPolicy: Local` and topology hints); unset: the
+    /// `NODE_NAME` environment variable (the downward API).
+    pub node_name: Option<String>,
+    /// Label selector for Services (the API's syntax); empty: every Service.
+    pub service_selector: String,
+    /// Namespaces whose Services are never served. Default `["kube-system"]`.
+    pub exclude_namespaces: Vec<String>,
+    /// Protocol of a port that neither `appProtocol` nor its name decides. Default tcp.
+    pub default_protocol: Protocol,
 }
 
 /// `[proxy]`.
@@ -373,6 +395,26 @@ pub struct ServiceConfig {
     pub limits: LimitsConfig,
     /// Forwarding headers added to requests with the caller's address. Default none.
     pub forwarded_headers: ForwardedHeaders,
+    /// Further VIPs and `Host` names of a discovered service (a dual-stack Service's second
+    /// cluster IP, `NAME.NAMESPACE.svc`…). Never written in a file; empty for file services.
+    #[serde(skip_serializing_if = "ServiceAliases::is_empty")]
+    pub aliases: ServiceAliases,
+}
+
+/// More addresses and `Host` names routed to one service, besides its `vip` and `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceAliases {
+    /// Further virtual addresses (steered like `vip`).
+    pub vips: Vec<SocketAddr>,
+    /// Further `Host` header values (lowercase; a form with a port names it).
+    pub hosts: Vec<String>,
+}
+
+impl ServiceAliases {
+    /// No alias at all.
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.hosts.is_empty()
+    }
 }
 
 /// Which forwarding headers weir adds to requests it forwards (`forwarded_headers` in a
@@ -541,6 +583,28 @@ impl Config {
     /// the snapshot's index).
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name).map(|s| &**s)
+    }
+
+    /// Makes every service equal to one of `previous`'s (same name, same value) share
+    /// `previous`'s value, so that what already runs is recognised as unchanged by pointer
+    /// and the duplicate is freed.
+    pub fn share_unchanged(&mut self, previous: &Config) {
+        let by_name: std::collections::HashMap<&str, &Arc<ServiceConfig>> =
+            previous.services.iter().map(|s| (s.name.as_str(), s)).collect();
+        for s in &mut self.services {
+            if let Some(p) = by_name.get(s.name.as_str())
+                && (Arc::ptr_eq(p, s) || ***p == **s)
+            {
+                *s = Arc::clone(p);
+            }
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Every virtual address of the service: `vip`, then its aliases.
+    pub fn vips(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.vip).chain(self.aliases.vips.iter().copied())
     }
 }
 

@@ -8,8 +8,11 @@
 //! when a snapshot introduces it, but its [`ServiceStats`] (about 400 bytes) only when it is
 //! first counted on that worker, and its HDR histogram (about 21 KiB) on its first recorded
 //! duration; a service idle for [`HDR_IDLE_PUBLISHES`] publications gives its histogram back
-//! (its counters stay: they are monotonic). Publishing copies only the services counted since
-//! the last publication; the others share their previous copy.
+//! (its counters stay: they are monotonic while the service exists). A service that leaves
+//! the snapshot gives its whole slot back ([`StatsShard::release`]) and the slot is reused, so a
+//! table that churns (Kubernetes Services come and go) does not grow the shard. Publishing
+//! copies only the services counted since the last publication; the others share their
+//! previous copy.
 //!
 //! Requests are also counted per caller (`source`): per service, a [`SourceStats`] (codes,
 //! exact buckets, and the trace id of a recent sampled request per bucket: an exemplar) for
@@ -586,7 +589,8 @@ fn hdr_counts_bytes() -> usize {
 /// One service's place in a worker's shard.
 #[derive(Debug)]
 struct Slot {
-    name: Arc<str>,
+    /// `None`: released, on the free list.
+    name: Option<Arc<str>>,
     /// Allocated when the service is first counted on this worker.
     stats: Option<Box<ServiceStats>>,
     /// The copy last published, shared until the stats change again.
@@ -601,9 +605,12 @@ struct Slot {
 /// do not). Written by that worker alone.
 #[derive(Debug, Default)]
 pub struct StatsShard {
-    /// Slots are never removed, so counters stay monotonic for Prometheus.
+    /// A slot lives as long as its service is in the snapshot, so its counters are monotonic
+    /// for that long; released slots are reused.
     slots: Vec<Slot>,
     index: HashMap<Arc<str>, usize>,
+    /// Released slots, reused first.
+    free: Vec<usize>,
     /// The worker's counters that belong to no service.
     pub counters: WorkerCounters,
 }
@@ -655,9 +662,30 @@ impl StatsShard {
             return i;
         }
         let name: Arc<str> = Arc::from(service);
-        self.slots.push(Slot { name: name.clone(), stats: None, published: None, dirty: false, idle: 0 });
-        self.index.insert(name, self.slots.len() - 1);
-        self.slots.len() - 1
+        let slot = Slot { name: Some(name.clone()), stats: None, published: None, dirty: false, idle: 0 };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(name, i);
+        i
+    }
+
+    /// Gives slot `i` back: its service left the snapshot. Its stats are freed and no longer
+    /// published; the slot may be handed to another service. Call when a snapshot removes the
+    /// service, never while anything may still count into `i`.
+    pub fn release(&mut self, i: usize) {
+        let Some(slot) = self.slots.get_mut(i) else { return };
+        let Some(name) = slot.name.take() else { return };
+        self.index.remove(&name);
+        *slot = Slot { name: None, stats: None, published: None, dirty: false, idle: 0 };
+        self.free.push(i);
     }
 
     /// The stats in slot `i`, allocated on the service's first use on this worker.
@@ -687,7 +715,7 @@ impl StatsShard {
     pub fn publish(&mut self) -> Published {
         let mut services = Vec::new();
         for slot in &mut self.slots {
-            let Some(stats) = slot.stats.as_deref_mut() else { continue };
+            let (Some(name), Some(stats)) = (&slot.name, slot.stats.as_deref_mut()) else { continue };
             if slot.dirty {
                 slot.dirty = false;
                 slot.idle = 0;
@@ -705,19 +733,24 @@ impl StatsShard {
                     p
                 }
             };
-            services.push((slot.name.clone(), copy));
+            services.push((name.clone(), copy));
         }
         Published { services, counters: self.counters }
     }
 
     /// Services with a slot (counted or not).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.free.len()
     }
 
     /// Whether no service has a slot.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
+    }
+
+    /// Slots allocated, in use or free (the shard never shrinks below its largest table).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Heap bytes held by the counted services' stats (for the memory accounting).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::caller::{CallerCounts, Source};
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
-use crate::state::WorkerState;
+use crate::state::{Scope, WorkerState};
 
 /// How a new downstream connection is routed (decided once, at accept).
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +23,24 @@ pub(crate) struct ConnRoute {
     pub unknown: bool,
     /// The caller's cgroup id, for a steered connection (`None`: dialled to weir directly).
     pub caller: Option<u64>,
+}
+
+impl ConnRoute {
+    /// The service of a request on this connection (by the address dialed, else by `host`);
+    /// `None` for an unknown service, counted as unrouted. Admission (rate and pending limits)
+    /// is `policy::admit`'s.
+    pub(crate) fn resolve(&self, state: &mut WorkerState, host: Option<&[u8]>) -> Option<Scope> {
+        let index = match (self.unknown, self.dialed) {
+            (true, _) => None,
+            (false, Some(d)) => state.snapshot().by_vip(d),
+            (false, None) => host.and_then(|h| state.snapshot().by_host(h)),
+        };
+        let scope = index.map(|i| state.scope(i));
+        if scope.is_none() {
+            state.telemetry.shard.counters.unrouted += 1;
+        }
+        scope
+    }
 }
 
 /// What every task of one worker shares.

@@ -93,7 +93,16 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
                     Event::Quiet
                 } else {
-                    streams.next().await;
+                    // Every stream that can finish now does, before the connection is polled
+                    // (and flushed) again: their responses leave in one write, not one each.
+                    std::future::poll_fn(|cx| {
+                        let mut done = false;
+                        while let std::task::Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                            done = true;
+                        }
+                        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+                    })
+                    .await;
                     Event::StreamDone
                 }
             });
@@ -113,7 +122,9 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         match event {
             Event::Stream(req, mut respond) => {
                 if h2guard::admit(&mut respond, streams.len(), max_streams) {
-                    streams.push(stream(ctx, req, respond, peer, route));
+                    // Boxed: a stream's future is large (about 10 KB), and the set moves what it
+                    // is given into its own task allocation; a box moves as a pointer.
+                    streams.push(Box::pin(stream(ctx, req, respond, peer, route)));
                 }
             }
             Event::StreamDone => goaway_by = Instant::now() + write_timeout,
@@ -172,24 +183,12 @@ async fn stream(
         ctx.refresh();
         let mut state = ctx.state.borrow_mut();
         who.trace = trace::decide_h2(&state.snapshot().config.tracing, &parts.headers);
-        let index = if route.unknown {
-            None
-        } else {
-            match route.dialed {
-                Some(d) => state.snapshot().by_vip(d),
-                None => {
-                    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes().to_vec());
-                    let host =
-                        authority.or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes().to_vec()));
-                    host.and_then(|h| state.snapshot().by_host(&h))
-                }
-            }
-        };
-        let scope = index.map(|i| state.scope(i));
-        if scope.is_none() {
-            state.telemetry.shard.counters.unrouted += 1;
-        }
-        scope
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()));
+        route.resolve(&mut state, host)
     };
     let Some(mut scope) = routed else {
         let reply = Reply { head_request: info.is_head, ..Reply::new(ErrorReason::NoRoute) };

@@ -304,7 +304,13 @@ impl Conn {
     /// Like [`Conn::into_poll_io`], for a connection whose first bytes (`read`) were already
     /// read: they are read again first.
     pub fn into_poll_io_after(self, read: Vec<u8>) -> io::Result<PollIo> {
-        Ok(PollIo { fd: self.inner.to_poll_fd()?, replay: read, replayed: 0 })
+        Ok(PollIo {
+            fd: self.inner.to_poll_fd()?,
+            replay: read,
+            replayed: 0,
+            read_blocked: false,
+            write_blocked: false,
+        })
     }
 
     /// Another handle to the same socket (to read and write it from two futures at once).
@@ -434,13 +440,21 @@ impl Runtime {
 /// tokio's `AsyncRead`/`AsyncWrite` (h2): each read or write is a non-blocking `recv`/`send`
 /// (`MSG_DONTWAIT`, so the socket's own blocking mode does not matter); on `EAGAIN` it waits for
 /// readiness with an io_uring poll (`PollFd`), then tries again — a readiness that turns out
-/// spurious just waits again. Never mixed with completion-based operations on the same socket.
+/// spurious just waits again. Until that poll completes, further reads (writes) wait on it
+/// without a syscall: the codec polls its connection on every wake-up of its task, and most of
+/// those find nothing new to read. A short read (write) counts as `EAGAIN` for the next one:
+/// the readiness poll is level-triggered, so it completes at once if the socket is ready
+/// again. Never mixed with completion-based operations on the same socket.
 #[derive(Debug)]
 pub struct PollIo {
     fd: compio::runtime::fd::PollFd<socket2::Socket>,
     /// Bytes read before the hand-over, returned by the first reads.
     replay: Vec<u8>,
     replayed: usize,
+    /// The last `recv` found nothing, and the readiness poll has not completed since.
+    read_blocked: bool,
+    /// The last `send` found no room, and the readiness poll has not completed since.
+    write_blocked: bool,
 }
 
 impl PollIo {
@@ -469,21 +483,28 @@ impl tokio::io::AsyncRead for PollIo {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if this.read_blocked {
+                match this.fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => this.read_blocked = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             let unfilled = buf.initialize_unfilled();
             // SAFETY: recv writes at most `unfilled.len()` bytes into the initialised slice.
             let n = unsafe { libc::recv(this.raw(), unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
+                // A short read emptied the socket: the next read waits for readiness (a poll
+                // that completes at once if more arrived meanwhile) instead of a `recv` that
+                // would most likely find nothing.
+                this.read_blocked = (n as usize) < unfilled.len();
                 buf.advance(n as usize);
                 return Poll::Ready(Ok(()));
             }
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => match this.fd.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                },
+                io::ErrorKind::WouldBlock => this.read_blocked = true,
                 _ => return Poll::Ready(Err(e)),
             }
         }
@@ -497,22 +518,28 @@ impl tokio::io::AsyncWrite for PollIo {
         data: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
         use std::task::Poll;
+        let this = self.get_mut();
         loop {
+            if this.write_blocked {
+                match this.fd.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => this.write_blocked = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             // SAFETY: send reads at most `data.len()` bytes from `data`.
             let n = unsafe {
-                libc::send(self.raw(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                libc::send(this.raw(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
             };
             if n >= 0 {
+                // A short write filled the socket's buffer: the next one waits for room.
+                this.write_blocked = (n as usize) < data.len();
                 return Poll::Ready(Ok(n as usize));
             }
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => match self.fd.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                },
+                io::ErrorKind::WouldBlock => this.write_blocked = true,
                 _ => return Poll::Ready(Err(e)),
             }
         }

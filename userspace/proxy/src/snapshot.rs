@@ -1,11 +1,15 @@
 //! The immutable snapshot workers run on: a validated config plus what is derived from it once
-//! per publication: route tables (VIP, Host) and, per service, its policies precomputed (retry,
-//! budget, outlier, per-worker limits), its backends with the state all cores share (outlier
-//! and health-check state, per backend), its routes (matches, splits, per-route retry policy
-//! and timeout, header edits, faults) and its rate limit's shared bucket. Built where a config
-//! is loaded (at start, or on a reload from the signal loop or the file watcher), published
-//! with one atomic swap, read by workers without locks. Must not: change after publication;
-//! anything a worker mutates lives in its own `WorkerState`.
+//! per publication: route tables (VIP, Host, name) and, per service, its policies precomputed
+//! (retry, budget, outlier, per-worker limits), its `Host` forms, its backends with the state
+//! all cores share (outlier and health-check state, per backend), its routes (matches, splits,
+//! per-route retry policy and timeout, header edits, faults) and its rate limit's shared
+//! bucket. Built where a config is loaded (at start, on a reload from the signal loop or the
+//! file watcher, or when discovery hands over a change), published with one atomic swap, read
+//! by workers without locks. A build costs what changed: unchanged services keep their derived
+//! state, and when no service was added, removed, moved or re-addressed (an endpoint change,
+//! the common case under Kubernetes churn) the route tables are shared with the previous
+//! snapshot. Must not: change after publication; anything a worker mutates lives in its own
+//! `WorkerState`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,11 +34,20 @@ pub struct Snapshot {
     pub workers: usize,
     /// Per-service derived state, index-aligned with `config.services`.
     pub services: Vec<Arc<Service>>,
-    by_vip: HashMap<SocketAddr, usize>,
-    by_host: HashMap<String, usize>,
-    by_name: HashMap<Arc<str>, usize>,
+    /// Shared with the previous snapshot while no route changed.
+    routes: Arc<Routes>,
     /// Backend names by access-log id, the same table for every snapshot of the process.
     pub names: Arc<Names>,
+}
+
+/// Where a connection or request goes: service indexes by VIP (or dedicated listen address),
+/// by `Host` form and by name.
+#[derive(Debug, Default)]
+struct Routes {
+    by_vip: HashMap<SocketAddr, usize>,
+    /// Keys are the services' own `Host` forms ([`Service::hosts`]), not copies.
+    by_host: HashMap<Arc<str>, usize>,
+    by_name: HashMap<Arc<str>, usize>,
 }
 
 /// What a snapshot derives for one service, once, instead of per request.
@@ -60,6 +73,10 @@ pub struct Service {
     pub max_pending_per_worker: u32,
     /// Idle pooled connections kept per endpoint per worker.
     pub max_idle_per_endpoint: usize,
+    /// `Host` header forms a client dialing the proxy directly may use, in the order they are
+    /// entered in the route table: the name, `name:port`, the VIP, its IP alone for port 80,
+    /// then a discovered service's further VIPs and names. The first is `name`'s `Arc`.
+    hosts: Box<[Arc<str>]>,
 }
 
 /// One endpoint group of a service, with its own balancers (per worker), outlier state and
@@ -156,8 +173,19 @@ impl Service {
             }
             _ => Arc::new(RateLimit::new(rl, workers)),
         });
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let mut hosts: Vec<Arc<str>> = Vec::with_capacity(4 + cfg.aliases.vips.len() + cfg.aliases.hosts.len());
+        hosts.push(name.clone());
+        hosts.push(Arc::from(format!("{}:{}", cfg.name, cfg.vip.port())));
+        hosts.push(Arc::from(cfg.vip.to_string()));
+        if cfg.vip.port() == 80 {
+            hosts.push(Arc::from(host_ip(cfg.vip.ip())));
+        }
+        // A discovered service's further VIPs (dual stack) and Host names.
+        hosts.extend(cfg.aliases.vips.iter().map(|v| Arc::from(v.to_string())));
+        hosts.extend(cfg.aliases.hosts.iter().map(|h| Arc::from(h.as_str())));
         Service {
-            name: Arc::from(cfg.name.as_str()),
+            name,
             backends,
             routes,
             routed: !cfg.routes.is_empty(),
@@ -166,7 +194,38 @@ impl Service {
             budget: cfg.budget_policy(),
             max_pending_per_worker: cfg.limits.max_pending_requests.div_ceil(workers.max(1) as u32).max(1),
             max_idle_per_endpoint: cfg.limits.max_idle_per_endpoint as usize,
+            hosts: hosts.into_boxed_slice(),
         }
+    }
+}
+
+/// Whether `a` and `b` are routed to by exactly the same addresses and names.
+fn same_routes(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    a.name == b.name && a.vip == b.vip && a.listen == b.listen && a.aliases == b.aliases
+}
+
+impl Routes {
+    fn build(config: &Config, services: &[Arc<Service>]) -> Routes {
+        let n = services.len();
+        let mut r = Routes {
+            by_vip: HashMap::with_capacity(n),
+            by_host: HashMap::with_capacity(services.iter().map(|s| s.hosts.len()).sum()),
+            by_name: HashMap::with_capacity(n),
+        };
+        for (i, (s, service)) in config.services.iter().zip(services).enumerate() {
+            r.by_name.insert(service.name.clone(), i);
+            r.by_vip.insert(s.vip, i);
+            if let Some(l) = s.listen {
+                r.by_vip.insert(l, i);
+            }
+            for v in &s.aliases.vips {
+                r.by_vip.insert(*v, i);
+            }
+            for h in &service.hosts {
+                r.by_host.insert(h.clone(), i);
+            }
+        }
+        r
     }
 }
 
@@ -179,12 +238,16 @@ impl Snapshot {
     pub fn build(mut config: Config, workers: usize, previous: Option<&Snapshot>) -> Snapshot {
         let names = previous.map_or_else(Arc::default, |p| p.names.clone());
         let mut services = Vec::with_capacity(config.services.len());
-        let mut by_vip = HashMap::with_capacity(config.services.len());
-        let mut by_host = HashMap::with_capacity(config.services.len() * 4);
-        let mut by_name = HashMap::with_capacity(config.services.len());
+        // The route tables can be shared when every service is routed to as in `previous`, at
+        // the same index.
+        let mut same_routes_as_previous = previous.is_some_and(|p| p.services.len() == config.services.len());
         for i in 0..config.services.len() {
             let s = &config.services[i];
-            let old = previous.and_then(|p| p.service_index(&s.name).map(|j| (p, j)));
+            // The same position first (no hashing: the common case), then by name.
+            let old = previous.and_then(|p| match p.config.services.get(i) {
+                Some(o) if Arc::ptr_eq(o, s) || o.name == s.name => Some((p, i)),
+                _ => p.service_index(&s.name).map(|j| (p, j)),
+            });
             let service = match old {
                 Some((p, j)) if Arc::ptr_eq(&p.config.services[j], s) || *p.config.services[j] == **s => {
                     config.services[i] = p.config.services[j].clone();
@@ -195,51 +258,46 @@ impl Snapshot {
                 }
                 None => Arc::new(Service::new(s, workers, None, &names)),
             };
-            let s = &config.services[i];
-            by_name.insert(service.name.clone(), i);
+            if same_routes_as_previous {
+                same_routes_as_previous = match old {
+                    Some((p, j)) => j == i && same_routes(&p.config.services[j], &config.services[i]),
+                    None => false,
+                };
+            }
             services.push(service);
-            by_vip.insert(s.vip, i);
-            if let Some(l) = s.listen {
-                by_vip.insert(l, i);
-            }
-            // Host header forms a client dialing the proxy directly may use.
-            by_host.insert(s.name.clone(), i);
-            by_host.insert(format!("{}:{}", s.name, s.vip.port()), i);
-            by_host.insert(s.vip.to_string(), i);
-            if s.vip.port() == 80 {
-                by_host.insert(host_ip(s.vip.ip()), i);
-            }
         }
+        let routes = match previous {
+            Some(p) if same_routes_as_previous => p.routes.clone(),
+            _ => Arc::new(Routes::build(&config, &services)),
+        };
         Snapshot {
             config: Arc::new(config),
             generation: previous.map_or(1, |p| p.generation + 1),
             workers,
             services,
-            by_vip,
-            by_host,
-            by_name,
+            routes,
             names,
         }
     }
 
     /// The service whose VIP (or dedicated listen address) is `addr`.
     pub fn by_vip(&self, addr: SocketAddr) -> Option<usize> {
-        self.by_vip.get(&addr).copied()
+        self.routes.by_vip.get(&addr).copied()
     }
 
     /// The service a `Host` header names: `name`, `name:port`, `vip:port`, or the VIP alone
     /// for port 80. Case-insensitive.
     pub fn by_host(&self, host: &[u8]) -> Option<usize> {
         let host = std::str::from_utf8(host).ok()?.trim();
-        if let Some(&i) = self.by_host.get(host) {
+        if let Some(&i) = self.routes.by_host.get(host) {
             return Some(i);
         }
-        self.by_host.get(&host.to_ascii_lowercase()).copied()
+        self.routes.by_host.get(host.to_ascii_lowercase().as_str()).copied()
     }
 
     /// Index of the service named `name`.
     pub fn service_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.routes.by_name.get(name).copied()
     }
 }
 
@@ -293,6 +351,47 @@ mod tests {
             assert_eq!(s.by_host(host.as_bytes()), want, "Host: {host:?}");
         }
         assert_eq!(s.by_vip("127.10.1.3:8080".parse().expect("addr")), Some(1));
+    }
+
+    #[test]
+    fn route_tables_are_shared_until_a_route_changes() {
+        let two = |a_endpoint: &str, b_vip: &str| {
+            config(&format!(
+                "[[service]]\nname = \"a\"\nvip = \"127.10.1.2:80\"\nendpoints = [\"{a_endpoint}\"]\n\
+                 [[service]]\nname = \"b\"\nvip = \"{b_vip}\"\n"
+            ))
+        };
+        let s1 = Snapshot::build(two("127.0.0.1:1", "127.10.1.3:80"), 2, None);
+        // An endpoint change: a's state is derived again, b's kept, the routes shared.
+        let s2 = Snapshot::build(two("127.0.0.1:2", "127.10.1.3:80"), 2, Some(&s1));
+        assert!(Arc::ptr_eq(&s1.routes, &s2.routes));
+        assert!(!Arc::ptr_eq(&s1.services[0], &s2.services[0]) && Arc::ptr_eq(&s1.services[1], &s2.services[1]));
+        // A new VIP: the routes are built again.
+        let s3 = Snapshot::build(two("127.0.0.1:2", "127.10.1.4:80"), 2, Some(&s2));
+        assert!(!Arc::ptr_eq(&s2.routes, &s3.routes));
+        assert_eq!((s3.by_vip("127.10.1.4:80".parse().expect("addr")), s3.by_host(b"127.10.1.3")), (Some(1), None));
+        // A service added before the others moves them: built again, every index right.
+        let mut three = two("127.0.0.1:2", "127.10.1.4:80");
+        let first = config("[[service]]\nname = \"z\"\nvip = \"127.10.1.9:80\"\n").services[0].clone();
+        three.services.insert(0, first);
+        let s4 = Snapshot::build(three, 2, Some(&s3));
+        assert_eq!((s4.service_index("z"), s4.service_index("a"), s4.by_host(b"b")), (Some(0), Some(1), Some(2)));
+        assert!(Arc::ptr_eq(&s3.services[1], &s4.services[2]), "b moved, and kept its state");
+    }
+
+    #[test]
+    fn a_discovered_services_aliases_route() {
+        let mut cfg = config("[[service]]\nname = \"web.shop\"\nvip = \"127.10.1.2:8080\"\n");
+        Arc::make_mut(&mut cfg.services[0]).aliases = weir_core::config::ServiceAliases {
+            vips: vec!["[::1]:8080".parse().expect("addr")],
+            hosts: vec!["web.shop.svc".into(), "web.shop.svc.cluster.local:8080".into()],
+        };
+        let s = Snapshot::build(cfg, 2, None);
+        for host in ["web.shop", "web.shop:8080", "Web.Shop.Svc", "web.shop.svc.cluster.local:8080", "[::1]:8080"] {
+            assert_eq!(s.by_host(host.as_bytes()), Some(0), "Host: {host:?}");
+        }
+        assert_eq!(s.by_vip("[::1]:8080".parse().expect("addr")), Some(0));
+        assert_eq!(s.by_host(b"web.shop.svc.cluster.local"), None);
     }
 
     #[test]

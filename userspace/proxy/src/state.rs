@@ -214,7 +214,12 @@ impl WorkerState {
         let snapshot = self.snapshot.clone();
         self.services.reserve(snapshot.services.len());
         for (i, (cfg, svc)) in snapshot.config.services.iter().zip(&snapshot.services).enumerate() {
-            let previous = old_snapshot.service_index(&cfg.name).and_then(|j| Some((j, old.get_mut(j)?.take()?)));
+            // The same position first (no hashing: the common case), then by name.
+            let j = match old_snapshot.config.services.get(i) {
+                Some(o) if Arc::ptr_eq(o, cfg) || o.name == cfg.name => Some(i),
+                _ => old_snapshot.service_index(&cfg.name),
+            };
+            let previous = j.and_then(|j| Some((j, old.get_mut(j)?.take()?)));
             let state = match previous {
                 // Unchanged: kept exactly as it was.
                 Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
@@ -244,9 +249,11 @@ impl WorkerState {
             };
             self.services.push(state);
         }
-        // Services that are gone: their idle connections close now, and their gauge reads 0.
+        // Services that are gone: their idle connections close now, and their stats slot is
+        // given back (nothing counts into it any more: a request still in flight for a
+        // removed service finds no state for it).
         for gone in old.into_iter().flatten() {
-            self.telemetry.shard.set_upstream_connections(gone.stats, 0);
+            self.telemetry.shard.release(gone.stats);
         }
     }
 

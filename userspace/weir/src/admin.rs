@@ -146,7 +146,15 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if control.draining.load(Ordering::SeqCst) {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else if control.ready.load(Ordering::SeqCst) {
-                respond(StatusCode::OK, "text/plain", "ready\n")
+                match &control.kubernetes {
+                    // Ready either way (the file's services serve); the body says whether the
+                    // discovered ones do too.
+                    Some(k) => {
+                        let file_services = control.file_config.lock().services.len();
+                        respond(StatusCode::OK, "text/plain", format!("ready\n{}", k.ready_line(file_services)))
+                    }
+                    None => respond(StatusCode::OK, "text/plain", "ready\n"),
+                }
             } else {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
             }
@@ -161,6 +169,11 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "pid": std::process::id(),
                 "config": &*snapshot.config,
                 "memory": &control.memory,
+                "kubernetes": control.kubernetes.as_ref().map(|k| serde_json::json!({
+                    "synced": k.stats.synced.load(Ordering::Relaxed),
+                    "conflicts": *k.conflicts.lock(),
+                    "last_error": *k.stats.last_error.lock(),
+                })),
             }))
         }
         "/endpoints" => json(&crate::metrics::endpoints_view(control)),

@@ -1,8 +1,9 @@
 //! Wiring and lifecycle: start (config → [a takeover: the running weir's sockets] → eBPF maps →
-//! workers → eBPF links → admin thread → hand-off socket), reload (SIGHUP or a change of the
-//! config file), drain on SIGTERM/SIGINT, and the drain of a weir that was taken over. Owns the
-//! order in which things start and stop (a takeover's steps: `takeover.rs`). Must not: run on a
-//! worker core's path; reloads build the new snapshot here and publish it in one atomic swap.
+//! workers → [a takeover with discovery: the first list] → eBPF links → admin thread →
+//! hand-off socket → Kubernetes discovery), drain on SIGTERM/SIGINT, and the drain of a weir
+//! that was taken over. Owns the order in which things start and stop (a takeover's steps:
+//! `takeover.rs`; reloads and discovery's publications: `reload.rs`). Must not: run on a
+//! worker core's path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,49 +19,13 @@ use weir_core::config::Config;
 use weir_core::stats::Published;
 use weir_proxy::{Shared, Snapshot, StartOptions, Workers};
 
+pub use crate::reload::{LoadError, load_config};
+
 use crate::admin::AdminServer;
 use crate::shipper::Shipper;
 use crate::steering::Steering;
 use crate::takeover::new::{Inheritance, Predecessor};
 use crate::takeover::{Handoff, Inherited, Shutdown};
-
-/// Reading the config file failed before it could be checked, or it is not a valid config.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("{}: cannot read config file: {source}", file.display())]
-    Read {
-        /// The file.
-        file: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file was read but is not a valid config.
-    #[error(transparent)]
-    Invalid(#[from] weir_core::config::ConfigError),
-}
-
-fn text_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish() | 1 // never 0, the "nothing applied yet" value
-}
-
-/// Reads `path` and validates it ([`Config::parse`]): the one place weir reads its config file.
-pub fn load_config(path: &Path) -> Result<Config, LoadError> {
-    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read { file: path.to_path_buf(), source })?;
-    Ok(Config::parse(&src, path)?)
-}
-
-#[cfg(test)]
-mod load_tests {
-    #[test]
-    fn a_missing_file_is_named() {
-        let err = super::load_config(std::path::Path::new("/nonexistent/weir.toml")).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/weir.toml: cannot read config file"), "{err}");
-    }
-}
 
 /// State reloads, the admin server and the signal loop share. Never touched by a
 /// worker's request path.
@@ -74,7 +39,7 @@ pub struct Control {
     pub steering: Mutex<Option<Steering>>,
     /// Serialises reloads (SIGHUP and file watch may race), and holds a hash of the file text
     /// last applied: reloading the same text again is a no-op.
-    reload_lock: Mutex<u64>,
+    pub(crate) reload_lock: Mutex<u64>,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads (the old config kept serving).
@@ -121,6 +86,14 @@ pub struct Control {
     pub admin_socket: Mutex<Option<std::net::TcpListener>>,
     /// The lifecycle's event channel (set by [`App::run_until_signal`]).
     events: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    /// The config file's config as last validated (a snapshot's config also holds the
+    /// discovered services).
+    pub file_config: Mutex<Config>,
+    /// Kubernetes discovery, when `[kubernetes] enabled`.
+    pub kubernetes: Option<crate::kubernetes::KubernetesState>,
+    /// A weir taking another over leaves the kernel's service table to the old weir until its
+    /// takeover is done: publications meanwhile update the snapshot only.
+    pub(crate) steering_deferred: AtomicBool,
 }
 
 /// What the lifecycle waits for.
@@ -152,7 +125,7 @@ pub struct Listens {
 impl Listens {
     /// Puts the bound addresses into a config read from the file, where the file still says
     /// what it said at start (e.g. port 0), so a reload compares like with like.
-    fn apply(&self, config: &mut Config) {
+    pub(crate) fn apply(&self, config: &mut Config) {
         if config.proxy.listen == self.proxy_configured {
             config.proxy.listen = self.proxy;
         }
@@ -179,94 +152,12 @@ impl Control {
             let _ = tx.send(event);
         }
     }
-
-    /// Reads, validates and applies the config file. On any error the running snapshot and
-    /// the kernel's service map stay as they were.
-    pub fn reload(&self) -> Result<(), String> {
-        let mut applied = self.reload_lock.lock();
-        if let crate::takeover::Phase::Offered { pid } | crate::takeover::Phase::Swapping { pid } = self.handoff.phase()
-        {
-            // The new weir steers with this weir's service table until it has taken over, and
-            // then applies the file itself.
-            tracing::info!("config reload skipped: {} is taking this weir over", crate::takeover::Who(pid));
-            return Ok(());
-        }
-        let started = Instant::now();
-        let mut published = false;
-        let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|source| LoadError::Read { file: self.config_path.clone(), source }.to_string());
-        let hash = text.as_ref().map_or(0, |t| text_hash(t));
-        let result = text.and_then(|text| {
-            if hash == *applied {
-                return Ok(()); // the text already running
-            }
-            let mut config = Config::parse(&text, &self.config_path).map_err(|e| e.to_string())?;
-            self.listens.apply(&mut config);
-            let old = self.shared.snapshot.load_full();
-            if config == *old.config {
-                return Ok(()); // the same config, written differently: nothing to publish
-            }
-            let fixed = restart_only_changes(&old.config, &config);
-            if !fixed.is_empty() {
-                return Err(format!(
-                    "{}: {} cannot change while weir runs; restart weir to apply (nothing was applied)",
-                    self.config_path.display(),
-                    fixed.join(", ")
-                ));
-            }
-            if let Some(steering) = self.steering.lock().as_mut() {
-                steering.sync_services(&config).map_err(|e| format!("updating the eBPF service map: {e:#}"))?;
-            }
-            let snapshot = Snapshot::build(config, old.workers, Some(&old));
-            self.shared.snapshot.store(Arc::new(snapshot));
-            published = true;
-            Ok(())
-        });
-        match &result {
-            Ok(()) => {
-                *applied = hash;
-                if published {
-                    self.last_reload_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                }
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
-                *self.snapshot_loaded.lock() = Instant::now();
-                *self.last_error.lock() = None;
-                tracing::info!("config reloaded from {}", self.config_path.display());
-            }
-            Err(e) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                *self.last_error.lock() = Some(e.clone());
-                tracing::error!("config reload rejected, the previous config keeps serving: {e}");
-            }
-        }
-        result
-    }
 }
 
-/// Fields a running weir cannot apply (they are bound, attached or sized at start), that differ
-/// between `old` and `new`. A reload that changes any of them is rejected as a whole, so what
-/// runs is always exactly one file's config.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let service_listens = |c: &Config| {
-        c.services.iter().map(|s| (s.name.clone(), s.listen)).filter(|(_, l)| l.is_some()).collect::<Vec<_>>()
-    };
-    [
-        ("[proxy] listen", old.proxy.listen != new.proxy.listen),
-        ("[proxy] workers", old.proxy.workers != new.proxy.workers),
-        ("[proxy] max_connections", old.proxy.max_connections != new.proxy.max_connections),
-        ("[admin] listen", old.admin.listen != new.admin.listen),
-        ("[admin] allow_non_loopback", old.admin.allow_non_loopback != new.admin.allow_non_loopback),
-        ("[steering]", old.steering != new.steering),
-        ("[access_log]", old.access_log != new.access_log),
-        ("[tracing] otlp_endpoint", old.tracing.otlp_endpoint != new.tracing.otlp_endpoint),
-        ("[metrics]", old.metrics != new.metrics),
-        ("a service's `listen`", service_listens(old) != service_listens(new)),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
-}
+/// How long a weir taking another over waits for its discovery's first sync before it takes
+/// over (the old weir serves meanwhile): then the discovered services are steered and served
+/// without a gap. Past it, the takeover goes on and they follow the first sync.
+const TAKEOVER_SYNC_WAIT: Duration = Duration::from_secs(20);
 
 /// For a listen address with port 0: a socket bound to a free port on its IP, with the options
 /// the workers' listeners use (SO_REUSEADDR, SO_REUSEPORT), so that they can all bind that
@@ -333,6 +224,25 @@ fn fixed_fields_changed(config: &Config) -> Option<String> {
     ))
 }
 
+/// Starts Kubernetes discovery when `[kubernetes] enabled`. With `caps`, from a short-lived
+/// thread that holds only those first, so that the discovery thread has no more (its creator
+/// may still hold what loading steering needed).
+fn start_discovery(
+    control: &Arc<Control>,
+    caps: Option<&caps::CapsHashSet>,
+) -> anyhow::Result<Option<weir_discovery::Discovery>> {
+    let Some(caps) = caps else {
+        return crate::kubernetes::start(control).context("starting Kubernetes discovery");
+    };
+    let (control, caps) = (control.clone(), caps.clone());
+    std::thread::spawn(move || {
+        crate::privileges::drop_thread_caps(&caps).context("dropping capabilities")?;
+        crate::kubernetes::start(&control).context("starting Kubernetes discovery")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("starting Kubernetes discovery: the thread panicked"))?
+}
+
 /// Worker threads for `config`: `[proxy] workers`, or one per CPU this process may run on.
 pub fn resolve_workers(config: &Config) -> usize {
     match config.proxy.workers {
@@ -341,7 +251,7 @@ pub fn resolve_workers(config: &Config) -> usize {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -367,6 +277,7 @@ pub struct App {
     workers: Arc<Workers>,
     admin: Arc<AdminServer>,
     handoff_server: Option<crate::takeover::old::Server>,
+    discovery: Option<weir_discovery::Discovery>,
 }
 
 impl App {
@@ -571,6 +482,9 @@ impl App {
             handoff: Handoff::default(),
             admin_socket: Mutex::new(Some(admin_listener.try_clone().context("the admin socket")?)),
             events: Mutex::new(None),
+            file_config: Mutex::new(config.clone()),
+            kubernetes: config.kubernetes.enabled.then(crate::kubernetes::KubernetesState::new),
+            steering_deferred: AtomicBool::new(pred.is_some()),
         });
         let started = Arc::new(
             Workers::start(
@@ -589,8 +503,23 @@ impl App {
         );
         drop(proxy_port);
         let mut drain_until = None;
+        let mut discovery = None;
         match pred {
             Some(pred) => {
+                // With discovery, this weir lists the cluster before it takes over (the old
+                // weir serves meanwhile), so the discovered services are served from the swap on.
+                if control.kubernetes.is_some() {
+                    discovery = start_discovery(&control, options.least_privilege.then_some(&runtime_caps))?;
+                    if let Some(k) = &control.kubernetes
+                        && !k.wait_synced(TAKEOVER_SYNC_WAIT)
+                    {
+                        tracing::warn!(
+                            "kubernetes: not synced with the API server within {} s: taking over with the config \
+                             file's services; the discovered ones follow the first sync",
+                            TAKEOVER_SYNC_WAIT.as_secs()
+                        );
+                    }
+                }
                 pred.swap()?;
                 if let Some(s) = control.steering.lock().as_mut() {
                     s.take_over_links().context("putting this weir's programs into the pinned eBPF links")?;
@@ -602,16 +531,17 @@ impl App {
                 started.resume();
                 control.takeovers_ok.store(1, Ordering::Relaxed);
                 if let Some((totals, until)) = pred.committed() {
-                    crate::takeover::inherit(&control, totals);
+                    control.inherit(totals);
                     drain_until = Some(until);
                 }
                 let finished = match control.steering.lock().as_mut() {
-                    Some(s) => s.finish_takeover(&config),
+                    Some(s) => control.finish_takeover(s),
                     None => {
                         if predecessor_steered {
                             // Steering is off in this config: detach the old weir's links.
                             crate::steering::remove_pins(&crate::steering::pin_root(&config));
                         }
+                        control.steering_deferred.store(false, Ordering::SeqCst);
                         Ok(())
                     }
                 };
@@ -639,6 +569,12 @@ impl App {
             // The admin thread and everything it spawns inherit the reduced sets.
             crate::privileges::drop_thread_caps(&runtime_caps).context("dropping capabilities")?;
         }
+        // Discovery starts once the file's services serve (its thread has the reduced sets:
+        // NET_ADMIN stays while steering is on, for the mark on its API sockets). Until both
+        // watches have listed, weir serves exactly what the file says, and /ready says so.
+        if discovery.is_none() {
+            discovery = start_discovery(&control, None)?;
+        }
         let admin = Arc::new(AdminServer::start(admin_listener, control.clone())?);
         let handoff_server = crate::takeover::old::Server::start(
             handoff_socket,
@@ -659,7 +595,7 @@ impl App {
             steering = control.steering.lock().is_some(),
             "weir is ready"
         );
-        Ok((App { control, workers: started, admin, handoff_server: Some(handoff_server) }, drain_until))
+        Ok((App { control, workers: started, admin, handoff_server: Some(handoff_server), discovery }, drain_until))
     }
 
     /// The proxy address (as bound: the free port picked for a configured port 0).
@@ -751,6 +687,9 @@ impl App {
         if let Some(s) = self.handoff_server.take() {
             s.stop();
         }
+        if let Some(d) = self.discovery.take() {
+            d.stop(Duration::from_secs(2));
+        }
         let drain_timeout = self.control.shared.snapshot.load().config.proxy.drain_timeout;
         self.control.draining.store(true, Ordering::SeqCst);
         // Detach steering first: new connects go where they were dialed (kube-proxy's path for
@@ -793,6 +732,10 @@ impl App {
     fn finish_handed_over(&mut self, pid: u32, deadline: Instant) -> bool {
         if let Some(s) = self.handoff_server.take() {
             s.stop();
+        }
+        // The new weir discovers for itself.
+        if let Some(d) = self.discovery.take() {
+            d.stop(Duration::from_secs(2));
         }
         let clean = self.workers.wait(deadline);
         if !clean {

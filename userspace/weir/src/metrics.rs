@@ -53,6 +53,14 @@ pub mod names {
     pub const ROUTE_DURATION: &str = "weir_route_request_duration_seconds";
     pub const FAULTS: &str = "weir_faults_injected_total";
     pub const HEALTH_CHECKS: &str = "weir_health_checks_total";
+    pub const K8S_SYNCED: &str = "weir_kubernetes_synced";
+    pub const K8S_LAST_SYNC: &str = "weir_kubernetes_last_sync_timestamp_seconds";
+    pub const K8S_EVENTS: &str = "weir_kubernetes_events_total";
+    pub const K8S_RELISTS: &str = "weir_kubernetes_relists_total";
+    pub const K8S_SERVICES: &str = "weir_kubernetes_services";
+    pub const K8S_ENDPOINTS: &str = "weir_kubernetes_endpoints";
+    pub const K8S_ANNOTATION_ERRORS: &str = "weir_kubernetes_annotation_errors_total";
+    pub const K8S_CONFLICTS: &str = "weir_kubernetes_file_conflicts";
 }
 
 mod policy;
@@ -329,6 +337,9 @@ pub fn render(control: &Control, openmetrics: bool) -> String {
             o.sample(STEERING, &[("event", event)], n);
         }
     }
+    if let Some(k) = &control.kubernetes {
+        kubernetes(&mut o, &k.stats);
+    }
     let (exported, ring_full, export_failed) = control.exporter.lock().as_ref().map_or((0, 0, 0), |e| e.counts());
     o.family(
         SPANS,
@@ -344,6 +355,43 @@ pub fn render(control: &Control, openmetrics: bool) -> String {
         o.text.push_str("# EOF\n");
     }
     o.text
+}
+
+/// Discovery's families (only with `[kubernetes] enabled`).
+fn kubernetes(o: &mut Out, k: &weir_discovery::Stats) {
+    use names::*;
+    use weir_discovery::stats::{Kind, Outcome};
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    o.family(
+        K8S_SYNCED,
+        "gauge",
+        "1 once both watches listed and discovered services serve; 0 while weir serves the config file's services only.",
+    );
+    o.sample(K8S_SYNCED, &[], u8::from(k.synced.load(Ordering::Relaxed)));
+    o.family(K8S_LAST_SYNC, "gauge", "Unix time discovery last matched the API server (0: never).");
+    o.sample(K8S_LAST_SYNC, &[], n(&k.last_sync_unix));
+    o.family(K8S_EVENTS, "counter", "Watch events by kind and result (applied, deleted, ignored, error).");
+    for kind in Kind::ALL {
+        for outcome in Outcome::ALL {
+            o.sample(K8S_EVENTS, &[("kind", kind.as_str()), ("result", outcome.as_str())], k.events(kind, outcome));
+        }
+    }
+    o.family(K8S_RELISTS, "counter", "Lists after the first, by kind (a watch too far behind: 410 Gone).");
+    for kind in Kind::ALL {
+        o.sample(K8S_RELISTS, &[("kind", kind.as_str())], k.relists(kind));
+    }
+    o.family(K8S_SERVICES, "gauge", "Services discovered (one per Service port).");
+    o.sample(K8S_SERVICES, &[], n(&k.services));
+    o.family(K8S_ENDPOINTS, "gauge", "Endpoints in the EndpointSlices known.");
+    o.sample(K8S_ENDPOINTS, &[], n(&k.endpoints));
+    o.family(K8S_ANNOTATION_ERRORS, "counter", "weir.dev/ annotations not applied (the default stays).");
+    o.sample(K8S_ANNOTATION_ERRORS, &[], n(&k.annotation_errors));
+    o.family(
+        K8S_CONFLICTS,
+        "gauge",
+        "Config file services not served because a discovered service has their name or VIP.",
+    );
+    o.sample(K8S_CONFLICTS, &[], n(&k.conflicts));
 }
 
 /// One endpoint in `/endpoints`.

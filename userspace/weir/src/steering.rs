@@ -42,6 +42,8 @@ use weir_proxy::{OriginalDst, Steered};
 
 use crate::bpf_sys::{self, TypedMap};
 
+mod ids;
+
 /// The kernel programs, compiled by build.rs (aya-build) for bpfel-unknown-none.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
 
@@ -107,6 +109,8 @@ pub struct Steering {
     cgroups: Vec<PathBuf>,
     links: Vec<(PathBuf, PinnedLink)>,
     services: StdHashMap<ServiceKey, ServiceValue>,
+    /// Each service's `service_id`, stable while the service exists.
+    ids: ids::ServiceIds,
     hooks: Arc<KernelHooks>,
     /// Links taken over from a previous run at start.
     pub taken_over: usize,
@@ -269,6 +273,7 @@ impl Steering {
             cgroups: steering.cgroups.clone(),
             links: Vec::new(),
             services: StdHashMap::new(),
+            ids: ids::ServiceIds::default(),
             hooks,
             taken_over: 0,
         };
@@ -387,10 +392,15 @@ impl Steering {
         Ok(self.taken_over)
     }
 
-    /// A takeover, once the old weir has stopped: this weir's own service table, links for the
-    /// cgroups the old weir did not steer, and the pins of the cgroups this config dropped
+    /// A takeover, once the old weir has stopped: this weir's own service table (a service the
+    /// old weir steered keeps its id, so only the entries that changed are written), links for
+    /// the cgroups the old weir did not steer, and the pins of the cgroups this config dropped
     /// removed.
     pub fn finish_takeover(&mut self, config: &Config) -> anyhow::Result<()> {
+        let running = &self.services;
+        self.ids.seed(config.services.iter().filter_map(|s| {
+            s.vips().find_map(|vip| running.get(&service_key(vip))).map(|v| (s.name.as_str(), v.service_id))
+        }));
         self.sync_services(config)?;
         self.attach_links(config)
     }
@@ -466,16 +476,20 @@ impl Steering {
     }
 
     /// Makes the kernel's service map equal to `config`'s services: adds and updates entries
-    /// first, then removes the ones that are gone. Nothing is detached.
+    /// first, then removes the ones that are gone; entries that did not change are not
+    /// written (a service keeps its id while it exists). Nothing is detached.
     pub fn sync_services(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut want = StdHashMap::new();
-        for (id, s) in config.services.iter().enumerate() {
+        let ids = self.ids.assign(config.services.iter().map(|s| s.name.as_str()));
+        let mut want = StdHashMap::with_capacity(config.services.len());
+        for (id, s) in ids.into_iter().zip(&config.services) {
             let (fallback_addr, fallback_port) =
                 s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
-            want.insert(
-                service_key(s.vip),
-                ServiceValue { service_id: id as u32, flags: 0, fallback_addr, fallback_port, _pad: 0 },
-            );
+            for vip in s.vips() {
+                want.insert(
+                    service_key(vip),
+                    ServiceValue { service_id: id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+                );
+            }
         }
         self.set_services(want)
     }

@@ -192,10 +192,12 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, body: &[u8]) -> Result<T, Str
 }
 
 /// What a weir inherited: the counters of the weir it took over (and of the ones before it),
-/// added to its own in `/metrics`.
+/// added to its own in `/metrics`. A service's inherited counters last as long as the service:
+/// once a complete service table (the file's, and the discovered ones once synced) no longer
+/// has it, they are dropped ([`Inherited::retain`]), as a removed service's own stats slot is.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    /// As received.
+    /// As received (less the services since removed).
     pub totals: Totals,
     /// The stats part as last built, for the caller table of that generation.
     stats: parking_lot::Mutex<Option<(u64, Arc<Published>)>>,
@@ -209,7 +211,7 @@ impl Inherited {
 
     /// The stats part, ready to merge with the workers' shards: each caller's share under
     /// the slot `callers` gives its name. A name `callers` does not have yet (the identity
-    /// thread gives the old weir's names soon after they arrive: [`inherit`]) is left out
+    /// thread gives the old weir's names soon after they arrive: [`Control::inherit`]) is left out
     /// until it has; one it will not give (fewer `max_sources` here) stays out.
     pub fn stats(&self, callers: &CallerTable) -> Arc<Published> {
         let mut cached = self.stats.lock();
@@ -222,16 +224,65 @@ impl Inherited {
             }
         }
     }
+
+    /// `self` with only the services `keep` accepts (each with its callers' shares); `None`
+    /// when that is all of them. The stats part is built again, lazily, from what is kept.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Option<Inherited> {
+        if self.totals.services.iter().all(|s| keep(&s.name)) {
+            return None;
+        }
+        let mut totals = self.totals.clone();
+        totals.services.retain(|s| keep(&s.name));
+        Some(Inherited::new(totals))
+    }
 }
 
-/// Takes `totals` of the weir taken over as this weir's inheritance (in place of what it
-/// sent before), once the identity thread has given the `source` names the old weir gave:
-/// each caller's series continues under its name, and none is missing from a scrape.
-pub fn inherit(control: &Control, totals: Totals) {
-    if let Some(identity) = control.identity.lock().as_ref() {
-        identity.adopt(totals.source_names.clone());
+#[cfg(test)]
+mod inherited_tests {
+    use super::*;
+    use crate::takeover::totals::{ServiceTotals, SourceTotals};
+
+    #[test]
+    fn counters_of_removed_services_are_dropped_with_their_callers_and_the_rest_kept() {
+        let source = |source: &str, n: u64| SourceTotals {
+            source: source.into(),
+            codes: vec![(200, n)],
+            duration_sum_ns: "0".into(),
+            ..SourceTotals::default()
+        };
+        let service = |name: &str, n: u64| ServiceTotals {
+            name: name.into(),
+            codes: vec![(200, n)],
+            duration_sum_ns: "0".into(),
+            sources: vec![source("direct", n - 1), source("shop/web", 1)],
+            ..ServiceTotals::default()
+        };
+        let totals = Totals {
+            format: totals::FORMAT,
+            services: vec![service("kept.shop:http", 5), service("gone.shop:http", 7)],
+            source_names: vec!["shop/web".into()],
+            unrouted: 3,
+            reloads_ok: 2,
+            ..Totals::default()
+        };
+        let mut callers = CallerTable { generation: 1, ..CallerTable::default() };
+        callers.sources.push(Arc::from("shop/web"));
+        let inherited = Inherited::new(totals);
+        assert_eq!(inherited.stats(&callers).services.len(), 2);
+        assert!(inherited.retain(|_| true).is_none(), "nothing to drop: nothing rebuilt");
+        let kept = inherited.retain(|name| name != "gone.shop:http").expect("one dropped");
+        let stats = kept.stats(&callers);
+        let names: Vec<&str> = stats.services.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["kept.shop:http"]);
+        assert_eq!(kept.totals.services.len(), 1);
+        let s = &stats.services[0].1;
+        assert_eq!(s.code(200), 5);
+        let by_source: Vec<_> = s.sources().map(|(slot, st)| (slot, st.requests())).collect();
+        assert_eq!(by_source, [(weir_core::stats::SOURCE_DIRECT, 4), (2, 1)], "a kept service keeps its callers");
+        // Counters that are not per service, and the callers' names, stay whole.
+        assert_eq!((stats.counters.unrouted, kept.totals.reloads_ok), (3, 2));
+        assert_eq!(kept.totals.source_names, ["shop/web"]);
     }
-    control.inherited.store(Arc::new(Inherited::new(totals)));
 }
 
 /// Every counter of this weir, its own and inherited, as it would hand them over now.

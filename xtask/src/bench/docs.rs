@@ -6,13 +6,15 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::h2::H2Plan;
+use super::h2load;
 use super::measure::Plan;
 use super::peers::{Env, SERVICE, VIP};
 use super::report::Results;
 use crate::root;
 
 /// The commands that reproduce each measurement (placeholders: ADDR, PROXY_CPU, CLIENT_CPU).
-pub(super) fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
+pub(super) fn commands(command: &str, plan: &Plan, h2: &H2Plan, env: &Env) -> Vec<String> {
     let (p, c) = (&env.proxy_cpu, &env.client_cpu);
     let lg = "target/release/weir-loadgen";
     // The steered client's cgroup, under the cgroup v2 mount this run found.
@@ -61,6 +63,21 @@ pub(super) fn commands(command: &str, plan: &Plan, env: &Env) -> Vec<String> {
         format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-id-VARIANT.toml    # caller identity and tracing: off, identity (VIP 127.10.0.4:80), unsampled (.5), sampled (.6, OTLP collector on loopback)"),
         format!("taskset -c {p} target/release/weir-featurecost    # the same steps in-process, ns per request"),
         "cargo xtask bench --only identity    # that section alone; replaces its table in this file".into(),
+        format!("taskset -c {c} nghttpd --no-tls -a 127.0.0.1 -d target/bench/h2-upstream PORT    # HTTP/2 section: the upstream (index.html = \"ok\\n\")"),
+        format!("taskset -c {p} target/release/weir run --config target/bench/configs/weir-h2.toml --ready-file FILE    # HTTP/2: weir, protocol = \"http2\""),
+        format!("taskset -c {p} nginx -p target/bench/nginx-h2 -c target/bench/configs/nginx-h2.conf"),
+        format!("taskset -c {p} haproxy -f target/bench/configs/haproxy-h2.cfg -db"),
+        format!("taskset -c {p} target/bench/venv/bin/envoy -c target/bench/configs/envoy-h2.yaml --concurrency 1 --disable-hot-restart --log-level warn"),
+        format!(
+            "taskset -c {c} h2load {} -t 1 -H ':authority: {SERVICE}' http://ADDR/    # HTTP/2 saturated, each of {} rounds, after a {} s run of the same",
+            h2load::closed_args(h2.sat_connections, h2.sat_streams, h2.sat_s, 0.0).join(" "),
+            h2.rounds,
+            h2.sat_warmup_s
+        ),
+        format!(
+            "taskset -c {c} h2load {} -t 1 -H ':authority: {SERVICE}' http://ADDR/    # HTTP/2 open loop, each round",
+            h2load::open_args(h2.open_connections, h2.open_streams, h2.rate, h2.open_s, h2.open_warmup_s, std::path::Path::new("LOG")).join(" ")
+        ),
         "cargo bench -p weir-benches    # criterion micro-benchmarks (not part of this report)".into(),
     ]
 }
@@ -144,7 +161,12 @@ connections.\n\
 to a TCP sink that accepts and never reads — measured in alternating rounds so drift hits all \
 three alike.\n\
 - **CPU-affine accept.** weir with two workers on both CPUs, `[steering] cpu_affinity` on and off, \
-the steered client and the upstream on CPU 0; see its section under Results.\n\n",
+the steered client and the upstream on CPU 0; see its section under Results.\n\
+- **HTTP/2.** h2c with prior knowledge on both sides of weir (`protocol = \"http2\"`), HAProxy \
+(`proto h2`), Envoy (codec AUTO, HTTP/2 cluster) and nginx (`listen … http2` + `grpc_pass`, its only \
+HTTP/2 upstream), against `nghttpd --no-tls` (nghttp2's server: the fastest h2c responder at hand, so \
+the proxy is the bottleneck), loaded by `h2load` (many streams per connection); saturated streams/s \
+and p99 at one fixed rate, in interleaved rounds; see its section under Results.\n\n",
     );
 
     let _ = writeln!(md, "## Results\n");
@@ -180,6 +202,11 @@ PNG: [benchmarks/latency.png](benchmarks/latency.png). Plots for every rate are 
         };
         let _ =
             writeln!(md, "<details><summary>{name}</summary>\n\n```{lang}\n{}\n```\n\n</details>\n", text.trim_end());
+    }
+    // The Kubernetes discovery section has its own command (cargo xtask bench-kubernetes): keep it.
+    let previous = std::fs::read_to_string(docs.join("BENCHMARKS.md")).unwrap_or_default();
+    if let Some(k8s) = crate::k8s_bench::section_of(&previous) {
+        let _ = writeln!(md, "{k8s}");
     }
     std::fs::write(docs.join("BENCHMARKS.md"), md)?;
     eprintln!("bench: wrote docs/BENCHMARKS.md");

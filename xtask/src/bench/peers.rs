@@ -81,6 +81,10 @@ pub(super) struct Env {
     pub haproxy: Result<PathBuf, String>,
     /// envoy, or why it is missing.
     pub envoy: Result<PathBuf, String>,
+    /// nghttpd (the HTTP/2 upstream), or why it is missing.
+    pub nghttpd: Result<PathBuf, String>,
+    /// h2load (the HTTP/2 load generator), or why it is missing.
+    pub h2load: Result<PathBuf, String>,
     /// The cgroup for the steered path, or why steering cannot run here.
     pub cgroup: Result<PathBuf, String>,
     /// CPU list for the proxy under test.
@@ -94,14 +98,14 @@ impl Env {
         self.dir.join("configs").join(name)
     }
 
-    fn write_config(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    pub(super) fn write_config(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.config_path(name);
         std::fs::create_dir_all(path.parent().context("config dir")?)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
-    fn log_path(&self, name: &str) -> PathBuf {
+    pub(super) fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
     }
 }
@@ -128,7 +132,7 @@ pub(super) fn upstream_conf(env: &Env, listen: SocketAddr) -> String {
     nginx_conf(&prefix, &format!("server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}"))
 }
 
-fn nginx_conf(prefix: &Path, body: &str) -> String {
+pub(super) fn nginx_conf(prefix: &Path, body: &str) -> String {
     let p = prefix.display();
     format!(
         "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
@@ -160,7 +164,7 @@ pub(super) fn start_upstream(env: &Env) -> anyhow::Result<(Proc, SocketAddr)> {
     Ok((p, addr))
 }
 
-fn s(p: &Path) -> String {
+pub(super) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 

@@ -280,17 +280,59 @@ impl Drop for BenchCgroup {
     }
 }
 
-/// CPU seconds so far of every process on the machine: pid → (name, seconds).
-pub(super) fn cpu_snapshot() -> HashMap<i32, (String, f64)> {
-    proc::cpu_snapshot()
+/// CPU time so far: of every process on the machine (pid → (name, seconds)), of the whole
+/// machine, and of this process with the children it has reaped.
+pub(super) struct CpuSnapshot {
+    procs: HashMap<i32, (String, f64)>,
+    /// user + nice + system of every CPU (/proc/stat), seconds.
+    machine_s: f64,
+    /// This process and its reaped children (getrusage), seconds.
+    own_s: f64,
 }
 
-/// CPU other processes used between two snapshots (present in both; this process and its
-/// ancestors excluded): total seconds and the largest users, descending.
-pub(super) fn other_load(
-    before: &HashMap<i32, (String, f64)>,
-    after: &HashMap<i32, (String, f64)>,
-) -> (f64, Vec<(String, f64)>) {
+/// Takes a [`CpuSnapshot`].
+pub(super) fn cpu_snapshot() -> CpuSnapshot {
+    CpuSnapshot { procs: proc::cpu_snapshot(), machine_s: machine_busy_seconds(), own_s: own_cpu_seconds() }
+}
+
+/// user + nice + system of the whole machine so far (the first line of /proc/stat).
+fn machine_busy_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|t| t.parse::<f64>().ok())
+        .sum();
+    ticks / hz
+}
+
+/// CPU of this process and of the children it has waited for.
+fn own_cpu_seconds() -> f64 {
+    let secs = |who| {
+        // SAFETY: getrusage writes into the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a valid, writable rusage for the duration of the call.
+        if unsafe { libc::getrusage(who, &mut u) } != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU other processes used between two snapshots (this process, its ancestors and its
+/// reaped children excluded): total seconds and the largest users, descending. Processes
+/// that started or ended in between (compilers, test binaries) are seen only in the machine's
+/// total: what it holds beyond the processes present in both snapshots is one entry,
+/// "short-lived processes".
+pub(super) fn other_load(before: &CpuSnapshot, after: &CpuSnapshot) -> (f64, Vec<(String, f64)>) {
     let mut ours = vec![std::process::id() as i32];
     while let Some(pp) = proc::parent_pid(*ours.last().unwrap_or(&1)) {
         if pp <= 1 || ours.contains(&pp) {
@@ -299,14 +341,21 @@ pub(super) fn other_load(
         ours.push(pp);
     }
     let mut users: Vec<(String, f64)> = after
+        .procs
         .iter()
         .filter(|(pid, _)| !ours.contains(pid))
         .filter_map(|(pid, (name, t))| {
-            let (_, t0) = before.get(pid)?;
+            let (_, t0) = before.procs.get(pid)?;
             Some((format!("{name} ({pid})"), t - t0))
         })
         .filter(|(_, d)| *d > 0.0)
         .collect();
+    let seen: f64 = users.iter().map(|(_, d)| d).sum();
+    let others = (after.machine_s - before.machine_s) - (after.own_s - before.own_s);
+    // Clock ticks round: below a second it is not told apart from the processes seen.
+    if others - seen > 1.0 {
+        users.push(("short-lived processes".into(), others - seen));
+    }
     users.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total = users.iter().map(|(_, d)| d).sum();
     users.truncate(5);

@@ -226,7 +226,7 @@ fn combine_per_hop(rounds: &[PerHop]) -> Option<PerHop> {
 
 /// Percentiles: medians of the rounds'; max: the largest; the plotted distribution: the
 /// median at each percentile the rounds share (its 100% point: the largest max).
-fn combine_latency(rounds: &[&Latency]) -> Latency {
+pub(super) fn combine_latency(rounds: &[&Latency]) -> Latency {
     let shared = rounds.iter().map(|l| l.distribution.len()).min().unwrap_or(0);
     let mut distribution: Vec<(f64, f64)> = (0..shared.saturating_sub(1))
         .map(|i| (rounds[0].distribution[i].0, median(rounds.iter().map(|l| l.distribution[i].1))))

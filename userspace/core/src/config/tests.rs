@@ -207,6 +207,23 @@ fn log_sinks_parse() {
 }
 
 #[test]
+fn kubernetes_defaults_and_located_errors() {
+    let k = parse("").expect("valid").kubernetes;
+    assert!(!k.enabled && k.kubeconfig.is_none() && k.node_name.is_none() && k.service_selector.is_empty());
+    assert_eq!((k.exclude_namespaces, k.default_protocol), (vec!["kube-system".to_string()], Protocol::Tcp));
+    for (src, field) in [
+        ("[kubernetes]\nservice_selector = \"env in (a\"\n", "kubernetes.service_selector"),
+        ("[kubernetes]\nexclude_namespaces = [\"Kube_System\"]\n", "kubernetes.exclude_namespaces[0]"),
+        ("[kubernetes]\nnode_name = \"node a\"\n", "kubernetes.node_name"),
+        ("[kubernetes]\nkubeconfig = \"\"\n", "kubernetes.kubeconfig"),
+    ] {
+        let issue = only_issue(src);
+        assert_eq!(issue.field, field, "for {src:?}");
+        assert!(issue.line > 0, "no line for {field}");
+    }
+}
+
+#[test]
 fn tracing_and_metrics_defaults_and_located_errors() {
     let c = parse(GOOD).expect("valid config");
     assert_eq!((c.tracing.sample_percent, c.tracing.otlp_endpoint.as_deref()), (0.0, None));

@@ -181,3 +181,35 @@ fn quantiles_come_from_the_hdr_histogram() {
     assert!((0.049..=0.051).contains(&p50), "{p50}");
     assert!((0.098..=0.1).contains(&p99), "{p99}");
 }
+
+#[test]
+fn a_released_slot_is_no_longer_published_and_is_reused() {
+    let mut shard = StatsShard::default();
+    let (a, b) = (shard.slot("a"), shard.slot("b"));
+    shard.service_mut(a).record(&RequestRecord { source: 5, ..rec(200, 1) });
+    shard.service_mut(b).record(&rec(200, 1));
+    assert_eq!(shard.publish().services.len(), 2);
+    shard.release(a);
+    shard.release(a); // twice: no effect
+    let p = shard.publish();
+    assert_eq!(p.services.iter().map(|(n, _)| &**n).collect::<Vec<_>>(), ["b"]);
+    assert_eq!((shard.len(), shard.capacity()), (1, 2));
+    // A new service takes the freed slot and starts from zero; "a" back is a new service too.
+    let c = shard.slot("c");
+    assert_eq!(c, a);
+    assert_eq!(shard.service(c).map(ServiceStats::requests), None);
+    shard.service_mut(c).record(&rec(200, 1));
+    let c_stats = shard.service(c).expect("counted");
+    assert!(c_stats.source(5).is_none(), "the freed slot's callers went with it");
+    assert_eq!(c_stats.source(SOURCE_DIRECT).map(SourceStats::requests), Some(1));
+    let a2 = shard.slot("a");
+    assert_eq!((a2, shard.len(), shard.capacity()), (2, 3, 3));
+    assert_eq!(shard.slot("b"), b, "a live service keeps its slot");
+    // Churn: services come and go, the shard stays as large as the largest table.
+    for round in 0..100 {
+        let s = shard.slot(&format!("churn-{round}"));
+        shard.service_mut(s).record(&rec(200, 1));
+        shard.release(s);
+    }
+    assert_eq!(shard.capacity(), 4);
+}

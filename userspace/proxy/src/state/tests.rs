@@ -75,7 +75,11 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
         assert_eq!(state.gauge(&a2).get(), 1, "the pooled connection is still counted");
         let moved = Picked { backend: 0, index: 0, addr: e2.parse().expect("addr"), panic: false, generation: 2 };
         assert!(state.take_pooled(&a2, &moved, t0).is_some(), "the pool followed e2 to its new index");
-        assert_eq!(state.telemetry.shard.service_mut(b_slot).upstream_connections, 0, "a removed service reads 0");
+        assert!(state.telemetry.shard.service(b_slot).is_none(), "a removed service's stats are freed");
+        assert!(
+            !state.telemetry.shard.publish().services.iter().any(|(n, _)| &**n == "b"),
+            "a removed service is no longer published"
+        );
         // A request routed before the reload still finds its service (by name).
         assert!(state.admit(&a));
         assert_eq!(state.services[0].pending, 1);

@@ -27,7 +27,7 @@ fn without_a_limit_the_rings_have_their_default_and_nothing_is_refused() {
 #[test]
 fn unset_rings_take_a_quarter_of_the_limit() {
     let p = plan(&config(""), 2, limit(64)).expect("fits");
-    // 16 MiB for two rings of 432-byte records.
+    // 16 MiB for two rings of 512-byte records.
     assert_eq!(p.ring_records, Some((16 * MIB / 2 / RECORD_BYTES) as usize));
     assert!(p.needed_bytes() <= 64 * MIB, "{}", p.summary());
     // A large limit caps them at the default.
@@ -55,26 +55,26 @@ fn a_limit_too_small_even_for_the_smallest_rings_is_refused() {
 
 #[test]
 fn explicit_rings_that_do_not_fit_are_refused_with_every_number() {
-    let e = plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(64)).expect_err("54 MiB of rings in 64 MiB");
+    let e = plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(64)).expect_err("64 MiB of rings in 64 MiB");
     let text = e.to_string();
     for part in [
         "memory limit 64.0 MiB (67108864 bytes, /sys/fs/cgroup/weir/memory.max) is too small",
-        "access-log rings 2 workers × 65536 records × 432 B = 54.0 MiB",
+        "access-log rings 2 workers × 65536 records × 512 B = 64.0 MiB",
         "worker pools and state 2 × 6.0 MiB = 12.0 MiB",
         "process 16.0 MiB",
         "headroom for connections and requests in flight 16.0 MiB",
-        "98.0 MiB in all",
-        "lower [access_log] ring_records to at most 24272",
+        "108.0 MiB in all",
+        "lower [access_log] ring_records to at most 20480",
         "lower [proxy] workers (now 2",
-        "raise the memory limit to at least 110.0 MiB",
+        "raise the memory limit to at least 123.0 MiB",
     ] {
         assert!(text.contains(part), "missing {part:?} in: {text}");
     }
     // The advice holds: the largest ring it names fits, and so does the limit it names.
     let fixed = format!("[access_log]\nring_records = {}\n", e.max_ring_records.expect("a ring that fits"));
     plan(&config(&fixed), 2, limit(64)).expect("the advised ring_records fits");
-    plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(110)).expect("the advised limit fits");
-    assert!(plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(109)).is_err());
+    plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(123)).expect("the advised limit fits");
+    assert!(plan(&config("[access_log]\nring_records = 65536\n"), 2, limit(122)).is_err());
 }
 
 #[test]

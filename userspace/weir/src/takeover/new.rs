@@ -170,7 +170,7 @@ impl Predecessor {
                 let kind = Kind::from_u8(frame.kind);
                 if let Some(Kind::Stats | Kind::Final) = kind {
                     match parse::<StatsUpdate>(Kind::Stats, &frame.body).and_then(|u| u.totals.checked()) {
-                        Ok(t) => crate::takeover::inherit(&control, t),
+                        Ok(t) => control.inherit(t),
                         Err(e) => tracing::warn!("counters of the old weir: {e}"),
                     }
                 }
