@@ -61,10 +61,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     no_docs: bool,
     /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
-    /// (large service tables), `policy` (what ten routes and a split add per hop), `http2` (h2c
-    /// through weir, HAProxy, Envoy and nginx) — for these three docs/BENCHMARKS.md is left
-    /// alone — or `identity` (the cost of caller identity and tracing; its table in
-    /// docs/BENCHMARKS.md is replaced unless --no-docs).
+    /// (large service tables), `http2` (h2c through weir, HAProxy, Envoy and nginx) — for these
+    /// two docs/BENCHMARKS.md is left alone —, `policy` (what ten routes and a split add per
+    /// hop) or `identity` (the cost of caller identity and tracing); for the last two their
+    /// section of docs/BENCHMARKS.md is replaced unless --no-docs.
     #[arg(long, value_parser = ["scale", "policy", "http2", "identity"])]
     only: Option<String>,
 }
@@ -190,6 +190,11 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("policy.md"), &md)?;
         std::fs::write(dir.join("policy.json"), serde_json::to_string_pretty(&c)?)?;
         println!("{md}");
+        if !args.no_docs {
+            let note = only_note("policy", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(policy::HEADING, &md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: traffic policy section replaced");
+        }
         return Ok(());
     }
     if args.only.as_deref() == Some("scale") {
@@ -228,21 +233,8 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("identity.json"), serde_json::to_string_pretty(&s)?)?;
         println!("{md}");
         if !args.no_docs {
-            let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
-            let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
-            let note = format!(
-                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run \
-named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
-are noisy when that is high; CPU per request is counted for weir alone._",
-                if args.quick { " --quick" } else { "" },
-                now_utc(),
-                capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default(),
-                share * 100.0,
-                top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
-            );
-            identity::splice_into_docs(&md, &note)?;
+            let note = only_note("identity", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(identity::HEADING, &md, &note)?;
             eprintln!("bench: docs/BENCHMARKS.md: identity section replaced");
         }
         return Ok(());
@@ -259,6 +251,9 @@ are noisy when that is high; CPU per request is counted for weir alone._",
     let scale = scale::run(&env, &plan, upstream_addr);
     eprintln!("bench: caller identity and tracing (4 weir variants)");
     let identity = identity::run(&env, &plan, upstream_addr, &upstream);
+    eprintln!("bench: traffic policy per hop (plain vs ten routes and a split)");
+    let policy = policy::run(&env, &plan, upstream_addr, &upstream)
+        .unwrap_or_else(|e| policy::PolicyCost::not_run(format!("{e:#}")));
     drop(upstream);
     eprintln!("bench: HTTP/2 (h2c through weir, nginx, HAProxy, Envoy; nghttpd upstream, h2load)");
     let http2 = h2::run(&env, args.quick);
@@ -289,6 +284,7 @@ are noisy when that is high; CPU per request is counted for weir alone._",
         affinity,
         scale,
         identity,
+        policy,
         http2,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -308,6 +304,31 @@ fn unavailable(env: &Env, id: PathId) -> Option<String> {
         PathId::Haproxy => why(&env.haproxy),
         PathId::Envoy => why(&env.envoy),
     }
+}
+
+/// The line under a section that `--only SECTION` replaced in docs/BENCHMARKS.md: which run
+/// made it, and how busy the machine was meanwhile.
+fn only_note(
+    section: &str,
+    quick: bool,
+    others_before: &procs::CpuSnapshot,
+    measuring: Instant,
+    machine: &install::Machine,
+) -> String {
+    let (other_cpu_s, top) = procs::other_load(others_before, &procs::cpu_snapshot());
+    let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
+    format!(
+        "_This section: `cargo xtask bench --only {section}{}` on {} (weir {}), the rest of this file from the run \
+named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
+are noisy when that is high; CPU per request is counted for weir alone._",
+        if quick { " --quick" } else { "" },
+        now_utc(),
+        capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        share * 100.0,
+        top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// `date -u` as an ISO timestamp (for the report).

@@ -15,6 +15,7 @@ use super::identity::{self, Identity};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
 use super::peers::Env;
+use super::policy::{self, PolicyCost};
 use super::scale::{self, Scale};
 use super::{PathResult, docs, plot};
 
@@ -72,6 +73,8 @@ pub(super) struct Run {
     pub scale: Scale,
     /// The cost of caller identity and tracing.
     pub identity: Identity,
+    /// What traffic policy adds per hop.
+    pub policy: PolicyCost,
     /// The HTTP/2 section.
     pub http2: Http2,
     /// Other load.
@@ -107,6 +110,8 @@ pub(super) struct Results {
     pub scale: Scale,
     /// The cost of caller identity and tracing.
     pub identity: Identity,
+    /// What traffic policy adds per hop.
+    pub policy: PolicyCost,
     /// The HTTP/2 section (h2c both sides).
     pub http2: Http2,
     /// Goals judged on this run.
@@ -123,8 +128,20 @@ const MAX_SHOWN_CONFIG: usize = 16 * 1024;
 impl Results {
     /// Assembles the results and judges the goals.
     pub(super) fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, scale, identity, http2, background, elapsed_s } =
-            run;
+        let Run {
+            command,
+            machine,
+            plan,
+            paths,
+            features,
+            affinity,
+            scale,
+            identity,
+            policy,
+            http2,
+            background,
+            elapsed_s,
+        } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -167,6 +184,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             affinity,
             scale,
             identity,
+            policy,
             http2,
             goals: Vec::new(),
             configs,
@@ -274,6 +292,7 @@ fn goals(r: &Results) -> Vec<Goal> {
     });
     out.extend(scale_goals(&r.scale));
     out.extend(identity::goals(&r.identity));
+    out.extend(policy::goals(&r.policy));
     out.extend(h2::goals(&r.http2));
     out
 }
@@ -575,6 +594,9 @@ pub(super) fn tables(r: &Results) -> String {
     md.push_str(&scale::markdown(&r.scale));
     md.push('\n');
     md.push_str(&identity::markdown(&r.identity, &r.plan));
+    md.push('\n');
+    md.push_str(&policy::markdown(&r.policy));
+    md.push('\n');
     md.push_str(&h2::markdown(&r.http2));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
@@ -714,6 +736,7 @@ mod tests {
                 problems: Vec::new(),
             },
             identity: Identity::not_run("needs root".into()),
+            policy: PolicyCost::not_run("needs root".into()),
             http2: Http2 {
                 status: "failed".into(),
                 proxy_cpu: "1".into(),
