@@ -30,6 +30,7 @@ mod h2peers;
 mod identity;
 mod install;
 mod measure;
+mod multicore;
 mod peers;
 mod plot;
 mod policy;
@@ -63,9 +64,10 @@ pub(crate) struct BenchArgs {
     /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
     /// (large service tables), `http2` (h2c through weir, HAProxy, Envoy and nginx) — for these
     /// two docs/BENCHMARKS.md is left alone —, `policy` (what ten routes and a split add per
-    /// hop) or `identity` (the cost of caller identity and tracing); for the last two their
-    /// section of docs/BENCHMARKS.md is replaced unless --no-docs.
-    #[arg(long, value_parser = ["scale", "policy", "http2", "identity"])]
+    /// hop), `multicore` (two workers on two cores against nginx's two, and 1 000 keep-alive
+    /// clients) or `identity` (the cost of caller identity and tracing); for the last three
+    /// their section of docs/BENCHMARKS.md is replaced unless --no-docs.
+    #[arg(long, value_parser = ["scale", "policy", "multicore", "http2", "identity"])]
     only: Option<String>,
 }
 
@@ -183,6 +185,21 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
+    if args.only.as_deref() == Some("multicore") {
+        let m = multicore::run(&env, &plan, upstream_addr, &upstream);
+        drop(upstream);
+        drop(cgroup_guard);
+        let md = multicore::markdown(&m);
+        std::fs::write(dir.join("multicore.md"), &md)?;
+        std::fs::write(dir.join("multicore.json"), serde_json::to_string_pretty(&m)?)?;
+        println!("{md}");
+        if !args.no_docs {
+            let note = only_note("multicore", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(multicore::HEADING, &md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: two-worker section replaced");
+        }
+        return Ok(());
+    }
     if args.only.as_deref() == Some("policy") {
         let c = policy::run(&env, &plan, upstream_addr, &upstream)?;
         drop(upstream);
@@ -247,6 +264,8 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     });
     eprintln!("bench: CPU-affine accept (2 workers, steered, client on CPU {client_cpu})");
     let affinity = affinity::run(&env, &plan, upstream_addr);
+    eprintln!("bench: two workers on two cores (weir vs nginx; 1 000 keep-alive clients)");
+    let multicore = multicore::run(&env, &plan, upstream_addr, &upstream);
     eprintln!("bench: large service tables (1 000 to 100 000 services)");
     let scale = scale::run(&env, &plan, upstream_addr);
     eprintln!("bench: caller identity and tracing (4 weir variants)");
@@ -282,6 +301,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         paths,
         features,
         affinity,
+        multicore,
         scale,
         identity,
         policy,

@@ -14,6 +14,7 @@ use super::h2::{self, Http2};
 use super::identity::{self, Identity};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
+use super::multicore::{self, MultiCore};
 use super::peers::Env;
 use super::policy::{self, PolicyCost};
 use super::scale::{self, Scale};
@@ -69,6 +70,8 @@ pub(super) struct Run {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off.
     pub affinity: Affinity,
+    /// Two workers on two cores, weir vs nginx.
+    pub multicore: MultiCore,
     /// Large service tables.
     pub scale: Scale,
     /// The cost of caller identity and tracing.
@@ -106,6 +109,8 @@ pub(super) struct Results {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off (two workers, steered).
     pub affinity: Affinity,
+    /// Two workers on two cores, weir vs nginx.
+    pub multicore: MultiCore,
     /// Large service tables.
     pub scale: Scale,
     /// The cost of caller identity and tracing.
@@ -135,6 +140,7 @@ impl Results {
             paths,
             features,
             affinity,
+            multicore,
             scale,
             identity,
             policy,
@@ -182,6 +188,7 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             paths,
             features,
             affinity,
+            multicore,
             scale,
             identity,
             policy,
@@ -290,6 +297,7 @@ fn goals(r: &Results) -> Vec<Goal> {
         }),
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
+    out.extend(multicore::goals(&r.multicore));
     out.extend(scale_goals(&r.scale));
     out.extend(identity::goals(&r.identity));
     out.extend(policy::goals(&r.policy));
@@ -591,6 +599,8 @@ pub(super) fn tables(r: &Results) -> String {
 
     md.push_str(&affinity::table(&r.affinity, &r.plan));
     md.push('\n');
+    md.push_str(&multicore::markdown(&r.multicore));
+    md.push('\n');
     md.push_str(&scale::markdown(&r.scale));
     md.push('\n');
     md.push_str(&identity::markdown(&r.identity, &r.plan));
@@ -728,6 +738,7 @@ mod tests {
             ],
             features: vec![],
             affinity: Affinity::not_run("unavailable", "needs root".into()),
+            multicore: MultiCore::not_run("unavailable", "needs two CPUs".into()),
             scale: Scale {
                 baseline_mib: 10.0,
                 tables: Vec::new(),
