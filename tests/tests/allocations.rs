@@ -5,7 +5,8 @@
 //! What a warm request costs today, and why each allocation is there:
 //! - one per I/O operation inside compio (its operation record: client read, upstream write,
 //!   upstream read, client write);
-//! - one per runtime loop turn while a timer is pending (compio splits its timer map);
+//! - none for timers: weir keeps its own (`io/timer.rs`), where compio's cost one per loop
+//!   turn while any was pending (it splits its timer map to find the expired ones);
 //! - one for the request's boxed state machine (weir's choice: it keeps an idle keep-alive
 //!   connection down to its read buffer and a small future).
 //!
@@ -72,9 +73,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// compio's operation records (4) + timer-map splits (at most one per operation) + the boxed
-/// request (1).
-const MAX_ALLOCS_PER_REQUEST: f64 = 9.5;
+/// compio's operation records (4) + the boxed request (1).
+const MAX_ALLOCS_PER_REQUEST: f64 = 5.5;
 
 #[test]
 fn a_warm_worker_allocates_only_what_its_runtime_needs_per_request() {
@@ -137,8 +137,8 @@ fn per_request_allocations(service_fields: &str) {
 /// HTTP/1.1 one: the h2 codec's per-stream state on both sides (header maps and their decoded
 /// values, the request and response parts, stream slots), the request translated once and
 /// built once per attempt, compio's operation records, and weir's per-stream task. Measured
-/// 33.5 and 29.6; the bound leaves 10 %.
-const MAX_ALLOCS_PER_H2_REQUEST: [(&str, f64); 2] = [("http2", 37.0), ("http", 33.0)];
+/// 30.0 and 26.0; the bound leaves 10 %.
+const MAX_ALLOCS_PER_H2_REQUEST: [(&str, f64); 2] = [("http2", 33.0), ("http", 28.6)];
 
 #[test]
 fn a_warm_worker_allocates_a_bounded_amount_per_http2_request() {
