@@ -80,9 +80,10 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
             }
         };
         first = false;
-        // The request's state machine (forwarding, retries, streaming) is several KiB; boxing it
-        // keeps an idle keep-alive connection down to its read buffer and a small future.
-        let ex = Box::pin(handle(ctx, &mut down, &mut head, route, started)).await;
+        // The request's state machine (forwarding, retries, streaming) is several KiB; keeping it
+        // off this future (in a block the worker recycles) keeps an idle keep-alive connection
+        // down to its read buffer and a small future.
+        let ex = crate::recycle::Recycled::new(handle(ctx, &mut down, &mut head, route, started)).await;
         if ex.abort {
             break Close::Abort;
         }

@@ -24,6 +24,7 @@ mod plan;
 mod policy;
 mod pool;
 mod record;
+mod recycle;
 mod respond;
 mod retry_loop;
 mod shared;
