@@ -221,9 +221,6 @@ async fn run(
                     continue;
                 }
                 let resolved = cluster.resolve();
-                let mut problems = cluster.route_problems();
-                problems.extend(rejected.values().flatten().cloned());
-                *stats.route_problems.lock() = problems;
                 stats.services.store(cluster.served_count() as u64, Ordering::Relaxed);
                 stats.endpoints.store(cluster.endpoint_count() as u64, Ordering::Relaxed);
                 if resolved.changed || !published || pending {
@@ -381,6 +378,12 @@ async fn run(
                             cluster.delete_slice(&key(ns, name));
                         }
                     }
+                }
+                if kind == Kind::HttpRoute && !relisting[k] {
+                    // The problems of the routes in effect, and of versions not applied.
+                    let mut problems = cluster.route_problems();
+                    problems.extend(rejected.values().flatten().cloned());
+                    *stats.route_problems.lock() = problems;
                 }
                 if !relisting[k] {
                     // A watch event arrived: that watch works again.
