@@ -160,7 +160,7 @@ fn an_unchanged_service_is_handed_over_as_the_same_value() {
 
 /// A random HTTPRoute in `ns` attached to one of the Services, sending to others.
 fn random_route(rng: &mut SmallRng) -> (ObjectKey, crate::gateway::RouteRecord) {
-    let mut port = |rng: &mut SmallRng| [80u16, 1080, 81][rng.random_range(0..3)];
+    let port = |rng: &mut SmallRng| [80u16, 1080, 81][rng.random_range(0..3)];
     let parent_port = if rng.random_bool(0.5) { serde_json::json!(port(rng)) } else { serde_json::Value::Null };
     let rules: Vec<serde_json::Value> = (0..rng.random_range(1..3))
         .map(|i| {
