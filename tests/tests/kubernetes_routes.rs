@@ -3,9 +3,9 @@
 //! format) through a kubeconfig file, and a client dials weir's proxy with the Service's host
 //! name: a 90/10 split over 10 000 requests, a path sending `/v2/` to another Service with its
 //! header edits seen by the endpoint, a backend Service's endpoints changing under a route, a
-//! route deleted, a version with an invalid regex located while the previous one serves, and a
-//! cluster without the HTTPRoute CRD (404) still discovering Services. Unprivileged: no
-//! steering, the Host header picks the service.
+//! route deleted, a version with an invalid regex located while the previous one serves, a
+//! cluster without the HTTPRoute CRD (404) still discovering Services, and a route moved to a
+//! Gateway leaving the Service. Unprivileged: no steering, the Host header picks the service.
 
 use std::time::Duration;
 
@@ -219,4 +219,11 @@ fn a_cluster_without_the_httproute_crd_still_discovers_services_and_reads_routes
     });
     assert_eq!(answered_by(&mut c, "/v2/x"), (200, Some("v2".into())));
     assert_eq!(config_kubernetes(&weir)["httproutes"], "served");
+
+    // The route moves to a Gateway: no longer weir's, the Service is a plain one again.
+    let mut moved = http_route("shop", "canary", "2026-01-01T00:00:00Z", "web", 80, canary_rules());
+    moved["spec"]["parentRefs"] = json!([{"name": "edge"}]);
+    api.apply_route(moved);
+    wait_routes(&weir, "web.shop", 0);
+    assert_eq!(answered_by(&mut c, "/v2/x"), (200, Some("stable".into())));
 }

@@ -310,7 +310,16 @@ async fn run(
                                     }
                                 }
                             }
-                            None => stats.event(kind, Outcome::Ignored),
+                            None => {
+                                // No longer attached to a Service here (its parents are
+                                // Gateways now, or its namespace is excluded): it leaves.
+                                stats.event(kind, Outcome::Ignored);
+                                if let (Some(ns), Some(name)) = (r.metadata.namespace.as_deref(), r.metadata.name.as_deref()) {
+                                    let key = key(ns, name);
+                                    cluster.delete_route(&key);
+                                    rejected.remove(&key);
+                                }
+                            }
                         }
                     }
                     Step::Route(Ok(Event::Delete(r))) => {
