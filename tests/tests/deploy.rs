@@ -251,7 +251,7 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
 }
 
 #[test]
-fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_and_nothing_else() {
+fn the_daemonset_may_list_and_watch_services_endpointslices_and_httproutes_and_get_nodes_and_nothing_else() {
     let docs = k8s_docs();
     let config = configmap_config(&docs);
     assert!(config.kubernetes.enabled, "the ConfigMap does not enable Kubernetes discovery");
@@ -271,6 +271,8 @@ fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_an
         ("", "services", "watch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("discovery.k8s.io", "endpointslices", "watch"),
+        ("gateway.networking.k8s.io", "httproutes", "list"),
+        ("gateway.networking.k8s.io", "httproutes", "watch"),
         ("", "nodes", "get"),
     ]
     .iter()

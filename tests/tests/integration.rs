@@ -10,6 +10,7 @@ mod http11;
 mod http11_interop;
 mod http2;
 mod http2_abuse;
+mod kubernetes_routes;
 mod last_words;
 mod logging;
 mod observability;

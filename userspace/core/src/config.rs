@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 mod policy;
 mod raw;
 pub use policy::{
-    BackendConfig, DEFAULT_HEALTH_PATH, FaultConfig, HeaderEdits, HealthCheckConfig, RateLimitConfig, RateLimitPer,
-    RouteConfig, RouteRetry, RouteTimeouts,
+    BackendConfig, DEFAULT_HEALTH_PATH, FaultConfig, HeaderEdits, HealthCheckConfig, MANAGED_FIELDS, RateLimitConfig,
+    RateLimitPer, RouteConfig, RouteRetry, RouteTimeouts,
 };
 pub mod selector;
 pub use raw::RawConfig;

@@ -61,6 +61,7 @@ pub mod names {
     pub const K8S_ENDPOINTS: &str = "weir_kubernetes_endpoints";
     pub const K8S_ANNOTATION_ERRORS: &str = "weir_kubernetes_annotation_errors_total";
     pub const K8S_CONFLICTS: &str = "weir_kubernetes_file_conflicts";
+    pub const K8S_ROUTE_PROBLEMS: &str = "weir_kubernetes_httproute_problems_total";
 }
 
 mod policy;
@@ -392,6 +393,12 @@ fn kubernetes(o: &mut Out, k: &weir_discovery::Stats) {
         "Config file services not served because a discovered service has their name or VIP.",
     );
     o.sample(K8S_CONFLICTS, &[], n(&k.conflicts));
+    o.family(
+        K8S_ROUTE_PROBLEMS,
+        "counter",
+        "HTTPRoute fields ignored, rules skipped and versions not applied (located in /config and the log).",
+    );
+    o.sample(K8S_ROUTE_PROBLEMS, &[], n(&k.route_problems_total));
 }
 
 /// One endpoint in `/endpoints`.

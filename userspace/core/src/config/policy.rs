@@ -318,7 +318,7 @@ pub(super) struct Policy {
 
 /// Fields weir writes itself, or whose change would break framing: a route may not set or
 /// remove them.
-const MANAGED_FIELDS: [&str; 11] = [
+pub const MANAGED_FIELDS: [&str; 11] = [
     "host",
     "content-length",
     "transfer-encoding",
