@@ -47,7 +47,7 @@ fn accesslog(c: &mut Criterion) {
     c.bench_function("accesslog_write_json", |b| {
         b.iter(|| {
             out.clear();
-            record.write_json(0, &mut out);
+            record.write_json(0, weir_core::accesslog::LineNames::default(), &mut out);
             black_box(out.len())
         })
     });

@@ -133,6 +133,8 @@ pub fn log_record() -> LogRecord {
         worker: 0,
         protocol: weir_core::accesslog::LogProtocol::Http,
         grpc_status: None,
+        route: weir_core::accesslog::NO_ID,
+        backend: weir_core::accesslog::NO_ID,
         source_cgroup_id: 0,
     }
 }
@@ -210,7 +212,7 @@ mod tests {
         }
         assert_eq!(dropped, 1);
         let mut line = Vec::new();
-        log_record().write_json(0, &mut line);
+        log_record().write_json(0, weir_core::accesslog::LineNames::default(), &mut line);
         assert!(line.starts_with(b"{"), "log line: {}", String::from_utf8_lossy(&line));
 
         let cfg = config(50, 4);

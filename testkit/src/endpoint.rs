@@ -245,6 +245,17 @@ fn handle(conn: TcpStream, state: &State) {
         } else {
             head.push_str(&format!("content-length: {body_len}\r\n\r\n"));
         }
+        // A short text answer goes out with its head in one write, as servers send small
+        // responses: the reader sees the whole response at once, not the head alone first.
+        let whole = !chunked && behavior != Behavior::ResetMidResponse;
+        if let Some(t) = text.as_deref().filter(|_| whole) {
+            let mut response = head.into_bytes();
+            response.extend_from_slice(t);
+            if writer.write_all(&response).is_err() || req.close {
+                return;
+            }
+            continue;
+        }
         if writer.write_all(head.as_bytes()).is_err() {
             return;
         }

@@ -1,8 +1,9 @@
 //! A test Kubernetes API server on loopback HTTP that speaks the real wire format for what weir
-//! reads: Services, EndpointSlices (list with `limit`/`continue` paging and a list
+//! reads: Services, EndpointSlices, Gateway API HTTPRoutes (list with `limit`/`continue` paging and a list
 //! `resourceVersion`; watch as a chunked stream of JSON events from a `resourceVersion`, with
 //! bookmarks; `410 Gone` — an `ERROR` event of code 410 — for a version older than its history;
-//! `labelSelector`) and `GET` of one Node. Switches make it cut every watch, stall (hold every
+//! `labelSelector`) and `GET` of one Node. HTTPRoutes answer 404, as in a cluster without
+//! the Gateway API CRD, after [`FakeApi::install_httproutes`]`(false)`. Switches make it cut every watch, stall (hold every
 //! answer), answer 5xx or 429, or stop; [`FakeApi::restart`] brings it back on the same port
 //! with a new history, as an API server restored from a backup would be. weir reaches it
 //! through a kubeconfig file ([`FakeApi::kubeconfig`]), exactly as it reaches a cluster. Must
@@ -27,6 +28,8 @@ pub enum Resource {
     Service,
     /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice,
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoute,
 }
 
 impl Resource {
@@ -34,6 +37,7 @@ impl Resource {
         match self {
             Resource::Service => "ServiceList",
             Resource::EndpointSlice => "EndpointSliceList",
+            Resource::HttpRoute => "HTTPRouteList",
         }
     }
 
@@ -41,6 +45,7 @@ impl Resource {
         match self {
             Resource::Service => "v1",
             Resource::EndpointSlice => "discovery.k8s.io/v1",
+            Resource::HttpRoute => "gateway.networking.k8s.io/v1",
         }
     }
 
@@ -48,6 +53,7 @@ impl Resource {
         match self {
             Resource::Service => "Service",
             Resource::EndpointSlice => "EndpointSlice",
+            Resource::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -75,6 +81,8 @@ struct State {
     /// Bumped by `cut`: open watches end.
     cut_epoch: u64,
     stopped: bool,
+    /// The HTTPRoute CRD is not installed: its paths answer 404.
+    no_httproutes: bool,
     /// Requests by path kind, for tests.
     requests: BTreeMap<String, u64>,
 }
@@ -122,6 +130,7 @@ impl FakeApi {
                 fail_status: None,
                 cut_epoch: 0,
                 stopped: false,
+                no_httproutes: false,
                 requests: BTreeMap::new(),
             }),
             changed: Condvar::new(),
@@ -177,14 +186,15 @@ impl FakeApi {
     /// clients relist. A stopped server comes back this way too.
     pub fn restart(&mut self) {
         self.stop();
-        let (objects, nodes, rv) = {
+        let (objects, nodes, rv, no_httproutes) = {
             let st = self.inner.state.lock();
-            (st.objects.clone(), st.nodes.clone(), st.rv)
+            (st.objects.clone(), st.nodes.clone(), st.rv, st.no_httproutes)
         };
         let next = FakeApi::start_at(self.addr, rv + 1_000_000);
         {
             let mut st = next.inner.state.lock();
             st.nodes = nodes;
+            st.no_httproutes = no_httproutes;
             for ((res, key), mut obj) in objects {
                 st.rv += 1;
                 obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
@@ -258,6 +268,22 @@ impl FakeApi {
     /// Deletes an EndpointSlice.
     pub fn delete_slice(&self, namespace: &str, name: &str) {
         self.change(Resource::EndpointSlice, json!({"metadata": {"namespace": namespace, "name": name}}), true);
+    }
+
+    /// Creates or replaces an HTTPRoute (`creationTimestamp` is kept as given).
+    pub fn apply_route(&self, obj: Value) {
+        self.change(Resource::HttpRoute, obj, false);
+    }
+
+    /// Deletes an HTTPRoute.
+    pub fn delete_route(&self, namespace: &str, name: &str) {
+        self.change(Resource::HttpRoute, json!({"metadata": {"namespace": namespace, "name": name}}), true);
+    }
+
+    /// Whether the Gateway API HTTPRoute CRD is installed (it is at start); without it,
+    /// HTTPRoute lists and watches answer 404 as a real API server does.
+    pub fn install_httproutes(&self, installed: bool) {
+        self.inner.state.lock().no_httproutes = !installed;
     }
 
     /// Adds a Node with a zone label.
@@ -419,6 +445,7 @@ fn serve(inner: &Inner, stream: TcpStream) -> std::io::Result<()> {
     let resource = match req.path.as_str() {
         "/api/v1/services" => Resource::Service,
         "/apis/discovery.k8s.io/v1/endpointslices" => Resource::EndpointSlice,
+        "/apis/gateway.networking.k8s.io/v1/httproutes" if !inner.state.lock().no_httproutes => Resource::HttpRoute,
         p if p.starts_with("/api/v1/nodes/") => {
             count(inner, "node");
             let name = &p["/api/v1/nodes/".len()..];

@@ -1,6 +1,7 @@
 //! Kubernetes objects for the discovery tests and the test API server, made from the
 //! `kubectl`-printed fixtures in tests/fixtures/kubernetes: a Service with the test's name,
-//! cluster IPs and ports; an EndpointSlice with the test's endpoints. Must not: be used by
+//! cluster IPs and ports; an EndpointSlice with the test's endpoints; an HTTPRoute with the
+//! test's rules. Must not: be used by
 //! product code.
 
 use serde_json::{Value, json};
@@ -107,4 +108,16 @@ pub fn slice(namespace: &str, name: &str, service: &str, ports: &[(&str, u16)], 
         .collect::<Vec<_>>()
         .into();
     s
+}
+
+/// An HTTPRoute (the fixture's shape) in `namespace`, created at `created` (RFC 3339), attached
+/// to Service `parent` (port `port`), with these `rules`.
+pub fn http_route(namespace: &str, name: &str, created: &str, parent: &str, port: u16, rules: Value) -> Value {
+    let mut r = fixture("httproute.json");
+    r["metadata"]["namespace"] = json!(namespace);
+    r["metadata"]["name"] = json!(name);
+    r["metadata"]["creationTimestamp"] = json!(created);
+    r["spec"]["parentRefs"] = json!([{"group": "", "kind": "Service", "name": parent, "port": port}]);
+    r["spec"]["rules"] = rules;
+    r
 }

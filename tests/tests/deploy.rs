@@ -13,7 +13,7 @@ use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use weir::memory::MemoryLimit;
-use weir_core::accesslog::{InlineStr, LogRecord};
+use weir_core::accesslog::{InlineStr, LineNames, LogRecord};
 use weir_core::config::Config;
 use weir_core::outcome::ErrorReason;
 use weir_tests::Weir;
@@ -251,7 +251,7 @@ fn the_daemonset_runs_weir_on_the_node_with_only_the_documented_capabilities() {
 }
 
 #[test]
-fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_and_nothing_else() {
+fn the_daemonset_may_list_and_watch_services_endpointslices_and_httproutes_and_get_nodes_and_nothing_else() {
     let docs = k8s_docs();
     let config = configmap_config(&docs);
     assert!(config.kubernetes.enabled, "the ConfigMap does not enable Kubernetes discovery");
@@ -271,6 +271,8 @@ fn the_daemonset_may_list_and_watch_services_and_endpointslices_and_get_nodes_an
         ("", "services", "watch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("discovery.k8s.io", "endpointslices", "watch"),
+        ("gateway.networking.k8s.io", "httproutes", "list"),
+        ("gateway.networking.k8s.io", "httproutes", "watch"),
         ("", "nodes", "get"),
     ]
     .iter()
@@ -587,6 +589,7 @@ impl Field {
         let set = format!("{} = {value}\n", self.key);
         match self.table.as_str() {
             "[[service]]" => format!("[[service]]\n{set}"),
+            t if t.starts_with("[[service.") => format!("[[service]]\n{t}\n{set}"),
             t if t.starts_with("[service.") => format!("[[service]]\n{t}\n{set}"),
             t => format!("{t}\n{set}"),
         }
@@ -622,7 +625,28 @@ fn fields_of(config: &Config) -> BTreeMap<Field, Json> {
             let services = value.as_array().expect("services");
             assert_eq!(services.len(), 1, "fields_of wants a config with one service");
             for (key, v) in services[0].as_object().expect("service object") {
-                if v.is_object() && !is_duration(v) && v.get("kind").is_none() {
+                if let (Some(items), true) = (v.as_array(), ["backend", "route"].contains(&key.as_str())) {
+                    // `[[service.backend]]` and `[[service.route]]`: their sub-tables (a
+                    // route's `match`, `timeouts`, `retry`, `request_headers`, `fault`) are
+                    // dotted keys (`match.path_prefix`); a field any element sets counts (ALL_SET
+                    // sets each optional one in some element: an unset one has no shape).
+                    let table = format!("[[service.{key}]]");
+                    for item in items {
+                        for (k, v) in item.as_object().expect("table") {
+                            let sub = v.is_object() && !is_duration(v) && k != "backends";
+                            let leaves: Vec<(String, &Json)> = match v.as_object() {
+                                Some(o) if sub => o.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2)).collect(),
+                                _ => vec![(k.clone(), v)],
+                            };
+                            for (k, v) in leaves {
+                                if !v.is_null() {
+                                    let (f, v) = leaf(&table, &k, v);
+                                    out.insert(f, v);
+                                }
+                            }
+                        }
+                    }
+                } else if v.is_object() && !is_duration(v) && v.get("kind").is_none() {
                     let table = format!("[service.{key}]");
                     for (k, v) in v.as_object().expect("sub-table") {
                         let (f, v) = leaf(&table, k, v);
@@ -650,7 +674,16 @@ const MINIMAL: &str = "[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\n";
 /// serialises as a value whose shape names it (an unset `Option<Duration>` would not say it is
 /// an `_ms` field).
 const ALL_SET: &str = "[proxy]\nmax_connections = 5000\n[[service]]\nname = \"a\"\nvip = \"127.10.0.1:80\"\nlisten = \"127.0.0.1:16001\"\n\
-                       endpoints = [\"127.0.0.1:18081\"]\n[service.timeouts]\nattempt_ms = 1000\n\
+                       [service.timeouts]\nattempt_ms = 1000\n\
+                       [service.rate_limit]\nrequests_per_second = 100\nburst = 10\n\
+                       [service.health_check]\npath = \"/healthz\"\n\
+                       [[service.backend]]\nname = \"b\"\nendpoints = [\"127.0.0.1:18081\"]\n\
+                       [[service.route]]\nmatch = { path_prefix = \"/p/\", method = \"GET\" }\nbackends = { b = 1 }\n\
+                       timeouts = { request_ms = 2000, attempt_ms = 500 }\n\
+                       retry = { attempts = 2, backoff_base_ms = 10, backoff_max_ms = 20, on_server_error = false, \
+                       on_rate_limited = true, on_grpc_status = [\"unavailable\"] }\n\
+                       [[service.route]]\nmatch = { path_exact = \"/e\" }\nbackends = { b = 1 }\n\
+                       [[service.route]]\nmatch = { path_regex = \"/r/.*\" }\nbackends = { b = 1 }\n\
                        [access_log]\nring_records = 1024\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
                        [kubernetes]\nkubeconfig = \"/etc/weir/kubeconfig\"\nnode_name = \"node-a\"\n";
 
@@ -804,10 +837,13 @@ fn operating_md_documents_every_access_log_field() {
         worker: 1,
         protocol: weir_core::accesslog::LogProtocol::Http2,
         grpc_status: Some(14),
+        route: 1,
+        backend: 0,
         source_cgroup_id: 4242,
     };
     let mut line = Vec::new();
-    record.write_json_with(7, Some("shop/web"), &mut line);
+    let names = LineNames { backend: Some("canary"), source_workload: Some("shop/web") };
+    record.write_json(7, names, &mut line);
     let json: Json = serde_json::from_slice(&line).expect("an access-log line is JSON");
     let written: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
     assert_eq!(documented, written, "docs/OPERATING.md's access-log fields differ from what weir writes");

@@ -3,6 +3,8 @@
 //! through weir; RED (`source`), the access log (`source_workload`, `source_cgroup_id`) and
 //! `/callers` name each caller, and a client that dials weir directly is `direct`. With 200
 //! callers and `max_sources = 50`, exactly 51 `source` values exist: 50 names and `other`.
+//! A `per = "client"` rate limit gives each steered workload its own bucket, though all
+//! connect from one address, and keys a direct client by its address.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt as _;
@@ -127,6 +129,51 @@ fn two_workloads_are_told_apart_in_red_the_access_log_and_callers() {
         .expect("myapp.service in /callers");
     assert_eq!(unit_view["cgroups"][0]["id"].as_u64(), Some(unit_id));
     drop((pod, unit));
+}
+
+#[test]
+fn a_per_client_rate_limit_keys_steered_callers_by_cgroup_and_direct_ones_by_address() {
+    require_root();
+    let root = Cgroup::create("rlclient");
+    let noisy = child(&root, "noisy.service");
+    let quiet = child(&root, "quiet.service");
+    let ep = Endpoint::start("a");
+    // One token a second and a burst of 10: a flood drains its bucket, a caller with a bucket
+    // of its own still has 10 tokens. Every caller here connects from 127.0.0.1.
+    let svc = format!(
+        "[[service]]\nname = \"lim\"\nvip = \"127.10.13.6:80\"\nendpoints = [\"{}\"]\n\
+         [service.rate_limit]\nrequests_per_second = 1\nburst = 10\nper = \"client\"\n",
+        ep.addr
+    );
+    let weir = Weir::start(&steered_config(&root, &svc));
+    wait_known(&weir, &["noisy.service", "quiet.service"]);
+
+    let flood = probe(PROBE, Some(&noisy), &["--addr", "127.10.13.6:80", "--requests", "60", "--connections", "2"]);
+    let (ok, limited) = (flood.json["statuses"]["200"].as_u64(), flood.json["statuses"]["429"].as_u64());
+    let through_weir = flood.json["peers"].as_object().is_some_and(|p| p.keys().all(|k| *k == weir.proxy.to_string()));
+    assert!(through_weir && flood.num("via") == flood.num("ok"), "the flood was not steered: {:?}", flood.json);
+    assert!(limited.is_some_and(|l| l > 0) && ok.unwrap_or(0) + limited.unwrap_or(0) == 60, "{:?}", flood.json);
+    // Same address, another cgroup: its own bucket, untouched by the flood. (Keyed by the
+    // address, it would share the drained one.)
+    let calm = probe(PROBE, Some(&quiet), &["--addr", "127.10.13.6:80", "--requests", "9", "--connections", "1"]);
+    assert_eq!((calm.num("ok"), calm.num("via")), (9, 9), "the quiet workload was limited: {:?}", calm.json);
+    // A client that dialed weir directly has no cgroup weir knows: keyed by its address, which
+    // no steered caller's requests were counted against; then it floods and is limited itself.
+    let mut direct = Client::connect(weir.proxy);
+    for i in 0..9 {
+        assert_eq!(direct.get("/", "lim").status, 200, "direct request {i}");
+    }
+    let direct_limited = (0..40).filter(|_| direct.get("/", "lim").status == 429).count() as f64;
+    assert!(direct_limited > 0.0, "the direct client's own bucket never ran dry");
+
+    // The refusals are counted under each caller's `source`.
+    let limited = limited.unwrap_or(0) as f64;
+    weir.wait_metric("weir_requests_total{service=\"lim\",source=\"noisy.service\",code=\"429\"}", limited);
+    weir.wait_metric("weir_requests_total{service=\"lim\",source=\"quiet.service\",code=\"200\"}", 9.0);
+    weir.wait_metric("weir_requests_total{service=\"lim\",source=\"direct\",code=\"429\"}", direct_limited);
+    assert_eq!(weir.metric("weir_requests_total{service=\"lim\",source=\"quiet.service\",code=\"429\"}"), 0.0);
+    weir.wait_metric("weir_request_errors_total{service=\"lim\",reason=\"rate-limited\"}", limited + direct_limited);
+    drop((quiet, noisy));
 }
 
 /// Runs one probe per cgroup (`requests` each), eight at a time.

@@ -3,13 +3,16 @@
 //! their bounds (long paths are truncated, never allocated) and the line format. Must not:
 //! allocate when a record is built, or block: the ring and the shipper live elsewhere.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use crate::outcome::ErrorReason;
 
-/// Longest path kept in a record; longer ones are truncated and marked.
-pub const PATH_BYTES: usize = 160;
+/// Longest path kept in a record; longer ones are truncated and marked. (156 keeps a record at
+/// 512 bytes beside its route, backend, caller and a discovered service's name.)
+pub const PATH_BYTES: usize = 156;
 /// Longest authority (Host) kept.
 pub const AUTHORITY_BYTES: usize = 64;
 /// Longest service name kept: a file service's name is at most 63 bytes; a discovered one is
@@ -113,10 +116,67 @@ pub struct LogRecord {
     pub protocol: LogProtocol,
     /// gRPC: the call's final `grpc-status`.
     pub grpc_status: Option<u8>,
+    /// The route taken (its index in the service's routes); [`NO_ID`] for a service without
+    /// routes, a TCP connection, or a request refused before routing. (Not an `Option`: the
+    /// record would outgrow its 512 bytes; a derived `Default` is 0, so set it.)
+    pub route: u16,
+    /// The backend chosen, as its id in [`Names`]; [`NO_ID`] as for `route`.
+    pub backend: u16,
     /// The caller's cgroup v2 id; 0 for a connection weir did not steer ([`SOURCE_DIRECT`]).
     /// (Its workload's name is looked up when the line is written, so that the record stays
-    /// small: see [`LogRecord::write_json_with`].)
+    /// small: see [`LineNames`].)
     pub source_cgroup_id: u64,
+}
+
+/// A record's `route` or `backend` when there is none.
+pub const NO_ID: u16 = u16::MAX;
+
+/// Names by id, and ids by name.
+type NameTable = (Vec<Arc<str>>, HashMap<Arc<str>, u16>);
+
+/// Backend names by id: records carry the id (two bytes instead of a name), the shipper writes
+/// the name. Append-only, so an id means the same name whatever reloads come between a record
+/// and its line. Names are added when a snapshot is built (never on the request path) and read
+/// by the log shipper; at most 65 535 distinct names, later ones have no id.
+#[derive(Debug, Default)]
+pub struct Names {
+    inner: RwLock<NameTable>,
+}
+
+impl Names {
+    /// The id of `name`, given it now if it has none.
+    pub fn id(&self, name: &str) -> u16 {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let (by_id, ids) = &mut *guard;
+        if let Some(&id) = ids.get(name) {
+            return id;
+        }
+        let id = match u16::try_from(by_id.len()) {
+            Ok(id) if id != NO_ID => id,
+            _ => return NO_ID,
+        };
+        let name: Arc<str> = Arc::from(name);
+        by_id.push(name.clone());
+        ids.insert(name, id);
+        id
+    }
+
+    /// The name with `id`.
+    pub fn get(&self, id: u16) -> Option<Arc<str>> {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        guard.0.get(usize::from(id)).cloned()
+    }
+}
+
+/// The names a line gives to what its record holds as ids, looked up by the shipper when it
+/// writes the line (never on a worker): `None` writes `null`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineNames<'a> {
+    /// The name of the record's `backend` id (from [`Names`]).
+    pub backend: Option<&'a str>,
+    /// The workload of the record's steered caller (`source_cgroup_id`); a direct caller is
+    /// written as [`SOURCE_DIRECT`] whatever this is.
+    pub source_workload: Option<&'a str>,
 }
 
 /// What a client spoke, as the access log names it.
@@ -143,6 +203,7 @@ impl LogProtocol {
     }
 }
 
+// A record is what each ring slot holds, committed at start: its size is the memory budget's.
 // The docs (OPERATING.md's memory formula, the DaemonSet's comments) quote this size.
 const _: () = assert!(std::mem::size_of::<LogRecord>() == 512);
 
@@ -167,15 +228,10 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 impl LogRecord {
     /// Appends this record as one JSON line (NDJSON). `dropped_before` is the number of records
     /// of the same worker dropped since the previous line was shipped; it appears only when
-    /// non-zero, so a consumer sees exactly where the gap was. A steered caller's workload is
-    /// written as `null`: see [`LogRecord::write_json_with`].
-    pub fn write_json(&self, dropped_before: u64, out: &mut Vec<u8>) {
-        self.write_json_with(dropped_before, None, out)
-    }
-
-    /// [`LogRecord::write_json`] with the workload of a steered caller (`source_cgroup_id`),
-    /// `None` when it is not known.
-    pub fn write_json_with(&self, dropped_before: u64, source_workload: Option<&str>, out: &mut Vec<u8>) {
+    /// non-zero, so a consumer sees exactly where the gap was. `names` are what the record
+    /// holds as ids: its backend's name and its steered caller's workload.
+    pub fn write_json(&self, dropped_before: u64, names: LineNames<'_>, out: &mut Vec<u8>) {
+        let LineNames { backend, source_workload } = names;
         let secs = self.start_unix_us / 1_000_000;
         let micros = self.start_unix_us % 1_000_000;
         let (date, time) = civil_from_unix(secs);
@@ -220,6 +276,17 @@ impl LogRecord {
         );
         if let Some(code) = self.grpc_status {
             let _ = write!(out, ",\"grpc_status\":{code}");
+        }
+        match self.route {
+            NO_ID => out.extend_from_slice(b",\"route\":null"),
+            r => {
+                let _ = write!(out, ",\"route\":{r}");
+            }
+        }
+        out.extend_from_slice(b",\"backend\":");
+        match backend.filter(|_| self.backend != NO_ID) {
+            Some(b) => json_str(out, b.as_bytes()),
+            None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"source_workload\":");
         match (self.source_cgroup_id, source_workload) {
@@ -280,6 +347,8 @@ mod tests {
             worker: 1,
             protocol: LogProtocol::Http,
             grpc_status: None,
+            route: NO_ID,
+            backend: NO_ID,
             source_cgroup_id: 4242,
         }
     }
@@ -293,7 +362,7 @@ mod tests {
     #[test]
     fn json_line_is_valid_and_complete() {
         let mut out = Vec::new();
-        record().write_json_with(0, Some("shop/web"), &mut out);
+        record().write_json(0, LineNames { backend: None, source_workload: Some("shop/web") }, &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-24T16:00:00.123456Z");
@@ -305,6 +374,20 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].as_u64()), (Some("shop/web"), Some(4242)));
         assert!(v.get("dropped_before").is_none());
+        assert!(v["route"].is_null() && v["backend"].is_null());
+    }
+
+    #[test]
+    fn route_and_backend_are_an_index_and_a_name() {
+        let names = Names::default();
+        let (stable, canary) = (names.id("stable"), names.id("canary"));
+        assert_eq!((names.id("stable"), names.get(canary).as_deref()), (stable, Some("canary")));
+        let r = LogRecord { route: 1, backend: canary, ..record() };
+        let mut out = Vec::new();
+        let backend = names.get(r.backend);
+        r.write_json(0, LineNames { backend: backend.as_deref(), source_workload: None }, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!((v["route"].as_u64(), v["backend"].as_str()), (Some(1), Some("canary")));
     }
 
     #[test]
@@ -312,12 +395,12 @@ mod tests {
         let mut r = record();
         r.source_cgroup_id = 0;
         let mut out = Vec::new();
-        r.write_json_with(0, Some("ignored"), &mut out);
+        r.write_json(0, LineNames { backend: None, source_workload: Some("ignored") }, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!((v["source_workload"].as_str(), v["source_cgroup_id"].is_null()), (Some("direct"), true));
         r.source_cgroup_id = 7;
         out.clear();
-        r.write_json(0, &mut out);
+        r.write_json(0, LineNames::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!((v["source_workload"].is_null(), v["source_cgroup_id"].as_u64()), (true, Some(7)));
     }
@@ -325,7 +408,7 @@ mod tests {
     #[test]
     fn gap_count_appears_only_when_records_were_dropped() {
         let mut out = Vec::new();
-        record().write_json(42, &mut out);
+        record().write_json(42, LineNames::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["dropped_before"], 42);
     }
@@ -337,7 +420,7 @@ mod tests {
         r.path = InlineStr::new(&long);
         r.authority = InlineStr::new(b"ev\x01il\xff");
         let mut out = Vec::new();
-        r.write_json(0, &mut out);
+        r.write_json(0, LineNames::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["path"].as_str().map(str::len), Some(PATH_BYTES));
         assert_eq!(v["path_truncated"], true);
@@ -352,7 +435,7 @@ mod tests {
         r.service = InlineStr::new(name.as_bytes());
         assert!(!r.service.truncated());
         let mut out = Vec::new();
-        r.write_json_with(0, Some("shop/web"), &mut out);
+        r.write_json(0, LineNames { backend: None, source_workload: Some("shop/web") }, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["service"].as_str(), Some(name.as_str()));
         // Beside the caller's fields, in the same 512-byte record.

@@ -17,7 +17,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod policy;
 mod raw;
+pub use policy::{
+    BackendConfig, DEFAULT_HEALTH_PATH, FaultConfig, HeaderEdits, HealthCheckConfig, MANAGED_FIELDS, RateLimitConfig,
+    RateLimitPer, RouteConfig, RouteRetry, RouteTimeouts,
+};
 pub mod selector;
 pub use raw::RawConfig;
 
@@ -368,8 +373,20 @@ pub struct ServiceConfig {
     pub listen: Option<SocketAddr>,
     /// HTTP or TCP.
     pub protocol: Protocol,
-    /// Where requests go.
+    /// Where requests go (a service without backends).
     pub endpoints: Vec<EndpointConfig>,
+    /// Named endpoint groups, each balanced on its own; routes split requests between them.
+    /// Empty: the service's `endpoints` are its one group.
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+    /// Routes, in order: the first that matches a request decides its backend. Empty: every
+    /// request goes to the service's one group.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Local rate limit. Default: none.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Active health checks. Default: none (passive outlier detection only).
+    pub health_check: Option<HealthCheckConfig>,
     /// Balancing policy.
     pub lb: LbPolicy,
     /// Timeouts.
@@ -611,6 +628,8 @@ pub enum PathPart {
     Key(&'static str),
     /// An array index.
     Index(usize),
+    /// A key the file chose (a backend name in a route's split, a header name).
+    Name(String),
 }
 
 fn path_string(path: &[PathPart]) -> String {
@@ -621,6 +640,10 @@ fn path_string(path: &[PathPart]) -> String {
                 if !s.is_empty() {
                     s.push('.');
                 }
+                s.push_str(k);
+            }
+            PathPart::Name(k) => {
+                s.push('.');
                 s.push_str(k);
             }
             PathPart::Index(i) => s.push_str(&format!("[{i}]")),
@@ -665,6 +688,10 @@ fn span_of(root: &toml::de::DeTable<'_>, path: &[PathPart]) -> Option<usize> {
     for part in rest {
         let next = match (part, value.get_ref()) {
             (PathPart::Key(k), DeValue::Table(t)) => t.get_key_value(*k).map(|(key, v)| {
+                best = key.span().start;
+                v
+            }),
+            (PathPart::Name(k), DeValue::Table(t)) => t.get_key_value(k.as_str()).map(|(key, v)| {
                 best = key.span().start;
                 v
             }),

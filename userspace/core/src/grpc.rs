@@ -57,8 +57,10 @@ pub const fn status_for(reason: crate::outcome::ErrorReason) -> u8 {
         R::Timeout | R::HeaderReadTimeout => DEADLINE_EXCEEDED,
         R::ConnectFailure | R::NoHealthyEndpoint | R::Overloaded | R::Draining | R::UpstreamReset => UNAVAILABLE,
         R::NoRoute | R::NotImplemented | R::VersionNotSupported => 12, // UNIMPLEMENTED
-        R::HeadTooLarge | R::UriTooLong => RESOURCE_EXHAUSTED,
+        R::HeadTooLarge | R::UriTooLong | R::RateLimited => RESOURCE_EXHAUSTED,
         R::BadRequest | R::ExpectationFailed | R::UpstreamProtocolError | R::InternalError => INTERNAL,
+        // A fault stands in for an endpoint's failure: the call fails as an unreachable one would.
+        R::FaultInjected => UNAVAILABLE,
     }
 }
 
@@ -176,6 +178,7 @@ mod tests {
         let set = CodeSet::of(UNAVAILABLE).with(RESOURCE_EXHAUSTED);
         assert!(set.contains(14) && set.contains(8) && !set.contains(0) && !set.contains(40));
         assert_eq!(serde_json::to_string(&set).expect("json"), r#"["resource_exhausted","unavailable"]"#);
+        assert_eq!(status_for(crate::outcome::ErrorReason::RateLimited), RESOURCE_EXHAUSTED);
     }
 
     #[test]

@@ -143,11 +143,16 @@ pub enum ErrorReason {
     Draining,
     /// weir itself failed ([`Outcome::LocalError`]). 500.
     InternalError,
+    /// The service's `[service.rate_limit]` was exceeded. 429 with `Retry-After`.
+    RateLimited,
+    /// A route's `fault` aborted the request on purpose (its `abort_status`, default 503).
+    /// Never retried.
+    FaultInjected,
 }
 
 impl ErrorReason {
     /// All reasons, for pre-registering metric label values.
-    pub const ALL: [ErrorReason; 16] = [
+    pub const ALL: [ErrorReason; 18] = [
         ErrorReason::ConnectFailure,
         ErrorReason::UpstreamReset,
         ErrorReason::UpstreamProtocolError,
@@ -164,6 +169,8 @@ impl ErrorReason {
         ErrorReason::VersionNotSupported,
         ErrorReason::Draining,
         ErrorReason::InternalError,
+        ErrorReason::RateLimited,
+        ErrorReason::FaultInjected,
     ];
 
     /// kebab-case name: the `x-weir-error` header value and the `reason` metric label.
@@ -185,6 +192,8 @@ impl ErrorReason {
             ErrorReason::VersionNotSupported => "version-not-supported",
             ErrorReason::Draining => "draining",
             ErrorReason::InternalError => "internal-error",
+            ErrorReason::RateLimited => "rate-limited",
+            ErrorReason::FaultInjected => "fault-injected",
         }
     }
 
@@ -194,7 +203,8 @@ impl ErrorReason {
             ErrorReason::ConnectFailure
             | ErrorReason::NoHealthyEndpoint
             | ErrorReason::Overloaded
-            | ErrorReason::Draining => 503,
+            | ErrorReason::Draining
+            | ErrorReason::FaultInjected => 503,
             ErrorReason::UpstreamReset | ErrorReason::UpstreamProtocolError => 502,
             ErrorReason::Timeout => 504,
             ErrorReason::NoRoute => 404,
@@ -206,6 +216,7 @@ impl ErrorReason {
             ErrorReason::ExpectationFailed => 417,
             ErrorReason::VersionNotSupported => 505,
             ErrorReason::InternalError => 500,
+            ErrorReason::RateLimited => 429,
         }
     }
 
@@ -228,6 +239,8 @@ impl ErrorReason {
             ErrorReason::VersionNotSupported => "weir: HTTP version not supported (only HTTP/1.x)",
             ErrorReason::Draining => "weir: shutting down",
             ErrorReason::InternalError => "weir: internal error",
+            ErrorReason::RateLimited => "weir: rate limit exceeded, retry later",
+            ErrorReason::FaultInjected => "weir: fault injected",
         }
     }
 
@@ -247,9 +260,10 @@ impl ErrorReason {
         )
     }
 
-    /// Whether the response carries `Retry-After` (see [`DEFAULT_SHED_RETRY_AFTER_SECS`]).
+    /// Whether the response carries `Retry-After` (see [`DEFAULT_SHED_RETRY_AFTER_SECS`]; a
+    /// rate limit says when its next request would pass).
     pub const fn sets_retry_after(self) -> bool {
-        matches!(self, ErrorReason::Overloaded)
+        matches!(self, ErrorReason::Overloaded | ErrorReason::RateLimited)
     }
 
     /// The one mapping from the final attempt's outcome to the response weir generates.
@@ -348,12 +362,14 @@ mod tests {
             (R::VersionNotSupported, 505),
             (R::Draining, 503),
             (R::InternalError, 500),
+            (R::RateLimited, 429),
+            (R::FaultInjected, 503),
         ];
         assert_eq!(expected.len(), R::ALL.len(), "every reason has an expected status");
         for (reason, status) in expected {
             assert_eq!(reason.status(), status, "{reason}");
         }
-        assert!(R::Overloaded.sets_retry_after());
+        assert!(R::Overloaded.sets_retry_after() && R::RateLimited.sets_retry_after());
         assert!(R::BadRequest.closes_connection());
         assert!(!R::ConnectFailure.closes_connection());
     }

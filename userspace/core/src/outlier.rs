@@ -19,6 +19,13 @@
 //! once for longer. Outcomes that arrive while an endpoint is ejected (requests started before
 //! the ejection) are ignored. An endpoint on probation still counts as ejected for the cap and
 //! as unhealthy for panic mode until it is restored.
+//!
+//! Active health checks (run elsewhere) add one state: *unhealthy* ([`ServiceHealth::mark_down`]),
+//! from any other state. An unhealthy endpoint gets no request, not even in panic mode, and
+//! outcomes recorded for it are ignored; when its checks pass again
+//! ([`ServiceHealth::mark_up`]) it returns through probation, as after an ejection (counted
+//! as ejected until its probation request passes, so it may briefly hold the cap above
+//! `max_ejection_percent`). The ejection cap does not limit it: checks are direct evidence.
 
 use crate::outcome::Outcome;
 use rand::Rng;
@@ -143,6 +150,8 @@ pub enum EndpointState {
     Ejected,
     /// Ejection over; the next request decides.
     Probation,
+    /// Failing its active health checks: no request until they pass.
+    Unhealthy,
 }
 
 /// One endpoint in the admin `/endpoints` JSON.
@@ -167,6 +176,8 @@ const TAG_ACTIVE: u64 = 0;
 const TAG_EJECTED: u64 = 1;
 /// A core owns the endpoint while deciding an ejection (a few instructions): not eligible.
 const TAG_TRANSITION: u64 = 2;
+/// Failing its active health checks. Counted in `down`.
+const TAG_DOWN: u64 = 3;
 const WORD_ACTIVE: u64 = TAG_ACTIVE;
 
 const fn tag(word: u64) -> u64 {
@@ -201,9 +212,12 @@ pub struct ServiceHealth {
     addrs: Box<[SocketAddr]>,
     cells: Box<[Cell]>,
     /// Endpoints whose word is `TAG_EJECTED`, plus ejections being decided. Never above
-    /// `max_ejected`, except after a reload that shrank the service.
+    /// `max_ejected`, except after a reload that shrank the service or a return from failed
+    /// health checks.
     ejected: AtomicU32,
     max_ejected: u32,
+    /// Endpoints whose word is `TAG_DOWN`.
+    down: AtomicU32,
 }
 
 impl ServiceHealth {
@@ -216,30 +230,59 @@ impl ServiceHealth {
             cells: (0..n).map(|_| Cell::default()).collect(),
             ejected: AtomicU32::new(0),
             max_ejected: (n as u64 * u64::from(policy.max_ejection_percent.min(100)) / 100) as u32,
+            down: AtomicU32::new(0),
         }
+    }
+
+    /// Endpoints under active health checks: all unhealthy until their first check passes
+    /// ([`ServiceHealth::mark_up_first`]), so none gets a request before it was checked.
+    pub fn new_checked(policy: OutlierPolicy, endpoints: &[SocketAddr]) -> ServiceHealth {
+        let h = ServiceHealth::new(policy, endpoints);
+        for cell in h.cells.iter() {
+            cell.word.store(TAG_DOWN, Ordering::Relaxed);
+        }
+        h.down.store(endpoints.len() as u32, Ordering::Release);
+        h
     }
 
     /// The health of a reloaded endpoint list: endpoints of `old` that remain (matched by
     /// address) keep their state — ejected ones stay ejected until the same time, failure and
     /// ejection counts carry over — and new ones start active. If the service shrank, carried
     /// ejections may exceed the new cap; no endpoint is un-ejected for it, further ejections wait.
+    /// An unhealthy endpoint stays so while `checked` (the service still runs active checks);
+    /// without checks it returns through probation.
     /// Off the request path (allocates). Outcomes recorded on `old` after this call are lost.
-    pub fn carry_over(old: &ServiceHealth, policy: OutlierPolicy, endpoints: &[SocketAddr]) -> Self {
-        let new = ServiceHealth::new(policy, endpoints);
+    pub fn carry_over(old: &ServiceHealth, policy: OutlierPolicy, endpoints: &[SocketAddr], checked: bool) -> Self {
+        let new =
+            if checked { ServiceHealth::new_checked(policy, endpoints) } else { ServiceHealth::new(policy, endpoints) };
         let mut old_index = HashMap::with_capacity(old.addrs.len());
         for (i, addr) in old.addrs.iter().enumerate() {
             old_index.entry(*addr).or_insert(i);
         }
-        let mut ejected = 0;
+        let (mut ejected, mut down) = (0, 0);
         for (cell, addr) in new.cells.iter().zip(endpoints) {
             let Some(prev) = old_index.get(addr).map(|&i| &old.cells[i]) else {
+                // A new endpoint of a checked service waits for its first check.
+                down += u32::from(checked);
                 continue;
             };
             let word = prev.word.load(Ordering::Acquire);
-            if tag(word) == TAG_EJECTED {
-                cell.word.store(word, Ordering::Relaxed);
-                ejected += 1;
-            }
+            let next = match tag(word) {
+                TAG_EJECTED => {
+                    ejected += 1;
+                    word
+                }
+                TAG_DOWN if checked => {
+                    down += 1;
+                    word
+                }
+                TAG_DOWN if policy.enabled => {
+                    ejected += 1;
+                    ejected_word(0)
+                }
+                _ => WORD_ACTIVE,
+            };
+            cell.word.store(next, Ordering::Relaxed);
             let copy = |to: &AtomicU64, from: &AtomicU64| to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
             copy(&cell.healthy_since_ms, &prev.healthy_since_ms);
             copy(&cell.probe_deadline_ms, &prev.probe_deadline_ms);
@@ -248,6 +291,7 @@ impl ServiceHealth {
             cell.times_ejected.store(prev.times_ejected.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         new.ejected.store(ejected, Ordering::Release);
+        new.down.store(down, Ordering::Release);
         new
     }
 
@@ -288,15 +332,73 @@ impl ServiceHealth {
         let Some(cell) = self.cells.get(endpoint) else {
             return false;
         };
-        if !self.policy.enabled {
-            return true;
-        }
         let word = cell.word.load(Ordering::Acquire);
+        if !self.policy.enabled {
+            return tag(word) != TAG_DOWN;
+        }
         match tag(word) {
             TAG_ACTIVE => true,
             TAG_EJECTED if now_ms >= until(word) => probe_free(cell, now_ms),
             _ => false,
         }
+    }
+
+    /// The first check of `endpoint` (unhealthy since [`ServiceHealth::new_checked`]) passed:
+    /// active at once (nothing failed yet, so no probation). Returns whether it changed.
+    pub fn mark_up_first(&self, endpoint: usize) -> bool {
+        let Some(cell) = self.cells.get(endpoint) else { return false };
+        if cell.word.compare_exchange(TAG_DOWN, WORD_ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.down.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Whether `endpoint` may get requests in panic mode: anything but failing its active
+    /// health checks. Loads only.
+    pub fn is_usable(&self, endpoint: usize) -> bool {
+        self.cells.get(endpoint).is_some_and(|c| tag(c.word.load(Ordering::Acquire)) != TAG_DOWN)
+    }
+
+    /// Takes `endpoint` out because it fails its active health checks (from any state; an
+    /// ejected endpoint's ejection ends here, its count kept). Returns whether it changed.
+    /// Idempotent, so a checker may assert it after every failed check.
+    pub fn mark_down(&self, endpoint: usize) -> bool {
+        let Some(cell) = self.cells.get(endpoint) else { return false };
+        loop {
+            let word = cell.word.load(Ordering::Acquire);
+            match tag(word) {
+                TAG_DOWN => return false,
+                // Another core is deciding an ejection: the next check tries again.
+                TAG_TRANSITION => return false,
+                t => {
+                    if cell.word.compare_exchange(word, TAG_DOWN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        if t == TAG_EJECTED {
+                            self.ejected.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        cell.probe_deadline_ms.store(0, Ordering::Release);
+                        self.down.fetch_add(1, Ordering::AcqRel);
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `endpoint` passes its active health checks again: an unhealthy endpoint goes on
+    /// probation (active at once when outlier detection is off). Returns whether it changed.
+    /// Idempotent: nothing happens to an endpoint in any other state.
+    pub fn mark_up(&self, endpoint: usize, now_ms: u64) -> bool {
+        let Some(cell) = self.cells.get(endpoint) else { return false };
+        let next = if self.policy.enabled { ejected_word(now_ms) } else { WORD_ACTIVE };
+        if cell.word.compare_exchange(TAG_DOWN, next, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        if self.policy.enabled {
+            self.ejected.fetch_add(1, Ordering::AcqRel);
+        }
+        self.down.fetch_sub(1, Ordering::AcqRel);
+        true
     }
 
     /// Claim `endpoint` for an attempt after the balancer picked it. Active endpoints: true,
@@ -309,10 +411,10 @@ impl ServiceHealth {
         let Some(cell) = self.cells.get(endpoint) else {
             return false;
         };
-        if !self.policy.enabled {
-            return true;
-        }
         let word = cell.word.load(Ordering::Acquire);
+        if !self.policy.enabled {
+            return tag(word) != TAG_DOWN;
+        }
         match tag(word) {
             TAG_ACTIVE => true,
             TAG_EJECTED if now_ms >= until(word) => {
@@ -455,13 +557,14 @@ impl ServiceHealth {
         times.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
     }
 
-    /// Healthy count and panic mode, in O(1) from the service-wide ejected count (endpoints on
-    /// probation count as unhealthy until restored). With no endpoint: not panic, the caller
-    /// answers `no-healthy-endpoint`.
+    /// Healthy count and panic mode, in O(1) from the service-wide ejected and unhealthy
+    /// counts (endpoints on probation count as unhealthy until restored). With no endpoint:
+    /// not panic, the caller answers `no-healthy-endpoint`.
     pub fn eligibility(&self) -> Eligibility {
         let total = self.cells.len() as u32;
-        let healthy_count =
-            if self.policy.enabled { total.saturating_sub(self.ejected.load(Ordering::Acquire)) } else { total };
+        let down = self.down.load(Ordering::Acquire);
+        let ejected = if self.policy.enabled { self.ejected.load(Ordering::Acquire) } else { 0 };
+        let healthy_count = total.saturating_sub(ejected).saturating_sub(down);
         let panic = total > 0
             && u64::from(healthy_count) * 100 < u64::from(self.policy.panic_threshold_percent) * u64::from(total);
         Eligibility { healthy_count, total, panic }
@@ -475,6 +578,7 @@ impl ServiceHealth {
             .map(|(cell, &address)| {
                 let word = cell.word.load(Ordering::Acquire);
                 let (state, ejected_until_ms) = match tag(word) {
+                    TAG_DOWN => (EndpointState::Unhealthy, None),
                     TAG_EJECTED if now_ms >= until(word) => (EndpointState::Probation, Some(until(word))),
                     TAG_EJECTED => (EndpointState::Ejected, Some(until(word))),
                     _ => (EndpointState::Active, None),

@@ -31,6 +31,9 @@ use hdrhistogram::Histogram;
 
 use crate::outcome::{ErrorReason, Outcome};
 
+mod route;
+pub use route::{FaultKind, RouteStats};
+
 /// Upper bounds (seconds) of the `weir_request_duration_seconds` buckets: 100 µs to 30 s.
 pub const DURATION_BUCKETS_SECONDS: [f64; 17] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -207,7 +210,7 @@ pub struct SourceStats {
 
 impl SourceStats {
     fn record(&mut self, code: u16, slot: usize, ns: u64, exemplar: Option<Exemplar>) {
-        count_code(&mut self.codes, code, 1);
+        count(&mut self.codes, code, 1);
         self.buckets[slot] += 1;
         self.duration_sum_ns += u128::from(ns);
         self.duration_count += 1;
@@ -218,7 +221,7 @@ impl SourceStats {
 
     fn merge(&mut self, other: &SourceStats) {
         for &(code, n) in &other.codes {
-            count_code(&mut self.codes, code, n);
+            count(&mut self.codes, code, n);
         }
         for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
             *a += b;
@@ -244,7 +247,7 @@ impl SourceStats {
 
     /// Adds `n` requests with status `code` (counters handed over by a takeover).
     pub fn add_code(&mut self, code: u16, n: u64) {
-        count_code(&mut self.codes, code, n);
+        count(&mut self.codes, code, n);
     }
 
     /// Requests counted.
@@ -297,23 +300,6 @@ impl SourceStats {
     }
 }
 
-fn count_code(codes: &mut Vec<(u16, u64)>, code: u16, n: u64) {
-    match codes.binary_search_by_key(&code, |(c, _)| *c) {
-        Ok(i) => codes[i].1 += n,
-        Err(i) => codes.insert(i, (code, n)),
-    }
-}
-
-fn cumulative(buckets: &[u64; BUCKETS]) -> Vec<(f64, u64)> {
-    let mut acc = 0;
-    let mut out = Vec::with_capacity(buckets.len());
-    for (i, n) in buckets.iter().enumerate() {
-        acc += n;
-        out.push((DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc));
-    }
-    out
-}
-
 /// A service idle for this many publications (seconds) releases its HDR histogram.
 pub const HDR_IDLE_PUBLISHES: u32 = 600;
 
@@ -345,6 +331,8 @@ pub struct ServiceStats {
     /// Durations in microseconds, 2 significant digits, for percentiles (from the first
     /// recorded duration; released after a long idle time).
     hdr: Option<Box<Histogram<u64>>>,
+    /// Per route and backend (services with routes only).
+    routes: Vec<RouteStats>,
     /// Per caller (source slot, sorted), from the pair's first request.
     sources: Vec<(SourceSlot, Box<SourceStats>)>,
 }
@@ -364,6 +352,7 @@ impl Default for ServiceStats {
             duration_sum_ns: 0,
             duration_count: 0,
             hdr: None,
+            routes: Vec::new(),
             sources: Vec::new(),
         }
     }
@@ -371,6 +360,27 @@ impl Default for ServiceStats {
 
 fn reason_index(reason: ErrorReason) -> usize {
     ErrorReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// Adds `n` to `code`'s count in a sorted list of codes seen.
+fn count<C: Ord + Copy>(codes: &mut Vec<(C, u64)>, code: C, n: u64) {
+    match codes.binary_search_by_key(&code, |(c, _)| *c) {
+        Ok(i) => codes[i].1 += n,
+        Err(i) => codes.insert(i, (code, n)),
+    }
+}
+
+/// Cumulative counts of non-cumulative `buckets`, paired with their upper bound (seconds).
+fn cumulative(buckets: &[u64]) -> Vec<(f64, u64)> {
+    let mut acc = 0;
+    buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            acc += n;
+            (DURATION_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), acc)
+        })
+        .collect()
 }
 
 impl ServiceStats {
@@ -432,10 +442,17 @@ impl ServiceStats {
     }
 
     fn count_grpc(&mut self, code: u8, n: u64) {
-        match self.grpc.binary_search_by_key(&code, |(c, _)| *c) {
-            Ok(i) => self.grpc[i].1 += n,
-            Err(i) => self.grpc.insert(i, (code, n)),
-        }
+        count(&mut self.grpc, code, n);
+    }
+
+    /// The counters of `route` and `backend`, made on their first use on this worker.
+    pub fn route_mut(&mut self, route: u16, backend: &Arc<str>) -> &mut RouteStats {
+        route::entry(&mut self.routes, route, backend)
+    }
+
+    /// Per route and backend, in the order first counted.
+    pub fn routes(&self) -> &[RouteStats] {
+        &self.routes
     }
 
     /// gRPC calls by final `grpc-status`, codes seen only, in order.
@@ -444,7 +461,7 @@ impl ServiceStats {
     }
 
     fn count_code(&mut self, code: u16, n: u64) {
-        count_code(&mut self.codes, code, n);
+        count(&mut self.codes, code, n);
     }
 
     /// Per caller: the source slots that called this service, in slot order.
@@ -480,6 +497,7 @@ impl ServiceStats {
     pub fn heap_bytes(&self) -> usize {
         self.codes.capacity() * std::mem::size_of::<(u16, u64)>()
             + self.hdr.as_ref().map_or(0, |_| std::mem::size_of::<Histogram<u64>>() + hdr_counts_bytes())
+            + self.routes.iter().map(|r| std::mem::size_of::<RouteStats>() + r.heap_bytes()).sum::<usize>()
             + self.sources.capacity() * std::mem::size_of::<(SourceSlot, Box<SourceStats>)>()
             + self.sources.iter().map(|(_, s)| std::mem::size_of::<SourceStats>() + s.heap_bytes()).sum::<usize>()
     }
@@ -514,6 +532,9 @@ impl ServiceStats {
         }
         self.duration_sum_ns += other.duration_sum_ns;
         self.duration_count += other.duration_count;
+        for r in &other.routes {
+            self.route_mut(r.route, &r.backend).merge(r);
+        }
         for (slot, theirs) in &other.sources {
             self.add_source(*slot, theirs);
         }
@@ -791,198 +812,4 @@ impl Merged {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(status: u16, ms: u64) -> RequestRecord {
-        RequestRecord {
-            status: Some(status),
-            error: None,
-            duration: Duration::from_millis(ms),
-            panic: false,
-            source: SOURCE_DIRECT,
-            exemplar: None,
-            grpc: None,
-        }
-    }
-
-    #[test]
-    fn counts_codes_errors_and_exact_sums() {
-        let mut s = ServiceStats::default();
-        s.record(&rec(200, 1));
-        s.record(&rec(200, 3));
-        s.record(&RequestRecord {
-            status: Some(503),
-            error: Some(ErrorReason::ConnectFailure),
-            duration: Duration::from_millis(2),
-            panic: true,
-            ..rec(0, 0)
-        });
-        assert_eq!(s.code(200), 2);
-        assert_eq!(s.code(503), 1);
-        assert_eq!(s.codes().collect::<Vec<_>>(), vec![(200, 2), (503, 1)]);
-        assert_eq!(s.requests(), 3);
-        assert_eq!(s.errors_by_reason().find(|(r, _)| *r == ErrorReason::ConnectFailure).map(|x| x.1), Some(1));
-        assert_eq!(s.duration_count, 3);
-        assert_eq!(s.duration_sum_ns, 6_000_000);
-        assert_eq!(s.panic_requests, 1);
-    }
-
-    #[test]
-    fn a_50ms_request_lands_in_the_0_1_bucket_not_0_05() {
-        let mut s = ServiceStats::default();
-        s.record(&RequestRecord { duration: Duration::from_micros(50_200), ..rec(200, 0) });
-        let b = s.cumulative_buckets();
-        let le = |bound: f64| b.iter().find(|(x, _)| (*x - bound).abs() < 1e-12).map(|x| x.1).expect("bucket");
-        assert_eq!(le(0.05), 0);
-        assert_eq!(le(0.1), 1);
-        assert_eq!(b.last().map(|x| x.1), Some(1), "+Inf holds everything");
-        // Exactly on a bound counts in that bucket (le = less or equal).
-        s.record(&rec(200, 50));
-        let b = s.cumulative_buckets();
-        assert_eq!(b.iter().find(|(x, _)| (*x - 0.05).abs() < 1e-12).map(|x| x.1), Some(1));
-    }
-
-    #[test]
-    fn beyond_the_last_bucket_counts_only_in_inf() {
-        let mut s = ServiceStats::default();
-        s.record(&rec(200, 31_000));
-        let b = s.cumulative_buckets();
-        assert_eq!(b[b.len() - 2].1, 0);
-        assert_eq!(b[b.len() - 1].1, 1);
-    }
-
-    #[test]
-    fn shards_merge_by_name_across_reordered_slots() {
-        let mut a = StatsShard::default();
-        let mut b = StatsShard::default();
-        let (ax, ay) = (a.slot("x"), a.slot("y"));
-        let (by, bx) = (b.slot("y"), b.slot("x"));
-        a.service_mut(ax).record(&rec(200, 1));
-        a.service_mut(ay).record(&rec(500, 1));
-        b.service_mut(bx).record(&rec(200, 1));
-        b.service_mut(by).retry(RetryReason::Status503);
-        let m = Merged::merge([&a.publish(), &b.publish()]);
-        assert_eq!(m.get("x").map(|s| s.code(200)), Some(2));
-        assert_eq!(m.get("y").map(|s| s.code(500)), Some(1));
-        assert_eq!(m.get("y").map(|s| s.retries[4]), Some(1));
-    }
-
-    #[test]
-    fn http2_closes_are_counted_by_reason_and_summed_over_workers() {
-        let (mut a, mut b) = (StatsShard::default(), StatsShard::default());
-        a.http2_closed(Http2Close::ControlFlood);
-        a.http2_closed(Http2Close::GoawayTimeout);
-        b.http2_closed(Http2Close::ControlFlood);
-        let m = Merged::merge([&a.publish(), &b.publish()]);
-        let counts: Vec<_> =
-            Http2Close::ALL.iter().map(|r| (r.as_str(), m.counters.http2_closed[*r as usize])).collect();
-        assert_eq!(
-            counts,
-            [("control-flood", 2), ("enhance-your-calm", 0), ("protocol-error", 0), ("goaway-timeout", 1)]
-        );
-    }
-
-    #[test]
-    fn a_service_costs_a_name_until_it_is_counted_and_publishing_copies_only_what_changed() {
-        let mut shard = StatsShard::default();
-        let slots: Vec<usize> = (0..1000).map(|i| shard.slot(&format!("svc-{i}"))).collect();
-        assert_eq!((shard.len(), shard.heap_bytes()), (1000, 0), "slots alone hold no stats");
-        assert!(shard.publish().services.is_empty(), "an uncounted service is not published");
-        shard.service_mut(slots[7]).record(&rec(200, 1));
-        let first = shard.publish();
-        assert_eq!(first.services.len(), 1);
-        let second = shard.publish();
-        assert!(Arc::ptr_eq(&first.services[0].1, &second.services[0].1), "an unchanged service shares its copy");
-        shard.service_mut(slots[7]).record(&rec(200, 1));
-        let third = shard.publish();
-        assert_eq!(third.services[0].1.code(200), 2, "a counted service is copied again");
-        // A long idle time gives the HDR histogram back; the counters stay.
-        let with_hdr = shard.heap_bytes();
-        for _ in 0..HDR_IDLE_PUBLISHES {
-            shard.publish();
-        }
-        assert!(shard.heap_bytes() + 20_000 < with_hdr, "{} vs {with_hdr}", shard.heap_bytes());
-        let last = shard.publish();
-        assert_eq!((last.services[0].1.code(200), last.services[0].1.quantile(0.5)), (2, Duration::ZERO));
-    }
-
-    #[test]
-    fn a_released_slot_is_no_longer_published_and_is_reused() {
-        let mut shard = StatsShard::default();
-        let (a, b) = (shard.slot("a"), shard.slot("b"));
-        shard.service_mut(a).record(&RequestRecord { source: 5, ..rec(200, 1) });
-        shard.service_mut(b).record(&rec(200, 1));
-        assert_eq!(shard.publish().services.len(), 2);
-        shard.release(a);
-        shard.release(a); // twice: no effect
-        let p = shard.publish();
-        assert_eq!(p.services.iter().map(|(n, _)| &**n).collect::<Vec<_>>(), ["b"]);
-        assert_eq!((shard.len(), shard.capacity()), (1, 2));
-        // A new service takes the freed slot and starts from zero; "a" back is a new service too.
-        let c = shard.slot("c");
-        assert_eq!(c, a);
-        assert_eq!(shard.service(c).map(ServiceStats::requests), None);
-        shard.service_mut(c).record(&rec(200, 1));
-        let c_stats = shard.service(c).expect("counted");
-        assert!(c_stats.source(5).is_none(), "the freed slot's callers went with it");
-        assert_eq!(c_stats.source(SOURCE_DIRECT).map(SourceStats::requests), Some(1));
-        let a2 = shard.slot("a");
-        assert_eq!((a2, shard.len(), shard.capacity()), (2, 3, 3));
-        assert_eq!(shard.slot("b"), b, "a live service keeps its slot");
-        // Churn: services come and go, the shard stays as large as the largest table.
-        for round in 0..100 {
-            let s = shard.slot(&format!("churn-{round}"));
-            shard.service_mut(s).record(&rec(200, 1));
-            shard.release(s);
-        }
-        assert_eq!(shard.capacity(), 4);
-    }
-
-    #[test]
-    fn callers_are_counted_apart_and_merged_by_slot_with_the_latest_exemplar() {
-        let mut a = ServiceStats::default();
-        let mut b = ServiceStats::default();
-        let trace = |t: u8, unix_ms: u64| Some(Exemplar { trace_id: [t; 16], duration_ns: 0, unix_ms });
-        a.record(&RequestRecord { source: 5, exemplar: trace(1, 100), ..rec(200, 3) });
-        a.record(&RequestRecord { source: SOURCE_OTHER, ..rec(503, 3) });
-        b.record(&RequestRecord { source: 5, exemplar: trace(2, 200), ..rec(200, 3) });
-        b.record(&RequestRecord { source: SOURCE_DIRECT, ..rec(200, 40) });
-        a.merge(&b);
-        let slots: Vec<SourceSlot> = a.sources().map(|(s, _)| s).collect();
-        assert_eq!(slots, vec![SOURCE_DIRECT, SOURCE_OTHER, 5]);
-        let five = a.source(5).expect("slot 5");
-        assert_eq!((five.requests(), five.failures(true), five.duration_count), (2, 0, 2));
-        assert_eq!(a.source(SOURCE_OTHER).map(|s| s.failures(false)), Some(1));
-        let bucket = bucket_of(3_000_000);
-        let e = five.exemplar(bucket).expect("an exemplar in the 5 ms bucket");
-        assert_eq!((e.trace_id, e.duration_ns), ([2; 16], 3_000_000), "the latest sampled request wins");
-        assert!(five.exemplar(0).is_none());
-        assert_eq!(a.requests(), 4, "service totals still count everything");
-    }
-
-    #[test]
-    fn bucket_quantiles_interpolate_like_prometheus() {
-        let mut s = SourceStats::default();
-        assert_eq!(s.quantile_seconds(0.5), None);
-        for _ in 0..10 {
-            s.record(200, bucket_of(7_000_000), 7_000_000, None); // (0.005, 0.01]
-        }
-        let p50 = s.quantile_seconds(0.5).expect("p50");
-        assert!((p50 - 0.0075).abs() < 1e-9, "{p50}");
-        s.record(200, bucket_of(60_000_000_000), 60_000_000_000, None);
-        assert_eq!(s.quantile_seconds(1.0), Some(30.0), "+Inf answers the highest finite bound");
-    }
-
-    #[test]
-    fn quantiles_come_from_the_hdr_histogram() {
-        let mut s = ServiceStats::default();
-        for ms in 1..=100 {
-            s.record(&rec(200, ms));
-        }
-        let p50 = s.quantile(0.5).as_secs_f64();
-        let p99 = s.quantile(0.99).as_secs_f64();
-        assert!((0.049..=0.051).contains(&p50), "{p50}");
-        assert!((0.098..=0.1).contains(&p99), "{p99}");
-    }
-}
+mod tests;

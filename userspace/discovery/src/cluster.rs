@@ -8,12 +8,13 @@
 //! none is ready, `internalTrafficPolicy: Local`, topology hints only when every endpoint has
 //! one and one is for this zone. Must not: do I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use weir_core::config::{EndpointConfig, ServiceAliases, ServiceConfig};
 
+use crate::gateway::RouteRecord;
 use crate::record::{ObjectKey, ServiceRecord, SliceRecord};
 
 /// The cluster domain of Service host names (`NAME.NAMESPACE.svc.cluster.local`).
@@ -27,6 +28,13 @@ pub struct Cluster {
     slices: HashMap<ObjectKey, (SliceRecord, u32)>,
     /// Service key → its slices' keys.
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    /// HTTPRoutes attached to a Service (in the route's namespace).
+    routes: HashMap<ObjectKey, (RouteRecord, u32)>,
+    /// Service key → the HTTPRoutes attached to it.
+    routes_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Backend Service key → the parent Services whose routes send to it (with a count of
+    /// references): a change of the backend recomputes its parents.
+    users_of: HashMap<ObjectKey, HashMap<ObjectKey, u32>>,
     /// Shared values: an unchanged weir service stays the same `Arc` from one publication to
     /// the next, so the snapshot and the workers recognise it by pointer and keep its state.
     resolved: BTreeMap<ObjectKey, Vec<Arc<ServiceConfig>>>,
@@ -36,7 +44,19 @@ pub struct Cluster {
     /// Relist generation per kind: records not seen in a relist are swept at its end.
     service_epoch: u32,
     slice_epoch: u32,
+    route_epoch: u32,
     endpoints: usize,
+}
+
+/// What [`Cluster::apply_route`] did with a new version of an HTTPRoute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteApplied {
+    /// It is the route now.
+    Applied,
+    /// Unchanged.
+    Unchanged,
+    /// It skips a rule for an invalid value: the previous version keeps serving.
+    KeptPrevious,
 }
 
 /// What [`Cluster::resolve`] changed.
@@ -54,13 +74,106 @@ impl Cluster {
         Cluster::default()
     }
 
+    /// Marks `key` and every Service whose routes send to it for recomputation.
+    fn touch(&mut self, key: &ObjectKey) {
+        self.dirty.insert(key.clone());
+        if let Some(users) = self.users_of.get(key) {
+            self.dirty.extend(users.keys().cloned());
+        }
+    }
+
+    /// Adds or replaces an HTTPRoute. A version that skips a rule for an invalid value does
+    /// not replace one that is there: the previous version keeps serving.
+    pub fn apply_route(&mut self, key: ObjectKey, record: RouteRecord) -> RouteApplied {
+        let epoch = self.route_epoch;
+        if let Some(old) = self.routes.get_mut(&key) {
+            if old.0 == record {
+                old.1 = epoch;
+                return RouteApplied::Unchanged;
+            }
+            if record.invalid {
+                old.1 = epoch;
+                return RouteApplied::KeptPrevious;
+            }
+        }
+        self.delete_route(&key);
+        for p in &record.parents {
+            self.routes_of.entry(p.service.clone()).or_default().insert(key.clone());
+            self.dirty.insert(p.service.clone());
+            for b in record.rules.iter().flat_map(|r| &r.backends).filter_map(|b| b.service.as_ref()) {
+                *self.users_of.entry(b.clone()).or_default().entry(p.service.clone()).or_default() += 1;
+            }
+        }
+        self.routes.insert(key, (record, epoch));
+        RouteApplied::Applied
+    }
+
+    /// Removes an HTTPRoute: its parents are plain Services again (or keep their other routes).
+    pub fn delete_route(&mut self, key: &ObjectKey) {
+        let Some((old, _)) = self.routes.remove(key) else { return };
+        for p in &old.parents {
+            if let Some(set) = self.routes_of.get_mut(&p.service) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.routes_of.remove(&p.service);
+                }
+            }
+            self.dirty.insert(p.service.clone());
+            for b in old.rules.iter().flat_map(|r| &r.backends).filter_map(|b| b.service.as_ref()) {
+                if let Some(users) = self.users_of.get_mut(b) {
+                    if let Some(n) = users.get_mut(&p.service) {
+                        *n -= 1;
+                        if *n == 0 {
+                            users.remove(&p.service);
+                        }
+                    }
+                    if users.is_empty() {
+                        self.users_of.remove(b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A relist of HTTPRoutes starts.
+    pub fn begin_route_relist(&mut self) {
+        self.route_epoch = self.route_epoch.wrapping_add(1);
+    }
+
+    /// The relist of HTTPRoutes is complete: sweeps the routes it did not list.
+    pub fn end_route_relist(&mut self) {
+        let epoch = self.route_epoch;
+        let gone: Vec<ObjectKey> =
+            self.routes.iter().filter(|(_, (_, e))| *e != epoch).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.delete_route(&k);
+        }
+    }
+
+    /// What weir does not serve of the HTTPRoutes it has, located, in route order.
+    pub fn route_problems(&self) -> Vec<String> {
+        let mut keys: Vec<&ObjectKey> = self.routes.keys().collect();
+        keys.sort();
+        keys.into_iter().flat_map(|k| self.routes[k].0.problems.iter().cloned()).collect()
+    }
+
+    /// Whether HTTPRoute `key` is known.
+    pub fn has_route(&self, key: &ObjectKey) -> bool {
+        self.routes.contains_key(key)
+    }
+
+    /// HTTPRoutes known.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
     /// Adds or replaces a Service.
     pub fn apply_service(&mut self, key: ObjectKey, record: ServiceRecord) {
         let epoch = self.service_epoch;
         match self.services.get_mut(&key) {
             Some(old) if old.0 == record => old.1 = epoch,
             _ => {
-                self.dirty.insert(key.clone());
+                self.touch(&key);
                 self.services.insert(key, (record, epoch));
             }
         }
@@ -69,7 +182,7 @@ impl Cluster {
     /// Removes a Service (its slices stay until they are deleted too).
     pub fn delete_service(&mut self, key: &ObjectKey) {
         if self.services.remove(key).is_some() {
-            self.dirty.insert(key.clone());
+            self.touch(key);
         }
     }
 
@@ -83,7 +196,7 @@ impl Cluster {
             return;
         }
         self.delete_slice(&key);
-        self.dirty.insert(record.service.clone());
+        self.touch(&record.service);
         self.slices_of.entry(record.service.clone()).or_default().insert(key.clone());
         self.endpoints += record.endpoints.len();
         self.slices.insert(key, (record, epoch));
@@ -93,7 +206,7 @@ impl Cluster {
     pub fn delete_slice(&mut self, key: &ObjectKey) {
         let Some((old, _)) = self.slices.remove(key) else { return };
         self.endpoints -= old.endpoints.len();
-        self.dirty.insert(old.service.clone());
+        self.touch(&old.service);
         if let Some(set) = self.slices_of.get_mut(&old.service) {
             set.remove(key);
             if set.is_empty() {
@@ -145,7 +258,9 @@ impl Cluster {
             .filter(|(s, _)| s.endpoints.iter().any(|e| e.zones.is_some()))
             .map(|(s, _)| s.service.clone())
             .collect();
-        self.dirty.extend(hinted);
+        for k in &hinted {
+            self.touch(k);
+        }
     }
 
     /// Whether anything changed since the last [`Cluster::resolve`].
@@ -161,7 +276,24 @@ impl Cluster {
             let services = match self.services.get(&key) {
                 Some((svc, _)) if svc.skip.is_none() => {
                     let slices = self.slices_of.get(&key).into_iter().flatten().filter_map(|k| self.slices.get(k));
-                    resolve_service(svc, slices.map(|(s, _)| s), self.zone.as_deref())
+                    let mut services = resolve_service(svc, slices.map(|(s, _)| s), self.zone.as_deref());
+                    if let Some(attached) = self.routes_of.get(&key) {
+                        for (service, port) in services.iter_mut().zip(&svc.ports) {
+                            let on_port = attached
+                                .iter()
+                                .filter_map(|k| self.routes.get(k))
+                                .map(|(r, _)| r)
+                                .filter(|r| crate::routes::attaches(r, &key, port));
+                            if let Some((backends, routes)) =
+                                crate::routes::attach(port, on_port, |b, p| self.backend_endpoints(b, p))
+                            {
+                                service.endpoints = Vec::new();
+                                service.backends = backends;
+                                service.routes = routes;
+                            }
+                        }
+                    }
+                    services
                 }
                 _ => Vec::new(),
             };
@@ -189,6 +321,15 @@ impl Cluster {
             out.changed |= changed;
         }
         out
+    }
+
+    /// The endpoints of port `port` (by number) of Service `key`: none when weir does not
+    /// serve it or it has no such port.
+    fn backend_endpoints(&self, key: &ObjectKey, port: u16) -> Vec<EndpointConfig> {
+        let Some((svc, _)) = self.services.get(key).filter(|(s, _)| s.skip.is_none()) else { return Vec::new() };
+        let Some(p) = svc.ports.iter().find(|p| p.port == port) else { return Vec::new() };
+        let slices = self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k));
+        endpoints(svc, slices.map(|(s, _)| s), &p.name, self.zone.as_deref())
     }
 
     /// Every weir service, in Service key order (`namespace/name`), ports in Service order; an

@@ -1,6 +1,7 @@
 //! weir's Kubernetes discovery: Services and EndpointSlices from the API, turned at once into
 //! compact records ([`record`], [`convert`]), combined into weir services with the semantics
-//! kube-proxy users rely on ([`cluster`]), and composed with the config file's services
+//! kube-proxy users rely on ([`cluster`]), with the Gateway API HTTPRoutes attached to
+//! Services as their routes ([`gateway`], [`routes`]), and composed with the config file's services
 //! ([`compose`]). [`run`] is the discovery thread. Must not: know the proxy or eBPF: it hands
 //! the binary validated `ServiceConfig`s, and the binary publishes them as it publishes a file.
 
@@ -9,7 +10,9 @@ pub mod client;
 pub mod cluster;
 pub mod compose;
 pub mod convert;
+pub mod gateway;
 pub mod record;
+pub mod routes;
 pub mod run;
 pub mod stats;
 

@@ -1,9 +1,11 @@
 //! The discovery thread: a tokio current-thread runtime of its own (a relist is tens of MB of
-//! JSON and must not stall `/ready` or `/metrics` on the admin thread) that watches Services and
-//! EndpointSlices with kube-rs (list with paging, then watch with bookmarks; back-off on errors;
+//! JSON and must not stall `/ready` or `/metrics` on the admin thread) that watches Services,
+//! EndpointSlices and Gateway API HTTPRoutes with kube-rs (list with paging, then watch with bookmarks; back-off on errors;
 //! a relist on 410 Gone), turns each object into a record at once, and hands the resolved
-//! services to the caller's `publish`, batched: nothing until both watches have listed once,
-//! then at most one publication per batch window. When the API server is down, slow, failing or
+//! services to the caller's `publish`, batched: nothing until the Service and EndpointSlice
+//! watches have listed once (and the HTTPRoute watch has listed, or failed: a cluster without
+//! the Gateway API CRD answers 404, said once, retried with back-off, and discovery goes on
+//! without routes), then at most one publication per batch window. When the API server is down, slow, failing or
 //! cut off, nothing is published and the last good state keeps serving. Must not: keep an API
 //! object after converting it, or publish a half-done relist.
 
@@ -22,9 +24,11 @@ use weir_core::config::{KubernetesConfig, ServiceConfig};
 
 use crate::Error;
 use crate::cluster::Cluster;
+use crate::cluster::RouteApplied;
 use crate::convert::{self, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Settings};
-use crate::record::key;
-use crate::stats::{Kind, Outcome, Stats};
+use crate::gateway::{self, HttpRoute};
+use crate::record::{ObjectKey, key};
+use crate::stats::{HttpRoutes, Kind, Outcome, Stats};
 
 /// The zone label of a Node.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -108,6 +112,17 @@ impl Discovery {
 enum Step {
     Service(Result<Event<Service>, watcher::Error>),
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
+    Route(Result<Event<HttpRoute>, watcher::Error>),
+}
+
+/// Whether a watch error is the API's 404 for the resource (its CRD is not installed).
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
 }
 
 fn unix_now() -> u64 {
@@ -157,7 +172,11 @@ async fn run(
     .default_backoff()
     .map(Step::Slice)
     .boxed();
-    let mut events = futures_util::stream::select(services, slices);
+    let routes = watcher::watcher(Api::<HttpRoute>::all(client.clone()), base(watcher::Config::default()))
+        .default_backoff()
+        .map(Step::Route)
+        .boxed();
+    let mut events = futures_util::stream::select(futures_util::stream::select(services, slices), routes);
 
     let (zone_tx, mut zone_rx) = tokio::sync::mpsc::channel::<Option<String>>(1);
     if let Some(node) = node_name {
@@ -166,8 +185,12 @@ async fn run(
 
     let mut cluster = Cluster::new();
     // Per kind: listed once; a relist under way.
-    let mut listed = [false, false];
-    let mut relisting = [false, false];
+    let mut listed = [false, false, false];
+    let mut relisting = [false, false, false];
+    // The HTTPRoute watch failed before it listed (no CRD, no permission): publish without it.
+    let mut routes_failed = false;
+    // HTTPRoute versions not applied (the previous one serves), with their problems.
+    let mut rejected: std::collections::BTreeMap<ObjectKey, Vec<String>> = std::collections::BTreeMap::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut published = false;
     // A set the caller could not take yet.
@@ -213,9 +236,100 @@ async fn run(
             }
             step = events.next() => {
                 let Some(step) = step else { return };
-                let kind = match &step { Step::Service(_) => Kind::Service, Step::Slice(_) => Kind::EndpointSlice };
+                let kind = match &step {
+                    Step::Service(_) => Kind::Service,
+                    Step::Slice(_) => Kind::EndpointSlice,
+                    Step::Route(_) => Kind::HttpRoute,
+                };
                 let k = kind as usize;
                 match step {
+                    Step::Route(Err(e)) => {
+                        stats.event(kind, Outcome::Error);
+                        // A relist that failed is abandoned: it never holds the other kinds back.
+                        relisting[k] = false;
+                        routes_failed = true;
+                        if not_found(&e) {
+                            let before = stats.httproutes.swap(HttpRoutes::NotInstalled as u8, Ordering::Relaxed);
+                            if before != HttpRoutes::NotInstalled as u8 {
+                                tracing::warn!(
+                                    "kubernetes: this cluster does not serve HTTPRoutes ({}/v1: 404, the Gateway API CRD is not installed); Services and EndpointSlices are discovered without them, and HTTPRoutes are looked for again now and then",
+                                    gateway::GROUP
+                                );
+                            } else {
+                                tracing::debug!("kubernetes: HTTPRoutes still not served: {e}");
+                            }
+                        } else {
+                            if !listed[k] {
+                                stats.httproutes.store(HttpRoutes::Failing as u8, Ordering::Relaxed);
+                            }
+                            tracing::warn!("kubernetes: watching httproutes: {e}; serving the last good routes, retrying");
+                            *stats.last_error.lock() = Some(format!("httproute: {e}"));
+                        }
+                        if listed[0] && listed[1] && !published && deadline.is_none() {
+                            deadline = Some(tokio::time::Instant::now() + options.batch);
+                        }
+                        continue;
+                    }
+                    Step::Route(Ok(Event::Init)) => {
+                        if listed[k] {
+                            stats.relist(kind);
+                        }
+                        relisting[k] = true;
+                        cluster.begin_route_relist();
+                    }
+                    Step::Route(Ok(Event::InitDone)) => {
+                        relisting[k] = false;
+                        listed[k] = true;
+                        let before = stats.httproutes.swap(HttpRoutes::Served as u8, Ordering::Relaxed);
+                        if before == HttpRoutes::NotInstalled as u8 {
+                            tracing::info!("kubernetes: this cluster serves HTTPRoutes now; they are read");
+                        }
+                        cluster.end_route_relist();
+                        rejected.retain(|k, _| cluster.has_route(k));
+                    }
+                    Step::Route(Ok(Event::Apply(r) | Event::InitApply(r))) => {
+                        let excluded = r.metadata.namespace.as_ref().is_some_and(|ns| settings.exclude_namespaces.contains(ns));
+                        match gateway::route(&r).filter(|_| !excluded) {
+                            Some((key, record)) => {
+                                for p in &record.problems {
+                                    tracing::warn!("kubernetes: {p}");
+                                }
+                                stats.route_problems_total.fetch_add(record.problems.len() as u64, Ordering::Relaxed);
+                                let problems = record.problems.clone();
+                                match cluster.apply_route(key.clone(), record) {
+                                    RouteApplied::KeptPrevious => {
+                                        stats.event(kind, Outcome::Ignored);
+                                        stats.route_problems_total.fetch_add(1, Ordering::Relaxed);
+                                        let why = format!("HTTPRoute {key}: this version is not applied (a rule has an invalid value); the previous version keeps serving");
+                                        tracing::warn!("kubernetes: {why}");
+                                        rejected.insert(key, problems.into_iter().chain(std::iter::once(why)).collect());
+                                    }
+                                    RouteApplied::Applied | RouteApplied::Unchanged => {
+                                        stats.event(kind, Outcome::Applied);
+                                        rejected.remove(&key);
+                                    }
+                                }
+                            }
+                            None => {
+                                // No longer attached to a Service here (its parents are
+                                // Gateways now, or its namespace is excluded): it leaves.
+                                stats.event(kind, Outcome::Ignored);
+                                if let (Some(ns), Some(name)) = (r.metadata.namespace.as_deref(), r.metadata.name.as_deref()) {
+                                    let key = key(ns, name);
+                                    cluster.delete_route(&key);
+                                    rejected.remove(&key);
+                                }
+                            }
+                        }
+                    }
+                    Step::Route(Ok(Event::Delete(r))) => {
+                        stats.event(kind, Outcome::Deleted);
+                        if let (Some(ns), Some(name)) = (r.metadata.namespace.as_deref(), r.metadata.name.as_deref()) {
+                            let key = key(ns, name);
+                            cluster.delete_route(&key);
+                            rejected.remove(&key);
+                        }
+                    }
                     Step::Service(Err(e)) | Step::Slice(Err(e)) => {
                         stats.event(kind, Outcome::Error);
                         tracing::warn!("kubernetes: watching {}s: {e}; serving the last good state, retrying", kind.as_str());
@@ -227,9 +341,9 @@ async fn run(
                             stats.relist(kind);
                         }
                         relisting[k] = true;
-                        match kind {
+                                match kind {
                             Kind::Service => cluster.begin_service_relist(),
-                            Kind::EndpointSlice => cluster.begin_slice_relist(),
+                            _ => cluster.begin_slice_relist(),
                         }
                     }
                     Step::Service(Ok(Event::InitDone)) | Step::Slice(Ok(Event::InitDone)) => {
@@ -237,7 +351,7 @@ async fn run(
                         listed[k] = true;
                         match kind {
                             Kind::Service => cluster.end_service_relist(),
-                            Kind::EndpointSlice => cluster.end_slice_relist(),
+                            _ => cluster.end_slice_relist(),
                         }
                         *stats.last_error.lock() = None;
                     }
@@ -274,11 +388,18 @@ async fn run(
                         }
                     }
                 }
+                if kind == Kind::HttpRoute && !relisting[k] {
+                    // The problems of the routes in effect, and of versions not applied.
+                    let mut problems = cluster.route_problems();
+                    problems.extend(rejected.values().flatten().cloned());
+                    *stats.route_problems.lock() = problems;
+                }
                 if !relisting[k] {
                     // A watch event arrived: that watch works again.
                     stats.last_error.lock().take();
                 }
-                if listed.iter().all(|l| *l) && (cluster.is_dirty() || !published) && deadline.is_none() {
+                let all_listed = listed[0] && listed[1] && (listed[2] || routes_failed);
+                if all_listed && (cluster.is_dirty() || !published) && deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + options.batch);
                 }
             }

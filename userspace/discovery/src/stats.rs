@@ -1,28 +1,31 @@
 //! What discovery counts, for `/metrics` and `/ready`: atomics the discovery thread writes and
 //! the admin thread reads. Must not: hold a lock the discovery thread keeps across a publish.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-/// The two kinds of object watched.
+/// The kinds of object watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// core/v1 Service.
     Service = 0,
     /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice = 1,
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoute = 2,
 }
 
 impl Kind {
     /// Both kinds.
-    pub const ALL: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
+    pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::HttpRoute];
 
     /// The `kind` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice",
+            Kind::HttpRoute => "httproute",
         }
     }
 }
@@ -58,8 +61,8 @@ impl Outcome {
 /// Discovery's counters and state.
 #[derive(Debug, Default)]
 pub struct Stats {
-    events: [[AtomicU64; 4]; 2],
-    relists: [AtomicU64; 2],
+    events: [[AtomicU64; 4]; 3],
+    relists: [AtomicU64; 3],
     /// Both watches have listed once and the discovered services are published.
     pub synced: AtomicBool,
     /// Unix time (s) discovery last matched the API (a list completed, or a batch published).
@@ -74,9 +77,56 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// The last watch error, until the next successful list or event.
     pub last_error: Mutex<Option<String>>,
+    /// Whether this cluster serves HTTPRoutes: [`HttpRoutes`] as a `u8`.
+    pub httproutes: AtomicU8,
+    /// HTTPRoute problems found (fields ignored, rules skipped, versions not applied).
+    pub route_problems_total: AtomicU64,
+    /// The problems of the HTTPRoutes in effect, located.
+    pub route_problems: Mutex<Vec<String>>,
+}
+
+/// Whether HTTPRoutes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRoutes {
+    /// Not listed yet.
+    Unknown = 0,
+    /// Listed and watched.
+    Served = 1,
+    /// The API answers 404 for the resource: the Gateway API CRD is not installed. Retried
+    /// with back-off.
+    NotInstalled = 2,
+    /// Listing fails otherwise (403: the ClusterRole lacks them; 5xx): retried with back-off.
+    Failing = 3,
+}
+
+impl HttpRoutes {
+    /// From [`Stats::httproutes`].
+    pub fn from_u8(v: u8) -> HttpRoutes {
+        match v {
+            1 => HttpRoutes::Served,
+            2 => HttpRoutes::NotInstalled,
+            3 => HttpRoutes::Failing,
+            _ => HttpRoutes::Unknown,
+        }
+    }
+
+    /// For `/config`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpRoutes::Unknown => "not listed yet",
+            HttpRoutes::Served => "served",
+            HttpRoutes::NotInstalled => "not served by this cluster (the Gateway API HTTPRoute CRD is not installed)",
+            HttpRoutes::Failing => "not listed: the API refuses or fails (see last_error); retrying",
+        }
+    }
 }
 
 impl Stats {
+    /// Whether HTTPRoutes are read.
+    pub fn httproutes(&self) -> HttpRoutes {
+        HttpRoutes::from_u8(self.httproutes.load(Ordering::Relaxed))
+    }
+
     /// Counts one event.
     pub fn event(&self, kind: Kind, outcome: Outcome) {
         self.events[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);

@@ -68,7 +68,7 @@ pub(crate) async fn run(
 
     // The head (and a held body) in one write.
     bufs.wbuf.clear();
-    plan.write_head(head, &down.buf, picked.addr, &mut bufs.wbuf);
+    plan.write_head(head, &down.buf, picked.addr, &scope.route().edits.set, &mut bufs.wbuf);
     let t_sent = Instant::now();
     let (res, b) = up.conn.write_all_by(std::mem::take(&mut bufs.wbuf), Wait::Until(deadline)).await;
     bufs.wbuf = b;

@@ -1,7 +1,7 @@
 //! One downstream HTTP/1.1 connection, read top to bottom (a connection that opens with the
 //! HTTP/2 preface is handed to [`crate::h2down`]): read a request head (idle and
 //! header-read timeouts), parse it strictly, route it to its service once, admit it under the
-//! service's pending limit, hand it to [`crate::exchange`], account for it, and loop while the
+//! service's rate and pending limits ([`crate::policy`]), hand it to [`crate::exchange`], account for it, and loop while the
 //! connection stays keep-alive. Pipelined requests are answered in order because the next head
 //! is parsed only after the previous response is complete. Closes in stages (lingering) so a
 //! queued response is never destroyed by a reset, except when a response was cut, which must
@@ -19,6 +19,7 @@ use crate::h2down;
 use crate::http::{self, HeadLimits, RequestHead, Status};
 use crate::io::{Conn, ReadUntil};
 use crate::plan::Downstream;
+use crate::policy;
 use crate::record::{RequestInfo, Requester, account};
 use crate::respond::{self, Reply};
 use crate::retry_loop::Exchange;
@@ -79,9 +80,10 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
             }
         };
         first = false;
-        // The request's state machine (forwarding, retries, streaming) is several KiB; boxing it
-        // keeps an idle keep-alive connection down to its read buffer and a small future.
-        let ex = Box::pin(handle(ctx, &mut down, &mut head, route, started)).await;
+        // The request's state machine (forwarding, retries, streaming) is several KiB; keeping it
+        // off this future (in a block the worker recycles) keeps an idle keep-alive connection
+        // down to its read buffer and a small future.
+        let ex = crate::recycle::Recycled::new(handle(ctx, &mut down, &mut head, route, started)).await;
         if ex.abort {
             break Close::Abort;
         }
@@ -191,27 +193,25 @@ async fn handle(
         down.trace = trace::decide(&state.snapshot().config.tracing, head, &down.buf);
         route.resolve(&mut state, head.host.map(|h| h.get(&down.buf)))
     };
-    match routed {
-        Ok(scope) => {
-            let ex = exchange::exchange(ctx, down, head, &scope, started).await;
+    let Some(mut scope) = routed else {
+        // Unknown service (404): the request's body (if any) is not read.
+        let ex = exchange::refuse(ctx, down, head, Reply::new(ErrorReason::NoRoute)).await;
+        account(ctx, None, &Requester::of(down), started, &info, &ex);
+        return ex;
+    };
+    match policy::admit(ctx, &scope, &Requester::of(down)) {
+        Ok(()) => {
+            let ex = exchange::exchange(ctx, down, head, &mut scope, started).await;
             ctx.state.borrow_mut().release(&scope);
             account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
-        // Unknown service (404) or over the service's pending limit (503): the request's body
-        // (if any) is not read, so the connection closes after the answer.
-        Err((scope, reason)) => {
-            let close = head.body.has_body() || !head.keep_alive;
-            let reply = Reply { close, head_request: info.is_head, ..Reply::new(reason) };
-            let written = respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
-            down.buf.drain(..head.head_len);
-            let ex = Exchange {
-                status: reason.status(),
-                error: Some(reason),
-                keep_alive: written && !reply.closes(),
-                ..Exchange::default()
-            };
-            account(ctx, scope.as_ref(), &Requester::of(down), started, &info, &ex);
+        // Over the service's rate limit (429) or pending limit (503): the request's body (if
+        // any) is not read, so the connection closes after the answer.
+        Err(refused) => {
+            let reply = Reply { retry_after: refused.retry_after, ..Reply::new(refused.reason) };
+            let ex = exchange::refuse(ctx, down, head, reply).await;
+            account(ctx, Some(&scope), &Requester::of(down), started, &info, &ex);
             ex
         }
     }

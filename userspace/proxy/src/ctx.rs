@@ -13,7 +13,6 @@ use crate::caller::{CallerCounts, Source};
 use crate::io::{CancelToken, ConnectOptions};
 use crate::shared::{OriginalDst, Shared};
 use crate::state::{Scope, WorkerState};
-use weir_core::outcome::ErrorReason;
 
 /// How a new downstream connection is routed (decided once, at accept).
 #[derive(Debug, Clone, Copy)]
@@ -27,27 +26,20 @@ pub(crate) struct ConnRoute {
 }
 
 impl ConnRoute {
-    /// The service of a request on this connection (by the address dialed, else by `host`),
-    /// admitted under its pending limit; else why not: unknown service (counted as unrouted)
-    /// or overloaded (with its scope).
-    pub(crate) fn resolve(
-        &self,
-        state: &mut WorkerState,
-        host: Option<&[u8]>,
-    ) -> Result<Scope, (Option<Scope>, ErrorReason)> {
+    /// The service of a request on this connection (by the address dialed, else by `host`);
+    /// `None` for an unknown service, counted as unrouted. Admission (rate and pending limits)
+    /// is `policy::admit`'s.
+    pub(crate) fn resolve(&self, state: &mut WorkerState, host: Option<&[u8]>) -> Option<Scope> {
         let index = match (self.unknown, self.dialed) {
             (true, _) => None,
             (false, Some(d)) => state.snapshot().by_vip(d),
             (false, None) => host.and_then(|h| state.snapshot().by_host(h)),
         };
-        match index.map(|i| state.scope(i)) {
-            None => {
-                state.telemetry.shard.counters.unrouted += 1;
-                Err((None, ErrorReason::NoRoute))
-            }
-            Some(scope) if !state.admit(&scope) => Err((Some(scope), ErrorReason::Overloaded)),
-            Some(scope) => Ok(scope),
+        let scope = index.map(|i| state.scope(i));
+        if scope.is_none() {
+            state.telemetry.shard.counters.unrouted += 1;
         }
+        scope
     }
 }
 
@@ -76,6 +68,11 @@ impl Ctx {
     /// Milliseconds since process start (outlier detection's clock).
     pub(crate) fn now_ms(&self) -> u64 {
         self.shared.now_ms()
+    }
+
+    /// Nanoseconds since process start (rate limits' clock).
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.shared.now_ns()
     }
 
     /// Moves the worker to the latest published snapshot, if it changed.

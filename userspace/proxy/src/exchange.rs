@@ -1,4 +1,5 @@
-//! One proxied HTTP/1.1 exchange, read top to bottom: the plan, a held body, the attempts
+//! One proxied HTTP/1.1 exchange, read top to bottom: the route (once, on the parsed head:
+//! [`crate::policy`]), its header edits and faults, the plan, a held body, the attempts
 //! ([`crate::retry_loop::attempts`] with HTTP/1.1 attempts from [`crate::attempt::run`], or
 //! [`crate::h1_to_h2`] for an HTTP/2 service), then the endpoint's response streamed or weir's
 //! own error answered. Owns the request plan
@@ -14,9 +15,10 @@ use weir_core::retry::{self};
 use crate::attempt::{self, Bufs};
 use crate::body::{self, OutFraming, Source, Waits};
 use crate::ctx::Ctx;
-use crate::http::{self, BodyFraming, RequestHead};
+use crate::http::{self, BodyFraming, Method, RequestHead};
 use crate::io::Wait;
 use crate::plan::{AttemptResult, Attempter, Call, Downstream, Plan, via};
+use crate::policy::{self, H1Input};
 use crate::pool::UpConn;
 use crate::respond::{self, Reply};
 use crate::retry_loop::{self, End, Exchange, attempts};
@@ -52,15 +54,41 @@ impl Attempter for H1<'_> {
     }
 }
 
-/// Proxies one request whose head is parsed in `down.buf[..head.head_len]`.
+/// Answers a request weir does not forward (no service, no route, a limit, a fault) without
+/// reading its body: the connection closes after the answer when it has one.
+pub(crate) async fn refuse(ctx: &Ctx, down: &mut Downstream, head: &RequestHead, reply: Reply<'_>) -> Exchange {
+    let close = reply.close || head.body.has_body() || !head.keep_alive;
+    let reply = Reply { close, head_request: head.method == Method::Head, ..reply };
+    let written = respond::error(&mut down.conn, reply, ctx.downstream_write_timeout()).await;
+    down.buf.drain(..head.head_len);
+    Exchange {
+        status: reply.status(),
+        error: Some(reply.reason),
+        keep_alive: written && !reply.closes(),
+        ..Exchange::default()
+    }
+}
+
+/// Proxies one request whose head is parsed in `down.buf[..head.head_len]`; `scope` becomes
+/// the routed one.
 pub(crate) async fn exchange(
     ctx: &Ctx,
     down: &mut Downstream,
     head: &mut RequestHead,
-    scope: &Scope,
+    scope: &mut Scope,
     started: Instant,
 ) -> Exchange {
-    let mut plan = Plan::new(scope, head, down, started);
+    if !policy::route(ctx, scope, &H1Input { head, src: &down.buf }) {
+        return refuse(ctx, down, head, Reply::new(ErrorReason::NoRoute)).await;
+    }
+    let scope = &*scope;
+    policy::edit_h1(head, &down.buf, &scope.route().edits);
+    let fault = policy::fault(ctx, scope).await;
+    if let Some(status) = fault.abort {
+        return refuse(ctx, down, head, Reply { status: Some(status), ..Reply::new(ErrorReason::FaultInjected) }).await;
+    }
+    // A delay injected is not the endpoint's time: the request's deadline starts after it.
+    let mut plan = Plan::new(scope, head, down, fault.delayed.unwrap_or(started));
     let head_len = head.head_len;
     if plan.buffered_body {
         // weir answers `Expect: 100-continue` itself for a body it holds, and does not forward
@@ -112,7 +140,7 @@ pub(crate) async fn exchange(
         End::Fail(reason, detail) => {
             // After a streamed body the request's framing is unknown: close.
             let close = !plan.client_keep_alive || !plan.buffered_body;
-            let reply = Reply { reason, detail, close, head_request: plan.is_head };
+            let reply = Reply { detail, close, head_request: plan.is_head, ..Reply::new(reason) };
             if !respond::error(&mut down.conn, reply, plan.write_timeout).await {
                 ex.write_timeout = true;
             }

@@ -58,7 +58,7 @@ pub(crate) async fn exchange(call: Call<'_>, down: &mut Downstream, head: &mut R
                 left: H1Left::of(head.body),
                 wait: Wait::Idle(plan.response_idle),
             };
-            ReqBody::H1 { src, replay: Replay::new(scope.service().retry.replay_buffer_bytes, false) }
+            ReqBody::H1 { src, replay: Replay::new(scope.retry().replay_buffer_bytes, false) }
         };
         let mut a = ToH2::new(&req, body, grpc, None);
         let end = attempts(call, &mut a, &mut ex).await;
@@ -73,7 +73,7 @@ pub(crate) async fn exchange(call: Call<'_>, down: &mut Downstream, head: &mut R
         }
         End::Fail(reason, detail) => {
             let close = !plan.client_keep_alive || !plan.buffered_body;
-            let reply = Reply { reason, detail, close, head_request: plan.is_head };
+            let reply = Reply { detail, close, head_request: plan.is_head, ..Reply::new(reason) };
             if !respond::error(&mut down.conn, reply, plan.write_timeout).await {
                 ex.write_timeout = true;
             }

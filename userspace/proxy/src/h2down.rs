@@ -29,9 +29,10 @@ use crate::h2guard::{self, Guarded, Verdict};
 use crate::h2up::{H2Body, H2Up, ReqBody, ToH2};
 use crate::io::{PollIo, Wait};
 use crate::plan::{Call, Plan};
+use crate::policy::{self, H2Input};
 use crate::pool::UpConn;
 use crate::record::{RequestInfo, Requester, account};
-use crate::respond;
+use crate::respond::{self, Reply};
 use crate::retry_loop::{End, Exchange, attempts};
 use crate::state::{Picked, Scope};
 use crate::trace::{self, Trace};
@@ -173,8 +174,8 @@ async fn stream(
         parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if parts.method == http::Method::CONNECT {
         // Tunnels (and RFC 8441's extended CONNECT) are not carried over HTTP/2.
-        let ex =
-            answer(&mut respond, ErrorReason::NotImplemented, Some("CONNECT is not supported"), grpc_request, false);
+        let reply = Reply { detail: Some("CONNECT is not supported"), ..Reply::new(ErrorReason::NotImplemented) };
+        let ex = answer(&mut respond, reply, grpc_request);
         account(ctx, None, &who, started, &info, &ex);
         return;
     }
@@ -189,33 +190,35 @@ async fn stream(
             .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()));
         route.resolve(&mut state, host)
     };
-    match routed {
-        Ok(scope) => {
+    let Some(mut scope) = routed else {
+        let reply = Reply { head_request: info.is_head, ..Reply::new(ErrorReason::NoRoute) };
+        let ex = answer(&mut respond, reply, grpc_request);
+        account(ctx, None, &who, started, &info, &ex);
+        return;
+    };
+    match policy::admit(ctx, &scope, &who) {
+        Ok(()) => {
             let arrival = Arrival { started, grpc_request };
-            let ex = proxy(ctx, &scope, parts, body, &mut respond, &who, arrival).await;
+            let ex = proxy(ctx, &mut scope, parts, body, &mut respond, &who, arrival).await;
             ctx.state.borrow_mut().release(&scope);
             account(ctx, Some(&scope), &who, started, &info, &ex);
         }
-        Err((scope, reason)) => {
-            let grpc = grpc_request || scope.as_ref().is_some_and(|s| s.config().protocol == Protocol::Grpc);
-            let ex = answer(&mut respond, reason, None, grpc, info.is_head);
-            account(ctx, scope.as_ref(), &who, started, &info, &ex);
+        Err(refused) => {
+            let grpc = grpc_request || scope.config().protocol == Protocol::Grpc;
+            let reply =
+                Reply { head_request: info.is_head, retry_after: refused.retry_after, ..Reply::new(refused.reason) };
+            let ex = answer(&mut respond, reply, grpc);
+            account(ctx, Some(&scope), &who, started, &info, &ex);
         }
     }
 }
 
 /// Answers a stream with weir's own error; what the exchange records of it.
-fn answer(
-    respond: &mut h2::server::SendResponse<Bytes>,
-    reason: ErrorReason,
-    detail: Option<&str>,
-    grpc: bool,
-    head_request: bool,
-) -> Exchange {
-    let code = respond::h2_error(respond, reason, detail, grpc, head_request);
+fn answer(respond: &mut h2::server::SendResponse<Bytes>, reply: Reply<'_>, grpc: bool) -> Exchange {
+    let code = respond::h2_error(respond, reply, grpc);
     Exchange {
-        status: if grpc { 200 } else { reason.status() },
-        error: Some(reason),
+        status: if grpc { 200 } else { reply.status() },
+        error: Some(reply.reason),
         grpc: code,
         h2: true,
         ..Exchange::default()
@@ -232,8 +235,8 @@ struct Arrival {
 /// Proxies one admitted stream.
 async fn proxy(
     ctx: &Ctx,
-    scope: &Scope,
-    parts: http::request::Parts,
+    scope: &mut Scope,
+    mut parts: http::request::Parts,
     body: h2::RecvStream,
     respond: &mut h2::server::SendResponse<Bytes>,
     who: &Requester,
@@ -242,7 +245,20 @@ async fn proxy(
     let Arrival { started, grpc_request } = arrival;
     let protocol = scope.config().protocol;
     let grpc = grpc_request || protocol == Protocol::Grpc;
-    let plan = Plan::for_h2(scope, &parts.method, started, who.trace);
+    let is_head = parts.method == http::Method::HEAD;
+    // Routing, once per stream on its parsed head, then the route's edits and faults.
+    if !policy::route(ctx, scope, &H2Input(&parts)) {
+        return answer(respond, Reply { head_request: is_head, ..Reply::new(ErrorReason::NoRoute) }, grpc);
+    }
+    let scope = &*scope;
+    policy::edit_h2(&mut parts.headers, &scope.route().edits);
+    let fault = policy::fault(ctx, scope).await;
+    if let Some(status) = fault.abort {
+        let reply = Reply { head_request: is_head, status: Some(status), ..Reply::new(ErrorReason::FaultInjected) };
+        return answer(respond, reply, grpc);
+    }
+    // A delay injected is not the endpoint's time: the request's deadline starts after it.
+    let plan = Plan::for_h2(scope, &parts.method, fault.delayed.unwrap_or(started), who.trace);
     let client_deadline = if grpc {
         parts.headers.get("grpc-timeout").and_then(|v| grpc::parse_timeout(v.as_bytes())).map(|t| started + t)
     } else {
@@ -251,7 +267,7 @@ async fn proxy(
     let mut req = ReqParts::from_h2(&parts, &[]);
     plan.retrace_h2(&mut req.headers);
     req.add_fields(&plan.extra_h2(who.peer, &parts.headers));
-    let limit = scope.service().retry.replay_buffer_bytes;
+    let limit = scope.retry().replay_buffer_bytes;
     let body = if body.is_end_stream() {
         None
     } else {
@@ -334,7 +350,7 @@ fn fail(
     plan: &Plan,
     ex: Exchange,
 ) -> Exchange {
-    let answered = answer(respond, reason, detail, grpc, plan.is_head);
+    let answered = answer(respond, Reply { detail, head_request: plan.is_head, ..Reply::new(reason) }, grpc);
     Exchange { status: answered.status, error: answered.error, grpc: answered.grpc, ..ex }
 }
 

@@ -18,6 +18,9 @@ use compio::io::{AsyncRead, AsyncWrite};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
+mod timer;
+use timer::Sleep;
+
 /// Options for sockets weir opens towards endpoints.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectOptions {
@@ -160,10 +163,10 @@ impl Conn {
         }
         socket.set_tcp_nodelay(true)?;
         let socket = TcpSocket::from_std_stream(socket.into())?;
-        match compio::time::timeout(timeout, socket.connect(addr)).await {
-            Ok(Ok(stream)) => Ok(Conn { inner: stream, sent: 0 }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        match until(Instant::now() + timeout, socket.connect(addr)).await {
+            Some(Ok(stream)) => Ok(Conn { inner: stream, sent: 0 }),
+            Some(Err(e)) => Err(e),
+            None => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
     }
 
@@ -394,7 +397,7 @@ pub enum ReadUntil {
 pub async fn read_until(conn: &mut Conn, buf: Vec<u8>, deadline: Instant, cancel: Option<&CancelToken>) -> ReadUntil {
     use futures_util::future::{Either, select};
     let read = std::pin::pin!(conn.read(buf));
-    let timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    let timer = std::pin::pin!(Sleep::until(deadline));
     let cancelled = std::pin::pin!(async {
         match cancel {
             Some(t) => t.clone().wait().await,
@@ -411,7 +414,7 @@ pub async fn read_until(conn: &mut Conn, buf: Vec<u8>, deadline: Instant, cancel
 /// Waits until `deadline`, or until `cancel` fires; `true` when cancelled.
 pub async fn wait_until(deadline: Instant, cancel: &CancelToken) -> bool {
     use futures_util::future::{Either, select};
-    let timer = std::pin::pin!(compio::time::sleep_until(deadline));
+    let timer = std::pin::pin!(Sleep::until(deadline));
     let cancelled = std::pin::pin!(cancel.clone().wait());
     matches!(select(timer, cancelled).await, Either::Right(_))
 }
@@ -421,13 +424,18 @@ pub use compio::runtime::CancelToken;
 
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {
-    compio::time::sleep(d).await
+    Sleep::until(Instant::now() + d).await
 }
 
 /// Runs `fut` until `deadline`; `None` when the deadline passed first (and `fut` was dropped,
 /// cancelling its I/O).
 pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
-    compio::time::timeout_at(deadline, fut).await.ok()
+    use futures_util::future::{Either, select};
+    let fut = std::pin::pin!(fut);
+    match select(fut, std::pin::pin!(Sleep::until(deadline))).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
 }
 
 /// Spawns a task on the current worker's runtime and lets it run on its own.

@@ -94,17 +94,17 @@ impl Plan {
         let (src, peer) = (&down.buf[..], down.peer);
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
-        let retry = &scope.service().retry;
+        let retry = scope.retry();
         let buffered_body = match head.body {
             BodyFraming::None => true,
             BodyFraming::ContentLength(n) => retry.body_is_replayable(n, true),
             _ => false,
         };
         let mut plan = Plan {
-            deadline: started + cfg.timeouts.request,
+            deadline: started + scope.request_timeout(),
             attempt_timeout: retry.per_attempt_timeout,
             connect_timeout: cfg.timeouts.connect,
-            response_idle: cfg.timeouts.request,
+            response_idle: scope.request_timeout(),
             write_timeout: proxy.downstream_write_timeout,
             response_limits: HeadLimits {
                 max_head_bytes: proxy.max_request_head_bytes.max(64 * 1024),
@@ -155,12 +155,12 @@ impl Plan {
     pub(crate) fn for_h2(scope: &Scope, method: &::http::Method, started: Instant, trace: Trace) -> Plan {
         let cfg = scope.config();
         let proxy = &scope.snapshot().config.proxy;
-        let retry = &scope.service().retry;
+        let retry = scope.retry();
         Plan {
-            deadline: started + cfg.timeouts.request,
+            deadline: started + scope.request_timeout(),
             attempt_timeout: retry.per_attempt_timeout,
             connect_timeout: cfg.timeouts.connect,
-            response_idle: cfg.timeouts.request,
+            response_idle: scope.request_timeout(),
             write_timeout: proxy.downstream_write_timeout,
             response_limits: HeadLimits {
                 max_head_bytes: proxy.max_request_head_bytes.max(64 * 1024),
@@ -300,11 +300,19 @@ impl Plan {
         (extra, n)
     }
 
-    /// Writes the request head for `endpoint` (and a held body) into `out`.
-    pub(crate) fn write_head(&self, head: &RequestHead, src: &[u8], endpoint: SocketAddr, out: &mut Vec<u8>) {
+    /// Writes the request head for `endpoint` (and a held body) into `out`, with the fields
+    /// the route sets (`set`).
+    pub(crate) fn write_head(
+        &self,
+        head: &RequestHead,
+        src: &[u8],
+        endpoint: SocketAddr,
+        set: &[(String, String)],
+        out: &mut Vec<u8>,
+    ) {
         let host = if head.host.is_none() { endpoint.to_string() } else { String::new() };
         let (extra, n) = self.added_fields(head, &host);
-        http::write_request_head(head, src, out, &extra[..n]);
+        http::write_request_head_with(head, src, out, &extra[..n], set);
         if self.buffered_body && self.body_len > 0 {
             out.extend_from_slice(&src[head.head_len..head.head_len + self.body_len as usize]);
         }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, PATH_BYTES};
+use weir_core::accesslog::{AUTHORITY_BYTES, InlineStr, LogProtocol, LogRecord, METHOD_BYTES, NO_ID, PATH_BYTES};
 use weir_core::stats::{Exemplar, RequestRecord};
 
 use crate::ctx::Ctx;
@@ -85,20 +85,26 @@ pub(crate) fn account(
         let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         (end.saturating_sub(duration), end)
     });
+    let record = RequestRecord {
+        status: (ex.status != 0).then_some(ex.status),
+        error: ex.error,
+        duration,
+        panic: ex.panic,
+        source: source.slot,
+        exemplar: who.trace.trace_id().map(|trace_id| Exemplar {
+            trace_id,
+            duration_ns: 0,
+            unix_ms: wall.map_or(0, |(_, end)| end.as_millis() as u64),
+        }),
+        grpc: ex.grpc,
+    };
+    // The route and backend a routed request took (services with routes only).
+    let routed = scope.and_then(|s| Some((s.route_index()?, s.backend())));
     if let Some(stats) = scope.and_then(|s| state.stats(s)) {
-        stats.record(&RequestRecord {
-            status: (ex.status != 0).then_some(ex.status),
-            error: ex.error,
-            duration,
-            panic: ex.panic,
-            source: source.slot,
-            exemplar: who.trace.trace_id().map(|trace_id| Exemplar {
-                trace_id,
-                duration_ns: 0,
-                unix_ms: wall.map_or(0, |(_, end)| end.as_millis() as u64),
-            }),
-            grpc: ex.grpc,
-        });
+        stats.record(&record);
+        if let Some((route, backend)) = routed {
+            stats.route_mut(route, &backend.name).record(&record);
+        }
     }
     let t = &mut state.telemetry;
     let (start, _) = wall.unwrap_or_default();
@@ -138,6 +144,8 @@ pub(crate) fn account(
             worker: ctx.worker as u16,
             protocol: if ex.h2 { LogProtocol::Http2 } else { LogProtocol::Http },
             grpc_status: ex.grpc,
+            route: routed.map_or(NO_ID, |(r, _)| r),
+            backend: routed.map_or(NO_ID, |(_, b)| b.log_id),
             source_cgroup_id: source.cgroup_id.unwrap_or(0),
         });
     }

@@ -30,12 +30,17 @@ pub(crate) struct Reply<'a> {
     pub close: bool,
     /// The request was HEAD: headers only.
     pub head_request: bool,
+    /// Another status than the reason's own (a fault's configured `abort_status`).
+    pub status: Option<u16>,
+    /// `Retry-After` seconds, for a reason that sends it, when known better than the default
+    /// (a rate limit's next token).
+    pub retry_after: Option<u32>,
 }
 
 impl Reply<'_> {
     /// An answer with `reason`'s own message, kept open unless the reason closes.
     pub(crate) fn new(reason: ErrorReason) -> Reply<'static> {
-        Reply { reason, detail: None, close: false, head_request: false }
+        Reply { reason, detail: None, close: false, head_request: false, status: None, retry_after: None }
     }
 
     /// Whether the connection closes after this answer.
@@ -43,13 +48,23 @@ impl Reply<'_> {
         self.close || self.reason.closes_connection()
     }
 
+    /// The status sent.
+    pub(crate) fn status(&self) -> u16 {
+        self.status.unwrap_or(self.reason.status())
+    }
+
+    /// The `Retry-After` sent, if any.
+    fn retry_after_secs(&self) -> Option<u32> {
+        self.reason.sets_retry_after().then(|| self.retry_after.unwrap_or(DEFAULT_SHED_RETRY_AFTER_SECS))
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
         ErrorResponse {
-            status: self.reason.status(),
+            status: self.status(),
             reason: self.reason.as_str(),
             detail: self.detail.unwrap_or(self.reason.message()),
             close: self.closes(),
-            retry_after_secs: self.reason.sets_retry_after().then_some(DEFAULT_SHED_RETRY_AFTER_SECS),
+            retry_after_secs: self.retry_after_secs(),
             omit_body: self.head_request,
         }
         .write(out);
@@ -66,17 +81,13 @@ pub(crate) async fn error(conn: &mut Conn, reply: Reply<'_>, write_timeout: Dura
 /// Answers an HTTP/2 stream with weir's own error: an HTTP status with `x-weir-error` and a
 /// body saying what was wrong, or for a gRPC call a trailers-only response (`:status 200`,
 /// `grpc-status` from [`grpc::status_for`], `grpc-message`). Returns the `grpc-status` sent.
-pub(crate) fn h2_error(
-    respond: &mut h2::server::SendResponse<Bytes>,
-    reason: ErrorReason,
-    detail: Option<&str>,
-    grpc_call: bool,
-    head_request: bool,
-) -> Option<u8> {
-    let detail = detail.unwrap_or(reason.message());
+/// (`reply.close` does not apply: the connection's other streams go on.)
+pub(crate) fn h2_error(respond: &mut h2::server::SendResponse<Bytes>, reply: Reply<'_>, grpc_call: bool) -> Option<u8> {
+    let reason = reply.reason;
+    let detail = reply.detail.unwrap_or(reason.message());
     let mut head = http::Response::new(());
     if !grpc_call {
-        *head.status_mut() = http::StatusCode::from_u16(reason.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        *head.status_mut() = http::StatusCode::from_u16(reply.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
     }
     let h = head.headers_mut();
     h.insert("x-weir-error", http::HeaderValue::from_static(reason.as_str()));
@@ -93,10 +104,10 @@ pub(crate) fn h2_error(
     let body = format!("{detail}\n");
     h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
-    if reason.sets_retry_after() {
-        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(DEFAULT_SHED_RETRY_AFTER_SECS));
+    if let Some(secs) = reply.retry_after_secs() {
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
     }
-    if head_request {
+    if reply.head_request {
         let _ = respond.send_response(head, true);
     } else if let Ok(mut send) = respond.send_response(head, false) {
         let _ = send.send_data(Bytes::from(body), true);
@@ -151,6 +162,11 @@ mod tests {
         assert!(t.contains("retry-after: 1\r\n") && !t.contains("connection: close"), "{t}");
         let t = text(Reply { head_request: true, ..Reply::new(ErrorReason::NoRoute) });
         assert!(t.ends_with("\r\n\r\n") && t.contains("content-length: "), "a HEAD answer has no body: {t}");
+        let t = text(Reply { retry_after: Some(3), ..Reply::new(ErrorReason::RateLimited) });
+        assert!(t.starts_with("HTTP/1.1 429 ") && t.contains("retry-after: 3\r\n"), "{t}");
+        assert!(t.contains("x-weir-error: rate-limited\r\n") && !t.contains("connection: close"), "{t}");
+        let t = text(Reply { status: Some(418), ..Reply::new(ErrorReason::FaultInjected) });
+        assert!(t.starts_with("HTTP/1.1 418 ") && t.contains("x-weir-error: fault-injected\r\n"), "{t}");
     }
 
     #[test]

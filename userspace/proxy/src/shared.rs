@@ -62,4 +62,9 @@ impl Shared {
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+
+    /// Nanoseconds since [`Shared::epoch`] (rate limits' clock).
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
 }

@@ -1,21 +1,27 @@
 //! The immutable snapshot workers run on: a validated config plus what is derived from it once
 //! per publication: route tables (VIP, Host, name) and, per service, its policies precomputed
-//! (retry, budget, outlier, per-worker limits), its `Host` forms and the state all cores share
-//! (outlier health). Built where a config is loaded (at start, on a reload from the signal loop
-//! or the file watcher, or when discovery hands over a change), published with one atomic swap,
-//! read by workers without locks. A build costs what changed: unchanged services keep their
-//! derived state, and when no service was added, removed, moved or re-addressed (an endpoint
-//! change, the common case under Kubernetes churn) the route tables are shared with the
-//! previous snapshot. Must not: change after publication; anything a worker mutates lives in
-//! its own `WorkerState`.
+//! (retry, budget, outlier, per-worker limits), its `Host` forms, its backends with the state
+//! all cores share (outlier and health-check state, per backend), its routes (matches, splits,
+//! per-route retry policy and timeout, header edits, faults) and its rate limit's shared
+//! bucket. Built where a config is loaded (at start, on a reload from the signal loop or the
+//! file watcher, or when discovery hands over a change), published with one atomic swap, read
+//! by workers without locks. A build costs what changed: unchanged services keep their derived
+//! state, and when no service was added, removed, moved or re-addressed (an endpoint change,
+//! the common case under Kubernetes churn) the route tables are shared with the previous
+//! snapshot. Must not: change after publication; anything a worker mutates lives in its own
+//! `WorkerState`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use weir_core::config::{Config, ServiceConfig};
+use weir_core::accesslog::Names;
+use weir_core::config::{Config, EndpointConfig, FaultConfig, HeaderEdits, ServiceConfig};
 use weir_core::outlier::ServiceHealth;
+use weir_core::ratelimit::RateLimit;
 use weir_core::retry::{BudgetPolicy, RetryPolicy};
+use weir_core::route::RouteMatch;
 
 /// One published configuration.
 #[derive(Debug)]
@@ -30,6 +36,8 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
     /// Shared with the previous snapshot while no route changed.
     routes: Arc<Routes>,
+    /// Backend names by access-log id, the same table for every snapshot of the process.
+    pub names: Arc<Names>,
 }
 
 /// Where a connection or request goes: service indexes by VIP (or dedicated listen address),
@@ -47,8 +55,16 @@ struct Routes {
 pub struct Service {
     /// The service name (the `service` label).
     pub name: Arc<str>,
-    /// Outlier detection, shared by all workers; carried across reloads for endpoints that stay.
-    pub health: Arc<ServiceHealth>,
+    /// Its endpoint groups: the named backends, or one made of the service's `endpoints`.
+    pub backends: Vec<Backend>,
+    /// Its routes, in order; a service without `[[service.route]]` has one that matches
+    /// every request and sends it to its one backend.
+    pub routes: Vec<Route>,
+    /// Routes are configured: requests are routed, and counted and logged per route and
+    /// backend.
+    pub routed: bool,
+    /// The shared side of `[service.rate_limit]`; kept across reloads that do not change it.
+    pub rate_limit: Option<Arc<RateLimit>>,
     /// Retry policy (`[service.retry]` + the attempt timeout).
     pub retry: RetryPolicy,
     /// Retry budget policy.
@@ -63,14 +79,100 @@ pub struct Service {
     hosts: Box<[Arc<str>]>,
 }
 
+/// One endpoint group of a service, with its own balancers (per worker), outlier state and
+/// panic mode.
+#[derive(Debug)]
+pub struct Backend {
+    /// Its name (`default` for a service's own `endpoints`): the `backend` label.
+    pub name: Arc<str>,
+    /// Its id in the access log's [`Names`].
+    pub log_id: u16,
+    /// Its endpoints.
+    pub endpoints: Box<[EndpointConfig]>,
+    /// Outlier detection and health-check state, shared by all workers; carried across
+    /// reloads for endpoints that stay (matched by backend name and address).
+    pub health: Arc<ServiceHealth>,
+}
+
+/// One route, derived once: what a request that matches it gets.
+#[derive(Debug)]
+pub struct Route {
+    /// Which requests take it.
+    pub matcher: RouteMatch,
+    /// Weight per backend of the service (index-aligned; 0 for a backend it does not name).
+    pub weights: Box<[u32]>,
+    /// The service's retry policy with the route's overrides.
+    pub retry: RetryPolicy,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Fields set and removed on the way to the endpoint.
+    pub edits: HeaderEdits,
+    /// Faults injected.
+    pub fault: FaultConfig,
+}
+
 impl Service {
-    fn new(cfg: &ServiceConfig, workers: usize, previous: Option<&Service>) -> Service {
-        let addrs: Vec<SocketAddr> = cfg.endpoints.iter().map(|e| e.addr).collect();
+    fn new(
+        cfg: &ServiceConfig,
+        workers: usize,
+        previous: Option<(&ServiceConfig, &Service)>,
+        names: &Names,
+    ) -> Service {
         let policy = cfg.outlier_policy();
-        let health = match previous {
-            Some(old) => ServiceHealth::carry_over(&old.health, policy, &addrs),
-            None => ServiceHealth::new(policy, &addrs),
+        let checked = cfg.health_check.is_some();
+        let backends: Vec<Backend> = cfg
+            .backend_groups()
+            .map(|(name, endpoints)| {
+                let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+                let old = previous.and_then(|(_, p)| p.backends.iter().find(|b| &*b.name == name));
+                let health = match old {
+                    Some(old) => ServiceHealth::carry_over(&old.health, policy, &addrs, checked),
+                    None if checked => ServiceHealth::new_checked(policy, &addrs),
+                    None => ServiceHealth::new(policy, &addrs),
+                };
+                Backend {
+                    name: Arc::from(name),
+                    log_id: names.id(name),
+                    endpoints: endpoints.into(),
+                    health: Arc::new(health),
+                }
+            })
+            .collect();
+        let routes = if cfg.routes.is_empty() {
+            vec![Route {
+                matcher: RouteMatch::default(),
+                weights: vec![1; backends.len()].into(),
+                retry: cfg.retry_policy(),
+                request_timeout: cfg.timeouts.request,
+                edits: HeaderEdits::default(),
+                fault: FaultConfig { abort_percent: 0.0, abort_status: 503, delay_percent: 0.0, delay: Duration::ZERO },
+            }]
+        } else {
+            cfg.routes
+                .iter()
+                .map(|r| Route {
+                    matcher: r.matcher.clone(),
+                    weights: backends
+                        .iter()
+                        .map(
+                            |b| {
+                                if cfg.backends.is_empty() { 1 } else { r.backends.get(&*b.name).copied().unwrap_or(0) }
+                            },
+                        )
+                        .collect(),
+                    retry: cfg.route_retry_policy(r),
+                    request_timeout: cfg.route_request_timeout(r),
+                    edits: r.request_headers.clone(),
+                    fault: r.fault.clone(),
+                })
+                .collect()
         };
+        let rate_limit = cfg.rate_limit.as_ref().map(|rl| match previous {
+            Some((old_cfg, old)) if old_cfg.rate_limit.as_ref() == Some(rl) && old.rate_limit.is_some() => {
+                old.rate_limit.clone().unwrap_or_else(|| Arc::new(RateLimit::new(rl, workers)))
+            }
+            _ => Arc::new(RateLimit::new(rl, workers)),
+        });
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let mut hosts: Vec<Arc<str>> = Vec::with_capacity(4 + cfg.aliases.vips.len() + cfg.aliases.hosts.len());
         hosts.push(name.clone());
@@ -84,7 +186,10 @@ impl Service {
         hosts.extend(cfg.aliases.hosts.iter().map(|h| Arc::from(h.as_str())));
         Service {
             name,
-            health: Arc::new(health),
+            backends,
+            routes,
+            routed: !cfg.routes.is_empty(),
+            rate_limit,
             retry: cfg.retry_policy(),
             budget: cfg.budget_policy(),
             max_pending_per_worker: cfg.limits.max_pending_requests.div_ceil(workers.max(1) as u32).max(1),
@@ -131,6 +236,7 @@ impl Snapshot {
     /// is derived again, its outlier state carried over by endpoint address (an ejected
     /// endpoint stays ejected across a reload).
     pub fn build(mut config: Config, workers: usize, previous: Option<&Snapshot>) -> Snapshot {
+        let names = previous.map_or_else(Arc::default, |p| p.names.clone());
         let mut services = Vec::with_capacity(config.services.len());
         // The route tables can be shared when every service is routed to as in `previous`, at
         // the same index.
@@ -147,8 +253,10 @@ impl Snapshot {
                     config.services[i] = p.config.services[j].clone();
                     p.services[j].clone()
                 }
-                Some((p, j)) => Arc::new(Service::new(s, workers, Some(&p.services[j]))),
-                None => Arc::new(Service::new(s, workers, None)),
+                Some((p, j)) => {
+                    Arc::new(Service::new(s, workers, Some((&p.config.services[j], &p.services[j])), &names))
+                }
+                None => Arc::new(Service::new(s, workers, None, &names)),
             };
             if same_routes_as_previous {
                 same_routes_as_previous = match old {
@@ -168,6 +276,7 @@ impl Snapshot {
             workers,
             services,
             routes,
+            names,
         }
     }
 
@@ -202,6 +311,17 @@ fn host_ip(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service with two backends, two routes (a split), a rate limit and health checks.
+    pub(crate) const SHOP: &str = "[[service]]\nname = \"shop\"\nvip = \"127.10.0.5:80\"\n\
+        [[service.backend]]\nname = \"stable\"\nendpoints = [\"127.0.0.1:18101\", \"127.0.0.1:18102\"]\n\
+        [[service.backend]]\nname = \"canary\"\nendpoints = [\"127.0.0.1:18103\"]\n\
+        [[service.route]]\nmatch = { path_prefix = \"/v2/\" }\nbackends = { canary = 1 }\n\
+        [service.route.timeouts]\nrequest_ms = 2000\n\
+        [[service.route]]\nmatch = { path_prefix = \"/\" }\nbackends = { stable = 90, canary = 10 }\n\
+        request_headers = { set = { \"x-weir-route\" = \"default\" }, remove = [\"x-debug\"] }\n\
+        [service.rate_limit]\nrequests_per_second = 100\nburst = 50\n\
+        [service.health_check]\npath = \"/healthz\"\n";
 
     fn config(services: &str) -> Config {
         Config::parse(services, std::path::Path::new("test.toml")).expect("valid config")
@@ -283,6 +403,38 @@ mod tests {
         assert_eq!((svc.retry.attempts, svc.max_pending_per_worker), (5, 5));
         let s2 = Snapshot::build(config(one), 2, Some(&s1));
         assert_eq!(s2.generation, 2);
-        assert_eq!(s2.services[0].health.addresses(), s1.services[0].health.addresses());
+        assert_eq!(s2.services[0].backends[0].health.addresses(), s1.services[0].backends[0].health.addresses());
+    }
+
+    #[test]
+    fn backends_routes_and_limits_are_derived_and_kept_across_reloads() {
+        let shop = SHOP;
+        let s1 = Snapshot::build(config(shop), 2, None);
+        let svc = &s1.services[0];
+        let names: Vec<&str> = svc.backends.iter().map(|b| &*b.name).collect();
+        assert_eq!(names, ["stable", "canary"]);
+        assert!(svc.routed);
+        assert_eq!((&*svc.routes[0].weights, &*svc.routes[1].weights), (&[0, 1][..], &[90, 10][..]));
+        assert_eq!(svc.routes[0].request_timeout, Duration::from_secs(2));
+        assert_eq!(s1.names.get(svc.backends[1].log_id).as_deref(), Some("canary"));
+        assert!(!svc.backends[0].health.is_usable(1), "checked endpoints wait for their first check");
+        assert!(svc.backends[0].health.mark_up_first(0));
+        // Another split: the service is derived again, its rate limit and health state kept.
+        let s2 = Snapshot::build(
+            config(&shop.replace("stable = 90, canary = 10", "stable = 50, canary = 50")),
+            2,
+            Some(&s1),
+        );
+        let svc2 = &s2.services[0];
+        assert!(!Arc::ptr_eq(&s1.services[0], svc2));
+        assert_eq!(&*svc2.routes[1].weights, &[50, 50]);
+        assert!(Arc::ptr_eq(svc.rate_limit.as_ref().expect("limit"), svc2.rate_limit.as_ref().expect("limit")));
+        assert!(!svc2.backends[0].health.is_usable(1), "an unhealthy endpoint stays so");
+        assert!(svc2.backends[0].health.is_usable(0), "a checked one stays in");
+        assert_eq!(svc2.backends[1].log_id, svc.backends[1].log_id);
+        // A plain service: one backend, one route matching everything, nothing routed.
+        let plain = Snapshot::build(config("[[service]]\nname = \"p\"\nvip = \"127.10.1.9:80\"\n"), 2, None);
+        let p = &plain.services[0];
+        assert_eq!((p.backends.len(), p.routes.len(), p.routed, &*p.backends[0].name), (1, 1, false, "default"));
     }
 }

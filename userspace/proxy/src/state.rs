@@ -1,14 +1,16 @@
 //! One worker's own mutable state, knowing nothing of the worker thread: per service its
-//! balancer, idle pools, pending count, retry budget, stats slot and upstream-connection
-//! gauge; the worker's RNG, buffer and head pools, and its telemetry outputs. Owns: picking an
-//! endpoint and recording what an attempt says about it.
+//! balancers and idle pools (one set per backend), its routes' split positions and regex
+//! caches, pending count, retry budget, rate-limit tokens, stats slot and upstream-connection
+//! gauge; the worker's RNG, buffer and head pools, and its telemetry outputs. Owns: routing a
+//! request within its service, picking an endpoint and recording what an attempt says about
+//! it (`state/active.rs`).
 //!
-//! A service costs little until it is used on this worker: its balancer and pools
-//! ([`Active`]) are built on its first request and dropped again after [`IDLE_RELEASE`]
+//! A service costs little until it is used on this worker: its balancers, pools and route
+//! state ([`Active`]) are built on its first request and dropped again after [`IDLE_RELEASE`]
 //! without requests, once nothing is pooled or in flight. A new snapshot is applied
 //! incrementally: a service whose derived state the snapshot kept (the same `Arc<Service>`)
 //! keeps its state untouched; a changed one is rebuilt with its pools, latency estimates,
-//! budget and gauge carried over by endpoint address.
+//! budget and gauge carried over by backend name and endpoint address.
 //! Must not: do I/O (beyond closing pooled sockets it drops), be shared between threads, or be
 //! borrowed across an `.await` (it lives in a `RefCell`; clippy denies holding the borrow).
 
@@ -17,33 +19,68 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use weir_core::balance::Balancer;
+use rand::{Rng, SeedableRng};
 use weir_core::config::ServiceConfig;
-use weir_core::outcome::Outcome;
-use weir_core::outlier::{HealthSignal, OutlierEvent};
-use weir_core::retry::{Attempted, Next, RetryBudget};
+use weir_core::ratelimit::{Caller, Limited, LocalTokens, RateLimit};
+use weir_core::retry::{Attempted, Next, RetryBudget, RetryPolicy};
 use weir_core::stats::ServiceStats;
 
 use crate::http::ResponseHead;
-use crate::pool::{Gauge, H2Conn, H2Pool, Lease, Pool, UpConn};
-use crate::snapshot::{Service, Snapshot};
+use crate::pool::Gauge;
+use crate::snapshot::{Backend, Route, Service, Snapshot};
 use crate::telemetry::WorkerTelemetry;
 
-/// A request's service, resolved once: the snapshot it was routed on and the service's index
-/// there. Cheap to clone (a thread-local reference count, never the shared `Arc`'s).
+mod active;
+pub(crate) use active::{Active, IDLE_RELEASE};
+
+/// A request's service, resolved once: the snapshot it was routed on, the service's index
+/// there, and once routed ([`WorkerState::route`]) its route and backend. Cheap to clone (a
+/// thread-local reference count, never the shared `Arc`'s).
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
     #[expect(clippy::redundant_allocation, reason = "clones bump a thread-local count, not the Arc's atomic one")]
     snapshot: Rc<Arc<Snapshot>>,
     index: usize,
+    /// The route taken; [`NOT_ROUTED`] before routing (the service's first route applies).
+    route: u16,
+    backend: u16,
 }
 
+/// A scope's route before the request is routed.
+const NOT_ROUTED: u16 = u16::MAX;
+
 impl Scope {
-    /// The service's derived state (policies, health).
+    /// The service's derived state (policies, backends, routes).
     pub(crate) fn service(&self) -> &Service {
         &self.snapshot.services[self.index]
+    }
+
+    /// The route the request takes (the service's first before routing: for a service
+    /// without routes, the one that matches everything).
+    pub(crate) fn route(&self) -> &Route {
+        let routes = &self.service().routes;
+        routes.get(usize::from(self.route)).unwrap_or(&routes[0])
+    }
+
+    /// The route's index, once the request was routed on a service with routes.
+    pub(crate) fn route_index(&self) -> Option<u16> {
+        (self.route != NOT_ROUTED && self.service().routed).then_some(self.route)
+    }
+
+    /// The backend the request goes to.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.service().backends[usize::from(self.backend)]
+    }
+
+    /// The retry policy in force (the route's).
+    pub(crate) fn retry(&self) -> &RetryPolicy {
+        &self.route().retry
+    }
+
+    /// The whole-request timeout in force (the route's).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.route().request_timeout
     }
 
     /// The service's config.
@@ -65,7 +102,9 @@ impl Scope {
 /// An endpoint chosen for one attempt.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Picked {
-    /// Index in the service's endpoint list of the snapshot `generation`.
+    /// Index of its backend in the service of the snapshot `generation`.
+    pub backend: usize,
+    /// Index in the backend's endpoint list of the snapshot `generation`.
     pub index: usize,
     pub addr: SocketAddr,
     /// Chosen in panic mode (over all endpoints, ejected ones included).
@@ -89,7 +128,7 @@ impl Tried {
         }
     }
 
-    fn contains(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
         self.addrs[..self.len].contains(&Some(addr))
     }
 
@@ -99,57 +138,10 @@ impl Tried {
     }
 }
 
-/// A service's state that exists only while it is in use on this worker.
-#[derive(Debug)]
-pub(crate) struct Active {
-    balancer: Balancer,
-    /// Idle connections per endpoint (index-aligned with the service's endpoints).
-    pools: Vec<Pool>,
-    /// HTTP/2 connections per endpoint (HTTP/2 and gRPC services; empty otherwise).
-    h2: Vec<H2Pool>,
-    /// When a request last picked an endpoint.
-    last_pick: Instant,
-}
-
-/// A service unused this long on a worker (nothing pooled, nothing in flight) gives its
-/// balancer and pools back.
-pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(600);
-
-impl Active {
-    fn new(cfg: &ServiceConfig, seed: u64, now: Instant) -> Box<Active> {
-        let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
-        let h2 = if cfg.protocol.upstream_h2() { cfg.endpoints.len() } else { 0 };
-        Box::new(Active {
-            balancer: Balancer::new(cfg.lb, &weights, seed),
-            pools: (0..cfg.endpoints.len()).map(|_| Pool::default()).collect(),
-            h2: (0..h2).map(|_| H2Pool::default()).collect(),
-            last_pick: now,
-        })
-    }
-
-    /// A new state for `cfg` with what `prev` (for `prev_cfg`) knew, matched by address.
-    fn carried(cfg: &ServiceConfig, seed: u64, prev_cfg: &ServiceConfig, prev: &mut Active) -> Box<Active> {
-        let mut next = Active::new(cfg, seed, prev.last_pick);
-        next.balancer.carry_latency_from(&prev.balancer, |new_i| {
-            prev_cfg.endpoints.iter().position(|e| e.addr == cfg.endpoints[new_i].addr)
-        });
-        for (k, e) in prev_cfg.endpoints.iter().enumerate() {
-            if let Some(n) = cfg.endpoints.iter().position(|n| n.addr == e.addr) {
-                next.pools[n] = std::mem::take(&mut prev.pools[k]);
-                if let (Some(to), Some(from)) = (next.h2.get_mut(n), prev.h2.get_mut(k)) {
-                    *to = std::mem::take(from);
-                }
-            }
-        }
-        // Pools of endpoints that are gone close with `prev` (dropped by the caller).
-        next
-    }
-}
-
 /// Per-service state on one worker.
 #[derive(Debug)]
 pub(crate) struct ServiceState {
-    /// Balancer and pools, while the service is in use here.
+    /// Balancers, pools and route state, while the service is in use here.
     active: Option<Box<Active>>,
     /// Seeds this service's balancer on this worker.
     seed: u64,
@@ -160,6 +152,8 @@ pub(crate) struct ServiceState {
     stats: usize,
     /// Open upstream connections (the `weir_upstream_connections` gauge's share).
     gauge: Gauge,
+    /// Tokens drawn from the service's rate limit (and which limit they came from).
+    tokens: Option<(Arc<RateLimit>, LocalTokens)>,
 }
 
 /// Buffers kept for reuse per worker, and the largest one kept.
@@ -230,14 +224,14 @@ impl WorkerState {
                 // Unchanged: kept exactly as it was.
                 Some((j, prev)) if Arc::ptr_eq(&old_snapshot.services[j], svc) => prev,
                 Some((j, prev)) => {
-                    let prev_cfg = &old_snapshot.config.services[j];
                     let budget = if old_snapshot.services[j].budget == svc.budget {
                         prev.budget
                     } else {
                         RetryBudget::new(svc.budget, workers)
                     };
+                    let prev_svc = &old_snapshot.services[j];
                     ServiceState {
-                        active: prev.active.map(|mut a| Active::carried(cfg, prev.seed, prev_cfg, &mut a)),
+                        active: prev.active.map(|a| Active::carried(cfg, svc, prev.seed, prev_svc, *a)),
                         budget,
                         // Requests in flight and open connections stay counted.
                         ..prev
@@ -250,6 +244,7 @@ impl WorkerState {
                     budget: RetryBudget::new(svc.budget, workers),
                     stats: self.telemetry.shard.slot(&cfg.name),
                     gauge: Gauge::default(),
+                    tokens: None,
                 },
             };
             self.services.push(state);
@@ -262,9 +257,9 @@ impl WorkerState {
         }
     }
 
-    /// A request's scope for service `index` of the current snapshot.
+    /// A request's scope for service `index` of the current snapshot (not routed yet).
     pub(crate) fn scope(&self, index: usize) -> Scope {
-        Scope { snapshot: self.snapshot.clone(), index }
+        Scope { snapshot: self.snapshot.clone(), index, route: NOT_ROUTED, backend: 0 }
     }
 
     /// Index of `scope`'s service in the current snapshot: its own while the snapshot is the
@@ -287,6 +282,23 @@ impl WorkerState {
     pub(crate) fn stats(&mut self, scope: &Scope) -> Option<&mut ServiceStats> {
         let slot = self.service_mut(scope)?.stats;
         Some(self.telemetry.shard.service_mut(slot))
+    }
+
+    /// Lets a request of `caller` through `scope`'s rate limit (when it has one), with this
+    /// worker's tokens; `Err` says when the next one would pass.
+    pub(crate) fn rate_limit(&mut self, scope: &Scope, caller: Caller, now_ns: u64) -> Result<(), Limited> {
+        let Some(limit) = &scope.service().rate_limit else { return Ok(()) };
+        let Some(s) = self.service_mut(scope) else { return Ok(()) };
+        let tokens = match &mut s.tokens {
+            Some((from, tokens)) if Arc::ptr_eq(from, limit) => tokens,
+            slot => &mut slot.insert((limit.clone(), LocalTokens::new(limit))).1,
+        };
+        tokens.admit(limit, caller, now_ns)
+    }
+
+    /// Whether a request falls in `percent` (0..=100) of all, by this worker's RNG.
+    pub(crate) fn roll(&mut self, percent: f64) -> bool {
+        percent > 0.0 && self.rng.random::<f64>() * 100.0 < percent
     }
 
     /// Admits a request to `scope` unless its pending limit is reached.
@@ -320,150 +332,6 @@ impl WorkerState {
         self.service_mut(scope).map(|s| s.gauge.clone()).unwrap_or_default()
     }
 
-    /// Picks an endpoint of `scope` for the next attempt: one the request has not tried yet
-    /// when one is eligible, else any eligible one other than the last tried, else the last
-    /// tried. An endpoint on probation admits one request at a time across all cores. `None`:
-    /// no endpoint may be used now.
-    pub(crate) fn pick(&mut self, scope: &Scope, tried: &Tried, now: Instant, now_ms: u64) -> Option<Picked> {
-        let index = self.current_index(scope)?;
-        let snapshot = self.snapshot.clone();
-        let cfg = snapshot.config.services.get(index)?;
-        let health = &*snapshot.services[index].health;
-        let eligibility = health.eligibility();
-        let avoid = tried.last().and_then(|a| cfg.endpoints.iter().position(|e| e.addr == a));
-        let service = self.services.get_mut(index)?;
-        let seed = service.seed;
-        let state = service.active.get_or_insert_with(|| Active::new(cfg, seed, now));
-        state.last_pick = now;
-        let mut excluded: Option<usize> = None;
-        for _ in 0..3 {
-            let usable = |i: usize| Some(i) != excluded && (eligibility.panic || health.is_eligible(i, now_ms));
-            let fresh = |i: usize| usable(i) && !tried.contains(cfg.endpoints[i].addr);
-            let chosen = match state.balancer.pick(now, fresh, avoid) {
-                Some(i) => i,
-                None => state.balancer.pick(now, usable, avoid)?,
-            };
-            if eligibility.panic || health.try_claim(chosen, now_ms) {
-                state.balancer.on_start(chosen);
-                return Some(Picked {
-                    index: chosen,
-                    addr: cfg.endpoints[chosen].addr,
-                    panic: eligibility.panic,
-                    generation: snapshot.generation,
-                });
-            }
-            excluded = Some(chosen);
-        }
-        None
-    }
-
-    /// The keep-alive race retry: the same endpoint again, for a fresh connection.
-    pub(crate) fn repick(&mut self, scope: &Scope, addr: SocketAddr) -> Option<Picked> {
-        let i = self.current_index(scope)?;
-        let snapshot = self.snapshot.clone();
-        let index = snapshot.config.services[i].endpoints.iter().position(|e| e.addr == addr)?;
-        self.services.get_mut(i)?.active.as_mut()?.balancer.on_start(index);
-        Some(Picked { index, addr, panic: false, generation: snapshot.generation })
-    }
-
-    /// An idle pooled connection to `picked`, if one is fit for reuse.
-    pub(crate) fn take_pooled(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<UpConn> {
-        if self.snapshot.generation != picked.generation {
-            return None;
-        }
-        let max_idle = scope.config().timeouts.upstream_idle;
-        self.service_mut(scope)?.active.as_mut()?.pools.get_mut(picked.index)?.take(now, max_idle)
-    }
-
-    /// A handle on an HTTP/2 connection to `picked` with room for one more stream.
-    pub(crate) fn take_h2(&mut self, scope: &Scope, picked: &Picked, now: Instant) -> Option<Lease> {
-        if self.snapshot.generation != picked.generation {
-            return None;
-        }
-        self.service_mut(scope)?.active.as_mut()?.h2.get_mut(picked.index)?.take(now)
-    }
-
-    /// Adds a new HTTP/2 connection to `picked`'s pool and returns a handle on it (the
-    /// connection is dropped, and the handle is the only one, when the endpoint is gone).
-    pub(crate) fn put_h2(&mut self, scope: &Scope, picked: &Picked, conn: H2Conn, now: Instant) -> Option<Lease> {
-        let same = self.snapshot.generation == picked.generation;
-        let pool = self.service_mut(scope).and_then(|s| s.active.as_mut()?.h2.get_mut(picked.index)).filter(|_| same);
-        match pool {
-            Some(pool) => {
-                pool.put(conn);
-                pool.take(now)
-            }
-            None => Some(conn.lease()),
-        }
-    }
-
-    /// Returns a connection whose exchange completed cleanly to `picked`'s pool (dropped, and
-    /// so closed, when the endpoint is gone).
-    pub(crate) fn put_pooled(&mut self, scope: &Scope, picked: &Picked, up: UpConn, now: Instant) {
-        if self.snapshot.generation != picked.generation {
-            return;
-        }
-        let cap = scope.service().max_idle_per_endpoint;
-        if let Some(pool) = self.service_mut(scope).and_then(|s| s.active.as_mut()?.pools.get_mut(picked.index)) {
-            pool.put(up, now, cap);
-        }
-    }
-
-    /// Reports an attempt: balancer load and latency (`latency` to the response head; `None`
-    /// when there was no response), then what the outcome says about the endpoint's health.
-    pub(crate) fn report(
-        &mut self,
-        scope: &Scope,
-        picked: &Picked,
-        outcome: &Outcome,
-        latency: Option<Duration>,
-        now: Instant,
-        now_ms: u64,
-    ) {
-        if self.snapshot.generation == picked.generation
-            && let Some(a) = self.service_mut(scope).and_then(|s| s.active.as_mut())
-        {
-            match latency {
-                Some(l) => a.balancer.on_finish(picked.index, l, now),
-                None => a.balancer.on_cancel(picked.index),
-            }
-        }
-        if *outcome == Outcome::LocalResource {
-            self.telemetry.local_connect_error(scope.name(), picked.addr, now);
-        }
-        self.report_health(scope, picked, outcome, now_ms);
-    }
-
-    /// Records what an outcome says about the endpoint's health only (no balancer accounting):
-    /// for a failure found after the attempt was reported (a response cut mid-body).
-    pub(crate) fn report_health(&mut self, scope: &Scope, picked: &Picked, outcome: &Outcome, now_ms: u64) {
-        let Some(i) = self.current_index(scope) else { return };
-        let snapshot = self.snapshot.clone();
-        let health = &*snapshot.services[i].health;
-        // Health state is keyed by address: find the endpoint's index in the current snapshot.
-        let index = if snapshot.generation == picked.generation {
-            picked.index
-        } else {
-            match health.addresses().iter().position(|a| *a == picked.addr) {
-                Some(j) => j,
-                None => return,
-            }
-        };
-        let event = health.record(index, HealthSignal::from(outcome), now_ms, &mut self.rng);
-        if let Some(OutlierEvent::Ejected(e)) = event {
-            tracing::warn!(
-                service = %scope.name(),
-                endpoint = %picked.addr,
-                seconds = e.duration_ms / 1000,
-                times = e.times_ejected,
-                "endpoint ejected"
-            );
-            if let Some(stats) = self.stats(scope) {
-                stats.ejections += 1;
-            }
-        }
-    }
-
     /// What follows an attempt ([`weir_core::retry::next_step`]), with this worker's budget and
     /// RNG; counts a retry the budget refused.
     pub(crate) fn next_step(
@@ -473,7 +341,7 @@ impl WorkerState {
         time_left: Duration,
         now: Instant,
     ) -> Next {
-        let policy = &scope.service().retry;
+        let policy = scope.retry();
         let Some(i) = self.current_index(scope) else {
             // The service is gone: no retry (it would have nowhere to go).
             let last = Attempted { attempt: policy.attempts, ..*attempted };
@@ -491,20 +359,13 @@ impl WorkerState {
     }
 
     /// Once a second: closes pooled connections idle past their service's timeout, gives back
-    /// the balancer and pools of services unused for [`IDLE_RELEASE`], and copies the
-    /// upstream-connection gauges into the stats shard.
+    /// the balancers, pools and route state of services unused for [`IDLE_RELEASE`], and
+    /// copies the upstream-connection gauges into the stats shard.
     pub(crate) fn housekeeping(&mut self, now: Instant) {
         let snapshot = self.snapshot.clone();
         for (s, cfg) in self.services.iter_mut().zip(&snapshot.config.services) {
             if let Some(a) = &mut s.active {
-                let mut pooled = 0;
-                for pool in &mut a.pools {
-                    pool.expire(now, cfg.timeouts.upstream_idle);
-                    pooled += pool.len();
-                }
-                for pool in &mut a.h2 {
-                    pooled += pool.expire(now, cfg.timeouts.upstream_idle);
-                }
+                let pooled = a.expire(now, cfg.timeouts.upstream_idle);
                 if pooled == 0 && s.pending == 0 && now.saturating_duration_since(a.last_pick) >= IDLE_RELEASE {
                     s.active = None;
                 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord};
+use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord, NO_ID};
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::stats::{RequestRecord, RetryReason, SourceSlot};
 
@@ -97,6 +97,9 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
             duration_us: duration.as_micros() as u64,
             worker: ctx.worker as u16,
             protocol: LogProtocol::Tcp,
+            grpc_status: None,
+            route: NO_ID,
+            backend: NO_ID,
             source_cgroup_id: source.cgroup_id.unwrap_or(0),
             ..LogRecord::default()
         });

@@ -173,6 +173,8 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     "synced": k.stats.synced.load(Ordering::Relaxed),
                     "conflicts": *k.conflicts.lock(),
                     "last_error": *k.stats.last_error.lock(),
+                    "httproutes": k.stats.httproutes().as_str(),
+                    "httproute_problems": *k.stats.route_problems.lock(),
                 })),
             }))
         }

@@ -63,6 +63,9 @@ pub struct Control {
     pub stats: Vec<Arc<ArcSwap<Published>>>,
     /// The access-log shipper, when access logging is on.
     pub shipper: Mutex<Option<Shipper>>,
+    /// Active health checks (its thread looks at the snapshot every 50 ms to follow reloads, and
+    /// does nothing else while no service has `[service.health_check]`).
+    pub health: weir_proxy::HealthChecker,
     /// The span exporter, when tracing is on.
     pub exporter: Mutex<Option<crate::otlp::Exporter>>,
     /// The caller identity thread, when steering is on.
@@ -392,6 +395,7 @@ impl App {
         };
         let epoch = Instant::now();
         let snapshot = Snapshot::build(config.clone(), workers, None);
+        let names = snapshot.names.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             orig_dst: steering.as_ref().map(|s| s.hooks()),
@@ -406,8 +410,14 @@ impl App {
         let (telemetry, hub) = weir_proxy::telemetry(workers, ring, memory.span_ring_records);
         let shipper = match ring {
             Some(_) => Some(
-                Shipper::start(config.access_log.sink.clone(), hub.logs, shared.clone(), options.least_privilege)
-                    .context("starting the access-log shipper")?,
+                Shipper::start(
+                    config.access_log.sink.clone(),
+                    hub.logs,
+                    shared.clone(),
+                    options.least_privilege,
+                    names,
+                )
+                .context("starting the access-log shipper")?,
             ),
             None => None,
         };
@@ -435,6 +445,15 @@ impl App {
             None => None,
         };
         let runtime_caps = crate::privileges::runtime_caps(steering.is_some());
+        // Worker threads, and the health checker's, keep only the capabilities they need.
+        let on_thread_start = options.least_privilege.then(|| {
+            let keep = runtime_caps.clone();
+            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
+                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
+                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
+                }
+            }))
+        });
         let control = Arc::new(Control {
             config_path: config_path.to_path_buf(),
             shared: shared.clone(),
@@ -451,6 +470,8 @@ impl App {
             workers: AtomicUsize::new(workers),
             stats: hub.shards,
             shipper: Mutex::new(shipper),
+            health: weir_proxy::HealthChecker::start(shared.clone(), on_thread_start.clone())
+                .context("starting the health checker")?,
             exporter: Mutex::new(exporter),
             identity: Mutex::new(identity),
             memory,
@@ -464,14 +485,6 @@ impl App {
             file_config: Mutex::new(config.clone()),
             kubernetes: config.kubernetes.enabled.then(crate::kubernetes::KubernetesState::new),
             steering_deferred: AtomicBool::new(pred.is_some()),
-        });
-        let on_thread_start = options.least_privilege.then(|| {
-            let keep = runtime_caps.clone();
-            weir_proxy::ThreadHook(Arc::new(move |id: usize| {
-                if let Err(e) = crate::privileges::drop_thread_caps(&keep) {
-                    tracing::warn!(worker = id, "cannot drop capabilities: {e}");
-                }
-            }))
         });
         let started = Arc::new(
             Workers::start(

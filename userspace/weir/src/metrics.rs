@@ -48,6 +48,11 @@ pub mod names {
     pub const STEERING: &str = "weir_steering_kernel_events_total";
     pub const SPANS: &str = "weir_spans_total";
     pub const TAKEOVERS: &str = "weir_takeovers_total";
+    pub const ROUTE_REQUESTS: &str = "weir_route_requests_total";
+    pub const ROUTE_ERRORS: &str = "weir_route_request_errors_total";
+    pub const ROUTE_DURATION: &str = "weir_route_request_duration_seconds";
+    pub const FAULTS: &str = "weir_faults_injected_total";
+    pub const HEALTH_CHECKS: &str = "weir_health_checks_total";
     pub const K8S_SYNCED: &str = "weir_kubernetes_synced";
     pub const K8S_LAST_SYNC: &str = "weir_kubernetes_last_sync_timestamp_seconds";
     pub const K8S_EVENTS: &str = "weir_kubernetes_events_total";
@@ -56,7 +61,10 @@ pub mod names {
     pub const K8S_ENDPOINTS: &str = "weir_kubernetes_endpoints";
     pub const K8S_ANNOTATION_ERRORS: &str = "weir_kubernetes_annotation_errors_total";
     pub const K8S_CONFLICTS: &str = "weir_kubernetes_file_conflicts";
+    pub const K8S_ROUTE_PROBLEMS: &str = "weir_kubernetes_httproute_problems_total";
 }
+
+mod policy;
 
 /// The OpenMetrics content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -217,15 +225,20 @@ pub fn render(control: &Control, openmetrics: bool) -> String {
     for (name, s) in stats.services() {
         o.sample(PANIC, &[("service", name)], s.panic_requests);
     }
-    o.family(ENDPOINTS, "gauge", "Endpoints of each service by state (active, ejected, probation).");
+    o.family(
+        ENDPOINTS,
+        "gauge",
+        "Endpoints of each service by state (active, ejected, probation, unhealthy: failing active health checks).",
+    );
     let now_ms = control.shared.now_ms();
     for (cfg, shared) in snapshot.config.services.iter().zip(&snapshot.services) {
-        let (mut active, mut ejected, mut probation) = (0, 0, 0);
-        for e in shared.health.snapshot(now_ms) {
+        let (mut active, mut ejected, mut probation, mut unhealthy) = (0, 0, 0, 0);
+        for e in shared.backends.iter().flat_map(|b| b.health.snapshot(now_ms)) {
             match e.state {
                 EndpointState::Active => active += 1,
                 EndpointState::Ejected => ejected += 1,
                 EndpointState::Probation => probation += 1,
+                EndpointState::Unhealthy => unhealthy += 1,
             }
         }
         // `active` always; the other states only when an endpoint is in them, so that a large
@@ -237,7 +250,11 @@ pub fn render(control: &Control, openmetrics: bool) -> String {
         if probation > 0 {
             o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "probation")], probation);
         }
+        if unhealthy > 0 {
+            o.sample(ENDPOINTS, &[("service", &cfg.name), ("state", "unhealthy")], unhealthy);
+        }
     }
+    policy::render(&mut o, &stats, control);
     o.family(
         UPSTREAM_CONNECTIONS,
         "gauge",
@@ -376,12 +393,20 @@ fn kubernetes(o: &mut Out, k: &weir_discovery::Stats) {
         "Config file services not served because a discovered service has their name or VIP.",
     );
     o.sample(K8S_CONFLICTS, &[], n(&k.conflicts));
+    o.family(
+        K8S_ROUTE_PROBLEMS,
+        "counter",
+        "HTTPRoute fields ignored, rules skipped and versions not applied (located in /config and the log).",
+    );
+    o.sample(K8S_ROUTE_PROBLEMS, &[], n(&k.route_problems_total));
 }
 
 /// One endpoint in `/endpoints`.
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     address: String,
+    /// Its backend (`default` for a service's own `endpoints`).
+    backend: String,
     weight: u32,
     state: EndpointState,
     /// Seconds until an ejection ends (ejected only).
@@ -414,20 +439,20 @@ pub fn endpoints_view(control: &Control) -> Vec<ServiceView> {
         .iter()
         .zip(&snapshot.services)
         .map(|(cfg, shared)| {
-            let eligibility = shared.health.eligibility();
+            let eligibility: Vec<_> = shared.backends.iter().map(|b| b.health.eligibility()).collect();
             let s = stats.get(&cfg.name);
             ServiceView {
                 service: cfg.name.clone(),
                 vip: cfg.vip.to_string(),
-                panic: eligibility.panic,
-                healthy: eligibility.healthy_count,
+                panic: eligibility.iter().any(|e| e.panic),
+                healthy: eligibility.iter().map(|e| e.healthy_count).sum(),
                 endpoints: shared
-                    .health
-                    .snapshot(now_ms)
-                    .into_iter()
-                    .zip(&cfg.endpoints)
-                    .map(|(h, e)| EndpointView {
+                    .backends
+                    .iter()
+                    .flat_map(|b| b.health.snapshot(now_ms).into_iter().zip(&*b.endpoints).map(move |(h, e)| (b, h, e)))
+                    .map(|(b, h, e)| EndpointView {
                         address: h.address.to_string(),
+                        backend: b.name.to_string(),
                         weight: e.weight,
                         state: h.state,
                         ejected_for_seconds: match (h.state, h.ejected_until_ms) {

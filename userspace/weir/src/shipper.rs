@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use weir_core::accesslog::{LineNames, NO_ID, Names};
 use weir_core::config::LogSink;
 use weir_proxy::caller::Callers;
 use weir_proxy::{LogSource, Shared};
@@ -65,11 +66,13 @@ pub struct Shipper {
 impl Shipper {
     /// Starts shipping from `sources` to `sink`, naming callers from `data`'s caller table.
     /// `drop_caps`: the thread gives up every capability first (it needs none).
+    /// `names`: backend names by the ids records carry.
     pub fn start(
         sink: LogSink,
         sources: Vec<LogSource>,
         data: Arc<Shared>,
         drop_caps: bool,
+        names: Arc<Names>,
     ) -> std::io::Result<Shipper> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ShipperStats::default());
@@ -80,7 +83,7 @@ impl Shipper {
                 if drop_caps && let Err(e) = crate::privileges::drop_thread_caps(&Default::default()) {
                     tracing::warn!("log shipper: cannot drop capabilities: {e}");
                 }
-                run(sink, sources, &data.callers, stop, stats)
+                run(sink, sources, &data.callers, stop, stats, &names)
             })?
         };
         Ok(Shipper { stop, thread: Some(thread), stats, ring_dropped })
@@ -107,7 +110,14 @@ impl Shipper {
     }
 }
 
-fn run(kind: LogSink, mut sources: Vec<LogSource>, callers: &Callers, stop: Arc<AtomicBool>, stats: Arc<ShipperStats>) {
+fn run(
+    kind: LogSink,
+    mut sources: Vec<LogSource>,
+    callers: &Callers,
+    stop: Arc<AtomicBool>,
+    stats: Arc<ShipperStats>,
+    names: &Names,
+) {
     let mut sink = Sink::new(kind);
     let mut seen_dropped = vec![0u64; sources.len()];
     // Lines lost at the sink since the last formatted line (reported by the next one).
@@ -135,11 +145,12 @@ fn run(kind: LogSink, mut sources: Vec<LogSource>, callers: &Callers, stop: Arc<
                     seen_dropped[i] = dropped_now;
                     taken += 1;
                     if step == Step::Write {
-                        let workload = table
+                        let backend = (record.backend != NO_ID).then(|| names.get(record.backend)).flatten();
+                        let source_workload = table
                             .by_cgroup
                             .get(&record.source_cgroup_id)
                             .and_then(|c| std::str::from_utf8(c.workload.as_bytes()).ok());
-                        sink.queue(&record, gap, workload);
+                        sink.queue(&record, gap, LineNames { backend: backend.as_deref(), source_workload });
                         if sink.pending_bytes() >= MAX_PENDING_BYTES {
                             break 'sources;
                         }

@@ -254,6 +254,29 @@ PNG: [benchmarks/latency.png](benchmarks/latency.png). Plots for every rate are 
     Ok(())
 }
 
+/// Puts `section` (Markdown starting with `heading`) into docs/BENCHMARKS.md in place of the
+/// previous one, or before `### Goals` when there is none, followed by `note` (which run made
+/// it): what `--only identity` and `--only policy` do.
+pub(super) fn splice_section(heading: &str, section: &str, note: &str) -> anyhow::Result<()> {
+    let path = crate::root().join("docs/BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let body = format!("{}\n\n{note}\n\n", section.trim_end());
+    let out = match doc.find(heading) {
+        Some(start) => {
+            let rest = &doc[start + heading.len()..];
+            let end =
+                rest.find("\n### ").or_else(|| rest.find("\n## ")).map_or(doc.len(), |e| start + heading.len() + e + 1);
+            format!("{}{body}{}", &doc[..start], &doc[end..])
+        }
+        None => match doc.find("### Goals") {
+            Some(at) => format!("{}{body}{}", &doc[..at], &doc[at..]),
+            None => format!("{doc}\n{body}"),
+        },
+    };
+    std::fs::write(&path, out)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::splice_redirect;

@@ -211,12 +211,15 @@ fn ns(v: &serde_json::Value, k: &str) -> String {
     v[k].as_f64().map_or("–".into(), |x| format!("{x:.0} ns"))
 }
 
+/// The section's heading in docs/BENCHMARKS.md (its numbers follow on the same line).
+pub(super) const HEADING: &str = "### Cost of caller identity and tracing";
+
 /// The section's markdown (a `###` heading, its tables, its goals).
 pub(super) fn markdown(s: &Identity, plan: &Plan) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### Cost of caller identity and tracing (weir, 1 worker; {} alternating rounds: {} s closed loop, then {} s open loop at {:.0} rps)\n",
+        "{HEADING} (weir, 1 worker; {} alternating rounds: {} s closed loop, then {} s open loop at {:.0} rps)\n",
         s.variants.first().map_or(0, |v| v.saturation.len()),
         plan.sat_s,
         plan.feature_s,
@@ -334,27 +337,4 @@ pub(super) fn goals(s: &Identity) -> Vec<super::report::Goal> {
             },
         },
     ]
-}
-
-/// Puts `section` (the markdown of [`markdown`]) into docs/BENCHMARKS.md in place of the
-/// previous one, or before `### Goals` when there is none.
-pub(super) fn splice_into_docs(section: &str, note: &str) -> anyhow::Result<()> {
-    let path = crate::root().join("docs/BENCHMARKS.md");
-    let doc = std::fs::read_to_string(&path)?;
-    let heading = "### Cost of caller identity and tracing";
-    let body = format!("{}\n\n{note}\n\n", section.trim_end());
-    let out = match doc.find(heading) {
-        Some(start) => {
-            let rest = &doc[start + heading.len()..];
-            let end =
-                rest.find("\n### ").or_else(|| rest.find("\n## ")).map_or(doc.len(), |e| start + heading.len() + e + 1);
-            format!("{}{body}{}", &doc[..start], &doc[end..])
-        }
-        None => match doc.find("### Goals") {
-            Some(at) => format!("{}{body}{}", &doc[..at], &doc[at..]),
-            None => format!("{doc}\n{body}"),
-        },
-    };
-    std::fs::write(&path, out)?;
-    Ok(())
 }

@@ -279,21 +279,38 @@ fn common(r: &Running) -> Vec<String> {
 
 /// Open loop at `rate` for `secs` (after `warmup` s) from the client core.
 pub(super) fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) -> anyhow::Result<OpenRun> {
+    open_with(env, plan, r, rate, secs, &[&env.client_cpu], plan.open_connections)
+}
+
+/// [`open`] from one load generator per entry of `clients` (its CPU list), each sending its
+/// share of `rate` over its share of `connections`, all at once. Rates, counts and errors add
+/// up; each latency percentile is the worst of the generators' (their recordings cannot be
+/// merged exactly).
+pub(super) fn open_with(
+    env: &Env,
+    plan: &Plan,
+    r: &Running,
+    rate: f64,
+    secs: f64,
+    clients: &[&str],
+    connections: usize,
+) -> anyhow::Result<OpenRun> {
+    let n = clients.len().max(1);
     let mut args = vec!["open".to_string()];
     args.extend(common(r));
     args.extend(
         [
-            ("--rate", rate.to_string()),
+            ("--rate", (rate / n as f64).to_string()),
             ("--duration", secs.to_string()),
             ("--warmup", plan.open_warmup_s.to_string()),
-            ("--connections", plan.open_connections.to_string()),
+            ("--connections", connections.div_ceil(n).to_string()),
         ]
         .map(|(k, v)| [k.to_string(), v])
         .into_iter()
         .flatten(),
     );
-    let out: LoopOut =
-        loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs + plan.open_warmup_s))?;
+    let bound = Duration::from_secs_f64(secs + plan.open_warmup_s);
+    let out = together(clients, |cpus| loadgen::<LoopOut>(env, cpus, r.cgroup.as_deref(), &args, bound))?;
     Ok(OpenRun {
         rate,
         achieved_rps: out.achieved_rps,
@@ -303,6 +320,50 @@ pub(super) fn open(env: &Env, plan: &Plan, r: &Running, rate: f64, secs: f64) ->
         send_lag_p99_us: out.send_lag.p99_us,
         send_lag_max_us: out.send_lag.max_us,
     })
+}
+
+/// Runs `run` once per client CPU list, all at once, and adds their reports up.
+fn together(clients: &[&str], run: impl Fn(&str) -> anyhow::Result<LoopOut> + Sync) -> anyhow::Result<LoopOut> {
+    let outs: Vec<anyhow::Result<LoopOut>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients.iter().map(|cpus| scope.spawn(|| run(cpus))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a load generator thread panicked"))))
+            .collect()
+    });
+    let mut sum: Option<LoopOut> = None;
+    for out in outs {
+        let out = out?;
+        sum = Some(match sum {
+            None => out,
+            Some(s) => LoopOut {
+                ok: s.ok + out.ok,
+                errors: s.errors + out.errors,
+                error_samples: s.error_samples.into_iter().chain(out.error_samples).take(5).collect(),
+                achieved_rps: s.achieved_rps + out.achieved_rps,
+                latency: worst(&s.latency, &out.latency),
+                send_lag: worst(&s.send_lag, &out.send_lag),
+            },
+        });
+    }
+    sum.context("no load generator ran")
+}
+
+/// Per percentile the worse of `a` and `b`; counts add up, the mean is weighted.
+fn worst(a: &Latency, b: &Latency) -> Latency {
+    let count = a.count + b.count;
+    let mean_us = (a.mean_us * a.count as f64 + b.mean_us * b.count as f64) / count.max(1) as f64;
+    let distribution = if a.p99_us >= b.p99_us { a.distribution.clone() } else { b.distribution.clone() };
+    Latency {
+        count,
+        mean_us,
+        p50_us: a.p50_us.max(b.p50_us),
+        p90_us: a.p90_us.max(b.p90_us),
+        p99_us: a.p99_us.max(b.p99_us),
+        p999_us: a.p999_us.max(b.p999_us),
+        max_us: a.max_us.max(b.max_us),
+        distribution,
+    }
 }
 
 /// One connection, `requests` sequential requests, load generator on `cpus`.
@@ -327,12 +388,26 @@ pub(super) fn per_hop(env: &Env, plan: &Plan, r: &Running, cpus: &str, requests:
 /// Closed loop from the client core: a warm-up run, then a measured run of `secs` with CPU
 /// deltas of the proxy (if any) and the upstream.
 pub(super) fn saturate(env: &Env, plan: &Plan, r: &Running, upstream: &Proc, secs: f64) -> anyhow::Result<Saturation> {
+    saturate_with(env, plan, r, upstream, secs, &[&env.client_cpu], plan.sat_connections)
+}
+
+/// [`saturate`] from one load generator per entry of `clients` (its CPU list), sharing
+/// `connections`, all at once (see [`open_with`] for how their reports add up).
+pub(super) fn saturate_with(
+    env: &Env,
+    plan: &Plan,
+    r: &Running,
+    upstream: &Proc,
+    secs: f64,
+    clients: &[&str],
+    connections: usize,
+) -> anyhow::Result<Saturation> {
     let run = |secs: f64| -> anyhow::Result<LoopOut> {
         let mut args = vec!["closed".to_string()];
         args.extend(common(r));
         args.extend(["--duration".into(), secs.to_string(), "--warmup".into(), "0".into()]);
-        args.extend(["--connections".into(), plan.sat_connections.to_string()]);
-        loadgen(env, &env.client_cpu, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs))
+        args.extend(["--connections".into(), connections.div_ceil(clients.len().max(1)).to_string()]);
+        together(clients, |cpus| loadgen(env, cpus, r.cgroup.as_deref(), &args, Duration::from_secs_f64(secs)))
     };
     run(plan.sat_warmup_s)?;
     let proxy0 = r.proc.as_ref().map(Proc::cpu_seconds);

@@ -30,8 +30,10 @@ mod h2peers;
 mod identity;
 mod install;
 mod measure;
+mod multicore;
 mod peers;
 mod plot;
+mod policy;
 mod procs;
 mod redirect;
 mod report;
@@ -61,12 +63,14 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     no_docs: bool,
     /// Run only one section, print it and write target/bench/SECTION.{md,json}: `scale`
-    /// (large service tables), `http2` (h2c through weir, HAProxy, Envoy and nginx) — for
-    /// these two docs/BENCHMARKS.md is left alone —, `identity` (the cost of caller identity
-    /// and tracing) or `redirect` (weir steered with the socket-level redirect on and off beside
-    /// weir dialed directly, nginx and HAProxy, without the memory test); the sections of these
-    /// two in docs/BENCHMARKS.md are replaced unless --no-docs.
-    #[arg(long, value_parser = ["scale", "http2", "identity", "redirect"])]
+    /// (large service tables), `http2` (h2c through weir, HAProxy, Envoy and nginx) — for these
+    /// two docs/BENCHMARKS.md is left alone —, `policy` (what ten routes and a split add per
+    /// hop), `multicore` (two workers on two cores against nginx's two, and 1 000 keep-alive
+    /// clients), `identity` (the cost of caller identity and tracing) or `redirect` (weir
+    /// steered with the socket-level redirect on and off beside weir dialed directly, nginx and
+    /// HAProxy, without the memory test); for the last four their section of docs/BENCHMARKS.md
+    /// is replaced unless --no-docs.
+    #[arg(long, value_parser = ["scale", "policy", "multicore", "http2", "identity", "redirect"])]
     only: Option<String>,
 }
 
@@ -184,6 +188,35 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let (mut upstream, upstream_addr) = peers::start_upstream(&env)?;
     eprintln!("bench: upstream nginx on {upstream_addr}");
+    if args.only.as_deref() == Some("multicore") {
+        let m = multicore::run(&env, &plan, upstream_addr, &upstream);
+        drop(upstream);
+        drop(cgroup_guard);
+        let md = multicore::markdown(&m);
+        std::fs::write(dir.join("multicore.md"), &md)?;
+        std::fs::write(dir.join("multicore.json"), serde_json::to_string_pretty(&m)?)?;
+        println!("{md}");
+        if !args.no_docs {
+            let note = only_note("multicore", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(multicore::HEADING, &md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: two-worker section replaced");
+        }
+        return Ok(());
+    }
+    if args.only.as_deref() == Some("policy") {
+        let c = policy::run(&env, &plan, upstream_addr, &upstream)?;
+        drop(upstream);
+        let md = policy::markdown(&c);
+        std::fs::write(dir.join("policy.md"), &md)?;
+        std::fs::write(dir.join("policy.json"), serde_json::to_string_pretty(&c)?)?;
+        println!("{md}");
+        if !args.no_docs {
+            let note = only_note("policy", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(policy::HEADING, &md, &note)?;
+            eprintln!("bench: docs/BENCHMARKS.md: traffic policy section replaced");
+        }
+        return Ok(());
+    }
     if args.only.as_deref() == Some("scale") {
         let s = scale::run(&env, &plan, upstream_addr);
         drop(upstream);
@@ -241,21 +274,8 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("identity.json"), serde_json::to_string_pretty(&s)?)?;
         println!("{md}");
         if !args.no_docs {
-            let (other_cpu_s, top) = procs::other_load(&others_before, &procs::cpu_snapshot());
-            let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
-            let note = format!(
-                "_This section: `cargo xtask bench --only identity{}` on {} (weir {}), the rest of this file from the run \
-named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
-are noisy when that is high; CPU per request is counted for weir alone._",
-                if args.quick { " --quick" } else { "" },
-                now_utc(),
-                capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default(),
-                share * 100.0,
-                top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
-            );
-            identity::splice_into_docs(&md, &note)?;
+            let note = only_note("identity", args.quick, &others_before, measuring, &machine);
+            docs::splice_section(identity::HEADING, &md, &note)?;
             eprintln!("bench: docs/BENCHMARKS.md: identity section replaced");
         }
         return Ok(());
@@ -268,10 +288,15 @@ are noisy when that is high; CPU per request is counted for weir alone._",
     });
     eprintln!("bench: CPU-affine accept (2 workers, steered, client on CPU {client_cpu})");
     let affinity = affinity::run(&env, &plan, upstream_addr);
+    eprintln!("bench: two workers on two cores (weir vs nginx; 1 000 keep-alive clients)");
+    let multicore = multicore::run(&env, &plan, upstream_addr, &upstream);
     eprintln!("bench: large service tables (1 000 to 100 000 services)");
     let scale = scale::run(&env, &plan, upstream_addr);
     eprintln!("bench: caller identity and tracing (4 weir variants)");
     let identity = identity::run(&env, &plan, upstream_addr, &upstream);
+    eprintln!("bench: traffic policy per hop (plain vs ten routes and a split)");
+    let policy = policy::run(&env, &plan, upstream_addr, &upstream)
+        .unwrap_or_else(|e| policy::PolicyCost::not_run(format!("{e:#}")));
     drop(upstream);
     eprintln!("bench: HTTP/2 (h2c through weir, nginx, HAProxy, Envoy; nghttpd upstream, h2load)");
     let http2 = h2::run(&env, args.quick);
@@ -300,8 +325,10 @@ are noisy when that is high; CPU per request is counted for weir alone._",
         paths,
         features,
         affinity,
+        multicore,
         scale,
         identity,
+        policy,
         http2,
         background,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -321,6 +348,31 @@ fn unavailable(env: &Env, id: PathId) -> Option<String> {
         PathId::Haproxy => why(&env.haproxy),
         PathId::Envoy => why(&env.envoy),
     }
+}
+
+/// The line under a section that `--only SECTION` replaced in docs/BENCHMARKS.md: which run
+/// made it, and how busy the machine was meanwhile.
+fn only_note(
+    section: &str,
+    quick: bool,
+    others_before: &procs::CpuSnapshot,
+    measuring: Instant,
+    machine: &install::Machine,
+) -> String {
+    let (other_cpu_s, top) = procs::other_load(others_before, &procs::cpu_snapshot());
+    let share = other_cpu_s / (measuring.elapsed().as_secs_f64() * machine.nproc as f64);
+    format!(
+        "_This section: `cargo xtask bench --only {section}{}` on {} (weir {}), the rest of this file from the run \
+named at the top. Other processes used {other_cpu_s:.0} CPU-s meanwhile, {:.0}% of the machine ({}): latencies \
+are noisy when that is high; CPU per request is counted for weir alone._",
+        if quick { " --quick" } else { "" },
+        now_utc(),
+        capture(std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        share * 100.0,
+        top.iter().map(|(n, s)| format!("{n} {s:.0} s")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// `date -u` as an ISO timestamp (for the report).

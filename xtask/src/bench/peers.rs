@@ -265,7 +265,12 @@ pub(super) fn start_weir_with(
     upstream: SocketAddr,
     extra: &str,
 ) -> anyhow::Result<Running> {
-    let conf = env.write_config(&format!("{}.toml", spec.name), &format!("{}{extra}", weir_toml(upstream, spec)))?;
+    start_weir_toml(env, spec, &format!("{}{extra}", weir_toml(upstream, spec)))
+}
+
+/// Starts weir as `spec` says with the config `toml` (the service is still [`SERVICE`]).
+pub(super) fn start_weir_toml(env: &Env, spec: &WeirSpec, toml: &str) -> anyhow::Result<Running> {
+    let conf = env.write_config(&format!("{}.toml", spec.name), toml)?;
     let ready_file = env.dir.join("logs").join(format!("{}.ready.json", spec.name));
     let _ = std::fs::remove_file(&ready_file);
     let mut p = Proc::spawn(

@@ -14,7 +14,9 @@ use super::h2::{self, Http2};
 use super::identity::{self, Identity};
 use super::install::Machine;
 use super::measure::{OpenRun, Plan};
+use super::multicore::{self, MultiCore};
 use super::peers::Env;
+use super::policy::{self, PolicyCost};
 use super::scale::{self, Scale};
 use super::{PathResult, docs, plot};
 
@@ -68,10 +70,14 @@ pub(super) struct Run {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off.
     pub affinity: Affinity,
+    /// Two workers on two cores, weir vs nginx.
+    pub multicore: MultiCore,
     /// Large service tables.
     pub scale: Scale,
     /// The cost of caller identity and tracing.
     pub identity: Identity,
+    /// What traffic policy adds per hop.
+    pub policy: PolicyCost,
     /// The HTTP/2 section.
     pub http2: Http2,
     /// Other load.
@@ -103,10 +109,14 @@ pub(super) struct Results {
     pub features: Vec<Variant>,
     /// CPU-affine accept on vs off (two workers, steered).
     pub affinity: Affinity,
+    /// Two workers on two cores, weir vs nginx.
+    pub multicore: MultiCore,
     /// Large service tables.
     pub scale: Scale,
     /// The cost of caller identity and tracing.
     pub identity: Identity,
+    /// What traffic policy adds per hop.
+    pub policy: PolicyCost,
     /// The HTTP/2 section (h2c both sides).
     pub http2: Http2,
     /// Goals judged on this run.
@@ -123,8 +133,21 @@ const MAX_SHOWN_CONFIG: usize = 16 * 1024;
 impl Results {
     /// Assembles the results and judges the goals.
     pub(super) fn new(run: Run, env: &Env) -> Results {
-        let Run { command, machine, plan, paths, features, affinity, scale, identity, http2, background, elapsed_s } =
-            run;
+        let Run {
+            command,
+            machine,
+            plan,
+            paths,
+            features,
+            affinity,
+            multicore,
+            scale,
+            identity,
+            policy,
+            http2,
+            background,
+            elapsed_s,
+        } = run;
         let pinning = format!(
             "proxy on CPU {p}; load generator and upstream on CPU {c}; per-hop test: generator, upstream and proxy all on CPU {p}; \
 CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself, generator and upstream on CPU {c}",
@@ -165,8 +188,10 @@ CPU-affine accept: weir (2 workers) on CPUs {c},{p}, pinning its workers itself,
             paths,
             features,
             affinity,
+            multicore,
             scale,
             identity,
+            policy,
             http2,
             goals: Vec::new(),
             configs,
@@ -272,8 +297,10 @@ fn goals(r: &Results) -> Vec<Goal> {
         }),
         met: stall.map(|(s, h)| s <= h * GOAL_STALL_RATIO),
     });
+    out.extend(multicore::goals(&r.multicore));
     out.extend(scale_goals(&r.scale));
     out.extend(identity::goals(&r.identity));
+    out.extend(policy::goals(&r.policy));
     out.extend(h2::goals(&r.http2));
     out
 }
@@ -572,9 +599,14 @@ pub(super) fn tables(r: &Results) -> String {
 
     md.push_str(&affinity::table(&r.affinity, &r.plan));
     md.push('\n');
+    md.push_str(&multicore::markdown(&r.multicore));
+    md.push('\n');
     md.push_str(&scale::markdown(&r.scale));
     md.push('\n');
     md.push_str(&identity::markdown(&r.identity, &r.plan));
+    md.push('\n');
+    md.push_str(&policy::markdown(&r.policy));
+    md.push('\n');
     md.push_str(&h2::markdown(&r.http2));
 
     let _ = writeln!(md, "\n### Goals (ratios within this run)\n");
@@ -706,6 +738,7 @@ mod tests {
             ],
             features: vec![],
             affinity: Affinity::not_run("unavailable", "needs root".into()),
+            multicore: MultiCore::not_run("unavailable", "needs two CPUs".into()),
             scale: Scale {
                 baseline_mib: 10.0,
                 tables: Vec::new(),
@@ -714,6 +747,7 @@ mod tests {
                 problems: Vec::new(),
             },
             identity: Identity::not_run("needs root".into()),
+            policy: PolicyCost::not_run("needs root".into()),
             http2: Http2 {
                 status: "failed".into(),
                 proxy_cpu: "1".into(),

@@ -190,11 +190,19 @@ struct RawService {
     limits: RawLimits,
     #[serde(default)]
     forwarded_headers: Vec<String>,
+    #[serde(default, rename = "backend")]
+    backends: Vec<super::policy::RawBackend>,
+    #[serde(default, rename = "route")]
+    routes: Vec<super::policy::RawRoute>,
+    #[serde(default)]
+    rate_limit: Option<super::policy::RawRateLimit>,
+    #[serde(default)]
+    health_check: Option<super::policy::RawHealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawEndpoint {
+pub(super) enum RawEndpoint {
     Addr(String),
     Full {
         addr: String,
@@ -347,6 +355,10 @@ pub(super) fn default_service() -> ServiceConfig {
         listen: None,
         protocol: Protocol::default(),
         endpoints: Vec::new(),
+        backends: Vec::new(),
+        routes: Vec::new(),
+        rate_limit: None,
+        health_check: None,
         lb: LbPolicy::default(),
         timeouts: (&RawTimeouts::default()).into(),
         retry: (&RawRetry::default()).into(),
@@ -358,12 +370,12 @@ pub(super) fn default_service() -> ServiceConfig {
 }
 
 /// Collects problems with their paths while checking.
-struct Checker {
+pub(super) struct Checker {
     problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn problem(&mut self, path: &[PathPart], message: String) {
+    pub(super) fn problem(&mut self, path: &[PathPart], message: String) {
         self.problems.push(Problem { path: path.to_vec(), message });
     }
 
@@ -393,7 +405,7 @@ impl Checker {
         }
     }
 
-    fn positive_ms(&mut self, path: &[PathPart], value: u64) {
+    pub(super) fn positive_ms(&mut self, path: &[PathPart], value: u64) {
         if value == 0 {
             self.problem(path, "must be greater than 0 (milliseconds)".into());
         }
@@ -407,6 +419,36 @@ impl Checker {
 }
 
 use PathPart::{Index, Key};
+
+/// Checks an endpoint list at `path` (addresses, weights, duplicates, no loop to the proxy).
+fn check_endpoints(
+    c: &mut Checker,
+    path: &[PathPart],
+    raw: &[RawEndpoint],
+    listen: Option<SocketAddr>,
+) -> Vec<EndpointConfig> {
+    let mut endpoints = Vec::with_capacity(raw.len());
+    for (j, e) in raw.iter().enumerate() {
+        let path: Vec<PathPart> = path.iter().cloned().chain([Index(j)]).collect();
+        let (addr, weight) = match e {
+            RawEndpoint::Addr(a) => (a.as_str(), 1),
+            RawEndpoint::Full { addr, weight } => (addr.as_str(), *weight),
+        };
+        if !(1..=1000).contains(&weight) {
+            c.problem(&path, format!("weight {weight} is outside 1..=1000"));
+        }
+        if let Some(a) = c.addr(&path, addr, "127.0.0.1:18081") {
+            if endpoints.iter().any(|e: &EndpointConfig| e.addr == a) {
+                c.problem(&path, format!("{a} is listed twice"));
+            }
+            if Some(a) == listen {
+                c.problem(&path, format!("{a} is the proxy's own listen address: requests would loop"));
+            }
+            endpoints.push(EndpointConfig { addr: a, weight });
+        }
+    }
+    endpoints
+}
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
@@ -577,26 +619,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                 c.problem(&p("listen"), format!("{l} is already used by service[{first}]"));
             }
         }
-        let mut endpoints = Vec::with_capacity(s.endpoints.len());
-        for (j, e) in s.endpoints.iter().enumerate() {
-            let path = [Key("service"), Index(i), Key("endpoints"), Index(j)];
-            let (addr, weight) = match e {
-                RawEndpoint::Addr(a) => (a.as_str(), 1),
-                RawEndpoint::Full { addr, weight } => (addr.as_str(), *weight),
-            };
-            if !(1..=1000).contains(&weight) {
-                c.problem(&path, format!("weight {weight} is outside 1..=1000"));
-            }
-            if let Some(a) = c.addr(&path, addr, "127.0.0.1:18081") {
-                if endpoints.iter().any(|e: &EndpointConfig| e.addr == a) {
-                    c.problem(&path, format!("{a} is listed twice"));
-                }
-                if Some(a) == listen {
-                    c.problem(&path, format!("{a} is the proxy's own listen address: requests would loop"));
-                }
-                endpoints.push(EndpointConfig { addr: a, weight });
-            }
-        }
+        let mut check_endpoints =
+            |c: &mut Checker, path: &[PathPart], raw: &[RawEndpoint]| check_endpoints(c, path, raw, listen);
+        let endpoints = check_endpoints(&mut c, &[Key("service"), Index(i), Key("endpoints")], &s.endpoints);
+        let policy = super::policy::validate(
+            &mut c,
+            i,
+            super::policy::RawPolicy {
+                backends: s.backends,
+                routes: s.routes,
+                rate_limit: s.rate_limit,
+                health_check: s.health_check,
+            },
+            s.protocol,
+            !s.endpoints.is_empty(),
+            &mut check_endpoints,
+        );
         let t = &s.timeouts;
         let tp = |k: &'static str| [Key("service"), Index(i), Key("timeouts"), Key(k)];
         c.positive_ms(&tp("connect_ms"), t.connect_ms);
@@ -677,6 +715,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             listen: service_listen,
             protocol: s.protocol,
             endpoints,
+            backends: policy.backends,
+            routes: policy.routes,
+            rate_limit: policy.rate_limit,
+            health_check: policy.health_check,
             lb: s.lb,
             timeouts: t.into(),
             retry: r.into(),

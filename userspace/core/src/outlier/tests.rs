@@ -248,7 +248,7 @@ fn reload_carries_state_over_by_address() {
 
     let extra = SocketAddr::from(([10, 0, 0, 99], 8080));
     let new_addrs = [extra, old_addrs[2], old_addrs[1]];
-    let new = ServiceHealth::carry_over(&old, exact(), &new_addrs);
+    let new = ServiceHealth::carry_over(&old, exact(), &new_addrs, false);
     assert_eq!(new.addresses(), &new_addrs);
     assert_eq!(new.ejected_count(), 1);
     assert!(!new.is_eligible(2, 10), "a reload does not un-eject");
@@ -352,4 +352,77 @@ fn concurrent_ejections_never_exceed_the_cap() {
     assert_eq!(first_phase, cap, "frozen time: the cap fills exactly once, nothing double-counted");
     let restores: u32 = results.iter().map(|r| r.1).sum();
     assert!(restores > 0, "phase 2 exercised probation");
+}
+
+#[test]
+fn a_failing_health_check_takes_an_endpoint_out_even_in_panic_mode() {
+    let h = ServiceHealth::new(exact(), &addrs(2));
+    let mut rng = rng();
+    assert!(h.mark_down(1));
+    assert!(!h.mark_down(1), "idempotent");
+    assert!(!h.is_eligible(1, 0) && !h.try_claim(1, 0) && !h.is_usable(1));
+    assert!(h.is_usable(0));
+    assert_eq!(h.snapshot(0)[1].state, EndpointState::Unhealthy);
+    assert_eq!(h.eligibility(), Eligibility { healthy_count: 1, total: 2, panic: false });
+    assert_eq!(h.record(1, OK, 0, &mut rng), None, "outcomes of an unhealthy endpoint are ignored");
+    assert!(!h.is_eligible(1, 0));
+    // Both out: panic mode, and still neither is usable.
+    assert!(h.mark_down(0));
+    assert!(h.eligibility().panic);
+    assert!(!h.is_usable(0) && !h.is_usable(1));
+}
+
+#[test]
+fn a_passing_health_check_returns_through_probation() {
+    let h = ServiceHealth::new(exact(), &addrs(4));
+    let mut rng = rng();
+    // Ejected first, then failing its checks: the ejection is over, its count kept.
+    ejection(fail_n(&h, 0, 5, 0, &mut rng));
+    assert!(h.mark_down(0));
+    assert_eq!((h.ejected_count(), h.eligibility().healthy_count), (0, 3));
+    assert!(!h.mark_up(1, 10), "an active endpoint is left alone");
+    assert!(h.mark_up(0, 1_000));
+    assert_eq!(h.snapshot(1_000)[0].state, EndpointState::Probation);
+    assert!(h.try_claim(0, 1_000), "one probe");
+    assert!(!h.try_claim(0, 1_000), "one at a time");
+    // A failed probe ejects again, for longer (times_ejected was 1).
+    let e = ejection(h.record(0, FAIL, 1_000, &mut rng));
+    assert!(e.from_probation && e.times_ejected == 2, "{e:?}");
+    // Again down and up, then a passing probe restores it.
+    assert!(h.mark_down(0) && h.mark_up(0, 2_000) && h.try_claim(0, 2_000));
+    assert_eq!(h.record(0, OK, 2_000, &mut rng), Some(OutlierEvent::Restored { endpoint: 0 }));
+    assert_eq!(h.eligibility(), Eligibility { healthy_count: 4, total: 4, panic: false });
+}
+
+#[test]
+fn health_checks_work_without_outlier_detection_and_carry_over_reloads() {
+    let off = OutlierPolicy { enabled: false, ..exact() };
+    let h = ServiceHealth::new(off, &addrs(2));
+    assert!(h.mark_down(1));
+    assert!(!h.is_eligible(1, 0) && h.is_eligible(0, 0));
+    assert!(h.mark_up(1, 5));
+    assert!(h.is_eligible(1, 5), "no probation without outlier detection");
+
+    let old = ServiceHealth::new(exact(), &addrs(2));
+    assert!(old.mark_down(1));
+    let kept = ServiceHealth::carry_over(&old, exact(), &addrs(2), true);
+    assert_eq!(kept.snapshot(0)[1].state, EndpointState::Unhealthy);
+    assert_eq!(kept.eligibility().healthy_count, 1);
+    let unchecked = ServiceHealth::carry_over(&old, exact(), &addrs(2), false);
+    assert_eq!(unchecked.snapshot(0)[1].state, EndpointState::Probation, "checks gone: back through probation");
+}
+
+#[test]
+fn checked_endpoints_wait_for_their_first_check_new_ones_too() {
+    let h = ServiceHealth::new_checked(exact(), &addrs(2));
+    assert_eq!(h.eligibility().healthy_count, 0);
+    assert!(!h.is_eligible(0, 0) && !h.is_usable(0), "not even in panic mode");
+    assert!(h.mark_up_first(0) && !h.mark_up_first(0));
+    assert!(h.is_eligible(0, 0), "a first pass is active at once, no probation");
+    assert_eq!(h.snapshot(0)[0].state, EndpointState::Active);
+    // A reload adds an endpoint: the checked one stays active, the new one waits.
+    let next = ServiceHealth::carry_over(&h, exact(), &addrs(3), true);
+    let states: Vec<_> = next.snapshot(0).into_iter().map(|e| e.state).collect();
+    assert_eq!(states, [EndpointState::Active, EndpointState::Unhealthy, EndpointState::Unhealthy]);
+    assert_eq!(next.eligibility().healthy_count, 1);
 }

@@ -158,11 +158,41 @@ fn an_unchanged_service_is_handed_over_as_the_same_value() {
     assert!(!c.resolve().changed, "nothing left to resolve");
 }
 
-/// One random change to a small cluster: Services and slices come, change and go, and relists
-/// happen.
+/// A random HTTPRoute in `ns` attached to one of the Services, sending to others.
+fn random_route(rng: &mut SmallRng) -> (ObjectKey, crate::gateway::RouteRecord) {
+    let port = |rng: &mut SmallRng| [80u16, 1080, 81][rng.random_range(0..3)];
+    let parent_port = if rng.random_bool(0.5) { serde_json::json!(port(rng)) } else { serde_json::Value::Null };
+    let rules: Vec<serde_json::Value> = (0..rng.random_range(1..3))
+        .map(|i| {
+            let backends: Vec<serde_json::Value> = (0..rng.random_range(1..3))
+                .map(|_| {
+                    serde_json::json!({"name": format!("s{}", rng.random_range(0..6)), "port": port(rng),
+                        "weight": rng.random_range(0..3)})
+                })
+                .collect();
+            serde_json::json!({"matches": [{"path": {"value": format!("/p{i}")}}], "backendRefs": backends})
+        })
+        .collect();
+    let r: crate::gateway::HttpRoute = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "ns", "name": format!("r{}", rng.random_range(0..3)),
+            "creationTimestamp": format!("2026-01-0{}T00:00:00Z", rng.random_range(1..4))},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": format!("s{}", rng.random_range(0..6)),
+            "port": parent_port}], "rules": rules},
+    }))
+    .expect("an HTTPRoute");
+    crate::gateway::route(&r).expect("attached")
+}
+
+/// One random change to a small cluster: Services, slices and HTTPRoutes come, change and go,
+/// and relists happen.
 fn random_change(rng: &mut SmallRng, c: &mut Cluster) {
     let s = format!("s{}", rng.random_range(0..6));
-    match rng.random_range(0..10) {
+    match rng.random_range(0..13) {
+        10..=11 => {
+            let (k, r) = random_route(rng);
+            c.apply_route(k, r);
+        }
+        12 => c.delete_route(&key("ns", &format!("r{}", rng.random_range(0..3)))),
         0..=2 => {
             let ports: Vec<(String, u16)> = (0..rng.random_range(1..3))
                 .map(|i| (format!("p{i}"), 80 + rng.random_range(0..2) * 1000 + i))
@@ -226,6 +256,7 @@ fn which_duplicate_wins_does_not_depend_on_the_order_of_the_slices() {
 
 #[test]
 fn incremental_updates_equal_a_fresh_full_sync() {
+    let mut routed = 0;
     for seed in 0..200u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut live = Cluster::new();
@@ -245,8 +276,12 @@ fn incremental_updates_equal_a_fresh_full_sync() {
         for (k, (s, _)) in &live.slices {
             fresh.apply_slice(k.clone(), s.clone());
         }
+        for (k, (r, _)) in &live.routes {
+            fresh.apply_route(k.clone(), r.clone());
+        }
         fresh.resolve();
         assert_eq!(live.services(), fresh.services(), "seed {seed}");
+        routed += live.services().iter().filter(|s| !s.routes.is_empty()).count();
         assert_eq!(live.endpoint_count(), fresh.endpoint_count(), "seed {seed}");
         // And a relist that lists only half the objects leaves exactly that half.
         let keep: Vec<(ObjectKey, SliceRecord)> =
@@ -265,7 +300,11 @@ fn incremental_updates_equal_a_fresh_full_sync() {
         for (k, s) in keep {
             half.apply_slice(k, s);
         }
+        for (k, (r, _)) in &live.routes {
+            half.apply_route(k.clone(), r.clone());
+        }
         half.resolve();
         assert_eq!(live.services(), half.services(), "seed {seed}: relist");
     }
+    assert!(routed > 50, "only {routed} services with HTTPRoutes over all seeds: the routes are not exercised");
 }

@@ -38,7 +38,8 @@ pub use request::{Method, RequestHead, parse_request};
 pub use response::{ResponseHead, parse_response};
 pub use write::{
     CHUNK_END, DownstreamBody, ErrorResponse, LAST_CHUNK, reason_phrase, write_chunk, write_chunk_header,
-    write_error_response, write_head_error, write_last_chunk, write_request_head, write_response_head,
+    write_error_response, write_head_error, write_last_chunk, write_request_head, write_request_head_with,
+    write_response_head,
 };
 
 /// Hard ceiling on [`HeadLimits::max_headers`]: the parser's header table lives on the stack.

@@ -31,6 +31,18 @@ pub struct DownstreamBody {
 /// `head.host == None`) needs it in `extra_headers`. Extra fields with an invalid name or value
 /// are skipped.
 pub fn write_request_head(head: &RequestHead, src: &[u8], out: &mut Vec<u8>, extra_headers: &[(&[u8], &[u8])]) {
+    write_request_head_with(head, src, out, extra_headers, &[]);
+}
+
+/// [`write_request_head`] with `set` fields (a route's, whose names the caller stopped
+/// forwarding from the head) written after `extra_headers`. Invalid ones are skipped.
+pub fn write_request_head_with(
+    head: &RequestHead,
+    src: &[u8],
+    out: &mut Vec<u8>,
+    extra_headers: &[(&[u8], &[u8])],
+    set: &[(String, String)],
+) {
     out.extend_from_slice(head.method_span.get(src));
     out.push(b' ');
     // An absolute-form target's path may be empty or start with its query (RFC 9112 3.2.2).
@@ -52,6 +64,9 @@ pub fn write_request_head(head: &RequestHead, src: &[u8], out: &mut Vec<u8>, ext
         BodyFraming::None | BodyFraming::CloseDelimited => {}
     }
     write_extra(extra_headers, out);
+    for (name, value) in set {
+        write_extra(&[(name.as_bytes(), value.as_bytes())], out);
+    }
     out.extend_from_slice(b"\r\n");
 }
 

@@ -9,6 +9,7 @@ use weir_core::outcome::Outcome;
 
 use super::*;
 use crate::io::{Conn, ConnectOptions, Runtime};
+use crate::pool::UpConn;
 
 fn snapshot(toml: &str, previous: Option<&Snapshot>) -> Arc<Snapshot> {
     let cfg = Config::parse(toml, std::path::Path::new("test.toml")).expect("valid config");
@@ -44,11 +45,11 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
             .await
             .expect("connect");
         let gauge = state.gauge(&a);
-        let e2_picked = Picked { index: 1, addr: e2.parse().expect("addr"), panic: false, generation: 1 };
+        let e2_picked = Picked { backend: 0, index: 1, addr: e2.parse().expect("addr"), panic: false, generation: 1 };
         assert!(state.services[0].active.is_none(), "no balancer or pools before the first request");
         state.pick(&a, &Tried::default(), t0, 0).expect("a pick builds the service's state");
         state.put_pooled(&a, &e2_picked, UpConn::new(conn, &gauge), t0);
-        state.services[0].active.as_mut().expect("active").balancer.on_start(1);
+        state.services[0].active.as_mut().expect("active").backends[0].balancer.on_start(1);
         state.report(&a, &e2_picked, &Outcome::Response { status: 200 }, Some(Duration::from_millis(40)), t0, 0);
         assert!(state.services[0].budget.try_withdraw(t0), "a new budget holds one second of floor");
         let budget_before = state.services[0].budget.available(t0);
@@ -62,17 +63,17 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
         let a2 = state.scope(0);
         assert_eq!(state.snapshot().generation, 2);
         assert_eq!(
-            state.services[0].active.as_mut().expect("active").balancer.latency_estimate(0, t0),
+            state.services[0].active.as_mut().expect("active").backends[0].balancer.latency_estimate(0, t0),
             Some(Duration::from_millis(40))
         );
         assert_eq!(
-            state.services[0].active.as_mut().expect("active").balancer.latency_estimate(1, t0),
+            state.services[0].active.as_mut().expect("active").backends[0].balancer.latency_estimate(1, t0),
             None,
             "a new endpoint starts unknown"
         );
         assert_eq!(state.services[0].budget.available(t0), budget_before, "same policy: the budget is carried");
         assert_eq!(state.gauge(&a2).get(), 1, "the pooled connection is still counted");
-        let moved = Picked { index: 0, addr: e2.parse().expect("addr"), panic: false, generation: 2 };
+        let moved = Picked { backend: 0, index: 0, addr: e2.parse().expect("addr"), panic: false, generation: 2 };
         assert!(state.take_pooled(&a2, &moved, t0).is_some(), "the pool followed e2 to its new index");
         assert!(state.telemetry.shard.service(b_slot).is_none(), "a removed service's stats are freed");
         assert!(
@@ -119,7 +120,7 @@ fn ejected_endpoints_are_skipped_and_come_back_on_probation_one_request_at_a_tim
     let mut state = WorkerState::new(s, 0, WorkerTelemetry::default());
     let a = state.scope(0);
     let now = Instant::now();
-    let bad = Picked { index: 0, addr: eps[0].parse().expect("addr"), panic: false, generation: 1 };
+    let bad = Picked { backend: 0, index: 0, addr: eps[0].parse().expect("addr"), panic: false, generation: 1 };
     for _ in 0..5 {
         state.report(&a, &bad, &Outcome::ConnectFailure, None, now, 0);
     }

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use weir_core::accesslog::LogRecord;
+use weir_core::accesslog::{LineNames, LogRecord};
 use weir_core::config::LogSink;
 
 use super::{HEALTHY_AFTER, MAX_UNCONFIRMED_BYTES, SINK_WRITE_TIMEOUT};
@@ -141,8 +141,8 @@ impl Sink {
     }
 
     /// Formats `record` as the next line; `gap` is what its `dropped_before` reports.
-    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64, source_workload: Option<&str>) {
-        record.write_json_with(gap, source_workload, &mut self.pending);
+    pub(super) fn queue(&mut self, record: &LogRecord, gap: u64, names: LineNames<'_>) {
+        record.write_json(gap, names, &mut self.pending);
         self.lines.push((self.pending.len(), gap));
     }
 
