@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+mod kubernetes;
+use kubernetes::{RawKubernetes, check_kubernetes};
+
 use super::{
-    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, ForwardedHeaders, KubernetesConfig, LbPolicy,
-    LimitsConfig, LogSink, MetricsConfig, OtlpTarget, OutlierConfig, PathPart, Problem, Protocol, ProxyConfig,
-    RetryConfig, ServiceAliases, ServiceConfig, SteeringConfig, TimeoutConfig, TracingConfig, is_loopback, ms,
+    AccessLogConfig, AdminConfig, Config, EndpointConfig, FailMode, ForwardedHeaders, LbPolicy, LimitsConfig, LogSink,
+    MetricsConfig, OtlpTarget, OutlierConfig, PathPart, Problem, Protocol, ProxyConfig, RetryConfig, ServiceAliases,
+    ServiceConfig, SteeringConfig, TimeoutConfig, TracingConfig, is_loopback, ms,
 };
 
 /// The whole file as written.
@@ -140,30 +143,6 @@ struct RawMetrics {
 impl Default for RawMetrics {
     fn default() -> Self {
         RawMetrics { max_sources: 50 }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawKubernetes {
-    enabled: bool,
-    kubeconfig: Option<String>,
-    node_name: Option<String>,
-    service_selector: String,
-    exclude_namespaces: Vec<String>,
-    default_protocol: Protocol,
-}
-
-impl Default for RawKubernetes {
-    fn default() -> Self {
-        RawKubernetes {
-            enabled: false,
-            kubeconfig: None,
-            node_name: None,
-            service_selector: String::new(),
-            exclude_namespaces: vec!["kube-system".into()],
-            default_protocol: Protocol::Tcp,
-        }
     }
 }
 
@@ -768,38 +747,4 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         metrics: MetricsConfig { max_sources: metrics.max_sources },
         services: out_services,
     })
-}
-
-/// Checks `[kubernetes]`: a selector the API server would refuse, or a namespace that cannot
-/// exist, is a problem here rather than a watch that fails at run time.
-fn check_kubernetes(c: &mut Checker, k: RawKubernetes) -> KubernetesConfig {
-    let p = |key: &'static str| [Key("kubernetes"), Key(key)];
-    if let Err(e) = super::selector::Selector::parse(&k.service_selector) {
-        c.problem(&p("service_selector"), format!("{:?} is not a label selector: {e}", k.service_selector));
-    }
-    if k.kubeconfig.as_deref().is_some_and(str::is_empty) {
-        c.problem(&p("kubeconfig"), "is empty: remove it for the in-cluster service account".into());
-    }
-    if k.node_name.as_deref().is_some_and(|n| !super::selector::is_dns_subdomain(n)) {
-        c.problem(
-            &p("node_name"),
-            format!("{:?} is not a Kubernetes node name", k.node_name.as_deref().unwrap_or_default()),
-        );
-    }
-    for (i, ns) in k.exclude_namespaces.iter().enumerate() {
-        if !super::selector::is_dns_label(ns) {
-            c.problem(
-                &[Key("kubernetes"), Key("exclude_namespaces"), Index(i)],
-                format!("{ns:?} is not a namespace name (1 to 63 of a-z 0-9 -)"),
-            );
-        }
-    }
-    KubernetesConfig {
-        enabled: k.enabled,
-        kubeconfig: k.kubeconfig.map(Into::into),
-        node_name: k.node_name,
-        service_selector: k.service_selector,
-        exclude_namespaces: k.exclude_namespaces,
-        default_protocol: k.default_protocol,
-    }
 }
