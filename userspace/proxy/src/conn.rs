@@ -1,8 +1,8 @@
 //! One downstream HTTP/1.1 connection, read top to bottom (a connection that opens with the
 //! HTTP/2 preface is handed to [`crate::h2down`]): read a request head (idle and
 //! header-read timeouts), parse it strictly, route it to its service once, admit it under the
-//! service's rate and pending limits ([`crate::policy`]), hand it to [`crate::exchange`], account for it, and loop while the
-//! connection stays keep-alive. Pipelined requests are answered in order because the next head
+//! service's rate and pending limits ([`crate::policy`]), hand it to [`crate::exchange`],
+//! account for it, and loop while the connection stays keep-alive. Pipelined requests are answered in order because the next head
 //! is parsed only after the previous response is complete. Closes in stages (lingering) so a
 //! queued response is never destroyed by a reset, except when a response was cut, which must
 //! look cut. Owns the downstream read buffer. Must not: forward a byte of a request that failed

@@ -42,8 +42,8 @@ const GOAL_ADDED_US: f64 = 1.0;
 pub(super) const HEADING: &str = "### Traffic policy per hop";
 
 impl PolicyCost {
-    /// A comparison that did not run.
-    pub(super) fn not_run(why: String) -> PolicyCost {
+    /// Nothing measured yet.
+    fn empty() -> PolicyCost {
         PolicyCost {
             plain: Vec::new(),
             routed: Vec::new(),
@@ -51,8 +51,13 @@ impl PolicyCost {
             routed_p50_us: None,
             plain_mean_us: None,
             routed_mean_us: None,
-            problems: vec![why],
+            problems: Vec::new(),
         }
+    }
+
+    /// A comparison that did not run.
+    pub(super) fn not_run(why: String) -> PolicyCost {
+        PolicyCost { problems: vec![why], ..PolicyCost::empty() }
     }
 
     /// Routed minus plain, at the median of the rounds' p50, µs.
@@ -95,8 +100,7 @@ pub(super) fn run(env: &Env, plan: &Plan, upstream_addr: SocketAddr, upstream: &
     let routed_spec = spec("weir-routed");
     let toml = routed_toml(&peers::weir_toml(upstream_addr, &routed_spec), upstream_addr);
     let routed = peers::start_weir_toml(env, &routed_spec, &toml)?;
-    let mut out = PolicyCost::not_run(String::new());
-    out.problems.clear();
+    let mut out = PolicyCost::empty();
     upstream.pin(&env.proxy_cpu)?;
     let requests = plan.per_round(plan.seq_requests as f64) as u64;
     for round in 0..plan.rounds {
