@@ -11,7 +11,10 @@
 #![no_std]
 
 pub mod redirect;
-pub use redirect::{MAP_SOCK_STATE, MAP_SOCKS, MAX_REDIRECT_SOCKS, MsgStep, SockKey, SockState, msg_step};
+pub use redirect::{
+    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_PENDING, MAX_REDIRECT_SOCKS, MsgStep, SockKey, SockState, is_loopback,
+    msg_step, upstream_pairs,
+};
 
 /// Map: service VIP ([`ServiceKey`]) → [`ServiceValue`]. Written by userspace on every config
 /// snapshot; read by the connect hooks.

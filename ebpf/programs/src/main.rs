@@ -16,6 +16,11 @@
 //!   into the other's receive queue, or lets it take the TCP path (`redirect::msg_step`);
 //!   `steer_skb` (a no-op stream verdict) is attached beside it because kernels from 6.18.14 on
 //!   can lose the wake-up of a socket enrolled without one.
+//! - The same for the upstream leg when the endpoint is on this node's loopback: `steer_sockops`
+//!   enrolls weir's own (marked) socket when its handshake completes and remembers the
+//!   endpoint's side in `WEIR_UP_PENDING`; the endpoint's accepted socket is enrolled when its
+//!   handshake completes, where this program runs for the endpoint's cgroup
+//!   (`redirect::upstream_pairs`).
 //!
 //! While weir is down (its heartbeat is stale), connects to a VIP follow the configured fail
 //! mode instead of being redirected to a proxy that is not there.
@@ -40,7 +45,8 @@ mod programs {
     use weir_ebpf_common::{
         COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_REDIRECT_SOCKS, MAX_SERVICES,
         MsgStep, OrigDst, ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, connect_verdict, msg_step,
-        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, v4_mapped, v6_bytes, v6_words, weir_alive,
+        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, upstream_pairs, v4_mapped, v6_bytes,
+        v6_words, weir_alive,
     };
 
     /// cgroup/connect*: let the connect proceed (rewritten or not). Returning 0 would fail the
@@ -77,6 +83,9 @@ mod programs {
 
     #[map(name = "WEIR_SOCK_STATE")]
     static SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(MAX_REDIRECT_SOCKS, 0);
+
+    #[map(name = "WEIR_UP_PENDING")]
+    static UP_PENDING: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
     #[inline(always)]
     fn count(counter: Counter) {
@@ -281,6 +290,9 @@ mod programs {
             let flags = unsafe { CONN_ORIG.get(&conn) }.map_or(0, |o| o.flags);
             if flags & orig_flags::ENROLLED != 0 {
                 enroll(&ctx, &me);
+            } else if UP_PENDING.remove(&me).is_ok() {
+                // An endpoint's side of weir's upstream connection (weir's side is enrolled).
+                enroll(&ctx, &me);
             }
             return SOCK_OPS_OK;
         }
@@ -291,6 +303,7 @@ mod programs {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: the value is copied out before the entry is deleted.
         let Some(mut orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+            upstream(&ctx);
             return SOCK_OPS_OK;
         };
         let _ = SOCK_ORIG.remove(&cookie);
@@ -316,6 +329,27 @@ mod programs {
         }
         count(Counter::Recorded);
         SOCK_OPS_OK
+    }
+
+    /// weir's own socket to an endpoint on this node, just established: enrolled, and the
+    /// endpoint's side remembered so that it is enrolled when its handshake completes.
+    #[inline(always)]
+    fn upstream(ctx: &SockOpsContext) {
+        let Some(config) = CONFIG.get(0) else { return };
+        // SAFETY: `sk` of a sock_ops context is a full socket or null (checked).
+        let sk = unsafe { read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
+        if sk.is_null() {
+            return;
+        }
+        // SAFETY: checked non-null above; `mark` is a readable field of `bpf_sock`.
+        let mark = unsafe { read_volatile(&(*sk).mark) };
+        let Some(me) = sock_ops_tuple(ctx) else { return };
+        if !upstream_pairs(config.socket_redirect, config.own_mark, mark, &me.remote_addr) {
+            return;
+        }
+        if enroll(ctx, &me) && UP_PENDING.insert(&me.peer(), &1, 0).is_err() {
+            count(Counter::MapError);
+        }
     }
 
     /// What a socket in `WEIR_SOCKS` sends: into its peer's receive queue when the peer is in

@@ -134,7 +134,7 @@ async fn connection(
     }
     let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
     let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
-    Ok((pool::connect(picked.addr, opts, timeout, &gauge).await?, false))
+    Ok((pool::connect(picked.addr, &opts, timeout, &gauge).await?, false))
 }
 
 /// How reading a response head ended.

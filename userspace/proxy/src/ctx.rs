@@ -97,7 +97,8 @@ impl Ctx {
     pub(crate) fn connect_options(&self) -> ConnectOptions {
         let state = self.state.borrow();
         let s = &state.snapshot().config.steering;
-        ConnectOptions { mark: if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 } }
+        let mark = if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 };
+        ConnectOptions { mark, steering: self.shared.orig_dst.clone() }
     }
 
     /// How long a write to a client may make no progress.

@@ -221,7 +221,7 @@ impl Attempter for ToH2<'_> {
             None => {
                 let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
                 let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
-                match pool::connect_h2(picked.addr, opts, timeout, &gauge).await {
+                match pool::connect_h2(picked.addr, &opts, timeout, &gauge).await {
                     Ok(c) => ctx.state.borrow_mut().put_h2(scope, picked, c, Instant::now()),
                     Err(o) => return AttemptResult::failed(o, false, false),
                 }

@@ -119,7 +119,10 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
         let now_ms = shared.now_ms();
         let mark = {
             let s = &snapshot.config.steering;
-            ConnectOptions { mark: if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 } }
+            ConnectOptions {
+                mark: if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 },
+                steering: shared.orig_dst.clone(),
+            }
         };
         // Results first, applied to the current snapshot's state (by address).
         for (key, passed) in done.borrow_mut().drain(..) {
@@ -177,9 +180,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
             if ep.next <= now {
                 ep.running = true;
                 ep.next = now + hc.interval + jitter(&mut rng, hc.interval / 10);
-                let (hc, done) = (hc.clone(), done.clone());
+                let (hc, done, opts) = (hc.clone(), done.clone(), mark.clone());
                 crate::io::spawn(async move {
-                    let passed = check(key.2, &hc, mark).await;
+                    let passed = check(key.2, &hc, &opts).await;
                     done.borrow_mut().push((key, passed));
                 });
             }
@@ -195,7 +198,7 @@ fn jitter(rng: &mut SmallRng, max: Duration) -> Duration {
 }
 
 /// One check of `addr`: passed or not, within the check's timeout.
-async fn check(addr: SocketAddr, hc: &HealthCheckConfig, opts: ConnectOptions) -> bool {
+async fn check(addr: SocketAddr, hc: &HealthCheckConfig, opts: &ConnectOptions) -> bool {
     let deadline = Instant::now() + hc.timeout;
     let attempt = async {
         let mut conn = Conn::connect(addr, opts, hc.timeout).await.ok()?;

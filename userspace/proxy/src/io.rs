@@ -22,10 +22,13 @@ mod timer;
 use timer::Sleep;
 
 /// Options for sockets weir opens towards endpoints.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// SO_MARK for the socket (0 = none). eBPF steering never redirects marked sockets.
     pub mark: u32,
+    /// The steering layer, told of every marked connection to a loopback endpoint (the
+    /// socket-level redirect pairs those: [`crate::OriginalDst::upstream_connected`]).
+    pub steering: Option<std::sync::Arc<dyn crate::OriginalDst>>,
 }
 
 /// A listening socket of one worker.
@@ -142,6 +145,17 @@ const ENOMEM_BACKOFF_MAX: Duration = Duration::from_millis(64);
 /// …for at most this long when the write has no deadline of its own.
 const ENOMEM_PATIENCE: Duration = Duration::from_secs(5);
 
+/// [`Conn::unacked_since`]'s rule: of `sent` bytes written, TCP carried `acked + queued` (the
+/// last ones; the first `sent - acked - queued` were redirected into the peer's queue).
+/// Unacknowledged since `sent_before` when none after it was redirected and TCP's
+/// acknowledgements do not reach past it. `acked_with_syn` is TCP_INFO's `tcpi_bytes_acked`,
+/// which counts the SYN's sequence number too (1 on a connection that sent no data).
+fn unacked(sent: u64, sent_before: u64, acked_with_syn: u64, queued: u64) -> bool {
+    let acked = acked_with_syn.saturating_sub(1);
+    let redirected = sent.saturating_sub(acked + queued);
+    redirected <= sent_before && acked <= sent_before - redirected
+}
+
 fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "no progress before the deadline")
 }
@@ -156,7 +170,7 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `addr` within `timeout`.
-    pub async fn connect(addr: SocketAddr, opts: ConnectOptions, timeout: Duration) -> io::Result<Conn> {
+    pub async fn connect(addr: SocketAddr, opts: &ConnectOptions, timeout: Duration) -> io::Result<Conn> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         if opts.mark != 0 {
             socket.set_mark(opts.mark)?;
@@ -164,7 +178,16 @@ impl Conn {
         socket.set_tcp_nodelay(true)?;
         let socket = TcpSocket::from_std_stream(socket.into())?;
         match until(Instant::now() + timeout, socket.connect(addr)).await {
-            Some(Ok(stream)) => Ok(Conn { inner: stream, sent: 0 }),
+            Some(Ok(stream)) => {
+                if let Some(steering) = &opts.steering
+                    && opts.mark != 0
+                    && addr.ip().to_canonical().is_loopback()
+                    && let Ok(local) = stream.local_addr()
+                {
+                    steering.upstream_connected(local, addr);
+                }
+                Ok(Conn { inner: stream, sent: 0 })
+            }
             Some(Err(e)) => Err(e),
             None => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
@@ -254,25 +277,31 @@ impl Conn {
     /// `sent_before` (TCP_INFO `tcpi_bytes_acked`): then the peer application cannot have read
     /// them, so a request sent there was never processed and may be sent again elsewhere
     /// whatever its method. False when the kernel cannot say.
+    ///
+    /// With the socket-level redirect, bytes may have gone straight into the peer's receive
+    /// queue instead of through TCP: those count as acknowledged (as TCP's would, once in the
+    /// peer's queue). TCP accounts for what it carried (acknowledged + still queued, SIOCOUTQ);
+    /// the rest of what was written was redirected, and a direction that took TCP once stays
+    /// on it, so the redirected bytes are the first ones.
     pub fn unacked_since(&self, sent_before: u64) -> bool {
         use std::os::fd::AsRawFd;
+        let fd = self.inner.as_raw_fd();
         // SAFETY: tcp_info is plain old data; zeroed is a valid value.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
         let rc = unsafe {
-            libc::getsockopt(
-                self.inner.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
+            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
         };
         let has_field = len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-        rc == 0 && has_field && info.tcpi_bytes_acked <= sent_before
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        let rc_q = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || !has_field || rc_q != 0 || queued < 0 {
+            return false;
+        }
+        unacked(self.sent, sent_before, info.tcpi_bytes_acked, queued as u64)
     }
-
     /// Closes in stages (RFC 9112 9.6), so that a response still queued is not destroyed by a
     /// reset: shuts the write side (FIN after every queued byte), then reads and discards what
     /// the client still sends until it closes, `within` passes, or `max_bytes` were discarded.
@@ -586,5 +615,48 @@ impl tokio::io::AsyncWrite for PollIo {
         // SAFETY: shutdown(2) on the fd this value holds.
         let rc = unsafe { libc::shutdown(self.raw(), libc::SHUT_WR) };
         std::task::Poll::Ready(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirected_bytes_count_as_acknowledged() {
+        // `acked` below counts the SYN (+1), as TCP_INFO does.
+        // All TCP (no redirect): 300 written, 200 acknowledged, 100 queued.
+        assert!(!unacked(300, 100, 201, 100), "bytes after 100 were acknowledged");
+        assert!(unacked(300, 200, 201, 100), "nothing after 200 was");
+        assert!(unacked(300, 300, 301, 0), "all acknowledged, nothing written since");
+        // The first 250 redirected, then TCP carried 50 (none acknowledged yet).
+        assert!(!unacked(300, 200, 1, 50), "a request partly redirected reached the peer's queue");
+        assert!(unacked(300, 250, 1, 50), "the request after the redirect went by TCP, unacknowledged");
+        assert!(!unacked(300, 250, 11, 40), "TCP acknowledged some of it");
+        // All redirected.
+        assert!(!unacked(300, 0, 1, 0));
+    }
+
+    #[test]
+    fn tcp_accounts_for_every_byte_written_on_loopback() {
+        Runtime::new().expect("runtime").block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let mut c = Conn::connect(addr, &ConnectOptions::default(), Duration::from_secs(1)).await.expect("connect");
+            let (mut s, _) = l.accept().expect("accept");
+            assert!(c.unacked_since(0), "nothing written");
+            let (res, _) = c.write_all(vec![b'x'; 100]).await;
+            res.expect("write");
+            let mut got = [0u8; 100];
+            std::io::Read::read_exact(&mut s, &mut got).expect("read");
+            // The peer read it all, so its kernel acknowledged it: wait for the ACK to land.
+            let until = Instant::now() + Duration::from_secs(5);
+            while c.unacked_since(0) {
+                assert!(Instant::now() < until, "the peer's ACK never reached weir's socket");
+                std::thread::yield_now();
+            }
+            assert!(c.unacked_since(100), "nothing was written after the first 100 bytes");
+            assert!(!c.unacked_since(99));
+        });
     }
 }

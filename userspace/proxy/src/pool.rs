@@ -58,7 +58,7 @@ impl Drop for UpConn {
 /// [`Outcome::LocalResource`], never the endpoint's failure.
 pub(crate) async fn connect(
     addr: SocketAddr,
-    opts: ConnectOptions,
+    opts: &ConnectOptions,
     timeout: Duration,
     gauge: &Gauge,
 ) -> Result<UpConn, Outcome> {
@@ -172,7 +172,7 @@ impl H2Pool {
 /// protocol error of the endpoint.
 pub(crate) async fn connect_h2(
     addr: SocketAddr,
-    opts: ConnectOptions,
+    opts: &ConnectOptions,
     timeout: Duration,
     gauge: &Gauge,
 ) -> Result<H2Conn, Outcome> {
@@ -256,7 +256,7 @@ mod tests {
     async fn pair() -> (Conn, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        let c = Conn::connect(addr, ConnectOptions::default(), Duration::from_secs(1)).await.expect("connect");
+        let c = Conn::connect(addr, &ConnectOptions::default(), Duration::from_secs(1)).await.expect("connect");
         let (s, _) = l.accept().expect("accept");
         (c, s)
     }

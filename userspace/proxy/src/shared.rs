@@ -36,6 +36,11 @@ pub trait OriginalDst: Send + Sync + std::fmt::Debug {
     /// Called by every worker four times a second: the worker is alive. Steering treats weir as
     /// down (and applies its fail mode) when no worker has called this for a while.
     fn heartbeat(&self) {}
+
+    /// Called after weir's own (marked) socket from `local` connected to an endpoint at
+    /// `peer` on this node's loopback: the steering layer keeps the socket-level redirect on
+    /// that leg only where the endpoint's side was enrolled too.
+    fn upstream_connected(&self, _local: SocketAddr, _peer: SocketAddr) {}
 }
 
 /// State every worker reads; written only outside the workers (start, reloads, drain).

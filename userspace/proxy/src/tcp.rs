@@ -46,7 +46,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
         };
         tries += 1;
         let gauge = ctx.state.borrow_mut().gauge(&scope);
-        let res = pool::connect(picked.addr, opts, connect_timeout, &gauge).await;
+        let res = pool::connect(picked.addr, &opts, connect_timeout, &gauge).await;
         let mut state = ctx.state.borrow_mut();
         match res {
             Ok(up) => {

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
@@ -118,6 +119,18 @@ impl<K: aya::Pod, V: aya::Pod> TypedMap<K, V> {
         Ok(unsafe { value.assume_init() })
     }
 
+    /// Deletes `key` (any map type, a socket map too: deleting needs no value).
+    pub(crate) fn delete(&self, key: &K) -> io::Result<()> {
+        let attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: 0,
+            flags: 0,
+        };
+        bpf(BPF_MAP_DELETE_ELEM, &attr).map(|_| ())
+    }
+
     /// Sets `key` to `value`.
     pub(crate) fn update(&self, key: &K, value: &V) -> io::Result<()> {
         let attr = MapElemAttr {
@@ -184,5 +197,8 @@ mod root_tier {
         map.update(&7, &0x1122_3344_5566_7788).expect("update");
         assert_eq!(map.lookup_and_delete(&7).expect("present"), 0x1122_3344_5566_7788);
         assert_eq!(map.lookup_and_delete(&7).expect_err("deleted").raw_os_error(), Some(libc::ENOENT));
+        map.update(&8, &1).expect("update");
+        map.delete(&8).expect("delete");
+        assert_eq!(map.delete(&8).expect_err("deleted").raw_os_error(), Some(libc::ENOENT));
     }
 }

@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::Ebpf;
@@ -36,7 +36,8 @@ use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
-    OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SteerConfig, fail_mode,
+    MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SockKey, SteerConfig,
+    fail_mode,
 };
 use weir_proxy::{OriginalDst, Steered};
 
@@ -157,6 +158,10 @@ pub struct SteerStatus {
     /// weir's own cgroup, where sock_ops enrolls weir's side of steered connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub own_cgroup: Option<PathBuf>,
+    /// Upstream connections to a loopback endpoint whose side was not enrolled (no weir
+    /// program runs for the endpoint's cgroup): weir took its own side out again, and the
+    /// connection runs over plain TCP.
+    pub upstream_unpaired: u64,
 }
 
 /// The proxy address steered connections are rewritten to (an unspecified listen address
@@ -303,6 +308,9 @@ impl Steering {
             listeners: map_fd(&ebpf, MAP_LISTENERS)?,
             reuseport_prog: steering.cpu_affinity.then_some(reuseport_prog),
             reuseport_attached: AtomicBool::new(false),
+            up_pending: map_fd(&ebpf, MAP_UPSTREAM_PENDING)?,
+            socks: map_fd(&ebpf, MAP_SOCKS)?,
+            upstream_unpaired: AtomicU64::new(0),
         });
         // Alive from the start: steering must not fail over before the first worker tick.
         hooks.heartbeat();
@@ -612,6 +620,7 @@ impl Steering {
             socket_redirect: self.redirect.is_ok(),
             socket_redirect_off: self.redirect.clone().err(),
             own_cgroup: self.own_link.as_ref().and(crate::redirect::own_cgroup()),
+            upstream_unpaired: self.hooks.upstream_unpaired.load(Ordering::Relaxed),
         }
     }
 }
@@ -629,6 +638,12 @@ struct KernelHooks {
     listeners: TypedMap<u32, u32>,
     reuseport_prog: Option<OwnedFd>,
     reuseport_attached: AtomicBool,
+    /// Endpoint sides of upstream pairs not enrolled yet (`WEIR_UP_PENDING`).
+    up_pending: TypedMap<SockKey, u32>,
+    /// The socket map (deleting needs only the key).
+    socks: TypedMap<SockKey, u32>,
+    /// Upstream connections whose endpoint side was never enrolled.
+    upstream_unpaired: AtomicU64,
 }
 
 impl OriginalDst for KernelHooks {
@@ -683,5 +698,26 @@ impl OriginalDst for KernelHooks {
 
     fn heartbeat(&self) {
         let _ = self.heartbeat.update(&0, &bpf_sys::monotonic_ns());
+    }
+
+    fn upstream_connected(&self, local: SocketAddr, peer: SocketAddr) {
+        let endpoint_side = SockKey {
+            local_addr: addr16(peer.ip()),
+            remote_addr: addr16(local.ip()),
+            local_port: peer.port(),
+            remote_port: local.port(),
+        };
+        // Still pending: the endpoint's side was not enrolled when its handshake completed
+        // (or has not completed it yet: then it stays out too, as the entry is gone). weir's
+        // side alone in the map would only cost (TCP from the endpoint through the map's queue).
+        if self.up_pending.lookup_and_delete(&endpoint_side).is_ok() {
+            let _ = self.socks.delete(&endpoint_side.peer());
+            if self.upstream_unpaired.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(
+                    endpoint = %peer,
+                    "upstream leg to a loopback endpoint runs over TCP: no weir sock_ops program runs for the endpoint's cgroup (add it to [steering] cgroups for the socket-level redirect on that leg)"
+                );
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ fn a_reload_carries_pools_latency_budgets_and_gauges_by_name_and_address() {
         let t0 = Instant::now();
 
         // An idle pooled connection to e2, a latency estimate for e2, and a spent budget.
-        let conn = Conn::connect(e2.parse().expect("addr"), ConnectOptions::default(), Duration::from_secs(1))
+        let conn = Conn::connect(e2.parse().expect("addr"), &ConnectOptions::default(), Duration::from_secs(1))
             .await
             .expect("connect");
         let gauge = state.gauge(&a);
