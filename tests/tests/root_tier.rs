@@ -12,5 +12,6 @@ mod kubernetes;
 mod memory;
 mod prometheus;
 mod redirect;
+mod redirect_upstream;
 mod steering;
 mod takeover;
