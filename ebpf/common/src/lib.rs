@@ -12,8 +12,8 @@
 
 pub mod redirect;
 pub use redirect::{
-    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_PENDING, MAX_REDIRECT_SOCKS, MsgStep, SockKey, SockState, is_loopback,
-    msg_step, upstream_pairs,
+    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, MAX_REDIRECT_SOCKS, MsgStep, SockKey,
+    SockState, msg_step,
 };
 
 /// Map: service VIP ([`ServiceKey`]) → [`ServiceValue`]. Written by userspace on every config

@@ -12,6 +12,15 @@
 //! TCP path once stays on it ([`SockState::passed`]). The redirect has no flow control (a slow
 //! reader lets the queue grow), so a direction that moved [`REDIRECT_BUDGET_BYTES`] without
 //! the other side sending anything falls back to TCP too, whose window bounds it.
+//!
+//! The upstream leg (weir's socket to an endpoint on this node's loopback) is paired through
+//! [`MAP_UPSTREAM_COOKIES`] and [`MAP_UPSTREAM_PENDING`]: weir names its socket by cookie before
+//! `connect()`; when that socket is established the endpoint's side is remembered; the
+//! endpoint's accepted socket is enrolled when its own handshake completes, where a weir
+//! sock_ops program runs for the endpoint's cgroup, and the entry says so; after `connect()`
+//! weir takes the entry and enrolls its own socket only then. The cookie makes the pair the
+//! business of the programs of the weir that opened the socket, whatever other weir programs
+//! run for the same cgroups.
 
 use crate::Counter;
 
@@ -21,12 +30,24 @@ pub const MAP_SOCKS: &str = "WEIR_SOCKS";
 /// LRU hash: [`SockKey`] of a sending socket → [`SockState`]. Per program (each socket keeps
 /// the programs it was enrolled with), so not shared.
 pub const MAP_SOCK_STATE: &str = "WEIR_SOCK_STATE";
-/// LRU hash: [`SockKey`] of an endpoint's socket (as the endpoint sees it) → 1, between the
-/// moment weir's side of an upstream connection is enrolled and the endpoint's side is. weir
-/// takes the entry out after `connect()`: still there, the endpoint's side was not enrolled (no
-/// weir program runs for its cgroup) and weir takes its own socket out of [`MAP_SOCKS`] again.
-/// Per program (not shared): a pair is made by the programs of one weir.
+/// LRU hash: socket cookie of weir's upstream socket to a loopback endpoint → 1, written by
+/// weir before `connect()`, taken by sock_ops when the socket is established.
+pub const MAP_UPSTREAM_COOKIES: &str = "WEIR_UP_COOKIES";
+/// LRU hash: [`SockKey`] of an endpoint's socket (as the endpoint sees it) → one of
+/// [`upstream`], from the moment weir's upstream socket is established until weir takes the
+/// entry after `connect()`: [`upstream::PAIRED`] (the endpoint's side is in [`MAP_SOCKS`]) and
+/// weir enrolls its own socket; [`upstream::PENDING`] (no weir program runs for the endpoint's
+/// cgroup, or its handshake has not completed yet) and the connection stays on TCP. Per program
+/// (not shared): a pair is made by the programs of one weir.
 pub const MAP_UPSTREAM_PENDING: &str = "WEIR_UP_PENDING";
+
+/// Values of [`MAP_UPSTREAM_PENDING`].
+pub mod upstream {
+    /// weir's side is established; the endpoint's side is not enrolled.
+    pub const PENDING: u32 = 1;
+    /// The endpoint's side is enrolled: weir may enroll its own.
+    pub const PAIRED: u32 = 2;
+}
 /// Capacity of [`MAP_SOCKS`] (two entries per redirected connection).
 pub const MAX_REDIRECT_SOCKS: u32 = 262_144;
 /// Bytes one direction may redirect while the other side sends nothing before it falls back
@@ -73,23 +94,6 @@ pub struct SockState {
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 16);
 
-/// Whether weir's own socket (its mark is `mark`) connected to `remote` starts an upstream pair:
-/// the redirect is on (`socket_redirect`), the socket carries weir's mark (`own_mark`, never 0)
-/// and the endpoint is on this node's loopback (127.0.0.0/8 or ::1, IPv4 as IPv4-mapped).
-#[inline(always)]
-pub fn upstream_pairs(socket_redirect: u32, own_mark: u32, mark: u32, remote: &[u8; 16]) -> bool {
-    socket_redirect != 0 && own_mark != 0 && mark == own_mark && is_loopback(remote)
-}
-
-/// 127.0.0.0/8 as IPv4-mapped, or ::1.
-#[inline(always)]
-pub fn is_loopback(a: &[u8; 16]) -> bool {
-    let zero10 = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0;
-    let v4 = zero10 && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
-    let v6 = zero10 && a[10] | a[11] | a[12] | a[13] | a[14] == 0 && a[15] == 1;
-    v4 || v6
-}
-
 /// What one message does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MsgStep {
@@ -122,32 +126,6 @@ mod tests {
         let p = k.peer();
         assert_eq!((p.local_addr, p.remote_addr, p.local_port, p.remote_port), ([2; 16], [1; 16], 15001, 40000));
         assert_eq!(p.peer(), k);
-    }
-
-    #[test]
-    fn only_weirs_own_sockets_to_loopback_start_an_upstream_pair() {
-        extern crate std;
-        use std::net::{IpAddr, Ipv6Addr};
-        let mapped = |ip: &str| match ip.parse::<IpAddr>().expect("ip") {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        for (ip, local) in [("127.0.0.1", true), ("127.200.3.4", true), ("::1", true), ("10.0.0.1", false)] {
-            assert_eq!(is_loopback(&mapped(ip)), local, "{ip}");
-            assert_eq!(
-                is_loopback(&mapped(ip)),
-                ip.parse::<IpAddr>().expect("ip").to_canonical().is_loopback(),
-                "agrees with std for {ip}"
-            );
-        }
-        assert!(!is_loopback(&Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 2).octets()));
-        assert!(!is_loopback(&Ipv6Addr::new(1, 0, 0, 0, 0, 0, 0, 1).octets()));
-        let lo = mapped("127.0.0.1");
-        assert!(upstream_pairs(1, 0x5745, 0x5745, &lo));
-        assert!(!upstream_pairs(0, 0x5745, 0x5745, &lo), "redirect off");
-        assert!(!upstream_pairs(1, 0x5745, 0, &lo), "not weir's socket");
-        assert!(!upstream_pairs(1, 0, 0, &lo), "no mark configured: nothing is weir's");
-        assert!(!upstream_pairs(1, 0x5745, 0x5745, &mapped("198.18.0.1")), "another node");
     }
 
     #[test]

@@ -16,11 +16,11 @@
 //!   into the other's receive queue, or lets it take the TCP path (`redirect::msg_step`);
 //!   `steer_skb` (a no-op stream verdict) is attached beside it because kernels from 6.18.14 on
 //!   can lose the wake-up of a socket enrolled without one.
-//! - The same for the upstream leg when the endpoint is on this node's loopback: `steer_sockops`
-//!   enrolls weir's own (marked) socket when its handshake completes and remembers the
-//!   endpoint's side in `WEIR_UP_PENDING`; the endpoint's accepted socket is enrolled when its
-//!   handshake completes, where this program runs for the endpoint's cgroup
-//!   (`redirect::upstream_pairs`).
+//! - The same for the upstream leg when the endpoint is on this node's loopback: when weir's
+//!   socket named in `WEIR_UP_COOKIES` is established, `steer_sockops` remembers the endpoint's
+//!   side in `WEIR_UP_PENDING`; the endpoint's accepted socket is enrolled when its handshake
+//!   completes, where this program runs for the endpoint's cgroup, and the entry says so. weir
+//!   enrolls its own socket after `connect()` only then.
 //!
 //! While weir is down (its heartbeat is stale), connects to a VIP follow the configured fail
 //! mode instead of being redirected to a proxy that is not there.
@@ -45,7 +45,7 @@ mod programs {
     use weir_ebpf_common::{
         COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_REDIRECT_SOCKS, MAX_SERVICES,
         MsgStep, OrigDst, ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, connect_verdict, msg_step,
-        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, upstream_pairs, v4_mapped, v6_bytes,
+        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, redirect::upstream, v4_mapped, v6_bytes,
         v6_words, weir_alive,
     };
 
@@ -83,6 +83,9 @@ mod programs {
 
     #[map(name = "WEIR_SOCK_STATE")]
     static SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(MAX_REDIRECT_SOCKS, 0);
+
+    #[map(name = "WEIR_UP_COOKIES")]
+    static UP_COOKIES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
 
     #[map(name = "WEIR_UP_PENDING")]
     static UP_PENDING: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
@@ -290,9 +293,12 @@ mod programs {
             let flags = unsafe { CONN_ORIG.get(&conn) }.map_or(0, |o| o.flags);
             if flags & orig_flags::ENROLLED != 0 {
                 enroll(&ctx, &me);
-            } else if UP_PENDING.remove(&me).is_ok() {
-                // An endpoint's side of weir's upstream connection (weir's side is enrolled).
-                enroll(&ctx, &me);
+            } else if UP_PENDING.get_ptr_mut(&me).is_some() && enroll(&ctx, &me) {
+                // The endpoint's side of weir's upstream connection: weir enrolls its own side
+                // when it finds the entry saying so.
+                if UP_PENDING.insert(&me, &upstream::PAIRED, 0).is_err() {
+                    count(Counter::MapError);
+                }
             }
             return SOCK_OPS_OK;
         }
@@ -303,7 +309,7 @@ mod programs {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: the value is copied out before the entry is deleted.
         let Some(mut orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
-            upstream(&ctx);
+            remember_upstream(&ctx, cookie);
             return SOCK_OPS_OK;
         };
         let _ = SOCK_ORIG.remove(&cookie);
@@ -331,23 +337,21 @@ mod programs {
         SOCK_OPS_OK
     }
 
-    /// weir's own socket to an endpoint on this node, just established: enrolled, and the
-    /// endpoint's side remembered so that it is enrolled when its handshake completes.
+    /// weir's own socket to an endpoint on this node (weir named it by `cookie`), just
+    /// established: the endpoint's side is remembered, to be enrolled when its handshake
+    /// completes. weir's side is not enrolled here: weir does that after `connect()`, once the
+    /// endpoint's side is in the map (a lone weir socket would only cost, and taking it out
+    /// again could lose bytes it queued).
     #[inline(always)]
-    fn upstream(ctx: &SockOpsContext) {
-        let Some(config) = CONFIG.get(0) else { return };
-        // SAFETY: `sk` of a sock_ops context is a full socket or null (checked).
-        let sk = unsafe { read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
-        if sk.is_null() {
+    fn remember_upstream(ctx: &SockOpsContext, cookie: u64) {
+        if UP_COOKIES.remove(&cookie).is_err() {
             return;
         }
-        // SAFETY: checked non-null above; `mark` is a readable field of `bpf_sock`.
-        let mark = unsafe { read_volatile(&(*sk).mark) };
+        if CONFIG.get(0).is_none_or(|c| c.socket_redirect == 0) {
+            return;
+        }
         let Some(me) = sock_ops_tuple(ctx) else { return };
-        if !upstream_pairs(config.socket_redirect, config.own_mark, mark, &me.remote_addr) {
-            return;
-        }
-        if enroll(ctx, &me) && UP_PENDING.insert(&me.peer(), &1, 0).is_err() {
+        if UP_PENDING.insert(&me.peer(), &upstream::PENDING, 0).is_err() {
             count(Counter::MapError);
         }
     }

@@ -54,16 +54,18 @@ fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
     Some(req)
 }
 
-/// What the endpoint saw: per connection, TCP_INFO after its last answer; and the requests.
+/// What the endpoint saw: per connection, TCP_INFO when its last request was read; and the
+/// requests.
 #[derive(Default)]
 struct Seen {
     connections: Vec<(u64, u64)>,
     requests: Vec<String>,
 }
 
-/// An endpoint on 127.0.0.1 that answers every request (a connection per thread) with 200,
-/// except that `drop_posts` makes it read a POST whole and close without answering.
-fn endpoint(drop_posts: bool) -> (SocketAddr, Arc<Mutex<Seen>>) {
+/// An endpoint on 127.0.0.1 that answers every request (a connection per thread) with 200 and
+/// closes a connection after `per_connection` answers (saying so), except that `drop_posts`
+/// makes it read a POST whole and close without answering.
+fn endpoint(drop_posts: bool, per_connection: usize) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -78,15 +80,22 @@ fn endpoint(drop_posts: bool) -> (SocketAddr, Arc<Mutex<Seen>>) {
                     s.connections.push((0, 0));
                     s.connections.len() - 1
                 };
-                while let Some(req) = read_request(&mut conn) {
+                for n in 1..=per_connection {
+                    let Some(req) = read_request(&mut conn) else { return };
                     let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
                     let post = line.starts_with("POST");
-                    seen.lock().expect("lock").requests.push(line);
+                    {
+                        // Before answering: the client may look as soon as it has the answer.
+                        let mut s = seen.lock().expect("lock");
+                        s.requests.push(line);
+                        s.connections[slot] = tcp_bytes(&conn);
+                    }
                     if post && drop_posts {
                         return;
                     }
-                    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").expect("answer");
-                    seen.lock().expect("lock").connections[slot] = tcp_bytes(&conn);
+                    let close = if n == per_connection { "connection: close\r\n" } else { "" };
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                    conn.write_all(answer.as_bytes()).expect("answer");
                 }
             });
         }
@@ -98,15 +107,21 @@ fn config(cg: &Cgroup, ep: SocketAddr, vip: &str) -> String {
     steered_config(cg, &format!("[[service]]\nname = \"alpha\"\nvip = \"{vip}\"\nendpoints = [\"{ep}\"]\n"))
 }
 
-fn unpaired(weir: &Weir) -> u64 {
-    weir.control().steering.lock().as_ref().map(|s| s.status().upstream_unpaired).expect("steering on")
+/// (upstream_paired, upstream_unpaired) of `/steering`.
+fn pairs(weir: &Weir) -> (u64, u64) {
+    let (_, body) = weir.admin_get("/steering");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("/steering JSON");
+    (
+        s["upstream_paired"].as_u64().expect("upstream_paired"),
+        s["upstream_unpaired"].as_u64().expect("upstream_unpaired"),
+    )
 }
 
 #[test]
 fn the_upstream_leg_to_a_loopback_endpoint_moves_socket_to_socket() {
     require_root();
     let cg = Cgroup::create("redirup");
-    let (ep, seen) = endpoint(false);
+    let (ep, seen) = endpoint(false, 5);
     let weir = Weir::start(&config(&cg, ep, "127.10.5.20:80"));
     let mut c = Client::connect(weir.proxy);
     for i in 0..20 {
@@ -114,19 +129,21 @@ fn the_upstream_leg_to_a_loopback_endpoint_moves_socket_to_socket() {
     }
     let seen = seen.lock().expect("lock");
     assert_eq!(seen.requests.len(), 20);
+    let conns = seen.connections.len() as u64;
     let over_tcp = seen.connections.iter().filter(|(_, received)| *received > 0).count() as u64;
+    let (paired, unpaired) = pairs(&weir);
     if socket_redirect_on() {
         // Every connection whose endpoint side was enrolled in time carried no byte over TCP
-        // either way; one whose side was not (weir connected before the endpoint's handshake
-        // completed, a race the kernel decides) was taken out and counted.
-        assert_eq!(over_tcp, unpaired(&weir), "{:?}", seen.connections);
+        // either way; one whose side was not yet (weir's connect() returned before the
+        // endpoint's handshake completed, a race the kernel decides) ran over TCP, counted.
+        assert_eq!((paired + unpaired, unpaired), (conns, over_tcp), "{:?}", seen.connections);
         for &(acked, received) in &seen.connections {
             assert!(received > 0 || acked == 0, "a response took TCP on a redirected leg: {:?}", seen.connections);
         }
-        assert!(over_tcp < seen.connections.len() as u64, "no upstream connection was redirected");
+        assert!(paired > 0, "no upstream connection was redirected");
     } else {
-        assert_eq!(over_tcp, seen.connections.len() as u64, "{:?}", seen.connections);
-        assert_eq!(unpaired(&weir), 0);
+        assert_eq!(over_tcp, conns, "{:?}", seen.connections);
+        assert_eq!((paired, unpaired), (0, 0));
     }
 }
 
@@ -134,7 +151,7 @@ fn the_upstream_leg_to_a_loopback_endpoint_moves_socket_to_socket() {
 fn a_post_the_endpoint_read_and_dropped_is_never_sent_twice() {
     require_root();
     let cg = Cgroup::create("redirdrop");
-    let (ep, seen) = endpoint(true);
+    let (ep, seen) = endpoint(true, 100);
     let weir = Weir::start(&config(&cg, ep, "127.10.5.21:80"));
     let mut c = Client::connect(weir.proxy);
     // A pooled connection first, so that the POST goes on a reused one: the case where weir
@@ -147,4 +164,47 @@ fn a_post_the_endpoint_read_and_dropped_is_never_sent_twice() {
     });
     let posts = seen.lock().expect("lock").requests.iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(posts, 1, "the endpoint read the POST, so it must not get it again");
+}
+
+#[test]
+fn a_server_first_endpoint_s_greeting_is_never_lost() {
+    require_root();
+    let cg = Cgroup::create("redirgreet");
+    // Speaks first (as SMTP, MySQL or Redis' HELLO-less servers do), then echoes lines.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ep = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                conn.write_all(b"220 ready\n").expect("greet");
+                let mut r = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
+                    conn.write_all(format!("echo {line}").as_bytes()).expect("echo");
+                    line.clear();
+                }
+            });
+        }
+    });
+    let port = weir_tests::ReservedPort::loopback().expect("reserve a port");
+    let svc = format!(
+        "[[service]]\nname = \"smtp\"\nvip = \"127.10.5.22:25\"\nlisten = \"{}\"\nprotocol = \"tcp\"\nendpoints = [\"{ep}\"]\n",
+        port.addr()
+    );
+    let weir = Weir::start(&steered_config(&cg, &svc));
+    for i in 0..20 {
+        let s = TcpStream::connect(port.addr()).expect("connect to the service listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+        let mut greeting = String::new();
+        std::io::BufRead::read_line(&mut r, &mut greeting).expect("greeting");
+        assert_eq!(greeting, "220 ready\n", "connection {i}");
+        (&s).write_all(format!("hello {i}\n").as_bytes()).expect("write");
+        let mut back = String::new();
+        std::io::BufRead::read_line(&mut r, &mut back).expect("echo");
+        assert_eq!(back, format!("echo hello {i}\n"), "connection {i}");
+    }
+    let (paired, unpaired) = pairs(&weir);
+    assert_eq!(paired + unpaired, if socket_redirect_on() { 20 } else { 0 });
 }

@@ -27,7 +27,7 @@ pub struct ConnectOptions {
     /// SO_MARK for the socket (0 = none). eBPF steering never redirects marked sockets.
     pub mark: u32,
     /// The steering layer, told of every marked connection to a loopback endpoint (the
-    /// socket-level redirect pairs those: [`crate::OriginalDst::upstream_connected`]).
+    /// socket-level redirect pairs those: [`crate::OriginalDst::upstream_connecting`]).
     pub steering: Option<std::sync::Arc<dyn crate::OriginalDst>>,
 }
 
@@ -176,15 +176,24 @@ impl Conn {
             socket.set_mark(opts.mark)?;
         }
         socket.set_tcp_nodelay(true)?;
+        // weir's own socket to an endpoint on this node's loopback: named to the steering layer
+        // for the socket-level redirect before it connects.
+        let pairing = opts.steering.as_ref().filter(|s| {
+            opts.mark != 0
+                && addr.ip().to_canonical().is_loopback()
+                && s.upstream_connecting(std::os::fd::AsRawFd::as_raw_fd(&socket))
+        });
         let socket = TcpSocket::from_std_stream(socket.into())?;
         match until(Instant::now() + timeout, socket.connect(addr)).await {
             Some(Ok(stream)) => {
-                if let Some(steering) = &opts.steering
-                    && opts.mark != 0
-                    && addr.ip().to_canonical().is_loopback()
+                if let Some(steering) = pairing
                     && let Ok(local) = stream.local_addr()
                 {
-                    steering.upstream_connected(local, addr);
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                    if !steering.upstream_connected(fd, local, addr, false) {
+                        yield_now().await;
+                        steering.upstream_connected(fd, local, addr, true);
+                    }
                 }
                 Ok(Conn { inner: stream, sent: 0 })
             }
@@ -450,6 +459,20 @@ pub async fn wait_until(deadline: Instant, cancel: &CancelToken) -> bool {
 
 /// The drain signal of a worker: cancelled once, when drain starts.
 pub use compio::runtime::CancelToken;
+
+/// Lets the worker's other tasks and its event loop run once before going on.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
 
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -101,6 +102,21 @@ impl<K: aya::Pod, V: aya::Pod> TypedMap<K, V> {
             ));
         }
         Ok(Self { fd, types: PhantomData })
+    }
+
+    /// Looks `key` up, returning its value.
+    pub(crate) fn lookup(&self, key: &K) -> io::Result<V> {
+        let mut value = std::mem::MaybeUninit::<V>::zeroed();
+        let attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: value.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &attr)?;
+        // SAFETY: as in `lookup_and_delete`.
+        Ok(unsafe { value.assume_init() })
     }
 
     /// Looks `key` up and deletes it, returning its value.
@@ -198,6 +214,8 @@ mod root_tier {
         assert_eq!(map.lookup_and_delete(&7).expect("present"), 0x1122_3344_5566_7788);
         assert_eq!(map.lookup_and_delete(&7).expect_err("deleted").raw_os_error(), Some(libc::ENOENT));
         map.update(&8, &1).expect("update");
+        assert_eq!(map.lookup(&8).expect("present"), 1);
+        assert_eq!(map.lookup(&8).expect("still present"), 1);
         map.delete(&8).expect("delete");
         assert_eq!(map.delete(&8).expect_err("deleted").raw_os_error(), Some(libc::ENOENT));
     }

@@ -35,9 +35,9 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkReuseport, SockOps};
 use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
-    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
-    MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue, SockKey, SteerConfig,
-    fail_mode,
+    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES,
+    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI,
+    ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, fail_mode, redirect::upstream,
 };
 use weir_proxy::{OriginalDst, Steered};
 
@@ -158,9 +158,11 @@ pub struct SteerStatus {
     /// weir's own cgroup, where sock_ops enrolls weir's side of steered connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub own_cgroup: Option<PathBuf>,
+    /// Upstream connections to a loopback endpoint whose two sides weir put into the socket map.
+    pub upstream_paired: u64,
     /// Upstream connections to a loopback endpoint whose side was not enrolled (no weir
-    /// program runs for the endpoint's cgroup): weir took its own side out again, and the
-    /// connection runs over plain TCP.
+    /// program runs for the endpoint's cgroup, or its handshake had not completed when weir's
+    /// `connect()` returned): weir left its own side out, and the connection runs over TCP.
     pub upstream_unpaired: u64,
 }
 
@@ -308,8 +310,12 @@ impl Steering {
             listeners: map_fd(&ebpf, MAP_LISTENERS)?,
             reuseport_prog: steering.cpu_affinity.then_some(reuseport_prog),
             reuseport_attached: AtomicBool::new(false),
+            up_cookies: map_fd(&ebpf, MAP_UPSTREAM_COOKIES)?,
             up_pending: map_fd(&ebpf, MAP_UPSTREAM_PENDING)?,
+            redirect_on: AtomicBool::new(redirect.is_ok()),
             socks: map_fd(&ebpf, MAP_SOCKS)?,
+            sock_state: map_fd(&ebpf, MAP_SOCK_STATE)?,
+            upstream_paired: AtomicU64::new(0),
             upstream_unpaired: AtomicU64::new(0),
         });
         // Alive from the start: steering must not fail over before the first worker tick.
@@ -415,6 +421,7 @@ impl Steering {
             Err(e) => {
                 tracing::warn!("socket-level redirect off: {e:#}");
                 self.redirect = Err(format!("{e:#}"));
+                self.hooks.redirect_on.store(false, Ordering::Relaxed);
                 let config = self.ebpf.map_mut(MAP_CONFIG).map(Array::<&mut MapData, SteerConfig>::try_from);
                 if let Some(Ok(mut config)) = config
                     && let Ok(mut c) = config.get(&0, 0)
@@ -620,6 +627,7 @@ impl Steering {
             socket_redirect: self.redirect.is_ok(),
             socket_redirect_off: self.redirect.clone().err(),
             own_cgroup: self.own_link.as_ref().and(crate::redirect::own_cgroup()),
+            upstream_paired: self.hooks.upstream_paired.load(Ordering::Relaxed),
             upstream_unpaired: self.hooks.upstream_unpaired.load(Ordering::Relaxed),
         }
     }
@@ -638,11 +646,18 @@ struct KernelHooks {
     listeners: TypedMap<u32, u32>,
     reuseport_prog: Option<OwnedFd>,
     reuseport_attached: AtomicBool,
-    /// Endpoint sides of upstream pairs not enrolled yet (`WEIR_UP_PENDING`).
+    /// The socket-level redirect is on (cleared if it is turned off after the start).
+    redirect_on: AtomicBool,
+    /// Cookies of weir's upstream sockets to loopback endpoints, before they connect.
+    up_cookies: TypedMap<u64, u32>,
+    /// Endpoint sides of upstream connections, and whether they are enrolled (`WEIR_UP_PENDING`).
     up_pending: TypedMap<SockKey, u32>,
-    /// The socket map (deleting needs only the key).
+    /// The socket map (a socket goes in by its descriptor).
     socks: TypedMap<SockKey, u32>,
-    /// Upstream connections whose endpoint side was never enrolled.
+    /// The redirect's per-direction state, cleared for a socket weir enrolls.
+    sock_state: TypedMap<SockKey, SockState>,
+    /// Upstream connections weir paired, and those it could not.
+    upstream_paired: AtomicU64,
     upstream_unpaired: AtomicU64,
 }
 
@@ -700,24 +715,59 @@ impl OriginalDst for KernelHooks {
         let _ = self.heartbeat.update(&0, &bpf_sys::monotonic_ns());
     }
 
-    fn upstream_connected(&self, local: SocketAddr, peer: SocketAddr) {
+    fn upstream_connecting(&self, fd: RawFd) -> bool {
+        if !self.redirect_on.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: SO_COOKIE writes one u64 into `cookie`, `len` says so.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        };
+        rc == 0 && self.up_cookies.update(&cookie, &1).is_ok()
+    }
+
+    fn upstream_connected(&self, fd: RawFd, local: SocketAddr, peer: SocketAddr, last: bool) -> bool {
         let endpoint_side = SockKey {
             local_addr: addr16(peer.ip()),
             remote_addr: addr16(local.ip()),
             local_port: peer.port(),
             remote_port: local.port(),
         };
-        // Still pending: the endpoint's side was not enrolled when its handshake completed
-        // (or has not completed it yet: then it stays out too, as the entry is gone). weir's
-        // side alone in the map would only cost (TCP from the endpoint through the map's queue).
-        if self.up_pending.lookup_and_delete(&endpoint_side).is_ok() {
-            let _ = self.socks.delete(&endpoint_side.peer());
-            if self.upstream_unpaired.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::info!(
-                    endpoint = %peer,
-                    "upstream leg to a loopback endpoint runs over TCP: no weir sock_ops program runs for the endpoint's cgroup (add it to [steering] cgroups for the socket-level redirect on that leg)"
-                );
-            }
+        // The endpoint's handshake may complete a moment after weir's connect() returned (its
+        // final ACK still in the receiving CPU's backlog): a first look leaves a pending entry
+        // in place, for one more look later.
+        if !last && self.up_pending.lookup(&endpoint_side).is_ok_and(|v| v == upstream::PENDING) {
+            return false;
         }
+        let paired = match self.up_pending.lookup_and_delete(&endpoint_side) {
+            // Not weir's to pair (the redirect is off, or the kernel kept no entry).
+            Err(_) => return true,
+            Ok(upstream::PAIRED) => {
+                let me = endpoint_side.peer();
+                // A former socket with the same tuple may have left its state behind.
+                let _ = self.sock_state.delete(&me);
+                match self.socks.update(&me, &(fd as u32)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(endpoint = %peer, "upstream socket not enrolled: {e}");
+                        false
+                    }
+                }
+            }
+            // The endpoint's side is not in the map (taking the entry, weir also keeps it out
+            // if its handshake completes only now).
+            Ok(_) => false,
+        };
+        if paired {
+            self.upstream_paired.fetch_add(1, Ordering::Relaxed);
+        } else if self.upstream_unpaired.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::info!(
+                endpoint = %peer,
+                "upstream leg to a loopback endpoint runs over TCP: its socket was not enrolled (a weir sock_ops program must run for the endpoint's cgroup: add it, or a parent, to [steering] cgroups)"
+            );
+        }
+        true
     }
 }
