@@ -311,6 +311,7 @@ impl Conn {
         }
         unacked(self.sent, sent_before, info.tcpi_bytes_acked, queued as u64)
     }
+
     /// Closes in stages (RFC 9112 9.6), so that a response still queued is not destroyed by a
     /// reset: shuts the write side (FIN after every queued byte), then reads and discards what
     /// the client still sends until it closes, `within` passes, or `max_bytes` were discarded.
