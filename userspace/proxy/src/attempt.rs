@@ -59,7 +59,7 @@ pub(crate) async fn run(
     bufs: &mut Bufs,
 ) -> AttemptResult<UpConn> {
     let Call { ctx, scope, plan } = call;
-    let deadline = plan.attempt_deadline(Instant::now());
+    let deadline = plan.attempt_deadline(crate::io::now());
     let (mut up, reused) = match connection(ctx, scope, plan, picked, fresh_only, deadline).await {
         Ok(c) => c,
         Err(outcome) => return AttemptResult::failed(outcome, false, false),
@@ -69,7 +69,7 @@ pub(crate) async fn run(
     // The head (and a held body) in one write.
     bufs.wbuf.clear();
     plan.write_head(head, &down.buf, picked.addr, &scope.route().edits.set, &mut bufs.wbuf);
-    let t_sent = Instant::now();
+    let t_sent = crate::io::now();
     let (res, b) = up.conn.write_all_by(std::mem::take(&mut bufs.wbuf), Wait::Until(deadline)).await;
     bufs.wbuf = b;
     bufs.wbuf.clear();
@@ -93,7 +93,7 @@ pub(crate) async fn run(
     };
     let mut r = classify(read, sent, reused);
     if matches!(r.outcome, Outcome::Response { .. }) {
-        r.latency = Some(t_sent.elapsed());
+        r.latency = Some(crate::io::now().saturating_duration_since(t_sent));
         r.conn = Some(up);
         return r;
     }
@@ -127,12 +127,12 @@ async fn connection(
     deadline: Instant,
 ) -> Result<(UpConn, bool), Outcome> {
     if !fresh_only {
-        let pooled = ctx.state.borrow_mut().take_pooled(scope, picked, Instant::now());
+        let pooled = ctx.state.borrow_mut().take_pooled(scope, picked, crate::io::now());
         if let Some(c) = pooled {
             return Ok((c, true));
         }
     }
-    let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+    let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(crate::io::now()));
     let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
     Ok((pool::connect(picked.addr, &opts, timeout, &gauge).await?, false))
 }
@@ -310,7 +310,7 @@ impl Attempter for ToH1<'_> {
 
     async fn run(&mut self, call: Call<'_>, picked: &Picked, fresh: bool) -> AttemptResult<UpConn> {
         let Call { ctx, scope, plan } = call;
-        let deadline = plan.attempt_deadline(Instant::now());
+        let deadline = plan.attempt_deadline(crate::io::now());
         let (mut up, reused) = match connection(ctx, scope, plan, picked, fresh, deadline).await {
             Ok(c) => c,
             Err(outcome) => return AttemptResult::failed(outcome, false, false),
@@ -335,7 +335,7 @@ impl Attempter for ToH1<'_> {
                 bufs.wbuf.extend_from_slice(chunk);
             }
         }
-        let t_sent = Instant::now();
+        let t_sent = crate::io::now();
         let (res, b) = up.conn.write_all_by(std::mem::take(&mut bufs.wbuf), Wait::Until(deadline)).await;
         bufs.wbuf = b;
         bufs.wbuf.clear();
@@ -377,7 +377,7 @@ impl Attempter for ToH1<'_> {
         };
         let mut r = classify(read, sent, reused);
         if matches!(r.outcome, Outcome::Response { .. }) {
-            r.latency = Some(t_sent.elapsed());
+            r.latency = Some(crate::io::now().saturating_duration_since(t_sent));
             r.conn = Some(up);
             return r;
         }

@@ -7,8 +7,6 @@
 //! up to the service's limit, while it streams. Must not: touch per-worker state, or decide
 //! retries (the attempt loop does).
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -372,7 +370,7 @@ impl DataBy for h2::RecvStream {
     async fn data_by(&mut self, wait: Wait) -> Option<Result<Bytes, h2::Error>> {
         let deadline = match wait {
             Wait::Until(t) => t,
-            Wait::Idle(d) => Instant::now() + d,
+            Wait::Idle(d) => crate::io::now() + d,
         };
         match crate::io::until(deadline, self.data()).await {
             Some(r) => r,
@@ -439,7 +437,7 @@ async fn send_h2(stream: &mut h2::SendStream<Bytes>, mut chunk: Bytes, wait: Wai
         stream.reserve_capacity(chunk.len());
         let deadline = match wait {
             Wait::Until(t) => t,
-            Wait::Idle(d) => Instant::now() + d,
+            Wait::Idle(d) => crate::io::now() + d,
         };
         let granted = crate::io::until(deadline, std::future::poll_fn(|cx| stream.poll_capacity(cx))).await;
         let n = match granted {

@@ -68,7 +68,7 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 return;
             }
             HeadRead::Failed(reason, detail) => {
-                let t0 = Instant::now();
+                let t0 = crate::io::now();
                 let reply = Reply { detail: Some(detail), close: true, ..Reply::new(reason) };
                 // Boxed, like the lingering close below: an idle connection's future must not
                 // carry the size of the states it ends in (1.6 and 2 KiB).
@@ -134,13 +134,13 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
         };
         (limits, p.downstream_idle_timeout, p.header_read_timeout)
     };
-    let mut head_deadline = first.then(|| Instant::now() + header_timeout);
-    let mut started = Instant::now();
+    let mut head_deadline = first.then(|| crate::io::now() + header_timeout);
+    let mut started = crate::io::now();
     loop {
         if !down.buf.is_empty() {
             if head_deadline.is_none() {
-                head_deadline = Some(Instant::now() + header_timeout);
-                started = Instant::now();
+                head_deadline = Some(crate::io::now() + header_timeout);
+                started = crate::io::now();
             }
             if first && h2down::is_preface(&down.buf) {
                 if down.buf.len() >= h2down::PREFACE.len() {
@@ -159,7 +159,7 @@ async fn read_head(ctx: &Ctx, down: &mut Downstream, head: &mut RequestHead, fir
         }
         // Between requests: the idle timeout. Within a head (or from accept, for the first):
         // the header read timeout, then 408. Drain closes a connection with no head begun.
-        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + idle);
+        let deadline = head_deadline.unwrap_or_else(|| crate::io::now() + idle);
         let cancel = down.buf.is_empty().then_some(&ctx.drain);
         let buf = std::mem::take(&mut down.buf);
         match crate::io::read_until(&mut down.conn, buf, deadline, cancel).await {

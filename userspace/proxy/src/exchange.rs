@@ -120,14 +120,14 @@ pub(crate) async fn exchange(
                 return Exchange::default();
             }
         }
-        ctx.state.borrow_mut().record_request(scope, Instant::now());
+        ctx.state.borrow_mut().record_request(scope, crate::io::now());
         let (ex, consumed) = crate::h1_to_h2::exchange(Call { ctx, scope, plan: &plan }, down, head).await;
         down.buf.drain(..consumed);
         return ex;
     }
     let mut bufs = {
         let mut state = ctx.state.borrow_mut();
-        state.record_request(scope, Instant::now());
+        state.record_request(scope, crate::io::now());
         Bufs { wbuf: state.take_buf(), ubuf: state.take_buf(), resp: state.take_head(), replayable: plan.buffered_body }
     };
     let mut ex = Exchange::default();
@@ -241,7 +241,7 @@ async fn stream_response(
             ex.bytes_out += n;
             ex.keep_alive = !framing.close;
             if reusable && ubuf.is_empty() && !ctx.draining() {
-                ctx.state.borrow_mut().put_pooled(scope, picked, up, Instant::now());
+                ctx.state.borrow_mut().put_pooled(scope, picked, up, crate::io::now());
             }
         }
         Err(e) => {

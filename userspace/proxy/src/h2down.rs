@@ -67,7 +67,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
         .max_local_error_reset_streams(Some(256))
         .max_send_buffer_size(256 * 1024)
         .handshake::<_, Bytes>(Guarded::new(io, max_streams, verdict.clone()));
-    let mut conn = match crate::io::until(Instant::now() + header_timeout, handshake).await {
+    let mut conn = match crate::io::until(crate::io::now() + header_timeout, handshake).await {
         Some(Ok(c)) => c,
         _ => return,
     };
@@ -75,12 +75,12 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
     let mut shutting_down = false;
     // Once closing, the client has the write timeout, renewed by each stream that ends, to
     // take its GOAWAY (and answer its PING): a client that never reads is not waited for.
-    let mut goaway_by = Instant::now();
+    let mut goaway_by = crate::io::now();
     loop {
         if ctx.draining() && !shutting_down {
             conn.graceful_shutdown();
             shutting_down = true;
-            goaway_by = Instant::now() + write_timeout;
+            goaway_by = crate::io::now() + write_timeout;
         }
         let event = {
             let accept = std::pin::pin!(conn.accept());
@@ -90,7 +90,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     Event::Quiet
                 } else if streams.is_empty() {
                     // Nothing in flight: wait for drain or the idle timeout instead.
-                    crate::io::wait_until(Instant::now() + idle, &ctx.drain).await;
+                    crate::io::wait_until(crate::io::now() + idle, &ctx.drain).await;
                     Event::Quiet
                 } else {
                     // Every stream that can finish now does, before the connection is polled
@@ -127,7 +127,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     streams.push(Box::pin(stream(ctx, req, respond, peer, route)));
                 }
             }
-            Event::StreamDone => goaway_by = Instant::now() + write_timeout,
+            Event::StreamDone => goaway_by = crate::io::now() + write_timeout,
             Event::Quiet if shutting_down => {
                 ctx.state.borrow_mut().telemetry.shard.http2_closed(weir_core::stats::Http2Close::GoawayTimeout);
                 break;
@@ -137,7 +137,7 @@ pub(crate) async fn serve(ctx: &Ctx, io: PollIo, peer: SocketAddr, route: ConnRo
                     // Idle past the timeout, or drain: say goodbye, let in-flight streams end.
                     conn.graceful_shutdown();
                     shutting_down = true;
-                    goaway_by = Instant::now() + write_timeout;
+                    goaway_by = crate::io::now() + write_timeout;
                 }
             }
         }
@@ -165,7 +165,7 @@ async fn stream(
     peer: SocketAddr,
     route: ConnRoute,
 ) {
-    let started = Instant::now();
+    let started = crate::io::now();
     let (parts, body) = req.into_parts();
     let info = RequestInfo::from_h2(&parts);
     // The connection's caller (steered: its cgroup) is every stream's.
@@ -273,7 +273,7 @@ async fn proxy(
     } else {
         Some(Rc::new(RefCell::new(H2Body { stream: body, replay: Replay::new(limit, false) })))
     };
-    ctx.state.borrow_mut().record_request(scope, Instant::now());
+    ctx.state.borrow_mut().record_request(scope, crate::io::now());
     let call = Call { ctx, scope, plan: &plan };
     let mut ex = Exchange { h2: true, ..Exchange::default() };
     if protocol.upstream_h2() {
@@ -470,7 +470,7 @@ async fn relay_h1(
     };
     if no_body {
         if reusable && bufs.ubuf.is_empty() && !ctx.draining() {
-            ctx.state.borrow_mut().put_pooled(scope, picked, up, Instant::now());
+            ctx.state.borrow_mut().put_pooled(scope, picked, up, crate::io::now());
         }
         return;
     }
@@ -489,7 +489,7 @@ async fn relay_h1(
     ex.bytes_out = moved.get();
     match result {
         Ok(_) if reusable && bufs.ubuf.is_empty() && !ctx.draining() => {
-            ctx.state.borrow_mut().put_pooled(scope, picked, up, Instant::now());
+            ctx.state.borrow_mut().put_pooled(scope, picked, up, crate::io::now());
         }
         Ok(_) => {}
         Err(e) => {

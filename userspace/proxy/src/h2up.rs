@@ -78,7 +78,7 @@ async fn next_chunk(body: &RefCell<H2Body>, wait: Wait) -> Result<Option<Bytes>,
 fn deadline_of(wait: Wait) -> Instant {
     match wait {
         Wait::Until(t) => t,
-        Wait::Idle(d) => Instant::now() + d,
+        Wait::Idle(d) => crate::io::now() + d,
     }
 }
 
@@ -155,7 +155,7 @@ impl<'a> ToH2<'a> {
         let mut req = self.req.to_h2(picked.addr)?;
         let h = req.headers_mut();
         if self.grpc {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(crate::io::now());
             let mut buf = [0u8; 10];
             let n = grpc::format_timeout(left, &mut buf);
             if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
@@ -209,20 +209,20 @@ impl Attempter for ToH2<'_> {
         let Call { ctx, scope, plan } = call;
         self.attempts += 1;
         self.pushback = None;
-        let mut deadline = plan.attempt_deadline(Instant::now());
+        let mut deadline = plan.attempt_deadline(crate::io::now());
         if let Some(d) = self.client_deadline {
             deadline = deadline.min(d);
         }
         // A stream on a pooled connection, or a new connection.
-        let pooled = if fresh { None } else { ctx.state.borrow_mut().take_h2(scope, picked, Instant::now()) };
+        let pooled = if fresh { None } else { ctx.state.borrow_mut().take_h2(scope, picked, crate::io::now()) };
         let reused = pooled.is_some();
         let sender = match pooled {
             Some(s) => Some(s),
             None => {
-                let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(crate::io::now()));
                 let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
                 match pool::connect_h2(picked.addr, &opts, timeout, &gauge).await {
-                    Ok(c) => ctx.state.borrow_mut().put_h2(scope, picked, c, Instant::now()),
+                    Ok(c) => ctx.state.borrow_mut().put_h2(scope, picked, c, crate::io::now()),
                     Err(o) => return AttemptResult::failed(o, false, false),
                 }
             }
@@ -232,7 +232,7 @@ impl Attempter for ToH2<'_> {
             return AttemptResult::failed(Outcome::LocalError, reused, false);
         };
         let end = self.body_empty();
-        let t_sent = Instant::now();
+        let t_sent = crate::io::now();
         let mut sender = lease.send.clone();
         let ready = crate::io::until(deadline, std::future::poll_fn(|cx| sender.poll_ready(cx))).await;
         match ready {
@@ -326,7 +326,7 @@ impl Attempter for ToH2<'_> {
                         .get(http::header::RETRY_AFTER)
                         .and_then(|v| weir_core::retry::parse_retry_after(v.as_bytes(), SystemTime::now()));
                 }
-                r.latency = Some(t_sent.elapsed());
+                r.latency = Some(crate::io::now().saturating_duration_since(t_sent));
                 r.conn = Some(H2Up { head, body, rest, send, lease });
             }
         }

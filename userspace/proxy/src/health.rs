@@ -115,7 +115,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
     let mut rng = SmallRng::seed_from_u64(std::process::id().into());
     while !stop.load(Ordering::SeqCst) {
         let snapshot = shared.snapshot.load_full();
-        let now = Instant::now();
+        let now = crate::io::now();
         let now_ms = shared.now_ms();
         let mark = {
             let s = &snapshot.config.steering;
@@ -189,7 +189,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
             next_wake = next_wake.min(ep.next);
         }
         drop(snapshot);
-        crate::io::sleep(next_wake.saturating_duration_since(Instant::now()).min(TICK)).await;
+        crate::io::sleep(next_wake.saturating_duration_since(crate::io::now()).min(TICK)).await;
     }
 }
 
@@ -199,7 +199,7 @@ fn jitter(rng: &mut SmallRng, max: Duration) -> Duration {
 
 /// One check of `addr`: passed or not, within the check's timeout.
 async fn check(addr: SocketAddr, hc: &HealthCheckConfig, opts: &ConnectOptions) -> bool {
-    let deadline = Instant::now() + hc.timeout;
+    let deadline = crate::io::now() + hc.timeout;
     let attempt = async {
         let mut conn = Conn::connect(addr, opts, hc.timeout).await.ok()?;
         let Some(path) = &hc.path else { return Some(true) };

@@ -1,6 +1,6 @@
 //! The seam between weir's data path and its io_uring runtime (compio). Everything the data
 //! path does to a socket or the clock goes through here: listen, accept, connect, read, write,
-//! shutdown, sleep, deadlines. Must not: grow policy (timeouts are chosen by callers) or leak
+//! shutdown, sleep, deadlines, and the clock (read once per task poll: `clock.rs`). Must not: grow policy (timeouts are chosen by callers) or leak
 //! compio types into the rest of the crate, so that a hand-written `io-uring` loop could
 //! replace compio by rewriting this file alone.
 //!
@@ -18,7 +18,10 @@ use compio::io::{AsyncRead, AsyncWrite};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
+mod clock;
 mod timer;
+use clock::Clocked;
+pub use clock::now;
 use timer::Sleep;
 
 /// Options for sockets weir opens towards endpoints.
@@ -133,7 +136,7 @@ impl Wait {
     fn deadline(self) -> Instant {
         match self {
             Wait::Until(t) => t,
-            Wait::Idle(d) => Instant::now() + d,
+            Wait::Idle(d) => crate::io::now() + d,
         }
     }
 }
@@ -184,7 +187,7 @@ impl Conn {
                 && s.upstream_connecting(std::os::fd::AsRawFd::as_raw_fd(&socket))
         });
         let socket = TcpSocket::from_std_stream(socket.into())?;
-        match until(Instant::now() + timeout, socket.connect(addr)).await {
+        match until(crate::io::now() + timeout, socket.connect(addr)).await {
             Some(Ok(stream)) => {
                 if let Some(steering) = pairing
                     && let Ok(local) = stream.local_addr()
@@ -263,7 +266,7 @@ impl Conn {
                 // bytes instead of blocking (it has no flow control); there is no readiness to
                 // wait for, so try again after a pause, within the write's own bounds.
                 Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-                    let now = Instant::now();
+                    let now = crate::io::now();
                     let until = *enomem_until.get_or_insert_with(|| wait.map_or(now + ENOMEM_PATIENCE, Wait::deadline));
                     if now + backoff >= until {
                         return (Err(e), buf);
@@ -319,7 +322,7 @@ impl Conn {
         if self.shutdown_write().await.is_err() {
             return;
         }
-        let deadline = Instant::now() + within;
+        let deadline = crate::io::now() + within;
         let mut discarded = 0;
         let mut buf = Vec::with_capacity(4096);
         while discarded < max_bytes {
@@ -477,7 +480,7 @@ pub async fn yield_now() {
 
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {
-    Sleep::until(Instant::now() + d).await
+    Sleep::until(crate::io::now() + d).await
 }
 
 /// Runs `fut` until `deadline`; `None` when the deadline passed first (and `fut` was dropped,
@@ -493,7 +496,7 @@ pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
 
 /// Spawns a task on the current worker's runtime and lets it run on its own.
 pub fn spawn<F: Future + 'static>(fut: F) {
-    compio::runtime::spawn(fut).detach();
+    compio::runtime::spawn(Clocked(fut)).detach();
 }
 
 /// A single-threaded runtime for one worker core.
@@ -510,7 +513,7 @@ impl Runtime {
 
     /// Runs `fut` to completion on this thread, driving every spawned task meanwhile.
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        self.inner.block_on(fut)
+        self.inner.block_on(Clocked(fut))
     }
 
     /// Which driver is in use (`io-uring` or `polling`), for logs.

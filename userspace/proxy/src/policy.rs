@@ -92,7 +92,7 @@ pub(crate) fn admit(ctx: &Ctx, scope: &Scope, who: &Requester) -> Result<(), Ref
 /// Routes a request within `scope`'s service: `scope` becomes the routed one. `false` when no
 /// route matches (the caller answers 404 `no-route`).
 pub(crate) fn route(ctx: &Ctx, scope: &mut Scope, req: &impl RouteInput) -> bool {
-    let routed = ctx.state.borrow_mut().route(scope, req, Instant::now());
+    let routed = ctx.state.borrow_mut().route(scope, req, crate::io::now());
     match routed {
         Some(s) => {
             *scope = s;
@@ -121,7 +121,7 @@ pub(crate) async fn fault(ctx: &Ctx, scope: &Scope) -> Fault {
     if !f.delay.is_zero() && ctx.state.borrow_mut().roll(f.delay_percent) {
         count(ctx, scope, route, FaultKind::Delay);
         crate::io::sleep(f.delay).await;
-        out.delayed = Some(Instant::now());
+        out.delayed = Some(crate::io::now());
     }
     if ctx.state.borrow_mut().roll(f.abort_percent) {
         count(ctx, scope, route, FaultKind::Abort);

@@ -183,7 +183,7 @@ pub(crate) async fn connect_h2(
         .initial_connection_window_size(4 << 20)
         .max_concurrent_reset_streams(64)
         .handshake::<_, bytes::Bytes>(io);
-    let (send, connection) = match crate::io::until(Instant::now() + timeout, handshake).await {
+    let (send, connection) = match crate::io::until(crate::io::now() + timeout, handshake).await {
         None => return Err(Outcome::ConnectTimeout),
         Some(Err(_)) => return Err(Outcome::ProtocolError),
         Some(Ok(pair)) => pair,
@@ -198,7 +198,7 @@ pub(crate) async fn connect_h2(
             drop(counted);
         });
     }
-    Ok(H2Conn { send, dead, active: Rc::new(Cell::new(0)), last_used: Instant::now() })
+    Ok(H2Conn { send, dead, active: Rc::new(Cell::new(0)), last_used: crate::io::now() })
 }
 
 /// Idle connections to one endpoint, on one worker.

@@ -75,7 +75,7 @@ pub(crate) fn account(
     info: &RequestInfo,
     ex: &Exchange,
 ) {
-    let duration = started.elapsed();
+    let duration = crate::io::now().saturating_duration_since(started);
     let mut state = ctx.state.borrow_mut();
     let source = ctx.source(who.caller, &state.telemetry.callers);
     if ex.write_timeout {

@@ -5,7 +5,6 @@
 //! after its head. Must not: write to the client, or hold the state borrow across an `.await`.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use weir_core::outcome::{ErrorReason, Outcome};
 use weir_core::retry::{Attempted, RequestCtx, Step};
@@ -59,7 +58,7 @@ pub(crate) async fn attempts<A: Attempter>(call: Call<'_>, a: &mut A, ex: &mut E
     let mut fresh_retried = false;
     let mut last: Option<Outcome> = None;
     loop {
-        let now = Instant::now();
+        let now = crate::io::now();
         if now >= plan.deadline {
             return End::Fail(last.map_or(ErrorReason::Timeout, |o| ErrorReason::for_failed_request(Some(&o))), None);
         }
@@ -81,7 +80,7 @@ pub(crate) async fn attempts<A: Attempter>(call: Call<'_>, a: &mut A, ex: &mut E
         ex.panic |= picked.panic;
 
         let r = a.run(call, &picked, fresh).await;
-        ctx.state.borrow_mut().report(scope, &picked, &r.outcome, r.latency, Instant::now(), ctx.now_ms());
+        ctx.state.borrow_mut().report(scope, &picked, &r.outcome, r.latency, crate::io::now(), ctx.now_ms());
         ex.bytes_in = r.body_bytes;
         ex.upstream_us = r.latency.map_or(0, |l| l.as_micros() as u64);
         last = Some(r.outcome);
@@ -107,7 +106,7 @@ pub(crate) async fn attempts<A: Attempter>(call: Call<'_>, a: &mut A, ex: &mut E
             },
             retry_after: a.retry_after(&r),
         };
-        let now = Instant::now();
+        let now = crate::io::now();
         let next =
             ctx.state.borrow_mut().next_step(scope, &attempted, plan.deadline.saturating_duration_since(now), now);
         fresh = false;

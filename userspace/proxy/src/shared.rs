@@ -75,11 +75,11 @@ pub struct Shared {
 impl Shared {
     /// Milliseconds since [`Shared::epoch`].
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        crate::io::now().saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Nanoseconds since [`Shared::epoch`] (rate limits' clock).
     pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        crate::io::now().saturating_duration_since(self.epoch).as_nanos() as u64
     }
 }

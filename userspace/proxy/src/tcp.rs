@@ -4,7 +4,7 @@
 //! the stream.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weir_core::accesslog::{InlineStr, LogProtocol, LogRecord, NO_ID};
 use weir_core::outcome::{ErrorReason, Outcome};
@@ -18,7 +18,7 @@ use crate::tunnel;
 
 /// Serves one downstream connection of a TCP service.
 pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: ConnRoute) {
-    let started = Instant::now();
+    let started = crate::io::now();
     let start_unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let resolved = {
         ctx.refresh();
@@ -39,7 +39,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
     let mut error = None;
     let mut tries = 0u8;
     for attempt in 1..=attempts {
-        let picked = ctx.state.borrow_mut().pick(&scope, &tried, Instant::now(), ctx.now_ms());
+        let picked = ctx.state.borrow_mut().pick(&scope, &tried, crate::io::now(), ctx.now_ms());
         let Some(picked) = picked else {
             error = Some(if tries > 0 { ErrorReason::ConnectFailure } else { ErrorReason::NoHealthyEndpoint });
             break;
@@ -51,12 +51,19 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
         match res {
             Ok(up) => {
                 let ok = Outcome::Response { status: 200 };
-                state.report(&scope, &picked, &ok, Some(started.elapsed()), Instant::now(), ctx.now_ms());
+                state.report(
+                    &scope,
+                    &picked,
+                    &ok,
+                    Some(crate::io::now().saturating_duration_since(started)),
+                    crate::io::now(),
+                    ctx.now_ms(),
+                );
                 connected = Some((up, picked));
                 break;
             }
             Err(outcome) => {
-                state.report(&scope, &picked, &outcome, None, Instant::now(), ctx.now_ms());
+                state.report(&scope, &picked, &outcome, None, crate::io::now(), ctx.now_ms());
                 tried.add(picked.addr);
                 error = ErrorReason::from_outcome(&outcome);
                 // weir's own limits are not retried elsewhere: they would fail the same way.
@@ -78,7 +85,7 @@ pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: Conn
         endpoint = Some(picked.addr);
         (bytes_in, bytes_out) = tunnel::pipe(client, Vec::new(), up, Vec::new(), idle).await;
     }
-    let duration = started.elapsed();
+    let duration = crate::io::now().saturating_duration_since(started);
     let source = ctx.source(route.caller, &ctx.state.borrow().telemetry.callers);
     record(ctx, &scope, error, duration, source.slot);
     let mut state = ctx.state.borrow_mut();

@@ -22,7 +22,7 @@ pub(crate) async fn pipe(
     upstream_read: Vec<u8>,
     idle: Duration,
 ) -> (u64, u64) {
-    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let last_activity = Rc::new(Cell::new(crate::io::now()));
     let (c_read, c_write) = (client.try_clone(), client);
     let (u_read, u_write) = (upstream.conn.try_clone(), upstream.conn.try_clone());
     let up = copy(c_read, u_write, client_read, idle, last_activity.clone());
@@ -51,7 +51,7 @@ async fn copy(mut from: Conn, mut to: Conn, read: Vec<u8>, idle: Duration, last:
             Some(r) => r,
             None => {
                 // Idle here; if the other direction moved meanwhile, keep waiting.
-                if last.get() + idle > Instant::now() {
+                if last.get() + idle > crate::io::now() {
                     buf = Vec::with_capacity(RELAY_BUF_BYTES);
                     continue;
                 }
@@ -69,7 +69,7 @@ async fn copy(mut from: Conn, mut to: Conn, read: Vec<u8>, idle: Duration, last:
             }
             Ok(n) => {
                 total += n as u64;
-                last.set(Instant::now());
+                last.set(crate::io::now());
                 let (res, b) = to.write_all(buf).await;
                 buf = b;
                 if res.is_err() {

@@ -409,7 +409,7 @@ fn run_worker(setup: Setup) {
             crate::io::sleep(Duration::from_millis(5)).await;
         }
         let mut state = worker.ctx.state.borrow_mut();
-        state.housekeeping(Instant::now());
+        state.housekeeping(crate::io::now());
         state.telemetry.flush();
     });
 }
@@ -481,7 +481,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &Listener, register: Option<
             Some(Err(e)) => {
                 // Out of descriptors or memory: the connection stays queued in the kernel while
                 // weir backs off (doubling, up to a second) instead of spinning on the error.
-                worker.ctx.state.borrow_mut().telemetry.accept_error(worker.ctx.worker, &e, Instant::now());
+                worker.ctx.state.borrow_mut().telemetry.accept_error(worker.ctx.worker, &e, crate::io::now());
                 let stopped = std::pin::pin!(worker.stop_accepting.clone().wait());
                 let pause = std::pin::pin!(crate::io::sleep(backoff));
                 if let futures_util::future::Either::Right(_) = futures_util::future::select(pause, stopped).await {
@@ -582,7 +582,7 @@ fn housekeeping(worker: Rc<Worker>) {
             }
             worker.ctx.refresh();
             let mut state = worker.ctx.state.borrow_mut();
-            state.housekeeping(Instant::now());
+            state.housekeeping(crate::io::now());
             state.telemetry.flush();
         }
     });

@@ -209,7 +209,7 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.key {
             None => {
-                if self.deadline <= Instant::now() {
+                if self.deadline <= crate::io::now() {
                     return Poll::Ready(());
                 }
                 let deadline = self.deadline;
