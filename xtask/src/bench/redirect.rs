@@ -114,7 +114,7 @@ pub(super) fn markdown(
     }
     let _ = writeln!(
         md,
-        "\nnginx, HAProxy and weir dialed directly do **not** get the redirect: only weir's eBPF steering (the client in a steered cgroup dialing a VIP) enrolls sockets. The redirect moves the client ↔ weir leg; weir ↔ upstream stays TCP on every path. Proxy CPU is the proxy process's; on the steered paths the `sk_msg` program of a client's send runs on the client's CPU time, as the loopback TCP receive does on the TCP paths. Access log off on every path.\n"
+        "\nnginx, HAProxy and weir dialed directly do **not** get the redirect: only weir's eBPF steering (the client in a steered cgroup dialing a VIP) enrolls sockets. The redirect moves the client ↔ weir leg and, on the steered path with the redirect on, the weir ↔ upstream leg too (the upstream listens on loopback in a cgroup where weir's sock_ops program runs: weir's own, here; `/steering` counts these connections as `upstream_paired`); weir dialed directly runs without steering, so both of its legs are TCP, as are both legs of the steered path with the redirect off. Proxy CPU is the proxy process's; on the steered paths the `sk_msg` program of a client's send runs on the client's CPU time, as the loopback TCP receive does on the TCP paths. Access log off on every path.\n"
     );
     let _ = writeln!(md, "Goals of the fast path (ratios to nginx, this run):\n");
     let _ = writeln!(
