@@ -91,18 +91,21 @@ impl Ctx {
         Source::of(&self.shared.callers, cgroup, counts)
     }
 
-    /// How weir opens connections to endpoints: marked so that steering never redirects them
-    /// (only when steering is on: setting the mark needs CAP_NET_ADMIN, which weir drops when
-    /// it has no use for it).
+    /// How this worker opens connections to endpoints ([`connect_options`]).
     pub(crate) fn connect_options(&self) -> ConnectOptions {
-        let state = self.state.borrow();
-        let s = &state.snapshot().config.steering;
-        let mark = if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 };
-        ConnectOptions { mark, steering: self.shared.orig_dst.clone() }
+        connect_options(&self.shared, &self.state.borrow().snapshot().config.steering)
     }
 
     /// How long a write to a client may make no progress.
     pub(crate) fn downstream_write_timeout(&self) -> Duration {
         self.state.borrow().snapshot().config.proxy.downstream_write_timeout
     }
+}
+
+/// How weir opens connections to endpoints: marked so that steering never redirects them
+/// (only when steering is on: setting the mark needs CAP_NET_ADMIN, which weir drops when it
+/// has no use for it), and told to the steering layer (the upstream leg's socket-level redirect).
+pub(crate) fn connect_options(shared: &Shared, s: &weir_core::config::SteeringConfig) -> ConnectOptions {
+    let mark = if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 };
+    ConnectOptions { mark, steering: shared.orig_dst.clone() }
 }

@@ -117,13 +117,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
         let snapshot = shared.snapshot.load_full();
         let now = crate::io::now();
         let now_ms = shared.now_ms();
-        let mark = {
-            let s = &snapshot.config.steering;
-            ConnectOptions {
-                mark: if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 },
-                steering: shared.orig_dst.clone(),
-            }
-        };
+        let opts = crate::ctx::connect_options(&shared, &snapshot.config.steering);
         // Results first, applied to the current snapshot's state (by address).
         for (key, passed) in done.borrow_mut().drain(..) {
             let Some(ep) = endpoints.get_mut(&key) else { continue };
@@ -180,7 +174,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
             if ep.next <= now {
                 ep.running = true;
                 ep.next = now + hc.interval + jitter(&mut rng, hc.interval / 10);
-                let (hc, done, opts) = (hc.clone(), done.clone(), mark.clone());
+                let (hc, done, opts) = (hc.clone(), done.clone(), opts.clone());
                 crate::io::spawn(async move {
                     let passed = check(key.2, &hc, &opts).await;
                     done.borrow_mut().push((key, passed));

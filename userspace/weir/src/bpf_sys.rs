@@ -106,21 +106,16 @@ impl<K: aya::Pod, V: aya::Pod> TypedMap<K, V> {
 
     /// Looks `key` up, returning its value.
     pub(crate) fn lookup(&self, key: &K) -> io::Result<V> {
-        let mut value = std::mem::MaybeUninit::<V>::zeroed();
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: key as *const K as u64,
-            value: value.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_LOOKUP_ELEM, &attr)?;
-        // SAFETY: as in `lookup_and_delete`.
-        Ok(unsafe { value.assume_init() })
+        self.read_elem(BPF_MAP_LOOKUP_ELEM, key)
     }
 
     /// Looks `key` up and deletes it, returning its value.
     pub(crate) fn lookup_and_delete(&self, key: &K) -> io::Result<V> {
+        self.read_elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, key)
+    }
+
+    /// An element command `cmd` that writes `key`'s value back.
+    fn read_elem(&self, cmd: libc::c_long, key: &K) -> io::Result<V> {
         let mut value = std::mem::MaybeUninit::<V>::zeroed();
         let attr = MapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
@@ -129,7 +124,7 @@ impl<K: aya::Pod, V: aya::Pod> TypedMap<K, V> {
             value: value.as_mut_ptr() as u64,
             flags: 0,
         };
-        bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr)?;
+        bpf(cmd, &attr)?;
         // SAFETY: `V` is plain data (`Pod`: any bit pattern is valid) and started zeroed; the
         // kernel wrote exactly `value_size` == size_of::<V>() bytes into it (checked in `new`).
         Ok(unsafe { value.assume_init() })
