@@ -79,6 +79,11 @@ pub(crate) async fn serve(ctx: &Ctx, conn: Conn, peer: SocketAddr, route: ConnRo
                 break Close::Linger;
             }
         };
+        if first {
+            // HTTP/1.1 from here on (never handed to HTTP/2): reads take what a receive kept
+            // armed on the connection received.
+            down.conn.receive_multishot();
+        }
         first = false;
         // The request's state machine (forwarding, retries, streaming) is several KiB; keeping it
         // off this future (in a block the worker recycles) keeps an idle keep-alive connection

@@ -8,9 +8,11 @@
 //! come back with the result (completion-based I/O); a dropped operation is cancelled and its
 //! buffer released by the runtime.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use compio::buf::{BufResult, IntoInner, IoBuf};
@@ -19,6 +21,7 @@ use compio::net::{TcpListener, TcpSocket, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 mod clock;
+mod recv;
 mod timer;
 use clock::Clocked;
 pub use clock::now;
@@ -57,7 +60,7 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
         stream.set_nodelay(true)?;
-        Ok((Conn { inner: stream, sent: 0 }, peer))
+        Ok((Conn { inner: stream, sent: 0, rx: None }, peer))
     }
 
     /// Accepts one connection unless `stop` is cancelled first: `None` once stopped. Stopping
@@ -72,7 +75,7 @@ impl Listener {
         match self.inner.accept().with_cancel(stop.clone()).await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                Some(Ok((Conn { inner: stream, sent: 0 }, peer)))
+                Some(Ok((Conn { inner: stream, sent: 0, rx: None }, peer)))
             }
             Err(_) if stop.is_cancelled() => None,
             Err(e) => Some(Err(e)),
@@ -169,6 +172,9 @@ pub struct Conn {
     inner: TcpStream,
     /// Bytes written so far (to tell whether a request's bytes reached the peer's kernel).
     sent: u64,
+    /// The multishot receive, once [`Conn::receive_multishot`] armed it; shared by every handle
+    /// of the socket.
+    rx: Option<Rc<RefCell<recv::Receiver>>>,
 }
 
 impl Conn {
@@ -198,7 +204,7 @@ impl Conn {
                         steering.upstream_connected(fd, local, addr, true);
                     }
                 }
-                Ok(Conn { inner: stream, sent: 0 })
+                Ok(Conn { inner: stream, sent: 0, rx: None })
             }
             Some(Err(e)) => Err(e),
             None => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
@@ -209,7 +215,13 @@ impl Conn {
     /// bytes already in `buf` are kept. `Ok(0)` means the peer closed its side (or `buf` has
     /// no spare capacity). (compio reads into the whole buffer from offset 0, so the spare
     /// capacity is passed as a slice.)
-    pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if let Some(rx) = &self.rx {
+            match std::future::poll_fn(|cx| rx.borrow_mut().poll_read(cx, &mut buf)).await {
+                recv::Received::Done(res) => return (res, buf),
+                recv::Received::RingEmpty => {}
+            }
+        }
         let len = buf.len();
         let BufResult(res, slice) = self.inner.read(buf.slice(len..)).await;
         (res, slice.into_inner())
@@ -371,6 +383,9 @@ impl Conn {
     /// Like [`Conn::into_poll_io`], for a connection whose first bytes (`read`) were already
     /// read: they are read again first.
     pub fn into_poll_io_after(self, read: Vec<u8>) -> io::Result<PollIo> {
+        if self.rx.as_ref().is_some_and(|rx| rx.borrow().is_armed()) {
+            return Err(io::Error::other("a multishot receive is armed on the connection"));
+        }
         Ok(PollIo {
             fd: self.inner.to_poll_fd()?,
             replay: read,
@@ -380,9 +395,20 @@ impl Conn {
         })
     }
 
+    /// From now on, reads take what a receive kept armed on the socket received (multishot
+    /// receive into the worker's provided-buffer ring: `io/recv.rs`), where the runtime can
+    /// (io_uring). For connections that stay HTTP/1.1 or TCP: one that is later handed to
+    /// readiness-based I/O ([`Conn::into_poll_io`]) must not have it.
+    pub fn receive_multishot(&mut self) {
+        if self.rx.is_none() && recv::Receiver::supported() {
+            use compio::driver::ToSharedFd;
+            self.rx = Some(Rc::new(RefCell::new(recv::Receiver::new(self.inner.to_shared_fd()))));
+        }
+    }
+
     /// Another handle to the same socket (to read and write it from two futures at once).
     pub fn try_clone(&self) -> Conn {
-        Conn { inner: self.inner.clone(), sent: 0 }
+        Conn { inner: self.inner.clone(), sent: 0, rx: self.rx.clone() }
     }
 
     /// Resets the connection for every handle (SO_LINGER 0 + shutdown of both directions):
@@ -409,6 +435,11 @@ impl Conn {
     /// connection has nothing to read.
     pub fn is_stale(&self) -> bool {
         use std::os::fd::AsRawFd;
+        // With a receive armed, whatever arrived is its completion (the socket's queue is
+        // empty): nothing in it means nothing arrived.
+        if let Some(arrived) = self.rx.as_ref().and_then(|rx| rx.borrow_mut().has_arrived()) {
+            return arrived;
+        }
         let mut byte = [0u8; 1];
         // SAFETY: recv into a 1-byte stack buffer on a valid fd, non-blocking, peek only.
         let n = unsafe {
@@ -508,7 +539,22 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime of the calling thread (io_uring, or epoll where io_uring is blocked).
     pub fn new() -> io::Result<Runtime> {
-        Ok(Runtime { inner: compio::runtime::Runtime::new()? })
+        let mut proactor = compio::driver::ProactorBuilder::new();
+        proactor
+            .buffer_pool_size(std::num::NonZeroU16::new(recv::RING_BUFFERS).expect("non-zero"))
+            .buffer_pool_buffer_len(recv::RING_BUFFER_BYTES);
+        let plain = proactor.clone();
+        // Completions' task work runs when the worker next enters the kernel (it does on every
+        // turn of its loop) instead of interrupting it: with a receive always armed, arrivals
+        // would otherwise interrupt the worker mid-request, one interrupt each (the multishot
+        // receive halved the throughput without this). Kernels before 5.19 refuse the flags,
+        // and compio then falls back to epoll: such a kernel gets io_uring without them.
+        proactor.coop_taskrun(true).taskrun_flag(true);
+        let inner = match compio::runtime::RuntimeBuilder::new().with_proactor(proactor).build() {
+            Ok(rt) if rt.driver_type().is_iouring() => rt,
+            _ => compio::runtime::RuntimeBuilder::new().with_proactor(plain).build()?,
+        };
+        Ok(Runtime { inner })
     }
 
     /// Runs `fut` to completion on this thread, driving every spawned task meanwhile.

@@ -63,7 +63,10 @@ pub(crate) async fn connect(
     gauge: &Gauge,
 ) -> Result<UpConn, Outcome> {
     match Conn::connect(addr, opts, timeout).await {
-        Ok(c) => Ok(UpConn::new(c, gauge)),
+        Ok(mut c) => {
+            c.receive_multishot();
+            Ok(UpConn::new(c, gauge))
+        }
         Err(e) => Err(connect_outcome(&e)),
     }
 }

@@ -17,7 +17,8 @@ use crate::state::{Picked, Scope, Tried};
 use crate::tunnel;
 
 /// Serves one downstream connection of a TCP service.
-pub(crate) async fn relay(ctx: &Ctx, client: Conn, peer: SocketAddr, route: ConnRoute) {
+pub(crate) async fn relay(ctx: &Ctx, mut client: Conn, peer: SocketAddr, route: ConnRoute) {
+    client.receive_multishot();
     let started = crate::io::now();
     let start_unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let resolved = {
