@@ -139,8 +139,9 @@ fn per_request_allocations(service_fields: &str) {
 /// HTTP/1.1 one: the h2 codec's per-stream state on both sides (header maps and their decoded
 /// values, the request and response parts, stream slots), the request translated once and
 /// built once per attempt, compio's operation records, and weir's per-stream task. Measured
-/// 30.0 and 26.0; the bound leaves 10 %.
-const MAX_ALLOCS_PER_H2_REQUEST: [(&str, f64); 2] = [("http2", 33.0), ("http", 28.6)];
+/// 30.0 and 25.0 (the HTTP/1.1 endpoint's response arrives on its multishot receive); the
+/// bound leaves 10 %.
+const MAX_ALLOCS_PER_H2_REQUEST: [(&str, f64); 2] = [("http2", 33.0), ("http", 27.5)];
 
 #[test]
 fn a_warm_worker_allocates_a_bounded_amount_per_http2_request() {

@@ -20,8 +20,9 @@ pub const RECORD_BYTES: u64 = std::mem::size_of::<LogRecord>() as u64;
 /// Bytes of one span ring slot (tracing on: [`crate::otlp::RING_SPANS`] per worker).
 pub const SPAN_BYTES: u64 = std::mem::size_of::<weir_proxy::trace::SpanRecord>() as u64;
 /// Per worker, besides its ring: the I/O buffer pool (256 buffers of 16 KiB once the worker has
-/// served that many exchanges at once), the response-head pool (256 heads), the io_uring rings,
-/// the stats shard and the thread's stack.
+/// served that many exchanges at once), the response-head pool (256 heads), the io_uring rings
+/// and their provided-buffer ring for multishot receive (128 buffers of 8 KiB), the stats shard
+/// and the thread's stack.
 pub const WORKER_BYTES: u64 = 6 * MIB;
 /// The process itself: the binary's pages, the admin, log-shipper and config-watcher threads,
 /// the shipper's batch buffers and the allocator's spare.

@@ -26,7 +26,7 @@ use compio::runtime::SubmitMultiManaged;
 use futures_util::Stream;
 
 /// Buffers in a worker's provided-buffer ring (a power of two).
-pub(super) const RING_BUFFERS: u16 = 256;
+pub(super) const RING_BUFFERS: u16 = 128;
 /// Bytes per buffer of the ring.
 pub(super) const RING_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -226,7 +226,7 @@ pub(super) mod tests {
                 assert_eq!(res.expect("read"), 1);
                 assert_eq!(buf, [byte(i, 0)]);
             }
-            // The rest at once: 7 MiB, more than the ring's 2 MiB.
+            // The rest at once: 7 MiB, more than the ring's 1 MiB.
             let before = RING_EMPTY.with(Cell::get);
             for (i, (_, peer)) in pairs.iter_mut().enumerate() {
                 let rest: Vec<u8> = (1..BYTES).map(|at| byte(i, at)).collect();
