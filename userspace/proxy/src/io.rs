@@ -6,7 +6,8 @@
 //!
 //! Buffers are owned `Vec<u8>`s that move into the kernel for the duration of an operation and
 //! come back with the result (completion-based I/O); a dropped operation is cancelled and its
-//! buffer released by the runtime.
+//! buffer released by the runtime. HTTP/1.1 and TCP connections receive through a multishot
+//! receive instead (`recv.rs`): a read abandoned there leaves what arrives for the next read.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -459,9 +460,9 @@ impl Conn {
 pub enum ReadUntil {
     /// The read completed (`Ok(0)` = EOF); the buffer is back.
     Done(io::Result<usize>, Vec<u8>),
-    /// The deadline passed first; the read was cancelled and its buffer dropped.
+    /// The deadline passed first; the read was abandoned and its buffer dropped.
     TimedOut,
-    /// `cancel` fired first (drain); the read was cancelled and its buffer dropped.
+    /// `cancel` fired first (drain); the read was abandoned and its buffer dropped.
     Cancelled,
 }
 

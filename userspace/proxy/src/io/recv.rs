@@ -9,8 +9,8 @@
 //! One receiver per socket, shared by every handle of it ([`super::Conn::try_clone`]): two
 //! handles reading at once would split the stream, so at most one reads at a time (the data
 //! path reads each direction of a socket from one future). Must not: be armed on a socket that
-//! is later driven by readiness (`PollIo`), since what it received would be lost; nor hold more
-//! of the ring than one buffer per socket beyond what the kernel queued for it.
+//! is later driven by readiness (`PollIo`), since what it received would be lost; nor keep more
+//! of the ring per socket than what the kernel filled and one partly read buffer.
 //!
 //! When the ring is empty the kernel ends the receive with `ENOBUFS`; that read falls back to an
 //! ordinary one into the reader's buffer and the next read arms a new receive, so a worker
