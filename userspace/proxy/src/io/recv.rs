@@ -79,13 +79,13 @@ impl Receiver {
         if spare == 0 {
             return Poll::Ready(Received::Done(Ok(0)));
         }
-        if let Some(held) = &self.held {
-            return Poll::Ready(Received::Done(Ok(self.copy_held(held.len(), buf, spare))));
-        }
-        if self.eof {
-            return Poll::Ready(Received::Done(Ok(0)));
-        }
         loop {
+            if self.held.is_some() {
+                return Poll::Ready(Received::Done(Ok(self.copy_held(buf, spare))));
+            }
+            if self.eof {
+                return Poll::Ready(Received::Done(Ok(0)));
+            }
             let op = match &mut self.op {
                 Some(op) => op,
                 None => match self.arm() {
@@ -93,30 +93,19 @@ impl Receiver {
                     Err(e) => return Poll::Ready(Received::Done(Err(e))),
                 },
             };
-            match std::task::ready!(Pin::new(op).poll_next(cx)) {
-                Some(Ok(Some(b))) if !b.is_empty() => {
-                    let len = b.len();
-                    self.held = Some(b);
-                    self.held_from = 0;
-                    return Poll::Ready(Received::Done(Ok(self.copy_held(len, buf, spare))));
+            let item = std::task::ready!(Pin::new(op).poll_next(cx));
+            match self.settle(item) {
+                // Kept (bytes) or noted (the end): the top of the loop answers.
+                Some(Ok(())) => {}
+                Some(Err(e)) if ring_empty(&e) => {
+                    #[cfg(test)]
+                    tests::RING_EMPTY.with(|n| n.set(n.get() + 1));
+                    return Poll::Ready(Received::RingEmpty);
                 }
-                Some(Ok(_)) => {
-                    self.op = None;
-                    self.eof = true;
-                    return Poll::Ready(Received::Done(Ok(0)));
-                }
-                Some(Err(e)) => {
-                    self.op = None;
-                    if ring_empty(&e) {
-                        #[cfg(test)]
-                        tests::RING_EMPTY.with(|n| n.set(n.get() + 1));
-                        return Poll::Ready(Received::RingEmpty);
-                    }
-                    return Poll::Ready(Received::Done(Err(e)));
-                }
+                Some(Err(e)) => return Poll::Ready(Received::Done(Err(e))),
                 // The receive ended without a result of its own (the kernel stops a multishot
-                // receive now and then): arm another.
-                None => self.op = None,
+                // receive now and then): the loop arms another.
+                None => {}
             }
         }
     }
@@ -132,18 +121,34 @@ impl Receiver {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(op).poll_next(&mut cx) {
             Poll::Pending => Some(false),
-            Poll::Ready(Some(Ok(Some(b)))) if !b.is_empty() => {
+            Poll::Ready(item) => match self.settle(item) {
+                Some(Ok(())) => Some(true),
+                // The receive ended (an error, or the ring ran dry): ask the socket.
+                Some(Err(_)) | None => None,
+            },
+        }
+    }
+
+    /// Takes one result of the armed receive: bytes are held for the next read, the end of the
+    /// stream is noted (`Ok`); an error is handed back; `None` when the receive ended without a
+    /// result. A receive that ended (any but bytes) is dropped, so the next read arms another.
+    fn settle(&mut self, item: Option<io::Result<Option<BufferRef>>>) -> Option<io::Result<()>> {
+        match item {
+            Some(Ok(Some(b))) if !b.is_empty() => {
                 self.held = Some(b);
                 self.held_from = 0;
-                Some(true)
+                Some(Ok(()))
             }
-            Poll::Ready(Some(Ok(_))) => {
+            Some(Ok(_)) => {
                 self.op = None;
                 self.eof = true;
-                Some(true)
+                Some(Ok(()))
             }
-            // The receive ended (an error, or the ring ran dry): ask the socket.
-            Poll::Ready(Some(Err(_)) | None) => {
+            Some(Err(e)) => {
+                self.op = None;
+                Some(Err(e))
+            }
+            None => {
                 self.op = None;
                 None
             }
@@ -155,12 +160,14 @@ impl Receiver {
         self.op.is_some() || self.held.is_some()
     }
 
-    fn copy_held(&mut self, len: usize, buf: &mut Vec<u8>, spare: usize) -> usize {
+    /// Copies from the held buffer into `buf` (at most `spare` bytes); gives the buffer back to
+    /// the ring once it is all read.
+    fn copy_held(&mut self, buf: &mut Vec<u8>, spare: usize) -> usize {
         let held = self.held.as_ref().expect("a held buffer");
-        let n = spare.min(len - self.held_from);
+        let n = spare.min(held.len() - self.held_from);
         buf.extend_from_slice(&held[self.held_from..self.held_from + n]);
         self.held_from += n;
-        if self.held_from == len {
+        if self.held_from == held.len() {
             self.held = None;
         }
         n
