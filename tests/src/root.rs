@@ -1,7 +1,8 @@
 //! Helpers for the root tier: running the `weir-probe` client inside a cgroup, reading what a
-//! weir left pinned in bpffs (its heartbeat, `weir steer status` from the pins), and the
-//! cgroup handles of weir-testkit (whose cgroup v2 root comes from /proc/self/mountinfo). A
-//! root test that cannot do what it tests fails loudly.
+//! weir left pinned in bpffs (its heartbeat, `weir steer status` from the pins), a network
+//! namespace standing for a pod on this node, and the cgroup handles of weir-testkit (whose
+//! cgroup v2 root comes from /proc/self/mountinfo). A root test that cannot do what it tests
+//! fails loudly.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -153,4 +154,76 @@ pub fn counters_from_pins(bin: &str, admin: std::net::SocketAddr, pins: &Path) -
         .and_then(|all| all.iter().find(|i| i["pins"].as_str() == Some(&*pins.to_string_lossy())))
         .map(|i| i["counters"].clone())
         .unwrap_or_else(|| panic!("no instance pinned at {} in {text}", pins.display()))
+}
+
+/// A network namespace joined to this one by a veth pair, as a pod on this node is: the host
+/// side is `198.18.N.1/30`, the namespace side `198.18.N.2/30`. Deleted (with its veth pair)
+/// on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    subnet: u8,
+}
+
+impl NetNs {
+    /// Creates namespace `weir-{tag}-{pid}` on subnet `198.18.{subnet}.0/30`; panics with the
+    /// `ip` command's error when the kernel or the machine refuses.
+    pub fn create(tag: &str, subnet: u8) -> NetNs {
+        let name = format!("weir-{tag}-{}", std::process::id());
+        let (host_if, ns_if) = (format!("wh{subnet}-{}", std::process::id() % 100_000), format!("wn{subnet}"));
+        let ns = NetNs { name, subnet };
+        let host = format!("{}/30", ns.host_addr());
+        let inner = format!("{}/30", ns.addr());
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name]);
+        ip(&["addr", "add", &host, "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        for args in
+            [&["addr", "add", &inner, "dev", &ns_if][..], &["link", "set", &ns_if, "up"], &["link", "set", "lo", "up"]]
+        {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        }
+        ns
+    }
+
+    /// The namespace's address.
+    pub fn addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(198, 18, self.subnet, 2)
+    }
+
+    /// The host side's address.
+    pub fn host_addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(198, 18, self.subnet, 1)
+    }
+
+    /// A TCP listener on the namespace's address (any port), bound from a thread that joined
+    /// the namespace: the socket is the namespace's, whichever thread uses it afterwards.
+    pub fn listen(&self) -> std::net::TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = std::net::SocketAddr::from((self.addr(), 0));
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a namespace file this thread holds open; it changes only this
+            // thread's network namespace, and the thread ends after binding.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {path}: {e}"))
+        })
+        .join()
+        .expect("the namespace's listener")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its error output when it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("run ip: {e}"));
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }

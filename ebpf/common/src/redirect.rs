@@ -13,9 +13,10 @@
 //! reader lets the queue grow), so a direction that moved [`REDIRECT_BUDGET_BYTES`] without
 //! the other side sending anything falls back to TCP too, whose window bounds it.
 //!
-//! The upstream leg (weir's socket to an endpoint on this node's loopback) is paired through
-//! [`MAP_UPSTREAM_COOKIES`] and [`MAP_UPSTREAM_PENDING`]: weir names its socket by cookie before
-//! `connect()`; when that socket is established the endpoint's side is remembered; the
+//! The upstream leg (weir's socket to an endpoint on this node: loopback, a local pod) is
+//! paired through [`MAP_UPSTREAM_COOKIES`] and [`MAP_UPSTREAM_PENDING`]: weir names its socket
+//! by cookie before `connect()` (every one: an endpoint on another node never completes the
+//! pair); when that socket is established the endpoint's side is remembered; the
 //! endpoint's accepted socket is enrolled when its own handshake completes, where a weir
 //! sock_ops program runs for the endpoint's cgroup, and the entry says so; after `connect()`
 //! weir takes the entry and enrolls its own socket only then. The cookie makes the pair the
@@ -30,7 +31,7 @@ pub const MAP_SOCKS: &str = "WEIR_SOCKS";
 /// LRU hash: [`SockKey`] of a sending socket → [`SockState`]. Per program (each socket keeps
 /// the programs it was enrolled with), so not shared.
 pub const MAP_SOCK_STATE: &str = "WEIR_SOCK_STATE";
-/// LRU hash: socket cookie of weir's upstream socket to a loopback endpoint → 1, written by
+/// LRU hash: socket cookie of weir's upstream socket to an endpoint → 1, written by
 /// weir before `connect()`, taken by sock_ops when the socket is established.
 pub const MAP_UPSTREAM_COOKIES: &str = "WEIR_UP_COOKIES";
 /// LRU hash: [`SockKey`] of an endpoint's socket (as the endpoint sees it) → one of

@@ -16,11 +16,11 @@
 //!   into the other's receive queue, or lets it take the TCP path (`redirect::msg_step`);
 //!   `steer_skb` (a no-op stream verdict) is attached beside it because kernels from 6.18.14 on
 //!   can lose the wake-up of a socket enrolled without one.
-//! - The same for the upstream leg when the endpoint is on this node's loopback: when weir's
-//!   socket named in `WEIR_UP_COOKIES` is established, `steer_sockops` remembers the endpoint's
-//!   side in `WEIR_UP_PENDING`; the endpoint's accepted socket is enrolled when its handshake
-//!   completes, where this program runs for the endpoint's cgroup, and the entry says so. weir
-//!   enrolls its own socket after `connect()` only then.
+//! - The same for the upstream leg when the endpoint is on this node (loopback, a local pod):
+//!   when weir's socket named in `WEIR_UP_COOKIES` is established, `steer_sockops` remembers
+//!   the endpoint's side in `WEIR_UP_PENDING`; the endpoint's accepted socket is enrolled when
+//!   its handshake completes, where this program runs for the endpoint's cgroup, and the entry
+//!   says so. weir enrolls its own socket after `connect()` only then.
 //!
 //! While weir is down (its heartbeat is stale), connects to a VIP follow the configured fail
 //! mode instead of being redirected to a proxy that is not there.

@@ -186,13 +186,14 @@ impl Conn {
             socket.set_mark(opts.mark)?;
         }
         socket.set_tcp_nodelay(true)?;
-        // weir's own socket to an endpoint on this node's loopback: named to the steering layer
-        // for the socket-level redirect before it connects.
-        let pairing = opts.steering.as_ref().filter(|s| {
-            opts.mark != 0
-                && addr.ip().to_canonical().is_loopback()
-                && s.upstream_connecting(std::os::fd::AsRawFd::as_raw_fd(&socket))
-        });
+        // weir's own socket to an endpoint: named to the steering layer for the socket-level
+        // redirect before it connects. Whether the endpoint is on this node (its loopback, a
+        // local pod, a host-network one) the kernel tells: its side is enrolled only where a
+        // weir sock_ops program runs for its cgroup, and weir's side only when it was.
+        let pairing = opts
+            .steering
+            .as_ref()
+            .filter(|s| opts.mark != 0 && s.upstream_connecting(std::os::fd::AsRawFd::as_raw_fd(&socket)));
         let socket = TcpSocket::from_std_stream(socket.into())?;
         match until(crate::io::now() + timeout, socket.connect(addr)).await {
             Some(Ok(stream)) => {

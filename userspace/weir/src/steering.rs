@@ -158,11 +158,14 @@ pub struct SteerStatus {
     /// weir's own cgroup, where sock_ops enrolls weir's side of steered connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub own_cgroup: Option<PathBuf>,
-    /// Upstream connections to a loopback endpoint whose two sides weir put into the socket map.
+    /// Upstream connections to an endpoint on this node (its loopback, a local pod) whose two
+    /// sides weir put into the socket map.
     pub upstream_paired: u64,
     /// Upstream connections to a loopback endpoint whose side was not enrolled (no weir
     /// program runs for the endpoint's cgroup, or its handshake had not completed when weir's
     /// `connect()` returned): weir left its own side out, and the connection runs over TCP.
+    /// Only loopback ones: an endpoint at another address may be on another node, where no
+    /// pair can be made.
     pub upstream_unpaired: u64,
 }
 
@@ -648,7 +651,7 @@ struct KernelHooks {
     reuseport_attached: AtomicBool,
     /// The socket-level redirect is on (cleared if it is turned off after the start).
     redirect_on: AtomicBool,
-    /// Cookies of weir's upstream sockets to loopback endpoints, before they connect.
+    /// Cookies of weir's upstream sockets, before they connect.
     up_cookies: TypedMap<u64, u32>,
     /// Endpoint sides of upstream connections, and whether they are enrolled (`WEIR_UP_PENDING`).
     up_pending: TypedMap<SockKey, u32>,
@@ -762,7 +765,8 @@ impl OriginalDst for KernelHooks {
         };
         if paired {
             self.upstream_paired.fetch_add(1, Ordering::Relaxed);
-        } else if self.upstream_unpaired.fetch_add(1, Ordering::Relaxed) == 0 {
+        } else if peer.ip().to_canonical().is_loopback() && self.upstream_unpaired.fetch_add(1, Ordering::Relaxed) == 0
+        {
             tracing::info!(
                 endpoint = %peer,
                 "upstream leg to a loopback endpoint runs over TCP: its socket was not enrolled (a weir sock_ops program must run for the endpoint's cgroup: add it, or a parent, to [steering] cgroups)"
