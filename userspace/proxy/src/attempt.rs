@@ -89,7 +89,9 @@ pub(crate) async fn run(
         let read = read_head(&mut up.conn, bufs, plan, deadline, Some(&mut down.conn)).await;
         (read, BodySent::Whole(plan.body_len))
     } else {
-        send_body_and_read_head(&mut up, down, head, plan, deadline, bufs).await
+        // Boxed: a streamed body pumped while the head is read is 2.6 KiB of state that a
+        // request with a held body (most) would otherwise carry and move.
+        Box::pin(send_body_and_read_head(&mut up, down, head, plan, deadline, bufs)).await
     };
     let mut r = classify(read, sent, reused);
     if matches!(r.outcome, Outcome::Response { .. }) {
@@ -134,7 +136,9 @@ async fn connection(
     }
     let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(crate::io::now()));
     let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
-    Ok((pool::connect(picked.addr, &opts, timeout, &gauge).await?, false))
+    // Boxed: a new connection is the rare case (endpoints' connections are pooled), and its
+    // state (1 KiB) would otherwise be part of every attempt's, which is moved twice per request.
+    Ok((Box::pin(pool::connect(picked.addr, &opts, timeout, &gauge)).await?, false))
 }
 
 /// How reading a response head ended.

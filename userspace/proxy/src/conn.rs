@@ -238,4 +238,17 @@ mod tests {
         let size = future_size(serve);
         assert!(size <= 1536, "a connection's future is {size} bytes");
     }
+
+    #[test]
+    fn a_request_s_state_fits_a_recycled_block() {
+        // Moved once per request (into its block, a `memcpy` of its whole size); one that does
+        // not fit would cost a `Box` per request. The rare paths are boxed where they start.
+        fn size<'a, Fut: std::future::Future>(
+            _: impl Fn(&'a Ctx, &'a mut Downstream, &'a mut RequestHead, ConnRoute, Instant) -> Fut,
+        ) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        let size = size(handle);
+        assert!(size <= crate::recycle::BLOCK_BYTES, "a request's future is {size} bytes");
+    }
 }

@@ -1,5 +1,5 @@
 //! Heap blocks a worker reuses for the one large future each HTTP/1.1 request runs: the
-//! request's state machine (≈ 9.5 KiB) is kept off the connection's own future, so that an idle
+//! request's state machine (3.3 KiB) is kept off the connection's own future, so that an idle
 //! keep-alive connection stays small, and instead of a `Box` per request it lives in a block
 //! from a per-thread free list, given back when the request ends. Must not: move a future once
 //! placed (it may be self-referential), outlive or cross its thread (`Recycled` is neither
@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
-/// Bytes in a block: the largest future placed in one.
-pub(crate) const BLOCK_BYTES: usize = 12 * 1024;
-/// Idle blocks a thread keeps (192 KiB).
+/// Bytes in a block: the largest future placed in one (an in-flight request holds one).
+pub(crate) const BLOCK_BYTES: usize = 4 * 1024;
+/// Idle blocks a thread keeps (64 KiB).
 const KEEP: usize = 16;
 
 /// One block, aligned for any future the data path makes.
