@@ -34,6 +34,10 @@ prints one result line of `key=value` pairs on stdout for the test to check.
   never-read ADDR HOST PATH      opens every window wide, asks for PATH, then reads nothing until
                                  stdin closes (prints `asked` first); then reads what is left:
                                  bytes=, eof=
+  pause-read ADDR HOST PATH SIZE opens every window wide, asks for PATH, reads nothing until a line
+                                 arrives on stdin (prints `asked` first), then reads the response
+                                 until SIZE data bytes, a reset or the end: status=, data=,
+                                 reset=, goaway=, closed=
 
 Every socket has a timeout, so a script never hangs a test.
 """
@@ -467,6 +471,26 @@ def cmd_never_read(addr, host, path):
     out(bytes=total, eof=eof)
 
 
+def cmd_pause_read(addr, host, path, size):
+    big = (1 << 31) - 1
+    s, frames = handshake(addr, settings={SettingsFrame.INITIAL_WINDOW_SIZE: big})
+    frames.send(WindowUpdateFrame(0, window_increment=big - 65535).serialize())
+    frames.send(headers_block(host, path))
+    out(asked=1)
+    sys.stdin.readline()  # the test says when: once this client's socket memory is full
+    deadline = time.monotonic() + TIMEOUT
+    while frames.data.get(1, 0) < size and 1 not in frames.resets and time.monotonic() < deadline:
+        if not frames.pump(True):
+            break
+    out(
+        status=frames.statuses.get(1, 0),
+        data=frames.data.get(1, 0),
+        reset=frames.resets.get(1, "-"),
+        goaway=frames.goaway[0] if frames.goaway else "-",
+        closed=frames.closed,
+    )
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "streams":
@@ -489,6 +513,8 @@ def main():
         cmd_idle(args[0], args[1])
     elif cmd == "never-read":
         cmd_never_read(args[0], args[1], args[2])
+    elif cmd == "pause-read":
+        cmd_pause_read(args[0], args[1], args[2], int(args[3]))
     else:
         raise SystemExit(f"unknown subcommand {cmd}")
 

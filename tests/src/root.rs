@@ -227,3 +227,53 @@ fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("run ip: {e}"));
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }
+
+/// A cgroup v1 memory cgroup whose TCP socket memory is limited (`memory.kmem.tcp.*`): a
+/// process in it that stops reading fills its sockets' memory, and a socket-level redirect
+/// into one of them is then refused with ENOMEM. Removed on drop (its processes must have
+/// ended). cgroup v2 has no socket-only limit, so the hierarchy comes from the v1 `memory`
+/// mount in /proc/self/mountinfo; without one this panics, saying so.
+#[derive(Debug)]
+pub struct TcpMemoryLimit {
+    /// Its directory (join it with `join_on_exec`: v1 has `cgroup.procs` too).
+    pub path: PathBuf,
+    /// The limit, bytes.
+    pub limit: u64,
+}
+
+impl TcpMemoryLimit {
+    /// Creates `weir-test-TAG-PID` with a TCP memory limit of `limit` bytes.
+    pub fn create(tag: &str, limit: u64) -> TcpMemoryLimit {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+        let root = info
+            .lines()
+            .find_map(|l| {
+                let (mount, fs) = l.split_once(" - ")?;
+                let mut fs = fs.split(' ');
+                let v1_memory = fs.next() == Some("cgroup") && fs.nth(1)?.split(',').any(|o| o == "memory");
+                mount.split(' ').nth(4).filter(|_| v1_memory).map(PathBuf::from)
+            })
+            .expect(
+                "filling a socket's memory needs a cgroup v1 memory controller (memory.kmem.tcp.limit_in_bytes); \
+                 /proc/self/mountinfo shows no v1 `memory` hierarchy on this host",
+            );
+        let path = root.join(format!("weir-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        let knob = path.join("memory.kmem.tcp.limit_in_bytes");
+        std::fs::write(&knob, limit.to_string()).unwrap_or_else(|e| panic!("write {}: {e}", knob.display()));
+        TcpMemoryLimit { path, limit }
+    }
+
+    /// The most TCP memory its sockets held at once, bytes.
+    pub fn max_usage(&self) -> u64 {
+        let knob = self.path.join("memory.kmem.tcp.max_usage_in_bytes");
+        let text = std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("read {}: {e}", knob.display()));
+        text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", knob.display()))
+    }
+}
+
+impl Drop for TcpMemoryLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

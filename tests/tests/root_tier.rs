@@ -12,6 +12,7 @@ mod kubernetes;
 mod memory;
 mod prometheus;
 mod redirect;
+mod redirect_memory;
 mod redirect_upstream;
 mod steering;
 mod takeover;

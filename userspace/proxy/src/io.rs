@@ -394,6 +394,7 @@ impl Conn {
             replayed: 0,
             read_blocked: false,
             write_blocked: false,
+            enomem: None,
         })
     }
 
@@ -589,6 +590,20 @@ pub struct PollIo {
     read_blocked: bool,
     /// The last `send` found no room, and the readiness poll has not completed since.
     write_blocked: bool,
+    /// Sends are being refused with ENOMEM (see [`Backoff`]).
+    enomem: Option<Backoff>,
+}
+
+/// Sends refused with ENOMEM: a socket-level redirect into a peer whose socket memory is
+/// exhausted refuses the bytes instead of blocking, and no readiness will say when it has room
+/// again, so the next send waits for a pause (doubling, as [`Conn::write_range_by`]'s do) and
+/// the write fails only after [`ENOMEM_PATIENCE`] of nothing but refusals. Meanwhile the write
+/// is pending, as one to a full TCP peer is: HTTP/2's own write timeouts apply.
+#[derive(Debug)]
+struct Backoff {
+    pause: Option<Sleep>,
+    next: Duration,
+    give_up: Instant,
 }
 
 impl PollIo {
@@ -654,6 +669,12 @@ impl tokio::io::AsyncWrite for PollIo {
         use std::task::Poll;
         let this = self.get_mut();
         loop {
+            if let Some(pause) = this.enomem.as_mut().and_then(|b| b.pause.as_mut()) {
+                if std::pin::Pin::new(pause).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.enomem.as_mut().expect("pausing").pause = None;
+            }
             if this.write_blocked {
                 match this.fd.poll_write_ready(cx) {
                     Poll::Ready(Ok(())) => this.write_blocked = false,
@@ -668,12 +689,27 @@ impl tokio::io::AsyncWrite for PollIo {
             if n >= 0 {
                 // A short write filled the socket's buffer: the next one waits for room.
                 this.write_blocked = (n as usize) < data.len();
+                this.enomem = None;
                 return Poll::Ready(Ok(n as usize));
             }
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => this.write_blocked = true,
+                _ if e.raw_os_error() == Some(libc::ENOMEM) => {
+                    let now = crate::io::now();
+                    let b = this.enomem.get_or_insert(Backoff {
+                        pause: None,
+                        next: ENOMEM_BACKOFF_MIN,
+                        give_up: now + ENOMEM_PATIENCE,
+                    });
+                    if now >= b.give_up {
+                        this.enomem = None;
+                        return Poll::Ready(Err(e));
+                    }
+                    b.pause = Some(Sleep::until(now + b.next));
+                    b.next = (b.next * 2).min(ENOMEM_BACKOFF_MAX);
+                }
                 _ => return Poll::Ready(Err(e)),
             }
         }
