@@ -38,16 +38,17 @@ pub trait OriginalDst: Send + Sync + std::fmt::Debug {
     fn heartbeat(&self) {}
 
     /// Called before weir's own (marked) socket `fd` connects to an endpoint (wherever it is:
-    /// the kernel pairs only an endpoint on this node); `true` when the steering layer wants [`OriginalDst::upstream_connected`] called
-    /// once it is connected (the socket-level redirect is on, and the socket is named to it).
+    /// the kernel pairs only an endpoint on this node); `true` when the steering layer wants
+    /// [`OriginalDst::upstream_connected`] called once it is connected (the socket-level
+    /// redirect is on, and the socket is named to it).
     fn upstream_connecting(&self, _fd: std::os::fd::RawFd) -> bool {
         false
     }
 
     /// Called after weir's own (marked) socket `fd` from `local` connected to an endpoint at
-    /// `peer`, before anything is sent: the steering layer puts it into
-    /// the socket-level redirect when the endpoint's side is there. `false`: undecided yet (the
-    /// endpoint's side may be enrolled a moment later); call again, once, with `last`.
+    /// `peer`, before anything is sent: the steering layer puts it into the socket-level
+    /// redirect when the endpoint's side is there. `false`: undecided yet (the endpoint's side
+    /// may be enrolled a moment later); call again, once, with `last`.
     fn upstream_connected(&self, _fd: std::os::fd::RawFd, _local: SocketAddr, _peer: SocketAddr, _last: bool) -> bool {
         true
     }
