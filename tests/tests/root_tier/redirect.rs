@@ -223,15 +223,20 @@ fn a_request_followed_by_a_reset_reaches_the_endpoint_in_both_modes() {
             (a.requests() == i).then_some(())
         });
     }
-    // Counted as answered, under whichever name the caller's cgroup got (`source`).
-    eventually(Duration::from_secs(5), "5 requests of alpha counted 200", || {
+    wait_answered(&weir, 5.0);
+}
+
+/// Waits until `weir` counted `n` requests of service `alpha` answered 200, under whichever
+/// name the caller's cgroup got (`source`).
+pub(super) fn wait_answered(weir: &Weir, n: f64) {
+    eventually(Duration::from_secs(5), &format!("{n} requests of alpha counted 200"), || {
         let answered: f64 = weir
             .metrics()
             .lines()
             .filter(|l| l.starts_with("weir_requests_total{service=\"alpha\",") && l.contains("code=\"200\"}"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        (answered >= 5.0).then_some(())
+        (answered >= n).then_some(())
     });
 }
 

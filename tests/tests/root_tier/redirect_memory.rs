@@ -84,14 +84,6 @@ fn a_workload_whose_socket_memory_is_full_gets_every_byte_over_http1_and_http2()
     let (child, out) = paused(&cg, &mem, "h2_abuse.py", &["pause-read", "127.10.5.12:80", "alpha", &path, &size]);
     let line = resume(child, out, &mem);
     assert_eq!(line.trim(), format!("status=200 data={SIZE} reset=- goaway=- closed=False"), "HTTP/2");
-    // Both counted as answered (under whichever name the caller's cgroup got: `source`).
-    eventually(Duration::from_secs(5), "2 requests of alpha counted 200", || {
-        let answered: f64 = weir
-            .metrics()
-            .lines()
-            .filter(|l| l.starts_with("weir_requests_total{service=\"alpha\",") && l.contains("code=\"200\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (answered >= 2.0).then_some(())
-    });
+    // Both counted as answered.
+    super::redirect::wait_answered(&weir, 2.0);
 }
