@@ -12,8 +12,8 @@
 
 pub mod redirect;
 pub use redirect::{
-    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, MAX_REDIRECT_SOCKS, MsgStep, SockKey,
-    SockState, msg_step,
+    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, MAX_REDIRECT_SOCKS, MsgStep, PairState,
+    Side, SockKey, SockState, msg_step, pair_key, side_of,
 };
 
 /// Map: service VIP ([`ServiceKey`]) → [`ServiceValue`]. Written by userspace on every config
@@ -422,8 +422,6 @@ mod user {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockState {}
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ use crate::Counter;
 /// SOCKHASH: [`SockKey`] (a socket's own four-tuple) → the socket. The `sk_msg` and the
 /// no-op stream-verdict programs are attached to it before any socket goes in.
 pub const MAP_SOCKS: &str = "WEIR_SOCKS";
-/// LRU hash: [`SockKey`] of a sending socket → [`SockState`]. Per program (each socket keeps
-/// the programs it was enrolled with), so not shared.
+/// LRU hash: a connection, under [`pair_key`] → [`PairState`] (both directions in one entry,
+/// so a message costs one lookup of it). Per program (each socket keeps the programs it was
+/// enrolled with), so not shared.
 pub const MAP_SOCK_STATE: &str = "WEIR_SOCK_STATE";
 /// LRU hash: socket cookie of weir's upstream socket to an endpoint → 1, written by
 /// weir before `connect()`, taken by sock_ops when the socket is established.
@@ -83,7 +84,7 @@ impl SockKey {
     }
 }
 
-/// What the `sk_msg` program remembers of one sending socket.
+/// What the `sk_msg` program remembers of one direction of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -94,6 +95,92 @@ pub struct SockState {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 16);
+
+/// Which end of a connection a socket is: the one whose own (port, address) orders first
+/// ([`Side::Low`]) or the other. Both ends work it out alike from their own tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Low,
+    High,
+}
+
+/// Both directions of one connection, in one [`MAP_SOCK_STATE`] entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairState {
+    /// What the [`Side::Low`] end sends.
+    pub low: SockState,
+    /// What the [`Side::High`] end sends.
+    pub high: SockState,
+}
+const _: () = assert!(core::mem::size_of::<PairState>() == 32);
+
+impl PairState {
+    /// The direction `side` sends.
+    #[inline(always)]
+    pub fn sent_by(&mut self, side: Side) -> &mut SockState {
+        match side {
+            Side::Low => &mut self.low,
+            Side::High => &mut self.high,
+        }
+    }
+
+    /// `side` redirected `size` bytes: they count against its budget, and the other
+    /// direction's budget starts again (this side spoke).
+    #[inline(always)]
+    pub fn redirected(&mut self, side: Side, size: u32) {
+        let (mine, theirs) = match side {
+            Side::Low => (&mut self.low, &mut self.high),
+            Side::High => (&mut self.high, &mut self.low),
+        };
+        mine.redirected = mine.redirected.saturating_add(u64::from(size));
+        theirs.redirected = 0;
+    }
+
+    /// Records one message `side` sent that was not passed by [`msg_step`]: it `redirected`,
+    /// or it took the TCP path, and then this direction stays on it.
+    #[inline(always)]
+    pub fn record(&mut self, side: Side, redirected: bool, size: u32) {
+        if redirected {
+            self.redirected(side, size);
+        } else {
+            self.sent_by(side).passed = 1;
+        }
+    }
+}
+
+/// Which end of its connection `me` is.
+#[inline(always)]
+pub fn side_of(me: &SockKey) -> Side {
+    if orders_first(me.local_port, &me.local_addr, me.remote_port, &me.remote_addr) { Side::Low } else { Side::High }
+}
+
+/// The [`MAP_SOCK_STATE`] key of the connection `me` is one end of (the tuple as its
+/// [`Side::Low`] end sees it), and which end `me` is.
+#[inline(always)]
+pub fn pair_key(me: &SockKey) -> (SockKey, Side) {
+    match side_of(me) {
+        Side::Low => (*me, Side::Low),
+        Side::High => (me.peer(), Side::High),
+    }
+}
+
+/// Whether (`a_port`, `a`) ≤ (`b_port`, `b`). Only a fixed total order matters; byte by byte,
+/// because `[u8]` comparison would call `memcmp`, which a kernel program has not.
+#[inline(always)]
+fn orders_first(a_port: u16, a: &[u8; 16], b_port: u16, b: &[u8; 16]) -> bool {
+    if a_port != b_port {
+        return a_port < b_port;
+    }
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    true
+}
 
 /// What one message does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +193,8 @@ pub enum MsgStep {
     FallBack,
 }
 
-/// The decision for one message of `size` bytes from a socket whose state is `state`.
+/// The decision for one message of `size` bytes in a direction whose state is `state` (`None`:
+/// the connection has no entry yet).
 #[inline(always)]
 pub fn msg_step(state: Option<&SockState>, size: u32) -> MsgStep {
     match state {
@@ -127,6 +215,39 @@ mod tests {
         let p = k.peer();
         assert_eq!((p.local_addr, p.remote_addr, p.local_port, p.remote_port), ([2; 16], [1; 16], 15001, 40000));
         assert_eq!(p.peer(), k);
+    }
+
+    #[test]
+    fn both_ends_find_one_entry_and_each_its_own_direction() {
+        let client = SockKey { local_addr: [1; 16], remote_addr: [2; 16], local_port: 40000, remote_port: 15001 };
+        let (k1, s1) = pair_key(&client);
+        let (k2, s2) = pair_key(&client.peer());
+        assert_eq!(k1, k2);
+        assert_ne!(s1, s2);
+        assert_eq!((k1.local_port, s1), (15001, Side::High), "the lower port is the low end");
+        // Same ports (two loopback addresses): the address decides.
+        let same = SockKey { local_addr: [9; 16], remote_addr: [3; 16], local_port: 5000, remote_port: 5000 };
+        let (k3, s3) = pair_key(&same);
+        let (k4, s4) = pair_key(&same.peer());
+        assert_eq!((k3, s3, s4), (k4, Side::High, Side::Low));
+        assert_eq!(k3.local_addr, [3; 16]);
+    }
+
+    #[test]
+    fn speaking_restarts_the_other_direction_s_budget() {
+        let mut p = PairState::default();
+        p.redirected(Side::Low, 100);
+        p.redirected(Side::Low, 50);
+        assert_eq!((p.low.redirected, p.high.redirected), (150, 0));
+        p.redirected(Side::High, 7);
+        assert_eq!((p.low.redirected, p.high.redirected), (0, 7));
+        p.sent_by(Side::High).passed = 1;
+        assert_eq!(msg_step(Some(p.sent_by(Side::High)), 1), MsgStep::Pass(Counter::MsgPassed));
+        assert_eq!(msg_step(Some(p.sent_by(Side::Low)), 1), MsgStep::TryRedirect, "one direction only");
+        p.record(Side::Low, true, 9);
+        assert_eq!((p.low.redirected, p.high.redirected, p.high.passed), (9, 0, 1));
+        p.record(Side::Low, false, 9);
+        assert_eq!((p.low.redirected, p.low.passed), (9, 1));
     }
 
     #[test]

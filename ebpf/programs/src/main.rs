@@ -44,9 +44,9 @@ mod programs {
     };
     use weir_ebpf_common::{
         COUNTER_SLOTS, ConnKey, ConnectVerdict, Counter, MAX_CPUS, MAX_PENDING_CONNS, MAX_REDIRECT_SOCKS, MAX_SERVICES,
-        MsgStep, OrigDst, ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, connect_verdict, msg_step,
-        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, redirect::upstream, v4_mapped, v6_bytes,
-        v6_words, weir_alive,
+        MsgStep, OrigDst, PairState, ServiceKey, ServiceValue, Side, SockKey, SteerConfig, connect_verdict, msg_step,
+        orig_flags, port_from_sock_ops_remote, port_from_user, port_to_user, redirect::upstream, side_of, v4_mapped,
+        v6_bytes, v6_words, weir_alive,
     };
 
     /// cgroup/connect*: let the connect proceed (rewritten or not). Returning 0 would fail the
@@ -82,7 +82,7 @@ mod programs {
     static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_REDIRECT_SOCKS, 0);
 
     #[map(name = "WEIR_SOCK_STATE")]
-    static SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::with_max_entries(MAX_REDIRECT_SOCKS, 0);
+    static SOCK_STATE: LruHashMap<SockKey, PairState> = LruHashMap::with_max_entries(MAX_REDIRECT_SOCKS / 2, 0);
 
     #[map(name = "WEIR_UP_COOKIES")]
     static UP_COOKIES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_PENDING_CONNS, 0);
@@ -252,11 +252,19 @@ mod programs {
         })
     }
 
-    /// Puts the sock_ops socket into the socket map under its own tuple (forgetting whatever a
-    /// former socket with the same tuple left in the state map); whether it went in.
+    /// Puts the sock_ops socket into the socket map under its own tuple; whether it went in.
+    /// `first`: the connection's other end is not enrolled yet, so whatever a former connection
+    /// with the same tuple left in the state map is forgotten (the second end must keep what
+    /// the first one's messages recorded).
     #[inline(always)]
-    fn enroll(ctx: &SockOpsContext, key: &SockKey) -> bool {
-        let _ = SOCK_STATE.remove(key);
+    fn enroll(ctx: &SockOpsContext, key: &SockKey, first: bool) -> bool {
+        if first {
+            let fresh = PairState::default();
+            let _ = match side_of(key) {
+                Side::Low => SOCK_STATE.insert(key, &fresh, u64::from(BPF_ANY)),
+                Side::High => SOCK_STATE.insert(&key.peer(), &fresh, u64::from(BPF_ANY)),
+            };
+        }
         let mut key = *key;
         // SAFETY: `ops` is the live context the kernel handed us.
         let ops = unsafe { &mut *ctx.ops };
@@ -292,8 +300,8 @@ mod programs {
             // SAFETY: the flags are copied out of the entry.
             let flags = unsafe { CONN_ORIG.get(&conn) }.map_or(0, |o| o.flags);
             if flags & orig_flags::ENROLLED != 0 {
-                enroll(&ctx, &me);
-            } else if UP_PENDING.get_ptr_mut(&me).is_some() && enroll(&ctx, &me) {
+                enroll(&ctx, &me, false);
+            } else if UP_PENDING.get_ptr_mut(&me).is_some() && enroll(&ctx, &me, true) {
                 // The endpoint's side of weir's upstream connection: weir enrolls its own side
                 // when it finds the entry saying so.
                 if UP_PENDING.insert(&me, &upstream::PAIRED, 0).is_err() {
@@ -326,7 +334,7 @@ mod programs {
         };
         // Enrolled before connect() returns to the workload: before it can send anything. The
         // weir that steered the connect decided whether (`orig_flags::REDIRECT`).
-        if orig.flags & orig_flags::REDIRECT != 0 && enroll(&ctx, &me) {
+        if orig.flags & orig_flags::REDIRECT != 0 && enroll(&ctx, &me, true) {
             orig.flags |= orig_flags::ENROLLED;
         }
         if CONN_ORIG.insert(&key, &orig, 0).is_err() {
@@ -396,52 +404,45 @@ mod programs {
             local_port: local_port as u16,
             remote_port: port_from_sock_ops_remote(remote_port),
         };
-        let state = SOCK_STATE.get_ptr_mut(&me);
+        // One entry for both directions, under the tuple as the connection's low end sees it:
+        // one lookup per message.
+        let side = side_of(&me);
+        let mut peer = me.peer();
+        let pair: *const SockKey = match side {
+            Side::Low => &me,
+            Side::High => &peer,
+        };
+        // SAFETY: `pair` points at `me` or `peer`, both live; the helpers only read keys.
+        let state = SOCK_STATE.get_ptr_mut(unsafe { &*pair });
         // SAFETY: the pointer comes from a map lookup and is valid for this program run.
-        match msg_step(state.map(|p| unsafe { &*p }), size) {
+        let step = msg_step(state.map(|p| unsafe { &*(*p).sent_by(side) }), size);
+        let counter = match step {
             MsgStep::Pass(counter) => {
                 count(counter);
                 return SK_PASS;
             }
-            MsgStep::FallBack => {
-                stay_on_tcp(&me, state);
-                count(Counter::MsgFellBack);
-                return SK_PASS;
-            }
-            MsgStep::TryRedirect => {}
-        }
-        let mut peer = me.peer();
-        if SOCKS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS) {
-            // The peer is not in the map (not enrolled, or gone): TCP, for good.
-            stay_on_tcp(&me, state);
-            count(Counter::MsgPassed);
-            return SK_PASS;
-        }
+            MsgStep::FallBack => Counter::MsgFellBack,
+            MsgStep::TryRedirect => Counter::MsgRedirected,
+        };
+        // The peer not in the map (not enrolled, or gone): TCP, for good.
+        let redirected = counter == Counter::MsgRedirected
+            && SOCKS.redirect_msg(&ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS);
         match state {
-            // SAFETY: as above; a racing update of the same counter only makes it approximate.
-            Some(p) => unsafe { (*p).redirected += u64::from(size) },
+            // SAFETY: as above; a racing update of the same counters only makes them approximate.
+            Some(p) => unsafe { (*p).record(side, redirected, size) },
+            // Not made at enrollment (evicted since): a new one.
             None => {
-                let _ = SOCK_STATE.insert(&me, &SockState { redirected: u64::from(size), passed: 0, _pad: 0 }, 0);
+                let mut fresh = PairState::default();
+                fresh.record(side, redirected, size);
+                // SAFETY: as above.
+                let _ = SOCK_STATE.insert(unsafe { &*pair }, &fresh, 0);
             }
         }
-        // This side spoke: the other direction's budget starts again.
-        if let Some(p) = SOCK_STATE.get_ptr_mut(&peer) {
-            // SAFETY: as above.
-            unsafe { (*p).redirected = 0 };
-        }
-        count(Counter::MsgRedirected);
+        count(match (counter, redirected) {
+            (Counter::MsgRedirected, false) => Counter::MsgPassed,
+            (c, _) => c,
+        });
         SK_PASS
-    }
-
-    #[inline(always)]
-    fn stay_on_tcp(me: &SockKey, state: Option<*mut SockState>) {
-        match state {
-            // SAFETY: the pointer comes from a map lookup and is valid for this program run.
-            Some(p) => unsafe { (*p).passed = 1 },
-            None => {
-                let _ = SOCK_STATE.insert(me, &SockState { redirected: 0, passed: 1, _pad: 0 }, 0);
-            }
-        }
     }
 
     /// Attached beside `steer_msg` and does nothing: on kernels with the 6.18.14 regression a

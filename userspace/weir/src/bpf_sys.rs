@@ -11,7 +11,6 @@ use std::path::Path;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
@@ -130,18 +129,6 @@ impl<K: aya::Pod, V: aya::Pod> TypedMap<K, V> {
         Ok(unsafe { value.assume_init() })
     }
 
-    /// Deletes `key` (any map type, a socket map too: deleting needs no value).
-    pub(crate) fn delete(&self, key: &K) -> io::Result<()> {
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: key as *const K as u64,
-            value: 0,
-            flags: 0,
-        };
-        bpf(BPF_MAP_DELETE_ELEM, &attr).map(|_| ())
-    }
-
     /// Sets `key` to `value`.
     pub(crate) fn update(&self, key: &K, value: &V) -> io::Result<()> {
         let attr = MapElemAttr {
@@ -211,7 +198,5 @@ mod root_tier {
         map.update(&8, &1).expect("update");
         assert_eq!(map.lookup(&8).expect("present"), 1);
         assert_eq!(map.lookup(&8).expect("still present"), 1);
-        map.delete(&8).expect("delete");
-        assert_eq!(map.delete(&8).expect_err("deleted").raw_os_error(), Some(libc::ENOENT));
     }
 }

@@ -35,9 +35,9 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkReuseport, SockOps};
 use serde::Serialize;
 use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
-    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES,
-    MAP_SOCK_STATE, MAP_SOCKS, MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI,
-    ServiceKey, ServiceValue, SockKey, SockState, SteerConfig, fail_mode, redirect::upstream,
+    ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
+    MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue,
+    SockKey, SteerConfig, fail_mode, redirect::upstream,
 };
 use weir_proxy::{OriginalDst, Steered};
 
@@ -317,7 +317,6 @@ impl Steering {
             up_pending: map_fd(&ebpf, MAP_UPSTREAM_PENDING)?,
             redirect_on: AtomicBool::new(redirect.is_ok()),
             socks: map_fd(&ebpf, MAP_SOCKS)?,
-            sock_state: map_fd(&ebpf, MAP_SOCK_STATE)?,
             upstream_paired: AtomicU64::new(0),
             upstream_unpaired: AtomicU64::new(0),
         });
@@ -657,8 +656,6 @@ struct KernelHooks {
     up_pending: TypedMap<SockKey, u32>,
     /// The socket map (a socket goes in by its descriptor).
     socks: TypedMap<SockKey, u32>,
-    /// The redirect's per-direction state, cleared for a socket weir enrolls.
-    sock_state: TypedMap<SockKey, SockState>,
     /// Upstream connections weir paired, and those it could not.
     upstream_paired: AtomicU64,
     upstream_unpaired: AtomicU64,
@@ -748,9 +745,9 @@ impl OriginalDst for KernelHooks {
             // Not weir's to pair (the redirect is off, or the kernel kept no entry).
             Err(_) => return true,
             Ok(upstream::PAIRED) => {
+                // The connection's redirect state was made fresh when the endpoint's side was
+                // enrolled; it may hold what the endpoint sent since (a greeting that took TCP).
                 let me = endpoint_side.peer();
-                // A former socket with the same tuple may have left its state behind.
-                let _ = self.sock_state.delete(&me);
                 match self.socks.update(&me, &(fd as u32)) {
                     Ok(()) => true,
                     Err(e) => {
