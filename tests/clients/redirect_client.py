@@ -14,6 +14,8 @@ Subcommands, each printing one JSON object:
                               half-closes (the peer closes mid-message), then reads to EOF
   get_slow ADDR HOST SIZE     a GET for /bytes/SIZE; say "queued N" once 64 KiB wait unread,
                               read nothing more until a line arrives on stdin, then read all
+  get_splice ADDR HOST SIZE   a GET for /bytes/SIZE (Connection: close) read with splice(2)
+                              into a pipe (as a zero-copy proxy reads), bounded in time
 Every result carries the socket's TCP_INFO byte counts (`tcp_received`, `tcp_acked`): what
 took the TCP path (redirected bytes do not count there).
 """
@@ -21,6 +23,7 @@ took the TCP path (redirected bytes do not count there).
 import fcntl
 import hashlib
 import json
+import os
 import selectors
 import socket
 import struct
@@ -228,6 +231,35 @@ def get_slow(addr, host, size):
                                   "all_x": body.count(b"x") == len(body), "queued_at_read": at_read})))
 
 
+def get_splice(addr, host, size):
+    s = connect(addr)
+    s.sendall(("GET /bytes/%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (size, host)).encode())
+    s.setblocking(False)
+    r, w = os.pipe()
+    sel = selectors.EpollSelector()
+    sel.register(s, selectors.EVENT_READ)
+    data = b""
+    eof = False
+    deadline = time.monotonic() + 10
+    while not eof and time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        try:
+            n = os.splice(s.fileno(), w, 65536, flags=os.SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            continue  # readable but nothing for splice: wait for the next wake-up
+        if n == 0:
+            eof = True
+        while n > 0:
+            chunk = os.read(r, n)
+            data += chunk
+            n -= len(chunk)
+    pending = queued(s)
+    status, length, body = parse(data) if data else (None, None, b"")
+    print(json.dumps(with_tcp(s, {"status": status, "length": length, "body": len(body), "eof": eof,
+                                  "spliced": len(data), "queued_after": pending})))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "echo":
@@ -246,5 +278,7 @@ if __name__ == "__main__":
         post_half(args[0], args[1], int(args[2]))
     elif cmd == "get_slow":
         get_slow(args[0], args[1], int(args[2]))
+    elif cmd == "get_splice":
+        get_splice(args[0], args[1], int(args[2]))
     else:
         sys.exit("unknown command " + cmd)

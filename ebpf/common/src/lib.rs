@@ -206,7 +206,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 pub struct ServiceValue {
     /// The service's id: stable while the service exists, reused after it is gone.
     pub service_id: u32,
-    /// Reserved for per-service steering flags; 0 today.
+    /// Per-service steering flags ([`service_flags`]).
     pub flags: u32,
     /// Where connects go while weir is down in [`fail_mode::ENDPOINT`] (IPv6 or IPv4-mapped,
     /// network byte order); port 0 = the service has no endpoint: fail open instead.
@@ -267,6 +267,13 @@ const _: () = assert!(core::mem::align_of::<OrigDst>() == 8);
 /// Bits of [`OrigDst::flags`]. The redirect is decided per connection, by the weir whose
 /// service the workload dialed (at connect), so that weirs with the redirect on and off can
 /// steer the same cgroup (whichever weir's sock_ops sees the connection first acts on it).
+/// Bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// The service's connections keep their legs on TCP, whatever the weir's
+    /// `socket_redirect` (`[[service]] socket_redirect = false`).
+    pub const NO_REDIRECT: u32 = 1;
+}
+
 pub mod orig_flags {
     /// The weir that steered this connect has the socket-level redirect on: enroll the
     /// workload's socket when it is established.
@@ -393,7 +400,11 @@ pub fn connect_verdict(
         return ConnectVerdict::Redirect(OrigDst {
             addr: dialed.addr,
             port: dialed.port,
-            flags: if config.socket_redirect != 0 { orig_flags::REDIRECT } else { 0 },
+            flags: if config.socket_redirect != 0 && service.flags & service_flags::NO_REDIRECT == 0 {
+                orig_flags::REDIRECT
+            } else {
+                0
+            },
             service_id: service.service_id,
             cgroup_id,
         });
@@ -500,6 +511,14 @@ mod tests {
         let off = SteerConfig { socket_redirect: 0, ..config() };
         match connect_verdict(Some(&off), 0, &vip(), Some(&svc(7)), true, 42) {
             ConnectVerdict::Redirect(orig) => assert_eq!(orig.flags, 0, "redirect off: the connection stays on TCP"),
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+        let tcp_only = ServiceValue { flags: service_flags::NO_REDIRECT, ..svc(7) };
+        match connect_verdict(Some(&config()), 0, &vip(), Some(&tcp_only), true, 42) {
+            ConnectVerdict::Redirect(orig) => {
+                assert_eq!(orig.flags, 0, "a service that opted out stays on TCP");
+                assert_eq!(orig.service_id, 7, "and is steered all the same");
+            }
             other => panic!("expected a redirect, got {other:?}"),
         }
     }

@@ -281,3 +281,49 @@ fn a_response_weir_wrote_is_read_whole_after_weir_has_exited() {
     let r: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
     assert_eq!((r["status"].as_u64(), r["complete"].as_bool()), (Some(200), Some(true)), "{r}");
 }
+
+/// `/steering`'s count of upstream connections paired for the redirect.
+fn upstream_paired(weir: &Weir) -> u64 {
+    let (_, body) = weir.admin_get("/steering");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("/steering JSON");
+    s["upstream_paired"].as_u64().expect("upstream_paired")
+}
+
+#[test]
+fn a_service_that_keeps_its_legs_on_tcp_serves_a_splice_reader_whole() {
+    require_root();
+    let cg = Cgroup::create("redirsplice");
+    // The endpoint is this test process, in weir's own cgroup: its accepted sockets could be
+    // paired with weir's (the upstream leg).
+    let a = Endpoint::start("a");
+    let svc = format!(
+        "[[service]]\nname = \"alpha\"\nvip = \"127.10.5.7:80\"\nendpoints = [\"{0}\"]\nsocket_redirect = false\n\n\
+         [[service]]\nname = \"beta\"\nvip = \"127.10.5.8:80\"\nendpoints = [\"{0}\"]\n",
+        a.addr
+    );
+    let weir = Weir::start(&steered_config(&cg, &svc));
+    // splice(2) reads only what TCP delivered: alpha's workload reads this way and gets every
+    // byte, because alpha's connections stay on TCP whatever `[steering] socket_redirect` says.
+    for size in [10u64, 100_000, 3_000_000] {
+        let r = client(&cg, &["get_splice", "127.10.5.7:80", "alpha", &size.to_string()]);
+        assert_eq!(
+            (r["status"].as_u64(), r["body"].as_u64(), r["eof"].as_bool()),
+            (Some(200), Some(size), Some(true)),
+            "{r}"
+        );
+        let (_, received) = tcp_path(&r);
+        assert!(received > size, "alpha's answer did not take TCP: {r}");
+    }
+    assert_eq!(upstream_paired(&weir), 0, "alpha's upstream leg was paired");
+    // beta, on the same weir, follows `[steering] socket_redirect` on both legs.
+    let r = client(&cg, &["get_keepalive", "127.10.5.8:80", "beta", "20"]);
+    assert_eq!(r["ok"], 20, "{r}");
+    let (acked, received) = tcp_path(&r);
+    if socket_redirect_on() {
+        assert_eq!((acked, received), (1, 0), "bytes took TCP on a redirected connection: {r}");
+        assert!(upstream_paired(&weir) > 0, "beta's upstream leg was not paired");
+    } else {
+        assert!(acked > 20 * 30 && received > 20 * 30, "{r}");
+        assert_eq!(upstream_paired(&weir), 0);
+    }
+}

@@ -399,6 +399,10 @@ pub struct ServiceConfig {
     pub limits: LimitsConfig,
     /// Forwarding headers added to requests with the caller's address. Default none.
     pub forwarded_headers: ForwardedHeaders,
+    /// The socket-level redirect for this service's legs (`[steering] socket_redirect` must be
+    /// on too). Default true; false keeps both legs on TCP, for workloads or endpoints that read
+    /// their sockets with `splice(2)`, which does not see redirected bytes.
+    pub socket_redirect: bool,
     /// Further VIPs and `Host` names of a discovered service (a dual-stack Service's second
     /// cluster IP, `NAME.NAMESPACE.svc`…). Never written in a file; empty for file services.
     #[serde(skip_serializing_if = "ServiceAliases::is_empty")]

@@ -1,7 +1,7 @@
 //! Per-service policy from a Service's `weir.dev/` annotations. An annotation
 //! `weir.dev/TABLE.FIELD` sets the `[service.TABLE] FIELD` of the configuration reference
 //! (`weir.dev/retry.attempts: "2"`, `weir.dev/timeouts.request_ms: "5000"`), and `weir.dev/lb`
-//! sets `lb`. Values are checked by the config parser itself, so an annotation obeys exactly the
+//! sets `lb` (and `weir.dev/socket_redirect`, `socket_redirect`). Values are checked by the config parser itself, so an annotation obeys exactly the
 //! rules of the file: a bad one (unknown field, wrong type, out of range, or in conflict with
 //! another) is left out, the service keeps the default for it, and the caller logs and counts
 //! it. Must not: accept anything the file would refuse.
@@ -17,6 +17,8 @@ pub const PREFIX: &str = "weir.dev/";
 
 /// Tables of a `[[service]]` an annotation may set.
 const TABLES: [&str; 4] = ["timeouts", "retry", "outlier", "limits"];
+/// Fields of a `[[service]]` itself an annotation may set.
+const FIELDS: [&str; 2] = ["lb", "socket_redirect"];
 
 /// A `weir.dev/` annotation weir did not apply, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +38,12 @@ pub fn policy(annotations: &BTreeMap<String, String>) -> (Option<Arc<ServiceConf
         let field = &key[PREFIX.len()..];
         let (table, name) = match field.split_once('.') {
             Some((t, n)) if TABLES.contains(&t) && !n.is_empty() => (Some(t), n),
-            None if field == "lb" => (None, field),
+            None if FIELDS.contains(&field) => (None, field),
             _ => {
                 rejected.push(Rejected {
                     key: key.clone(),
                     reason: format!(
-                        "unknown: weir reads {PREFIX}lb and {PREFIX}TABLE.FIELD for TABLE in timeouts, retry, outlier, limits"
+                        "unknown: weir reads {PREFIX}lb, {PREFIX}socket_redirect and {PREFIX}TABLE.FIELD for TABLE in timeouts, retry, outlier, limits"
                     ),
                 });
                 continue;
@@ -124,6 +126,7 @@ mod tests {
             ("weir.dev/timeouts.request_ms", "2000"),
             ("weir.dev/outlier.enabled", "false"),
             ("weir.dev/retry.budget_ratio", "0.5"),
+            ("weir.dev/socket_redirect", "false"),
             ("other.io/x", "y"),
         ]));
         assert!(rejected.is_empty(), "{rejected:?}");
@@ -133,7 +136,11 @@ mod tests {
         assert_eq!(p.timeouts.request, Duration::from_millis(2000));
         assert!(!p.outlier.enabled);
         assert_eq!(p.retry.budget_ratio, 0.5);
+        assert!(!p.socket_redirect);
         assert_eq!(policy(&annotations(&[("app", "x")])), (None, vec![]));
+        let (_, rejected) = policy(&annotations(&[("weir.dev/socket_redirect", "no")]));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].reason.contains("expected a boolean"), "{rejected:?}");
     }
 
     #[test]

@@ -135,7 +135,7 @@ async fn connection(
         }
     }
     let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(crate::io::now()));
-    let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
+    let (opts, gauge) = (ctx.connect_options(scope.config()), ctx.state.borrow_mut().gauge(scope));
     // Boxed: a new connection is the rare case (endpoints' connections are pooled), and its
     // state (1 KiB) would otherwise be part of every attempt's, which is moved twice per request.
     Ok((Box::pin(pool::connect(picked.addr, &opts, timeout, &gauge)).await?, false))

@@ -92,8 +92,8 @@ impl Ctx {
     }
 
     /// How this worker opens connections to endpoints ([`connect_options`]).
-    pub(crate) fn connect_options(&self) -> ConnectOptions {
-        connect_options(&self.shared, &self.state.borrow().snapshot().config.steering)
+    pub(crate) fn connect_options(&self, service: &weir_core::config::ServiceConfig) -> ConnectOptions {
+        connect_options(&self.shared, &self.state.borrow().snapshot().config.steering, service)
     }
 
     /// How long a write to a client may make no progress.
@@ -102,10 +102,15 @@ impl Ctx {
     }
 }
 
-/// How weir opens connections to endpoints: marked so that steering never redirects them
-/// (only when steering is on: setting the mark needs CAP_NET_ADMIN, which weir drops when it
-/// has no use for it), and told to the steering layer (the upstream leg's socket-level redirect).
-pub(crate) fn connect_options(shared: &Shared, s: &weir_core::config::SteeringConfig) -> ConnectOptions {
+/// How weir opens connections to `service`'s endpoints: marked so that steering never
+/// redirects them (only when steering is on: setting the mark needs CAP_NET_ADMIN, which weir
+/// drops when it has no use for it), and told to the steering layer (the upstream leg's
+/// socket-level redirect) unless the service keeps its legs on TCP.
+pub(crate) fn connect_options(
+    shared: &Shared,
+    s: &weir_core::config::SteeringConfig,
+    service: &weir_core::config::ServiceConfig,
+) -> ConnectOptions {
     let mark = if s.enabled && !s.cgroups.is_empty() { s.own_mark } else { 0 };
-    ConnectOptions { mark, steering: shared.orig_dst.clone() }
+    ConnectOptions { mark, steering: shared.orig_dst.clone().filter(|_| service.socket_redirect) }
 }

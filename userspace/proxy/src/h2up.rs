@@ -220,7 +220,7 @@ impl Attempter for ToH2<'_> {
             Some(s) => Some(s),
             None => {
                 let timeout = plan.connect_timeout.min(deadline.saturating_duration_since(crate::io::now()));
-                let (opts, gauge) = (ctx.connect_options(), ctx.state.borrow_mut().gauge(scope));
+                let (opts, gauge) = (ctx.connect_options(scope.config()), ctx.state.borrow_mut().gauge(scope));
                 match pool::connect_h2(picked.addr, &opts, timeout, &gauge).await {
                     Ok(c) => ctx.state.borrow_mut().put_h2(scope, picked, c, crate::io::now()),
                     Err(o) => return AttemptResult::failed(o, false, false),

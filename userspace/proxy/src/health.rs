@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use weir_core::config::HealthCheckConfig;
+use weir_core::config::{HealthCheckConfig, ServiceConfig};
 
 use crate::io::{Conn, ConnectOptions, Runtime};
 use crate::shared::Shared;
@@ -117,7 +117,6 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
         let snapshot = shared.snapshot.load_full();
         let now = crate::io::now();
         let now_ms = shared.now_ms();
-        let opts = crate::ctx::connect_options(&shared, &snapshot.config.steering);
         // Results first, applied to the current snapshot's state (by address).
         for (key, passed) in done.borrow_mut().drain(..) {
             let Some(ep) = endpoints.get_mut(&key) else { continue };
@@ -148,18 +147,18 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
             }
         }
         // What to check now; endpoints no longer checked are forgotten.
-        let mut wanted: HashMap<Key, &HealthCheckConfig> = HashMap::new();
+        let mut wanted: HashMap<Key, (&HealthCheckConfig, &ServiceConfig)> = HashMap::new();
         for (svc, cfg) in snapshot.services.iter().zip(&snapshot.config.services) {
             let Some(hc) = &cfg.health_check else { continue };
             for b in &svc.backends {
                 for e in b.endpoints.iter() {
-                    wanted.insert((svc.name.clone(), b.name.clone(), e.addr), hc);
+                    wanted.insert((svc.name.clone(), b.name.clone(), e.addr), (hc, cfg));
                 }
             }
         }
         endpoints.retain(|k, _| wanted.contains_key(k));
         let mut next_wake = now + TICK;
-        for (key, hc) in wanted {
+        for (key, (hc, cfg)) in wanted {
             let ep = endpoints.entry(key.clone()).or_insert_with(|| Endpoint {
                 // The first check soon, spread over a tenth of the interval.
                 next: now + jitter(&mut rng, hc.interval / 10),
@@ -174,7 +173,8 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, counts: Arc<CheckCounts
             if ep.next <= now {
                 ep.running = true;
                 ep.next = now + hc.interval + jitter(&mut rng, hc.interval / 10);
-                let (hc, done, opts) = (hc.clone(), done.clone(), opts.clone());
+                let opts = crate::ctx::connect_options(&shared, &snapshot.config.steering, cfg);
+                let (hc, done) = (hc.clone(), done.clone());
                 crate::io::spawn(async move {
                     let passed = check(key.2, &hc, &opts).await;
                     done.borrow_mut().push((key, passed));

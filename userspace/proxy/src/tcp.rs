@@ -33,7 +33,7 @@ pub(crate) async fn relay(ctx: &Ctx, mut client: Conn, peer: SocketAddr, route: 
         return;
     };
     let (attempts, connect_timeout) = (scope.config().retry.attempts, scope.config().timeouts.connect);
-    let opts = ctx.connect_options();
+    let opts = ctx.connect_options(scope.config());
 
     let mut tried = Tried::default();
     let mut connected: Option<(UpConn, Picked)> = None;

@@ -37,7 +37,7 @@ use weir_core::config::{Config, FailMode};
 use weir_ebpf_common::{
     ConnKey, Counter, MAP_CONFIG, MAP_CONN_ORIG, MAP_COUNTERS, MAP_HEARTBEAT, MAP_LISTENERS, MAP_SERVICES, MAP_SOCKS,
     MAP_UPSTREAM_COOKIES, MAP_UPSTREAM_PENDING, OrigDst, SHARED_MAPS, SHARED_MAPS_ABI, ServiceKey, ServiceValue,
-    SockKey, SteerConfig, fail_mode, redirect::upstream,
+    SockKey, SteerConfig, fail_mode, redirect::upstream, service_flags,
 };
 use weir_proxy::{OriginalDst, Steered};
 
@@ -82,6 +82,9 @@ pub struct ServiceEntry {
     pub service_id: u32,
     /// Where fail mode `endpoint` sends connects.
     pub fallback: Option<SocketAddr>,
+    /// The kernel's per-service flags (`service_flags`; absent from a weir that had none).
+    #[serde(default)]
+    pub flags: u32,
 }
 
 fn socket_addr(addr: [u8; 16], port: u16) -> SocketAddr {
@@ -96,6 +99,7 @@ impl ServiceEntry {
             vip: socket_addr(k.addr, k.port),
             service_id: v.service_id,
             fallback: (v.fallback_port != 0).then(|| socket_addr(v.fallback_addr, v.fallback_port)),
+            flags: v.flags,
         }
     }
 
@@ -103,7 +107,7 @@ impl ServiceEntry {
         let (fallback_addr, fallback_port) = self.fallback.map_or(([0; 16], 0), |f| (addr16(f.ip()), f.port()));
         (
             service_key(self.vip),
-            ServiceValue { service_id: self.service_id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+            ServiceValue { service_id: self.service_id, flags: self.flags, fallback_addr, fallback_port, _pad: 0 },
         )
     }
 }
@@ -574,10 +578,11 @@ impl Steering {
         for (id, s) in ids.into_iter().zip(&config.services) {
             let (fallback_addr, fallback_port) =
                 s.endpoints.first().map_or(([0; 16], 0), |e| (addr16(e.addr.ip()), e.addr.port()));
+            let flags = if s.socket_redirect { 0 } else { service_flags::NO_REDIRECT };
             for vip in s.vips() {
                 want.insert(
                     service_key(vip),
-                    ServiceValue { service_id: id, flags: 0, fallback_addr, fallback_port, _pad: 0 },
+                    ServiceValue { service_id: id, flags, fallback_addr, fallback_port, _pad: 0 },
                 );
             }
         }

@@ -169,6 +169,8 @@ struct RawService {
     limits: RawLimits,
     #[serde(default)]
     forwarded_headers: Vec<String>,
+    #[serde(default = "yes")]
+    socket_redirect: bool,
     #[serde(default, rename = "backend")]
     backends: Vec<super::policy::RawBackend>,
     #[serde(default, rename = "route")]
@@ -192,6 +194,10 @@ pub(super) enum RawEndpoint {
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +350,7 @@ pub(super) fn default_service() -> ServiceConfig {
         outlier: (&RawOutlier::default()).into(),
         limits: (&RawLimits::default()).into(),
         forwarded_headers: ForwardedHeaders::default(),
+        socket_redirect: true,
         aliases: ServiceAliases::default(),
     }
 }
@@ -704,6 +711,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             outlier: o.into(),
             limits: (&s.limits).into(),
             forwarded_headers,
+            socket_redirect: s.socket_redirect,
             aliases: ServiceAliases::default(),
         }));
     }
