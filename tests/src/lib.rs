@@ -9,6 +9,7 @@ pub mod clients;
 pub mod kube_api;
 pub mod kube_objects;
 pub mod root;
+pub mod sockmap_user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weir_tests::root::{Cgroup, probe, require_root};
+use weir_tests::sockmap_user::SockmapUser;
 use weir_tests::testkit::cgroup::join_on_exec;
 use weir_tests::{Behavior, Endpoint, TcpEcho, Weir, eventually, socket_redirect_on};
 
@@ -326,4 +327,31 @@ fn a_service_that_keeps_its_legs_on_tcp_serves_a_splice_reader_whole() {
         assert!(acked > 20 * 30 && received > 20 * 30, "{r}");
         assert_eq!(upstream_paired(&weir), 0);
     }
+}
+
+#[test]
+fn a_socket_another_sockmap_user_enrolled_first_runs_over_tcp() {
+    require_root();
+    let cg = Cgroup::create("redirother");
+    // Another sockmap user (its own socket hash and sk_msg program) attached to the workload's
+    // cgroup before weir: its sock_ops program runs first and enrolls the workload's socket.
+    let other = SockmapUser::attach(&cg.path);
+    let a = Endpoint::start("a");
+    let svc = format!("[[service]]\nname = \"alpha\"\nvip = \"127.10.5.9:80\"\nendpoints = [\"{}\"]\n", a.addr);
+    let weir = Weir::start(&steered_config(&cg, &svc));
+    let before = counters(&weir);
+    let r = client(&cg, &["get_keepalive", "127.10.5.9:80", "alpha", "20"]);
+    assert_eq!(r["ok"], 20, "{r}");
+    let (acked, received) = tcp_path(&r);
+    assert!(acked > 20 * 30 && received > 20 * 30, "the connection did not run over TCP: {r}");
+    let after = counters(&weir);
+    let refused = after["sock_enroll_failed"] - before.get("sock_enroll_failed").copied().unwrap_or(0);
+    if socket_redirect_on() {
+        // weir's insert was refused (the socket carries the other user's programs), counted,
+        // and weir's side stayed out: the connection is plain TCP and works.
+        assert!(refused >= 1, "{after:?}");
+    } else {
+        assert_eq!(refused, 0, "{after:?}");
+    }
+    drop(other);
 }
