@@ -148,6 +148,7 @@ fn attach(target: i32, prog: i32, attach_type: u32, flags: u32) -> std::io::Resu
 }
 
 /// Another sockmap user, attached to one cgroup until dropped.
+#[derive(Debug)]
 pub struct SockmapUser {
     cgroup: OwnedFd,
     sock_ops: OwnedFd,
