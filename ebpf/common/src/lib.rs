@@ -264,9 +264,6 @@ pub struct OrigDst {
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
 const _: () = assert!(core::mem::align_of::<OrigDst>() == 8);
 
-/// Bits of [`OrigDst::flags`]. The redirect is decided per connection, by the weir whose
-/// service the workload dialed (at connect), so that weirs with the redirect on and off can
-/// steer the same cgroup (whichever weir's sock_ops sees the connection first acts on it).
 /// Bits of [`ServiceValue::flags`].
 pub mod service_flags {
     /// The service's connections keep their legs on TCP, whatever the weir's
@@ -274,6 +271,9 @@ pub mod service_flags {
     pub const NO_REDIRECT: u32 = 1;
 }
 
+/// Bits of [`OrigDst::flags`]. The redirect is decided per connection, by the weir whose
+/// service the workload dialed (at connect), so that weirs with the redirect on and off can
+/// steer the same cgroup (whichever weir's sock_ops sees the connection first acts on it).
 pub mod orig_flags {
     /// The weir that steered this connect has the socket-level redirect on: enroll the
     /// workload's socket when it is established.
