@@ -1,10 +1,11 @@
 //! Per-service policy from a Service's `weir.dev/` annotations. An annotation
 //! `weir.dev/TABLE.FIELD` sets the `[service.TABLE] FIELD` of the configuration reference
 //! (`weir.dev/retry.attempts: "2"`, `weir.dev/timeouts.request_ms: "5000"`), and `weir.dev/lb`
-//! sets `lb` (and `weir.dev/socket_redirect`, `socket_redirect`). Values are checked by the config parser itself, so an annotation obeys exactly the
-//! rules of the file: a bad one (unknown field, wrong type, out of range, or in conflict with
-//! another) is left out, the service keeps the default for it, and the caller logs and counts
-//! it. Must not: accept anything the file would refuse.
+//! and `weir.dev/socket_redirect` set `lb` and `socket_redirect`. Values are checked by the
+//! config parser itself, so an annotation obeys exactly the rules of the file: a bad one
+//! (unknown field, wrong type, out of range, or in conflict with another) is left out, the
+//! service keeps the default for it, and the caller logs and counts it. Must not: accept
+//! anything the file would refuse.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -33,8 +33,9 @@ use timer::Sleep;
 pub struct ConnectOptions {
     /// SO_MARK for the socket (0 = none). eBPF steering never redirects marked sockets.
     pub mark: u32,
-    /// The steering layer, told of every marked connection to a loopback endpoint (the
-    /// socket-level redirect pairs those: [`crate::OriginalDst::upstream_connecting`]).
+    /// The steering layer, told of every marked connection to an endpoint (the socket-level
+    /// redirect pairs those on this node: [`crate::OriginalDst::upstream_connecting`]); `None`
+    /// for a service that keeps its legs on TCP.
     pub steering: Option<std::sync::Arc<dyn crate::OriginalDst>>,
 }
 
