@@ -12,6 +12,7 @@ use weir_tests::sockmap_user::SockmapUser;
 use weir_tests::testkit::cgroup::join_on_exec;
 use weir_tests::{Behavior, Endpoint, TcpEcho, Weir, eventually, socket_redirect_on};
 
+use super::redirect_upstream::pairs;
 use super::steering::steered_config;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_weir-probe");
@@ -283,13 +284,6 @@ fn a_response_weir_wrote_is_read_whole_after_weir_has_exited() {
     assert_eq!((r["status"].as_u64(), r["complete"].as_bool()), (Some(200), Some(true)), "{r}");
 }
 
-/// `/steering`'s count of upstream connections paired for the redirect.
-fn upstream_paired(weir: &Weir) -> u64 {
-    let (_, body) = weir.admin_get("/steering");
-    let s: serde_json::Value = serde_json::from_str(&body).expect("/steering JSON");
-    s["upstream_paired"].as_u64().expect("upstream_paired")
-}
-
 #[test]
 fn a_service_that_keeps_its_legs_on_tcp_serves_a_splice_reader_whole() {
     require_root();
@@ -315,17 +309,17 @@ fn a_service_that_keeps_its_legs_on_tcp_serves_a_splice_reader_whole() {
         let (_, received) = tcp_path(&r);
         assert!(received > size, "alpha's answer did not take TCP: {r}");
     }
-    assert_eq!(upstream_paired(&weir), 0, "alpha's upstream leg was paired");
+    assert_eq!(pairs(&weir).0, 0, "alpha's upstream leg was paired");
     // beta, on the same weir, follows `[steering] socket_redirect` on both legs.
     let r = client(&cg, &["get_keepalive", "127.10.5.8:80", "beta", "20"]);
     assert_eq!(r["ok"], 20, "{r}");
     let (acked, received) = tcp_path(&r);
     if socket_redirect_on() {
         assert_eq!((acked, received), (1, 0), "bytes took TCP on a redirected connection: {r}");
-        assert!(upstream_paired(&weir) > 0, "beta's upstream leg was not paired");
+        assert!(pairs(&weir).0 > 0, "beta's upstream leg was not paired");
     } else {
         assert!(acked > 20 * 30 && received > 20 * 30, "{r}");
-        assert_eq!(upstream_paired(&weir), 0);
+        assert_eq!(pairs(&weir).0, 0);
     }
 }
 

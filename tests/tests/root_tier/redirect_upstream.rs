@@ -113,7 +113,7 @@ fn config(cg: &Cgroup, ep: SocketAddr, vip: &str) -> String {
 }
 
 /// (upstream_paired, upstream_unpaired) of `/steering`.
-fn pairs(weir: &Weir) -> (u64, u64) {
+pub(super) fn pairs(weir: &Weir) -> (u64, u64) {
     let (_, body) = weir.admin_get("/steering");
     let s: serde_json::Value = serde_json::from_str(&body).expect("/steering JSON");
     (
